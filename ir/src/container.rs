@@ -1,0 +1,242 @@
+//! The `.ucp` file: a fixed prologue, page-aligned checksummed sections, and a JSON header at the end.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "UCPLAN\r\n" (the line ending catches text-mode mangling)
+//! 8       4     format version, u32 little-endian
+//! 12      4     reserved, 0
+//! 16      8     header offset, u64 LE
+//! 24      8     header length, u64 LE
+//! 32      8     header checksum (XXH3-64 of the header bytes), u64 LE
+//! 4096    ...   sections, each starting on a 4096-byte boundary
+//! ...           header: JSON {"sections": [...], "plan": PlanHeader}
+//! ```
+//! The file is written under a temporary name in the destination folder and renamed when complete, so a
+//! reader never sees a half-written plan.
+
+use crate::plan::PlanHeader;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+pub const MAGIC: [u8; 8] = *b"UCPLAN\r\n";
+pub const FORMAT_VERSION: u32 = 1;
+pub const SECTION_ALIGN: u64 = 4096;
+const PROLOGUE: usize = 40;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SectionKind {
+    Weights,
+    Kernels,
+    Tokenizer,
+    Metadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SectionEntry {
+    pub kind: SectionKind,
+    pub offset: u64,
+    pub len: u64,
+    /// XXH3-64 of the section's bytes.
+    pub checksum: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileHeader {
+    sections: Vec<SectionEntry>,
+    plan: PlanHeader,
+}
+
+#[derive(Debug, Error)]
+pub enum ContainerError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a Unicorn plan (bad magic)")]
+    BadMagic { path: PathBuf },
+    #[error("{path}: plan format version {found}, this build reads version {FORMAT_VERSION}; recompile the plan with this unicornc")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path}: truncated or corrupt plan: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("{path}: section '{kind:?}' is corrupt (checksum mismatch)")]
+    Checksum { path: PathBuf, kind: SectionKind },
+    #[error("{path}: plan has no '{kind:?}' section")]
+    MissingSection { path: PathBuf, kind: SectionKind },
+}
+
+/// Streams sections into a temporary file, then writes the header and renames it into place.
+pub struct PlanWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    pos: u64,
+    sections: Vec<SectionEntry>,
+    open: Option<(SectionKind, u64, Xxh3)>,
+    finished: bool,
+}
+
+impl PlanWriter {
+    pub fn create(path: &Path) -> Result<Self, ContainerError> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plan".into());
+        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        let io = |source| ContainerError::Io { path: path.to_path_buf(), source };
+        let file = File::create(&tmp).map_err(io)?;
+        let mut w = Self {
+            path: path.to_path_buf(),
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+            pos: 0,
+            sections: Vec::new(),
+            open: None,
+            finished: false,
+        };
+        w.write_raw(&[0u8; PROLOGUE])?;
+        Ok(w)
+    }
+
+    fn io(&self, source: std::io::Error) -> ContainerError {
+        ContainerError::Io { path: self.path.clone(), source }
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ContainerError> {
+        self.out.write_all(bytes).map_err(|e| self.io(e))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn pad_to(&mut self, align: u64) -> Result<(), ContainerError> {
+        let pad = self.pos.div_ceil(align) * align - self.pos;
+        self.write_raw(&vec![0u8; pad as usize])
+    }
+
+    /// Start a section; bytes written with [`Self::write`] belong to it until [`Self::end_section`].
+    pub fn begin_section(&mut self, kind: SectionKind) -> Result<(), ContainerError> {
+        assert!(self.open.is_none(), "section already open");
+        self.pad_to(SECTION_ALIGN)?;
+        self.open = Some((kind, self.pos, Xxh3::new()));
+        Ok(())
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ContainerError> {
+        let (_, _, h) = self.open.as_mut().expect("no open section");
+        h.update(bytes);
+        self.write_raw(bytes)
+    }
+
+    /// Zero bytes up to `offset` from the start of the open section.
+    pub fn pad_section_to(&mut self, offset: u64) -> Result<(), ContainerError> {
+        let start = self.open.as_ref().expect("no open section").1;
+        let have = self.pos - start;
+        assert!(offset >= have, "section offset {offset} is behind {have}");
+        self.write(&vec![0u8; (offset - have) as usize])
+    }
+
+    pub fn end_section(&mut self) -> Result<(), ContainerError> {
+        let (kind, offset, h) = self.open.take().expect("no open section");
+        self.sections.push(SectionEntry { kind, offset, len: self.pos - offset, checksum: h.digest() });
+        Ok(())
+    }
+
+    /// A whole section at once.
+    pub fn section(&mut self, kind: SectionKind, bytes: &[u8]) -> Result<(), ContainerError> {
+        self.begin_section(kind)?;
+        self.write(bytes)?;
+        self.end_section()
+    }
+
+    /// Write the header, patch the prologue, sync and rename into place.
+    pub fn finish(mut self, plan: PlanHeader) -> Result<(), ContainerError> {
+        assert!(self.open.is_none(), "section left open");
+        let header = FileHeader { sections: std::mem::take(&mut self.sections), plan };
+        let json = serde_json::to_vec(&header).expect("plan header serializes");
+        let header_offset = self.pos;
+        self.write_raw(&json)?;
+        let mut prologue = Vec::with_capacity(PROLOGUE);
+        prologue.extend_from_slice(&MAGIC);
+        prologue.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        prologue.extend_from_slice(&0u32.to_le_bytes());
+        prologue.extend_from_slice(&header_offset.to_le_bytes());
+        prologue.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        prologue.extend_from_slice(&xxh3_64(&json).to_le_bytes());
+        self.out.flush().map_err(|e| self.io(e))?;
+        let file = self.out.get_mut();
+        file.seek(SeekFrom::Start(0)).map_err(|e| ContainerError::Io { path: self.path.clone(), source: e })?;
+        file.write_all(&prologue).map_err(|e| ContainerError::Io { path: self.path.clone(), source: e })?;
+        file.sync_all().map_err(|e| ContainerError::Io { path: self.path.clone(), source: e })?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for PlanWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A plan file mapped into memory, with its sections verified.
+pub struct PlanFile {
+    pub path: PathBuf,
+    pub header: PlanHeader,
+    sections: Vec<SectionEntry>,
+    map: memmap2::Mmap,
+}
+
+impl PlanFile {
+    pub fn open(path: &Path) -> Result<Self, ContainerError> {
+        let p = || path.to_path_buf();
+        let file = File::open(path).map_err(|source| ContainerError::Io { path: p(), source })?;
+        // SAFETY: the plan is opened read-only; a concurrent writer replaces plans by rename, never in place.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ContainerError::Io { path: p(), source })?;
+        let corrupt = |what: &str| ContainerError::Corrupt { path: p(), what: what.into() };
+        if map.len() < PROLOGUE || map[..8] != MAGIC {
+            return Err(ContainerError::BadMagic { path: p() });
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(map[at..at + 8].try_into().expect("8 bytes"));
+        let version = u32::from_le_bytes(map[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(ContainerError::Version { path: p(), found: version });
+        }
+        let (off, len, sum) = (u64_at(16), u64_at(24), u64_at(32));
+        let end =
+            off.checked_add(len).filter(|&e| e <= map.len() as u64).ok_or_else(|| corrupt("header out of range"))?;
+        let json = &map[off as usize..end as usize];
+        if xxh3_64(json) != sum {
+            return Err(corrupt("header checksum mismatch"));
+        }
+        let header: FileHeader =
+            serde_json::from_slice(json).map_err(|e| corrupt(&format!("header does not parse: {e}")))?;
+        for s in &header.sections {
+            let end =
+                s.offset.checked_add(s.len).filter(|&e| e <= off).ok_or_else(|| corrupt("section out of range"))?;
+            if xxh3_64(&map[s.offset as usize..end as usize]) != s.checksum {
+                return Err(ContainerError::Checksum { path: p(), kind: s.kind });
+            }
+        }
+        Ok(Self { path: p(), header: header.plan, sections: header.sections, map })
+    }
+
+    pub fn section(&self, kind: SectionKind) -> Result<&[u8], ContainerError> {
+        let s = self
+            .sections
+            .iter()
+            .find(|s| s.kind == kind)
+            .ok_or(ContainerError::MissingSection { path: self.path.clone(), kind })?;
+        Ok(&self.map[s.offset as usize..(s.offset + s.len) as usize])
+    }
+
+    pub fn sections(&self) -> &[SectionEntry] {
+        &self.sections
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+}

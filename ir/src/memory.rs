@@ -1,0 +1,29 @@
+//! A graph's schedule and memory plan: the execution order and, for every value, its slot in one activation
+//! arena. Every activation has one row per token, so slots are measured in f32 elements per row and the
+//! runtime scales them by the number of rows of an execution.
+
+use crate::graph::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Start of the value in the arena, in f32 elements per row.
+    pub offset: usize,
+    /// Elements per row.
+    pub width: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MemoryPlan {
+    pub order: Vec<NodeId>,
+    pub slots: BTreeMap<u32, Slot>,
+    /// Arena size in f32 elements per row.
+    pub arena_width: usize,
+}
+
+impl MemoryPlan {
+    pub fn slot(&self, n: NodeId) -> Option<Slot> {
+        self.slots.get(&(n.index() as u32)).copied()
+    }
+}
