@@ -1,0 +1,125 @@
+//! Memory planning: schedule each graph in topological order and give every value a slot in one arena, reusing
+//! the space of values whose last reader has run (first fit over live intervals). Slots are in f32 elements per
+//! row, since every activation has one row per token.
+
+use unicorn_ir::memory::{MemoryPlan, Slot};
+use unicorn_ir::{Graph, Module, Op};
+
+/// Free space of the arena as sorted, disjoint `(offset, width)` holes, with the arena growing at the end.
+#[derive(Default)]
+struct Arena {
+    holes: Vec<(usize, usize)>,
+    end: usize,
+}
+
+impl Arena {
+    fn alloc(&mut self, width: usize) -> usize {
+        if let Some(i) = self.holes.iter().position(|&(_, w)| w >= width) {
+            let (off, w) = self.holes[i];
+            if w == width {
+                self.holes.remove(i);
+            } else {
+                self.holes[i] = (off + width, w - width);
+            }
+            return off;
+        }
+        // Grow, absorbing a hole at the very end.
+        if let Some(&(off, w)) = self.holes.last() {
+            if off + w == self.end {
+                self.holes.pop();
+                self.end = off + width;
+                return off;
+            }
+        }
+        let off = self.end;
+        self.end += width;
+        off
+    }
+
+    fn free(&mut self, off: usize, width: usize) {
+        let i = self.holes.partition_point(|&(o, _)| o < off);
+        self.holes.insert(i, (off, width));
+        // Merge with neighbours.
+        if i + 1 < self.holes.len() && self.holes[i].0 + self.holes[i].1 == self.holes[i + 1].0 {
+            self.holes[i].1 += self.holes[i + 1].1;
+            self.holes.remove(i + 1);
+        }
+        if i > 0 && self.holes[i - 1].0 + self.holes[i - 1].1 == self.holes[i].0 {
+            self.holes[i - 1].1 += self.holes[i].1;
+            self.holes.remove(i);
+        }
+    }
+}
+
+fn plan_graph(g: &Graph) -> MemoryPlan {
+    let order = g.topo_order();
+    let pos: std::collections::HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let last_use = |n| g.users(n).iter().map(|u| pos[u]).max().unwrap_or(usize::MAX);
+    let mut arena = Arena::default();
+    let mut plan = MemoryPlan { order: order.clone(), ..Default::default() };
+    let mut dying: Vec<Vec<unicorn_ir::NodeId>> = vec![Vec::new(); order.len()];
+    for (i, &n) in order.iter().enumerate() {
+        let node = &g.g[n];
+        match node.op {
+            Op::Tokens => {}
+            // The output is its operand's value.
+            Op::Output => {
+                let src = g.inputs(n)[0];
+                let slot = plan.slot(src).expect("operand planned first");
+                plan.slots.insert(n.index() as u32, slot);
+            }
+            _ => {
+                let width = node.ty.row_width();
+                let offset = arena.alloc(width);
+                plan.slots.insert(n.index() as u32, Slot { offset, width });
+                let last = last_use(n);
+                // Values read by the output stay live to the end.
+                let keep = g.users(n).iter().any(|&u| g.g[u].op == Op::Output);
+                if !keep && last != usize::MAX {
+                    dying[last].push(n);
+                }
+            }
+        }
+        // Operands whose last reader is this node are free once it has run.
+        for d in std::mem::take(&mut dying[i]) {
+            let s = plan.slot(d).expect("planned");
+            arena.free(s.offset, s.width);
+        }
+    }
+    plan.arena_width = arena.end;
+    plan
+}
+
+pub fn plan_memory(module: &mut Module) -> String {
+    let mut parts = Vec::new();
+    for g in &mut module.graphs {
+        let plan = plan_graph(g);
+        let naive: usize = plan.slots.values().map(|s| s.width).sum();
+        parts.push(format!("{}: {} f32/row (without reuse {})", g.phase, plan.arena_width, naive));
+        g.memory = Some(plan);
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freed_space_is_reused_and_merged() {
+        let mut a = Arena::default();
+        let x = a.alloc(10);
+        let y = a.alloc(5);
+        let z = a.alloc(10);
+        assert_eq!((x, y, z), (0, 10, 15));
+        a.free(x, 10);
+        a.free(y, 5);
+        // The two holes merged into one of 15.
+        assert_eq!(a.alloc(15), 0);
+        assert_eq!(a.end, 25);
+        a.free(z, 10);
+        // A hole at the end grows in place.
+        assert_eq!(a.alloc(30), 15);
+        assert_eq!(a.end, 45);
+    }
+}
