@@ -1,0 +1,147 @@
+//! `unicornc compile`: checkpoint -> module -> passes -> plan file, streaming the weights.
+
+use crate::build::build_module;
+use crate::frontend::Checkpoint;
+use crate::lower::lower;
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Instant;
+use unicorn_ir::container::{PlanWriter, SectionKind};
+use unicorn_ir::plan::{PlanHeader, PlanWeight};
+use unicorn_ir::quant::{encode_row, source_to_f32, SourceDType};
+use unicorn_passes::{pipeline, Options, PassReport};
+
+pub struct CompileOptions {
+    pub passes: Options,
+    pub max_context: Option<usize>,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
+pub struct CompileSummary {
+    pub header: PlanHeader,
+    pub reports: Vec<PassReport>,
+    pub plan_bytes: u64,
+    pub seconds: f64,
+}
+
+fn source_size(d: SourceDType) -> usize {
+    match d {
+        SourceDType::F32 => 4,
+        SourceDType::F16 | SourceDType::Bf16 => 2,
+    }
+}
+
+/// Progress on stderr for checkpoints big enough to wait for: a line rewritten in place on a terminal, a few
+/// lines otherwise.
+struct Progress {
+    enabled: bool,
+    tty: bool,
+    total: u64,
+    done: u64,
+    shown: u64,
+}
+
+impl Progress {
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        if !self.enabled || self.total == 0 {
+            return;
+        }
+        let pct = self.done * 100 / self.total;
+        let step = if self.tty { 1 } else { 10 };
+        if pct >= self.shown + step || self.done == self.total {
+            self.shown = pct;
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            let line = format!("writing weights {pct:3}% ({:.0} / {:.0} MiB)", mib(self.done), mib(self.total));
+            if self.tty {
+                eprint!("\r{line}");
+                if self.done == self.total {
+                    eprintln!();
+                }
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Convert one weight from the checkpoint into its plan format, in parallel row blocks, writing in order.
+fn write_weight(ck: &Checkpoint, w: &PlanWeight, out: &mut PlanWriter, progress: &mut Progress) -> Result<()> {
+    let t = ck.get(&w.name).expect("the builder required every weight");
+    let src = ck.bytes(t);
+    let cols = *w.shape.last().expect("weights have a shape");
+    let rows = w.shape.iter().product::<usize>() / cols;
+    let row_src = cols * source_size(t.dtype);
+    // Blocks of about 4 MiB of source, converted 8 at a time by the pool.
+    let block_rows = ((4 << 20) / row_src.max(1)).clamp(1, rows.max(1));
+    let starts: Vec<usize> = (0..rows).step_by(block_rows).collect();
+    for batch in starts.chunks(8) {
+        let encoded: Vec<Vec<u8>> = batch
+            .par_iter()
+            .map(|&r0| {
+                let r1 = (r0 + block_rows).min(rows);
+                let mut f = vec![0f32; cols];
+                let mut bytes = Vec::with_capacity((r1 - r0) * w.format.row_bytes(cols).unwrap_or(0));
+                for r in r0..r1 {
+                    source_to_f32(t.dtype, &src[r * row_src..(r + 1) * row_src], &mut f);
+                    encode_row(w.format, &f, &mut bytes);
+                }
+                bytes
+            })
+            .collect();
+        for (chunk, &r0) in encoded.iter().zip(batch) {
+            out.write(chunk)?;
+            let r1 = (r0 + block_rows).min(rows);
+            progress.advance(((r1 - r0) * row_src) as u64);
+        }
+    }
+    ck.release(t);
+    Ok(())
+}
+
+pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Result<CompileSummary> {
+    let start = Instant::now();
+    let ck = Checkpoint::open(model, options.max_context)?;
+    let mut module = build_module(&ck)?;
+    let reports = pipeline(&mut module, &options.passes)?;
+    let header = lower(&module, options.passes.target);
+
+    let mut out = PlanWriter::create(plan_path)?;
+    let total: u64 = header.weights.iter().map(|w| ck.get(&w.name).map_or(0, |t| ck.bytes(t).len() as u64)).sum();
+    let mut progress = Progress {
+        enabled: options.progress && total >= 64 << 20,
+        tty: std::io::stderr().is_terminal(),
+        total,
+        done: 0,
+        shown: 0,
+    };
+    out.begin_section(SectionKind::Weights)?;
+    for w in &header.weights {
+        out.pad_section_to(w.offset)?;
+        write_weight(&ck, w, &mut out, &mut progress).with_context(|| format!("writing weight {}", w.name))?;
+    }
+    out.end_section()?;
+    // CPU plans use the runtime's built-in kernels; GPU and NPU targets store their binaries here.
+    out.section(SectionKind::Kernels, &[])?;
+    if let Some(tok) = &ck.tokenizer_json {
+        out.section(SectionKind::Tokenizer, tok)?;
+    }
+    let config: serde_json::Value = serde_json::from_str(&ck.config_json).unwrap_or(serde_json::Value::Null);
+    let generation: serde_json::Value =
+        ck.generation_config_json.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+    let metadata = serde_json::json!({
+        "source": ck.source.display().to_string(),
+        "weights": options.passes.weights.name(),
+        "target": options.passes.target.name(),
+        "passes": reports.iter().map(|r| format!("{}: {}", r.pass, r.summary)).collect::<Vec<_>>(),
+        "config": config,
+        "generation_config": generation,
+    });
+    out.section(SectionKind::Metadata, &serde_json::to_vec_pretty(&metadata)?)?;
+    out.finish(header.clone())?;
+    let plan_bytes = std::fs::metadata(plan_path).map(|m| m.len()).unwrap_or(0);
+    Ok(CompileSummary { header, reports, plan_bytes, seconds: start.elapsed().as_secs_f64() })
+}
