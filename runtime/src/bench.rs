@@ -1,0 +1,152 @@
+//! `unicorn-rt --bench`: prefill and decode speed, time to first token and peak memory, measured over repeats
+//! after a warm-up run.
+
+use crate::engine::Session;
+use crate::model::Model;
+use crate::sampler::argmax;
+use crate::Error;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    pub prompt_len: usize,
+    pub gen: usize,
+    pub repeat: usize,
+}
+
+/// Median and range of one measure over the repeats.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Self { median, min: v[0], max: v[n - 1] }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"median": self.median, "min": self.min, "max": self.max})
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub options: BenchOptions,
+    pub threads: usize,
+    pub prefill_tok_s: Spread,
+    pub decode_tok_s: Spread,
+    pub ttft_ms: Spread,
+    pub peak_rss_mib: f64,
+}
+
+impl BenchResult {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "prompt_len": self.options.prompt_len,
+            "gen": self.options.gen,
+            "repeat": self.options.repeat,
+            "threads": self.threads,
+            "prefill_tok_s": self.prefill_tok_s.json(),
+            "decode_tok_s": self.decode_tok_s.json(),
+            "ttft_ms": self.ttft_ms.json(),
+            "peak_rss_mib": self.peak_rss_mib,
+        })
+    }
+
+    pub fn table(&self) -> String {
+        let row = |name: &str, s: &Spread, unit: &str| {
+            format!("{name:14} {:>10.2} {unit:6} (min {:.2}, max {:.2})\n", s.median, s.min, s.max)
+        };
+        let o = &self.options;
+        let mut t = format!(
+            "prompt {} tokens, generate {}, {} repeats, {} threads (medians after a warm-up)\n",
+            o.prompt_len, o.gen, o.repeat, self.threads
+        );
+        t += &row("prefill", &self.prefill_tok_s, "tok/s");
+        t += &row("decode", &self.decode_tok_s, "tok/s");
+        t += &row("first token", &self.ttft_ms, "ms");
+        t += &format!("{:14} {:>10.1} MiB\n", "peak RSS", self.peak_rss_mib);
+        t
+    }
+}
+
+/// Peak resident set of this process (VmHWM), in MiB; 0 where /proc is unavailable.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One prefill of `prompt` then `gen` greedy decode steps (end tokens ignored, so every run does the same work).
+/// Returns (prefill seconds, time to first token in seconds, decode seconds).
+fn one_run(model: &Model, prompt: &[u32], gen: usize) -> Result<(f64, f64, f64), Error> {
+    let mut s = Session::new(model, prompt.len() + gen);
+    let t0 = Instant::now();
+    let logits = s.forward(prompt, false)?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let mut next = argmax(logits);
+    let ttft = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..gen {
+        next = argmax(s.forward(&[next], false)?);
+    }
+    Ok((prefill, ttft, t1.elapsed().as_secs_f64()))
+}
+
+pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
+    let spec = &model.header().spec;
+    if o.prompt_len == 0 || o.repeat == 0 {
+        return Err(Error::Input("--prompt-len and --repeat must be at least 1".into()));
+    }
+    if o.prompt_len + o.gen > spec.max_context {
+        return Err(Error::Input(format!(
+            "--prompt-len {} + --gen {} exceed the plan's context of {} tokens",
+            o.prompt_len, o.gen, spec.max_context
+        )));
+    }
+    // A fixed pseudo-random prompt: speed does not depend on which tokens.
+    let prompt: Vec<u32> = (0..o.prompt_len as u64)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) + 12345) % spec.vocab_size as u64) as u32)
+        .collect();
+    one_run(model, &prompt, o.gen.min(4))?;
+    let (mut pre, mut ttft, mut dec) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..o.repeat {
+        let (p, t, d) = one_run(model, &prompt, o.gen)?;
+        pre.push(o.prompt_len as f64 / p);
+        ttft.push(t * 1e3);
+        if o.gen > 0 {
+            dec.push(o.gen as f64 / d);
+        }
+    }
+    if dec.is_empty() {
+        dec.push(0.0);
+    }
+    Ok(BenchResult {
+        options: o,
+        threads: rayon::current_num_threads(),
+        prefill_tok_s: Spread::of(pre),
+        decode_tok_s: Spread::of(dec),
+        ttft_ms: Spread::of(ttft),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn spread_takes_the_middle() {
+        let s = Spread::of(vec![3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of(vec![4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+}

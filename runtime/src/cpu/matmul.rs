@@ -1,0 +1,829 @@
+//! Matrix multiplication against plan weights: `y = x W^T (+ bias)`, the hot path of every token.
+//!
+//! The work is cut into tiles of `R` activation rows by `C` weight rows; a tile computes its `R x C` dot products
+//! along a stretch of `k` (see [`super::matmul_avx2`]). Decode (`rows == 1`) is a memory-bound GEMV: tiles are
+//! single weight rows (one sequential stream), and `n` is split into contiguous column chunks, a few per thread,
+//! so each weight byte is streamed once. Prefill uses `4 x 3` tiles, so every weight vector loaded serves four
+//! tokens; a task walks `k` in blocks (a tile's operands stay in L1) and its activation rows in blocks sized for
+//! L2, so its weights are read from memory once per call, not once per token.
+//!
+//! q8_0/q4_0 quantize the activations to q8 blocks first ([`super::q8`], once per call, into the [`Scratch`]),
+//! then multiply int8 by int8 as llama.cpp does. Float formats convert the weights to f32 on the fly. Every sum
+//! accumulates in f32. Kernels are chosen per call from [`Isa`]: portable Rust, AVX2 + FMA + F16C, or AVX-512
+//! VNNI for the int8 formats ([`super::matmul_vnni`]).
+//!
+//! Weight data needs no alignment (q8_0 blocks are 34 bytes, so nothing inside a tensor is aligned anyway).
+
+use super::isa::Isa;
+use super::q8::Q8Acts;
+use rayon::prelude::*;
+use unicorn_ir::quant::{decode_row, source_to_f32, SourceDType};
+use unicorn_ir::types::{WeightFormat, QK};
+
+/// A weight matrix W stored [n, k] (n output rows of k inputs), in the plan's format.
+#[derive(Clone, Copy)]
+pub struct WeightRef<'a> {
+    pub format: WeightFormat,
+    pub n: usize,
+    pub k: usize,
+    pub data: &'a [u8],
+}
+
+impl WeightRef<'_> {
+    /// Bytes of one stored row. Panics if `k` is not a whole number of blocks.
+    pub fn row_bytes(&self) -> usize {
+        self.format
+            .row_bytes(self.k)
+            .unwrap_or_else(|| panic!("{} matrix: k = {} is not whole blocks", self.format, self.k))
+    }
+}
+
+/// Reusable per-call scratch (the quantized or repacked activations), so that steady-state calls allocate nothing.
+#[derive(Default)]
+pub struct Scratch {
+    q8: Q8Acts,
+    /// f32 activations of a prefill, with rows padded apart (see [`padded_stride`]).
+    xf: Vec<f32>,
+}
+
+/// `y[r*n + j] = sum_i x[r*k + i] * W[j, i] (+ bias[j])` for `r in 0..rows`. `x`: `rows*k`, `y`: `rows*n`.
+/// Multi-threaded on rayon's current pool. Accumulates in f32. Panics if the lengths disagree.
+pub fn matmul(x: &[f32], rows: usize, w: WeightRef, bias: Option<&[f32]>, y: &mut [f32], scratch: &mut Scratch) {
+    matmul_with(Isa::detect(), x, rows, w, bias, y, scratch)
+}
+
+/// Dequantize row `row` of W into `out` (len k) — used for embedding lookups.
+pub fn dequant_row(w: WeightRef, row: usize, out: &mut [f32]) {
+    assert!(row < w.n, "row {row} of a {}-row matrix", w.n);
+    assert_eq!(out.len(), w.k);
+    let rb = w.row_bytes();
+    decode_row(w.format, &w.data[row * rb..(row + 1) * rb], out);
+}
+
+/// [`matmul`] with the kernel family chosen by the caller (tests and benchmarks compare them).
+/// Panics if this CPU cannot run `isa`.
+pub fn matmul_with(
+    isa: Isa,
+    x: &[f32],
+    rows: usize,
+    w: WeightRef,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    matmul_tiled(isa, None, x, rows, w, bias, y, scratch)
+}
+
+/// [`matmul_with`] with the tile shape (activation rows x weight rows, each 1..=4) chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+fn matmul_tiled(
+    isa: Isa,
+    tile: Option<(usize, usize)>,
+    x: &[f32],
+    rows: usize,
+    w: WeightRef,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    assert!(isa.available(), "this CPU cannot run the {} kernels", isa.name());
+    let WeightRef { format, n, k, data } = w;
+    let ldw = w.row_bytes();
+    assert_eq!(x.len(), rows * k, "matmul: x is not rows x k = {rows} x {k}");
+    assert_eq!(y.len(), rows * n, "matmul: y is not rows x n = {rows} x {n}");
+    assert_eq!(data.len(), n * ldw, "matmul: {format} weight data is not {n} x {k}");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul: bias is not n = {n} long");
+    }
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for yr in y.chunks_mut(n) {
+            match bias {
+                Some(b) => yr.copy_from_slice(b),
+                None => yr.fill(0.0),
+            }
+        }
+        return;
+    }
+
+    let (xp, ldx, xd, xm, ldxd) = if format.is_quantized() {
+        let q = &mut scratch.q8;
+        q.quantize(isa, x, rows, k);
+        (q.qs.as_ptr().cast::<u8>(), k, q.d.as_ptr(), q.m.as_ptr(), k / QK)
+    } else if rows > 1 {
+        let ld = padded_stride(k);
+        let xf = &mut scratch.xf;
+        xf.resize(rows * ld, 0.0);
+        let copy = |(dst, src): (&mut [f32], &[f32])| dst[..k].copy_from_slice(src);
+        if rows * k >= 1 << 16 {
+            xf.par_chunks_mut(ld).zip(x.par_chunks(k)).for_each(copy);
+        } else {
+            xf.chunks_mut(ld).zip(x.chunks(k)).for_each(copy);
+        }
+        (xf.as_ptr().cast::<u8>(), 4 * ld, std::ptr::null(), std::ptr::null(), 0)
+    } else {
+        (x.as_ptr().cast::<u8>(), 4 * k, std::ptr::null(), std::ptr::null(), 0)
+    };
+    let x_elem = if format.is_quantized() { 1 } else { 4 };
+    let (rt, ct) = tile.unwrap_or_else(|| default_tile(format, rows, k));
+    assert!((1..=4).contains(&rt) && (1..=4).contains(&ct));
+    // Prefill walks `k` in blocks so that a tile's operands stay in L1 and a row block's activations in L2.
+    let kc = if rows == 1 { k } else { K_BLOCK_BYTES.div_ceil(x_elem).next_multiple_of(QK).min(k) };
+    let job = Job {
+        tiles: tiles(isa, format),
+        rt,
+        ct,
+        k,
+        kc,
+        n,
+        row_block: (L2_BYTES / (kc * x_elem)).max(rt).next_multiple_of(rt),
+        format,
+        x: xp,
+        x_elem,
+        ldx,
+        xd,
+        xm,
+        ldxd,
+        w: data.as_ptr(),
+        ldw,
+        y: y.as_mut_ptr(),
+        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+    };
+
+    let threads = rayon::current_num_threads();
+    if threads == 1 || rows * n * k < PAR_MIN_MACS {
+        // SAFETY: the whole output, on this thread only.
+        unsafe { job.run(0, rows, 0, n) };
+        return;
+    }
+    // Contiguous column chunks, a few per thread so that work stealing evens out; if `n` is too narrow for
+    // that, row parts too.
+    let want = threads * TASKS_PER_THREAD;
+    let col_tiles = n.div_ceil(ct);
+    let cols_per = col_tiles.div_ceil(col_tiles.min(want)) * ct;
+    let col_chunks = n.div_ceil(cols_per);
+    let row_parts = (want / col_chunks).clamp(1, rows.div_ceil(rt));
+    let rows_per = rows.div_ceil(row_parts).next_multiple_of(rt);
+    let row_parts = rows.div_ceil(rows_per);
+    (0..col_chunks * row_parts).into_par_iter().for_each(|t| {
+        let (c, r) = (t / row_parts, t % row_parts);
+        let (j0, r0) = (c * cols_per, r * rows_per);
+        // SAFETY: tasks cover disjoint blocks of the output.
+        unsafe { job.run(r0, (r0 + rows_per).min(rows), j0, (j0 + cols_per).min(n)) };
+    });
+}
+
+/// Tile shape (activation rows x weight rows), as measured on Zen 4 (the target machine).
+///
+/// GEMV: one weight row at a time streams the weights sequentially, which the prefetchers follow best; but
+/// f32 activations past 16 KiB no longer stay in L1 beside the stream, and sharing each load of them among four
+/// weight rows wins. Prefill: 4 x 3 = 12 accumulators, the most that fit the 16 vector registers beside the
+/// operands (4 x 2 and 2 x 4 measured 5-20% slower).
+fn default_tile(format: WeightFormat, rows: usize, k: usize) -> (usize, usize) {
+    match (rows, format) {
+        (1, WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16) if k > 4096 => (1, 4),
+        (1, _) => (1, 1),
+        _ => (4, 3),
+    }
+}
+
+/// Row stride (in f32) for prefill activations of `k` elements: with a power-of-two `k`, the rows of a tile
+/// would all map to the same L1 sets (as would the weight rows, at the same offsets), and conflict misses cost
+/// f32/f16 prefill about 40%. Rows `16 * (j + 1)` floats past a multiple of 16 fall in different sets.
+fn padded_stride(k: usize) -> usize {
+    k.next_multiple_of(16) + 16
+}
+
+/// Below this many multiply-adds a matmul runs on the calling thread: waking the pool would cost more.
+const PAR_MIN_MACS: usize = 1 << 17;
+const TASKS_PER_THREAD: usize = 4;
+/// Activation bytes per row of a prefill k-block.
+const K_BLOCK_BYTES: usize = 2048;
+/// Activation bytes of a row block (the rows a task's weight tile meets before the next tile).
+const L2_BYTES: usize = 256 << 10;
+
+/// One tile's operands, as raw pointers (the tile functions are `unsafe` SIMD code).
+///
+/// Rows `0..rows` of the activations start at `x + r * ldx` (bytes): f32 for float formats, q8 quants for
+/// q8_0/q4_0, whose per-block scales and q4_0 corrections are at `xd / xm + r * ldxd` (elements). Weight rows
+/// `0..cols` start at `w + c * ldw` (bytes). The tile writes `y[r * ldy + c]`, adding `bias[c]` unless `bias` is
+/// null, or adds to what `y` holds if `accumulate`. Specialized tiles ignore `rows` and `cols`: they are in the
+/// tile function's type.
+pub(crate) struct TileArgs {
+    pub rows: usize,
+    pub cols: usize,
+    pub k: usize,
+    pub accumulate: bool,
+    pub x: *const u8,
+    pub ldx: usize,
+    pub xd: *const f32,
+    pub xm: *const f32,
+    pub ldxd: usize,
+    pub w: *const u8,
+    pub ldw: usize,
+    pub y: *mut f32,
+    pub ldy: usize,
+    pub bias: *const f32,
+}
+
+/// Computes one tile. Safety: every pointer in the [`TileArgs`] is valid for the extent it describes.
+pub(crate) type TileFn = unsafe fn(&TileArgs);
+
+/// Tile functions indexed `[rows - 1][cols - 1]`, for `rows, cols <= 4`.
+fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => super::matmul_avx2::tiles(format),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => super::matmul_vnni::tiles(format).unwrap_or_else(|| super::matmul_avx2::tiles(format)),
+        _ => portable_tiles(format),
+    }
+}
+
+/// A matmul call cut into tiles: everything but the block of the output being computed.
+struct Job {
+    tiles: &'static [[TileFn; 4]; 4],
+    /// Tile shape (activation rows x weight rows).
+    rt: usize,
+    ct: usize,
+    k: usize,
+    /// Elements of `k` per pass (a multiple of 32, or `k`).
+    kc: usize,
+    n: usize,
+    row_block: usize,
+    format: WeightFormat,
+    x: *const u8,
+    /// Bytes per activation element: 4 (f32) or 1 (q8).
+    x_elem: usize,
+    ldx: usize,
+    xd: *const f32,
+    xm: *const f32,
+    ldxd: usize,
+    w: *const u8,
+    ldw: usize,
+    y: *mut f32,
+    bias: *const f32,
+}
+
+// SAFETY: the pointers come from slices borrowed for the whole call; concurrent `run`s write disjoint blocks.
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Computes rows `r0..r1`, columns `j0..j1` of the output.
+    ///
+    /// # Safety
+    /// The ranges lie within the output, and no concurrent call covers any of the same elements.
+    unsafe fn run(&self, r0: usize, r1: usize, j0: usize, j1: usize) {
+        let mut rb = r0;
+        while rb < r1 {
+            let rb_end = (rb + self.row_block).min(r1);
+            let mut k0 = 0;
+            while k0 < self.k {
+                let k1 = (k0 + self.kc).min(self.k);
+                let kb = k0 / QK; // q8 blocks before k0 (float formats never read xd / xm)
+                let wk = self.format.row_bytes(k0).expect("k blocks are whole quant blocks");
+                let mut j = j0;
+                while j < j1 {
+                    let cols = self.ct.min(j1 - j);
+                    let mut r = rb;
+                    while r < rb_end {
+                        let rows = self.rt.min(rb_end - r);
+                        let args = TileArgs {
+                            rows,
+                            cols,
+                            k: k1 - k0,
+                            accumulate: k0 > 0,
+                            x: self.x.add(r * self.ldx + k0 * self.x_elem),
+                            ldx: self.ldx,
+                            xd: self.xd.wrapping_add(r * self.ldxd + kb),
+                            xm: self.xm.wrapping_add(r * self.ldxd + kb),
+                            ldxd: self.ldxd,
+                            w: self.w.add(j * self.ldw + wk),
+                            ldw: self.ldw,
+                            y: self.y.add(r * self.n + j),
+                            ldy: self.n,
+                            bias: if self.bias.is_null() || k0 > 0 { std::ptr::null() } else { self.bias.add(j) },
+                        };
+                        (self.tiles[rows - 1][cols - 1])(&args);
+                        r += rows;
+                    }
+                    j += cols;
+                }
+                k0 = k1;
+            }
+            rb = rb_end;
+        }
+    }
+}
+
+// ---- Portable tiles: plain loops over the tile's pairs, written so that the compiler can vectorize them. ----
+
+fn portable_tiles(format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
+    static F32: [[TileFn; 4]; 4] = [[portable_float::<0> as TileFn; 4]; 4];
+    static F16: [[TileFn; 4]; 4] = [[portable_float::<1> as TileFn; 4]; 4];
+    static BF16: [[TileFn; 4]; 4] = [[portable_float::<2> as TileFn; 4]; 4];
+    static Q8_0: [[TileFn; 4]; 4] = [[portable_q8_0 as TileFn; 4]; 4];
+    static Q4_0: [[TileFn; 4]; 4] = [[portable_q4_0 as TileFn; 4]; 4];
+    match format {
+        WeightFormat::F32 => &F32,
+        WeightFormat::F16 => &F16,
+        WeightFormat::Bf16 => &BF16,
+        WeightFormat::Q8_0 => &Q8_0,
+        WeightFormat::Q4_0 => &Q4_0,
+    }
+}
+
+/// Writes `sums[r][c]` (plus bias) to the tile's outputs.
+unsafe fn portable_store(a: &TileArgs, sums: &[[f32; 4]; 4]) {
+    for (r, s) in sums.iter().enumerate().take(a.rows) {
+        for (c, s) in s.iter().enumerate().take(a.cols) {
+            let b = if a.bias.is_null() { 0.0 } else { *a.bias.add(c) };
+            let y = a.y.add(r * a.ldy + c);
+            *y = if a.accumulate { *y + s } else { s + b };
+        }
+    }
+}
+
+fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
+    let tail: f32 = xc.remainder().iter().zip(wc.remainder()).map(|(a, b)| a * b).sum();
+    for (xs, ws) in xc.zip(wc) {
+        for l in 0..8 {
+            // Not `mul_add`: without a target FMA that is a libm call.
+            acc[l] += xs[l] * ws[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+unsafe fn portable_float<const F: u8>(a: &TileArgs) {
+    const CHUNK: usize = 256;
+    let (dtype, es) = match F {
+        0 => (SourceDType::F32, 4),
+        1 => (SourceDType::F16, 2),
+        _ => (SourceDType::Bf16, 2),
+    };
+    let mut sums = [[0.0f32; 4]; 4];
+    let mut buf = [0.0f32; CHUNK];
+    for c in 0..a.cols {
+        let wrow = std::slice::from_raw_parts(a.w.add(c * a.ldw), a.k * es);
+        for (i, wchunk) in wrow.chunks(CHUNK * es).enumerate() {
+            let wf = &mut buf[..wchunk.len() / es];
+            source_to_f32(dtype, wchunk, wf);
+            for (r, s) in sums.iter_mut().enumerate().take(a.rows) {
+                let xr = std::slice::from_raw_parts(a.x.add(r * a.ldx).cast::<f32>().add(i * CHUNK), wf.len());
+                s[c] += dot_f32(xr, wf);
+            }
+        }
+    }
+    portable_store(a, &sums);
+}
+
+fn dot_i8(x: &[i8], w: &[i8]) -> i32 {
+    x.iter().zip(w).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum()
+}
+
+fn f16_at(p: &[u8]) -> f32 {
+    half::f16::from_le_bytes([p[0], p[1]]).to_f32()
+}
+
+unsafe fn portable_q8_0(a: &TileArgs) {
+    const BB: usize = 2 + QK;
+    let nb = a.k / QK;
+    let mut sums = [[0.0f32; 4]; 4];
+    for c in 0..a.cols {
+        let wrow = std::slice::from_raw_parts(a.w.add(c * a.ldw), nb * BB);
+        for (b, blk) in wrow.chunks_exact(BB).enumerate() {
+            let dw = f16_at(blk);
+            let wq = std::slice::from_raw_parts(blk[2..].as_ptr().cast::<i8>(), QK);
+            for (r, s) in sums.iter_mut().enumerate().take(a.rows) {
+                let xq = std::slice::from_raw_parts(a.x.add(r * a.ldx + b * QK).cast::<i8>(), QK);
+                s[c] += dw * *a.xd.add(r * a.ldxd + b) * dot_i8(xq, wq) as f32;
+            }
+        }
+    }
+    portable_store(a, &sums);
+}
+
+unsafe fn portable_q4_0(a: &TileArgs) {
+    const BB: usize = 2 + QK / 2;
+    let nb = a.k / QK;
+    let mut sums = [[0.0f32; 4]; 4];
+    let mut wq = [0i8; QK];
+    for c in 0..a.cols {
+        let wrow = std::slice::from_raw_parts(a.w.add(c * a.ldw), nb * BB);
+        for (b, blk) in wrow.chunks_exact(BB).enumerate() {
+            let dw = f16_at(blk);
+            for (j, &byte) in blk[2..].iter().enumerate() {
+                wq[j] = (byte & 15) as i8;
+                wq[j + QK / 2] = (byte >> 4) as i8;
+            }
+            for (r, s) in sums.iter_mut().enumerate().take(a.rows) {
+                let xq = std::slice::from_raw_parts(a.x.add(r * a.ldx + b * QK).cast::<i8>(), QK);
+                let (dx, m) = (*a.xd.add(r * a.ldxd + b), *a.xm.add(r * a.ldxd + b));
+                s[c] += dw * (dx * dot_i8(xq, &wq) as f32 - 8.0 * m);
+            }
+        }
+    }
+    portable_store(a, &sums);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicorn_ir::quant::encode_row;
+
+    struct Rng(u64);
+    impl Rng {
+        fn f32(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+        fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
+            (0..len).map(|_| self.f32() * scale).collect()
+        }
+    }
+
+    /// A random `n x k` matrix in `format`, and its exact dequantized values.
+    fn weights(rng: &mut Rng, format: WeightFormat, n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+        let src = rng.vec(n * k, 1.0);
+        let mut data = Vec::new();
+        for row in src.chunks(k) {
+            encode_row(format, row, &mut data);
+        }
+        let mut deq = vec![0.0; n * k];
+        for (row, out) in data.chunks(format.row_bytes(k).unwrap()).zip(deq.chunks_mut(k)) {
+            decode_row(format, row, out);
+        }
+        (data, deq)
+    }
+
+    /// Activations with a different magnitude per 32-block, as real hidden states have.
+    fn activations(rng: &mut Rng, rows: usize, k: usize) -> Vec<f32> {
+        let mut x = rng.vec(rows * k, 1.0);
+        for (i, blk) in x.chunks_mut(32).enumerate() {
+            let s = [0.1, 1.0, 7.0, 0.5][i % 4];
+            blk.iter_mut().for_each(|v| *v *= s);
+        }
+        x
+    }
+
+    fn isas() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.available()).collect()
+    }
+
+    /// Checks `y` against an f64 reference on the dequantized weights and the unquantized activations.
+    ///
+    /// Float formats: `|err| <= 1e-4 * sum|x w|`. Quantized formats also quantize the activations: each element
+    /// moves by at most `d_x / 2` with `d_x = amax / 127` of its block, so a block's contribution moves by at
+    /// most `d_x / 2 * sum|w|` over that block; the bound is the sum of those over the blocks (times 1.001 for
+    /// the f32 rounding of `127 / amax`), plus the float allowance.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        what: &str,
+        format: WeightFormat,
+        x: &[f32],
+        rows: usize,
+        deq: &[f32],
+        n: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+        y: &[f32],
+    ) {
+        for r in 0..rows {
+            let xr = &x[r * k..(r + 1) * k];
+            for j in 0..n {
+                let wr = &deq[j * k..(j + 1) * k];
+                let mut exact = bias.map_or(0.0, |b| f64::from(b[j]));
+                let mut mag = 0.0f64;
+                let mut qbound = 0.0f64;
+                for (xb, wb) in xr.chunks(32).zip(wr.chunks(32)) {
+                    let amax = xb.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+                    let wsum: f64 = wb.iter().map(|&v| f64::from(v).abs()).sum();
+                    qbound += amax / 127.0 / 2.0 * wsum * 1.001;
+                    for (&a, &b) in xb.iter().zip(wb) {
+                        exact += f64::from(a) * f64::from(b);
+                        mag += (f64::from(a) * f64::from(b)).abs();
+                    }
+                }
+                let tol = 1e-4 * mag + 1e-6 + if format.is_quantized() { qbound } else { 0.0 };
+                let got = f64::from(y[r * n + j]);
+                assert!(
+                    (got - exact).abs() <= tol,
+                    "{what}: y[{r}, {j}] = {got}, expected {exact} (|err| {} > tol {tol})",
+                    (got - exact).abs()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_f64_reference_every_format_isa_and_shape() {
+        let mut rng = Rng(0x5eed_1234_abcd_ef01);
+        let mut scratch = Scratch::default();
+        for format in WeightFormat::ALL {
+            let ks: &[usize] = if format.is_quantized() { &[32, 96, 2048] } else { &[32, 96, 2048, 13, 100] };
+            for &k in ks {
+                for n in [1, 7, 64] {
+                    let (data, deq) = weights(&mut rng, format, n, k);
+                    let w = WeightRef { format, n, k, data: &data };
+                    let bias = rng.vec(n, 1.0);
+                    for rows in [1, 3, 17] {
+                        let x = activations(&mut rng, rows, k);
+                        for isa in isas() {
+                            for bias in [None, Some(&bias[..])] {
+                                let mut y = vec![f32::NAN; rows * n];
+                                matmul_with(isa, &x, rows, w, bias, &mut y, &mut scratch);
+                                let what =
+                                    format!("{format} {} rows={rows} n={n} k={k} bias={}", isa.name(), bias.is_some());
+                                check(&what, format, &x, rows, &deq, n, k, bias, &y);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threaded_splits_cover_every_output() {
+        // Shapes above the threading threshold with ragged column chunks and row tails, a narrow `n` that
+        // forces row parts, and a long `k`.
+        let mut rng = Rng(77);
+        let mut scratch = Scratch::default();
+        for format in WeightFormat::ALL {
+            // Several k blocks (2048 q8 bytes, 512 floats), the last one partial; and for floats a scalar tail.
+            let long_k = if format.is_quantized() { (5, 40, 4192) } else { (6, 20, 1001) };
+            for (rows, n, k) in [(1, 301, 512), (5, 301, 256), (203, 3, 256), (37, 70, 1024), long_k] {
+                let (data, deq) = weights(&mut rng, format, n, k);
+                let w = WeightRef { format, n, k, data: &data };
+                let x = activations(&mut rng, rows, k);
+                for isa in isas() {
+                    let mut y = vec![f32::NAN; rows * n];
+                    matmul_with(isa, &x, rows, w, None, &mut y, &mut scratch);
+                    check(&format!("{format} {} {rows}x{n}x{k}", isa.name()), format, &x, rows, &deq, n, k, None, &y);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_agree() {
+        let mut rng = Rng(4242);
+        let mut scratch = Scratch::default();
+        for format in WeightFormat::ALL {
+            for (rows, n, k) in [(1, 64, 2048), (17, 64, 2048), (6, 9, 96)] {
+                let (data, deq) = weights(&mut rng, format, n, k);
+                let w = WeightRef { format, n, k, data: &data };
+                let x = activations(&mut rng, rows, k);
+                let mut yp = vec![0.0; rows * n];
+                matmul_with(Isa::Portable, &x, rows, w, None, &mut yp, &mut scratch);
+                for isa in isas().into_iter().filter(|&i| i != Isa::Portable) {
+                    let mut ya = vec![0.0; rows * n];
+                    matmul_with(isa, &x, rows, w, None, &mut ya, &mut scratch);
+                    // All quantize activations identically, so only the f32 summation order differs.
+                    for r in 0..rows {
+                        for j in 0..n {
+                            let mag: f32 = (0..k).map(|i| (x[r * k + i] * deq[j * k + i]).abs()).sum();
+                            let (p, a) = (yp[r * n + j], ya[r * n + j]);
+                            let what = format!("{format} {} {rows}x{n}x{k} [{r},{j}]", isa.name());
+                            assert!((p - a).abs() <= 2e-5 * mag + 1e-6, "{what}: {p} vs {a}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dequant_row_decodes_one_row() {
+        let mut rng = Rng(9);
+        for format in WeightFormat::ALL {
+            let (n, k) = (5, 64);
+            let (data, deq) = weights(&mut rng, format, n, k);
+            let w = WeightRef { format, n, k, data: &data };
+            let mut out = vec![0.0; k];
+            for row in [0, 3, 4] {
+                dequant_row(w, row, &mut out);
+                assert_eq!(out, &deq[row * k..(row + 1) * k], "{format} row {row}");
+            }
+        }
+        // Exact values by hand: an f32 row is copied; a q8_0 block with d = 0.5 (f16 0x3800) gives q / 2.
+        let mut data = Vec::new();
+        [1.0f32, -2.5, 3.25].iter().for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
+        let mut out = [0.0; 3];
+        dequant_row(WeightRef { format: WeightFormat::F32, n: 1, k: 3, data: &data }, 0, &mut out);
+        assert_eq!(out, [1.0, -2.5, 3.25]);
+        let mut blk = vec![0x00, 0x38];
+        blk.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let mut out = [0.0; 32];
+        dequant_row(WeightRef { format: WeightFormat::Q8_0, n: 1, k: 32, data: &blk }, 0, &mut out);
+        assert_eq!((out[0], out[17], out[31]), (-8.0, 0.5, 7.5));
+    }
+
+    #[test]
+    fn edge_sizes_and_scratch_reuse() {
+        let mut scratch = Scratch::default();
+        let w = WeightRef { format: WeightFormat::Q4_0, n: 0, k: 64, data: &[] };
+        matmul(&[0.0; 128], 2, w, None, &mut [], &mut scratch);
+        let w = WeightRef { format: WeightFormat::F32, n: 2, k: 0, data: &[] };
+        let mut y = [9.0; 4];
+        matmul(&[], 2, w, Some(&[1.0, 2.0]), &mut y, &mut scratch);
+        assert_eq!(y, [1.0, 2.0, 1.0, 2.0]);
+
+        // Steady state: a second call of the same (or a smaller) shape keeps the scratch buffers where they are.
+        let mut rng = Rng(5);
+        let (data, _) = weights(&mut rng, WeightFormat::Q8_0, 64, 512);
+        let w = WeightRef { format: WeightFormat::Q8_0, n: 64, k: 512, data: &data };
+        let x = activations(&mut rng, 8, 512);
+        let mut y = vec![0.0; 8 * 64];
+        matmul(&x, 8, w, None, &mut y, &mut scratch);
+        let ptrs = (scratch.q8.qs.as_ptr(), scratch.q8.d.as_ptr(), scratch.q8.m.as_ptr());
+        matmul(&x, 8, w, None, &mut y, &mut scratch);
+        matmul(&x[..512], 1, w, None, &mut y[..64], &mut scratch);
+        assert_eq!(ptrs, (scratch.q8.qs.as_ptr(), scratch.q8.d.as_ptr(), scratch.q8.m.as_ptr()));
+    }
+
+    #[test]
+    fn detected_isa_is_available() {
+        assert!(Isa::detect().available());
+    }
+
+    fn thread_cpu_time() -> f64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid out-pointer for clock_gettime.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
+    fn process_cpu_time() -> f64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid out-pointer for clock_gettime.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
+    /// Throughput per format: `cargo test --release -p unicorn-runtime -- --ignored --nocapture bench`, on one
+    /// thread and on rayon's default pool. `UNICORN_BENCH=<substring>` keeps the matching lines only (e.g.
+    /// `avx2 q4_0`). "cold" GEMVs rotate over enough copies of the matrix (256 MiB) to overflow the 32 MiB L3,
+    /// as a real model's layers do; "hot" ones reuse one matrix, which may then sit in L3.
+    #[test]
+    #[ignore]
+    fn bench_matmul() {
+        use std::time::Instant;
+        let filter = std::env::var("UNICORN_BENCH").unwrap_or_default();
+        let mut rng = Rng(1);
+        let mut scratch = Scratch::default();
+        let pools: Vec<rayon::ThreadPool> = [1, rayon::current_num_threads()]
+            .iter()
+            .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap())
+            .collect();
+        println!("isa detected: {}", Isa::detect().name());
+        for isa in isas() {
+            for format in WeightFormat::ALL {
+                let shapes = [
+                    (1, 2048, 2048, false),
+                    (1, 8192, 2048, false),
+                    (1, 2048, 8192, false),
+                    (1, 2048, 8192, true),
+                    (1, 8192, 2048, true),
+                    (128, 2048, 2048, false),
+                ];
+                for (rows, n, k, cold) in shapes {
+                    let label = format!(
+                        "{:8} {:5} rows={rows:4} n={n:5} k={k:5} {:4}",
+                        isa.name(),
+                        format.name(),
+                        if cold { "cold" } else { "hot" }
+                    );
+                    if !label.contains(&filter) || (isa == Isa::Portable && rows > 1) {
+                        continue;
+                    }
+                    let one = format.row_bytes(k).unwrap() * n;
+                    let copies = if cold { ((256 << 20) / one).max(2) } else { 1 };
+                    let mut data = Vec::new();
+                    for row in rng.vec(n * k, 1.0).chunks(k) {
+                        encode_row(format, row, &mut data);
+                    }
+                    let all: Vec<u8> = data.iter().copied().cycle().take(one * copies).collect();
+                    let x = activations(&mut rng, rows, k);
+                    let mut y = vec![0.0; rows * n];
+                    for pool in &pools {
+                        let threads = pool.current_num_threads();
+                        // The timing loop runs inside the pool; with one thread, its CPU time is the kernel's
+                        // alone, which stays meaningful when other processes share the machine.
+                        let (wall, cpu, busy) = pool.install(|| {
+                            let mut c = 0;
+                            let mut call = || {
+                                let w = WeightRef { format, n, k, data: &all[c * one..(c + 1) * one] };
+                                matmul_with(isa, &x, rows, w, None, &mut y, &mut scratch);
+                                c = (c + 1) % copies;
+                            };
+                            call();
+                            // Best of several ~30 ms batches: other processes on the machine only slow a run down.
+                            let (mut wall, mut cpu, mut busy) = (f64::MAX, f64::MAX, 0.0f64);
+                            for _ in 0..8 {
+                                let (start, cpu0, proc0) = (Instant::now(), thread_cpu_time(), process_cpu_time());
+                                let mut iters = 0;
+                                while start.elapsed().as_secs_f64() < 0.03 || iters < 2 {
+                                    call();
+                                    iters += 1;
+                                }
+                                let n = f64::from(iters);
+                                let elapsed = start.elapsed().as_secs_f64();
+                                if elapsed / n < wall {
+                                    busy = (process_cpu_time() - proc0) / elapsed;
+                                }
+                                wall = wall.min(elapsed / n);
+                                cpu = cpu.min((thread_cpu_time() - cpu0) / n);
+                            }
+                            (wall, cpu, busy)
+                        });
+                        let t = if threads == 1 { cpu } else { wall };
+                        println!(
+                            "{label} threads={threads}: {:9.1} us {:7.1} GFLOP/s {:6.1} GB/s{}",
+                            t * 1e6,
+                            2.0 * (rows * n * k) as f64 / t / 1e9,
+                            one as f64 / t / 1e9,
+                            if threads == 1 {
+                                format!("  (thread CPU time; wall {:.1} us)", wall * 1e6)
+                            } else {
+                                format!("  (wall; {busy:.1} cores busy)")
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compares tile shapes, interleaved so that other load on the machine hits all of them alike:
+    /// `cargo test --release -p unicorn-runtime -- --ignored --nocapture tune_tiles`. `UNICORN_TILES=4x2,4x3`
+    /// picks the shapes, `UNICORN_TUNE=rows,n,k,threads` the problem (GEMVs rotate over 256 MiB of weights).
+    #[test]
+    #[ignore]
+    fn tune_tiles() {
+        use std::time::Instant;
+        let shapes: Vec<(usize, usize)> = match std::env::var("UNICORN_TILES") {
+            Ok(v) => v
+                .split(',')
+                .map(|t| t.split_once('x').unwrap())
+                .map(|(r, c)| (r.parse().unwrap(), c.parse().unwrap()))
+                .collect(),
+            Err(_) => vec![(4, 2), (4, 3), (2, 4), (3, 3), (1, 1), (1, 4)],
+        };
+        let p: Vec<usize> = std::env::var("UNICORN_TUNE")
+            .unwrap_or("64,512,2048,1".into())
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let (rows, n, k, threads) = (p[0], p[1], p[2], p[3]);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut rng = Rng(3);
+        let mut scratch = Scratch::default();
+        for format in WeightFormat::ALL {
+            let one = format.row_bytes(k).unwrap() * n;
+            let copies = if rows == 1 { ((256 << 20) / one).max(2) } else { 1 };
+            let mut data = Vec::new();
+            for row in rng.vec(n * k, 1.0).chunks(k) {
+                encode_row(format, row, &mut data);
+            }
+            let all: Vec<u8> = data.iter().copied().cycle().take(one * copies).collect();
+            let x = activations(&mut rng, rows, k);
+            let mut y = vec![0.0; rows * n];
+            let mut best = vec![f64::MAX; shapes.len()];
+            let mut c = 0;
+            pool.install(|| {
+                for _ in 0..15 {
+                    for (s, &tile) in shapes.iter().enumerate() {
+                        let start = Instant::now();
+                        let reps = 4;
+                        for _ in 0..reps {
+                            let w = WeightRef { format, n, k, data: &all[c * one..(c + 1) * one] };
+                            matmul_tiled(Isa::detect(), Some(tile), &x, rows, w, None, &mut y, &mut scratch);
+                            c = (c + 1) % copies;
+                        }
+                        best[s] = best[s].min(start.elapsed().as_secs_f64() / f64::from(reps));
+                    }
+                }
+            });
+            let line: Vec<String> = shapes
+                .iter()
+                .zip(&best)
+                .map(|((r, c), t)| {
+                    format!(
+                        "{r}x{c} {:5.1} GFLOP/s {:5.1} GB/s",
+                        2.0 * (rows * n * k) as f64 / t / 1e9,
+                        one as f64 / t / 1e9
+                    )
+                })
+                .collect();
+            println!("{:5} {rows}x{n}x{k} threads={threads}: {}", format.name(), line.join(" | "));
+        }
+    }
+}

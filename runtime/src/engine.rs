@@ -1,0 +1,144 @@
+//! Executes a plan's phases on the CPU: one activation arena, the KV cache, and a loop over the steps.
+
+use crate::cpu::matmul::{dequant_row, matmul, Scratch};
+use crate::cpu::ops::{self, AttnShape, KvCache};
+use crate::model::Model;
+use crate::Error;
+use unicorn_ir::memory::Slot;
+use unicorn_ir::plan::PlanPhase;
+use unicorn_ir::{Dim, Op, Phase};
+
+/// The state of one generation: position, caches, buffers. Buffers grow to the largest execution and are then
+/// reused, so steady-state decoding allocates nothing.
+pub struct Session<'m> {
+    model: &'m Model,
+    caches: Vec<KvCache>,
+    /// Tokens processed so far (the position of the next one).
+    pos: usize,
+    /// Positions this session can hold.
+    ctx: usize,
+    arena: Vec<f32>,
+    scratch: Scratch,
+    logits: Vec<f32>,
+}
+
+impl<'m> Session<'m> {
+    /// A session for up to `ctx` positions (at most the plan's context).
+    pub fn new(model: &'m Model, ctx: usize) -> Self {
+        let spec = &model.header().spec;
+        let ctx = ctx.clamp(1, spec.max_context);
+        let caches =
+            spec.layers.iter().map(|l| KvCache::new(l.window.map_or(ctx, |w| w.min(ctx)), spec.kv_width())).collect();
+        Self { model, caches, pos: 0, ctx, arena: Vec::new(), scratch: Scratch::default(), logits: Vec::new() }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn context(&self) -> usize {
+        self.ctx
+    }
+
+    /// Run `tokens` at the next positions; returns the logits of the last token, or of every token when
+    /// `all_rows` (row-major, `rows x vocab`).
+    pub fn forward(&mut self, tokens: &[u32], all_rows: bool) -> Result<&[f32], Error> {
+        let h = self.model.header();
+        let vocab = h.spec.vocab_size;
+        if tokens.is_empty() {
+            return Err(Error::Input("no tokens to run".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Input(format!("token id {bad} is out of range (vocabulary size {vocab})")));
+        }
+        if self.pos + tokens.len() > self.ctx {
+            return Err(Error::Input(format!(
+                "{} tokens at position {} exceed the context of {} tokens",
+                tokens.len(),
+                self.pos,
+                self.ctx
+            )));
+        }
+        let phase = if tokens.len() == 1 && self.pos > 0 { Phase::Decode } else { Phase::Prefill };
+        let phase = h.phase(phase).ok_or_else(|| Error::Plan(format!("plan has no {phase} phase")))?;
+        let keep = if all_rows { tokens.len() } else { 1 };
+        self.run(phase, tokens, keep);
+        self.pos += tokens.len();
+        Ok(&self.logits[..keep * vocab])
+    }
+
+    fn run(&mut self, phase: &PlanPhase, tokens: &[u32], keep: usize) {
+        let model = self.model;
+        let h = model.header();
+        let s = tokens.len();
+        let need = phase.arena_width * s;
+        if self.arena.len() < need {
+            self.arena.resize(need, 0.0);
+        }
+        let base = self.arena.as_mut_ptr();
+        let rows_of = |d: Dim| match d {
+            Dim::Seq => s,
+            Dim::Out => keep,
+            Dim::Const(n) => n,
+        };
+        // Slots of values live at the same time never overlap (the memory plan guarantees it), and a step's
+        // result is never one of its operands, so these views do not alias.
+        let view = |slot: Slot, rows: usize| unsafe {
+            std::slice::from_raw_parts(base.add(slot.offset * s) as *const f32, slot.width * rows)
+        };
+        for step in &phase.steps {
+            let rows = rows_of(step.rows);
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(base.add(step.output.offset * s), step.output.width * rows) };
+            let arg = |i: usize| view(step.inputs[i].expect("operand has a slot"), rows);
+            match &step.op {
+                Op::Embed { table, scale } => {
+                    let w = model.matrix(*table);
+                    for (row, &t) in out.chunks_mut(w.k).zip(tokens) {
+                        dequant_row(w, t as usize, row);
+                        if *scale != 1.0 {
+                            row.iter_mut().for_each(|v| *v *= scale);
+                        }
+                    }
+                }
+                Op::Scale { factor } => ops::scale(arg(0), *factor, out),
+                Op::RmsNorm { weight, eps, unit_offset } => {
+                    ops::rms_norm(arg(0), model.vector(*weight), *eps, *unit_offset, out)
+                }
+                Op::MatMul { weight, bias } => {
+                    let bias = bias.map(|b| model.vector(b));
+                    matmul(arg(0), rows, model.matrix(*weight), bias, out, &mut self.scratch);
+                }
+                Op::Rope { rope, head_dim } => {
+                    ops::rope(arg(0), step.output.width, *head_dim, self.pos, &h.rope_inv_freq[*rope], out)
+                }
+                Op::Attention { layer, num_heads, num_kv_heads, head_dim, window, scale } => {
+                    let shape = AttnShape {
+                        heads: *num_heads,
+                        kv_heads: *num_kv_heads,
+                        head_dim: *head_dim,
+                        window: *window,
+                        scale: *scale,
+                    };
+                    let (q, k, v) = (arg(0), arg(1), arg(2));
+                    ops::attention(q, k, v, &self.caches[*layer], self.pos, shape, out);
+                    self.caches[*layer].append(self.pos, k, v);
+                }
+                Op::Glu { activation } => match activation {
+                    unicorn_ir::spec::Activation::Silu => ops::glu_silu(arg(0), arg(1), out),
+                    unicorn_ir::spec::Activation::GeluTanh => ops::glu_gelu_tanh(arg(0), arg(1), out),
+                },
+                Op::Add => ops::add(arg(0), arg(1), out),
+                Op::SelectRows => {
+                    let src = view(step.inputs[0].expect("operand has a slot"), s);
+                    out.copy_from_slice(&src[(s - keep) * step.output.width..]);
+                }
+                Op::Softcap { cap } => ops::softcap(arg(0), *cap, out),
+                Op::Tokens | Op::Output => {}
+            }
+        }
+        let result = view(phase.result, keep);
+        self.logits.clear();
+        self.logits.extend_from_slice(result);
+    }
+}

@@ -1,0 +1,73 @@
+//! The generation loop: prefill the prompt, then decode token by token until an end token, the length limit or
+//! the context's end.
+
+use crate::engine::Session;
+use crate::sampler::Sampler;
+use crate::Error;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    EndToken,
+    Length,
+    ContextFull,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub prefill_secs: f64,
+    pub generated: usize,
+    /// Time spent in decode steps (every generated token after the first comes from one).
+    pub decode_secs: f64,
+    pub stop: StopReason,
+}
+
+impl Stats {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+    pub fn decode_tok_s(&self) -> f64 {
+        let steps = self.generated.saturating_sub(1);
+        if steps == 0 {
+            0.0
+        } else {
+            steps as f64 / self.decode_secs.max(1e-9)
+        }
+    }
+}
+
+/// Generate up to `max_new` tokens after `prompt`, calling `emit` with each one as it is chosen.
+pub fn generate(
+    session: &mut Session,
+    prompt: &[u32],
+    max_new: usize,
+    sampler: &mut Sampler,
+    eos: &[u32],
+    mut emit: impl FnMut(u32) -> Result<(), Error>,
+) -> Result<Stats, Error> {
+    let t0 = Instant::now();
+    let mut next = sampler.sample(session.forward(prompt, false)?);
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let mut stats =
+        Stats { prompt_tokens: prompt.len(), prefill_secs, generated: 0, decode_secs: 0.0, stop: StopReason::Length };
+    let t1 = Instant::now();
+    while stats.generated < max_new {
+        emit(next)?;
+        stats.generated += 1;
+        if eos.contains(&next) {
+            stats.stop = StopReason::EndToken;
+            break;
+        }
+        if stats.generated == max_new {
+            break;
+        }
+        if session.position() >= session.context() {
+            stats.stop = StopReason::ContextFull;
+            break;
+        }
+        next = sampler.sample(session.forward(&[next], false)?);
+    }
+    stats.decode_secs = t1.elapsed().as_secs_f64();
+    Ok(stats)
+}

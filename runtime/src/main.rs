@@ -1,0 +1,219 @@
+//! unicorn-rt: run a Unicorn plan.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use unicorn_runtime::bench::BenchOptions;
+use unicorn_runtime::generate::{generate, StopReason};
+use unicorn_runtime::sampler::{Sampler, SamplerOptions};
+use unicorn_runtime::{Model, Session};
+
+#[derive(Parser)]
+#[command(name = "unicorn-rt", version, about = "Run a Unicorn plan (.ucp): generate text, or dump logits")]
+struct Cli {
+    /// The plan written by `unicornc compile`.
+    plan: PathBuf,
+    /// Text to continue (tokenized with the plan's tokenizer).
+    #[arg(long, conflicts_with = "tokens")]
+    prompt: Option<String>,
+    /// Token ids to continue, comma-separated (instead of --prompt).
+    #[arg(long, value_name = "IDS")]
+    tokens: Option<String>,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "max-tokens", value_name = "N", default_value_t = 128)]
+    n: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Sample among the K most likely tokens only; 0 disables.
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    top_k: usize,
+    /// Sample from the smallest set of tokens whose probability reaches P.
+    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    top_p: f32,
+    /// Random seed (default: from the clock).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Write the logits of every prompt position of one prefill pass to FILE as float32 [len, vocab] .npy.
+    #[arg(long, value_name = "FILE")]
+    logits_out: Option<PathBuf>,
+    /// Print the generated token ids, comma-separated, on one line (instead of text).
+    #[arg(long)]
+    print_ids: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
+    /// Measure prefill and decode speed, time to first token and peak memory instead of generating text.
+    #[arg(long, conflicts_with_all = ["prompt", "tokens", "logits_out", "print_ids"])]
+    bench: bool,
+    /// --bench: prompt tokens.
+    #[arg(long, value_name = "P", default_value_t = 128, requires = "bench")]
+    prompt_len: usize,
+    /// --bench: tokens to generate.
+    #[arg(long, value_name = "N", default_value_t = 64, requires = "bench")]
+    gen: usize,
+    /// --bench: measured repeats (after one warm-up run).
+    #[arg(long, value_name = "R", default_value_t = 3, requires = "bench")]
+    repeat: usize,
+    /// --bench: print one JSON object instead of a table.
+    #[arg(long, requires = "bench")]
+    json: bool,
+}
+
+fn parse_tokens(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(|t| t.trim().parse::<u32>().map_err(|_| anyhow!("--tokens: '{}' is not a token id", t.trim())))
+        .collect()
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.temperature.is_nan() || cli.temperature < 0.0 {
+        bail!("--temperature must be >= 0");
+    }
+    if cli.top_p.is_nan() || cli.top_p <= 0.0 || cli.top_p > 1.0 {
+        bail!("--top-p must be in (0, 1]");
+    }
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("--threads")?;
+    }
+    let model = Model::load(&cli.plan)?;
+    let spec = &model.header().spec;
+    if cli.bench {
+        let o = BenchOptions { prompt_len: cli.prompt_len, gen: cli.gen, repeat: cli.repeat };
+        let r = unicorn_runtime::bench::run(&model, o)?;
+        if cli.json {
+            println!("{}", r.json());
+        } else {
+            print!("{}", r.table());
+        }
+        return Ok(());
+    }
+    let prompt: Vec<u32> = match (&cli.prompt, &cli.tokens) {
+        (_, Some(t)) => parse_tokens(t)?,
+        (Some(text), None) => {
+            let tok = model
+                .tokenizer
+                .as_ref()
+                .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --tokens", cli.plan.display()))?;
+            tok.encode(text.as_str(), true).map_err(|e| anyhow!("--prompt: {e}"))?.get_ids().to_vec()
+        }
+        (None, None) => bail!("give --prompt TEXT or --tokens IDS"),
+    };
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    if prompt.len() > spec.max_context {
+        bail!(
+            "the prompt has {} tokens but the plan's context is {} (compile with a larger --max-context)",
+            prompt.len(),
+            spec.max_context
+        );
+    }
+
+    if let Some(path) = &cli.logits_out {
+        let mut session = Session::new(&model, prompt.len());
+        let logits = session.forward(&prompt, true)?;
+        unicorn_runtime::npy::write_f32(path, &[prompt.len(), spec.vocab_size], logits)
+            .with_context(|| format!("--logits-out {}", path.display()))?;
+        if !cli.print_ids && cli.prompt.is_none() {
+            return Ok(());
+        }
+    }
+
+    let seed = cli.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    });
+    let mut sampler =
+        Sampler::new(SamplerOptions { temperature: cli.temperature, top_k: cli.top_k, top_p: cli.top_p, seed });
+    let mut session = Session::new(&model, prompt.len() + cli.n);
+    let eos = spec.eos_token_ids.clone();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let stats = if cli.print_ids {
+        let mut ids = Vec::new();
+        let stats = generate(&mut session, &prompt, cli.n, &mut sampler, &eos, |t| {
+            ids.push(t.to_string());
+            Ok(())
+        })?;
+        writeln!(out, "{}", ids.join(","))?;
+        stats
+    } else {
+        let tok = model
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --print-ids", cli.plan.display()))?;
+        // Decode the whole continuation each time and print what is new, so multi-token characters come out
+        // whole; text is held back while it ends in an incomplete character.
+        let (mut generated, mut printed) = (Vec::new(), 0usize);
+        let mut io_err = None;
+        let stats = generate(&mut session, &prompt, cli.n, &mut sampler, &eos, |t| {
+            if eos.contains(&t) {
+                return Ok(());
+            }
+            generated.push(t);
+            let text = tok.decode(&generated, true).unwrap_or_default();
+            if text.len() > printed && !text.ends_with('\u{fffd}') {
+                if let Err(e) = out.write_all(&text.as_bytes()[printed..]).and_then(|_| out.flush()) {
+                    io_err.get_or_insert(e);
+                }
+                printed = text.len();
+            }
+            Ok(())
+        })?;
+        if let Some(e) = io_err {
+            return Err(e.into());
+        }
+        writeln!(out)?;
+        stats
+    };
+    let why = match stats.stop {
+        StopReason::EndToken => "end token",
+        StopReason::Length => "length limit",
+        StopReason::ContextFull => "context full",
+    };
+    eprintln!(
+        "prompt tokens: {}, prefill: {:.1} tok/s, decode: {:.1} tok/s ({} tokens, stopped: {why})",
+        stats.prompt_tokens,
+        stats.prefill_tok_s(),
+        stats.decode_tok_s(),
+        stats.generated
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .map(String::from)
+            .or_else(|| info.payload().downcast_ref::<String>().cloned());
+        eprintln!("unicorn-rt: internal error: {}", msg.unwrap_or_else(|| "panic".into()));
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("unicorn-rt: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unicorn-rt: error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
