@@ -1,0 +1,171 @@
+//! Helpers for the end-to-end tests: fixtures, .npy reading, compiling and running plans, the binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use unicorn_compiler::compile::{compile, CompileOptions};
+use unicorn_ir::WeightFormat;
+use unicorn_passes::{Options, Target};
+use unicorn_runtime::sampler::argmax;
+use unicorn_runtime::{Model, Session};
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Every fixture folder (those with an expected.json), sorted.
+pub fn fixtures() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .expect("tests/fixtures exists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("expected.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// What transformers produced for a fixture.
+pub struct Expected {
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+    pub vocab: usize,
+    /// Row-major `[prompt_len, vocab]`.
+    pub logits: Vec<f32>,
+}
+
+pub fn expected(name: &str) -> Expected {
+    let dir = fixtures_dir().join(name);
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected.json")).expect("json");
+    let ids = |k: &str| -> Vec<u32> {
+        j[k].as_array().unwrap_or_else(|| panic!("{name}: {k}")).iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    };
+    let (shape, logits) = read_npy_f32(&dir.join("logits.npy"));
+    assert_eq!(shape.len(), 2);
+    Expected { prompt_ids: ids("prompt_ids"), greedy_ids: ids("greedy_ids"), vocab: shape[1], logits }
+}
+
+/// Read a little-endian float32 C-order .npy file.
+pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..6], b"\x93NUMPY", "{}: not .npy", path.display());
+    let (hlen, start) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+        _ => (u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, 12),
+    };
+    let header = std::str::from_utf8(&b[start..start + hlen]).unwrap();
+    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> =
+        shape_txt.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data: Vec<f32> = b[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    (shape, data)
+}
+
+/// Compile a checkpoint into `dir/<name>.<format>.ucp` through the library (what `unicornc compile` runs).
+pub fn compile_to(model: &Path, dir: &Path, format: WeightFormat, max_context: Option<usize>) -> PathBuf {
+    let name = model.file_name().unwrap().to_string_lossy();
+    let plan = dir.join(format!("{name}.{format}.ucp"));
+    let options =
+        CompileOptions { passes: Options { target: Target::Cpu, weights: format }, max_context, progress: false };
+    compile(model, &plan, &options).unwrap_or_else(|e| panic!("compiling {name} to {format}: {e:#}"));
+    plan
+}
+
+/// Logits of every position of one prefill pass.
+pub fn prefill_logits(plan: &Path, ids: &[u32]) -> Vec<f32> {
+    let model = Model::load(plan).expect("plan loads");
+    let mut s = Session::new(&model, ids.len());
+    s.forward(ids, true).expect("prefill").to_vec()
+}
+
+/// Greedy continuation through prefill then decode steps (the KV-cache path), stopping at an end token.
+pub fn greedy(plan: &Path, ids: &[u32], n: usize) -> Vec<u32> {
+    let model = Model::load(plan).expect("plan loads");
+    let eos = model.header().spec.eos_token_ids.clone();
+    let mut s = Session::new(&model, ids.len() + n);
+    let mut out = vec![argmax(s.forward(ids, false).unwrap())];
+    while out.len() < n && !eos.contains(out.last().unwrap()) {
+        let next = argmax(s.forward(&[*out.last().unwrap()], false).unwrap());
+        out.push(next);
+    }
+    out
+}
+
+/// Comparison of two `[rows, vocab]` logit matrices.
+#[derive(Debug, Clone, Copy)]
+pub struct Agreement {
+    /// max |a - b| / max |b|
+    pub rel_err: f32,
+    /// Fraction of rows with the same argmax.
+    pub argmax: f32,
+}
+
+pub fn compare(got: &[f32], want: &[f32], vocab: usize) -> Agreement {
+    assert_eq!(got.len(), want.len(), "logit counts differ");
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let rows = want.len() / vocab;
+    let same = (0..rows)
+        .filter(|r| argmax(&got[r * vocab..(r + 1) * vocab]) == argmax(&want[r * vocab..(r + 1) * vocab]))
+        .count();
+    Agreement { rel_err: max_err / max_ref, argmax: same as f32 / rows as f32 }
+}
+
+/// Path of a workspace binary (built by `cargo build --bins`, which the test command runs first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} not built: run `cargo build --bins` before the tests", p.display());
+    p
+}
+
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name)).args(args).env_remove("RUST_BACKTRACE").output().expect("binary runs")
+}
+
+/// Assert a failed run printed exactly one line naming `culprit`, with no panic or backtrace.
+pub fn assert_one_line_error(out: &Output, culprit: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err}");
+    assert!(err.contains(culprit), "error does not name '{culprit}': {err}");
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE", "internal error"] {
+        assert!(!err.contains(bad), "error shows '{bad}': {err}");
+    }
+    err
+}
+
+/// Copy a fixture checkpoint into `dir` so a test can damage it.
+pub fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
+    let src = fixtures_dir().join(name);
+    let dst = dir.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    dst
+}
+
+/// Rewrite a safetensors file's JSON header (the data bytes are kept as they are).
+pub fn edit_safetensors_header(path: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let data = &b[8 + n..];
+    edit(&mut header);
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    std::fs::write(path, out).unwrap();
+}

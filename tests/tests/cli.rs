@@ -1,0 +1,114 @@
+//! The command-line contract, through the real binaries.
+
+use unicorn_tests::*;
+
+fn ids_arg(ids: &[u32]) -> String {
+    ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn compile_then_logits_out_and_print_ids_match_transformers() {
+    let name = "qwen3_qknorm";
+    let exp = expected(name);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("p.ucp");
+    let model = fixtures_dir().join(name);
+    let out = run("unicornc", &["compile", model.to_str().unwrap(), "-o", plan.to_str().unwrap(), "--weights", "f32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let npy = dir.path().join("logits.npy");
+    let tokens = ids_arg(&exp.prompt_ids);
+    let out = run("unicorn-rt", &[plan.to_str().unwrap(), "--tokens", &tokens, "--logits-out", npy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (shape, logits) = read_npy_f32(&npy);
+    assert_eq!(shape, vec![exp.prompt_ids.len(), exp.vocab]);
+    let a = compare(&logits, &exp.logits, exp.vocab);
+    assert!(a.rel_err <= 1e-3, "{}", a.rel_err);
+
+    let n = exp.greedy_ids.len().to_string();
+    let out = run(
+        "unicorn-rt",
+        &[plan.to_str().unwrap(), "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.trim(), ids_arg(&exp.greedy_ids));
+    assert_eq!(stdout.lines().count(), 1);
+}
+
+#[test]
+fn prompt_generation_streams_text_and_ends_with_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = compile_to(&fixtures_dir().join("llama_gqa"), dir.path(), unicorn_ir::WeightFormat::Q8_0, None);
+    let out = run("unicorn-rt", &[plan.to_str().unwrap(), "--prompt", "The lamp", "-n", "12", "--seed", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stats = stderr.lines().last().unwrap();
+    assert!(stats.starts_with("prompt tokens: "), "{stats}");
+    assert!(stats.contains("prefill:") && stats.contains("decode:") && stats.contains("tok/s"), "{stats}");
+    assert!(!out.stdout.is_empty());
+    // Same seed, same text.
+    let again = run("unicorn-rt", &[plan.to_str().unwrap(), "--prompt", "The lamp", "-n", "12", "--seed", "3"]);
+    assert_eq!(out.stdout, again.stdout);
+}
+
+#[test]
+fn inspect_reports_architecture_phases_devices_formats_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = compile_to(&fixtures_dir().join("gemma3_text"), dir.path(), unicorn_ir::WeightFormat::Q4_0, None);
+    let out = run("unicornc", &["inspect", plan.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in ["Gemma3ForCausalLM", "prefill", "decode", "on cpu", "q4_0", "f32", "peak activations", "kv cache"] {
+        assert!(text.contains(want), "inspect output lacks '{want}':\n{text}");
+    }
+}
+
+#[test]
+fn help_works_for_both_binaries() {
+    for (bin, want) in [("unicornc", "compile"), ("unicorn-rt", "--logits-out")] {
+        let out = run(bin, &["--help"]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(want));
+    }
+    let out = run("unicornc", &["compile", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--max-context"));
+}
+
+#[test]
+fn a_failed_compile_leaves_no_plan_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy_fixture("llama_gqa", dir.path());
+    // Pass-through of the damage: the shape check fails after the output file would have been opened.
+    edit_safetensors_header(&model.join("model.safetensors"), |h| {
+        h.remove("model.norm.weight");
+    });
+    let plan = dir.path().join("out.ucp");
+    let out = run("unicornc", &["compile", model.to_str().unwrap(), "-o", plan.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "left behind: {left:?}");
+}
+
+#[test]
+fn bench_json_reports_every_measure() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = compile_to(&fixtures_dir().join("llama_gqa"), dir.path(), unicorn_ir::WeightFormat::Q4_0, None);
+    let out = run(
+        "unicorn-rt",
+        &[plan.to_str().unwrap(), "--bench", "--prompt-len", "16", "--gen", "4", "--repeat", "2", "--json"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(j["prompt_len"], 16);
+    assert_eq!(j["gen"], 4);
+    for k in ["prefill_tok_s", "decode_tok_s", "ttft_ms"] {
+        let (lo, mid, hi) =
+            (j[k]["min"].as_f64().unwrap(), j[k]["median"].as_f64().unwrap(), j[k]["max"].as_f64().unwrap());
+        assert!(0.0 < lo && lo <= mid && mid <= hi, "{k}: {lo} {mid} {hi}");
+    }
+    assert!(j["peak_rss_mib"].as_f64().unwrap() > 1.0);
+    // The context limit applies to the benchmark too.
+    let out = run("unicorn-rt", &[plan.to_str().unwrap(), "--bench", "--prompt-len", "300", "--gen", "300"]);
+    assert_one_line_error(&out, "--prompt-len");
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests (one binary, one module per concern).
+
+mod bad_input;
+mod cli;
+mod parity;
