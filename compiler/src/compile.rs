@@ -97,6 +97,8 @@ fn write_weight(ck: &Checkpoint, w: &PlanWeight, out: &mut PlanWriter, progress:
             let r1 = (r0 + block_rows).min(rows);
             progress.advance(((r1 - r0) * row_src) as u64);
         }
+        let done = (batch[batch.len() - 1] + block_rows).min(rows);
+        ck.release_range(t, batch[0] * row_src, done * row_src);
     }
     ck.release(t);
     Ok(())

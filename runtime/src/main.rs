@@ -97,8 +97,7 @@ fn run(cli: Cli) -> Result<()> {
         (_, Some(t)) => parse_tokens(t)?,
         (Some(text), None) => {
             let tok = model
-                .tokenizer
-                .as_ref()
+                .tokenizer()?
                 .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --tokens", cli.plan.display()))?;
             tok.encode(text.as_str(), true).map_err(|e| anyhow!("--prompt: {e}"))?.get_ids().to_vec()
         }
@@ -144,8 +143,7 @@ fn run(cli: Cli) -> Result<()> {
         stats
     } else {
         let tok = model
-            .tokenizer
-            .as_ref()
+            .tokenizer()?
             .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --print-ids", cli.plan.display()))?;
         // Decode the whole continuation each time and print what is new, so multi-token characters come out
         // whole; text is held back while it ends in an incomplete character.

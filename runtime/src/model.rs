@@ -11,7 +11,6 @@ pub struct Model {
     plan: PlanFile,
     /// f32 copies of the vector weights (norms, biases), indexed like the plan's weights.
     vectors: Vec<Option<Vec<f32>>>,
-    pub tokenizer: Option<tokenizers::Tokenizer>,
 }
 
 impl Model {
@@ -38,14 +37,18 @@ impl Model {
                 None
             });
         }
-        let tokenizer = match plan.section(SectionKind::Tokenizer) {
-            Ok(bytes) => Some(
-                tokenizers::Tokenizer::from_bytes(bytes)
-                    .map_err(|e| corrupt(format!("embedded tokenizer does not load: {e}")))?,
-            ),
-            Err(_) => None,
-        };
-        Ok(Self { plan, vectors, tokenizer })
+        Ok(Self { plan, vectors })
+    }
+
+    /// The plan's tokenizer, parsed on demand (a large vocabulary costs tens of MiB, which runs on token ids
+    /// do not need). `None` if the checkpoint had no tokenizer.json.
+    pub fn tokenizer(&self) -> Result<Option<tokenizers::Tokenizer>, Error> {
+        match self.plan.section(SectionKind::Tokenizer) {
+            Ok(bytes) => tokenizers::Tokenizer::from_bytes(bytes).map(Some).map_err(|e| {
+                Error::Plan(format!("{}: embedded tokenizer does not load: {e}", self.plan.path.display()))
+            }),
+            Err(_) => Ok(None),
+        }
     }
 
     pub fn header(&self) -> &PlanHeader {

@@ -306,9 +306,15 @@ impl Checkpoint {
     /// Drop the tensor's pages from this process's resident set (MADV_DONTNEED on the whole pages inside its byte
     /// range). The mapping is read-only and file-backed, so a later read simply faults the data back in.
     pub fn release(&self, t: &TensorRef) {
+        self.release_range(t, 0, t.end - t.begin);
+    }
+
+    /// Like [`Self::release`], for the bytes `from..to` of the tensor only (a large tensor is converted in
+    /// pieces, and each piece is released when done).
+    pub fn release_range(&self, t: &TensorRef, from: usize, to: usize) {
         let page = page_size();
-        let start = t.begin.div_ceil(page) * page;
-        let end = t.end / page * page;
+        let start = (t.begin + from).div_ceil(page) * page;
+        let end = (t.begin + to.min(t.end - t.begin)) / page * page;
         if end > start {
             // SAFETY: the map is a read-only file mapping, never written through: after MADV_DONTNEED the pages
             // refault from the file with the same contents, so outstanding slices stay valid.

@@ -1,4 +1,4 @@
-//! AVX2 + FMA + F16C matmul tiles (see [`super::matmul`] for the tiling and the [`TileArgs`] contract).
+//! AVX2 + FMA + F16C matmul tiles (see [`super::matmul`] for the tiling and the `TileArgs` contract).
 //!
 //! A tile computes `R` activation rows against `C` weight rows as `R x C` dot products along `k`, each held in an
 //! 8-lane f32 accumulator and summed horizontally once at the end (llamafile's tinyBLAS does the same). Each weight

@@ -1,4 +1,4 @@
-//! The CPU backend: reference-quality kernels with AVX2/FMA paths chosen at run time.
+//! The CPU backend: kernels with AVX-512 VNNI, AVX2/FMA and portable paths, chosen at run time.
 
 pub mod isa;
 pub mod matmul;
