@@ -62,6 +62,43 @@ struct Cli {
     json: bool,
 }
 
+/// Streaming detokenization: decode a short window of recent tokens with and without the newest ones and
+/// print the difference, so pieces whose text depends on their neighbours (leading spaces, multi-token
+/// characters) come out right; text is held back while it ends in an incomplete character.
+struct Detokenizer {
+    ids: Vec<u32>,
+    /// Start of the context window decoded with the new tokens.
+    prefix: usize,
+    /// End of what has been printed.
+    read: usize,
+}
+
+impl Detokenizer {
+    fn new(prompt: &[u32]) -> Self {
+        let read = prompt.len();
+        Self { ids: prompt.to_vec(), prefix: read.saturating_sub(4), read }
+    }
+
+    fn push(&mut self, tok: &tokenizers::Tokenizer, id: u32) -> Option<String> {
+        self.ids.push(id);
+        let before = tok.decode(&self.ids[self.prefix..self.read], true).ok()?;
+        let after = tok.decode(&self.ids[self.prefix..], true).ok()?;
+        if after.len() <= before.len() || after.ends_with('\u{fffd}') || !after.is_char_boundary(before.len()) {
+            return None;
+        }
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Some(after[before.len()..].to_string())
+    }
+
+    /// Whatever is still held back at the end (an incomplete character prints as U+FFFD).
+    fn finish(&self, tok: &tokenizers::Tokenizer) -> String {
+        let before = tok.decode(&self.ids[self.prefix..self.read], true).unwrap_or_default();
+        let after = tok.decode(&self.ids[self.prefix..], true).unwrap_or_default();
+        after.get(before.len()..).unwrap_or_default().to_string()
+    }
+}
+
 fn parse_tokens(s: &str) -> Result<Vec<u32>> {
     s.split(',')
         .map(|t| t.trim().parse::<u32>().map_err(|_| anyhow!("--tokens: '{}' is not a token id", t.trim())))
@@ -145,28 +182,28 @@ fn run(cli: Cli) -> Result<()> {
         let tok = model
             .tokenizer()?
             .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --print-ids", cli.plan.display()))?;
-        // Decode the whole continuation each time and print what is new, so multi-token characters come out
-        // whole; text is held back while it ends in an incomplete character.
-        let (mut generated, mut printed) = (Vec::new(), 0usize);
+        if let Some(text) = &cli.prompt {
+            write!(out, "{text}")?;
+            out.flush()?;
+        }
+        let mut detok = Detokenizer::new(&prompt);
         let mut io_err = None;
         let stats = generate(&mut session, &prompt, cli.n, &mut sampler, &eos, |t| {
             if eos.contains(&t) {
                 return Ok(());
             }
-            generated.push(t);
-            let text = tok.decode(&generated, true).unwrap_or_default();
-            if text.len() > printed && !text.ends_with('\u{fffd}') {
-                if let Err(e) = out.write_all(&text.as_bytes()[printed..]).and_then(|_| out.flush()) {
+            if let Some(piece) = detok.push(&tok, t) {
+                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
                     io_err.get_or_insert(e);
                 }
-                printed = text.len();
             }
             Ok(())
         })?;
         if let Some(e) = io_err {
             return Err(e.into());
         }
-        writeln!(out)?;
+        writeln!(out, "{}", detok.finish(&tok))?;
+        out.flush()?;
         stats
     };
     let why = match stats.stop {

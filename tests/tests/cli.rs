@@ -112,3 +112,28 @@ fn bench_json_reports_every_measure() {
     let out = run("unicorn-rt", &[plan.to_str().unwrap(), "--bench", "--prompt-len", "300", "--gen", "300"]);
     assert_one_line_error(&out, "--prompt-len");
 }
+
+#[test]
+fn streamed_text_is_the_decoding_of_the_generated_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
+    let plan = compile_to(&model, dir.path(), unicorn_ir::WeightFormat::F32, None);
+    let p = plan.to_str().unwrap();
+    let prompt = "In the winter";
+    let text = run("unicorn-rt", &[p, "--prompt", prompt, "-n", "30", "--temperature", "0"]);
+    assert!(text.status.success());
+    let loaded = unicorn_runtime::Model::load(&plan).unwrap();
+    let tok = loaded.tokenizer().unwrap().expect("the demo has a tokenizer");
+    let prompt_ids = tok.encode(prompt, true).unwrap().get_ids().to_vec();
+    let ids =
+        run("unicorn-rt", &[p, "--tokens", &ids_arg(&prompt_ids), "-n", "30", "--temperature", "0", "--print-ids"]);
+    let generated: Vec<u32> =
+        String::from_utf8(ids.stdout).unwrap().trim().split(',').map(|t| t.parse().unwrap()).collect();
+    let eos = &loaded.header().spec.eos_token_ids;
+    let continuation: Vec<u32> = generated.into_iter().filter(|t| !eos.contains(t)).collect();
+    let all: Vec<u32> = prompt_ids.iter().copied().chain(continuation.iter().copied()).collect();
+    let want = tok.decode(&all, true).unwrap();
+    let got = String::from_utf8(text.stdout).unwrap();
+    assert_eq!(got.trim_end(), want.trim_end());
+    assert!(got.starts_with(prompt));
+}
