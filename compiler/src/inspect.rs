@@ -55,11 +55,12 @@ pub fn describe(plan: &PlanFile, steps: bool) -> String {
         let devices: Vec<String> = per_device.iter().map(|(d, n)| format!("{n} on {d}")).collect();
         let _ = writeln!(
             o,
-            "  {:8} {} steps ({}), arena {} f32/token",
+            "  {:8} {} steps ({}), arena {} f32/token + {} f32/kept row",
             p.phase.to_string(),
             p.steps.len(),
             devices.join(", "),
-            p.arena_width
+            p.arena_width,
+            p.kept_width
         );
         if steps {
             for st in &p.steps {

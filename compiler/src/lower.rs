@@ -51,7 +51,13 @@ pub fn lower(module: &Module, target: Target) -> PlanHeader {
                     label: node.label.clone(),
                 });
             }
-            PlanPhase { phase: g.phase, steps, arena_width: mem.arena_width, result: result.expect("an output") }
+            PlanPhase {
+                phase: g.phase,
+                steps,
+                arena_width: mem.arena_width,
+                kept_width: mem.kept_width,
+                result: result.expect("an output"),
+            }
         })
         .collect();
     let spec = module.spec.clone();
@@ -59,7 +65,8 @@ pub fn lower(module: &Module, target: Target) -> PlanHeader {
         .iter()
         .map(|p| {
             let rows = if p.phase == unicorn_ir::Phase::Prefill { spec.max_context } else { 1 };
-            p.activation_bytes(rows)
+            // A logit dump keeps every row.
+            p.activation_bytes(rows, rows)
         })
         .max()
         .unwrap_or(0);

@@ -42,16 +42,18 @@ pub struct Step {
 pub struct PlanPhase {
     pub phase: Phase,
     pub steps: Vec<Step>,
-    /// Activation arena size in f32 elements per row (token) of an execution.
+    /// Main activation arena size in f32 elements per row (token) of an execution.
     pub arena_width: usize,
+    /// Kept-rows arena size in f32 elements per kept row (the rows after `select_rows`).
+    pub kept_width: usize,
     /// The slot holding the phase result (logits rows).
     pub result: Slot,
 }
 
 impl PlanPhase {
-    /// Activation bytes for an execution of `rows` tokens.
-    pub fn activation_bytes(&self, rows: usize) -> u64 {
-        (self.arena_width * rows * 4) as u64
+    /// Activation bytes for an execution of `rows` tokens keeping `kept` rows.
+    pub fn activation_bytes(&self, rows: usize, kept: usize) -> u64 {
+        ((self.arena_width * rows + self.kept_width * kept) * 4) as u64
     }
 }
 

@@ -41,7 +41,7 @@ pub fn print_graph(graph: &Graph) -> String {
             .memory
             .as_ref()
             .and_then(|m| m.slot(n))
-            .map(|s| format!(" buf[{}+{}]", s.offset, s.width))
+            .map(|s| format!(" {}[{}+{}]", if s.kept_rows { "kept" } else { "buf" }, s.offset, s.width))
             .unwrap_or_default();
         let _ = writeln!(
             s,
@@ -57,7 +57,7 @@ pub fn print_graph(graph: &Graph) -> String {
         );
     }
     if let Some(m) = &graph.memory {
-        let _ = writeln!(s, "  // arena: {} f32 per row", m.arena_width);
+        let _ = writeln!(s, "  // arena: {} f32 per row, {} f32 per kept row", m.arena_width, m.kept_width);
     }
     s.push_str("}\n");
     s

@@ -3,7 +3,7 @@
 //! row, since every activation has one row per token.
 
 use unicorn_ir::memory::{MemoryPlan, Slot};
-use unicorn_ir::{Graph, Module, Op};
+use unicorn_ir::{Dim, Graph, Module, Op};
 
 /// Free space of the arena as sorted, disjoint `(offset, width)` holes, with the arena growing at the end.
 #[derive(Default)]
@@ -55,7 +55,8 @@ fn plan_graph(g: &Graph) -> MemoryPlan {
     let order = g.topo_order();
     let pos: std::collections::HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let last_use = |n| g.users(n).iter().map(|u| pos[u]).max().unwrap_or(usize::MAX);
-    let mut arena = Arena::default();
+    // One arena for values with the execution's rows, one for values with the kept rows.
+    let mut arenas = [Arena::default(), Arena::default()];
     let mut plan = MemoryPlan { order: order.clone(), ..Default::default() };
     let mut dying: Vec<Vec<unicorn_ir::NodeId>> = vec![Vec::new(); order.len()];
     for (i, &n) in order.iter().enumerate() {
@@ -70,8 +71,9 @@ fn plan_graph(g: &Graph) -> MemoryPlan {
             }
             _ => {
                 let width = node.ty.row_width();
-                let offset = arena.alloc(width);
-                plan.slots.insert(n.index() as u32, Slot { offset, width });
+                let kept_rows = node.ty.row_dim() == Dim::Out;
+                let offset = arenas[kept_rows as usize].alloc(width);
+                plan.slots.insert(n.index() as u32, Slot { offset, width, kept_rows });
                 let last = last_use(n);
                 // Values read by the output stay live to the end.
                 let keep = g.users(n).iter().any(|&u| g.g[u].op == Op::Output);
@@ -83,10 +85,11 @@ fn plan_graph(g: &Graph) -> MemoryPlan {
         // Operands whose last reader is this node are free once it has run.
         for d in std::mem::take(&mut dying[i]) {
             let s = plan.slot(d).expect("planned");
-            arena.free(s.offset, s.width);
+            arenas[s.kept_rows as usize].free(s.offset, s.width);
         }
     }
-    plan.arena_width = arena.end;
+    plan.arena_width = arenas[0].end;
+    plan.kept_width = arenas[1].end;
     plan
 }
 
@@ -95,7 +98,10 @@ pub fn plan_memory(module: &mut Module) -> String {
     for g in &mut module.graphs {
         let plan = plan_graph(g);
         let naive: usize = plan.slots.values().map(|s| s.width).sum();
-        parts.push(format!("{}: {} f32/row (without reuse {})", g.phase, plan.arena_width, naive));
+        parts.push(format!(
+            "{}: {} f32/row + {} f32/kept row (without reuse {})",
+            g.phase, plan.arena_width, plan.kept_width, naive
+        ));
         g.memory = Some(plan);
     }
     parts.join("; ")

@@ -71,7 +71,9 @@ impl<'m> Session<'m> {
         let model = self.model;
         let h = model.header();
         let s = tokens.len();
-        let need = phase.arena_width * s;
+        // The main arena (slots scaled by S), then the kept-rows arena (slots scaled by `keep`).
+        let kept_base = phase.arena_width * s;
+        let need = kept_base + phase.kept_width * keep;
         if self.arena.len() < need {
             self.arena.resize(need, 0.0);
         }
@@ -83,13 +85,14 @@ impl<'m> Session<'m> {
         };
         // Slots of values live at the same time never overlap (the memory plan guarantees it), and a step's
         // result is never one of its operands, so these views do not alias.
+        let at = |slot: Slot| if slot.kept_rows { kept_base + slot.offset * keep } else { slot.offset * s };
         let view = |slot: Slot, rows: usize| unsafe {
-            std::slice::from_raw_parts(base.add(slot.offset * s) as *const f32, slot.width * rows)
+            std::slice::from_raw_parts(base.add(at(slot)) as *const f32, slot.width * rows)
         };
         for step in &phase.steps {
             let rows = rows_of(step.rows);
             let out =
-                unsafe { std::slice::from_raw_parts_mut(base.add(step.output.offset * s), step.output.width * rows) };
+                unsafe { std::slice::from_raw_parts_mut(base.add(at(step.output)), step.output.width * rows) };
             let arg = |i: usize| view(step.inputs[i].expect("operand has a slot"), rows);
             match &step.op {
                 Op::Embed { table, scale } => {
