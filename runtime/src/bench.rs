@@ -12,6 +12,8 @@ pub struct BenchOptions {
     pub prompt_len: usize,
     pub gen: usize,
     pub repeat: usize,
+    /// Also report the time per kernel (measured on a separate run, so the timings above stay clean).
+    pub profile: bool,
 }
 
 /// Median and range of one measure over the repeats.
@@ -43,6 +45,8 @@ pub struct BenchResult {
     pub decode_tok_s: Spread,
     pub ttft_ms: Spread,
     pub peak_rss_mib: f64,
+    /// Per kernel: name, seconds in prefill, seconds in decode, decode calls.
+    pub profile: Vec<(String, f64, f64, usize)>,
 }
 
 impl BenchResult {
@@ -72,6 +76,20 @@ impl BenchResult {
         t += &row("decode", &self.decode_tok_s, "tok/s");
         t += &row("first token", &self.ttft_ms, "ms");
         t += &format!("{:14} {:>10.1} MiB\n", "peak RSS", self.peak_rss_mib);
+        if !self.profile.is_empty() {
+            let (tp, td): (f64, f64) = self.profile.iter().fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2));
+            t += &format!("{:24} {:>14} {:>14}\n", "kernel", "prefill ms", "decode ms/tok");
+            let gen = self.options.gen.max(1) as f64;
+            for (k, p, d, _) in &self.profile {
+                t += &format!(
+                    "{k:24} {:>8.1} ({:>3.0}%) {:>8.3} ({:>3.0}%)\n",
+                    p * 1e3,
+                    100.0 * p / tp.max(1e-12),
+                    d * 1e3 / gen,
+                    100.0 * d / td.max(1e-12)
+                );
+            }
+        }
         t
     }
 }
@@ -129,6 +147,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     if dec.is_empty() {
         dec.push(0.0);
     }
+    let profile = if o.profile { profile_run(model, &prompt, o.gen)? } else { Vec::new() };
     Ok(BenchResult {
         options: o,
         threads: rayon::current_num_threads(),
@@ -136,7 +155,28 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         decode_tok_s: Spread::of(dec),
         ttft_ms: Spread::of(ttft),
         peak_rss_mib: peak_rss_mib(),
+        profile,
     })
+}
+
+fn profile_run(model: &Model, prompt: &[u32], gen: usize) -> Result<Vec<(String, f64, f64, usize)>, Error> {
+    let mut s = Session::new(model, prompt.len() + gen);
+    s.enable_profile();
+    let mut next = argmax(s.forward(prompt, false)?);
+    let prefill = s.profile();
+    for _ in 0..gen {
+        next = argmax(s.forward(&[next], false)?);
+    }
+    let total = s.profile();
+    let mut out: Vec<(String, f64, f64, usize)> = total
+        .into_iter()
+        .map(|(k, t, n)| {
+            let (p, pn) = prefill.iter().find(|e| e.0 == k).map_or((0.0, 0), |e| (e.1, e.2));
+            (k, p, t - p, n - pn)
+        })
+        .collect();
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(out)
 }
 
 #[cfg(test)]

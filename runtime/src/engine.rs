@@ -20,6 +20,8 @@ pub struct Session<'m> {
     arena: Vec<f32>,
     scratch: Scratch,
     logits: Vec<f32>,
+    /// Time spent per kernel name, when profiling.
+    profile: Option<std::collections::BTreeMap<String, (std::time::Duration, usize)>>,
 }
 
 impl<'m> Session<'m> {
@@ -29,7 +31,28 @@ impl<'m> Session<'m> {
         let ctx = ctx.clamp(1, spec.max_context);
         let caches =
             spec.layers.iter().map(|l| KvCache::new(l.window.map_or(ctx, |w| w.min(ctx)), spec.kv_width())).collect();
-        Self { model, caches, pos: 0, ctx, arena: Vec::new(), scratch: Scratch::default(), logits: Vec::new() }
+        Self {
+            model,
+            caches,
+            pos: 0,
+            ctx,
+            arena: Vec::new(),
+            scratch: Scratch::default(),
+            logits: Vec::new(),
+            profile: None,
+        }
+    }
+
+    /// Record the time spent in each kernel from now on.
+    pub fn enable_profile(&mut self) {
+        self.profile.get_or_insert_with(Default::default);
+    }
+
+    /// Seconds and calls per kernel name, most expensive first.
+    pub fn profile(&self) -> Vec<(String, f64, usize)> {
+        let mut v: Vec<_> = self.profile.iter().flatten().map(|(k, (d, n))| (k.clone(), d.as_secs_f64(), *n)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
     }
 
     pub fn position(&self) -> usize {
@@ -90,9 +113,9 @@ impl<'m> Session<'m> {
             std::slice::from_raw_parts(base.add(at(slot)) as *const f32, slot.width * rows)
         };
         for step in &phase.steps {
+            let started = self.profile.is_some().then(std::time::Instant::now);
             let rows = rows_of(step.rows);
-            let out =
-                unsafe { std::slice::from_raw_parts_mut(base.add(at(step.output)), step.output.width * rows) };
+            let out = unsafe { std::slice::from_raw_parts_mut(base.add(at(step.output)), step.output.width * rows) };
             let arg = |i: usize| view(step.inputs[i].expect("operand has a slot"), rows);
             match &step.op {
                 Op::Embed { table, scale } => {
@@ -138,6 +161,11 @@ impl<'m> Session<'m> {
                 }
                 Op::Softcap { cap } => ops::softcap(arg(0), *cap, out),
                 Op::Tokens | Op::Output => {}
+            }
+            if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
+                let e = p.entry(step.kernel.clone()).or_default();
+                e.0 += t.elapsed();
+                e.1 += 1;
             }
         }
         let result = view(phase.result, keep);

@@ -60,6 +60,9 @@ struct Cli {
     /// --bench: print one JSON object instead of a table.
     #[arg(long, requires = "bench")]
     json: bool,
+    /// --bench: also show where the time goes, per kernel.
+    #[arg(long, requires = "bench")]
+    profile: bool,
 }
 
 /// Streaming detokenization: decode a short window of recent tokens with and without the newest ones and
@@ -121,7 +124,7 @@ fn run(cli: Cli) -> Result<()> {
     let model = Model::load(&cli.plan)?;
     let spec = &model.header().spec;
     if cli.bench {
-        let o = BenchOptions { prompt_len: cli.prompt_len, gen: cli.gen, repeat: cli.repeat };
+        let o = BenchOptions { prompt_len: cli.prompt_len, gen: cli.gen, repeat: cli.repeat, profile: cli.profile };
         let r = unicorn_runtime::bench::run(&model, o)?;
         if cli.json {
             println!("{}", r.json());

@@ -74,42 +74,65 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// Dot product with eight independent partial sums, so the compiler can keep them in vector registers
+/// (a single running f32 sum is a serial dependency chain).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    for (x, y) in a[..n].chunks_exact(8).zip(b[..n].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+thread_local! {
+    /// Scores of one (row, head), reused across calls so attention allocates nothing per token.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Causal attention for rows at positions `start..start+rows`: keys before `start` come from the cache, the
-/// rest from this execution's `k`/`v`. Online softmax, one pass over the keys per (row, head).
+/// rest from this execution's `k`/`v`. Per (row, head): the scores, a max-subtracted softmax, then the
+/// weighted sum of the values.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize, s: AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
     let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
     let group = s.heads / s.kv_heads;
+    let key = |j: usize, off: usize| -> (&[f32], &[f32]) {
+        if j < start {
+            let slot = (j % cache.cap) * kw + off;
+            (&cache.k[slot..slot + hd], &cache.v[slot..slot + hd])
+        } else {
+            let row = (j - start) * kw + off;
+            (&k[row..row + hd], &v[row..row + hd])
+        }
+    };
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let (r, h) = (i / s.heads, i % s.heads);
         let p = start + r;
         let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
         let qh = &q[r * qw + h * hd..r * qw + (h + 1) * hd];
-        let kv_off = (h / group) * hd;
-        let mut acc = [0f32; 512];
-        let acc = &mut acc[..hd];
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-        for j in first..=p {
-            let (kj, vj) = if j < start {
-                let slot = (j % cache.cap) * kw + kv_off;
-                (&cache.k[slot..slot + hd], &cache.v[slot..slot + hd])
-            } else {
-                let row = (j - start) * kw + kv_off;
-                (&k[row..row + hd], &v[row..row + hd])
-            };
-            let sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * s.scale;
-            if sc > m {
-                let c = (m - sc).exp();
-                l *= c;
-                acc.iter_mut().for_each(|a| *a *= c);
-                m = sc;
+        let off = (h / group) * hd;
+        SCORES.with_borrow_mut(|scores| {
+            scores.clear();
+            scores.extend((first..=p).map(|j| dot(qh, key(j, off).0) * s.scale));
+            let m = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut l = 0.0;
+            for x in scores.iter_mut() {
+                *x = (*x - m).exp();
+                l += *x;
             }
-            let e = (sc - m).exp();
-            l += e;
-            acc.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
-        }
-        let inv = 1.0 / l;
-        o.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
+            o.fill(0.0);
+            for (j, &e) in (first..=p).zip(scores.iter()) {
+                let vj = key(j, off).1;
+                o.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
+            }
+            let inv = 1.0 / l;
+            o.iter_mut().for_each(|a| *a *= inv);
+        });
     });
 }
 
