@@ -150,7 +150,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     let profile = if o.profile { profile_run(model, &prompt, o.gen)? } else { Vec::new() };
     Ok(BenchResult {
         options: o,
-        threads: rayon::current_num_threads(),
+        threads: crate::cpu::pool::threads(),
         prefill_tok_s: Spread::of(pre),
         decode_tok_s: Spread::of(dec),
         ttft_ms: Spread::of(ttft),

@@ -119,7 +119,7 @@ fn run(cli: Cli) -> Result<()> {
         if t == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("--threads")?;
+        unicorn_runtime::cpu::pool::set_threads(t);
     }
     let model = Model::load(&cli.plan)?;
     let spec = &model.header().spec;

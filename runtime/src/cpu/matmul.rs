@@ -15,8 +15,8 @@
 //! Weight data needs no alignment (q8_0 blocks are 34 bytes, so nothing inside a tensor is aligned anyway).
 
 use super::isa::Isa;
+use super::pool;
 use super::q8::Q8Acts;
-use rayon::prelude::*;
 use unicorn_ir::quant::{decode_row, source_to_f32, SourceDType};
 use unicorn_ir::types::{WeightFormat, QK};
 
@@ -47,7 +47,7 @@ pub struct Scratch {
 }
 
 /// `y[r*n + j] = sum_i x[r*k + i] * W[j, i] (+ bias[j])` for `r in 0..rows`. `x`: `rows*k`, `y`: `rows*n`.
-/// Multi-threaded on rayon's current pool. Accumulates in f32. Panics if the lengths disagree.
+/// Multi-threaded on the worker pool ([`super::pool`]). Accumulates in f32. Panics if the lengths disagree.
 pub fn matmul(x: &[f32], rows: usize, w: WeightRef, bias: Option<&[f32]>, y: &mut [f32], scratch: &mut Scratch) {
     matmul_with(Isa::detect(), x, rows, w, bias, y, scratch)
 }
@@ -116,11 +116,10 @@ fn matmul_tiled(
         let ld = padded_stride(k);
         let xf = &mut scratch.xf;
         xf.resize(rows * ld, 0.0);
-        let copy = |(dst, src): (&mut [f32], &[f32])| dst[..k].copy_from_slice(src);
         if rows * k >= 1 << 16 {
-            xf.par_chunks_mut(ld).zip(x.par_chunks(k)).for_each(copy);
+            pool::parallel_chunks_mut(&mut xf[..rows * ld], ld, |r, dst| dst[..k].copy_from_slice(&x[r * k..][..k]));
         } else {
-            xf.chunks_mut(ld).zip(x.chunks(k)).for_each(copy);
+            xf.chunks_mut(ld).zip(x.chunks(k)).for_each(|(dst, src)| dst[..k].copy_from_slice(src));
         }
         (xf.as_ptr().cast::<u8>(), 4 * ld, std::ptr::null(), std::ptr::null(), 0)
     } else {
@@ -152,7 +151,7 @@ fn matmul_tiled(
         bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
     };
 
-    let threads = rayon::current_num_threads();
+    let threads = pool::threads();
     if threads == 1 || rows * n * k < PAR_MIN_MACS {
         // SAFETY: the whole output, on this thread only.
         unsafe { job.run(0, rows, 0, n) };
@@ -167,7 +166,7 @@ fn matmul_tiled(
     let row_parts = (want / col_chunks).clamp(1, rows.div_ceil(rt));
     let rows_per = rows.div_ceil(row_parts).next_multiple_of(rt);
     let row_parts = rows.div_ceil(rows_per);
-    (0..col_chunks * row_parts).into_par_iter().for_each(|t| {
+    pool::parallel_for(col_chunks * row_parts, |t| {
         let (c, r) = (t / row_parts, t % row_parts);
         let (j0, r0) = (c * cols_per, r * rows_per);
         // SAFETY: tasks cover disjoint blocks of the output.
@@ -661,6 +660,19 @@ mod tests {
         assert!(Isa::detect().available());
     }
 
+    /// The process-wide worker pool, as the benchmarks see it.
+    struct GlobalPool;
+
+    impl GlobalPool {
+        fn current_num_threads(&self) -> usize {
+            super::pool::threads()
+        }
+
+        fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+            f()
+        }
+    }
+
     fn thread_cpu_time() -> f64 {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: a valid out-pointer for clock_gettime.
@@ -676,7 +688,7 @@ mod tests {
     }
 
     /// Throughput per format: `cargo test --release -p unicorn-runtime -- --ignored --nocapture bench`, on one
-    /// thread and on rayon's default pool. `UNICORN_BENCH=<substring>` keeps the matching lines only (e.g.
+    /// thread and on the worker pool. `UNICORN_BENCH=<substring>` keeps the matching lines only (e.g.
     /// `avx2 q4_0`). "cold" GEMVs rotate over enough copies of the matrix (256 MiB) to overflow the 32 MiB L3,
     /// as a real model's layers do; "hot" ones reuse one matrix, which may then sit in L3.
     #[test]
@@ -686,10 +698,8 @@ mod tests {
         let filter = std::env::var("UNICORN_BENCH").unwrap_or_default();
         let mut rng = Rng(1);
         let mut scratch = Scratch::default();
-        let pools: Vec<rayon::ThreadPool> = [1, rayon::current_num_threads()]
-            .iter()
-            .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap())
-            .collect();
+        // The worker pool: all cores.
+        let pools = [GlobalPool];
         println!("isa detected: {}", Isa::detect().name());
         for isa in isas() {
             for format in WeightFormat::ALL {
@@ -790,7 +800,12 @@ mod tests {
             .map(|v| v.parse().unwrap())
             .collect();
         let (rows, n, k, threads) = (p[0], p[1], p[2], p[3]);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = GlobalPool;
+        assert!(
+            threads == pool.current_num_threads() || threads == 1,
+            "the pool runs {} threads",
+            pool.current_num_threads()
+        );
         let mut rng = Rng(3);
         let mut scratch = Scratch::default();
         for format in WeightFormat::ALL {

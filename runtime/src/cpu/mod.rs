@@ -5,4 +5,5 @@ pub mod matmul;
 pub mod matmul_avx2;
 pub mod matmul_vnni;
 pub mod ops;
+pub mod pool;
 pub mod q8;

@@ -1,12 +1,12 @@
 //! The CPU kernels besides matmul: norms, rotary embedding, attention over the KV cache, activations.
 //! All arithmetic is f32, as in the float32 reference.
 
-use rayon::prelude::*;
+use super::pool::parallel_chunks_mut;
 
 /// RMSNorm over each `w.len()`-element group of `x` (a whole row, or one head of it).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, unit_offset: bool, y: &mut [f32]) {
     let n = w.len();
-    let work = |(xs, ys): (&[f32], &mut [f32])| {
+    let work = |xs: &[f32], ys: &mut [f32]| {
         let ms = xs.iter().map(|v| v * v).sum::<f32>() / n as f32;
         let r = 1.0 / (ms + eps).sqrt();
         for ((y, &x), &w) in ys.iter_mut().zip(xs).zip(w) {
@@ -15,9 +15,9 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, unit_offset: bool, y: &mut [f32]
         }
     };
     if x.len() >= 1 << 16 {
-        x.par_chunks(n).zip(y.par_chunks_mut(n)).for_each(work);
+        parallel_chunks_mut(y, n, |i, ys| work(&x[i * n..][..n], ys));
     } else {
-        x.chunks(n).zip(y.chunks_mut(n)).for_each(work);
+        x.chunks(n).zip(y.chunks_mut(n)).for_each(|(xs, ys)| work(xs, ys));
     }
 }
 
@@ -25,7 +25,8 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, unit_offset: bool, y: &mut [f32]
 /// Row `r` is at absolute position `start + r`.
 pub fn rope(x: &[f32], width: usize, head_dim: usize, start: usize, inv_freq: &[f32], y: &mut [f32]) {
     let half = head_dim / 2;
-    x.par_chunks(width).zip(y.par_chunks_mut(width)).enumerate().for_each(|(r, (xr, yr))| {
+    parallel_chunks_mut(y, width, |r, yr| {
+        let xr = &x[r * width..][..width];
         let pos = (start + r) as f32;
         for (f, &inv) in inv_freq.iter().enumerate().take(half) {
             // The reference computes the angle in f32 too.
@@ -110,7 +111,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
             (&k[row..row + hd], &v[row..row + hd])
         }
     };
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+    parallel_chunks_mut(out, hd, |i, o| {
         let (r, h) = (i / s.heads, i % s.heads);
         let p = start + r;
         let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));

@@ -10,7 +10,7 @@
 //! `d / 2` (plus an f32 rounding of `x * 127 / amax`).
 
 use super::isa::Isa;
-use rayon::prelude::*;
+use super::pool::{self, SendPtr};
 use unicorn_ir::types::QK;
 
 /// Quantized activations: `rows` rows of `k` elements.
@@ -38,17 +38,25 @@ impl Q8Acts {
         let qs = &mut self.qs[..rows * k];
         let d = &mut self.d[..rows * nb];
         let m = &mut self.m[..rows * nb];
-        let row = |(((x, q), d), m): RowParts| quantize_row(isa, x, q, d, m);
         if rows > 1 && rows * k >= 1 << 15 {
-            x.par_chunks(k).zip(qs.par_chunks_mut(k)).zip(d.par_chunks_mut(nb)).zip(m.par_chunks_mut(nb)).for_each(row);
+            let (dp, mp) = (SendPtr(d.as_mut_ptr()), SendPtr(m.as_mut_ptr()));
+            pool::parallel_chunks_mut(qs, k, |r, q| {
+                // SAFETY: row `r` owns elements r*nb..(r+1)*nb of the scale and sum buffers, which outlive the loop.
+                let (d, m) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(dp.get().add(r * nb), nb),
+                        std::slice::from_raw_parts_mut(mp.get().add(r * nb), nb),
+                    )
+                };
+                quantize_row(isa, &x[r * k..][..k], q, d, m);
+            });
         } else {
-            x.chunks(k).zip(qs.chunks_mut(k)).zip(d.chunks_mut(nb)).zip(m.chunks_mut(nb)).for_each(row);
+            for (((x, q), d), m) in x.chunks(k).zip(qs.chunks_mut(k)).zip(d.chunks_mut(nb)).zip(m.chunks_mut(nb)) {
+                quantize_row(isa, x, q, d, m);
+            }
         }
     }
 }
-
-/// One row's input, quants, scales and sums, as zipped chunk iterators yield them.
-type RowParts<'a> = (((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]);
 
 fn quantize_row(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [f32]) {
     match isa {
