@@ -96,8 +96,9 @@ thread_local! {
 }
 
 /// Causal attention for rows at positions `start..start+rows`: keys before `start` come from the cache, the
-/// rest from this execution's `k`/`v`. Per (row, head): the scores, a max-subtracted softmax, then the
-/// weighted sum of the values.
+/// rest from this execution's `k`/`v`. One task per (row, kv head) serves all the query heads that share the
+/// kv head, so each key and value is read once per row: the scores, a max-subtracted softmax per head, then
+/// the weighted sum of the values.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize, s: AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
     let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
@@ -111,28 +112,44 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
             (&k[row..row + hd], &v[row..row + hd])
         }
     };
-    parallel_chunks_mut(out, hd, |i, o| {
-        let (r, h) = (i / s.heads, i % s.heads);
+    parallel_chunks_mut(out, group * hd, |i, o| {
+        let (r, g) = (i / s.kv_heads, i % s.kv_heads);
         let p = start + r;
         let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
-        let qh = &q[r * qw + h * hd..r * qw + (h + 1) * hd];
-        let off = (h / group) * hd;
+        let keys = p + 1 - first;
+        let qg = &q[r * qw + g * group * hd..][..group * hd];
+        let off = g * hd;
         SCORES.with_borrow_mut(|scores| {
+            // scores[h * keys + j]: query head h of the group against key first + j; then one 1/sum per head.
             scores.clear();
-            scores.extend((first..=p).map(|j| dot(qh, key(j, off).0) * s.scale));
-            let m = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut l = 0.0;
-            for x in scores.iter_mut() {
-                *x = (*x - m).exp();
-                l += *x;
+            scores.resize(group * keys + group, 0.0);
+            let (scores, inv) = scores.split_at_mut(group * keys);
+            for (j, pos) in (first..=p).enumerate() {
+                let kj = key(pos, off).0;
+                for (h, qh) in qg.chunks_exact(hd).enumerate() {
+                    scores[h * keys + j] = dot(qh, kj) * s.scale;
+                }
+            }
+            for (h, sc) in scores.chunks_exact_mut(keys).enumerate() {
+                let m = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut l = 0.0;
+                for x in sc.iter_mut() {
+                    *x = (*x - m).exp();
+                    l += *x;
+                }
+                inv[h] = 1.0 / l;
             }
             o.fill(0.0);
-            for (j, &e) in (first..=p).zip(scores.iter()) {
-                let vj = key(j, off).1;
-                o.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
+            for (j, pos) in (first..=p).enumerate() {
+                let vj = key(pos, off).1;
+                for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+                    let e = scores[h * keys + j];
+                    oh.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
+                }
             }
-            let inv = 1.0 / l;
-            o.iter_mut().for_each(|a| *a *= inv);
+            for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+                oh.iter_mut().for_each(|a| *a *= inv[h]);
+            }
         });
     });
 }
@@ -203,6 +220,62 @@ mod tests {
         assert_eq!(out, [1.0, 2.0, 2.0, 3.0]);
         attention(&[1.0, 1.0, 1.0, 1.0], &k, &v, &cache, 0, AttnShape { window: Some(1), ..one }, &mut out);
         assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+    }
+
+    /// Straightforward attention over explicit key/value lists: softmax(q.k * scale) . v per head.
+    fn reference(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], p: usize, s: AttnShape) -> Vec<f32> {
+        let hd = s.head_dim;
+        let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let mut out = vec![0.0; s.heads * hd];
+        for h in 0..s.heads {
+            let g = h / (s.heads / s.kv_heads);
+            let qh = &q[h * hd..(h + 1) * hd];
+            let sc: Vec<f64> = (first..=p)
+                .map(|j| {
+                    qh.iter().zip(&keys[j][g * hd..(g + 1) * hd]).map(|(a, b)| (a * b) as f64).sum::<f64>()
+                        * s.scale as f64
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+            let l: f64 = e.iter().sum();
+            for (j, w) in (first..=p).zip(&e) {
+                for d in 0..hd {
+                    out[h * hd + d] += (w / l * vals[j][g * hd + d] as f64) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_windowed_attention_over_cache_and_new_rows_matches_the_reference() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        for window in [None, Some(3)] {
+            let s = AttnShape { heads: 6, kv_heads: 2, head_dim: 8, window, scale: 0.5 };
+            let (kw, qw) = (s.kv_heads * s.head_dim, s.heads * s.head_dim);
+            let total = 9;
+            let keys: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| rnd()).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| rnd()).collect()).collect();
+            let qs: Vec<Vec<f32>> = (0..total).map(|_| (0..qw).map(|_| rnd()).collect()).collect();
+            // Positions 0..5 were run before (in the cache, a ring of 4 when windowed); 5..9 run now.
+            let start = 5;
+            let mut cache = KvCache::new(if window.is_some() { 4 } else { total }, kw);
+            cache.append(0, &keys[..start].concat(), &vals[..start].concat());
+            let mut out = vec![0.0; (total - start) * qw];
+            let q = qs[start..].concat();
+            attention(&q, &keys[start..].concat(), &vals[start..].concat(), &cache, start, s, &mut out);
+            for (r, p) in (start..total).enumerate() {
+                let want = reference(&qs[p], &keys, &vals, p, s);
+                for (a, b) in out[r * qw..(r + 1) * qw].iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "window {window:?} position {p}: {a} vs {b}");
+                }
+            }
+        }
     }
 
     #[test]
