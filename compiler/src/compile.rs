@@ -75,8 +75,12 @@ fn write_weight(ck: &Checkpoint, w: &PlanWeight, out: &mut PlanWriter, progress:
     let cols = *w.shape.last().expect("weights have a shape");
     let rows = w.shape.iter().product::<usize>() / cols;
     let row_src = cols * source_size(t.dtype);
+    use unicorn_ir::quant::{interleave_rows, WeightLayout, INTERLEAVE};
     // Blocks of about 4 MiB of source, converted 8 at a time by the pool.
-    let block_rows = ((4 << 20) / row_src.max(1)).clamp(1, rows.max(1));
+    let interleaved = w.layout == WeightLayout::Interleaved8;
+    // An interleaved matrix is repacked per group of INTERLEAVE rows, so blocks hold whole groups.
+    let group = if interleaved { INTERLEAVE } else { 1 };
+    let block_rows = ((4 << 20) / row_src.max(1)).next_multiple_of(group).clamp(group, rows.max(group));
     let starts: Vec<usize> = (0..rows).step_by(block_rows).collect();
     for batch in starts.chunks(8) {
         let encoded: Vec<Vec<u8>> = batch
@@ -88,6 +92,14 @@ fn write_weight(ck: &Checkpoint, w: &PlanWeight, out: &mut PlanWriter, progress:
                 for r in r0..r1 {
                     source_to_f32(t.dtype, &src[r * row_src..(r + 1) * row_src], &mut f);
                     encode_row(w.format, &f, &mut bytes);
+                }
+                if interleaved {
+                    let rb = w.format.row_bytes(cols).expect("whole blocks");
+                    let mut repacked = Vec::with_capacity(bytes.len());
+                    for g in bytes.chunks(INTERLEAVE * rb) {
+                        interleave_rows(w.format, cols, g, &mut repacked);
+                    }
+                    bytes = repacked;
                 }
                 bytes
             })

@@ -19,6 +19,7 @@ pub fn lower(module: &Module, target: Target) -> PlanHeader {
             shape: w.shape.clone(),
             role: w.role,
             format: w.format,
+            layout: unicorn_ir::quant::WeightLayout::for_matrix(w.format, &w.shape),
             offset: 0,
             bytes: weight_bytes(w),
         })

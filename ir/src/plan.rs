@@ -14,6 +14,9 @@ pub struct PlanWeight {
     pub shape: Vec<usize>,
     pub role: WeightRole,
     pub format: WeightFormat,
+    /// Arrangement of the rows (q4_0 / q8_0 matrices may be interleaved); absent in older plans: `rows`.
+    #[serde(default)]
+    pub layout: crate::quant::WeightLayout,
     /// Byte offset inside the weights section (a multiple of [`WEIGHT_ALIGN`]).
     pub offset: u64,
     pub bytes: u64,

@@ -75,6 +75,81 @@ fn encode_block_q4_0(x: &[f32], dst: &mut Vec<u8>) {
     dst.extend(lo.iter().zip(hi).map(|(&a, &b)| q(a) | (q(b) << 4)));
 }
 
+/// How the rows of a q4_0 / q8_0 matrix are arranged in a plan (see `docs/plan-format.md`). The blocks' bytes are
+/// GGML's either way; a layout only permutes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightLayout {
+    /// Row after row, each row its blocks in order (every format; what plans without a `layout` hold).
+    #[default]
+    Rows,
+    /// q4_0 / q8_0 only, rows a multiple of 8: groups of [`INTERLEAVE`] rows; inside a group, for each block
+    /// index, the 8 rows' f16 scales, then their quant bytes interleaved 4 bytes at a time (see
+    /// [`interleave_rows`]).
+    Interleaved8,
+}
+
+/// Rows per group of [`WeightLayout::Interleaved8`].
+pub const INTERLEAVE: usize = 8;
+
+impl WeightLayout {
+    /// The layout the compiler picks for a `rows x k` matrix in `format`.
+    pub fn for_matrix(format: WeightFormat, shape: &[usize]) -> Self {
+        let quantized = matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0);
+        if quantized && shape.len() == 2 && shape[0] > 0 && shape[0].is_multiple_of(INTERLEAVE) {
+            WeightLayout::Interleaved8
+        } else {
+            WeightLayout::Rows
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightLayout::Rows => "rows",
+            WeightLayout::Interleaved8 => "interleaved8",
+        }
+    }
+}
+
+/// Bytes of the quants of one block of `format` (q4_0 / q8_0).
+fn block_quant_bytes(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Q8_0 => QK,
+        WeightFormat::Q4_0 => QK / 2,
+        _ => panic!("{format} has no interleaved layout"),
+    }
+}
+
+/// Appends [`INTERLEAVE`] row-major rows of `k` elements (`rows`, `8 * row_bytes` bytes) in the
+/// [`WeightLayout::Interleaved8`] order: for each block index `b`, the 8 rows' f16 scales of block `b` (row 0
+/// first), then for each 4-byte chunk `c` of the block's quants, chunk `c` of rows 0..8.
+pub fn interleave_rows(format: WeightFormat, k: usize, rows: &[u8], dst: &mut Vec<u8>) {
+    let qb = block_quant_bytes(format);
+    let (bb, rb) = (2 + qb, format.row_bytes(k).expect("whole blocks"));
+    assert_eq!(rows.len(), INTERLEAVE * rb, "interleave_rows: not 8 rows");
+    dst.reserve(rows.len());
+    for b in 0..k / QK {
+        let blk = |r: usize| &rows[r * rb + b * bb..][..bb];
+        (0..INTERLEAVE).for_each(|r| dst.extend_from_slice(&blk(r)[..2]));
+        for c in (0..qb).step_by(4) {
+            (0..INTERLEAVE).for_each(|r| dst.extend_from_slice(&blk(r)[2 + c..][..4]));
+        }
+    }
+}
+
+/// Appends row `r` (0..8) of an [`interleave_rows`] group (`group`, 8 rows of `k` elements) in row-major order.
+pub fn deinterleave_row(format: WeightFormat, k: usize, group: &[u8], r: usize, dst: &mut Vec<u8>) {
+    let qb = block_quant_bytes(format);
+    let gb = INTERLEAVE * (2 + qb);
+    assert!(r < INTERLEAVE && group.len() == k / QK * gb, "deinterleave_row: not an 8-row group");
+    for g in group.chunks_exact(gb) {
+        dst.extend_from_slice(&g[2 * r..][..2]);
+        for c in (0..qb).step_by(4) {
+            dst.extend_from_slice(&g[2 * INTERLEAVE + c * INTERLEAVE + 4 * r..][..4]);
+        }
+    }
+}
+
 /// Decodes one row of `dst.len()` elements stored in `format`.
 ///
 /// Panics if `src` is not exactly the encoding size of `dst.len()` elements.
@@ -383,5 +458,58 @@ mod tests {
         assert_eq!(o[0], -2.25);
         source_to_f32(SourceDType::F32, &[0x00, 0x00, 0xC0, 0x3F], &mut o);
         assert_eq!(o[0], 1.5);
+    }
+
+    #[test]
+    fn interleaved_layout_permutes_whole_rows_and_round_trips() {
+        let mut rng = Rng(31);
+        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+            let k = 96;
+            let rb = format.row_bytes(k).unwrap();
+            let mut rows = Vec::new();
+            for _ in 0..INTERLEAVE {
+                let src: Vec<f32> = (0..k).map(|_| rng.f32()).collect();
+                encode_row(format, &src, &mut rows);
+            }
+            let mut group = Vec::new();
+            interleave_rows(format, k, &rows, &mut group);
+            assert_eq!(group.len(), rows.len());
+            for r in 0..INTERLEAVE {
+                let mut back = Vec::new();
+                deinterleave_row(format, k, &group, r, &mut back);
+                assert_eq!(back, &rows[r * rb..(r + 1) * rb], "{format} row {r}");
+            }
+            // Byte by byte as docs/plan-format.md has it: block 1's scales, then chunk c of row r.
+            let (qb, bb) = (rb / (k / QK) - 2, rb / (k / QK));
+            let g1 = &group[INTERLEAVE * bb..];
+            for r in 0..INTERLEAVE {
+                assert_eq!(g1[2 * r..2 * r + 2], rows[r * rb + bb..][..2]);
+                for c in 0..qb / 4 {
+                    assert_eq!(g1[16 + 32 * c + 4 * r..][..4], rows[r * rb + bb + 2 + 4 * c..][..4]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layout_choice_and_default() {
+        assert_eq!(WeightLayout::for_matrix(WeightFormat::Q4_0, &[64, 32]), WeightLayout::Interleaved8);
+        assert_eq!(WeightLayout::for_matrix(WeightFormat::Q8_0, &[16, 64]), WeightLayout::Interleaved8);
+        assert_eq!(WeightLayout::for_matrix(WeightFormat::Q4_0, &[60, 32]), WeightLayout::Rows);
+        assert_eq!(WeightLayout::for_matrix(WeightFormat::F16, &[64, 32]), WeightLayout::Rows);
+        assert_eq!(WeightLayout::for_matrix(WeightFormat::Q8_0, &[64]), WeightLayout::Rows);
+        assert_eq!(WeightLayout::default(), WeightLayout::Rows);
+        assert_eq!(serde_json::to_string(&WeightLayout::Interleaved8).unwrap(), "\"interleaved8\"");
+        assert_eq!(serde_json::from_str::<WeightLayout>("\"rows\"").unwrap(), WeightLayout::Rows);
+    }
+
+    #[test]
+    fn a_weight_without_a_layout_is_row_major() {
+        let json = r#"{"name": "w", "shape": [8, 32], "role": "matrix", "format": "q4_0", "offset": 0, "bytes": 144}"#;
+        let w: crate::plan::PlanWeight = serde_json::from_str(json).unwrap();
+        assert_eq!(w.layout, WeightLayout::Rows);
+        let w = crate::plan::PlanWeight { layout: WeightLayout::Interleaved8, ..w };
+        let back: crate::plan::PlanWeight = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!(back, w);
     }
 }

@@ -27,6 +27,11 @@ impl Model {
             if expect != Some(w.bytes) || end.is_none_or(|e| e > section.len() as u64) {
                 return Err(corrupt(format!("weight {} does not fit its section", w.name)));
             }
+            if w.layout != unicorn_ir::quant::WeightLayout::Rows
+                && w.layout != unicorn_ir::quant::WeightLayout::for_matrix(w.format, &w.shape)
+            {
+                return Err(corrupt(format!("weight {} has a layout its format and shape cannot take", w.name)));
+            }
             vectors.push(if w.shape.len() == 1 {
                 if w.format != WeightFormat::F32 {
                     return Err(corrupt(format!("vector weight {} is not f32", w.name)));
@@ -65,6 +70,7 @@ impl Model {
         let section = self.plan.section(SectionKind::Weights).expect("checked at load");
         WeightRef {
             format: w.format,
+            layout: w.layout,
             n: w.shape[0],
             k: w.shape[1],
             data: &section[w.offset as usize..(w.offset + w.bytes) as usize],

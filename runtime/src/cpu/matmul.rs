@@ -12,18 +12,25 @@
 //! accumulates in f32. Kernels are chosen per call from [`Isa`]: portable Rust, AVX2 + FMA + F16C, or AVX-512
 //! VNNI for the int8 formats ([`super::matmul_vnni`]).
 //!
+//! q4_0 / q8_0 matrices stored [`WeightLayout::Interleaved8`] (the compiler's choice whenever `n` is a multiple of
+//! 8) go through the same driver with tiles 8 weight rows wide ([`super::matmul_x8`]): a GEMV tile is one group of
+//! 8 rows, a prefill tile 4 tokens x 8 rows.
+//!
 //! Weight data needs no alignment (q8_0 blocks are 34 bytes, so nothing inside a tensor is aligned anyway).
 
 use super::isa::Isa;
 use super::pool;
 use super::q8::Q8Acts;
-use unicorn_ir::quant::{decode_row, source_to_f32, SourceDType};
+use unicorn_ir::quant::{decode_row, deinterleave_row, source_to_f32, SourceDType, WeightLayout, INTERLEAVE};
 use unicorn_ir::types::{WeightFormat, QK};
 
 /// A weight matrix W stored [n, k] (n output rows of k inputs), in the plan's format.
 #[derive(Clone, Copy)]
 pub struct WeightRef<'a> {
     pub format: WeightFormat,
+    /// Row arrangement: [`WeightLayout::Interleaved8`] (q4_0 / q8_0, `n` a multiple of 8) is multiplied by
+    /// [`super::matmul_x8`].
+    pub layout: WeightLayout,
     pub n: usize,
     pub k: usize,
     pub data: &'a [u8],
@@ -57,7 +64,15 @@ pub fn dequant_row(w: WeightRef, row: usize, out: &mut [f32]) {
     assert!(row < w.n, "row {row} of a {}-row matrix", w.n);
     assert_eq!(out.len(), w.k);
     let rb = w.row_bytes();
-    decode_row(w.format, &w.data[row * rb..(row + 1) * rb], out);
+    match w.layout {
+        WeightLayout::Rows => decode_row(w.format, &w.data[row * rb..(row + 1) * rb], out),
+        WeightLayout::Interleaved8 => {
+            let (g, r) = (row / INTERLEAVE, row % INTERLEAVE);
+            let mut bytes = Vec::with_capacity(rb);
+            deinterleave_row(w.format, w.k, &w.data[g * INTERLEAVE * rb..(g + 1) * INTERLEAVE * rb], r, &mut bytes);
+            decode_row(w.format, &bytes, out);
+        }
+    }
 }
 
 /// [`matmul`] with the kernel family chosen by the caller (tests and benchmarks compare them).
@@ -87,8 +102,15 @@ fn matmul_tiled(
     scratch: &mut Scratch,
 ) {
     assert!(isa.available(), "this CPU cannot run the {} kernels", isa.name());
-    let WeightRef { format, n, k, data } = w;
+    let WeightRef { format, layout, n, k, data } = w;
     let ldw = w.row_bytes();
+    let interleave = match layout {
+        WeightLayout::Rows => 1,
+        WeightLayout::Interleaved8 => {
+            assert!(format.is_quantized() && n.is_multiple_of(INTERLEAVE), "{format} {n}-row matrix interleaved");
+            INTERLEAVE
+        }
+    };
     assert_eq!(x.len(), rows * k, "matmul: x is not rows x k = {rows} x {k}");
     assert_eq!(y.len(), rows * n, "matmul: y is not rows x n = {rows} x {n}");
     assert_eq!(data.len(), n * ldw, "matmul: {format} weight data is not {n} x {k}");
@@ -126,12 +148,17 @@ fn matmul_tiled(
         (x.as_ptr().cast::<u8>(), 4 * k, std::ptr::null(), std::ptr::null(), 0)
     };
     let x_elem = if format.is_quantized() { 1 } else { 4 };
-    let (rt, ct) = tile.unwrap_or_else(|| default_tile(format, rows, k));
-    assert!((1..=4).contains(&rt) && (1..=4).contains(&ct));
+    let (rt, ct) = match tile {
+        Some((rt, ct)) => (rt, ct * interleave),
+        None if interleave > 1 => (if rows == 1 { 1 } else { 4 }, interleave),
+        None => default_tile(format, rows, k),
+    };
+    assert!((1..=4).contains(&rt) && (1..=4).contains(&ct) || interleave > 1 && ct == interleave);
     // Prefill walks `k` in blocks so that a tile's operands stay in L1 and a row block's activations in L2.
     let kc = if rows == 1 { k } else { K_BLOCK_BYTES.div_ceil(x_elem).next_multiple_of(QK).min(k) };
     let job = Job {
-        tiles: tiles(isa, format),
+        tiles: if interleave > 1 { super::matmul_x8::tiles(isa, format) } else { tiles(isa, format) },
+        interleave,
         rt,
         ct,
         k,
@@ -244,6 +271,8 @@ fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
 /// A matmul call cut into tiles: everything but the block of the output being computed.
 struct Job {
     tiles: &'static [[TileFn; 4]; 4],
+    /// Weight rows per group of the layout (1, or 8 for [`WeightLayout::Interleaved8`], whose tiles are 8 wide).
+    interleave: usize,
     /// Tile shape (activation rows x weight rows).
     rt: usize,
     ct: usize,
@@ -282,7 +311,8 @@ impl Job {
             while k0 < self.k {
                 let k1 = (k0 + self.kc).min(self.k);
                 let kb = k0 / QK; // q8 blocks before k0 (float formats never read xd / xm)
-                let wk = self.format.row_bytes(k0).expect("k blocks are whole quant blocks");
+                                  // An interleaved group stores its rows' blocks k0-first, 8 at a time.
+                let wk = self.format.row_bytes(k0).expect("k blocks are whole quant blocks") * self.interleave;
                 let mut j = j0;
                 while j < j1 {
                     let cols = self.ct.min(j1 - j);
@@ -305,7 +335,7 @@ impl Job {
                             ldy: self.n,
                             bias: if self.bias.is_null() || k0 > 0 { std::ptr::null() } else { self.bias.add(j) },
                         };
-                        (self.tiles[rows - 1][cols - 1])(&args);
+                        (self.tiles[rows - 1][cols / self.interleave - 1])(&args);
                         r += rows;
                     }
                     j += cols;
@@ -462,6 +492,29 @@ mod tests {
         (data, deq)
     }
 
+    /// The layouts a `format` matrix of `n` rows can be stored in.
+    fn layouts(format: WeightFormat, n: usize) -> Vec<WeightLayout> {
+        let mut l = vec![WeightLayout::Rows];
+        if WeightLayout::for_matrix(format, &[n, 32]) == WeightLayout::Interleaved8 {
+            l.push(WeightLayout::Interleaved8);
+        }
+        l
+    }
+
+    /// Row-major `data` (`n` rows of `k`) rearranged into `layout`.
+    fn pack(format: WeightFormat, layout: WeightLayout, k: usize, data: &[u8]) -> Vec<u8> {
+        match layout {
+            WeightLayout::Rows => data.to_vec(),
+            WeightLayout::Interleaved8 => {
+                let mut out = Vec::with_capacity(data.len());
+                for g in data.chunks(INTERLEAVE * format.row_bytes(k).unwrap()) {
+                    unicorn_ir::quant::interleave_rows(format, k, g, &mut out);
+                }
+                out
+            }
+        }
+    }
+
     /// Activations with a different magnitude per 32-block, as real hidden states have.
     fn activations(rng: &mut Rng, rows: usize, k: usize) -> Vec<f32> {
         let mut x = rng.vec(rows * k, 1.0);
@@ -528,19 +581,26 @@ mod tests {
         for format in WeightFormat::ALL {
             let ks: &[usize] = if format.is_quantized() { &[32, 96, 2048] } else { &[32, 96, 2048, 13, 100] };
             for &k in ks {
-                for n in [1, 7, 64] {
+                for n in [1, 7, 8, 64] {
                     let (data, deq) = weights(&mut rng, format, n, k);
-                    let w = WeightRef { format, n, k, data: &data };
                     let bias = rng.vec(n, 1.0);
-                    for rows in [1, 3, 17] {
-                        let x = activations(&mut rng, rows, k);
-                        for isa in isas() {
-                            for bias in [None, Some(&bias[..])] {
-                                let mut y = vec![f32::NAN; rows * n];
-                                matmul_with(isa, &x, rows, w, bias, &mut y, &mut scratch);
-                                let what =
-                                    format!("{format} {} rows={rows} n={n} k={k} bias={}", isa.name(), bias.is_some());
-                                check(&what, format, &x, rows, &deq, n, k, bias, &y);
+                    for layout in layouts(format, n) {
+                        let data = pack(format, layout, k, &data);
+                        let w = WeightRef { format, layout, n, k, data: &data };
+                        for rows in [1, 3, 4, 17] {
+                            let x = activations(&mut rng, rows, k);
+                            for isa in isas() {
+                                for bias in [None, Some(&bias[..])] {
+                                    let mut y = vec![f32::NAN; rows * n];
+                                    matmul_with(isa, &x, rows, w, bias, &mut y, &mut scratch);
+                                    let what = format!(
+                                        "{format} {} {} rows={rows} n={n} k={k} bias={}",
+                                        layout.name(),
+                                        isa.name(),
+                                        bias.is_some()
+                                    );
+                                    check(&what, format, &x, rows, &deq, n, k, bias, &y);
+                                }
                             }
                         }
                     }
@@ -558,14 +618,21 @@ mod tests {
         for format in WeightFormat::ALL {
             // Several k blocks (2048 q8 bytes, 512 floats), the last one partial; and for floats a scalar tail.
             let long_k = if format.is_quantized() { (5, 40, 4192) } else { (6, 20, 1001) };
-            for (rows, n, k) in [(1, 301, 512), (5, 301, 256), (203, 3, 256), (37, 70, 1024), long_k] {
+            let shapes = [(1, 301, 512), (5, 301, 256), (203, 3, 256), (37, 70, 1024), long_k];
+            // Multiples of 8 rows for the interleaved layout: ragged chunks of groups, one group, long k.
+            let x8 = [(1, 344, 512), (6, 344, 256), (203, 8, 256), (37, 72, 1024), (5, 40, 4192)];
+            for (rows, n, k) in shapes.into_iter().chain(x8) {
                 let (data, deq) = weights(&mut rng, format, n, k);
-                let w = WeightRef { format, n, k, data: &data };
                 let x = activations(&mut rng, rows, k);
-                for isa in isas() {
-                    let mut y = vec![f32::NAN; rows * n];
-                    matmul_with(isa, &x, rows, w, None, &mut y, &mut scratch);
-                    check(&format!("{format} {} {rows}x{n}x{k}", isa.name()), format, &x, rows, &deq, n, k, None, &y);
+                for layout in layouts(format, n) {
+                    let data = pack(format, layout, k, &data);
+                    let w = WeightRef { format, layout, n, k, data: &data };
+                    for isa in isas() {
+                        let mut y = vec![f32::NAN; rows * n];
+                        matmul_with(isa, &x, rows, w, None, &mut y, &mut scratch);
+                        let what = format!("{format} {} {} {rows}x{n}x{k}", layout.name(), isa.name());
+                        check(&what, format, &x, rows, &deq, n, k, None, &y);
+                    }
                 }
             }
         }
@@ -578,20 +645,24 @@ mod tests {
         for format in WeightFormat::ALL {
             for (rows, n, k) in [(1, 64, 2048), (17, 64, 2048), (6, 9, 96)] {
                 let (data, deq) = weights(&mut rng, format, n, k);
-                let w = WeightRef { format, n, k, data: &data };
                 let x = activations(&mut rng, rows, k);
-                let mut yp = vec![0.0; rows * n];
-                matmul_with(Isa::Portable, &x, rows, w, None, &mut yp, &mut scratch);
-                for isa in isas().into_iter().filter(|&i| i != Isa::Portable) {
-                    let mut ya = vec![0.0; rows * n];
-                    matmul_with(isa, &x, rows, w, None, &mut ya, &mut scratch);
-                    // All quantize activations identically, so only the f32 summation order differs.
-                    for r in 0..rows {
-                        for j in 0..n {
-                            let mag: f32 = (0..k).map(|i| (x[r * k + i] * deq[j * k + i]).abs()).sum();
-                            let (p, a) = (yp[r * n + j], ya[r * n + j]);
-                            let what = format!("{format} {} {rows}x{n}x{k} [{r},{j}]", isa.name());
-                            assert!((p - a).abs() <= 2e-5 * mag + 1e-6, "{what}: {p} vs {a}");
+                for layout in layouts(format, n) {
+                    let data = pack(format, layout, k, &data);
+                    let w = WeightRef { format, layout, n, k, data: &data };
+                    let mut yp = vec![0.0; rows * n];
+                    matmul_with(Isa::Portable, &x, rows, w, None, &mut yp, &mut scratch);
+                    for isa in isas().into_iter().filter(|&i| i != Isa::Portable) {
+                        let mut ya = vec![0.0; rows * n];
+                        matmul_with(isa, &x, rows, w, None, &mut ya, &mut scratch);
+                        // All quantize activations identically, so only the f32 summation order differs.
+                        for r in 0..rows {
+                            for j in 0..n {
+                                let mag: f32 = (0..k).map(|i| (x[r * k + i] * deq[j * k + i]).abs()).sum();
+                                let (p, a) = (yp[r * n + j], ya[r * n + j]);
+                                let what =
+                                    format!("{format} {} {} {rows}x{n}x{k} [{r},{j}]", layout.name(), isa.name());
+                                assert!((p - a).abs() <= 2e-5 * mag + 1e-6, "{what}: {p} vs {a}");
+                            }
                         }
                     }
                 }
@@ -603,34 +674,47 @@ mod tests {
     fn dequant_row_decodes_one_row() {
         let mut rng = Rng(9);
         for format in WeightFormat::ALL {
-            let (n, k) = (5, 64);
-            let (data, deq) = weights(&mut rng, format, n, k);
-            let w = WeightRef { format, n, k, data: &data };
-            let mut out = vec![0.0; k];
-            for row in [0, 3, 4] {
-                dequant_row(w, row, &mut out);
-                assert_eq!(out, &deq[row * k..(row + 1) * k], "{format} row {row}");
+            for n in [5, 16] {
+                let k = 64;
+                let (data, deq) = weights(&mut rng, format, n, k);
+                for layout in layouts(format, n) {
+                    let data = pack(format, layout, k, &data);
+                    let w = WeightRef { format, layout, n, k, data: &data };
+                    let mut out = vec![0.0; k];
+                    for row in [0, 3, 4, 9, 15].into_iter().filter(|&r| r < n) {
+                        dequant_row(w, row, &mut out);
+                        assert_eq!(out, &deq[row * k..(row + 1) * k], "{format} {} row {row}", layout.name());
+                    }
+                }
             }
         }
         // Exact values by hand: an f32 row is copied; a q8_0 block with d = 0.5 (f16 0x3800) gives q / 2.
         let mut data = Vec::new();
         [1.0f32, -2.5, 3.25].iter().for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
         let mut out = [0.0; 3];
-        dequant_row(WeightRef { format: WeightFormat::F32, n: 1, k: 3, data: &data }, 0, &mut out);
+        dequant_row(
+            WeightRef { layout: WeightLayout::Rows, format: WeightFormat::F32, n: 1, k: 3, data: &data },
+            0,
+            &mut out,
+        );
         assert_eq!(out, [1.0, -2.5, 3.25]);
         let mut blk = vec![0x00, 0x38];
         blk.extend((0..32).map(|i| (i as i8 - 16) as u8));
         let mut out = [0.0; 32];
-        dequant_row(WeightRef { format: WeightFormat::Q8_0, n: 1, k: 32, data: &blk }, 0, &mut out);
+        dequant_row(
+            WeightRef { layout: WeightLayout::Rows, format: WeightFormat::Q8_0, n: 1, k: 32, data: &blk },
+            0,
+            &mut out,
+        );
         assert_eq!((out[0], out[17], out[31]), (-8.0, 0.5, 7.5));
     }
 
     #[test]
     fn edge_sizes_and_scratch_reuse() {
         let mut scratch = Scratch::default();
-        let w = WeightRef { format: WeightFormat::Q4_0, n: 0, k: 64, data: &[] };
+        let w = WeightRef { layout: WeightLayout::Rows, format: WeightFormat::Q4_0, n: 0, k: 64, data: &[] };
         matmul(&[0.0; 128], 2, w, None, &mut [], &mut scratch);
-        let w = WeightRef { format: WeightFormat::F32, n: 2, k: 0, data: &[] };
+        let w = WeightRef { layout: WeightLayout::Rows, format: WeightFormat::F32, n: 2, k: 0, data: &[] };
         let mut y = [9.0; 4];
         matmul(&[], 2, w, Some(&[1.0, 2.0]), &mut y, &mut scratch);
         assert_eq!(y, [1.0, 2.0, 1.0, 2.0]);
@@ -638,7 +722,7 @@ mod tests {
         // Steady state: a second call of the same (or a smaller) shape keeps the scratch buffers where they are.
         let mut rng = Rng(5);
         let (data, _) = weights(&mut rng, WeightFormat::Q8_0, 64, 512);
-        let w = WeightRef { format: WeightFormat::Q8_0, n: 64, k: 512, data: &data };
+        let w = WeightRef { layout: WeightLayout::Rows, format: WeightFormat::Q8_0, n: 64, k: 512, data: &data };
         let x = activations(&mut rng, 8, 512);
         let mut y = vec![0.0; 8 * 64];
         matmul(&x, 8, w, None, &mut y, &mut scratch);
@@ -647,7 +731,7 @@ mod tests {
         matmul(&x[..512], 1, w, None, &mut y[..64], &mut scratch);
         assert_eq!(ptrs, (scratch.q8.qs.as_ptr(), scratch.q8.d.as_ptr(), scratch.q8.m.as_ptr()));
         let (data, _) = weights(&mut rng, WeightFormat::Bf16, 64, 512);
-        let w = WeightRef { format: WeightFormat::Bf16, n: 64, k: 512, data: &data };
+        let w = WeightRef { layout: WeightLayout::Rows, format: WeightFormat::Bf16, n: 64, k: 512, data: &data };
         matmul(&x, 8, w, None, &mut y, &mut scratch);
         let ptr = scratch.xf.as_ptr();
         matmul(&x, 8, w, None, &mut y, &mut scratch);
@@ -711,11 +795,14 @@ mod tests {
                     (1, 8192, 2048, true),
                     (128, 2048, 2048, false),
                 ];
-                for (rows, n, k, cold) in shapes {
+                for ((rows, n, k, cold), layout) in
+                    shapes.into_iter().flat_map(|s| layouts(format, s.1).into_iter().map(move |l| (s, l)))
+                {
                     let label = format!(
-                        "{:8} {:5} rows={rows:4} n={n:5} k={k:5} {:4}",
+                        "{:8} {:5} {:12} rows={rows:4} n={n:5} k={k:5} {:4}",
                         isa.name(),
                         format.name(),
+                        layout.name(),
                         if cold { "cold" } else { "hot" }
                     );
                     if !label.contains(&filter) || (isa == Isa::Portable && rows > 1) {
@@ -727,6 +814,7 @@ mod tests {
                     for row in rng.vec(n * k, 1.0).chunks(k) {
                         encode_row(format, row, &mut data);
                     }
+                    let data = pack(format, layout, k, &data);
                     let all: Vec<u8> = data.iter().copied().cycle().take(one * copies).collect();
                     let x = activations(&mut rng, rows, k);
                     let mut y = vec![0.0; rows * n];
@@ -737,7 +825,7 @@ mod tests {
                         let (wall, cpu, busy) = pool.install(|| {
                             let mut c = 0;
                             let mut call = || {
-                                let w = WeightRef { format, n, k, data: &all[c * one..(c + 1) * one] };
+                                let w = WeightRef { format, layout, n, k, data: &all[c * one..(c + 1) * one] };
                                 matmul_with(isa, &x, rows, w, None, &mut y, &mut scratch);
                                 c = (c + 1) % copies;
                             };
@@ -826,7 +914,13 @@ mod tests {
                         let start = Instant::now();
                         let reps = 4;
                         for _ in 0..reps {
-                            let w = WeightRef { format, n, k, data: &all[c * one..(c + 1) * one] };
+                            let w = WeightRef {
+                                format,
+                                layout: WeightLayout::Rows,
+                                n,
+                                k,
+                                data: &all[c * one..(c + 1) * one],
+                            };
                             matmul_tiled(Isa::detect(), Some(tile), &x, rows, w, None, &mut y, &mut scratch);
                             c = (c + 1) % copies;
                         }

@@ -4,6 +4,7 @@ pub mod isa;
 pub mod matmul;
 pub mod matmul_avx2;
 pub mod matmul_vnni;
+pub mod matmul_x8;
 pub mod ops;
 pub mod pool;
 pub mod q8;
