@@ -53,8 +53,8 @@ struct FileHeader {
 
 #[derive(Debug, Error)]
 pub enum ContainerError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a Unicorn plan (bad magic)")]
     BadMagic { path: PathBuf },
     #[error("{path}: plan format version {found}, this build reads version {FORMAT_VERSION}; recompile the plan with this unicornc")]
@@ -83,7 +83,7 @@ impl PlanWriter {
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plan".into());
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-        let io = |source| ContainerError::Io { path: path.to_path_buf(), source };
+        let io = |error| ContainerError::Io { path: path.to_path_buf(), error };
         let file = File::create(&tmp).map_err(io)?;
         let mut w = Self {
             path: path.to_path_buf(),
@@ -98,8 +98,8 @@ impl PlanWriter {
         Ok(w)
     }
 
-    fn io(&self, source: std::io::Error) -> ContainerError {
-        ContainerError::Io { path: self.path.clone(), source }
+    fn io(&self, error: std::io::Error) -> ContainerError {
+        ContainerError::Io { path: self.path.clone(), error }
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ContainerError> {
@@ -164,9 +164,9 @@ impl PlanWriter {
         prologue.extend_from_slice(&xxh3_64(&json).to_le_bytes());
         self.out.flush().map_err(|e| self.io(e))?;
         let file = self.out.get_mut();
-        file.seek(SeekFrom::Start(0)).map_err(|e| ContainerError::Io { path: self.path.clone(), source: e })?;
-        file.write_all(&prologue).map_err(|e| ContainerError::Io { path: self.path.clone(), source: e })?;
-        file.sync_all().map_err(|e| ContainerError::Io { path: self.path.clone(), source: e })?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| ContainerError::Io { path: self.path.clone(), error: e })?;
+        file.write_all(&prologue).map_err(|e| ContainerError::Io { path: self.path.clone(), error: e })?;
+        file.sync_all().map_err(|e| ContainerError::Io { path: self.path.clone(), error: e })?;
         std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
         self.finished = true;
         Ok(())
@@ -192,9 +192,9 @@ pub struct PlanFile {
 impl PlanFile {
     pub fn open(path: &Path) -> Result<Self, ContainerError> {
         let p = || path.to_path_buf();
-        let file = File::open(path).map_err(|source| ContainerError::Io { path: p(), source })?;
+        let file = File::open(path).map_err(|error| ContainerError::Io { path: p(), error })?;
         // SAFETY: the plan is opened read-only; a concurrent writer replaces plans by rename, never in place.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ContainerError::Io { path: p(), source })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|error| ContainerError::Io { path: p(), error })?;
         let corrupt = |what: &str| ContainerError::Corrupt { path: p(), what: what.into() };
         if map.len() < PROLOGUE || map[..8] != MAGIC {
             return Err(ContainerError::BadMagic { path: p() });

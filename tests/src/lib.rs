@@ -133,6 +133,7 @@ pub fn assert_one_line_error(out: &Output, culprit: &str) -> String {
     assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err}");
     assert!(err.contains(culprit), "error does not name '{culprit}': {err}");
+    assert!(err.matches("(os error").count() <= 1, "the cause is repeated: {err}");
     for bad in ["panicked", "backtrace", "RUST_BACKTRACE", "internal error"] {
         assert!(!err.contains(bad), "error shows '{bad}': {err}");
     }

@@ -11,11 +11,11 @@ fn shape_str(s: &[usize]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
     /// A file or folder could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Not a `#[source]`: the message already ends with it, and the CLI prints the error chain.
+        error: std::io::Error,
     },
     /// A file the checkpoint needs is absent (`what` says which and where it was looked for).
     #[error("{what}")]
@@ -51,6 +51,6 @@ impl FrontendError {
     }
 
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        FrontendError::Io { path: path.to_path_buf(), source }
+        FrontendError::Io { path: path.to_path_buf(), error: source }
     }
 }
