@@ -1,0 +1,432 @@
+#!/usr/bin/env python3
+"""Unicorn vs llama.cpp on this machine's CPU: prefill and decode speed, time to first token, peak memory.
+
+    python3 bench/compare.py --models qwen3-0.6b,llama-3.2-1b --quant q8_0,q4_0 --threads 2 \\
+        --prompt-len 128 --gen 64 --repeat 5 [--out results.json] [--max-busy 0.1]
+
+For each model and weight format:
+  1. checkpoint  bench/make_checkpoints.py (random bf16 weights, published shapes; cached)
+  2. GGUF        bench/llama_cpp.sh gguf (llama.cpp's converter to bf16, then llama-quantize --pure; cached)
+  3. plan        target/release/unicornc compile CKPT -o PLAN --weights Q, under /usr/bin/time -v
+                 (wall time and peak RSS of the compile are reported)
+  4. R rounds, interleaved, alternating which engine goes first (ABBA...):
+       unicorn-rt PLAN --bench --prompt-len P --gen N --repeat 1 --threads T --json
+       llama-bench -m GGUF -p P -n 0 -t T -r 1 -o json          (prefill: P tokens into an empty cache)
+       llama-bench -m GGUF -p 0 -n N -d P -t T -r 1 -o json     (decode: N tokens after P cached ones)
+     every process under /usr/bin/time -v for its peak RSS (VmHWM; mmapped weights count once touched).
+     Both engines do one untimed warm-up pass per process. Unicorn's --bench decodes right after its P-token
+     prefill, so llama.cpp's decode is measured at the same depth (-d P); --llama-tg-depth 0 measures it
+     from an empty cache instead (llama-bench's plain `-p P -n N`).
+Each number reported is the median of the R rounds, with the min and max; ratio = Unicorn / llama.cpp of the
+medians (> 1: Unicorn faster, or for RSS: Unicorn uses more). llama-bench does not report time to first
+token; its TTFT column is P / (prefill tok/s), an estimate, marked "est.".
+
+The machine is shared: for every process the script records the share of the machine's CPU time that OTHER
+processes used while it ran (from /proc/stat minus the process's own user+sys time; "others" in the table,
+0% = the run had the machine to itself) and the 1-minute load average. --max-busy F waits (up to --max-wait
+seconds) before each round until other processes use less than F of the CPUs over 2 s; --redo-busy F runs a
+round again (at most --max-redo times; the discarded round stays in the JSON) when other processes used more
+than F of the CPUs during any of its runs. The choice depends only on other processes, never on the numbers.
+
+Only one compare.py measures at a time (a lock file in the cache; a second one waits). The Unicorn binaries are
+copied to CACHE/bin/<digest>/ when a run starts and its plans live in CACHE/plans/<digest>/, so a rebuild or
+another run with another build cannot change what this run measures.
+
+Writes a JSON file with every raw measurement and prints a markdown table on stdout (progress on stderr).
+"""
+
+import argparse
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = Path(os.environ.get("UNICORN_BENCH_CACHE", Path.home() / ".cache" / "unicorn-bench"))
+
+# llama.cpp's pre-tokenizer name for each bench model (see bench/convert_gguf.py)
+PRE = {"qwen3-0.6b": "qwen2", "llama-3.2-1b": "llama-bpe", "gemma-3-1b": "llama-bpe", "llama-3.1-8b": "llama-bpe"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds spent busy (all CPUs, all processes) since boot, from /proc/stat."""
+    f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    v = [int(x) for x in f]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return (sum(v[:8]) - idle) / CLK_TCK
+
+
+def others_busy(seconds: float = 2.0) -> float:
+    """Fraction of the machine's CPUs busy over `seconds` while this script is idle: other people's work."""
+    b0, t0 = cpu_busy_s(), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu_busy_s() - b0) / ((time.perf_counter() - t0) * NCPU)
+
+
+def run_timed(cmd: list, timeout: float | None = None) -> dict:
+    """Run cmd under /usr/bin/time -v; return stdout, stderr, wall s, peak RSS MiB, and the share of the
+    machine's CPU time that other processes used while it ran (others_cpu: 0 = nothing else ran)."""
+    tf = f"/tmp/unicorn-bench-time-{os.getpid()}.txt"
+    full = ["/usr/bin/time", "-v", "-o", tf] + [str(c) for c in cmd]
+    b0 = cpu_busy_s()
+    t0 = time.perf_counter()
+    p = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    busy = cpu_busy_s() - b0
+    rep = Path(tf).read_text() if Path(tf).exists() else ""
+    Path(tf).unlink(missing_ok=True)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", rep)
+    own = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", rep))
+    if p.returncode != 0:
+        raise SystemExit(f"compare.py: command failed (exit {p.returncode}): {shlex.join(full[4:])}\n"
+                         f"{p.stderr[-3000:]}")
+    return {"stdout": p.stdout, "stderr": p.stderr, "wall_s": wall,
+            "peak_rss_mib": int(m.group(1)) / 1024 if m else None,
+            "cpu_s": own, "others_cpu": max(0.0, busy - own) / (wall * NCPU)}
+
+
+def spread(v: list) -> dict | None:
+    v = [x for x in v if x is not None]
+    if not v:
+        return None
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+
+
+def wait_for_quiet(max_busy: float | None, max_wait: float) -> float:
+    """Wait until other processes use less than max_busy of the CPUs (measured over 2 s); return that share."""
+    b = others_busy()
+    if max_busy is None:
+        return b
+    t0 = time.time()
+    while b > max_busy and time.time() - t0 < max_wait:
+        time.sleep(5)
+        b = others_busy()
+    if b > max_busy:
+        log(f"other processes still use {b:.0%} of the CPUs after {max_wait:.0f} s; running anyway")
+    return b
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for key in ["Model name", "CPU(s)", "Thread(s) per core", "L2 cache", "L3 cache", "Hypervisor vendor"]:
+            m = re.search(rf"^{re.escape(key)}:\s+(.*)$", lscpu, re.M)
+            if m:
+                info[key] = m.group(1).strip()
+        flags = re.search(r"^Flags:\s+(.*)$", lscpu, re.M)
+        if flags:
+            fl = flags.group(1).split()
+            info["simd"] = [f for f in ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                                        "avx512_bf16", "avx_vnni"] if f in fl]
+    except OSError:
+        pass
+    mem = Path("/proc/meminfo").read_text()
+    m = re.search(r"MemTotal:\s+(\d+) kB", mem)
+    if m:
+        info["mem_total_gib"] = round(int(m.group(1)) / 2**20, 1)
+    return info
+
+
+def llama_paths(vulkan: bool) -> dict:
+    cmd = ["bash", str(HERE / "llama_cpp.sh"), "paths"] + (["--vulkan"] if vulkan else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.strip().splitlines())
+
+
+def parse_unicorn_json(stdout: str) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"compare.py: no JSON object in unicorn-rt's output:\n{stdout[-2000:]}")
+
+
+def parse_llama_bench(stdout: str) -> list:
+    i = stdout.find("[")
+    if i < 0:
+        raise SystemExit(f"compare.py: no JSON array in llama-bench's output:\n{stdout[-2000:]}")
+    return json.loads(stdout[i:])
+
+
+def fmt(s: dict | None, digits: int = 1, est: bool = False) -> str:
+    if not s:
+        return "–"
+    d = digits
+    txt = f"{s['median']:.{d}f} ({s['min']:.{d}f}–{s['max']:.{d}f})"
+    return txt + " est." if est else txt
+
+
+def ratio(a: dict | None, b: dict | None) -> float | None:
+    if not a or not b or not b["median"]:
+        return None
+    return a["median"] / b["median"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="qwen3-0.6b,llama-3.2-1b")
+    ap.add_argument("--quant", default="q8_0,q4_0")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--llama-tg-depth", type=int, default=None,
+                    help="cache depth for llama.cpp's decode test (default: --prompt-len, as Unicorn's)")
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (default: CACHE/results/compare-DATE.json)")
+    ap.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release")
+    ap.add_argument("--reuse-plans", action="store_true", help="do not recompile plans that exist (no compile timing)")
+    ap.add_argument("--vulkan", action="store_true", help="use the llama.cpp build with -DGGML_VULKAN=ON")
+    ap.add_argument("--max-busy", type=float, default=None,
+                    help="before each round, wait until other processes use less than this share of the CPUs (e.g. 0.1)")
+    ap.add_argument("--max-wait", type=float, default=600, help="longest wait for --max-busy, seconds")
+    ap.add_argument("--redo-busy", type=float, default=None,
+                    help="redo a round if other processes used more than this share of the CPUs during any of its runs")
+    ap.add_argument("--max-redo", type=int, default=3, help="redo a round at most this many times")
+    ap.add_argument("--drop-intermediates", action="store_true",
+                    help="delete the bf16 GGUF after quantizing and each plan after its rounds (disk space, e.g. 8B)")
+    ap.add_argument("--skip-unicorn", action="store_true", help="measure llama.cpp only")
+    ap.add_argument("--skip-llama", action="store_true", help="measure Unicorn only")
+    a = ap.parse_args()
+    models = [m for m in a.models.split(",") if m]
+    quants = [q for q in a.quant.split(",") if q]
+    tg_depth = a.prompt_len if a.llama_tg_depth is None else a.llama_tg_depth
+    unicornc, unicorn_rt = a.bin_dir / "unicornc", a.bin_dir / "unicorn-rt"
+
+    if not a.skip_unicorn:
+        for b in (unicornc, unicorn_rt):
+            if not b.exists():
+                sys.exit(f"compare.py: {b} missing; run `cargo build --release --bins` in {REPO}")
+        # Run copies, so that a rebuild in target/ during the run cannot mix two builds in one result.
+        digest = hashlib.sha256(unicornc.read_bytes() + unicorn_rt.read_bytes()).hexdigest()[:16]
+        snap = CACHE / "bin" / digest
+        snap.mkdir(parents=True, exist_ok=True)
+        for b in (unicornc, unicorn_rt):
+            if not (snap / b.name).exists():
+                shutil.copy2(b, snap / (b.name + ".part"))
+                (snap / (b.name + ".part")).rename(snap / b.name)
+        src_bins = {"unicornc": str(unicornc), "unicorn-rt": str(unicorn_rt)}
+        unicornc, unicorn_rt = snap / "unicornc", snap / "unicorn-rt"
+        helptext = subprocess.run([unicorn_rt, "--help"], capture_output=True, text=True).stdout
+        if "--bench" not in helptext:
+            sys.exit(f"compare.py: {unicorn_rt} has no --bench; rebuild with `cargo build --release --bins`")
+
+    # One comparison at a time on this machine: two would skew each other's timings.
+    CACHE.mkdir(parents=True, exist_ok=True)
+    lock = open(CACHE / "compare.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"another compare.py holds {CACHE / 'compare.lock'}; waiting for it to finish")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+    # 1-2. checkpoints and GGUFs
+    ckpt_dir = CACHE / "checkpoints"
+    missing = [m for m in models if not (ckpt_dir / m / ".done").exists()]
+    if missing:
+        log(f"making checkpoints {missing}")
+        subprocess.run([sys.executable, HERE / "make_checkpoints.py", ckpt_dir, "--models", ",".join(missing)], check=True)
+    lp = {}
+    if not a.skip_llama:
+        subprocess.run(["bash", HERE / "llama_cpp.sh", "build"] + (["--vulkan"] if a.vulkan else []), check=True)
+        lp = llama_paths(a.vulkan)
+        for m in models:
+            subprocess.run(["bash", HERE / "llama_cpp.sh", "gguf", ckpt_dir / m, m, PRE[m], ",".join(quants)]
+                           + (["--vulkan"] if a.vulkan else []) + (["--drop-bf16"] if a.drop_intermediates else []),
+                           check=True)
+
+    results = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "settings": {"threads": a.threads, "prompt_len": a.prompt_len, "gen": a.gen, "repeat": a.repeat,
+                     "llama_tg_depth": tg_depth, "vulkan": a.vulkan},
+        "llama_cpp": {"llama_cpp_python_version": lp.get("version"), "llama_bench": lp.get("llama_bench")},
+        "unicorn": {"unicorn_rt": str(unicorn_rt)},
+        "load_before": os.getloadavg(),
+        "runs": [],
+    }
+    if not a.skip_unicorn:
+        results["unicorn"]["version"] = subprocess.run([unicorn_rt, "--version"], capture_output=True,
+                                                       text=True).stdout.strip()
+        for b in (unicornc, unicorn_rt):
+            st_ = b.stat()
+            results["unicorn"][b.name] = {
+                "mtime": dt.datetime.fromtimestamp(st_.st_mtime).astimezone().isoformat(timespec="seconds"),
+                "sha256": hashlib.sha256(b.read_bytes()).hexdigest()[:16]}
+        g = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        results["unicorn"]["git_head"] = g.stdout.strip() if g.returncode == 0 else None
+        d = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True)
+        results["unicorn"]["git_dirty"] = sorted(l[3:] for l in d.stdout.splitlines()) if d.returncode == 0 else None
+        results["unicorn"]["copied_from"] = src_bins
+    # Plans are kept per Unicorn build, so two builds never read or delete each other's plans.
+    plan_dir = CACHE / "plans" / (digest if not a.skip_unicorn else "none")
+    plan_dir.mkdir(parents=True, exist_ok=True)
+
+    for m in models:
+        for q in quants:
+            entry = {"model": m, "quant": q, "unicorn": [], "llama_pp": [], "llama_tg": []}
+            plan = plan_dir / f"{m}-{q}.ucp"
+            gguf = Path(lp["gguf_dir"]) / f"{m}-{q}.gguf" if lp else None
+            # 3. compile
+            if not a.skip_unicorn:
+                if a.reuse_plans and plan.exists():
+                    log(f"{m} {q}: reusing {plan}")
+                else:
+                    log(f"{m} {q}: compiling {plan} (load {load1():.2f})")
+                    r = run_timed([unicornc, "compile", ckpt_dir / m, "-o", plan, "--weights", q, "--quiet"])
+                    entry["compile"] = {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mib": r["peak_rss_mib"],
+                                        "others_cpu": r["others_cpu"]}
+                    log(f"{m} {q}: compiled in {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+                entry["plan_bytes"] = plan.stat().st_size
+            if gguf:
+                entry["gguf_bytes"] = gguf.stat().st_size
+            # 4. interleaved rounds; a round in which other processes took more than --redo-busy of the CPUs
+            # (in any of its runs) is kept under "discarded" and run again, at most --max-redo times per round.
+            entry["discarded"] = []
+            for i in range(a.repeat):
+                for attempt in range(a.max_redo + 1):
+                    rnd = {"unicorn": [], "llama_pp": [], "llama_tg": []}
+                    quiet = wait_for_quiet(a.max_busy, a.max_wait)
+                    order = ["unicorn", "llama"] if i % 2 == 0 else ["llama", "unicorn"]
+                    for eng in order:
+                        if eng == "unicorn" and not a.skip_unicorn:
+                            l0 = load1()
+                            r = run_timed([unicorn_rt, plan, "--bench", "--prompt-len", a.prompt_len, "--gen", a.gen,
+                                           "--repeat", 1, "--threads", a.threads, "--json"])
+                            j = parse_unicorn_json(r["stdout"])
+                            rnd["unicorn"].append({
+                                "prefill_tok_s": j["prefill_tok_s"]["median"], "decode_tok_s": j["decode_tok_s"]["median"],
+                                "ttft_ms": j["ttft_ms"]["median"], "peak_rss_mib": r["peak_rss_mib"],
+                                "self_peak_rss_mib": j.get("peak_rss_mib"), "wall_s": r["wall_s"], "load1": l0,
+                                "others_cpu": r["others_cpu"], "others_before": quiet, "raw": j})
+                            log(f"{m} {q} round {i + 1}: unicorn prefill {j['prefill_tok_s']['median']:.1f} tok/s, "
+                                f"decode {j['decode_tok_s']['median']:.2f} tok/s, RSS {r['peak_rss_mib']:.0f} MiB "
+                                f"(others {r['others_cpu']:.0%}, load {l0:.2f})")
+                        if eng == "llama" and not a.skip_llama:
+                            base = [lp["llama_bench"], "-m", gguf, "-t", a.threads, "-r", 1, "-o", "json"]
+                            l0 = load1()
+                            r = run_timed(base + ["-p", a.prompt_len, "-n", 0])
+                            pp = parse_llama_bench(r["stdout"])[0]
+                            rnd["llama_pp"].append({"tok_s": pp["avg_ts"], "peak_rss_mib": r["peak_rss_mib"],
+                                                    "wall_s": r["wall_s"], "load1": l0,
+                                                    "others_cpu": r["others_cpu"], "others_before": quiet, "raw": pp})
+                            l1 = load1()
+                            r2 = run_timed(base + ["-p", 0, "-n", a.gen, "-d", tg_depth])
+                            tg = parse_llama_bench(r2["stdout"])[0]
+                            rnd["llama_tg"].append({"tok_s": tg["avg_ts"], "peak_rss_mib": r2["peak_rss_mib"],
+                                                    "wall_s": r2["wall_s"], "load1": l1,
+                                                    "others_cpu": r2["others_cpu"], "raw": tg})
+                            log(f"{m} {q} round {i + 1}: llama.cpp prefill {pp['avg_ts']:.1f} tok/s, "
+                                f"decode {tg['avg_ts']:.2f} tok/s, RSS {max(r['peak_rss_mib'], r2['peak_rss_mib']):.0f} MiB "
+                                f"(others {r['others_cpu']:.0%}/{r2['others_cpu']:.0%}, load {l0:.2f}/{l1:.2f})")
+                    worst = max(x["others_cpu"] for k in rnd for x in rnd[k])
+                    if a.redo_busy is not None and worst > a.redo_busy and attempt < a.max_redo:
+                        log(f"{m} {q} round {i + 1}: other processes took {worst:.0%} of the CPUs; round discarded, redone")
+                        entry["discarded"].append({"round": i + 1, "attempt": attempt + 1, "others_cpu_max": worst, **rnd})
+                        continue
+                    for k in rnd:
+                        entry[k] += rnd[k]
+                    break
+            # summaries
+            u, lpp, ltg = entry["unicorn"], entry["llama_pp"], entry["llama_tg"]
+            entry["summary"] = {
+                "unicorn": {
+                    "prefill_tok_s": spread([x["prefill_tok_s"] for x in u]),
+                    "decode_tok_s": spread([x["decode_tok_s"] for x in u]),
+                    "ttft_ms": spread([x["ttft_ms"] for x in u]),
+                    "peak_rss_mib": spread([x["peak_rss_mib"] for x in u]),
+                },
+                "llama_cpp": {
+                    "prefill_tok_s": spread([x["tok_s"] for x in lpp]),
+                    "decode_tok_s": spread([x["tok_s"] for x in ltg]),
+                    "ttft_ms_est": spread([a.prompt_len / x["tok_s"] * 1e3 for x in lpp]),
+                    "peak_rss_mib": spread([max(x["peak_rss_mib"], y["peak_rss_mib"]) for x, y in zip(lpp, ltg)]),
+                },
+                "load1": spread([x["load1"] for x in u + lpp + ltg]),
+                "others_cpu": spread([x["others_cpu"] for x in u + lpp + ltg]),
+            }
+            s = entry["summary"]
+            entry["ratio"] = {k: ratio(s["unicorn"][k], s["llama_cpp"][k])
+                              for k in ["prefill_tok_s", "decode_tok_s", "peak_rss_mib"]}
+            entry["ratio"]["ttft_ms"] = ratio(s["unicorn"]["ttft_ms"], s["llama_cpp"]["ttft_ms_est"])
+            if lpp:
+                raw = lpp[0]["raw"]
+                results["llama_cpp"].update({k: raw.get(k) for k in [
+                    "build_commit", "build_number", "cpu_info", "backends", "n_batch", "n_ubatch", "flash_attn",
+                    "type_k", "type_v", "use_mmap", "poll", "cpu_strict"] if k in raw})
+                entry["llama_model_type"] = raw.get("model_type")
+            results["runs"].append(entry)
+            if a.drop_intermediates and plan.exists():
+                plan.unlink()
+
+    results["load_after"] = os.getloadavg()
+    out = a.out or CACHE / "results" / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {out}")
+    print(markdown(results))
+
+
+def markdown(res: dict) -> str:
+    st = res["settings"]
+    lines = [
+        f"Prompt {st['prompt_len']} tokens, generate {st['gen']}, {st['threads']} threads; each cell: median (min–max) "
+        f"of {st['repeat']} interleaved rounds; llama.cpp decode measured at depth {st['llama_tg_depth']}, its TTFT "
+        f"estimated as prompt / prefill speed. Ratio = Unicorn / llama.cpp of the medians (tok/s: > 1 Unicorn "
+        f"faster; TTFT and RSS: < 1 Unicorn better). Others = median share of the CPUs used by other processes "
+        f"during the runs.",
+        "",
+        "| model | quant | engine | prefill tok/s | decode tok/s | TTFT ms | peak RSS MiB | ratio prefill / decode / TTFT / RSS | others |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for e in res["runs"]:
+        s, r = e["summary"], e["ratio"]
+        rs = " / ".join("–" if r[k] is None else f"{r[k]:.2f}"
+                        for k in ["prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mib"])
+        oc = s.get("others_cpu")
+        octxt = f"{oc['median']:.0%}" if oc else "–"
+        u, l = s["unicorn"], s["llama_cpp"]
+        lines.append(f"| {e['model']} | {e['quant']} | Unicorn | {fmt(u['prefill_tok_s'])} | {fmt(u['decode_tok_s'], 2)} | "
+                     f"{fmt(u['ttft_ms'], 0)} | {fmt(u['peak_rss_mib'], 0)} | {rs} | {octxt} |")
+        lines.append(f"| {e['model']} | {e['quant']} | llama.cpp | {fmt(l['prefill_tok_s'])} | {fmt(l['decode_tok_s'], 2)} | "
+                     f"{fmt(l['ttft_ms_est'], 0, est=True)} | {fmt(l['peak_rss_mib'], 0)} | | |")
+    lines += ["", "| model | quant | unicornc compile s | compile peak RSS MiB | plan MiB | GGUF MiB |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for e in res["runs"]:
+        c = e.get("compile")
+        mib = lambda k: f"{e[k] / 2**20:.0f}" if k in e else "–"
+        lines.append(f"| {e['model']} | {e['quant']} | {c['wall_s']:.1f} | {c['peak_rss_mib']:.0f} | "
+                     if c else f"| {e['model']} | {e['quant']} | – | – | ")
+        lines[-1] += f"{mib('plan_bytes')} | {mib('gguf_bytes')} |"
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
