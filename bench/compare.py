@@ -280,10 +280,12 @@ def main() -> None:
                 "mtime": dt.datetime.fromtimestamp(st_.st_mtime).astimezone().isoformat(timespec="seconds"),
                 "sha256": hashlib.sha256(b.read_bytes()).hexdigest()[:16]}
         g = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        results["unicorn"]["git_head"] = g.stdout.strip() if g.returncode == 0 else None
+        # The checkout's state when the run started; the binaries may be older (see mtime, or --bin-dir).
+        results["unicorn"]["repo_head_at_start"] = g.stdout.strip() if g.returncode == 0 else None
         d = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True)
-        results["unicorn"]["git_dirty"] = sorted(l[3:] for l in d.stdout.splitlines()) if d.returncode == 0 else None
+        results["unicorn"]["repo_modified_at_start"] = (sorted(l[3:] for l in d.stdout.splitlines())
+                                                        if d.returncode == 0 else None)
         results["unicorn"]["copied_from"] = src_bins
     # Plans are kept per Unicorn build, so two builds never read or delete each other's plans.
     plan_dir = CACHE / "plans" / (digest if not a.skip_unicorn else "none")

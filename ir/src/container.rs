@@ -181,7 +181,19 @@ impl Drop for PlanWriter {
     }
 }
 
-/// A plan file mapped into memory, with its sections verified.
+/// How [`PlanFile::open_with`] brings a plan's bytes into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Map the file: pages load on first touch and stay in the page cache, shared with other processes.
+    Mapped,
+    /// Read the whole file into anonymous memory backed by transparent huge pages where the kernel allows
+    /// (`madvise(MADV_HUGEPAGE)`). Decoding streams every weight once per token, and with 2 MiB pages the
+    /// stream takes far fewer TLB misses: on Zen 4 it reads a few percent faster than through 4 KiB pages.
+    /// The file is read, not mapped, so its page-cache copy does not count in this process's memory.
+    Resident,
+}
+
+/// A plan file in memory, with its sections verified.
 pub struct PlanFile {
     pub path: PathBuf,
     pub header: PlanHeader,
@@ -190,11 +202,32 @@ pub struct PlanFile {
 }
 
 impl PlanFile {
+    /// Open a plan by mapping it ([`Residency::Mapped`]).
     pub fn open(path: &Path) -> Result<Self, ContainerError> {
+        Self::open_with(path, Residency::Mapped)
+    }
+
+    pub fn open_with(path: &Path, residency: Residency) -> Result<Self, ContainerError> {
         let p = || path.to_path_buf();
-        let file = File::open(path).map_err(|error| ContainerError::Io { path: p(), error })?;
-        // SAFETY: the plan is opened read-only; a concurrent writer replaces plans by rename, never in place.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|error| ContainerError::Io { path: p(), error })?;
+        let io = |error| ContainerError::Io { path: p(), error };
+        let mut file = File::open(path).map_err(io)?;
+        let map = match residency {
+            // SAFETY: the plan is opened read-only; a concurrent writer replaces plans by rename, never in place.
+            Residency::Mapped => unsafe { memmap2::Mmap::map(&file) }.map_err(io)?,
+            Residency::Resident => {
+                let len = file.metadata().map_err(io)?.len();
+                if len < PROLOGUE as u64 {
+                    return Err(ContainerError::BadMagic { path: p() });
+                }
+                let len = usize::try_from(len).map_err(|_| io(std::io::ErrorKind::OutOfMemory.into()))?;
+                let mut buf = memmap2::MmapOptions::new().len(len).map_anon().map_err(io)?;
+                // Only a hint: without transparent huge pages the buffer is ordinary memory.
+                #[cfg(target_os = "linux")]
+                let _ = buf.advise(memmap2::Advice::HugePage);
+                std::io::Read::read_exact(&mut file, &mut buf).map_err(io)?;
+                buf.make_read_only().map_err(io)?
+            }
+        };
         let corrupt = |what: &str| ContainerError::Corrupt { path: p(), what: what.into() };
         if map.len() < PROLOGUE || map[..8] != MAGIC {
             return Err(ContainerError::BadMagic { path: p() });

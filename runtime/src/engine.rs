@@ -29,8 +29,11 @@ impl<'m> Session<'m> {
     pub fn new(model: &'m Model, ctx: usize) -> Self {
         let spec = &model.header().spec;
         let ctx = ctx.clamp(1, spec.max_context);
-        let caches =
-            spec.layers.iter().map(|l| KvCache::new(l.window.map_or(ctx, |w| w.min(ctx)), spec.kv_width())).collect();
+        let caches = spec
+            .layers
+            .iter()
+            .map(|l| KvCache::new(l.window.map_or(ctx, |w| w.min(ctx)), spec.num_kv_heads, spec.head_dim))
+            .collect();
         Self {
             model,
             caches,

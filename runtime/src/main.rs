@@ -5,6 +5,7 @@ use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use unicorn_ir::container::Residency;
 use unicorn_runtime::bench::BenchOptions;
 use unicorn_runtime::generate::{generate, StopReason};
 use unicorn_runtime::sampler::{Sampler, SamplerOptions};
@@ -45,6 +46,10 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "T")]
     threads: Option<usize>,
+    /// Map the plan file instead of reading it into memory: starts sooner on a large plan whose file is in the
+    /// page cache, and shares those pages with other processes, but decodes a few percent slower (no huge pages).
+    #[arg(long)]
+    mmap: bool,
     /// Measure prefill and decode speed, time to first token and peak memory instead of generating text.
     #[arg(long, conflicts_with_all = ["prompt", "tokens", "logits_out", "print_ids"])]
     bench: bool,
@@ -121,7 +126,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         unicorn_runtime::cpu::pool::set_threads(t);
     }
-    let model = Model::load(&cli.plan)?;
+    let residency = if cli.mmap { Residency::Mapped } else { Residency::Resident };
+    let model = Model::load_with(&cli.plan, residency)?;
     let spec = &model.header().spec;
     if cli.bench {
         let o = BenchOptions { prompt_len: cli.prompt_len, gen: cli.gen, repeat: cli.repeat, profile: cli.profile };

@@ -3,7 +3,7 @@
 use crate::cpu::matmul::WeightRef;
 use crate::Error;
 use std::path::Path;
-use unicorn_ir::container::{PlanFile, SectionKind};
+use unicorn_ir::container::{PlanFile, Residency, SectionKind};
 use unicorn_ir::plan::PlanHeader;
 use unicorn_ir::{WeightFormat, WeightId};
 
@@ -14,8 +14,13 @@ pub struct Model {
 }
 
 impl Model {
+    /// Load a plan, reading it into memory ([`Residency::Resident`]).
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let plan = PlanFile::open(path)?;
+        Self::load_with(path, Residency::Resident)
+    }
+
+    pub fn load_with(path: &Path, residency: Residency) -> Result<Self, Error> {
+        let plan = PlanFile::open_with(path, residency)?;
         let corrupt = |what: String| Error::Plan(format!("{}: {what}", path.display()));
         let section = plan.section(SectionKind::Weights)?;
         let mut vectors = Vec::with_capacity(plan.header.weights.len());

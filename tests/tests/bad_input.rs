@@ -128,6 +128,16 @@ fn plan_with_wrong_magic_or_version() {
     let err = assert_one_line_error(&run("unicorn-rt", &[p, "--tokens", "1,2"]), p);
     assert!(err.contains("not a Unicorn plan"), "{err}");
     assert_one_line_error(&run("unicornc", &["inspect", p]), p);
+
+    // Files shorter than the prologue, read into memory or mapped.
+    for len in [0, 10] {
+        std::fs::write(&plan, &bytes[..len]).unwrap();
+        for extra in [None, Some("--mmap")] {
+            let args: Vec<&str> = [p, "--tokens", "1,2"].into_iter().chain(extra).collect();
+            let err = assert_one_line_error(&run("unicorn-rt", &args), p);
+            assert!(err.contains("not a Unicorn plan"), "{len} bytes, {extra:?}: {err}");
+        }
+    }
 }
 
 #[test]
@@ -138,8 +148,11 @@ fn corrupted_section_fails_its_checksum() {
     bytes[4096 + 100] ^= 0x40; // inside the weights section, which starts at the first page boundary
     std::fs::write(&plan, &bytes).unwrap();
     let p = plan.to_str().unwrap();
-    let err = assert_one_line_error(&run("unicorn-rt", &[p, "--tokens", "1,2"]), p);
-    assert!(err.contains("Weights") && err.contains("checksum"), "{err}");
+    for extra in [None, Some("--mmap")] {
+        let args: Vec<&str> = [p, "--tokens", "1,2"].into_iter().chain(extra).collect();
+        let err = assert_one_line_error(&run("unicorn-rt", &args), p);
+        assert!(err.contains("Weights") && err.contains("checksum"), "{extra:?}: {err}");
+    }
 }
 
 #[test]

@@ -34,6 +34,14 @@ fn compile_then_logits_out_and_print_ids_match_transformers() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.trim(), ids_arg(&exp.greedy_ids));
     assert_eq!(stdout.lines().count(), 1);
+
+    // The plan mapped instead of read into memory gives the same ids.
+    let out = run(
+        "unicorn-rt",
+        &[plan.to_str().unwrap(), "--mmap", "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), ids_arg(&exp.greedy_ids));
 }
 
 #[test]

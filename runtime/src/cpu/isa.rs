@@ -59,3 +59,37 @@ impl Isa {
         })
     }
 }
+
+/// Defines a function whose body is compiled twice: for baseline x86-64 (SSE2, which the crate targets) and
+/// with AVX2 and FMA enabled, the second chosen at run time when the CPU has them ([`Isa::detect`] is not
+/// `Portable`).
+///
+/// For plain-Rust slice loops that the compiler vectorizes: written once, they become 8-lane AVX2 code in the
+/// second instance. The body must only call functions that inline (`#[inline(always)]` helpers, iterator
+/// adapters): a call that stays a call runs that callee's baseline code. Keep `f32::mul_add` out of bodies, as
+/// on the portable path it is a libm call.
+macro_rules! vectorized_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                if $crate::cpu::isa::Isa::detect() != $crate::cpu::isa::Isa::Portable {
+                    // SAFETY: detect() returns an AVX2 family only when the CPU has AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(crate) use vectorized_fn;

@@ -1,23 +1,28 @@
 //! The CPU kernels besides matmul: norms, rotary embedding, attention over the KV cache, activations.
 //! All arithmetic is f32, as in the float32 reference.
 
-use super::pool::parallel_chunks_mut;
+use super::isa::vectorized_fn;
+use super::pool::{parallel_chunks_mut, threads};
+
+vectorized_fn! {
+    /// One RMSNorm group: `y = x / sqrt(mean(x^2) + eps) * g`, `g` = `w` or `1 + w`.
+    fn rms_norm_group(x: &[f32], w: &[f32], eps: f32, unit_offset: bool, y: &mut [f32]) {
+        let r = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
+        if unit_offset {
+            y.iter_mut().zip(x).zip(w).for_each(|((y, &x), &w)| *y = x * r * (1.0 + w));
+        } else {
+            y.iter_mut().zip(x).zip(w).for_each(|((y, &x), &w)| *y = x * r * w);
+        }
+    }
+}
 
 /// RMSNorm over each `w.len()`-element group of `x` (a whole row, or one head of it).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, unit_offset: bool, y: &mut [f32]) {
     let n = w.len();
-    let work = |xs: &[f32], ys: &mut [f32]| {
-        let ms = xs.iter().map(|v| v * v).sum::<f32>() / n as f32;
-        let r = 1.0 / (ms + eps).sqrt();
-        for ((y, &x), &w) in ys.iter_mut().zip(xs).zip(w) {
-            let g = if unit_offset { 1.0 + w } else { w };
-            *y = x * r * g;
-        }
-    };
     if x.len() >= 1 << 16 {
-        parallel_chunks_mut(y, n, |i, ys| work(&x[i * n..][..n], ys));
+        parallel_chunks_mut(y, n, |i, ys| rms_norm_group(&x[i * n..][..n], w, eps, unit_offset, ys));
     } else {
-        x.chunks(n).zip(y.chunks_mut(n)).for_each(|(xs, ys)| work(xs, ys));
+        x.chunks(n).zip(y.chunks_mut(n)).for_each(|(xs, ys)| rms_norm_group(xs, w, eps, unit_offset, ys));
     }
 }
 
@@ -41,26 +46,41 @@ pub fn rope(x: &[f32], width: usize, head_dim: usize, start: usize, inv_freq: &[
 }
 
 /// One layer's KV cache: a ring of `cap` positions (the window for sliding layers, the context otherwise).
+///
+/// Head-major: kv head `g`'s key at ring slot `t` is `k[(g * cap + t) * head_dim..][..head_dim]`, so the keys an
+/// attention task reads (one kv head, consecutive positions) are one contiguous stretch of memory, which the
+/// hardware prefetchers stream, rather than a 1/kv_heads slice of every position's row.
 pub struct KvCache {
     pub cap: usize,
-    pub width: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
     pub k: Vec<f32>,
     pub v: Vec<f32>,
 }
 
 impl KvCache {
-    pub fn new(cap: usize, width: usize) -> Self {
-        Self { cap, width, k: vec![0.0; cap * width], v: vec![0.0; cap * width] }
+    pub fn new(cap: usize, kv_heads: usize, head_dim: usize) -> Self {
+        let n = cap * kv_heads * head_dim;
+        Self { cap, kv_heads, head_dim, k: vec![0.0; n], v: vec![0.0; n] }
     }
 
-    /// Append rows for positions `start..start+rows`; only the last `cap` positions are kept.
+    /// Element offset of kv head `g` at position `pos`.
+    #[inline(always)]
+    fn at(&self, g: usize, pos: usize) -> usize {
+        (g * self.cap + pos % self.cap) * self.head_dim
+    }
+
+    /// Append rows (`kv_heads * head_dim` wide) for positions `start..start+rows`; only the last `cap` positions
+    /// are kept.
     pub fn append(&mut self, start: usize, k: &[f32], v: &[f32]) {
-        let rows = k.len() / self.width;
+        let (hd, width) = (self.head_dim, self.kv_heads * self.head_dim);
+        let rows = k.len() / width;
         for r in rows.saturating_sub(self.cap)..rows {
-            let slot = (start + r) % self.cap;
-            let w = self.width;
-            self.k[slot * w..(slot + 1) * w].copy_from_slice(&k[r * w..(r + 1) * w]);
-            self.v[slot * w..(slot + 1) * w].copy_from_slice(&v[r * w..(r + 1) * w]);
+            for g in 0..self.kv_heads {
+                let (dst, src) = (self.at(g, start + r), r * width + g * hd);
+                self.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                self.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            }
         }
     }
 }
@@ -77,7 +97,7 @@ pub struct AttnShape {
 
 /// Dot product with eight independent partial sums, so the compiler can keep them in vector registers
 /// (a single running f32 sum is a serial dependency chain).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len() / 8 * 8;
     let mut acc = [0f32; 8];
@@ -90,67 +110,203 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-thread_local! {
-    /// Scores of one (row, head), reused across calls so attention allocates nothing per token.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Maximum of a slice, in eight lanes (a fold over `f32::max` does not vectorize).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let n = x.len() / 8 * 8;
+    let mut m = [f32::NEG_INFINITY; 8];
+    for c in x[..n].chunks_exact(8) {
+        for i in 0..8 {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+        }
+    }
+    x[n..].iter().chain(&m).fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
+/// `x[i] = e^(x[i] - m)` in place; returns the sum of the new values.
+#[inline(always)]
+fn exp_shifted_sum(x: &mut [f32], m: f32) -> f32 {
+    let n = x.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    let (body, tail) = x.split_at_mut(n);
+    for c in body.chunks_exact_mut(8) {
+        for i in 0..8 {
+            c[i] = exp_f32(c[i] - m);
+            acc[i] += c[i];
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for v in tail {
+        *v = exp_f32(*v - m);
+        sum += *v;
+    }
+    sum
+}
+
+thread_local! {
+    /// A task's scores and per-head statistics, reused across calls so attention allocates nothing per token.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Partial results of split rows (see [`attention`]), reused likewise.
+    static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where attention finds the keys and values of a position: the cache before `start`, this execution's rows
+/// from `start` on.
+struct KvSource<'a> {
+    cache: &'a KvCache,
+    k: &'a [f32],
+    v: &'a [f32],
+    start: usize,
+}
+
+impl KvSource<'_> {
+    /// Key and value of kv head `g` for position `pos`.
+    #[inline(always)]
+    fn at(&self, pos: usize, g: usize) -> (&[f32], &[f32]) {
+        let hd = self.cache.head_dim;
+        if pos < self.start {
+            let i = self.cache.at(g, pos);
+            (&self.cache.k[i..i + hd], &self.cache.v[i..i + hd])
+        } else {
+            let row = (pos - self.start) * self.cache.kv_heads * hd + g * hd;
+            (&self.k[row..row + hd], &self.v[row..row + hd])
+        }
+    }
+}
+
+vectorized_fn! {
+    /// The query heads `qg` (`m.len()` heads of `hd`, sharing kv head `g`) against the keys at
+    /// `positions`: per head `h`, `m[h]` the largest score, `l[h]` the sum of `e^(score - m[h])`, and `o[h]` the
+    /// sum of `e^(score - m[h]) v`, divided by `l[h]` when `normalize`. Each key and value is read once for the
+    /// group. `scores` holds at least `m.len() * positions.len()` values.
+    fn attend(
+        qg: &[f32],
+        kv: &KvSource<'_>,
+        g: usize,
+        positions: std::ops::Range<usize>,
+        scale: f32,
+        scores: &mut [f32],
+        o: &mut [f32],
+        m: &mut [f32],
+        l: &mut [f32],
+        normalize: bool,
+    ) {
+        let hd = qg.len() / m.len();
+        let n = positions.len();
+        o.fill(0.0);
+        if n == 0 {
+            m.fill(f32::NEG_INFINITY);
+            l.fill(0.0);
+            return;
+        }
+        // scores[h * n + j]: query head h against key positions.start + j.
+        let scores = &mut scores[..m.len() * n];
+        for (j, pos) in positions.clone().enumerate() {
+            let kj = kv.at(pos, g).0;
+            for (h, qh) in qg.chunks_exact(hd).enumerate() {
+                scores[h * n + j] = dot(qh, kj) * scale;
+            }
+        }
+        for (h, sc) in scores.chunks_exact_mut(n).enumerate() {
+            m[h] = max_of(sc);
+            l[h] = exp_shifted_sum(sc, m[h]);
+        }
+        for (j, pos) in positions.enumerate() {
+            let vj = kv.at(pos, g).1;
+            for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+                let e = scores[h * n + j];
+                oh.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
+            }
+        }
+        if normalize {
+            for (oh, &l) in o.chunks_exact_mut(hd).zip(l.iter()) {
+                let inv = 1.0 / l;
+                oh.iter_mut().for_each(|a| *a *= inv);
+            }
+        }
+    }
+}
+
+/// Runs `f(scores, m, l)` with this thread's scratch: room for `group * keys` scores and `group` maxima and sums.
+fn with_scratch<R>(group: usize, keys: usize, f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.resize(buf.len().max(group * keys + 2 * group), 0.0);
+        let (scores, ml) = buf.split_at_mut(group * keys);
+        let (m, l) = ml[..2 * group].split_at_mut(group);
+        f(scores, m, l)
+    })
+}
+
+/// Fewest keys worth a task of their own when one row's keys are split.
+const MIN_KEYS_PER_PART: usize = 32;
+
 /// Causal attention for rows at positions `start..start+rows`: keys before `start` come from the cache, the
-/// rest from this execution's `k`/`v`. One task per (row, kv head) serves all the query heads that share the
-/// kv head, so each key and value is read once per row: the scores, a max-subtracted softmax per head, then
-/// the weighted sum of the values.
+/// rest from this execution's `k`/`v`. A task serves one (row, kv head): all the query heads sharing the kv
+/// head, so each key and value is read once per row; the scores, a max-subtracted softmax per head, then the
+/// weighted sum of the values.
+///
+/// Decoding has one row, and models with few kv heads (Gemma 3 1B has one) would leave threads idle: then each
+/// row's keys are split into parts that run as separate tasks, each keeping its own maximum and sum, and the
+/// parts are merged after (rescaling each by `e^(m_part - m)`), which gives the same softmax.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize, s: AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
-    let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
+    let qw = s.heads * hd;
     let group = s.heads / s.kv_heads;
-    let key = |j: usize, off: usize| -> (&[f32], &[f32]) {
-        if j < start {
-            let slot = (j % cache.cap) * kw + off;
-            (&cache.k[slot..slot + hd], &cache.v[slot..slot + hd])
-        } else {
-            let row = (j - start) * kw + off;
-            (&k[row..row + hd], &v[row..row + hd])
-        }
-    };
-    parallel_chunks_mut(out, group * hd, |i, o| {
-        let (r, g) = (i / s.kv_heads, i % s.kv_heads);
+    let rows = out.len() / qw;
+    let kv = KvSource { cache, k, v, start };
+    let span = |r: usize| {
         let p = start + r;
-        let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
-        let keys = p + 1 - first;
-        let qg = &q[r * qw + g * group * hd..][..group * hd];
-        let off = g * hd;
-        SCORES.with_borrow_mut(|scores| {
-            // scores[h * keys + j]: query head h of the group against key first + j; then one 1/sum per head.
-            scores.clear();
-            scores.resize(group * keys + group, 0.0);
-            let (scores, inv) = scores.split_at_mut(group * keys);
-            for (j, pos) in (first..=p).enumerate() {
-                let kj = key(pos, off).0;
-                for (h, qh) in qg.chunks_exact(hd).enumerate() {
-                    scores[h * keys + j] = dot(qh, kj) * s.scale;
-                }
-            }
-            for (h, sc) in scores.chunks_exact_mut(keys).enumerate() {
-                let m = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut l = 0.0;
-                for x in sc.iter_mut() {
-                    *x = (*x - m).exp();
-                    l += *x;
-                }
-                inv[h] = 1.0 / l;
-            }
-            o.fill(0.0);
-            for (j, pos) in (first..=p).enumerate() {
-                let vj = key(pos, off).1;
-                for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
-                    let e = scores[h * keys + j];
-                    oh.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
-                }
-            }
-            for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
-                oh.iter_mut().for_each(|a| *a *= inv[h]);
-            }
+        s.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+    };
+    let tasks = rows * s.kv_heads;
+    let want = 2 * threads();
+    let parts =
+        if tasks >= want { 1 } else { want.div_ceil(tasks).min(span(rows - 1).len() / MIN_KEYS_PER_PART).max(1) };
+    if parts == 1 {
+        parallel_chunks_mut(out, group * hd, |i, o| {
+            let (r, g) = (i / s.kv_heads, i % s.kv_heads);
+            let qg = &q[r * qw + g * group * hd..][..group * hd];
+            let keys = span(r);
+            with_scratch(group, keys.len(), |scores, m, l| attend(qg, &kv, g, keys, s.scale, scores, o, m, l, true));
         });
+        return;
+    }
+    // Each part: o (group * hd), then m and l (group each).
+    let width = group * hd + 2 * group;
+    PARTS.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(tasks * parts * width, 0.0);
+        parallel_chunks_mut(buf, width, |i, piece| {
+            let (rg, part) = (i / parts, i % parts);
+            let (r, g) = (rg / s.kv_heads, rg % s.kv_heads);
+            let keys = span(r);
+            let n = keys.len();
+            let lo = keys.start + n * part / parts;
+            let hi = keys.start + n * (part + 1) / parts;
+            let qg = &q[r * qw + g * group * hd..][..group * hd];
+            let (o, ml) = piece.split_at_mut(group * hd);
+            let (m, l) = ml.split_at_mut(group);
+            with_scratch(group, hi - lo, |scores, _, _| attend(qg, &kv, g, lo..hi, s.scale, scores, o, m, l, false));
+        });
+        for (rg, pieces) in buf.chunks_exact(parts * width).enumerate() {
+            let (r, g) = (rg / s.kv_heads, rg % s.kv_heads);
+            let dst = &mut out[r * qw + g * group * hd..][..group * hd];
+            dst.fill(0.0);
+            for h in 0..group {
+                let m_of = |p: &[f32]| p[group * hd + h];
+                let mx = pieces.chunks_exact(width).map(m_of).fold(f32::NEG_INFINITY, f32::max);
+                let mut l = 0.0;
+                for p in pieces.chunks_exact(width) {
+                    // A part with no keys has m = -inf and contributes nothing.
+                    let f = if m_of(p) == f32::NEG_INFINITY { 0.0 } else { (m_of(p) - mx).exp() };
+                    l += f * p[group * hd + group + h];
+                    for (d, &x) in dst[h * hd..(h + 1) * hd].iter_mut().zip(&p[h * hd..(h + 1) * hd]) {
+                        *d += f * x;
+                    }
+                }
+                dst[h * hd..(h + 1) * hd].iter_mut().for_each(|d| *d /= l);
+            }
+        }
     });
 }
 
@@ -171,34 +327,51 @@ fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
-/// Elementwise `f(a, b)` into `y`, on the pool when there is enough of it.
-fn zip_map(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+/// Elementwise `f(a, b, y)` over matching pieces of `a`, `b` and `y`, on the pool when there is enough of it.
+fn zip_chunks(a: &[f32], b: &[f32], y: &mut [f32], f: fn(&[f32], &[f32], &mut [f32])) {
     const CHUNK: usize = 1 << 14;
-    let run = |i: usize, ys: &mut [f32]| {
-        let (a, b) = (&a[i * CHUNK..][..ys.len()], &b[i * CHUNK..][..ys.len()]);
-        ys.iter_mut().zip(a).zip(b).for_each(|((y, &a), &b)| *y = f(a, b));
-    };
     if y.len() > CHUNK {
-        parallel_chunks_mut(y, CHUNK, run);
+        parallel_chunks_mut(y, CHUNK, |i, ys| f(&a[i * CHUNK..][..ys.len()], &b[i * CHUNK..][..ys.len()], ys));
     } else {
-        run(0, y);
+        f(a, b, y);
+    }
+}
+
+vectorized_fn! {
+    fn silu_mul(gate: &[f32], up: &[f32], y: &mut [f32]) {
+        y.iter_mut().zip(gate).zip(up).for_each(|((y, &g), &u)| *y = g / (1.0 + exp_f32(-g)) * u);
+    }
+}
+
+vectorized_fn! {
+    fn gelu_tanh_mul(gate: &[f32], up: &[f32], y: &mut [f32]) {
+        const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+        y.iter_mut()
+            .zip(gate)
+            .zip(up)
+            .for_each(|((y, &g), &u)| *y = g / (1.0 + exp_f32(-2.0 * C * (g + 0.044715 * g * g * g))) * u);
+    }
+}
+
+vectorized_fn! {
+    fn add_into(a: &[f32], b: &[f32], y: &mut [f32]) {
+        y.iter_mut().zip(a).zip(b).for_each(|((y, &a), &b)| *y = a + b);
     }
 }
 
 /// Gated linear units: `act(gate) * up`. silu(g) = g / (1 + e^-g).
 pub fn glu_silu(gate: &[f32], up: &[f32], y: &mut [f32]) {
-    zip_map(gate, up, y, |g, u| g / (1.0 + exp_f32(-g)) * u);
+    zip_chunks(gate, up, y, silu_mul);
 }
 
 /// GELU, tanh approximation: 0.5 g (1 + tanh(c)) with c = sqrt(2/pi) (g + 0.044715 g^3), which equals
 /// g / (1 + e^(-2c)).
 pub fn glu_gelu_tanh(gate: &[f32], up: &[f32], y: &mut [f32]) {
-    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-    zip_map(gate, up, y, |g, u| g / (1.0 + exp_f32(-2.0 * C * (g + 0.044715 * g * g * g))) * u);
+    zip_chunks(gate, up, y, gelu_tanh_mul);
 }
 
 pub fn add(a: &[f32], b: &[f32], y: &mut [f32]) {
-    y.iter_mut().zip(a).zip(b).for_each(|((y, &a), &b)| *y = a + b);
+    zip_chunks(a, b, y, add_into);
 }
 
 pub fn scale(x: &[f32], f: f32, y: &mut [f32]) {
@@ -238,7 +411,7 @@ mod tests {
     #[test]
     fn attention_of_one_key_returns_its_value_and_window_limits_keys() {
         let s = AttnShape { heads: 2, kv_heads: 1, head_dim: 2, window: None, scale: 1.0 };
-        let cache = KvCache::new(4, 2);
+        let cache = KvCache::new(4, 1, 2);
         let mut out = [0.0; 4];
         attention(&[1.0, 0.0, 0.0, 1.0], &[5.0, 5.0], &[7.0, -3.0], &cache, 0, s, &mut out);
         assert_eq!(out, [7.0, -3.0, 7.0, -3.0]);
@@ -295,7 +468,7 @@ mod tests {
             let qs: Vec<Vec<f32>> = (0..total).map(|_| (0..qw).map(|_| rnd()).collect()).collect();
             // Positions 0..5 were run before (in the cache, a ring of 4 when windowed); 5..9 run now.
             let start = 5;
-            let mut cache = KvCache::new(if window.is_some() { 4 } else { total }, kw);
+            let mut cache = KvCache::new(if window.is_some() { 4 } else { total }, s.kv_heads, s.head_dim);
             cache.append(0, &keys[..start].concat(), &vals[..start].concat());
             let mut out = vec![0.0; (total - start) * qw];
             let q = qs[start..].concat();
@@ -305,6 +478,34 @@ mod tests {
                 for (a, b) in out[r * qw..(r + 1) * qw].iter().zip(&want) {
                     assert!((a - b).abs() < 1e-5, "window {window:?} position {p}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_rows_split_across_tasks_match_the_reference() {
+        // One row and one kv head: fewer (row, kv head) tasks than threads, so the keys are split into parts
+        // whose softmax pieces are merged. Some parts are far larger in score than others (a ramp in q.k), which
+        // a wrong rescaling would show.
+        let mut seed = 11u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        for window in [None, Some(77)] {
+            let s = AttnShape { heads: 4, kv_heads: 1, head_dim: 16, window, scale: 0.25 };
+            let total = 300;
+            let keys: Vec<Vec<f32>> = (0..total).map(|j| (0..16).map(|_| rnd() + j as f32 / 100.0).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..16).map(|_| rnd()).collect()).collect();
+            let q: Vec<f32> = (0..64).map(|_| rnd() + 0.5).collect();
+            let start = total - 1;
+            let mut cache = KvCache::new(window.unwrap_or(total), 1, 16);
+            cache.append(0, &keys[..start].concat(), &vals[..start].concat());
+            let mut out = vec![0.0; 64];
+            attention(&q, &keys[start], &vals[start], &cache, start, s, &mut out);
+            let want = reference(&q, &keys, &vals, start, s);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "window {window:?}: {a} vs {b}");
             }
         }
     }
@@ -340,10 +541,16 @@ mod tests {
 
     #[test]
     fn cache_ring_keeps_the_last_positions() {
-        let mut c = KvCache::new(2, 1);
+        let mut c = KvCache::new(2, 1, 1);
         c.append(0, &[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]);
         // Positions 1 and 2 survive, at slots 1 and 0.
         assert_eq!(c.k, [3.0, 2.0]);
         assert_eq!(c.v, [30.0, 20.0]);
+        // Two kv heads of width 2: head-major, so head 1's slots follow all of head 0's.
+        let mut c = KvCache::new(2, 2, 2);
+        c.append(5, &[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0]);
+        // Position 5 is slot 1.
+        assert_eq!(c.k, [0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0]);
+        assert_eq!(c.v, [0.0, 0.0, 5.0, 6.0, 0.0, 0.0, 7.0, 8.0]);
     }
 }
