@@ -1,6 +1,6 @@
 //! Executes a plan's phases on the CPU: one activation arena, the KV cache, and a loop over the steps.
 
-use crate::cpu::matmul::{dequant_row, matmul, Scratch};
+use crate::cpu::matmul::{dequant_row, matmul, matmul_many, MatMulOut, Scratch, MAX_FUSED};
 use crate::cpu::ops::{self, AttnShape, KvCache};
 use crate::model::Model;
 use crate::Error;
@@ -115,9 +115,42 @@ impl<'m> Session<'m> {
         let view = |slot: Slot, rows: usize| unsafe {
             std::slice::from_raw_parts(base.add(at(slot)) as *const f32, slot.width * rows)
         };
-        for step in &phase.steps {
+        let steps = &phase.steps;
+        let mut i = 0;
+        while i < steps.len() {
+            let step = &steps[i];
             let started = self.profile.is_some().then(std::time::Instant::now);
             let rows = rows_of(step.rows);
+            // Matmuls of the same operand that follow each other (q/k/v; gate and up) run as one call.
+            let fused = fusable_matmuls(model, &steps[i..]);
+            if fused > 1 {
+                let x = view(step.inputs[0].expect("operand has a slot"), rows);
+                let mut outs: [Option<MatMulOut>; MAX_FUSED] = Default::default();
+                for (o, st) in outs.iter_mut().zip(&steps[i..i + fused]) {
+                    let Op::MatMul { weight, bias } = &st.op else { unreachable!("fusable_matmuls checked") };
+                    // SAFETY: the outputs are distinct values, live together until their consumers run after
+                    // the group, so the memory plan keeps them apart and away from the operand.
+                    let y = unsafe { std::slice::from_raw_parts_mut(base.add(at(st.output)), st.output.width * rows) };
+                    *o = Some(MatMulOut { w: model.matrix(*weight), bias: bias.map(|b| model.vector(b)), y });
+                }
+                // A fixed-size array per group size, so that decoding allocates nothing.
+                let mut outs = outs.into_iter().flatten();
+                let mut next = || outs.next().expect("one output per fused step");
+                let scratch = &mut self.scratch;
+                match fused {
+                    2 => matmul_many(x, rows, &mut [next(), next()], scratch),
+                    3 => matmul_many(x, rows, &mut [next(), next(), next()], scratch),
+                    _ => matmul_many(x, rows, &mut [next(), next(), next(), next()], scratch),
+                }
+                if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
+                    let e = p.entry(step.kernel.clone()).or_default();
+                    e.0 += t.elapsed();
+                    e.1 += fused;
+                }
+                i += fused;
+                continue;
+            }
+            i += 1;
             let out = unsafe { std::slice::from_raw_parts_mut(base.add(at(step.output)), step.output.width * rows) };
             let arg = |i: usize| view(step.inputs[i].expect("operand has a slot"), rows);
             match &step.op {
@@ -175,4 +208,19 @@ impl<'m> Session<'m> {
         self.logits.clear();
         self.logits.extend_from_slice(result);
     }
+}
+
+/// How many of the matmuls at the start of `steps` can run as one [`matmul_many`] call: consecutive, reading the
+/// same operand over the same rows, with weights of equal `k` and of the same kind (quantized or float).
+/// Returns 0 or 1 when there is nothing to fuse.
+fn fusable_matmuls(model: &Model, steps: &[unicorn_ir::plan::Step]) -> usize {
+    let key = |st: &unicorn_ir::plan::Step| match &st.op {
+        Op::MatMul { weight, .. } => {
+            let w = model.matrix(*weight);
+            Some((st.inputs[0], st.rows, w.k, w.format.is_quantized()))
+        }
+        _ => None,
+    };
+    let Some(first) = steps.first().and_then(key) else { return 0 };
+    steps.iter().take(MAX_FUSED).take_while(|st| key(st) == Some(first)).count()
 }

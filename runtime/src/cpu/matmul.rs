@@ -75,6 +75,24 @@ pub fn dequant_row(w: WeightRef, row: usize, out: &mut [f32]) {
     }
 }
 
+/// One matrix of a [`matmul_many`] call: `y = x W^T (+ bias)`.
+pub struct MatMulOut<'w, 'y> {
+    pub w: WeightRef<'w>,
+    pub bias: Option<&'w [f32]>,
+    pub y: &'y mut [f32],
+}
+
+/// Most matrices one [`matmul_many`] call takes.
+pub const MAX_FUSED: usize = 4;
+
+/// Several matmuls of the same activations (a layer's q/k/v projections; gate and up) as one call: `x` is
+/// quantized once, and one parallel loop runs the tasks of every matrix, so the threads meet once at the end
+/// instead of once per matrix, and none waits at the end of one matrix while another finishes its last chunk.
+/// The matrices must agree on `k` and on whether their format is quantized. At most [`MAX_FUSED`] matrices.
+pub fn matmul_many(x: &[f32], rows: usize, outs: &mut [MatMulOut], scratch: &mut Scratch) {
+    matmul_tiled(Isa::detect(), None, x, rows, outs, scratch)
+}
+
 /// [`matmul`] with the kernel family chosen by the caller (tests and benchmarks compare them).
 /// Panics if this CPU cannot run `isa`.
 pub fn matmul_with(
@@ -86,51 +104,51 @@ pub fn matmul_with(
     y: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    matmul_tiled(isa, None, x, rows, w, bias, y, scratch)
+    matmul_tiled(isa, None, x, rows, &mut [MatMulOut { w, bias, y }], scratch)
 }
 
-/// [`matmul_with`] with the tile shape (activation rows x weight rows, each 1..=4) chosen by the caller.
-#[allow(clippy::too_many_arguments)]
+/// The driver behind every matmul entry point, with the tile shape (activation rows x weight rows, each 1..=4)
+/// optionally chosen by the caller.
 fn matmul_tiled(
     isa: Isa,
     tile: Option<(usize, usize)>,
     x: &[f32],
     rows: usize,
-    w: WeightRef,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
+    outs: &mut [MatMulOut],
     scratch: &mut Scratch,
 ) {
     assert!(isa.available(), "this CPU cannot run the {} kernels", isa.name());
-    let WeightRef { format, layout, n, k, data } = w;
-    let ldw = w.row_bytes();
-    let interleave = match layout {
-        WeightLayout::Rows => 1,
-        WeightLayout::Interleaved8 => {
-            assert!(format.is_quantized() && n.is_multiple_of(INTERLEAVE), "{format} {n}-row matrix interleaved");
-            INTERLEAVE
-        }
-    };
+    assert!((1..=MAX_FUSED).contains(&outs.len()), "matmul of {} matrices at once", outs.len());
+    let (k, quantized) = (outs[0].w.k, outs[0].w.format.is_quantized());
     assert_eq!(x.len(), rows * k, "matmul: x is not rows x k = {rows} x {k}");
-    assert_eq!(y.len(), rows * n, "matmul: y is not rows x n = {rows} x {n}");
-    assert_eq!(data.len(), n * ldw, "matmul: {format} weight data is not {n} x {k}");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "matmul: bias is not n = {n} long");
+    for o in outs.iter() {
+        let WeightRef { format, layout, n, .. } = o.w;
+        assert!(o.w.k == k && format.is_quantized() == quantized, "fused matmuls disagree on k or format kind");
+        if layout == WeightLayout::Interleaved8 {
+            assert!(format.is_quantized() && n.is_multiple_of(INTERLEAVE), "{format} {n}-row matrix interleaved");
+        }
+        assert_eq!(o.y.len(), rows * n, "matmul: y is not rows x n = {rows} x {n}");
+        assert_eq!(o.w.data.len(), n * o.w.row_bytes(), "matmul: {format} weight data is not {n} x {k}");
+        if let Some(b) = o.bias {
+            assert_eq!(b.len(), n, "matmul: bias is not n = {n} long");
+        }
     }
-    if rows == 0 || n == 0 {
+    if rows == 0 {
         return;
     }
     if k == 0 {
-        for yr in y.chunks_mut(n) {
-            match bias {
-                Some(b) => yr.copy_from_slice(b),
-                None => yr.fill(0.0),
+        for o in outs.iter_mut() {
+            for yr in o.y.chunks_mut(o.w.n.max(1)) {
+                match o.bias {
+                    Some(b) => yr.copy_from_slice(b),
+                    None => yr.fill(0.0),
+                }
             }
         }
         return;
     }
 
-    let (xp, ldx, xd, xm, ldxd) = if format.is_quantized() {
+    let (xp, ldx, xd, xm, ldxd) = if quantized {
         let q = &mut scratch.q8;
         q.quantize(isa, x, rows, k);
         (q.qs.as_ptr().cast::<u8>(), k, q.d.as_ptr(), q.m.as_ptr(), k / QK)
@@ -147,58 +165,86 @@ fn matmul_tiled(
     } else {
         (x.as_ptr().cast::<u8>(), 4 * k, std::ptr::null(), std::ptr::null(), 0)
     };
-    let x_elem = if format.is_quantized() { 1 } else { 4 };
-    let (rt, ct) = match tile {
-        Some((rt, ct)) => (rt, ct * interleave),
-        None if interleave > 1 => (if rows == 1 { 1 } else { 4 }, interleave),
-        None => default_tile(format, rows, k),
-    };
-    assert!((1..=4).contains(&rt) && (1..=4).contains(&ct) || interleave > 1 && ct == interleave);
+    let x_elem = if quantized { 1 } else { 4 };
     // Prefill walks `k` in blocks so that a tile's operands stay in L1 and a row block's activations in L2.
     let kc = if rows == 1 { k } else { K_BLOCK_BYTES.div_ceil(x_elem).next_multiple_of(QK).min(k) };
-    let job = Job {
-        tiles: if interleave > 1 { super::matmul_x8::tiles(isa, format) } else { tiles(isa, format) },
-        interleave,
-        rt,
-        ct,
-        k,
-        kc,
-        n,
-        row_block: (L2_BYTES / (kc * x_elem)).max(rt).next_multiple_of(rt),
-        format,
-        x: xp,
-        x_elem,
-        ldx,
-        xd,
-        xm,
-        ldxd,
-        w: data.as_ptr(),
-        ldw,
-        y: y.as_mut_ptr(),
-        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-    };
-
     let threads = pool::threads();
-    if threads == 1 || rows * n * k < PAR_MIN_MACS {
-        // SAFETY: the whole output, on this thread only.
-        unsafe { job.run(0, rows, 0, n) };
+    let want = threads * TASKS_PER_THREAD;
+    let mut plans = [None; MAX_FUSED];
+    let mut total_tasks = 0;
+    let mut macs = 0;
+    for (o, plan) in outs.iter_mut().zip(&mut plans) {
+        let WeightRef { format, layout, n, data, .. } = o.w;
+        if n == 0 {
+            continue;
+        }
+        let interleave = if layout == WeightLayout::Interleaved8 { INTERLEAVE } else { 1 };
+        let (rt, ct) = match tile {
+            Some((rt, ct)) => (rt, ct * interleave),
+            None if interleave > 1 => (if rows == 1 { 1 } else { 4 }, interleave),
+            None => default_tile(format, rows, k),
+        };
+        assert!((1..=4).contains(&rt) && (1..=4).contains(&ct) || interleave > 1 && ct == interleave);
+        let job = Job {
+            tiles: if interleave > 1 { super::matmul_x8::tiles(isa, format) } else { tiles(isa, format) },
+            interleave,
+            rt,
+            ct,
+            k,
+            kc,
+            n,
+            row_block: (L2_BYTES / (kc * x_elem)).max(rt).next_multiple_of(rt),
+            format,
+            x: xp,
+            x_elem,
+            ldx,
+            xd,
+            xm,
+            ldxd,
+            w: data.as_ptr(),
+            ldw: o.w.row_bytes(),
+            y: o.y.as_mut_ptr(),
+            bias: o.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+        };
+        // Contiguous column chunks, a few per thread so that work stealing evens out; if `n` is too narrow for
+        // that, row parts too.
+        let col_tiles = n.div_ceil(ct);
+        let cols_per = col_tiles.div_ceil(col_tiles.min(want)) * ct;
+        let col_chunks = n.div_ceil(cols_per);
+        let row_parts = (want / col_chunks).clamp(1, rows.div_ceil(rt));
+        let rows_per = rows.div_ceil(row_parts).next_multiple_of(rt);
+        let row_parts = rows.div_ceil(rows_per);
+        let split = Split { first_task: total_tasks, cols_per, row_parts, rows_per };
+        total_tasks += col_chunks * row_parts;
+        macs += rows * n * k;
+        *plan = Some((job, split));
+    }
+    let plans = &plans[..outs.len()];
+    if threads == 1 || macs < PAR_MIN_MACS {
+        for (job, _) in plans.iter().flatten() {
+            // SAFETY: each whole output, on this thread only.
+            unsafe { job.run(0, rows, 0, job.n) };
+        }
         return;
     }
-    // Contiguous column chunks, a few per thread so that work stealing evens out; if `n` is too narrow for
-    // that, row parts too.
-    let want = threads * TASKS_PER_THREAD;
-    let col_tiles = n.div_ceil(ct);
-    let cols_per = col_tiles.div_ceil(col_tiles.min(want)) * ct;
-    let col_chunks = n.div_ceil(cols_per);
-    let row_parts = (want / col_chunks).clamp(1, rows.div_ceil(rt));
-    let rows_per = rows.div_ceil(row_parts).next_multiple_of(rt);
-    let row_parts = rows.div_ceil(rows_per);
-    pool::parallel_for(col_chunks * row_parts, |t| {
-        let (c, r) = (t / row_parts, t % row_parts);
-        let (j0, r0) = (c * cols_per, r * rows_per);
-        // SAFETY: tasks cover disjoint blocks of the output.
-        unsafe { job.run(r0, (r0 + rows_per).min(rows), j0, (j0 + cols_per).min(n)) };
+    pool::parallel_for(total_tasks, |t| {
+        let (job, sp) = plans.iter().flatten().rev().find(|(_, sp)| sp.first_task <= t).expect("task 0 exists");
+        let t = t - sp.first_task;
+        let (c, r) = (t / sp.row_parts, t % sp.row_parts);
+        let (j0, r0) = (c * sp.cols_per, r * sp.rows_per);
+        // SAFETY: tasks cover disjoint blocks of the outputs, which do not overlap each other.
+        unsafe { job.run(r0, (r0 + sp.rows_per).min(rows), j0, (j0 + sp.cols_per).min(job.n)) };
     });
+}
+
+/// How one matrix of a call is cut into tasks: tasks `first_task..` take column chunks of `cols_per` outputs,
+/// each in `row_parts` parts of `rows_per` activation rows.
+#[derive(Clone, Copy)]
+struct Split {
+    first_task: usize,
+    cols_per: usize,
+    row_parts: usize,
+    rows_per: usize,
 }
 
 /// Tile shape (activation rows x weight rows), as measured on Zen 4 (the target machine).
@@ -269,6 +315,7 @@ fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
 }
 
 /// A matmul call cut into tiles: everything but the block of the output being computed.
+#[derive(Clone, Copy)]
 struct Job {
     tiles: &'static [[TileFn; 4]; 4],
     /// Weight rows per group of the layout (1, or 8 for [`WeightLayout::Interleaved8`], whose tiles are 8 wide).
@@ -639,6 +686,40 @@ mod tests {
     }
 
     #[test]
+    fn fused_calls_match_separate_ones() {
+        // q/k/v-like shapes (one wide, two narrow) and gate/up-like ones, for decode and prefill, every
+        // quantized format and layout, threaded (above the threshold) and not (below it), with and without bias.
+        let mut rng = Rng(31);
+        let mut scratch = Scratch::default();
+        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::F16] {
+            for (rows, ns, k) in [(1, vec![256, 64, 64], 512), (7, vec![96, 96], 256), (1, vec![8, 16, 24], 64)] {
+                let mats: Vec<_> = ns.iter().map(|&n| weights(&mut rng, format, n, k)).collect();
+                let biases: Vec<Vec<f32>> = ns.iter().map(|&n| rng.vec(n, 1.0)).collect();
+                let x = activations(&mut rng, rows, k);
+                for layout in layouts(format, 8) {
+                    let packed: Vec<Vec<u8>> = mats.iter().map(|(d, _)| pack(format, layout, k, d)).collect();
+                    let ws: Vec<WeightRef> =
+                        ns.iter().zip(&packed).map(|(&n, data)| WeightRef { format, layout, n, k, data }).collect();
+                    let mut fused: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; rows * n]).collect();
+                    let mut outs: Vec<MatMulOut> = ws
+                        .iter()
+                        .zip(&biases)
+                        .zip(&mut fused)
+                        .enumerate()
+                        .map(|(i, ((&w, b), y))| MatMulOut { w, bias: (i != 1).then_some(&b[..]), y })
+                        .collect();
+                    matmul_many(&x, rows, &mut outs, &mut scratch);
+                    for (i, ((&w, b), got)) in ws.iter().zip(&biases).zip(&fused).enumerate() {
+                        let mut want = vec![0.0; rows * w.n];
+                        matmul(&x, rows, w, (i != 1).then_some(&b[..]), &mut want, &mut scratch);
+                        assert_eq!(got, &want, "{format} {} {rows}x{ns:?}x{k} matrix {i}", layout.name());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn simd_and_portable_agree() {
         let mut rng = Rng(4242);
         let mut scratch = Scratch::default();
@@ -921,7 +1002,8 @@ mod tests {
                                 k,
                                 data: &all[c * one..(c + 1) * one],
                             };
-                            matmul_tiled(Isa::detect(), Some(tile), &x, rows, w, None, &mut y, &mut scratch);
+                            let mut out = [MatMulOut { w, bias: None, y: &mut y }];
+                            matmul_tiled(Isa::detect(), Some(tile), &x, rows, &mut out, &mut scratch);
                             c = (c + 1) % copies;
                         }
                         best[s] = best[s].min(start.elapsed().as_secs_f64() / f64::from(reps));
