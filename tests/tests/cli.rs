@@ -145,3 +145,30 @@ fn streamed_text_is_the_decoding_of_the_generated_ids() {
     assert_eq!(got.trim_end(), want.trim_end());
     assert!(got.starts_with(prompt));
 }
+
+#[test]
+fn every_kernel_family_matches_transformers() {
+    // unicorn-rt picks AVX-512 VNNI, AVX2 or portable kernels at start-up; UNICORN_CPU_ISA forces a family (one
+    // this CPU lacks falls back to the detected one), so the portable instances of the elementwise and attention
+    // kernels are exercised here too. Gemma 3 covers the GELU, the (1+w) norms, q/k norms and sliding windows,
+    // through prefill (logits) and decode (greedy ids).
+    let name = "gemma3_text";
+    let exp = expected(name);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = compile_to(&fixtures_dir().join(name), dir.path(), unicorn_ir::WeightFormat::F32, None);
+    let (p, tokens, n) = (plan.to_str().unwrap(), ids_arg(&exp.prompt_ids), exp.greedy_ids.len().to_string());
+    for isa in ["portable", "avx2", "avx512vnni"] {
+        let rt = |args: &[&str]| {
+            let out = std::process::Command::new(bin("unicorn-rt")).env("UNICORN_CPU_ISA", isa).args(args).output();
+            let out = out.expect("unicorn-rt runs");
+            assert!(out.status.success(), "{isa}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let npy = dir.path().join(format!("{isa}.npy"));
+        rt(&[p, "--tokens", &tokens, "--logits-out", npy.to_str().unwrap()]);
+        let a = compare(&read_npy_f32(&npy).1, &exp.logits, exp.vocab);
+        assert!(a.rel_err <= 1e-5 && a.argmax == 1.0, "{isa}: {a:?}");
+        let ids = rt(&[p, "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"]);
+        assert_eq!(ids.trim(), ids_arg(&exp.greedy_ids), "{isa}");
+    }
+}
