@@ -190,13 +190,28 @@ pub enum Residency {
     /// (`madvise(MADV_HUGEPAGE)`). Decoding streams every weight once per token, and with 2 MiB pages the
     /// stream takes far fewer TLB misses: on Zen 4 it reads a few percent faster than through 4 KiB pages.
     /// The file is read, not mapped, so its page-cache copy does not count in this process's memory.
+    /// A plan larger than 90 % of the available memory (`MemAvailable`) is mapped instead.
     Resident,
+}
+
+/// Bytes of memory the kernel reports available for new allocations (`MemAvailable` of `/proc/meminfo`), where
+/// it says.
+fn available_memory() -> Option<u64> {
+    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let v = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
 /// A plan file in memory, with its sections verified.
 pub struct PlanFile {
     pub path: PathBuf,
     pub header: PlanHeader,
+    /// How the bytes got into memory: [`Residency::Mapped`] also when `Resident` was asked for but the plan is
+    /// larger than 90 % of the memory the kernel reports available.
+    pub residency: Residency,
     sections: Vec<SectionEntry>,
     map: memmap2::Mmap,
 }
@@ -211,11 +226,16 @@ impl PlanFile {
         let p = || path.to_path_buf();
         let io = |error| ContainerError::Io { path: p(), error };
         let mut file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        // Reading a plan that does not fit would only end in the out-of-memory killer; a mapping can page.
+        let residency = match residency {
+            Residency::Resident if available_memory().is_some_and(|a| len > a / 10 * 9) => Residency::Mapped,
+            r => r,
+        };
         let map = match residency {
             // SAFETY: the plan is opened read-only; a concurrent writer replaces plans by rename, never in place.
             Residency::Mapped => unsafe { memmap2::Mmap::map(&file) }.map_err(io)?,
             Residency::Resident => {
-                let len = file.metadata().map_err(io)?.len();
                 if len < PROLOGUE as u64 {
                     return Err(ContainerError::BadMagic { path: p() });
                 }
@@ -253,7 +273,7 @@ impl PlanFile {
                 return Err(ContainerError::Checksum { path: p(), kind: s.kind });
             }
         }
-        Ok(Self { path: p(), header: header.plan, sections: header.sections, map })
+        Ok(Self { path: p(), header: header.plan, sections: header.sections, map, residency })
     }
 
     pub fn section(&self, kind: SectionKind) -> Result<&[u8], ContainerError> {
@@ -271,5 +291,18 @@ impl PlanFile {
 
     pub fn file_len(&self) -> u64 {
         self.map.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let meminfo = "MemTotal:       24599240 kB\nMemFree:        20000000 kB\nMemAvailable:   23356680 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(23_356_680 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: lots\n"), None);
     }
 }

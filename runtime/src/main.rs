@@ -128,6 +128,12 @@ fn run(cli: Cli) -> Result<()> {
     }
     let residency = if cli.mmap { Residency::Mapped } else { Residency::Resident };
     let model = Model::load_with(&cli.plan, residency)?;
+    if residency == Residency::Resident && model.residency() == Residency::Mapped {
+        eprintln!(
+            "note: {} is larger than the memory available; mapped instead of read (decoding will be slower)",
+            cli.plan.display()
+        );
+    }
     let spec = &model.header().spec;
     if cli.bench {
         let o = BenchOptions { prompt_len: cli.prompt_len, gen: cli.gen, repeat: cli.repeat, profile: cli.profile };

@@ -61,6 +61,11 @@ impl Model {
         }
     }
 
+    /// How the plan's bytes are held (see [`Residency`]).
+    pub fn residency(&self) -> Residency {
+        self.plan.residency
+    }
+
     pub fn header(&self) -> &PlanHeader {
         &self.plan.header
     }
