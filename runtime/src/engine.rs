@@ -20,6 +20,9 @@ pub struct Session<'m> {
     arena: Vec<f32>,
     scratch: Scratch,
     logits: Vec<f32>,
+    /// Per phase, for each step: how many steps the group starting there runs as one call (see
+    /// [`fusable_matmuls`]; 1 for an unfused step). Derived from the plan once, not per token.
+    fusion: Vec<(Phase, Vec<usize>)>,
     /// Time spent per kernel name, when profiling.
     profile: Option<std::collections::BTreeMap<String, (std::time::Duration, usize)>>,
 }
@@ -34,9 +37,16 @@ impl<'m> Session<'m> {
             .iter()
             .map(|l| KvCache::new(l.window.map_or(ctx, |w| w.min(ctx)), spec.num_kv_heads, spec.head_dim))
             .collect();
+        let fusion = model
+            .header()
+            .phases
+            .iter()
+            .map(|ph| (ph.phase, (0..ph.steps.len()).map(|i| fusable_matmuls(model, &ph.steps[i..])).collect()))
+            .collect();
         Self {
             model,
             caches,
+            fusion,
             pos: 0,
             ctx,
             arena: Vec::new(),
@@ -116,93 +126,86 @@ impl<'m> Session<'m> {
             std::slice::from_raw_parts(base.add(at(slot)) as *const f32, slot.width * rows)
         };
         let steps = &phase.steps;
+        let groups = &self.fusion.iter().find(|(p, _)| *p == phase.phase).expect("every phase has its groups").1;
         let mut i = 0;
         while i < steps.len() {
             let step = &steps[i];
             let started = self.profile.is_some().then(std::time::Instant::now);
             let rows = rows_of(step.rows);
-            // Matmuls of the same operand that follow each other (q/k/v; gate and up) run as one call.
-            let fused = fusable_matmuls(model, &steps[i..]);
+            let fused = groups[i];
             if fused > 1 {
+                // Matmuls of the same operand that follow each other (q/k/v; gate and up) run as one call.
                 let x = view(step.inputs[0].expect("operand has a slot"), rows);
-                let mut outs: [Option<MatMulOut>; MAX_FUSED] = Default::default();
-                for (o, st) in outs.iter_mut().zip(&steps[i..i + fused]) {
+                let out = |st: &unicorn_ir::plan::Step| {
                     let Op::MatMul { weight, bias } = &st.op else { unreachable!("fusable_matmuls checked") };
                     // SAFETY: the outputs are distinct values, live together until their consumers run after
                     // the group, so the memory plan keeps them apart and away from the operand.
                     let y = unsafe { std::slice::from_raw_parts_mut(base.add(at(st.output)), st.output.width * rows) };
-                    *o = Some(MatMulOut { w: model.matrix(*weight), bias: bias.map(|b| model.vector(b)), y });
-                }
+                    MatMulOut { w: model.matrix(*weight), bias: bias.map(|b| model.vector(b)), y }
+                };
                 // A fixed-size array per group size, so that decoding allocates nothing.
-                let mut outs = outs.into_iter().flatten();
-                let mut next = || outs.next().expect("one output per fused step");
-                let scratch = &mut self.scratch;
+                let (g, scratch) = (&steps[i..i + fused], &mut self.scratch);
                 match fused {
-                    2 => matmul_many(x, rows, &mut [next(), next()], scratch),
-                    3 => matmul_many(x, rows, &mut [next(), next(), next()], scratch),
-                    _ => matmul_many(x, rows, &mut [next(), next(), next(), next()], scratch),
+                    2 => matmul_many(x, rows, &mut [out(&g[0]), out(&g[1])], scratch),
+                    3 => matmul_many(x, rows, &mut [out(&g[0]), out(&g[1]), out(&g[2])], scratch),
+                    _ => matmul_many(x, rows, &mut [out(&g[0]), out(&g[1]), out(&g[2]), out(&g[3])], scratch),
                 }
-                if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
-                    let e = p.entry(step.kernel.clone()).or_default();
-                    e.0 += t.elapsed();
-                    e.1 += fused;
-                }
-                i += fused;
-                continue;
-            }
-            i += 1;
-            let out = unsafe { std::slice::from_raw_parts_mut(base.add(at(step.output)), step.output.width * rows) };
-            let arg = |i: usize| view(step.inputs[i].expect("operand has a slot"), rows);
-            match &step.op {
-                Op::Embed { table, scale } => {
-                    let w = model.matrix(*table);
-                    for (row, &t) in out.chunks_mut(w.k).zip(tokens) {
-                        dequant_row(w, t as usize, row);
-                        if *scale != 1.0 {
-                            row.iter_mut().for_each(|v| *v *= scale);
+            } else {
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(base.add(at(step.output)), step.output.width * rows) };
+                let arg = |i: usize| view(step.inputs[i].expect("operand has a slot"), rows);
+                match &step.op {
+                    Op::Embed { table, scale } => {
+                        let w = model.matrix(*table);
+                        for (row, &t) in out.chunks_mut(w.k).zip(tokens) {
+                            dequant_row(w, t as usize, row);
+                            if *scale != 1.0 {
+                                row.iter_mut().for_each(|v| *v *= scale);
+                            }
                         }
                     }
+                    Op::Scale { factor } => ops::scale(arg(0), *factor, out),
+                    Op::RmsNorm { weight, eps, unit_offset } => {
+                        ops::rms_norm(arg(0), model.vector(*weight), *eps, *unit_offset, out)
+                    }
+                    Op::MatMul { weight, bias } => {
+                        let bias = bias.map(|b| model.vector(b));
+                        matmul(arg(0), rows, model.matrix(*weight), bias, out, &mut self.scratch);
+                    }
+                    Op::Rope { rope, head_dim } => {
+                        ops::rope(arg(0), step.output.width, *head_dim, self.pos, &h.rope_inv_freq[*rope], out)
+                    }
+                    Op::Attention { layer, num_heads, num_kv_heads, head_dim, window, scale } => {
+                        let shape = AttnShape {
+                            heads: *num_heads,
+                            kv_heads: *num_kv_heads,
+                            head_dim: *head_dim,
+                            window: *window,
+                            scale: *scale,
+                        };
+                        let (q, k, v) = (arg(0), arg(1), arg(2));
+                        ops::attention(q, k, v, &self.caches[*layer], self.pos, shape, out);
+                        self.caches[*layer].append(self.pos, k, v);
+                    }
+                    Op::Glu { activation } => match activation {
+                        unicorn_ir::spec::Activation::Silu => ops::glu_silu(arg(0), arg(1), out),
+                        unicorn_ir::spec::Activation::GeluTanh => ops::glu_gelu_tanh(arg(0), arg(1), out),
+                    },
+                    Op::Add => ops::add(arg(0), arg(1), out),
+                    Op::SelectRows => {
+                        let src = view(step.inputs[0].expect("operand has a slot"), s);
+                        out.copy_from_slice(&src[(s - keep) * step.output.width..]);
+                    }
+                    Op::Softcap { cap } => ops::softcap(arg(0), *cap, out),
+                    Op::Tokens | Op::Output => {}
                 }
-                Op::Scale { factor } => ops::scale(arg(0), *factor, out),
-                Op::RmsNorm { weight, eps, unit_offset } => {
-                    ops::rms_norm(arg(0), model.vector(*weight), *eps, *unit_offset, out)
-                }
-                Op::MatMul { weight, bias } => {
-                    let bias = bias.map(|b| model.vector(b));
-                    matmul(arg(0), rows, model.matrix(*weight), bias, out, &mut self.scratch);
-                }
-                Op::Rope { rope, head_dim } => {
-                    ops::rope(arg(0), step.output.width, *head_dim, self.pos, &h.rope_inv_freq[*rope], out)
-                }
-                Op::Attention { layer, num_heads, num_kv_heads, head_dim, window, scale } => {
-                    let shape = AttnShape {
-                        heads: *num_heads,
-                        kv_heads: *num_kv_heads,
-                        head_dim: *head_dim,
-                        window: *window,
-                        scale: *scale,
-                    };
-                    let (q, k, v) = (arg(0), arg(1), arg(2));
-                    ops::attention(q, k, v, &self.caches[*layer], self.pos, shape, out);
-                    self.caches[*layer].append(self.pos, k, v);
-                }
-                Op::Glu { activation } => match activation {
-                    unicorn_ir::spec::Activation::Silu => ops::glu_silu(arg(0), arg(1), out),
-                    unicorn_ir::spec::Activation::GeluTanh => ops::glu_gelu_tanh(arg(0), arg(1), out),
-                },
-                Op::Add => ops::add(arg(0), arg(1), out),
-                Op::SelectRows => {
-                    let src = view(step.inputs[0].expect("operand has a slot"), s);
-                    out.copy_from_slice(&src[(s - keep) * step.output.width..]);
-                }
-                Op::Softcap { cap } => ops::softcap(arg(0), *cap, out),
-                Op::Tokens | Op::Output => {}
             }
             if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
                 let e = p.entry(step.kernel.clone()).or_default();
                 e.0 += t.elapsed();
-                e.1 += 1;
+                e.1 += fused;
             }
+            i += fused;
         }
         let result = view(phase.result, keep);
         self.logits.clear();
@@ -212,7 +215,7 @@ impl<'m> Session<'m> {
 
 /// How many of the matmuls at the start of `steps` can run as one [`matmul_many`] call: consecutive, reading the
 /// same operand over the same rows, with weights of equal `k` and of the same kind (quantized or float).
-/// Returns 0 or 1 when there is nothing to fuse.
+/// Returns 1 when there is nothing to fuse.
 fn fusable_matmuls(model: &Model, steps: &[unicorn_ir::plan::Step]) -> usize {
     let key = |st: &unicorn_ir::plan::Step| match &st.op {
         Op::MatMul { weight, .. } => {
@@ -221,6 +224,6 @@ fn fusable_matmuls(model: &Model, steps: &[unicorn_ir::plan::Step]) -> usize {
         }
         _ => None,
     };
-    let Some(first) = steps.first().and_then(key) else { return 0 };
+    let Some(first) = steps.first().and_then(key) else { return 1 };
     steps.iter().take(MAX_FUSED).take_while(|st| key(st) == Some(first)).count()
 }

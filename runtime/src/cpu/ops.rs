@@ -144,7 +144,7 @@ fn exp_shifted_sum(x: &mut [f32], m: f32) -> f32 {
 }
 
 thread_local! {
-    /// A task's scores and per-head statistics, reused across calls so attention allocates nothing per token.
+    /// A task's scores (and per-head statistics), reused across calls so attention allocates nothing per token.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Partial results of split rows (see [`attention`]), reused likewise.
     static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -227,13 +227,11 @@ vectorized_fn! {
     }
 }
 
-/// Runs `f(scores, m, l)` with this thread's scratch: room for `group * keys` scores and `group` maxima and sums.
-fn with_scratch<R>(group: usize, keys: usize, f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
+/// Runs `f` on this thread's scratch, `len` values long.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with_borrow_mut(|buf| {
-        buf.resize(buf.len().max(group * keys + 2 * group), 0.0);
-        let (scores, ml) = buf.split_at_mut(group * keys);
-        let (m, l) = ml[..2 * group].split_at_mut(group);
-        f(scores, m, l)
+        buf.resize(buf.len().max(len), 0.0);
+        f(&mut buf[..len])
     })
 }
 
@@ -253,6 +251,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
     let qw = s.heads * hd;
     let group = s.heads / s.kv_heads;
     let rows = out.len() / qw;
+    if rows == 0 {
+        return;
+    }
     let kv = KvSource { cache, k, v, start };
     let span = |r: usize| {
         let p = start + r;
@@ -267,7 +268,12 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
             let (r, g) = (i / s.kv_heads, i % s.kv_heads);
             let qg = &q[r * qw + g * group * hd..][..group * hd];
             let keys = span(r);
-            with_scratch(group, keys.len(), |scores, m, l| attend(qg, &kv, g, keys, s.scale, scores, o, m, l, true));
+            let n = keys.len();
+            with_scratch(group * (n + 2), |buf| {
+                let (scores, ml) = buf.split_at_mut(group * n);
+                let (m, l) = ml.split_at_mut(group);
+                attend(qg, &kv, g, keys, s.scale, scores, o, m, l, true)
+            });
         });
         return;
     }
@@ -286,7 +292,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
             let qg = &q[r * qw + g * group * hd..][..group * hd];
             let (o, ml) = piece.split_at_mut(group * hd);
             let (m, l) = ml.split_at_mut(group);
-            with_scratch(group, hi - lo, |scores, _, _| attend(qg, &kv, g, lo..hi, s.scale, scores, o, m, l, false));
+            with_scratch(group * (hi - lo), |scores| attend(qg, &kv, g, lo..hi, s.scale, scores, o, m, l, false));
         });
         for (rg, pieces) in buf.chunks_exact(parts * width).enumerate() {
             let (r, g) = (rg / s.kv_heads, rg % s.kv_heads);
@@ -426,6 +432,14 @@ mod tests {
         assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
     }
 
+    /// Pseudo-random values in [-1, 1), from a seeded LCG.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        }
+    }
+
     /// Straightforward attention over explicit key/value lists: softmax(q.k * scale) . v per head.
     fn reference(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], p: usize, s: AttnShape) -> Vec<f32> {
         let hd = s.head_dim;
@@ -454,11 +468,7 @@ mod tests {
 
     #[test]
     fn grouped_windowed_attention_over_cache_and_new_rows_matches_the_reference() {
-        let mut seed = 7u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        };
+        let mut rnd = uniform(7);
         for window in [None, Some(3)] {
             let s = AttnShape { heads: 6, kv_heads: 2, head_dim: 8, window, scale: 0.5 };
             let (kw, qw) = (s.kv_heads * s.head_dim, s.heads * s.head_dim);
@@ -487,11 +497,7 @@ mod tests {
         // One row and one kv head: fewer (row, kv head) tasks than threads, so the keys are split into parts
         // whose softmax pieces are merged. Some parts are far larger in score than others (a ramp in q.k), which
         // a wrong rescaling would show.
-        let mut seed = 11u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        };
+        let mut rnd = uniform(11);
         for window in [None, Some(77)] {
             let s = AttnShape { heads: 4, kv_heads: 1, head_dim: 16, window, scale: 0.25 };
             let total = 300;
