@@ -2,7 +2,7 @@
 
 use crate::build::build_module;
 use crate::frontend::Checkpoint;
-use crate::lower::lower;
+use crate::lower::{lower, LowerOptions};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use std::io::IsTerminal;
@@ -15,6 +15,8 @@ use unicorn_passes::{pipeline, Options, PassReport};
 
 pub struct CompileOptions {
     pub passes: Options,
+    /// Element type of the KV cache; `None` takes [`unicorn_passes::default_kv_cache`] for the weights.
+    pub kv_cache: Option<unicorn_ir::DType>,
     pub max_context: Option<usize>,
     /// Print progress to stderr.
     pub progress: bool,
@@ -121,7 +123,8 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     let ck = Checkpoint::open(model, options.max_context)?;
     let mut module = build_module(&ck)?;
     let reports = pipeline(&mut module, &options.passes)?;
-    let header = lower(&module, options.passes.target);
+    let kv_cache = options.kv_cache.unwrap_or_else(|| unicorn_passes::default_kv_cache(options.passes.weights));
+    let header = lower(&module, LowerOptions { target: options.passes.target, kv_cache });
 
     let mut out = PlanWriter::create(plan_path)?;
     let total: u64 = header.weights.iter().map(|w| ck.get(&w.name).map_or(0, |t| ck.bytes(t).len() as u64)).sum();
@@ -150,6 +153,7 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
         "source": ck.source.display().to_string(),
         "weights": options.passes.weights.name(),
         "target": options.passes.target.name(),
+        "kv_cache": kv_cache.name(),
         "passes": reports.iter().map(|r| format!("{}: {}", r.pass, r.summary)).collect::<Vec<_>>(),
         "config": config,
         "generation_config": generation,

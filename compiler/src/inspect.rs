@@ -3,13 +3,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use unicorn_ir::container::PlanFile;
-use unicorn_ir::plan::PlanHeader;
-
-/// KV cache bytes at a context of `ctx` tokens (f32 keys and values; windowed layers keep only their window).
-pub fn kv_cache_bytes(h: &PlanHeader, ctx: usize) -> u64 {
-    let s = &h.spec;
-    s.layers.iter().map(|l| (l.window.unwrap_or(ctx).min(ctx) * s.kv_width() * 2 * 4) as u64).sum()
-}
 
 fn mib(b: u64) -> String {
     format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
@@ -46,6 +39,8 @@ pub fn describe(plan: &PlanFile, steps: bool) -> String {
         "attention:    {}",
         wcount.iter().map(|(k, n)| format!("{n} x {k}")).collect::<Vec<_>>().join(", ")
     );
+    let builtin = h.kernels.iter().filter(|k| k.artifact.is_none()).count();
+    let _ = writeln!(o, "kernels:      {} ({builtin} built in)", h.kernels.len());
     let _ = writeln!(o, "phases:");
     for p in &h.phases {
         let mut per_device: BTreeMap<String, usize> = BTreeMap::new();
@@ -53,18 +48,21 @@ pub fn describe(plan: &PlanFile, steps: bool) -> String {
             *per_device.entry(st.device.to_string()).or_default() += 1;
         }
         let devices: Vec<String> = per_device.iter().map(|(d, n)| format!("{n} on {d}")).collect();
+        let ops: usize = p.steps.iter().map(|st| st.ops.len()).sum();
         let _ = writeln!(
             o,
-            "  {:8} {} steps ({}), arena {} f32/token + {} f32/kept row",
+            "  {:8} {} launches of {ops} ops ({}), arenas {} bytes/token + {} bytes/kept row",
             p.phase.to_string(),
             p.steps.len(),
             devices.join(", "),
-            p.arena_width,
-            p.kept_width
+            p.arenas.first().map_or(0, |a| a.row_bytes),
+            p.arenas.get(1).map_or(0, |a| a.row_bytes),
         );
         if steps {
             for st in &p.steps {
-                let _ = writeln!(o, "    {:24} {:?}  # {}", st.kernel, st.rows, st.label);
+                let name = h.kernels.get(st.kernel.0 as usize).map_or("?", |k| k.name.as_str());
+                let work = st.work.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" x ");
+                let _ = writeln!(o, "    {name:24} {work:16}  # {}", st.label);
             }
         }
     }
@@ -79,11 +77,18 @@ pub fn describe(plan: &PlanFile, steps: bool) -> String {
         let _ = writeln!(o, "  {f:6} {n:4} tensors  {}", mib(*b));
     }
     let weight_total: u64 = h.weights.iter().map(|w| w.bytes).sum();
-    let kv = kv_cache_bytes(h, s.max_context);
+    let kv = h.kv_cache_bytes(s.max_context as u64);
+    let kv_types: std::collections::BTreeSet<&str> = h.kv_caches.iter().map(|c| c.dtype.name()).collect();
     let _ = writeln!(o, "memory:");
     let _ = writeln!(o, "  weights                      {}", mib(weight_total));
-    let _ = writeln!(o, "  peak activations             {}", mib(h.peak_activation_bytes));
-    let _ = writeln!(o, "  kv cache at full context     {}", mib(kv));
+    let _ = writeln!(
+        o,
+        "  peak activations             {} (prefill in chunks of {} tokens)",
+        mib(h.peak_activation_bytes),
+        h.prefill_chunk
+    );
+    let kv_types = kv_types.into_iter().collect::<Vec<_>>().join("/");
+    let _ = writeln!(o, "  kv cache at full context     {} ({kv_types})", mib(kv));
     let _ = writeln!(o, "  total at full context        {}", mib(weight_total + h.peak_activation_bytes + kv));
     let _ = writeln!(o, "sections:");
     for sec in plan.sections() {

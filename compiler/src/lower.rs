@@ -1,8 +1,14 @@
-//! Lowering of a planned module to the executable plan header.
+//! Lowering of a planned module to the executable plan header: the target lays out the weights and lowers each
+//! phase to launches; this file adds the KV caches, the prefill chunk and the memory estimate.
 
-use unicorn_ir::plan::{PlanHeader, PlanPhase, PlanWeight, Step};
-use unicorn_ir::{Module, Op};
+use unicorn_ir::plan::{KvCacheDecl, KvCapacity, KvLayout, PlanHeader, PlanWeight};
+use unicorn_ir::{DType, Device, Module, Phase};
 use unicorn_passes::Target;
+use unicorn_targets::cpu;
+
+/// Rows of one prefill execution unless the context is shorter: long enough that the matmuls run at full
+/// speed, short enough that the activations of a full-context prompt stay small.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
 /// Bytes of a weight in its plan format.
 pub fn weight_bytes(w: &unicorn_ir::WeightInfo) -> u64 {
@@ -10,7 +16,15 @@ pub fn weight_bytes(w: &unicorn_ir::WeightInfo) -> u64 {
     (w.rows() * row) as u64
 }
 
-pub fn lower(module: &Module, target: Target) -> PlanHeader {
+/// What the plan asks of the executor beyond the graph.
+#[derive(Debug, Clone, Copy)]
+pub struct LowerOptions {
+    pub target: Target,
+    pub kv_cache: DType,
+}
+
+pub fn lower(module: &Module, options: LowerOptions) -> PlanHeader {
+    let Target::Cpu = options.target;
     let mut weights: Vec<PlanWeight> = module
         .weights
         .iter()
@@ -19,64 +33,49 @@ pub fn lower(module: &Module, target: Target) -> PlanHeader {
             shape: w.shape.clone(),
             role: w.role,
             format: w.format,
-            layout: unicorn_ir::quant::WeightLayout::for_matrix(w.format, &w.shape),
+            layout: cpu::weight_layout(w.format, &w.shape),
+            align: cpu::WEIGHT_ALIGN,
             offset: 0,
             bytes: weight_bytes(w),
         })
         .collect();
     PlanHeader::assign_weight_offsets(&mut weights);
-    let phases: Vec<PlanPhase> = module
-        .graphs
+    let mut kernels = cpu::KernelTable::default();
+    let phases: Vec<_> = module.graphs.iter().map(|g| cpu::lower_phase(module, g, &mut kernels)).collect();
+    let spec = module.spec.clone();
+    let kv_caches = spec
+        .layers
         .iter()
-        .map(|g| {
-            let mem = g.memory.as_ref().expect("memory planned");
-            let mut steps = Vec::new();
-            let mut result = None;
-            for &n in &mem.order {
-                let node = &g.g[n];
-                match node.op {
-                    Op::Tokens => continue,
-                    Op::Output => {
-                        result = mem.slot(n);
-                        continue;
-                    }
-                    _ => {}
-                }
-                steps.push(Step {
-                    op: node.op.clone(),
-                    device: node.device,
-                    kernel: unicorn_targets::cpu::kernel_name(module, &node.op),
-                    inputs: g.inputs(n).iter().map(|&i| mem.slot(i)).collect(),
-                    output: mem.slot(n).expect("every value has a slot"),
-                    rows: node.ty.row_dim(),
-                    label: node.label.clone(),
-                });
-            }
-            PlanPhase {
-                phase: g.phase,
-                steps,
-                arena_width: mem.arena_width,
-                kept_width: mem.kept_width,
-                result: result.expect("an output"),
-            }
+        .enumerate()
+        .map(|(i, l)| KvCacheDecl {
+            layer: i as u32,
+            dtype: options.kv_cache,
+            layout: KvLayout::HeadMajor,
+            kv_heads: spec.num_kv_heads as u64,
+            head_dim: spec.head_dim as u64,
+            capacity: l.window.map_or(KvCapacity::Context, |w| KvCapacity::Window(w as u64)),
+            device: Device::Cpu,
         })
         .collect();
-    let spec = module.spec.clone();
+    let prefill_chunk = DEFAULT_PREFILL_CHUNK.min(spec.max_context) as u64;
     let peak = phases
         .iter()
         .map(|p| {
-            let rows = if p.phase == unicorn_ir::Phase::Prefill { spec.max_context } else { 1 };
+            let rows = if p.phase == Phase::Prefill { prefill_chunk } else { 1 };
             // A logit dump keeps every row.
-            p.activation_bytes(rows, rows)
+            p.activation_bytes(rows, rows).unwrap_or(u64::MAX)
         })
         .max()
         .unwrap_or(0);
     PlanHeader {
         producer: format!("unicornc {}", env!("CARGO_PKG_VERSION")),
-        target: target.name().into(),
+        target: options.target.name().into(),
         rope_inv_freq: spec.ropes.iter().map(|r| r.inv_freq(spec.head_dim)).collect(),
         spec,
+        kernels: kernels.entries,
         weights,
+        kv_caches,
+        prefill_chunk,
         phases,
         peak_activation_bytes: peak,
     }

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use unicorn_compiler::compile::{compile, CompileOptions};
-use unicorn_ir::WeightFormat;
+use unicorn_ir::{DType, WeightFormat};
 use unicorn_passes::{Options, Target};
 
 #[derive(Parser)]
@@ -47,6 +47,9 @@ enum Command {
         /// Storage format of the projection and embedding weights (norms and biases stay f32).
         #[arg(long, value_enum, default_value = "q8_0")]
         weights: WeightsArg,
+        /// Element type of the KV cache: f32, or f16 (half the memory); default f16, f32 with --weights f32.
+        #[arg(long, value_name = "TYPE", value_parser = parse_kv_cache)]
+        kv_cache: Option<DType>,
         /// Longest sequence (prompt + generated tokens) the plan accepts; defaults to the model's.
         #[arg(long, value_name = "N")]
         max_context: Option<usize>,
@@ -66,9 +69,17 @@ enum Command {
     },
 }
 
+fn parse_kv_cache(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        _ => Err("expected f32 or f16".into()),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compile { model, output, target, weights, max_context, verbose, quiet } => {
+        Command::Compile { model, output, target, weights, kv_cache, max_context, verbose, quiet } => {
             if max_context == Some(0) {
                 bail!("--max-context must be at least 1");
             }
@@ -82,7 +93,8 @@ fn run(cli: Cli) -> Result<()> {
             let target = match target {
                 TargetArg::Cpu => Target::Cpu,
             };
-            let options = CompileOptions { passes: Options { target, weights }, max_context, progress: !quiet };
+            let options =
+                CompileOptions { passes: Options { target, weights }, kv_cache, max_context, progress: !quiet };
             let s = compile(&model, &output, &options)?;
             if verbose {
                 for r in &s.reports {

@@ -23,6 +23,7 @@ pub mod print;
 pub mod quant;
 pub mod spec;
 pub mod types;
+pub mod validate;
 pub mod verify;
 
 pub use graph::{Graph, Node, NodeId, Op, Phase, WeightId, WeightInfo, WeightRole};

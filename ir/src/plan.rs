@@ -1,10 +1,21 @@
-//! The executable plan: what `unicornc` writes and `unicorn-rt` runs. It is stored as the header of a `.ucp`
-//! file (see [`crate::container`]); weights, kernels and the tokenizer live in the file's sections.
+//! The executable plan: what `unicornc` writes and `unicorn-rt` runs, at the level of kernel launches. It is
+//! stored as the header of a `.ucp` file (see [`crate::container`]); weights, kernels and the tokenizer live in
+//! the file's sections.
+//!
+//! A plan declares everything an executor must allocate before it runs anything — the kernel table, the weights
+//! in the format and layout their target chose, one KV cache per layer, and per phase the activation arenas —
+//! and then lists each phase's launches. A [`Step`] names a kernel of the table, binds typed arguments (an
+//! activation slot, a weight, a layer's KV cache, the token ids, a scalar), gives its work size as
+//! [`Expr`]essions of the execution's variables, and keeps the IR ops it implements, so that any plan, whatever
+//! its target, can still run on the CPU reference kernels.
+//!
+//! A header read from a file is untrusted: [`PlanHeader::validate`] turns it into a [`crate::validate::ValidPlan`],
+//! the only form an executor accepts.
 
-use crate::graph::{Op, Phase, WeightRole};
-use crate::memory::Slot;
+use crate::graph::{Op, Phase, WeightId, WeightRole};
+use crate::quant::WeightLayout;
 use crate::spec::ModelSpec;
-use crate::types::{Device, Dim, WeightFormat};
+use crate::types::{DType, Device, Dim, WeightFormat};
 use serde::{Deserialize, Serialize};
 
 /// A weight as stored in the weights section.
@@ -14,49 +25,283 @@ pub struct PlanWeight {
     pub shape: Vec<usize>,
     pub role: WeightRole,
     pub format: WeightFormat,
-    /// Arrangement of the rows (q4_0 / q8_0 matrices may be interleaved); absent in older plans: `rows`.
-    #[serde(default)]
-    pub layout: crate::quant::WeightLayout,
-    /// Byte offset inside the weights section (a multiple of [`WEIGHT_ALIGN`]).
+    /// Arrangement of the rows, chosen by the target (q4_0 / q8_0 matrices may be interleaved).
+    pub layout: WeightLayout,
+    /// Alignment of `offset` that the target asked for (a power of two, at most [`WEIGHT_ALIGN`]).
+    pub align: u64,
+    /// Byte offset inside the weights section.
     pub offset: u64,
     pub bytes: u64,
 }
 
-/// Alignment of every weight inside the weights section, so kernels can use aligned vector loads.
+/// Largest alignment of a weight inside the weights section (the section itself starts on a page).
 pub const WEIGHT_ALIGN: u64 = 64;
 
-/// One kernel launch: an op of the graph with its operand and result slots in the phase's arena.
+/// Which kind of executor a kernel was made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// A kernel built into the runtime; it has no artifact.
+    Cpu,
+    /// A SPIR-V compute shader.
+    Vulkan,
+    /// An AIE2 design: MLIR, or an xclbin and its instruction stream.
+    Npu,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Vulkan => "vulkan",
+            Backend::Npu => "npu",
+        }
+    }
+}
+
+/// A byte range of the `kernels` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRange {
+    pub offset: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingKind {
+    StorageRead,
+    StorageReadWrite,
+    Uniform,
+}
+
+/// One resource binding of a kernel; argument `i` of a step binds to `bindings[i]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub binding: u32,
+    pub kind: BindingKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecConstant {
+    pub id: u32,
+    pub value: u32,
+}
+
+/// One entry of the kernel table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelEntry {
+    /// Stable name (`matmul_q8_0`, `gemv_q4_0_f32_sg`), shown by `unicornc inspect` and used in profiles.
+    pub name: String,
+    pub backend: Backend,
+    /// The compiled kernel in the `kernels` section; `None` for built-in CPU kernels.
+    #[serde(default)]
+    pub artifact: Option<ArtifactRange>,
+    /// Entry point inside the artifact.
+    pub entry: String,
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+    #[serde(default)]
+    pub spec_constants: Vec<SpecConstant>,
+    /// Invocations per workgroup (1, 1, 1 for CPU kernels).
+    pub workgroup: [u32; 3],
+}
+
+/// Index into [`PlanHeader::kernels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KernelId(pub u32);
+
+/// A value known only when a phase executes: a work size or a per-step parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expr {
+    Const(u64),
+    /// Rows of this execution (the tokens of a prefill chunk; 1 in decode).
+    S,
+    /// Kept rows (the rows whose logits the caller wants).
+    R,
+    /// Absolute position of the execution's first row.
+    Pos,
+    /// Keys visible to the execution's last row: `pos + S` (before any window).
+    KvLen,
+    Add(Box<Expr>, Box<Expr>),
+    Mul(Box<Expr>, Box<Expr>),
+    /// `ceil(a / b)`; `b` is a nonzero constant.
+    CeilDiv(Box<Expr>, u64),
+}
+
+/// The values of [`Expr`]'s variables for one execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vars {
+    pub s: u64,
+    pub r: u64,
+    pub pos: u64,
+}
+
+impl Expr {
+    /// Evaluate with checked arithmetic: `None` on overflow or a zero divisor. Every operation is monotone, so
+    /// a value checked at the largest variables bounds every execution.
+    pub fn eval(&self, v: Vars) -> Option<u64> {
+        match self {
+            Expr::Const(c) => Some(*c),
+            Expr::S => Some(v.s),
+            Expr::R => Some(v.r),
+            Expr::Pos => Some(v.pos),
+            Expr::KvLen => v.pos.checked_add(v.s),
+            Expr::Add(a, b) => a.eval(v)?.checked_add(b.eval(v)?),
+            Expr::Mul(a, b) => a.eval(v)?.checked_mul(b.eval(v)?),
+            Expr::CeilDiv(a, d) => (*d != 0).then(|| a.eval(v).map(|x| x.div_ceil(*d)))?,
+        }
+    }
+}
+
+impl std::fmt::Display for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expr::Const(c) => write!(f, "{c}"),
+            Expr::S => f.write_str("S"),
+            Expr::R => f.write_str("R"),
+            Expr::Pos => f.write_str("pos"),
+            Expr::KvLen => f.write_str("kv_len"),
+            Expr::Add(a, b) => write!(f, "({a} + {b})"),
+            Expr::Mul(a, b) => write!(f, "{a}*{b}"),
+            Expr::CeilDiv(a, d) => write!(f, "ceil({a}/{d})"),
+        }
+    }
+}
+
+/// An activation arena of a phase: `rows` rows (`S`, or `R` for the kept rows) of `row_bytes` bytes each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArenaDecl {
+    pub rows: Dim,
+    pub row_bytes: u64,
+}
+
+/// Index into [`PlanPhase::arenas`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ArenaId(pub u32);
+
+/// A value in an arena. The arena is a sequence of slots, each all its rows together: with `n` rows, the slot
+/// starts at byte `offset * n` and holds `n` rows of `width` elements of `dtype`. Slots are measured per row
+/// because every activation has one row per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ActSlot {
+    pub arena: ArenaId,
+    /// Bytes per row before the slot.
+    pub offset: u64,
+    /// Elements per row.
+    pub width: u64,
+    pub dtype: DType,
+}
+
+impl ActSlot {
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> Option<u64> {
+        self.width.checked_mul(self.dtype.size() as u64)
+    }
+}
+
+/// How a KV cache is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvLayout {
+    /// Kv head `g`'s entry at ring slot `t` is element `(g * capacity + t) * head_dim`: one kv head's positions
+    /// are one contiguous stream. Position `p` lives at ring slot `p % capacity`.
+    HeadMajor,
+}
+
+/// Positions a cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvCapacity {
+    /// The session's context.
+    Context,
+    /// The last `n` positions (a sliding-window layer); capped by the context.
+    Window(u64),
+}
+
+/// The keys and values of one attention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvCacheDecl {
+    pub layer: u32,
+    pub dtype: DType,
+    pub layout: KvLayout,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub capacity: KvCapacity,
+    pub device: Device,
+}
+
+impl KvCacheDecl {
+    /// Positions held in a session of `ctx` positions.
+    pub fn positions(&self, ctx: u64) -> u64 {
+        match self.capacity {
+            KvCapacity::Context => ctx,
+            KvCapacity::Window(w) => w.min(ctx),
+        }
+    }
+
+    /// Bytes of keys and values in a session of `ctx` positions, or `None` on overflow.
+    pub fn bytes(&self, ctx: u64) -> Option<u64> {
+        self.positions(ctx)
+            .checked_mul(self.kv_heads)?
+            .checked_mul(self.head_dim)?
+            .checked_mul(self.dtype.size() as u64)?
+            .checked_mul(2)
+    }
+}
+
+/// A typed argument of a launch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arg {
+    Act(ActSlot),
+    Weight(WeightId),
+    /// The KV cache of a layer.
+    Kv(u32),
+    /// The execution's token ids (`S` of them).
+    Tokens,
+    Scalar(Expr),
+}
+
+/// One kernel launch.
+///
+/// The arguments follow the op: `embed` [tokens, table, out]; `scale`, `softcap` [x, out]; `rms_norm`
+/// [x, weight, out]; `rope` [x, out, pos]; `attention` [q, k, v, kv cache, out, pos]; `glu`, `add` [a, b, out];
+/// `select_rows` [x, out]; `matmul` [x, then per op: weight, bias if the op has one, out] — a launch of several
+/// matmuls of one operand (q/k/v, gate/up) lists each op, and the target decides which to group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    pub op: Op,
+    pub kernel: KernelId,
     pub device: Device,
-    /// Stable kernel name, e.g. `matmul_q8_0`.
-    pub kernel: String,
-    /// Operand slots; `None` for the token ids, which the runtime supplies.
-    pub inputs: Vec<Option<Slot>>,
-    /// Result slot.
-    pub output: Slot,
-    /// Rows of the result: the execution's tokens (`S`), the kept rows (`R`), or a constant.
-    pub rows: Dim,
+    pub args: Vec<Arg>,
+    /// Work size: workgroups for a GPU kernel, (rows, columns, 1) for a CPU one.
+    pub work: [Expr; 3],
+    /// The IR ops this launch implements, in order.
+    pub ops: Vec<Op>,
     pub label: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanPhase {
     pub phase: Phase,
+    /// Arena 0 holds the execution's rows (`S`), arena 1 the kept rows (`R`).
+    pub arenas: Vec<ArenaDecl>,
     pub steps: Vec<Step>,
-    /// Main activation arena size in f32 elements per row (token) of an execution.
-    pub arena_width: usize,
-    /// Kept-rows arena size in f32 elements per kept row (the rows after `select_rows`).
-    pub kept_width: usize,
     /// The slot holding the phase result (logits rows).
-    pub result: Slot,
+    pub result: ActSlot,
 }
 
 impl PlanPhase {
-    /// Activation bytes for an execution of `rows` tokens keeping `kept` rows.
-    pub fn activation_bytes(&self, rows: usize, kept: usize) -> u64 {
-        ((self.arena_width * rows + self.kept_width * kept) * 4) as u64
+    /// Activation bytes for an execution of `rows` tokens keeping `kept`, or `None` on overflow.
+    pub fn activation_bytes(&self, rows: u64, kept: u64) -> Option<u64> {
+        self.arenas.iter().try_fold(0u64, |acc, a| {
+            let n = match a.rows {
+                Dim::Seq => rows,
+                Dim::Out => kept,
+                Dim::Const(c) => c as u64,
+            };
+            acc.checked_add(a.row_bytes.checked_mul(n)?)
+        })
     }
 }
 
@@ -69,9 +314,15 @@ pub struct PlanHeader {
     pub spec: ModelSpec,
     /// Inverse RoPE frequencies, one table per entry of `spec.ropes`, computed at compile time.
     pub rope_inv_freq: Vec<Vec<f32>>,
+    pub kernels: Vec<KernelEntry>,
     pub weights: Vec<PlanWeight>,
+    /// One per layer, in layer order.
+    pub kv_caches: Vec<KvCacheDecl>,
+    /// Most tokens one prefill execution takes; longer prompts run in chunks, so the activation arenas are
+    /// bounded by this rather than by the prompt.
+    pub prefill_chunk: u64,
     pub phases: Vec<PlanPhase>,
-    /// Peak activation bytes: the larger of a full-context prefill and a decode step.
+    /// Peak activation bytes: the larger of a full prefill chunk (keeping every row) and a decode step.
     pub peak_activation_bytes: u64,
 }
 
@@ -80,14 +331,19 @@ impl PlanHeader {
         self.phases.iter().find(|p| p.phase == phase)
     }
 
-    /// Lay the weights out in the weights section, aligned; returns the section's length.
+    /// Lay the weights out in the weights section, each at its alignment; returns the section's length.
     pub fn assign_weight_offsets(weights: &mut [PlanWeight]) -> u64 {
         let mut at = 0u64;
         for w in weights {
-            at = at.div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN;
+            at = at.next_multiple_of(w.align.max(1));
             w.offset = at;
             at += w.bytes;
         }
         at
+    }
+
+    /// KV cache bytes of a session of `ctx` positions.
+    pub fn kv_cache_bytes(&self, ctx: u64) -> u64 {
+        self.kv_caches.iter().map(|c| c.bytes(ctx).unwrap_or(u64::MAX)).fold(0, u64::saturating_add)
     }
 }

@@ -93,13 +93,13 @@ pub enum WeightLayout {
 pub const INTERLEAVE: usize = 8;
 
 impl WeightLayout {
-    /// The layout the compiler picks for a `rows x k` matrix in `format`.
-    pub fn for_matrix(format: WeightFormat, shape: &[usize]) -> Self {
-        let quantized = matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0);
-        if quantized && shape.len() == 2 && shape[0] > 0 && shape[0].is_multiple_of(INTERLEAVE) {
-            WeightLayout::Interleaved8
-        } else {
-            WeightLayout::Rows
+    /// Whether a weight of `format` and `shape` can be stored in this layout.
+    pub fn fits(self, format: WeightFormat, shape: &[usize]) -> bool {
+        match self {
+            WeightLayout::Rows => true,
+            WeightLayout::Interleaved8 => {
+                format.is_quantized() && shape.len() == 2 && shape[0] > 0 && shape[0].is_multiple_of(INTERLEAVE)
+            }
         }
     }
 
@@ -492,24 +492,14 @@ mod tests {
     }
 
     #[test]
-    fn layout_choice_and_default() {
-        assert_eq!(WeightLayout::for_matrix(WeightFormat::Q4_0, &[64, 32]), WeightLayout::Interleaved8);
-        assert_eq!(WeightLayout::for_matrix(WeightFormat::Q8_0, &[16, 64]), WeightLayout::Interleaved8);
-        assert_eq!(WeightLayout::for_matrix(WeightFormat::Q4_0, &[60, 32]), WeightLayout::Rows);
-        assert_eq!(WeightLayout::for_matrix(WeightFormat::F16, &[64, 32]), WeightLayout::Rows);
-        assert_eq!(WeightLayout::for_matrix(WeightFormat::Q8_0, &[64]), WeightLayout::Rows);
-        assert_eq!(WeightLayout::default(), WeightLayout::Rows);
+    fn layouts_fit_their_formats_and_shapes() {
+        assert!(WeightLayout::Interleaved8.fits(WeightFormat::Q4_0, &[64, 32]));
+        assert!(WeightLayout::Interleaved8.fits(WeightFormat::Q8_0, &[16, 64]));
+        assert!(!WeightLayout::Interleaved8.fits(WeightFormat::Q4_0, &[60, 32]));
+        assert!(!WeightLayout::Interleaved8.fits(WeightFormat::F16, &[64, 32]));
+        assert!(!WeightLayout::Interleaved8.fits(WeightFormat::Q8_0, &[64]));
+        assert!(WeightLayout::Rows.fits(WeightFormat::Q8_0, &[60, 32]));
         assert_eq!(serde_json::to_string(&WeightLayout::Interleaved8).unwrap(), "\"interleaved8\"");
         assert_eq!(serde_json::from_str::<WeightLayout>("\"rows\"").unwrap(), WeightLayout::Rows);
-    }
-
-    #[test]
-    fn a_weight_without_a_layout_is_row_major() {
-        let json = r#"{"name": "w", "shape": [8, 32], "role": "matrix", "format": "q4_0", "offset": 0, "bytes": 144}"#;
-        let w: crate::plan::PlanWeight = serde_json::from_str(json).unwrap();
-        assert_eq!(w.layout, WeightLayout::Rows);
-        let w = crate::plan::PlanWeight { layout: WeightLayout::Interleaved8, ..w };
-        let back: crate::plan::PlanWeight = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
-        assert_eq!(back, w);
     }
 }

@@ -77,21 +77,33 @@ impl fmt::Display for WeightFormat {
 #[serde(rename_all = "snake_case")]
 pub enum DType {
     F32,
+    F16,
+    Bf16,
     I32,
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn size(self) -> usize {
-        4
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+            DType::I32 => "i32",
+        }
     }
 }
 
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DType::F32 => "f32",
-            DType::I32 => "i32",
-        })
+        f.write_str(self.name())
     }
 }
 

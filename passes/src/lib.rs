@@ -11,7 +11,7 @@ mod precision;
 pub use canonicalize::canonicalize;
 pub use memory::plan_memory;
 pub use placement::{place, Target};
-pub use precision::{precision, PrecisionRule, PRECISION_RULES};
+pub use precision::{default_kv_cache, precision, PrecisionRule, PRECISION_RULES};
 
 use thiserror::Error;
 use unicorn_ir::{verify, Module, WeightFormat};

@@ -1,7 +1,7 @@
 //! Precision: choose each weight's storage format. A rule table maps (weight role, requested format) to the
 //! stored format; the first matching rule wins.
 
-use unicorn_ir::{Module, WeightFormat, WeightRole};
+use unicorn_ir::{DType, Module, WeightFormat, WeightRole};
 
 pub struct PrecisionRule {
     pub role: WeightRole,
@@ -51,6 +51,16 @@ pub fn format_for(role: WeightRole, cols: usize, requested: WeightFormat) -> Wei
         WeightFormat::F16
     } else {
         f
+    }
+}
+
+/// The KV cache's element type when the user does not choose: f32 beside f32 weights (a plan that computes
+/// exactly in f32), f16 otherwise — half the memory, and its rounding is below what reduced-precision or
+/// quantized weights already cost.
+pub fn default_kv_cache(weights: WeightFormat) -> DType {
+    match weights {
+        WeightFormat::F32 => DType::F32,
+        _ => DType::F16,
     }
 }
 

@@ -1,9 +1,9 @@
 //! `unicorn-rt --bench`: prefill and decode speed, time to first token and peak memory, measured over repeats
 //! after a warm-up run.
 
-use crate::engine::Session;
 use crate::model::Model;
 use crate::sampler::argmax;
+use crate::session::Session;
 use crate::Error;
 use std::time::Instant;
 
@@ -14,6 +14,8 @@ pub struct BenchOptions {
     pub repeat: usize,
     /// Also report the time per kernel (measured on a separate run, so the timings above stay clean).
     pub profile: bool,
+    /// Prefill chunk (default: the plan's).
+    pub prefill_chunk: Option<usize>,
 }
 
 /// Median and range of one measure over the repeats.
@@ -105,8 +107,16 @@ pub fn peak_rss_mib() -> f64 {
 
 /// One prefill of `prompt` then `gen` greedy decode steps (end tokens ignored, so every run does the same work).
 /// Returns (prefill seconds, time to first token in seconds, decode seconds).
-fn one_run(model: &Model, prompt: &[u32], gen: usize) -> Result<(f64, f64, f64), Error> {
-    let mut s = Session::new(model, prompt.len() + gen);
+fn session<'m>(model: &'m Model, ctx: usize, o: &BenchOptions) -> Result<Session<'m>, Error> {
+    let mut s = Session::new(model, ctx)?;
+    if let Some(c) = o.prefill_chunk {
+        s.set_prefill_chunk(c)?;
+    }
+    Ok(s)
+}
+
+fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Result<(f64, f64, f64), Error> {
+    let mut s = session(model, prompt.len() + gen, o)?;
     let t0 = Instant::now();
     let logits = s.forward(prompt, false)?;
     let prefill = t0.elapsed().as_secs_f64();
@@ -134,10 +144,10 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     let prompt: Vec<u32> = (0..o.prompt_len as u64)
         .map(|i| ((i.wrapping_mul(2_654_435_761) + 12345) % spec.vocab_size as u64) as u32)
         .collect();
-    one_run(model, &prompt, o.gen.min(4))?;
+    one_run(model, &prompt, o.gen.min(4), &o)?;
     let (mut pre, mut ttft, mut dec) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.repeat {
-        let (p, t, d) = one_run(model, &prompt, o.gen)?;
+        let (p, t, d) = one_run(model, &prompt, o.gen, &o)?;
         pre.push(o.prompt_len as f64 / p);
         ttft.push(t * 1e3);
         if o.gen > 0 {
@@ -147,7 +157,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     if dec.is_empty() {
         dec.push(0.0);
     }
-    let profile = if o.profile { profile_run(model, &prompt, o.gen)? } else { Vec::new() };
+    let profile = if o.profile { profile_run(model, &prompt, &o)? } else { Vec::new() };
     Ok(BenchResult {
         options: o,
         threads: crate::cpu::pool::threads(),
@@ -159,8 +169,9 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     })
 }
 
-fn profile_run(model: &Model, prompt: &[u32], gen: usize) -> Result<Vec<(String, f64, f64, usize)>, Error> {
-    let mut s = Session::new(model, prompt.len() + gen);
+fn profile_run(model: &Model, prompt: &[u32], o: &BenchOptions) -> Result<Vec<(String, f64, f64, usize)>, Error> {
+    let gen = o.gen;
+    let mut s = session(model, prompt.len() + gen, o)?;
     s.enable_profile();
     let mut next = argmax(s.forward(prompt, false)?);
     let prefill = s.profile();

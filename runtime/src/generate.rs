@@ -1,8 +1,8 @@
 //! The generation loop: prefill the prompt, then decode token by token until an end token, the length limit or
 //! the context's end.
 
-use crate::engine::Session;
 use crate::sampler::Sampler;
+use crate::session::Session;
 use crate::Error;
 use std::time::Instant;
 

@@ -1,15 +1,19 @@
-//! unicorn-rt: loads a `.ucp` plan and runs it.
+//! unicorn-rt: loads a `.ucp` plan, validates it for a device, and runs it.
+//!
+//! [`Model`] holds a plan validated for one device; [`Session`] is one generation over an
+//! [`executor::Executor`] of that device (today the CPU's, [`cpu::exec`]).
 
 pub mod bench;
 pub mod cpu;
-pub mod engine;
+pub mod executor;
 pub mod generate;
 pub mod model;
 pub mod npy;
 pub mod sampler;
+pub mod session;
 
-pub use engine::Session;
 pub use model::Model;
+pub use session::Session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

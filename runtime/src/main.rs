@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use unicorn_ir::container::Residency;
 use unicorn_runtime::bench::BenchOptions;
+use unicorn_runtime::executor::{list_devices, DeviceKind};
 use unicorn_runtime::generate::{generate, StopReason};
 use unicorn_runtime::sampler::{Sampler, SamplerOptions};
 use unicorn_runtime::{Model, Session};
@@ -15,7 +16,17 @@ use unicorn_runtime::{Model, Session};
 #[command(name = "unicorn-rt", version, about = "Run a Unicorn plan (.ucp): generate text, or dump logits")]
 struct Cli {
     /// The plan written by `unicornc compile`.
-    plan: PathBuf,
+    #[arg(required_unless_present = "list_devices")]
+    plan: Option<PathBuf>,
+    /// The device to run on (see --list-devices).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = DeviceKind::parse)]
+    device: DeviceKind,
+    /// List the devices this machine offers and exit.
+    #[arg(long, conflicts_with = "plan")]
+    list_devices: bool,
+    /// Run prefills in chunks of at most C tokens (default: the plan's chunk, which is also the most).
+    #[arg(long, value_name = "C")]
+    prefill_chunk: Option<usize>,
     /// Text to continue (tokenized with the plan's tokenizer).
     #[arg(long, conflicts_with = "tokens")]
     prompt: Option<String>,
@@ -126,17 +137,37 @@ fn run(cli: Cli) -> Result<()> {
         }
         unicorn_runtime::cpu::pool::set_threads(t);
     }
+    if cli.list_devices {
+        for d in list_devices() {
+            println!("{d}");
+        }
+        return Ok(());
+    }
+    let plan_path = cli.plan.clone().expect("clap requires a plan");
     let residency = if cli.mmap { Residency::Mapped } else { Residency::Resident };
-    let model = Model::load_with(&cli.plan, residency)?;
+    let model = Model::load_with(&plan_path, residency, cli.device)?;
     if residency == Residency::Resident && model.residency() == Residency::Mapped {
         eprintln!(
             "note: {} is larger than the memory available; mapped instead of read (decoding will be slower)",
-            cli.plan.display()
+            plan_path.display()
         );
     }
+    let new_session = |ctx: usize| -> Result<Session> {
+        let mut s = Session::new(&model, ctx)?;
+        if let Some(c) = cli.prefill_chunk {
+            s.set_prefill_chunk(c)?;
+        }
+        Ok(s)
+    };
     let spec = &model.header().spec;
     if cli.bench {
-        let o = BenchOptions { prompt_len: cli.prompt_len, gen: cli.gen, repeat: cli.repeat, profile: cli.profile };
+        let o = BenchOptions {
+            prompt_len: cli.prompt_len,
+            gen: cli.gen,
+            repeat: cli.repeat,
+            profile: cli.profile,
+            prefill_chunk: cli.prefill_chunk,
+        };
         let r = unicorn_runtime::bench::run(&model, o)?;
         if cli.json {
             println!("{}", r.json());
@@ -150,7 +181,7 @@ fn run(cli: Cli) -> Result<()> {
         (Some(text), None) => {
             let tok = model
                 .tokenizer()?
-                .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --tokens", cli.plan.display()))?;
+                .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --tokens", plan_path.display()))?;
             tok.encode(text.as_str(), true).map_err(|e| anyhow!("--prompt: {e}"))?.get_ids().to_vec()
         }
         (None, None) => bail!("give --prompt TEXT or --tokens IDS"),
@@ -167,7 +198,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     if let Some(path) = &cli.logits_out {
-        let mut session = Session::new(&model, prompt.len());
+        let mut session = new_session(prompt.len())?;
         let logits = session.forward(&prompt, true)?;
         unicorn_runtime::npy::write_f32(path, &[prompt.len(), spec.vocab_size], logits)
             .with_context(|| format!("--logits-out {}", path.display()))?;
@@ -181,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
     });
     let mut sampler =
         Sampler::new(SamplerOptions { temperature: cli.temperature, top_k: cli.top_k, top_p: cli.top_p, seed });
-    let mut session = Session::new(&model, prompt.len() + cli.n);
+    let mut session = new_session(prompt.len() + cli.n)?;
     let eos = spec.eos_token_ids.clone();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -196,7 +227,7 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         let tok = model
             .tokenizer()?
-            .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --print-ids", cli.plan.display()))?;
+            .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --print-ids", plan_path.display()))?;
         if let Some(text) = &cli.prompt {
             write!(out, "{text}")?;
             out.flush()?;

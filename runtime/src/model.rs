@@ -1,61 +1,60 @@
-//! A loaded plan: the mapped file, views of its weights, and its tokenizer.
+//! A loaded plan: the file's bytes, its header validated for the chosen device, views of its weights, and its
+//! tokenizer.
 
 use crate::cpu::matmul::WeightRef;
+use crate::executor::DeviceKind;
 use crate::Error;
 use std::path::Path;
 use unicorn_ir::container::{PlanFile, Residency, SectionKind};
 use unicorn_ir::plan::PlanHeader;
-use unicorn_ir::{WeightFormat, WeightId};
+use unicorn_ir::validate::{SectionSizes, ValidPlan};
+use unicorn_ir::WeightId;
 
 pub struct Model {
-    plan: PlanFile,
+    file: PlanFile,
+    plan: ValidPlan,
+    device: DeviceKind,
     /// f32 copies of the vector weights (norms, biases), indexed like the plan's weights.
     vectors: Vec<Option<Vec<f32>>>,
 }
 
 impl Model {
-    /// Load a plan, reading it into memory ([`Residency::Resident`]).
+    /// Load a plan for the CPU, reading it into memory ([`Residency::Resident`]).
     pub fn load(path: &Path) -> Result<Self, Error> {
-        Self::load_with(path, Residency::Resident)
+        Self::load_with(path, Residency::Resident, DeviceKind::Cpu)
     }
 
-    pub fn load_with(path: &Path, residency: Residency) -> Result<Self, Error> {
-        let plan = PlanFile::open_with(path, residency)?;
-        let corrupt = |what: String| Error::Plan(format!("{}: {what}", path.display()));
-        let section = plan.section(SectionKind::Weights)?;
-        let mut vectors = Vec::with_capacity(plan.header.weights.len());
-        for w in &plan.header.weights {
-            let cols = *w.shape.last().unwrap_or(&0);
-            let rows = w.shape.iter().product::<usize>() / cols.max(1);
-            let expect = w.format.row_bytes(cols).map(|b| (b * rows) as u64);
-            let end = w.offset.checked_add(w.bytes);
-            if expect != Some(w.bytes) || end.is_none_or(|e| e > section.len() as u64) {
-                return Err(corrupt(format!("weight {} does not fit its section", w.name)));
-            }
-            if w.layout != unicorn_ir::quant::WeightLayout::Rows
-                && w.layout != unicorn_ir::quant::WeightLayout::for_matrix(w.format, &w.shape)
-            {
-                return Err(corrupt(format!("weight {} has a layout its format and shape cannot take", w.name)));
-            }
-            vectors.push(if w.shape.len() == 1 {
-                if w.format != WeightFormat::F32 {
-                    return Err(corrupt(format!("vector weight {} is not f32", w.name)));
-                }
-                let bytes = &section[w.offset as usize..(w.offset + w.bytes) as usize];
-                Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
-            } else {
-                None
-            });
-        }
-        Ok(Self { plan, vectors })
+    /// Load a plan and validate it for `device`: nothing of an invalid plan reaches an executor.
+    pub fn load_with(path: &Path, residency: Residency, device: DeviceKind) -> Result<Self, Error> {
+        let file = PlanFile::open_with(path, residency)?;
+        let len = |kind| file.section(kind).map_or(0, |s| s.len() as u64);
+        let sizes = SectionSizes { weights: len(SectionKind::Weights), kernels: len(SectionKind::Kernels) };
+        let plan = file
+            .header
+            .clone()
+            .validate(sizes, device.capabilities())
+            .map_err(|e| Error::Plan(format!("{}: invalid plan: {e}", path.display())))?;
+        let section = file.section(SectionKind::Weights)?;
+        let vectors = plan
+            .header()
+            .weights
+            .iter()
+            .map(|w| {
+                (w.shape.len() == 1).then(|| {
+                    let bytes = &section[w.offset as usize..(w.offset + w.bytes) as usize];
+                    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
+                })
+            })
+            .collect();
+        Ok(Self { file, plan, device, vectors })
     }
 
     /// The plan's tokenizer, parsed on demand (a large vocabulary costs tens of MiB, which runs on token ids
     /// do not need). `None` if the checkpoint had no tokenizer.json.
     pub fn tokenizer(&self) -> Result<Option<tokenizers::Tokenizer>, Error> {
-        match self.plan.section(SectionKind::Tokenizer) {
+        match self.file.section(SectionKind::Tokenizer) {
             Ok(bytes) => tokenizers::Tokenizer::from_bytes(bytes).map(Some).map_err(|e| {
-                Error::Plan(format!("{}: embedded tokenizer does not load: {e}", self.plan.path.display()))
+                Error::Plan(format!("{}: embedded tokenizer does not load: {e}", self.file.path.display()))
             }),
             Err(_) => Ok(None),
         }
@@ -63,21 +62,31 @@ impl Model {
 
     /// How the plan's bytes are held (see [`Residency`]).
     pub fn residency(&self) -> Residency {
-        self.plan.residency
+        self.file.residency
+    }
+
+    /// The validated plan.
+    pub fn plan(&self) -> &ValidPlan {
+        &self.plan
     }
 
     pub fn header(&self) -> &PlanHeader {
-        &self.plan.header
+        self.plan.header()
+    }
+
+    /// The device the plan was validated for.
+    pub fn device(&self) -> DeviceKind {
+        self.device
     }
 
     pub fn path(&self) -> &Path {
-        &self.plan.path
+        &self.file.path
     }
 
     /// A matrix weight as the kernels read it.
     pub fn matrix(&self, id: WeightId) -> WeightRef<'_> {
-        let w = &self.plan.header.weights[id.0 as usize];
-        let section = self.plan.section(SectionKind::Weights).expect("checked at load");
+        let w = &self.header().weights[id.0 as usize];
+        let section = self.file.section(SectionKind::Weights).expect("checked at load");
         WeightRef {
             format: w.format,
             layout: w.layout,

@@ -67,8 +67,12 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
 pub fn compile_to(model: &Path, dir: &Path, format: WeightFormat, max_context: Option<usize>) -> PathBuf {
     let name = model.file_name().unwrap().to_string_lossy();
     let plan = dir.join(format!("{name}.{format}.ucp"));
-    let options =
-        CompileOptions { passes: Options { target: Target::Cpu, weights: format }, max_context, progress: false };
+    let options = CompileOptions {
+        passes: Options { target: Target::Cpu, weights: format },
+        kv_cache: None,
+        max_context,
+        progress: false,
+    };
     compile(model, &plan, &options).unwrap_or_else(|e| panic!("compiling {name} to {format}: {e:#}"));
     plan
 }
@@ -76,7 +80,7 @@ pub fn compile_to(model: &Path, dir: &Path, format: WeightFormat, max_context: O
 /// Logits of every position of one prefill pass.
 pub fn prefill_logits(plan: &Path, ids: &[u32]) -> Vec<f32> {
     let model = Model::load(plan).expect("plan loads");
-    let mut s = Session::new(&model, ids.len());
+    let mut s = Session::new(&model, ids.len()).expect("session");
     s.forward(ids, true).expect("prefill").to_vec()
 }
 
@@ -84,7 +88,7 @@ pub fn prefill_logits(plan: &Path, ids: &[u32]) -> Vec<f32> {
 pub fn greedy(plan: &Path, ids: &[u32], n: usize) -> Vec<u32> {
     let model = Model::load(plan).expect("plan loads");
     let eos = model.header().spec.eos_token_ids.clone();
-    let mut s = Session::new(&model, ids.len() + n);
+    let mut s = Session::new(&model, ids.len() + n).expect("session");
     let mut out = vec![argmax(s.forward(ids, false).unwrap())];
     while out.len() < n && !eos.contains(out.last().unwrap()) {
         let next = argmax(s.forward(&[*out.last().unwrap()], false).unwrap());

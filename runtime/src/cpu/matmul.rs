@@ -542,7 +542,7 @@ mod tests {
     /// The layouts a `format` matrix of `n` rows can be stored in.
     fn layouts(format: WeightFormat, n: usize) -> Vec<WeightLayout> {
         let mut l = vec![WeightLayout::Rows];
-        if WeightLayout::for_matrix(format, &[n, 32]) == WeightLayout::Interleaved8 {
+        if WeightLayout::Interleaved8.fits(format, &[n, 32]) {
             l.push(WeightLayout::Interleaved8);
         }
         l

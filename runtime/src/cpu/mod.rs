@@ -1,5 +1,6 @@
 //! The CPU backend: kernels with AVX-512 VNNI, AVX2/FMA and portable paths, chosen at run time.
 
+pub mod exec;
 pub mod isa;
 pub mod matmul;
 pub mod matmul_avx2;

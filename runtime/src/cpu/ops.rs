@@ -45,6 +45,57 @@ pub fn rope(x: &[f32], width: usize, head_dim: usize, start: usize, inv_freq: &[
     });
 }
 
+/// Storage of keys or values: f32, or f16 (half the memory; each value rounded once, when it is appended).
+pub enum KvStore {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl KvStore {
+    fn zeros(n: usize, f16: bool) -> Result<Self, std::collections::TryReserveError> {
+        Ok(if f16 {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n)?;
+            v.resize(n, half::f16::ZERO);
+            KvStore::F16(v)
+        } else {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n)?;
+            v.resize(n, 0.0);
+            KvStore::F32(v)
+        })
+    }
+
+    fn write(&mut self, at: usize, src: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            KvStore::F16(v) => v[at..at + src.len()].convert_from_f32_slice(src),
+        }
+    }
+
+    /// `len` values from `at`, as f32: a view of f32 storage, or converted into `tmp`.
+    #[inline(always)]
+    fn read<'a>(&'a self, at: usize, tmp: &'a mut [f32]) -> &'a [f32] {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            KvStore::F32(v) => &v[at..at + tmp.len()],
+            KvStore::F16(v) => {
+                v[at..at + tmp.len()].convert_to_f32_slice(tmp);
+                tmp
+            }
+        }
+    }
+
+    /// Every stored value as f32 (tests).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            KvStore::F32(v) => v.clone(),
+            KvStore::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+}
+
 /// One layer's KV cache: a ring of `cap` positions (the window for sliding layers, the context otherwise).
 ///
 /// Head-major: kv head `g`'s key at ring slot `t` is `k[(g * cap + t) * head_dim..][..head_dim]`, so the keys an
@@ -54,14 +105,25 @@ pub struct KvCache {
     pub cap: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub k: KvStore,
+    pub v: KvStore,
 }
 
 impl KvCache {
+    /// An f32 cache.
     pub fn new(cap: usize, kv_heads: usize, head_dim: usize) -> Self {
+        Self::with_storage(cap, kv_heads, head_dim, false).expect("cache memory")
+    }
+
+    /// A cache in f32 or f16; fails, rather than aborting, when the memory cannot be had.
+    pub fn with_storage(
+        cap: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        f16: bool,
+    ) -> Result<Self, std::collections::TryReserveError> {
         let n = cap * kv_heads * head_dim;
-        Self { cap, kv_heads, head_dim, k: vec![0.0; n], v: vec![0.0; n] }
+        Ok(Self { cap, kv_heads, head_dim, k: KvStore::zeros(n, f16)?, v: KvStore::zeros(n, f16)? })
     }
 
     /// Element offset of kv head `g` at position `pos`.
@@ -78,8 +140,8 @@ impl KvCache {
         for r in rows.saturating_sub(self.cap)..rows {
             for g in 0..self.kv_heads {
                 let (dst, src) = (self.at(g, start + r), r * width + g * hd);
-                self.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                self.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                self.k.write(dst, &k[src..src + hd]);
+                self.v.write(dst, &v[src..src + hd]);
             }
         }
     }
@@ -160,16 +222,16 @@ struct KvSource<'a> {
 }
 
 impl KvSource<'_> {
-    /// Key and value of kv head `g` for position `pos`.
+    /// Key (`value` false) or value of kv head `g` for position `pos`; `tmp` is `head_dim` long.
     #[inline(always)]
-    fn at(&self, pos: usize, g: usize) -> (&[f32], &[f32]) {
+    fn get<'s>(&'s self, pos: usize, g: usize, value: bool, tmp: &'s mut [f32]) -> &'s [f32] {
         let hd = self.cache.head_dim;
         if pos < self.start {
-            let i = self.cache.at(g, pos);
-            (&self.cache.k[i..i + hd], &self.cache.v[i..i + hd])
+            let store = if value { &self.cache.v } else { &self.cache.k };
+            store.read(self.cache.at(g, pos), tmp)
         } else {
             let row = (pos - self.start) * self.cache.kv_heads * hd + g * hd;
-            (&self.k[row..row + hd], &self.v[row..row + hd])
+            &(if value { self.v } else { self.k })[row..row + hd]
         }
     }
 }
@@ -178,7 +240,7 @@ vectorized_fn! {
     /// The query heads `qg` (`m.len()` heads of `hd`, sharing kv head `g`) against the keys at
     /// `positions`: per head `h`, `m[h]` the largest score, `l[h]` the sum of `e^(score - m[h])`, and `o[h]` the
     /// sum of `e^(score - m[h]) v`, divided by `l[h]` when `normalize`. Each key and value is read once for the
-    /// group. `scores` holds at least `m.len() * positions.len()` values.
+    /// group. `scores` holds at least `m.len() * positions.len()` values, `tmp` one head.
     fn attend(
         qg: &[f32],
         kv: &KvSource<'_>,
@@ -189,6 +251,7 @@ vectorized_fn! {
         o: &mut [f32],
         m: &mut [f32],
         l: &mut [f32],
+        tmp: &mut [f32],
         normalize: bool,
     ) {
         let hd = qg.len() / m.len();
@@ -202,7 +265,7 @@ vectorized_fn! {
         // scores[h * n + j]: query head h against key positions.start + j.
         let scores = &mut scores[..m.len() * n];
         for (j, pos) in positions.clone().enumerate() {
-            let kj = kv.at(pos, g).0;
+            let kj = kv.get(pos, g, false, tmp);
             for (h, qh) in qg.chunks_exact(hd).enumerate() {
                 scores[h * n + j] = dot(qh, kj) * scale;
             }
@@ -212,7 +275,7 @@ vectorized_fn! {
             l[h] = exp_shifted_sum(sc, m[h]);
         }
         for (j, pos) in positions.enumerate() {
-            let vj = kv.at(pos, g).1;
+            let vj = kv.get(pos, g, true, tmp);
             for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
                 let e = scores[h * n + j];
                 oh.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
@@ -269,10 +332,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
             let qg = &q[r * qw + g * group * hd..][..group * hd];
             let keys = span(r);
             let n = keys.len();
-            with_scratch(group * (n + 2), |buf| {
+            with_scratch(group * (n + 2) + hd, |buf| {
                 let (scores, ml) = buf.split_at_mut(group * n);
-                let (m, l) = ml.split_at_mut(group);
-                attend(qg, &kv, g, keys, s.scale, scores, o, m, l, true)
+                let (m, rest) = ml.split_at_mut(group);
+                let (l, tmp) = rest.split_at_mut(group);
+                attend(qg, &kv, g, keys, s.scale, scores, o, m, l, tmp, true)
             });
         });
         return;
@@ -292,7 +356,10 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
             let qg = &q[r * qw + g * group * hd..][..group * hd];
             let (o, ml) = piece.split_at_mut(group * hd);
             let (m, l) = ml.split_at_mut(group);
-            with_scratch(group * (hi - lo), |scores| attend(qg, &kv, g, lo..hi, s.scale, scores, o, m, l, false));
+            with_scratch(group * (hi - lo) + hd, |buf| {
+                let (scores, tmp) = buf.split_at_mut(group * (hi - lo));
+                attend(qg, &kv, g, lo..hi, s.scale, scores, o, m, l, tmp, false)
+            });
         });
         for (rg, pieces) in buf.chunks_exact(parts * width).enumerate() {
             let (r, g) = (rg / s.kv_heads, rg % s.kv_heads);
@@ -550,13 +617,13 @@ mod tests {
         let mut c = KvCache::new(2, 1, 1);
         c.append(0, &[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]);
         // Positions 1 and 2 survive, at slots 1 and 0.
-        assert_eq!(c.k, [3.0, 2.0]);
-        assert_eq!(c.v, [30.0, 20.0]);
+        assert_eq!(c.k.to_f32(), [3.0, 2.0]);
+        assert_eq!(c.v.to_f32(), [30.0, 20.0]);
         // Two kv heads of width 2: head-major, so head 1's slots follow all of head 0's.
         let mut c = KvCache::new(2, 2, 2);
         c.append(5, &[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0]);
         // Position 5 is slot 1.
-        assert_eq!(c.k, [0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0]);
-        assert_eq!(c.v, [0.0, 0.0, 5.0, 6.0, 0.0, 0.0, 7.0, 8.0]);
+        assert_eq!(c.k.to_f32(), [0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0]);
+        assert_eq!(c.v.to_f32(), [0.0, 0.0, 5.0, 6.0, 0.0, 0.0, 7.0, 8.0]);
     }
 }

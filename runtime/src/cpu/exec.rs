@@ -1,0 +1,326 @@
+//! The CPU executor: one activation arena in host memory, a KV cache per layer per sequence, and a loop over the
+//! plan's launches that binds each argument to its buffer. It runs the built-in kernel a CPU plan names, and any
+//! other plan's launches through the reference kernel of their IR ops.
+
+use super::matmul::{dequant_row, matmul, matmul_many, MatMulOut, Scratch};
+use super::ops::{self, AttnShape, KvCache};
+use crate::executor::{Executor, SeqId, SeqRun, MAX_BATCH};
+use crate::model::Model;
+use crate::Error;
+use unicorn_ir::plan::{ActSlot, Arg, Backend, KernelEntry, Step};
+use unicorn_ir::quant::WeightLayout;
+use unicorn_ir::validate::limits::MAX_GROUP;
+use unicorn_ir::validate::Capabilities;
+use unicorn_ir::{DType, Op, Phase, WeightFormat};
+
+/// What the CPU executor runs: every format in row order, q4_0 / q8_0 also interleaved; f32 activations; f32 or
+/// f16 KV caches; its built-in kernels by name, and every other backend's kernels through the ops' reference
+/// kernels.
+pub struct CpuCapabilities;
+
+/// Whether a built-in kernel name belongs to the op it is launched for.
+fn builtin_runs(name: &str, op: &Op) -> bool {
+    match op {
+        Op::MatMul { .. } => name.starts_with("matmul"),
+        Op::Embed { .. } => name.starts_with("embed_"),
+        Op::Glu { .. } => name.starts_with("glu_"),
+        Op::Attention { .. } => name.starts_with("attention"),
+        other => name == other.name(),
+    }
+}
+
+impl Capabilities for CpuCapabilities {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn reads_weight(&self, format: WeightFormat, layout: WeightLayout) -> bool {
+        layout == WeightLayout::Rows || format.is_quantized()
+    }
+
+    fn runs_kernel(&self, kernel: &KernelEntry, ops: &[Op]) -> bool {
+        kernel.backend != Backend::Cpu || builtin_runs(&kernel.name, &ops[0])
+    }
+
+    fn holds_activation(&self, dtype: DType) -> bool {
+        dtype == DType::F32
+    }
+
+    fn holds_kv(&self, dtype: DType) -> bool {
+        matches!(dtype, DType::F32 | DType::F16)
+    }
+}
+
+struct Sequence {
+    caches: Vec<KvCache>,
+    ctx: usize,
+}
+
+pub struct CpuExecutor<'m> {
+    model: &'m Model,
+    seqs: Vec<Option<Sequence>>,
+    /// The execution's rows (arena 0), then the kept rows (arena 1). Grows to the largest execution and is then
+    /// reused, so steady-state decoding allocates nothing.
+    arena: Vec<f32>,
+    scratch: Scratch,
+    /// Time spent per kernel name, when profiling.
+    profile: Option<std::collections::BTreeMap<String, (std::time::Duration, usize)>>,
+}
+
+impl<'m> CpuExecutor<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        Self { model, seqs: Vec::new(), arena: Vec::new(), scratch: Scratch::default(), profile: None }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// A row range of one arena that belongs to one run, with the position of its first row.
+#[derive(Clone, Copy)]
+struct Segment {
+    row: usize,
+    rows: usize,
+    pos: usize,
+}
+
+/// A segment's rows of a `width`-wide slot.
+fn seg_of(v: &[f32], width: usize, g: Segment) -> &[f32] {
+    &v[g.row * width..(g.row + g.rows) * width]
+}
+
+fn act(arg: &Arg) -> &ActSlot {
+    match arg {
+        Arg::Act(s) => s,
+        _ => unreachable!("a valid plan binds an activation here"),
+    }
+}
+
+impl Executor for CpuExecutor<'_> {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn add_sequence(&mut self, ctx: usize) -> Result<SeqId, Error> {
+        let h = self.model.header();
+        let ctx = ctx.clamp(1, h.spec.max_context);
+        let bytes = h.kv_cache_bytes(ctx as u64);
+        let mut caches = Vec::with_capacity(h.kv_caches.len());
+        for c in &h.kv_caches {
+            let cache = KvCache::with_storage(
+                c.positions(ctx as u64) as usize,
+                c.kv_heads as usize,
+                c.head_dim as usize,
+                c.dtype == DType::F16,
+            )
+            .map_err(|_| {
+                Error::Input(format!("the KV cache for {ctx} positions needs {}, more than is free", mib(bytes)))
+            })?;
+            caches.push(cache);
+        }
+        let seq = Sequence { caches, ctx };
+        let id = match self.seqs.iter().position(Option::is_none) {
+            Some(i) => {
+                self.seqs[i] = Some(seq);
+                i
+            }
+            None => {
+                self.seqs.push(Some(seq));
+                self.seqs.len() - 1
+            }
+        };
+        Ok(SeqId(id))
+    }
+
+    fn remove_sequence(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.get_mut(seq.0) {
+            *s = None;
+        }
+    }
+
+    fn execute(&mut self, phase: Phase, runs: &[SeqRun], logits: &mut Vec<f32>) -> Result<(), Error> {
+        let model = self.model;
+        let h = model.header();
+        let plan = model.plan().phase(phase);
+        let vocab = h.spec.vocab_size;
+        let s: usize = runs.iter().map(|r| r.tokens.len()).sum();
+        let keep: usize = runs.iter().map(|r| r.keep).sum();
+        let most = if phase == Phase::Prefill { h.prefill_chunk as usize } else { MAX_BATCH };
+        if runs.is_empty() || s == 0 || s > most {
+            return Err(Error::Input(format!("a {phase} execution of {s} rows (1..={most})")));
+        }
+        for r in runs {
+            let Some(Some(seq)) = self.seqs.get(r.seq.0) else {
+                return Err(Error::Input(format!("sequence {} does not exist", r.seq.0)));
+            };
+            if r.keep > r.tokens.len() || (phase == Phase::Decode && (r.tokens.len() != 1 || r.keep != 1)) {
+                return Err(Error::Input(format!("a {phase} run of {} tokens keeping {}", r.tokens.len(), r.keep)));
+            }
+            if r.pos.checked_add(r.tokens.len()).is_none_or(|end| end > seq.ctx) {
+                return Err(Error::Input(format!(
+                    "{} tokens at position {} exceed the context of {} tokens",
+                    r.tokens.len(),
+                    r.pos,
+                    seq.ctx
+                )));
+            }
+            if let Some(&bad) = r.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::Input(format!("token id {bad} is out of range (vocabulary size {vocab})")));
+            }
+        }
+        // Arena 0 holds `s` rows of every slot, arena 1 `keep` rows; slot offsets are bytes per row.
+        let (w0, w1) = (plan.arenas[0].row_bytes as usize / 4, plan.arenas[1].row_bytes as usize / 4);
+        let kept_base = w0 * s;
+        let need = kept_base + w1 * keep;
+        if self.arena.len() < need {
+            let more = need - self.arena.len();
+            self.arena.try_reserve_exact(more).map_err(|_| {
+                Error::Input(format!("the activations of {s} rows need {}, more than is free", mib(need as u64 * 4)))
+            })?;
+            self.arena.resize(need, 0.0);
+        }
+        let mut segs: [Vec<Segment>; 2] = [Vec::with_capacity(runs.len()), Vec::with_capacity(runs.len())];
+        let (mut row, mut kept) = (0, 0);
+        for r in runs {
+            segs[0].push(Segment { row, rows: r.tokens.len(), pos: r.pos });
+            segs[1].push(Segment { row: kept, rows: r.keep, pos: r.pos + r.tokens.len() - r.keep });
+            row += r.tokens.len();
+            kept += r.keep;
+        }
+        let base = self.arena.as_mut_ptr();
+        let rows_of = |slot: &ActSlot| if slot.arena.0 == 0 { s } else { keep };
+        let start = |slot: &ActSlot| {
+            let per_row = slot.offset as usize / 4;
+            if slot.arena.0 == 0 {
+                per_row * s
+            } else {
+                kept_base + per_row * keep
+            }
+        };
+        // The plan was validated: every slot lies inside its arena, a launch's results overlap none of its
+        // operands nor each other, so these views never alias a mutable one.
+        let view = |slot: &ActSlot| unsafe {
+            std::slice::from_raw_parts(base.add(start(slot)) as *const f32, slot.width as usize * rows_of(slot))
+        };
+        let view_mut = |slot: &ActSlot| unsafe {
+            std::slice::from_raw_parts_mut(base.add(start(slot)), slot.width as usize * rows_of(slot))
+        };
+        for step in &plan.steps {
+            let started = self.profile.is_some().then(std::time::Instant::now);
+            let a = &step.args;
+            match &step.ops[0] {
+                Op::MatMul { .. } => {
+                    let x = act(&a[0]);
+                    // Member j's weight, bias and result follow the operand in order.
+                    let mut at = [0usize; MAX_GROUP];
+                    let mut i = 1;
+                    for (j, op) in step.ops.iter().enumerate() {
+                        at[j] = i;
+                        i += 2 + matches!(op, Op::MatMul { bias: Some(_), .. }) as usize;
+                    }
+                    let out = |j: usize| {
+                        let Op::MatMul { weight, bias } = &step.ops[j] else { unreachable!("a validated group") };
+                        let y = view_mut(act(&a[at[j] + 1 + bias.is_some() as usize]));
+                        MatMulOut { w: model.matrix(*weight), bias: bias.map(|b| model.vector(b)), y }
+                    };
+                    let (xs, rows, scratch) = (view(x), rows_of(x), &mut self.scratch);
+                    match step.ops.len() {
+                        1 => {
+                            let o = out(0);
+                            matmul(xs, rows, o.w, o.bias, o.y, scratch)
+                        }
+                        2 => matmul_many(xs, rows, &mut [out(0), out(1)], scratch),
+                        3 => matmul_many(xs, rows, &mut [out(0), out(1), out(2)], scratch),
+                        _ => matmul_many(xs, rows, &mut [out(0), out(1), out(2), out(3)], scratch),
+                    }
+                }
+                Op::Embed { table, scale } => {
+                    let w = model.matrix(*table);
+                    let out = view_mut(act(&a[2]));
+                    let tokens = runs.iter().flat_map(|r| r.tokens);
+                    for (row, &t) in out.chunks_mut(w.k).zip(tokens) {
+                        dequant_row(w, t as usize, row);
+                        if *scale != 1.0 {
+                            row.iter_mut().for_each(|v| *v *= scale);
+                        }
+                    }
+                }
+                Op::Scale { factor } => ops::scale(view(act(&a[0])), *factor, view_mut(act(&a[1]))),
+                Op::Softcap { cap } => ops::softcap(view(act(&a[0])), *cap, view_mut(act(&a[1]))),
+                Op::RmsNorm { weight, eps, unit_offset } => {
+                    ops::rms_norm(view(act(&a[0])), model.vector(*weight), *eps, *unit_offset, view_mut(act(&a[2])))
+                }
+                Op::Rope { rope, head_dim } => {
+                    let (x, out) = (act(&a[0]), act(&a[1]));
+                    let (xs, ys, w) = (view(x), view_mut(out), x.width as usize);
+                    for &g in &segs[x.arena.0 as usize] {
+                        let y = &mut ys[g.row * w..(g.row + g.rows) * w];
+                        ops::rope(seg_of(xs, w, g), w, *head_dim, g.pos, &h.rope_inv_freq[*rope], y);
+                    }
+                }
+                Op::Attention { layer, num_heads, num_kv_heads, head_dim, window, scale } => {
+                    let shape = AttnShape {
+                        heads: *num_heads,
+                        kv_heads: *num_kv_heads,
+                        head_dim: *head_dim,
+                        window: *window,
+                        scale: *scale,
+                    };
+                    let (q, k, v, out) = (act(&a[0]), act(&a[1]), act(&a[2]), act(&a[4]));
+                    let (qs, ks, vs, os) = (view(q), view(k), view(v), view_mut(out));
+                    let (qw, kw) = (q.width as usize, k.width as usize);
+                    for (r, &g) in runs.iter().zip(&segs[0]) {
+                        let seq = self.seqs[r.seq.0].as_mut().expect("checked above");
+                        let cache = &mut seq.caches[*layer];
+                        let (kg, vg) = (seg_of(ks, kw, g), seg_of(vs, kw, g));
+                        let o = &mut os[g.row * qw..(g.row + g.rows) * qw];
+                        ops::attention(seg_of(qs, qw, g), kg, vg, cache, g.pos, shape, o);
+                        cache.append(g.pos, kg, vg);
+                    }
+                }
+                Op::Glu { activation } => {
+                    let (g, u, out) = (view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2])));
+                    match activation {
+                        unicorn_ir::spec::Activation::Silu => ops::glu_silu(g, u, out),
+                        unicorn_ir::spec::Activation::GeluTanh => ops::glu_gelu_tanh(g, u, out),
+                    }
+                }
+                Op::Add => ops::add(view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2]))),
+                Op::SelectRows => {
+                    let (x, out) = (act(&a[0]), act(&a[1]));
+                    let (xs, ys, w) = (view(x), view_mut(out), x.width as usize);
+                    for ((r, src), dst) in runs.iter().zip(&segs[0]).zip(&segs[out.arena.0 as usize]) {
+                        // The run's last `keep` rows, to the last `keep` rows of its segment of the result (all
+                        // of it in the kept-rows arena; its one row in decode).
+                        let from = &xs[(src.row + src.rows - r.keep) * w..(src.row + src.rows) * w];
+                        ys[(dst.row + dst.rows - r.keep) * w..(dst.row + dst.rows) * w].copy_from_slice(from);
+                    }
+                }
+                Op::Tokens | Op::Output => {}
+            }
+            if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
+                let e = p.entry(kernel_name(model, step).to_string()).or_default();
+                e.0 += t.elapsed();
+                e.1 += step.ops.len();
+            }
+        }
+        logits.clear();
+        logits.extend_from_slice(view(&plan.result));
+        Ok(())
+    }
+
+    fn enable_profile(&mut self) {
+        self.profile.get_or_insert_with(Default::default);
+    }
+
+    fn profile(&self) -> Vec<(String, f64, usize)> {
+        let mut v: Vec<_> = self.profile.iter().flatten().map(|(k, (d, n))| (k.clone(), d.as_secs_f64(), *n)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+}
+
+fn kernel_name<'a>(model: &'a Model, step: &Step) -> &'a str {
+    &model.header().kernels[step.kernel.0 as usize].name
+}
