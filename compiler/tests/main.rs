@@ -127,3 +127,25 @@ fn the_verifier_rejects_broken_graphs() {
     g.g.add_edge(a, b, 1);
     assert!(verify(&m, true).unwrap_err().message.contains("cycle"));
 }
+
+#[test]
+fn the_verifier_rejects_memory_plans_that_overlap_live_values() {
+    let good = compiled("llama_gqa", WeightFormat::F32);
+    assert!(verify(&good, true).is_ok());
+    // Put the k projection's result on the q projection's: both are live until attention reads them.
+    let mut m = good.clone();
+    let g = &mut m.graphs[0];
+    let find = |g: &unicorn_ir::Graph, label: &str| g.g.node_indices().find(|&n| g.g[n].label == label).unwrap();
+    let (q, k) = (find(g, "model.layers.0.self_attn.q_proj"), find(g, "model.layers.0.self_attn.k_proj"));
+    let mem = g.memory.as_mut().unwrap();
+    let q_slot = mem.slot(q).unwrap();
+    mem.slots.get_mut(&(k.index() as u32)).unwrap().offset = q_slot.offset;
+    let e = verify(&m, true).unwrap_err();
+    assert!(e.message.contains("overlaps"), "{e}");
+    // A slot past the end of its arena.
+    let mut m = good.clone();
+    let mem = m.graphs[1].memory.as_mut().unwrap();
+    let width = mem.arena_width;
+    mem.slots.values_mut().find(|s| !s.kept_rows).unwrap().offset = width;
+    assert!(verify(&m, true).unwrap_err().message.contains("does not hold"));
+}

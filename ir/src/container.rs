@@ -196,7 +196,7 @@ pub enum Residency {
 
 /// Bytes of memory the kernel reports available for new allocations (`MemAvailable` of `/proc/meminfo`), where
 /// it says.
-fn available_memory() -> Option<u64> {
+pub fn available_memory() -> Option<u64> {
     parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 

@@ -161,7 +161,66 @@ pub fn verify_graph(module: &Module, graph: &Graph, placed: bool) -> Result<(), 
     Ok(())
 }
 
-/// Verify every graph of the module.
+/// Verify every graph of the module, and its memory plan once it has one.
 pub fn verify(module: &Module, placed: bool) -> Result<(), VerifyError> {
-    module.graphs.iter().try_for_each(|g| verify_graph(module, g, placed))
+    module.graphs.iter().try_for_each(|g| {
+        verify_graph(module, g, placed)?;
+        verify_memory(g)
+    })
+}
+
+/// Check a graph's memory plan: the order is a topological order of every node, every value has a slot of its
+/// width in the arena of its rows, and no two values live at the same time share an element.
+pub fn verify_memory(graph: &Graph) -> Result<(), VerifyError> {
+    let Some(mem) = &graph.memory else { return Ok(()) };
+    let err = |n: NodeId, message: String| VerifyError {
+        phase: graph.phase.to_string(),
+        node: n.index() as u32,
+        label: graph.g[n].label.clone(),
+        message,
+    };
+    let pos: std::collections::HashMap<NodeId, usize> = mem.order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    if pos.len() != graph.node_count() || mem.order.len() != graph.node_count() {
+        let n = graph.g.node_indices().find(|n| !pos.contains_key(n)).unwrap_or_default();
+        return Err(err(n, "the schedule does not hold every node once".into()));
+    }
+    // Live interval of each value with a slot of its own: from its step to its last reader's (to the end when
+    // the output reads it).
+    let mut live = Vec::new();
+    for &n in &mem.order {
+        let node = &graph.g[n];
+        if let Some(&i) = graph.inputs(n).iter().find(|i| pos[*i] >= pos[&n]) {
+            return Err(err(n, format!("scheduled before its operand %{}", i.index())));
+        }
+        if matches!(node.op, Op::Tokens | Op::Output) {
+            continue;
+        }
+        let Some(slot) = mem.slot(n) else { return Err(err(n, "value has no slot".into())) };
+        let kept = node.ty.row_dim() == Dim::Out;
+        let arena = if kept { mem.kept_width } else { mem.arena_width };
+        if slot.width != node.ty.row_width() || slot.kept_rows != kept || slot.offset + slot.width > arena {
+            return Err(err(n, format!("slot {slot:?} does not hold a {} value in its arena of {arena}", node.ty)));
+        }
+        let users = graph.users(n);
+        let end = if users.iter().any(|&u| graph.g[u].op == Op::Output) {
+            usize::MAX
+        } else {
+            users.iter().map(|u| pos[u]).max().unwrap_or(pos[&n])
+        };
+        live.push((n, pos[&n], end, slot));
+    }
+    for (i, &(a, a0, a1, sa)) in live.iter().enumerate() {
+        for &(b, b0, b1, sb) in &live[i + 1..] {
+            let together = a0 <= b1 && b0 <= a1;
+            let shared =
+                sa.kept_rows == sb.kept_rows && sa.offset < sb.offset + sb.width && sb.offset < sa.offset + sa.width;
+            if together && shared {
+                return Err(err(
+                    b,
+                    format!("its slot overlaps that of %{}, which is live at the same time", a.index()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

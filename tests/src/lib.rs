@@ -174,3 +174,19 @@ pub fn edit_safetensors_header(path: &Path, edit: impl FnOnce(&mut serde_json::M
     out.extend_from_slice(data);
     std::fs::write(path, out).unwrap();
 }
+
+/// Rewrite a plan's JSON header (`{"sections": [...], "plan": {...}}`) and recompute the header checksum, as an
+/// attacker would: the sections and their checksums stay valid, so only validation can refuse the result.
+pub fn edit_plan_header(src: &Path, dst: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let b = std::fs::read(src).unwrap();
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+    let (off, len) = (u64_at(16), u64_at(24));
+    let mut header: serde_json::Value = serde_json::from_slice(&b[off..off + len]).unwrap();
+    edit(&mut header);
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut out = b[..off].to_vec();
+    out[24..32].copy_from_slice(&(json.len() as u64).to_le_bytes());
+    out[32..40].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(&json).to_le_bytes());
+    out.extend_from_slice(&json);
+    std::fs::write(dst, out).unwrap();
+}

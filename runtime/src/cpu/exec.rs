@@ -106,6 +106,12 @@ impl Executor for CpuExecutor<'_> {
         let h = self.model.header();
         let ctx = ctx.clamp(1, h.spec.max_context);
         let bytes = h.kv_cache_bytes(ctx as u64);
+        if unicorn_ir::container::available_memory().is_some_and(|free| bytes > free) {
+            return Err(Error::Input(format!(
+                "the KV cache for {ctx} positions needs {}, more than is free",
+                mib(bytes)
+            )));
+        }
         let mut caches = Vec::with_capacity(h.kv_caches.len());
         for c in &h.kv_caches {
             let cache = KvCache::with_storage(
@@ -175,6 +181,13 @@ impl Executor for CpuExecutor<'_> {
         let need = kept_base + w1 * keep;
         if self.arena.len() < need {
             let more = need - self.arena.len();
+            let bytes = more as u64 * 4;
+            if unicorn_ir::container::available_memory().is_some_and(|free| bytes > free) {
+                return Err(Error::Input(format!(
+                    "the activations of {s} rows need {} more, more than is free",
+                    mib(bytes)
+                )));
+            }
             self.arena.try_reserve_exact(more).map_err(|_| {
                 Error::Input(format!("the activations of {s} rows need {}, more than is free", mib(need as u64 * 4)))
             })?;
