@@ -2,11 +2,20 @@
 """Unicorn vs llama.cpp on this machine's CPU: prefill and decode speed, time to first token, peak memory.
 
     python3 bench/compare.py --models qwen3-0.6b,llama-3.2-1b --quant q8_0,q4_0 --threads 2 \\
-        --prompt-len 128 --gen 64 --repeat 5 [--out results.json] [--max-busy 0.1]
+        --prompt-len 128 --gen 64 --repeat 5 [--peer prebuilt|source] [--out results.json] [--max-busy 0.1]
+
+The peer (--peer) is one of two llama.cpp builds:
+  prebuilt  (default) llama.cpp as its users get it: the shared libraries of the npm package
+            @node-llama-cpp/linux-x64-vulkan, whose CPU backend picks a variant for this CPU at run time, with
+            llama-bench and llama-quantize compiled from the bundled source of that build
+            (bench/llama_cpp_prebuilt.sh). Its Vulkan backend stays out of CPU runs (llama-bench -dev none).
+  source    llama.cpp vendored in the llama-cpp-python sdist, built here with -DGGML_NATIVE=ON (bench/llama_cpp.sh).
+The peer's package, version, llama.cpp commit and CPU variant are printed and stored in the JSON under "llama_cpp".
 
 For each model and weight format:
   1. checkpoint  bench/make_checkpoints.py (random bf16 weights, published shapes; cached)
-  2. GGUF        bench/llama_cpp.sh gguf (llama.cpp's converter to bf16, then llama-quantize --pure; cached)
+  2. GGUF        the peer script's `gguf` (that llama.cpp's converter to bf16, then its llama-quantize --pure;
+                 cached, one GGUF folder per peer build)
   3. plan        target/release/unicornc compile CKPT -o PLAN --weights Q, under /usr/bin/time -v
                  (wall time and peak RSS of the compile are reported)
   4. R rounds, interleaved, alternating which engine goes first (ABBA...):
@@ -141,7 +150,8 @@ def machine_info() -> dict:
         if flags:
             fl = flags.group(1).split()
             info["simd"] = [f for f in ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                                        "avx512_bf16", "avx_vnni"] if f in fl]
+                                        "avx512_bf16", "avx512_vbmi", "avx_vnni", "amx_tile", "amx_int8",
+                                        "amx_bf16"] if f in fl]
     except OSError:
         pass
     mem = Path("/proc/meminfo").read_text()
@@ -151,10 +161,42 @@ def machine_info() -> dict:
     return info
 
 
-def llama_paths(vulkan: bool) -> dict:
-    cmd = ["bash", str(HERE / "llama_cpp.sh"), "paths"] + (["--vulkan"] if vulkan else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+PEER_SCRIPT = {"prebuilt": "llama_cpp_prebuilt.sh", "source": "llama_cpp.sh"}
+
+
+def peer_cmd(peer: str, vulkan: bool, *args) -> list:
+    """The peer's script with a subcommand; the source build has a Vulkan flavour of its own (--vulkan), the
+    prebuilt libraries carry the Vulkan backend already."""
+    return (["bash", str(HERE / PEER_SCRIPT[peer])] + [str(x) for x in args]
+            + (["--vulkan"] if vulkan and peer == "source" else []))
+
+
+def llama_paths(peer: str, vulkan: bool) -> dict:
+    out = subprocess.run(peer_cmd(peer, vulkan, "paths"), capture_output=True, text=True, check=True).stdout
     return dict(line.split("=", 1) for line in out.strip().splitlines())
+
+
+def peer_info(peer: str, lp: dict) -> dict:
+    """What the JSON and the table say about the llama.cpp build measured."""
+    if peer == "prebuilt":
+        return {"peer": "prebuilt", "package": lp.get("package"), "version": lp.get("version"),
+                "source_package": lp.get("source_package"), "commit": lp.get("commit"),
+                "build_number": lp.get("build_number"), "compiler": lp.get("compiler"),
+                "cpu_variant": lp.get("cpu_variant"), "cpu_backend_lib": lp.get("cpu_backend_lib"),
+                "cpu_features": lp.get("cpu_features"), "devices": lp.get("devices"),
+                "llama_bench": lp.get("llama_bench")}
+    return {"peer": "source", "package": f"llama-cpp-python=={lp.get('version')} (sdist, vendor/llama.cpp)",
+            "version": lp.get("version"), "llama_cpp_python_version": lp.get("version"),
+            "build_flags": "-DGGML_NATIVE=ON, Release, static", "llama_bench": lp.get("llama_bench")}
+
+
+def peer_line(info: dict) -> str:
+    if info.get("peer") == "prebuilt":
+        return (f"llama.cpp peer: prebuilt, {info.get('package')} (llama.cpp build {info.get('build_number')}, "
+                f"commit {info.get('commit')}), CPU variant {info.get('cpu_variant')}")
+    commit = info.get("build_commit")
+    return (f"llama.cpp peer: built from source, {info.get('package')}, {info.get('build_flags')}"
+            + (f" (llama.cpp commit {commit})" if commit else ""))
 
 
 def parse_unicorn_json(stdout: str) -> dict:
@@ -202,7 +244,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: CACHE/results/compare-DATE.json)")
     ap.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release")
     ap.add_argument("--reuse-plans", action="store_true", help="do not recompile plans that exist (no compile timing)")
-    ap.add_argument("--vulkan", action="store_true", help="use the llama.cpp build with -DGGML_VULKAN=ON")
+    ap.add_argument("--peer", choices=sorted(PEER_SCRIPT), default="prebuilt",
+                    help="llama.cpp build to measure against: prebuilt (npm @node-llama-cpp/linux-x64-vulkan, "
+                         "default) or source (llama-cpp-python sdist built with -DGGML_NATIVE=ON)")
+    ap.add_argument("--vulkan", action="store_true",
+                    help="llama.cpp on its Vulkan device (source: the build with -DGGML_VULKAN=ON; prebuilt: its "
+                         "Vulkan backend instead of -dev none)")
     ap.add_argument("--max-busy", type=float, default=None,
                     help="before each round, wait until other processes use less than this share of the CPUs (e.g. 0.1)")
     ap.add_argument("--max-wait", type=float, default=600, help="longest wait for --max-busy, seconds")
@@ -254,19 +301,23 @@ def main() -> None:
         subprocess.run([sys.executable, HERE / "make_checkpoints.py", ckpt_dir, "--models", ",".join(missing)], check=True)
     lp = {}
     if not a.skip_llama:
-        subprocess.run(["bash", HERE / "llama_cpp.sh", "build"] + (["--vulkan"] if a.vulkan else []), check=True)
-        lp = llama_paths(a.vulkan)
+        subprocess.run(peer_cmd(a.peer, a.vulkan, "build"), check=True)
+        lp = llama_paths(a.peer, a.vulkan)
+        gpus = [d for d in lp.get("devices", "").split(";") if d.split(":")[0] in ("gpu", "igpu")]
+        if a.peer == "prebuilt" and a.vulkan and not gpus:
+            sys.exit(f"compare.py: --vulkan, but the prebuilt llama.cpp sees no GPU device here "
+                     f"(devices: {lp.get('devices')}; is libvulkan1 with a Vulkan driver installed?)")
+        log(peer_line(peer_info(a.peer, lp)))
         for m in models:
-            subprocess.run(["bash", HERE / "llama_cpp.sh", "gguf", ckpt_dir / m, m, PRE[m], ",".join(quants)]
-                           + (["--vulkan"] if a.vulkan else []) + (["--drop-bf16"] if a.drop_intermediates else []),
-                           check=True)
+            subprocess.run(peer_cmd(a.peer, a.vulkan, "gguf", ckpt_dir / m, m, PRE[m], ",".join(quants))
+                           + (["--drop-bf16"] if a.drop_intermediates else []), check=True)
 
     results = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(),
         "settings": {"threads": a.threads, "prompt_len": a.prompt_len, "gen": a.gen, "repeat": a.repeat,
-                     "llama_tg_depth": tg_depth, "vulkan": a.vulkan},
-        "llama_cpp": {"llama_cpp_python_version": lp.get("version"), "llama_bench": lp.get("llama_bench")},
+                     "llama_tg_depth": tg_depth, "vulkan": a.vulkan, "peer": a.peer},
+        "llama_cpp": peer_info(a.peer, lp) if lp else {"peer": None},
         "unicorn": {"unicorn_rt": str(unicorn_rt)},
         "load_before": os.getloadavg(),
         "runs": [],
@@ -333,6 +384,8 @@ def main() -> None:
                                 f"(others {r['others_cpu']:.0%}, load {l0:.2f})")
                         if eng == "llama" and not a.skip_llama:
                             base = [lp["llama_bench"], "-m", gguf, "-t", a.threads, "-r", 1, "-o", "json"]
+                            if a.peer == "prebuilt" and not a.vulkan:
+                                base += ["-dev", "none"]  # the CPU only, whatever Vulkan device the machine has
                             l0 = load1()
                             r = run_timed(base + ["-p", a.prompt_len, "-n", 0])
                             pp = parse_llama_bench(r["stdout"])[0]
@@ -380,9 +433,14 @@ def main() -> None:
             entry["ratio"]["ttft_ms"] = ratio(s["unicorn"]["ttft_ms"], s["llama_cpp"]["ttft_ms_est"])
             if lpp:
                 raw = lpp[0]["raw"]
+                # llama-bench's own account of its settings ("devices" there is its -dev, kept apart from the
+                # devices ggml found)
                 results["llama_cpp"].update({k: raw.get(k) for k in [
-                    "build_commit", "build_number", "cpu_info", "backends", "n_batch", "n_ubatch", "flash_attn",
-                    "type_k", "type_v", "use_mmap", "poll", "cpu_strict"] if k in raw})
+                    "build_commit", "build_number", "cpu_info", "gpu_info", "backends", "n_batch", "n_ubatch",
+                    "flash_attn", "type_k", "type_v", "use_mmap", "load_mode", "n_gpu_layers", "poll",
+                    "cpu_strict"] if k in raw})
+                if "devices" in raw:
+                    results["llama_cpp"]["llama_bench_dev"] = raw["devices"]
                 entry["llama_model_type"] = raw.get("model_type")
             results["runs"].append(entry)
             if a.drop_intermediates and plan.exists():
@@ -405,6 +463,10 @@ def markdown(res: dict) -> str:
         f"faster; TTFT and RSS: < 1 Unicorn better). Others = median share of the CPUs used by other processes "
         f"during the runs.",
         "",
+    ]
+    if res["llama_cpp"].get("peer"):
+        lines += [peer_line(res["llama_cpp"]) + ".", ""]
+    lines += [
         "| model | quant | engine | prefill tok/s | decode tok/s | TTFT ms | peak RSS MiB | ratio prefill / decode / TTFT / RSS | others |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
