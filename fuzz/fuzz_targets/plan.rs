@@ -36,6 +36,8 @@ const MAX_EDITS: usize = 16;
 /// A seed plan: the bytes before its header (prologue and sections), the header as JSON, and every string of
 /// the header (values and keys) for the edits that swap one string for another.
 struct Seed {
+    /// Fixture and weight format, for `UNICORN_FUZZ_EXPLAIN`.
+    name: String,
     body: Vec<u8>,
     header: Value,
     /// Nodes of `header`.
@@ -62,7 +64,7 @@ fn collect_strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-fn load_seed(path: &Path) -> Seed {
+fn load_seed(name: String, path: &Path) -> Seed {
     let bytes = std::fs::read(path).expect("seed plan");
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes")) as usize;
     let (off, len) = (u64_at(16), u64_at(24));
@@ -71,7 +73,7 @@ fn load_seed(path: &Path) -> Seed {
     collect_strings(&header, &mut strings);
     strings.sort();
     strings.dedup();
-    Seed { body: bytes[..off].to_vec(), nodes: count(&header), header, strings }
+    Seed { name, body: bytes[..off].to_vec(), nodes: count(&header), header, strings }
 }
 
 fn state() -> &'static State {
@@ -100,7 +102,7 @@ fn state() -> &'static State {
                     progress: false,
                 };
                 compile(&fixtures.join(name), &plan, &options).unwrap_or_else(|e| panic!("seed {name}: {e:#}"));
-                let seed = load_seed(&plan);
+                let seed = load_seed(format!("{name} {format}"), &plan);
                 let _ = std::fs::remove_file(&plan);
                 seed
             })
@@ -156,6 +158,27 @@ fn nth(v: &Value, n: &mut usize) -> Option<Value> {
         }
     }
     None
+}
+
+/// The JSON pointer (RFC 6901) of node `n`, for `UNICORN_FUZZ_EXPLAIN`.
+fn pointer(v: &Value, n: &mut usize, at: String) -> Option<String> {
+    if *n == 0 {
+        return Some(at);
+    }
+    *n -= 1;
+    match v {
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| pointer(x, n, format!("{at}/{i}"))),
+        Value::Object(o) => {
+            o.iter().find_map(|(k, x)| pointer(x, n, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"))))
+        }
+        _ => None,
+    }
+}
+
+/// Whether to describe each edit on stderr (set UNICORN_FUZZ_EXPLAIN=1 when replaying a crash).
+fn explain() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("UNICORN_FUZZ_EXPLAIN").is_some_and(|v| v != "0"))
 }
 
 fn nth_mut<'a>(v: &'a mut Value, n: &mut usize) -> Option<&'a mut Value> {
@@ -253,6 +276,36 @@ fn edit(root: &mut Value, seed: &Seed, e: &mut Edits) {
         },
         _ => Value::Null,
     };
+    let path = explain().then(|| pointer(root, &mut { target }, String::new()).unwrap_or_default());
+    let other_path = explain().then(|| pointer(root, &mut { other_index }, String::new()).unwrap_or_default());
+    apply(root, seed, target, op, arg, arg2, nodes, other, other_index);
+    if let (Some(path), Some(other_path)) = (path, other_path) {
+        let now = root.pointer(&path).map_or("(gone)".to_string(), |v| {
+            let s = v.to_string();
+            if s.len() > 120 {
+                format!("{}... ({} bytes)", &s[..120], s.len())
+            } else {
+                s
+            }
+        });
+        let what = ["int", "arith", "float", "null", "bool", "string", "copy", "swap", "array/object"]
+            [(op % 12).min(8) as usize];
+        eprintln!("edit {what} (op {op} args {arg} {arg2}; other {other_path}) at '{path}' -> {now}");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    root: &mut Value,
+    seed: &Seed,
+    target: usize,
+    op: u8,
+    arg: u8,
+    arg2: u8,
+    nodes: usize,
+    other: Value,
+    other_index: usize,
+) {
     let Some(node) = nth_mut(root, &mut { target }) else { return };
     match op % 12 {
         // An interesting integer.
@@ -374,6 +427,9 @@ fuzz_target!(|data: &[u8]| {
     let mut e = Edits { data, at: 0 };
     let first = e.byte();
     let seed = &st.seeds[(first & 0x7f) as usize % st.seeds.len()];
+    if explain() {
+        eprintln!("seed {}{}", seed.name, if first & 0x80 != 0 { ", every row's logits" } else { "" });
+    }
     let mut header = seed.header.clone();
     let mut n = 0;
     while !e.done() && n < MAX_EDITS {
