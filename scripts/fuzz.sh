@@ -40,10 +40,11 @@ if [ "$target" = checkpoint ]; then
   timeout=10
 else
   # The seed plans are compiled by the target at start-up; these inputs pick one each, unedited (bit 7: keep
-  # the logits of every prompt row).
+  # the logits of every prompt row; bit 6: prefill in chunks of 2).
   for i in 0 1 2 3 4; do
     printf "\\x$(printf %02x $i)" >"$corpus/seed-$i"
     printf "\\x$(printf %02x $((i | 128)))" >"$corpus/seed-$i-all-rows"
+    printf "\\x$(printf %02x $((i | 64)))" >"$corpus/seed-$i-chunked"
   done
   max_len=256
   timeout=20

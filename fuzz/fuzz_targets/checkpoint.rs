@@ -7,7 +7,7 @@
 //! 0      1  weight format: index into WeightFormat::ALL (mod 5)
 //! 1      1  --max-context: 0 = none, else the value
 //! 2      1  fill byte for the padding below
-//! 3      1  reserved
+//! 3      1  KV cache: 0 = the compiler's default, 1 = f32, 2 = f16 (mod 3)
 //! 4      4  config.json length C (clamped to what is there)
 //! 8      4  padding length P (clamped to MAX_PAD)
 //! 12     C  config.json
@@ -24,7 +24,7 @@ use libfuzzer_sys::fuzz_target;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use unicorn_compiler::compile::{compile, CompileOptions};
-use unicorn_ir::WeightFormat;
+use unicorn_ir::{DType, WeightFormat};
 use unicorn_passes::{Options, Target};
 
 /// Largest padding: larger than any seed's data section, small enough to stay fast.
@@ -53,6 +53,7 @@ struct Input<'a> {
     format: WeightFormat,
     max_context: Option<usize>,
     fill: u8,
+    kv_cache: Option<DType>,
     pad: usize,
     config: &'a [u8],
     safetensors: &'a [u8],
@@ -66,6 +67,7 @@ fn split(data: &[u8]) -> Option<Input<'_>> {
         format: WeightFormat::ALL[head[0] as usize % WeightFormat::ALL.len()],
         max_context: (head[1] != 0).then_some(head[1] as usize),
         fill: head[2],
+        kv_cache: [None, Some(DType::F32), Some(DType::F16)][head[3] as usize % 3],
         pad: u32_at(8).min(MAX_PAD),
         config,
         safetensors,
@@ -97,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
     put(&dir.join("model.safetensors"), input.safetensors, input.pad, input.fill);
     let options = CompileOptions {
         passes: Options { target: Target::Cpu, weights: input.format },
+        kv_cache: input.kv_cache,
         max_context: input.max_context,
         progress: false,
     };

@@ -15,19 +15,19 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use unicorn_compiler::compile::{compile, CompileOptions};
 use unicorn_ir::container::{FORMAT_VERSION, MAGIC};
-use unicorn_ir::WeightFormat;
+use unicorn_ir::{DType, WeightFormat};
 use unicorn_passes::{Options, Target};
 use unicorn_runtime::sampler::argmax;
 use unicorn_runtime::{Model, Session};
 use xxhash_rust::xxh3::xxh3_64;
 
-/// The fixtures compiled into seed plans, and their weight formats.
-const SEEDS: &[(&str, WeightFormat)] = &[
-    ("llama_gqa", WeightFormat::Q8_0),
-    ("llama_gqa", WeightFormat::F32),
-    ("llama3_mqa_tied", WeightFormat::Q4_0),
-    ("qwen2_bias", WeightFormat::Bf16),
-    ("gemma3_text", WeightFormat::F16),
+/// The fixtures compiled into seed plans, their weight formats and KV-cache types (None: the compiler's default).
+const SEEDS: &[(&str, WeightFormat, Option<DType>)] = &[
+    ("llama_gqa", WeightFormat::Q8_0, None),
+    ("llama_gqa", WeightFormat::F32, None),
+    ("llama3_mqa_tied", WeightFormat::Q4_0, None),
+    ("qwen2_bias", WeightFormat::Bf16, Some(DType::F32)),
+    ("gemma3_text", WeightFormat::F16, None),
 ];
 
 /// Edits applied to one input at most.
@@ -94,10 +94,11 @@ fn state() -> &'static State {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
         let seeds = SEEDS
             .iter()
-            .map(|&(name, format)| {
+            .map(|&(name, format, kv_cache)| {
                 let plan = dir.join(format!("seed-{name}.{format}.ucp"));
                 let options = CompileOptions {
                     passes: Options { target: Target::Cpu, weights: format },
+                    kv_cache,
                     max_context: None,
                     progress: false,
                 };
@@ -409,10 +410,22 @@ fn wrap(seed: &Seed, mut header: Value) -> Vec<u8> {
     out
 }
 
-/// What `unicorn-rt --tokens 1,2,3 -n 3` does: prefill 3 tokens, then 2 decode steps on the greedy picks.
-fn run(path: &Path, all_rows: bool) {
-    let Ok(model) = Model::load(path) else { return };
-    let mut session = Session::new(&model, 5);
+/// What `unicorn-rt --tokens 1,2,3 -n 3 [--prefill-chunk 2]` does: prefill 3 tokens, then 2 decode steps on
+/// the greedy picks. Loading validates the plan; a plan refused there (or by the session) is fine.
+fn run(path: &Path, all_rows: bool, chunked: bool) {
+    let model = match Model::load(path) {
+        Ok(m) => m,
+        Err(e) => {
+            if explain() {
+                eprintln!("refused: {e}");
+            }
+            return;
+        }
+    };
+    let Ok(mut session) = Session::new(&model, 5) else { return };
+    if chunked && session.set_prefill_chunk(2).is_err() {
+        return;
+    }
     let Ok(logits) = session.forward(&[1, 2, 3], all_rows) else { return };
     let vocab = model.header().spec.vocab_size.max(1);
     let mut next = argmax(&logits[logits.len().saturating_sub(vocab)..]);
@@ -420,15 +433,20 @@ fn run(path: &Path, all_rows: bool) {
         let Ok(logits) = session.forward(&[next], false) else { return };
         next = argmax(logits);
     }
+    if explain() {
+        eprintln!("ran: prefill and 2 decode steps, last token {next}");
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
     let st = state();
     let mut e = Edits { data, at: 0 };
     let first = e.byte();
-    let seed = &st.seeds[(first & 0x7f) as usize % st.seeds.len()];
+    let seed = &st.seeds[(first & 0x3f) as usize % st.seeds.len()];
     if explain() {
-        eprintln!("seed {}{}", seed.name, if first & 0x80 != 0 { ", every row's logits" } else { "" });
+        let rows = if first & 0x80 != 0 { ", every row's logits" } else { "" };
+        let chunk = if first & 0x40 != 0 { ", prefill in chunks of 2" } else { "" };
+        eprintln!("seed {}{rows}{chunk}", seed.name);
     }
     let mut header = seed.header.clone();
     let mut n = 0;
@@ -437,6 +455,11 @@ fuzz_target!(|data: &[u8]| {
         n += 1;
     }
     let path = st.dir.join("plan.ucp");
-    std::fs::write(&path, wrap(seed, header)).expect("write the plan");
-    run(&path, first & 0x80 != 0);
+    let plan = wrap(seed, header);
+    std::fs::write(&path, &plan).expect("write the plan");
+    // UNICORN_FUZZ_DUMP=FILE keeps the edited plan (to hand a reproducer to unicorn-rt or unicornc inspect).
+    if let Some(dump) = std::env::var_os("UNICORN_FUZZ_DUMP") {
+        std::fs::write(dump, &plan).expect("write UNICORN_FUZZ_DUMP");
+    }
+    run(&path, first & 0x80 != 0, first & 0x40 != 0);
 });
