@@ -63,13 +63,22 @@ pub struct CpuExecutor<'m> {
     /// reused, so steady-state decoding allocates nothing.
     arena: Vec<f32>,
     scratch: Scratch,
+    /// Each run's rows in arena 0 and in arena 1, kept between executions so decoding allocates nothing.
+    segs: [Vec<Segment>; 2],
     /// Time spent per kernel name, when profiling.
     profile: Option<std::collections::BTreeMap<String, (std::time::Duration, usize)>>,
 }
 
 impl<'m> CpuExecutor<'m> {
     pub fn new(model: &'m Model) -> Self {
-        Self { model, seqs: Vec::new(), arena: Vec::new(), scratch: Scratch::default(), profile: None }
+        Self {
+            model,
+            seqs: Vec::new(),
+            arena: Vec::new(),
+            scratch: Scratch::default(),
+            segs: [Vec::new(), Vec::new()],
+            profile: None,
+        }
     }
 }
 
@@ -193,7 +202,8 @@ impl Executor for CpuExecutor<'_> {
             })?;
             self.arena.resize(need, 0.0);
         }
-        let mut segs: [Vec<Segment>; 2] = [Vec::with_capacity(runs.len()), Vec::with_capacity(runs.len())];
+        let mut segs = std::mem::take(&mut self.segs);
+        segs.iter_mut().for_each(Vec::clear);
         let (mut row, mut kept) = (0, 0);
         for r in runs {
             segs[0].push(Segment { row, rows: r.tokens.len(), pos: r.pos });
@@ -320,6 +330,7 @@ impl Executor for CpuExecutor<'_> {
         }
         logits.clear();
         logits.extend_from_slice(view(&plan.result));
+        self.segs = segs;
         Ok(())
     }
 
