@@ -126,7 +126,7 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     let kv_cache = options.kv_cache.unwrap_or_else(|| unicorn_passes::default_kv_cache(options.passes.weights));
     let header = lower(&module, LowerOptions { target: options.passes.target, kv_cache });
 
-    let mut out = PlanWriter::create(plan_path)?;
+    let mut out = PlanWriter::create(plan_path, &ck.input_files())?;
     let total: u64 = header.weights.iter().map(|w| ck.get(&w.name).map_or(0, |t| ck.bytes(t).len() as u64)).sum();
     let mut progress = Progress {
         enabled: options.progress && total >= 64 << 20,
@@ -159,7 +159,6 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
         "generation_config": generation,
     });
     out.section(SectionKind::Metadata, &serde_json::to_vec_pretty(&metadata)?)?;
-    out.finish(header.clone())?;
-    let plan_bytes = std::fs::metadata(plan_path).map(|m| m.len()).unwrap_or(0);
+    let plan_bytes = out.finish(header.clone())?;
     Ok(CompileSummary { header, reports, plan_bytes, seconds: start.elapsed().as_secs_f64() })
 }

@@ -1,10 +1,11 @@
 //! unicornc: compiles a Hugging Face checkpoint into a Unicorn plan.
 
-use anyhow::{bail, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use unicorn_compiler::compile::{compile, CompileOptions};
+use unicorn_ir::validate::limits::MAX_CONTEXT;
 use unicorn_ir::{DType, WeightFormat};
 use unicorn_passes::{Options, Target};
 
@@ -13,23 +14,6 @@ use unicorn_passes::{Options, Target};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum TargetArg {
-    /// The CPU (AVX2/FMA where available).
-    Cpu,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum WeightsArg {
-    F32,
-    F16,
-    Bf16,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_0")]
-    Q4_0,
 }
 
 #[derive(Subcommand)]
@@ -41,18 +25,19 @@ enum Command {
         /// Where to write the plan.
         #[arg(short = 'o', long = "output", value_name = "PLAN")]
         output: PathBuf,
-        /// The device the plan runs on.
-        #[arg(long, value_enum, default_value = "cpu")]
-        target: TargetArg,
-        /// Storage format of the projection and embedding weights (norms and biases stay f32).
-        #[arg(long, value_enum, default_value = "q8_0")]
-        weights: WeightsArg,
+        /// The device the plan runs on: cpu.
+        #[arg(long, default_value = "cpu", value_parser = Target::parse)]
+        target: Target,
+        /// Storage format of the projection and embedding weights (norms and biases stay f32): f32, f16, bf16,
+        /// q8_0 or q4_0.
+        #[arg(long, value_name = "FORMAT", default_value = "q8_0", value_parser = WeightFormat::parse)]
+        weights: WeightFormat,
         /// Element type of the KV cache: f32, or f16 (half the memory); default f16, f32 with --weights f32.
         #[arg(long, value_name = "TYPE", value_parser = parse_kv_cache)]
         kv_cache: Option<DType>,
         /// Longest sequence (prompt + generated tokens) the plan accepts; defaults to the model's.
-        #[arg(long, value_name = "N")]
-        max_context: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_CONTEXT))]
+        max_context: Option<u64>,
         /// Print what each pass did.
         #[arg(short, long)]
         verbose: bool,
@@ -80,21 +65,12 @@ fn parse_kv_cache(s: &str) -> Result<DType, String> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Compile { model, output, target, weights, kv_cache, max_context, verbose, quiet } => {
-            if max_context == Some(0) {
-                bail!("--max-context must be at least 1");
-            }
-            let weights = match weights {
-                WeightsArg::F32 => WeightFormat::F32,
-                WeightsArg::F16 => WeightFormat::F16,
-                WeightsArg::Bf16 => WeightFormat::Bf16,
-                WeightsArg::Q8_0 => WeightFormat::Q8_0,
-                WeightsArg::Q4_0 => WeightFormat::Q4_0,
+            let options = CompileOptions {
+                passes: Options { target, weights },
+                kv_cache,
+                max_context: max_context.map(|m| m as usize),
+                progress: !quiet,
             };
-            let target = match target {
-                TargetArg::Cpu => Target::Cpu,
-            };
-            let options =
-                CompileOptions { passes: Options { target, weights }, kv_cache, max_context, progress: !quiet };
             let s = compile(&model, &output, &options)?;
             if verbose {
                 for r in &s.reports {
@@ -115,40 +91,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { plan, steps } => {
             let plan = unicorn_ir::container::PlanFile::open(&plan)?;
-            print!("{}", unicorn_compiler::inspect::describe(&plan, steps));
+            unicorn_ir::cli::print(unicorn_compiler::inspect::describe(&plan, steps))?;
         }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .copied()
-            .map(String::from)
-            .or_else(|| info.payload().downcast_ref::<String>().cloned());
-        eprintln!("unicornc: internal error: {}", msg.unwrap_or_else(|| "panic".into()));
-    }));
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.render().to_string();
-            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-            eprintln!("unicornc: {}", line.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
-    };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("unicornc: error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    unicorn_ir::cli::main::<Cli>("unicornc", run)
 }

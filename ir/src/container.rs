@@ -12,12 +12,14 @@
 //! ...           header: JSON {"sections": [...], "plan": PlanHeader}
 //! ```
 //! The file is written under a temporary name in the destination folder and renamed when complete, so a
-//! reader never sees a half-written plan.
+//! reader never sees a half-written plan (see [`crate::output`]: a character device such as /dev/null is
+//! written in place, a destination that is one of the inputs is refused).
 
+use crate::output::{Access, Output, OutputError};
 use crate::plan::PlanHeader;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
@@ -55,6 +57,8 @@ struct FileHeader {
 pub enum ContainerError {
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error("{path}: not a Unicorn plan (bad magic)")]
     BadMagic { path: PathBuf },
     #[error("{path}: plan format version {found}, this build reads version {FORMAT_VERSION}; recompile the plan with this unicornc")]
@@ -67,33 +71,21 @@ pub enum ContainerError {
     MissingSection { path: PathBuf, kind: SectionKind },
 }
 
-/// Streams sections into a temporary file, then writes the header and renames it into place.
+/// Streams sections into the destination (a temporary file renamed into place, see [`crate::output`]), then
+/// writes the header and patches the prologue.
 pub struct PlanWriter {
     path: PathBuf,
-    tmp: PathBuf,
-    out: BufWriter<File>,
+    out: Output,
     pos: u64,
     sections: Vec<SectionEntry>,
     open: Option<(SectionKind, u64, Xxh3)>,
-    finished: bool,
 }
 
 impl PlanWriter {
-    pub fn create(path: &Path) -> Result<Self, ContainerError> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plan".into());
-        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-        let io = |error| ContainerError::Io { path: path.to_path_buf(), error };
-        let file = File::create(&tmp).map_err(io)?;
-        let mut w = Self {
-            path: path.to_path_buf(),
-            tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
-            pos: 0,
-            sections: Vec::new(),
-            open: None,
-            finished: false,
-        };
+    /// Start writing `path`; `inputs` are the files the plan is made from, which it may not replace.
+    pub fn create(path: &Path, inputs: &[&Path]) -> Result<Self, ContainerError> {
+        let out = Output::create(path, inputs, Access::Seekable, "a plan")?;
+        let mut w = Self { path: path.to_path_buf(), out, pos: 0, sections: Vec::new(), open: None };
         w.write_raw(&[0u8; PROLOGUE])?;
         Ok(w)
     }
@@ -148,8 +140,9 @@ impl PlanWriter {
         self.end_section()
     }
 
-    /// Write the header, patch the prologue, sync and rename into place.
-    pub fn finish(mut self, plan: PlanHeader) -> Result<(), ContainerError> {
+    /// Write the header, patch the prologue, and commit the output (sync and rename into place). Returns the
+    /// plan's size in bytes.
+    pub fn finish(mut self, plan: PlanHeader) -> Result<u64, ContainerError> {
         assert!(self.open.is_none(), "section left open");
         let header = FileHeader { sections: std::mem::take(&mut self.sections), plan };
         let json = serde_json::to_vec(&header).expect("plan header serializes");
@@ -162,22 +155,10 @@ impl PlanWriter {
         prologue.extend_from_slice(&header_offset.to_le_bytes());
         prologue.extend_from_slice(&(json.len() as u64).to_le_bytes());
         prologue.extend_from_slice(&xxh3_64(&json).to_le_bytes());
-        self.out.flush().map_err(|e| self.io(e))?;
-        let file = self.out.get_mut();
-        file.seek(SeekFrom::Start(0)).map_err(|e| ContainerError::Io { path: self.path.clone(), error: e })?;
-        file.write_all(&prologue).map_err(|e| ContainerError::Io { path: self.path.clone(), error: e })?;
-        file.sync_all().map_err(|e| ContainerError::Io { path: self.path.clone(), error: e })?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
-        self.finished = true;
-        Ok(())
-    }
-}
-
-impl Drop for PlanWriter {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        self.out.seek(SeekFrom::Start(0)).map_err(|e| self.io(e))?;
+        self.out.write_all(&prologue).map_err(|e| self.io(e))?;
+        self.out.commit()?;
+        Ok(header_offset + json.len() as u64)
     }
 }
 

@@ -15,9 +15,12 @@
 //! [`verify()`] function states the invariants every pass preserves. [`plan`] holds the executable form and
 //! [`container`] the `.ucp` file that stores it.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod container;
 pub mod graph;
 pub mod memory;
+pub mod output;
 pub mod plan;
 pub mod print;
 pub mod quant;

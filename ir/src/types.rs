@@ -33,8 +33,12 @@ impl WeightFormat {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.name() == s)
+    /// The format named `s` (as `--weights` takes it).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown weight format '{s}' (expected one of: {})", names.join(", "))
+        })
     }
 
     pub fn is_quantized(self) -> bool {

@@ -10,10 +10,20 @@ pub enum Target {
 }
 
 impl Target {
+    pub const ALL: [Target; 1] = [Target::Cpu];
+
     pub fn name(self) -> &'static str {
         match self {
             Target::Cpu => "cpu",
         }
+    }
+
+    /// The target named `s` (as `--target` takes it).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|t| t.name()).collect();
+            format!("unknown target '{s}' (this build has: {})", names.join(", "))
+        })
     }
 }
 

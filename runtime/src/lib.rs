@@ -23,4 +23,7 @@ pub enum Error {
     Plan(String),
     #[error("{0}")]
     Input(String),
+    /// Writing what was generated failed (a full disk, a closed pipe).
+    #[error("writing the generated text")]
+    Output(#[source] std::io::Error),
 }

@@ -5,12 +5,16 @@ use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use unicorn_ir::cli::print;
 use unicorn_ir::container::Residency;
 use unicorn_runtime::bench::BenchOptions;
 use unicorn_runtime::executor::{list_devices, DeviceKind};
 use unicorn_runtime::generate::{generate, StopReason};
 use unicorn_runtime::sampler::{Sampler, SamplerOptions};
 use unicorn_runtime::{Model, Session};
+
+/// The most worker threads `--threads` takes.
+const MAX_THREADS: u64 = 1024;
 
 #[derive(Parser)]
 #[command(name = "unicorn-rt", version, about = "Run a Unicorn plan (.ucp): generate text, or dump logits")]
@@ -54,9 +58,9 @@ struct Cli {
     /// Print the generated token ids, comma-separated, on one line (instead of text).
     #[arg(long)]
     print_ids: bool,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_name = "T")]
-    threads: Option<usize>,
+    /// Worker threads, 1 to 1024 (default: all cores).
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS))]
+    threads: Option<u64>,
     /// Map the plan file instead of reading it into memory: starts sooner on a large plan whose file is in the
     /// page cache, and shares those pages with other processes, but decodes a few percent slower (no huge pages).
     #[arg(long)]
@@ -132,16 +136,11 @@ fn run(cli: Cli) -> Result<()> {
         bail!("--top-p must be in (0, 1]");
     }
     if let Some(t) = cli.threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
-        unicorn_runtime::cpu::pool::set_threads(t);
+        unicorn_runtime::cpu::pool::set_threads(t as usize);
     }
     if cli.list_devices {
-        for d in list_devices() {
-            println!("{d}");
-        }
-        return Ok(());
+        let lines: String = list_devices().iter().map(|d| format!("{d}\n")).collect();
+        return print(lines);
     }
     let plan_path = cli.plan.clone().expect("clap requires a plan");
     let residency = if cli.mmap { Residency::Mapped } else { Residency::Resident };
@@ -169,12 +168,7 @@ fn run(cli: Cli) -> Result<()> {
             prefill_chunk: cli.prefill_chunk,
         };
         let r = unicorn_runtime::bench::run(&model, o)?;
-        if cli.json {
-            println!("{}", r.json());
-        } else {
-            print!("{}", r.table());
-        }
-        return Ok(());
+        return if cli.json { print(format!("{}\n", r.json())) } else { print(r.table()) };
     }
     let prompt: Vec<u32> = match (&cli.prompt, &cli.tokens) {
         (_, Some(t)) => parse_tokens(t)?,
@@ -200,8 +194,8 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(path) = &cli.logits_out {
         let mut session = new_session(prompt.len())?;
         let logits = session.forward(&prompt, true)?;
-        unicorn_runtime::npy::write_f32(path, &[prompt.len(), spec.vocab_size], logits)
-            .with_context(|| format!("--logits-out {}", path.display()))?;
+        unicorn_runtime::npy::write_f32(path, &[prompt.len(), spec.vocab_size], logits, &[&plan_path])
+            .context("--logits-out")?;
         if !cli.print_ids && cli.prompt.is_none() {
             return Ok(());
         }
@@ -222,34 +216,26 @@ fn run(cli: Cli) -> Result<()> {
             ids.push(t.to_string());
             Ok(())
         })?;
-        writeln!(out, "{}", ids.join(","))?;
+        writeln!(out, "{}", ids.join(",")).and_then(|_| out.flush()).context("stdout")?;
         stats
     } else {
         let tok = model
             .tokenizer()?
             .ok_or_else(|| anyhow!("{}: plan has no tokenizer; use --print-ids", plan_path.display()))?;
         if let Some(text) = &cli.prompt {
-            write!(out, "{text}")?;
-            out.flush()?;
+            write!(out, "{text}").and_then(|_| out.flush()).context("stdout")?;
         }
         let mut detok = Detokenizer::new(&prompt);
-        let mut io_err = None;
         let stats = generate(&mut session, &prompt, cli.n, &mut sampler, &eos, |t| {
             if eos.contains(&t) {
                 return Ok(());
             }
             if let Some(piece) = detok.push(&tok, t) {
-                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
-                    io_err.get_or_insert(e);
-                }
+                out.write_all(piece.as_bytes()).and_then(|_| out.flush()).map_err(unicorn_runtime::Error::Output)?;
             }
             Ok(())
         })?;
-        if let Some(e) = io_err {
-            return Err(e.into());
-        }
-        writeln!(out, "{}", detok.finish(&tok))?;
-        out.flush()?;
+        writeln!(out, "{}", detok.finish(&tok)).and_then(|_| out.flush()).context("stdout")?;
         stats
     };
     let why = match stats.stop {
@@ -268,33 +254,5 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .copied()
-            .map(String::from)
-            .or_else(|| info.payload().downcast_ref::<String>().cloned());
-        eprintln!("unicorn-rt: internal error: {}", msg.unwrap_or_else(|| "panic".into()));
-    }));
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.render().to_string();
-            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-            eprintln!("unicorn-rt: {}", line.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
-    };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("unicorn-rt: error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    unicorn_ir::cli::main::<Cli>("unicorn-rt", run)
 }

@@ -1,8 +1,12 @@
 //! Minimal writer of NumPy `.npy` files (format 1.0, little-endian float32, C order).
 
 use std::io::Write;
+use std::path::Path;
+use unicorn_ir::output::{Access, Output, OutputError};
 
-pub fn write_f32(path: &std::path::Path, shape: &[usize], data: &[f32]) -> std::io::Result<()> {
+/// Write `data` as a `shape` array to `path`, which may not be any of `inputs` (see [`unicorn_ir::output`]: a
+/// regular file is replaced only when complete; /dev/null or a FIFO is written in place).
+pub fn write_f32(path: &Path, shape: &[usize], data: &[f32], inputs: &[&Path]) -> Result<(), OutputError> {
     assert_eq!(shape.iter().product::<usize>(), data.len());
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
@@ -11,16 +15,15 @@ pub fn write_f32(path: &std::path::Path, shape: &[usize], data: &[f32]) -> std::
     let total = 10 + dict.len() + 1;
     dict.push_str(&" ".repeat(total.div_ceil(64) * 64 - total));
     dict.push('\n');
-    let tmp = path.with_extension("npy.tmp");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    f.write_all(b"\x93NUMPY\x01\x00")?;
-    f.write_all(&(dict.len() as u16).to_le_bytes())?;
-    f.write_all(dict.as_bytes())?;
+    let mut f = Output::create(path, inputs, Access::Stream, "an .npy array")?;
+    let io = |error| OutputError::Io { path: path.to_path_buf(), error };
+    f.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
+    f.write_all(&(dict.len() as u16).to_le_bytes()).map_err(io)?;
+    f.write_all(dict.as_bytes()).map_err(io)?;
     for v in data {
-        f.write_all(&v.to_le_bytes())?;
+        f.write_all(&v.to_le_bytes()).map_err(io)?;
     }
-    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(tmp, path)
+    f.commit()
 }
 
 #[cfg(test)]
@@ -29,7 +32,7 @@ mod tests {
     fn header_is_padded_to_64_bytes_and_data_follows() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.npy");
-        super::write_f32(&p, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        super::write_f32(&p, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[]).unwrap();
         let b = std::fs::read(&p).unwrap();
         let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0);

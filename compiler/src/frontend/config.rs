@@ -8,6 +8,7 @@ use super::error::FrontendError;
 use serde_json::{Map, Value};
 use std::path::Path;
 use unicorn_ir::spec::{Activation, Family, LayerSpec, ModelSpec, RopeScaling, RopeSpec};
+use unicorn_ir::validate::limits::{MAX_CONTEXT, MAX_DIM, MAX_LAYERS};
 
 /// Defaults of the family's transformers config class (transformers 5.23) for fields a config.json omits.
 struct Defaults {
@@ -641,11 +642,21 @@ pub(crate) fn parse(
     };
     let d = &r.d;
 
-    let positive = |key: &str, v: usize| if v == 0 { Err(o.err(key, "must be positive")) } else { Ok(v) };
+    // Sizes are bounded here, before anything is allocated from them, by the limits a plan is validated against.
+    let sized = |key: &str, v: usize, max: u64| {
+        if v == 0 {
+            Err(o.err(key, "must be positive"))
+        } else if v as u64 > max {
+            Err(o.err(key, format!("{v} is larger than this build supports ({max})")))
+        } else {
+            Ok(v)
+        }
+    };
+    let positive = |key: &str, v: usize| sized(key, v, MAX_DIM);
     let vocab_size = positive("vocab_size", o.uint("vocab_size", d.vocab_size)?)?;
     let hidden_size = positive("hidden_size", o.uint("hidden_size", d.hidden_size)?)?;
     let intermediate_size = positive("intermediate_size", o.uint("intermediate_size", d.intermediate_size)?)?;
-    let num_layers = positive("num_hidden_layers", o.uint("num_hidden_layers", d.num_hidden_layers)?)?;
+    let num_layers = sized("num_hidden_layers", o.uint("num_hidden_layers", d.num_hidden_layers)?, MAX_LAYERS)?;
     let num_heads = positive("num_attention_heads", o.uint("num_attention_heads", d.num_attention_heads)?)?;
     let num_kv_heads =
         positive("num_key_value_heads", o.uint("num_key_value_heads", d.num_key_value_heads.unwrap_or(num_heads))?)?;
@@ -731,7 +742,7 @@ pub(crate) fn parse(
     let max_pos = o.uint("max_position_embeddings", d.max_position_embeddings)?;
     let max_context = match max_context {
         Some(m) => m,
-        None => positive("max_position_embeddings", max_pos)?,
+        None => sized("max_position_embeddings", max_pos, MAX_CONTEXT)?,
     };
 
     let (full_rope, sliding_rope) = ropes(&o, r, max_pos)?;

@@ -74,6 +74,8 @@ pub struct Checkpoint {
     /// The weight file(s), for "not found" messages.
     searched: String,
     total_bytes: u64,
+    /// The files read, see [`Checkpoint::input_files`].
+    inputs: Vec<PathBuf>,
 }
 
 /// Where the weights are.
@@ -165,7 +167,11 @@ impl Checkpoint {
         };
         let gen_path = dir.join("generation_config.json");
         let generation_config_json = read_optional(&gen_path)?.map(|b| utf8(&gen_path, b)).transpose()?;
-        let tokenizer_json = read_optional(&dir.join("tokenizer.json"))?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer_json = read_optional(&tokenizer_path)?;
+        let mut inputs = vec![model.to_path_buf(), config_path.clone()];
+        inputs.extend(generation_config_json.as_ref().map(|_| gen_path.clone()));
+        inputs.extend(tokenizer_json.as_ref().map(|_| tokenizer_path.clone()));
         let spec = config::parse(
             &config_path,
             &config_json,
@@ -184,6 +190,7 @@ impl Checkpoint {
             unsupported: HashMap::new(),
             searched: String::new(),
             total_bytes: 0,
+            inputs,
         };
         match weights {
             Weights::Single(path) => {
@@ -191,6 +198,7 @@ impl Checkpoint {
                 ck.add_shard(&path, None)?;
             }
             Weights::Index(index) => {
+                ck.inputs.push(index.clone());
                 let shards = read_index(&index)?;
                 let files: Vec<&str> = shards.iter().map(|(f, _)| f.as_str()).collect();
                 ck.searched = format!("{} (shards: {})", index.display(), files.join(", "));
@@ -216,6 +224,7 @@ impl Checkpoint {
     /// Map one safetensors file and index its tensors. `listed`: the index and the names its weight_map puts here.
     fn add_shard(&mut self, path: &Path, listed: Option<(&Path, &[String])>) -> Result<(), FrontendError> {
         let (shard, entries) = safetensors::load(path)?;
+        self.inputs.push(path.to_path_buf());
         let idx = self.shards.len();
         if let Some((index, names)) = listed {
             if let Some(missing) = names.iter().find(|n| !entries.iter().any(|e| &e.stored == *n)) {
@@ -265,6 +274,12 @@ impl Checkpoint {
         }
         self.shards.push(shard);
         Ok(())
+    }
+
+    /// Every file this checkpoint was read from (the path given, config, generation config, tokenizer, index,
+    /// shards): an output may not be any of them.
+    pub fn input_files(&self) -> Vec<&Path> {
+        self.inputs.iter().map(PathBuf::as_path).collect()
     }
 
     /// The tensor with this canonical name, checked to have exactly `shape`.
