@@ -97,6 +97,8 @@ fn write_weight(ck: &Checkpoint, w: &PlanWeight, out: &mut PlanWriter, progress:
                 }
                 if interleaved {
                     let rb = w.format.row_bytes(cols).expect("whole blocks");
+                    // The last group is padded with zero rows (scale 0: every value 0), see WeightLayout.
+                    bytes.resize(bytes.len().next_multiple_of(INTERLEAVE * rb), 0);
                     let mut repacked = Vec::with_capacity(bytes.len());
                     for g in bytes.chunks(INTERLEAVE * rb) {
                         interleave_rows(w.format, cols, g, &mut repacked);

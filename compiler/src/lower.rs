@@ -2,6 +2,7 @@
 //! phase to launches; this file adds the KV caches, the prefill chunk and the memory estimate.
 
 use unicorn_ir::plan::{KvCacheDecl, KvCapacity, KvLayout, PlanHeader, PlanWeight};
+use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::{DType, Device, Module, Phase};
 use unicorn_passes::Target;
 use unicorn_targets::cpu;
@@ -10,10 +11,10 @@ use unicorn_targets::cpu;
 /// speed, short enough that the activations of a full-context prompt stay small.
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
-/// Bytes of a weight in its plan format.
-pub fn weight_bytes(w: &unicorn_ir::WeightInfo) -> u64 {
+/// Bytes of a weight in its plan format and layout (an interleaved matrix stores whole groups of rows).
+pub fn weight_bytes(w: &unicorn_ir::WeightInfo, layout: WeightLayout) -> u64 {
     let row = w.format.row_bytes(w.cols()).expect("precision pass chose a format that fits the rows");
-    (w.rows() * row) as u64
+    (layout.stored_rows(w.rows()) * row) as u64
 }
 
 /// What the plan asks of the executor beyond the graph.
@@ -28,15 +29,18 @@ pub fn lower(module: &Module, options: LowerOptions) -> PlanHeader {
     let mut weights: Vec<PlanWeight> = module
         .weights
         .iter()
-        .map(|w| PlanWeight {
-            name: w.name.clone(),
-            shape: w.shape.clone(),
-            role: w.role,
-            format: w.format,
-            layout: cpu::weight_layout(w.format, &w.shape),
-            align: cpu::WEIGHT_ALIGN,
-            offset: 0,
-            bytes: weight_bytes(w),
+        .map(|w| {
+            let layout = cpu::weight_layout(w.format, &w.shape);
+            PlanWeight {
+                name: w.name.clone(),
+                shape: w.shape.clone(),
+                role: w.role,
+                format: w.format,
+                layout,
+                align: cpu::WEIGHT_ALIGN,
+                offset: 0,
+                bytes: weight_bytes(w, layout),
+            }
         })
         .collect();
     PlanHeader::assign_weight_offsets(&mut weights);

@@ -83,9 +83,9 @@ pub enum WeightLayout {
     /// Row after row, each row its blocks in order (every format; what plans without a `layout` hold).
     #[default]
     Rows,
-    /// q4_0 / q8_0 only, rows a multiple of 8: groups of [`INTERLEAVE`] rows; inside a group, for each block
-    /// index, the 8 rows' f16 scales, then their quant bytes interleaved 4 bytes at a time (see
-    /// [`interleave_rows`]).
+    /// q4_0 / q8_0 matrices only: groups of [`INTERLEAVE`] rows; inside a group, for each block index, the 8
+    /// rows' f16 scales, then their quant bytes interleaved 4 bytes at a time (see [`interleave_rows`]). The rows
+    /// are padded with zero rows (scale 0, so every value 0) to whole groups: [`WeightLayout::stored_rows`].
     Interleaved8,
 }
 
@@ -97,9 +97,15 @@ impl WeightLayout {
     pub fn fits(self, format: WeightFormat, shape: &[usize]) -> bool {
         match self {
             WeightLayout::Rows => true,
-            WeightLayout::Interleaved8 => {
-                format.is_quantized() && shape.len() == 2 && shape[0] > 0 && shape[0].is_multiple_of(INTERLEAVE)
-            }
+            WeightLayout::Interleaved8 => format.is_quantized() && shape.len() == 2 && shape[0] > 0,
+        }
+    }
+
+    /// Rows stored for a matrix of `rows` rows: whole groups for [`WeightLayout::Interleaved8`].
+    pub fn stored_rows(self, rows: usize) -> usize {
+        match self {
+            WeightLayout::Rows => rows,
+            WeightLayout::Interleaved8 => rows.next_multiple_of(INTERLEAVE),
         }
     }
 
@@ -495,7 +501,11 @@ mod tests {
     fn layouts_fit_their_formats_and_shapes() {
         assert!(WeightLayout::Interleaved8.fits(WeightFormat::Q4_0, &[64, 32]));
         assert!(WeightLayout::Interleaved8.fits(WeightFormat::Q8_0, &[16, 64]));
-        assert!(!WeightLayout::Interleaved8.fits(WeightFormat::Q4_0, &[60, 32]));
+        assert!(WeightLayout::Interleaved8.fits(WeightFormat::Q4_0, &[60, 32]));
+        assert!(!WeightLayout::Interleaved8.fits(WeightFormat::Q4_0, &[0, 32]));
+        assert_eq!(WeightLayout::Interleaved8.stored_rows(60), 64);
+        assert_eq!(WeightLayout::Interleaved8.stored_rows(64), 64);
+        assert_eq!(WeightLayout::Rows.stored_rows(60), 60);
         assert!(!WeightLayout::Interleaved8.fits(WeightFormat::F16, &[64, 32]));
         assert!(!WeightLayout::Interleaved8.fits(WeightFormat::Q8_0, &[64]));
         assert!(WeightLayout::Rows.fits(WeightFormat::Q8_0, &[60, 32]));

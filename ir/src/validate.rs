@@ -223,13 +223,23 @@ fn check_weight(field: &str, w: &PlanWeight, section: u64, caps: &dyn Capabiliti
     let Some(row_bytes) = w.format.row_bytes(cols) else {
         return fail(field, format!("{cols} columns are not whole {} blocks", w.format));
     };
-    if (row_bytes as u64).checked_mul(rows as u64) != Some(w.bytes) {
-        return fail(field, format!("{} bytes, but {rows} x {cols} {} take {}", w.bytes, w.format, row_bytes * rows));
-    }
     if !w.layout.fits(w.format, &w.shape) {
         return fail(
             field,
             format!("a {} matrix of shape {:?} cannot be laid out {}", w.format, w.shape, w.layout.name()),
+        );
+    }
+    let stored = w.layout.stored_rows(rows);
+    if (row_bytes as u64).checked_mul(stored as u64) != Some(w.bytes) {
+        return fail(
+            field,
+            format!(
+                "{} bytes, but {rows} x {cols} {} laid out {} take {}",
+                w.bytes,
+                w.format,
+                w.layout.name(),
+                row_bytes * stored
+            ),
         );
     }
     if !caps.reads_weight(w.format, w.layout) {

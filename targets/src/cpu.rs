@@ -9,18 +9,17 @@
 
 use unicorn_ir::memory::Slot;
 use unicorn_ir::plan::{ActSlot, ArenaDecl, ArenaId, Arg, Backend, Expr, KernelEntry, KernelId, PlanPhase, Step};
-use unicorn_ir::quant::{WeightLayout, INTERLEAVE};
+use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::validate::limits::MAX_GROUP;
 use unicorn_ir::{DType, Dim, Graph, Module, NodeId, Op, WeightFormat};
 
 /// Alignment of every weight in the weights section, so kernels can use aligned vector loads.
 pub const WEIGHT_ALIGN: u64 = 64;
 
-/// The layout the CPU kernels read a `rows x k` matrix in best: q4_0 / q8_0 matrices whose rows are a multiple
-/// of 8 are interleaved 8 rows at a time, so a kernel keeps 8 rows in vector lanes.
+/// The layout the CPU kernels read a `rows x k` matrix in: q4_0 / q8_0 matrices are interleaved 8 rows at a
+/// time (padded to whole groups), so a kernel keeps 8 rows in vector lanes; the only layout its int8 kernels read.
 pub fn weight_layout(format: WeightFormat, shape: &[usize]) -> WeightLayout {
-    let quantized = format.is_quantized();
-    if quantized && shape.len() == 2 && shape[0] > 0 && shape[0].is_multiple_of(INTERLEAVE) {
+    if format.is_quantized() && shape.len() == 2 && shape[0] > 0 {
         WeightLayout::Interleaved8
     } else {
         WeightLayout::Rows
@@ -165,10 +164,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantized_matrices_of_whole_groups_are_interleaved() {
+    fn quantized_matrices_are_interleaved_whatever_their_rows() {
         assert_eq!(weight_layout(WeightFormat::Q4_0, &[64, 32]), WeightLayout::Interleaved8);
         assert_eq!(weight_layout(WeightFormat::Q8_0, &[16, 64]), WeightLayout::Interleaved8);
-        assert_eq!(weight_layout(WeightFormat::Q4_0, &[60, 32]), WeightLayout::Rows);
+        assert_eq!(weight_layout(WeightFormat::Q4_0, &[60, 32]), WeightLayout::Interleaved8);
+        assert_eq!(weight_layout(WeightFormat::Q8_0, &[1, 32]), WeightLayout::Interleaved8);
         assert_eq!(weight_layout(WeightFormat::F16, &[64, 32]), WeightLayout::Rows);
         assert_eq!(weight_layout(WeightFormat::Q8_0, &[64]), WeightLayout::Rows);
     }

@@ -35,7 +35,8 @@ impl Capabilities for CpuCapabilities {
     }
 
     fn reads_weight(&self, format: WeightFormat, layout: WeightLayout) -> bool {
-        layout == WeightLayout::Rows || format.is_quantized()
+        // The int8 kernels read interleaved groups only (the CPU target pads every quantized matrix to them).
+        layout == if format.is_quantized() { WeightLayout::Interleaved8 } else { WeightLayout::Rows }
     }
 
     fn runs_kernel(&self, kernel: &KernelEntry, ops: &[Op]) -> bool {

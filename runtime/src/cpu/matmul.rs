@@ -10,11 +10,12 @@
 //! q8_0/q4_0 quantize the activations to q8 blocks first ([`super::q8`], once per call, into the [`Scratch`]),
 //! then multiply int8 by int8 as llama.cpp does. Float formats convert the weights to f32 on the fly. Every sum
 //! accumulates in f32. Kernels are chosen per call from [`Isa`]: portable Rust, AVX2 + FMA + F16C, or AVX-512
-//! VNNI for the int8 formats ([`super::matmul_vnni`]).
+//! VNNI for the int8 formats.
 //!
-//! q4_0 / q8_0 matrices stored [`WeightLayout::Interleaved8`] (the compiler's choice whenever `n` is a multiple of
-//! 8) go through the same driver with tiles 8 weight rows wide ([`super::matmul_x8`]): a GEMV tile is one group of
-//! 8 rows, a prefill tile 4 tokens x 8 rows.
+//! q4_0 / q8_0 matrices are always stored [`WeightLayout::Interleaved8`] (the compiler pads the rows to whole
+//! groups of 8 with zero rows) and go through the same driver with tiles 8 weight rows wide
+//! ([`super::matmul_x8`]): a GEMV tile is one group of 8 rows, a prefill tile 4 tokens x 8 rows; the last group
+//! of a matrix whose `n` is not a multiple of 8 stores only its real rows.
 //!
 //! Weight data needs no alignment (q8_0 blocks are 34 bytes, so nothing inside a tensor is aligned anyway).
 
@@ -28,8 +29,8 @@ use unicorn_ir::types::{WeightFormat, QK};
 #[derive(Clone, Copy)]
 pub struct WeightRef<'a> {
     pub format: WeightFormat,
-    /// Row arrangement: [`WeightLayout::Interleaved8`] (q4_0 / q8_0, `n` a multiple of 8) is multiplied by
-    /// [`super::matmul_x8`].
+    /// Row arrangement: [`WeightLayout::Rows`] for the float formats, [`WeightLayout::Interleaved8`] (rows padded
+    /// to whole groups) for q4_0 / q8_0, multiplied by [`super::matmul_x8`].
     pub layout: WeightLayout,
     pub n: usize,
     pub k: usize,
@@ -107,6 +108,21 @@ pub fn matmul_with(
     matmul_tiled(isa, None, x, rows, &mut [MatMulOut { w, bias, y }], scratch)
 }
 
+/// [`matmul_with`] with the tile shape fixed by the caller, for tuning (`runtime/benches/matmul.rs`):
+/// `(activation rows, weight rows)`, each 1..=4; for interleaved matrices the weight side counts groups of 8 and
+/// must be 1. Panics on other shapes.
+pub fn matmul_with_tile(
+    isa: Isa,
+    tile: (usize, usize),
+    x: &[f32],
+    rows: usize,
+    w: WeightRef,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    matmul_tiled(isa, Some(tile), x, rows, &mut [MatMulOut { w, bias: None, y }], scratch)
+}
+
 /// The driver behind every matmul entry point, with the tile shape (activation rows x weight rows, each 1..=4)
 /// optionally chosen by the caller.
 fn matmul_tiled(
@@ -124,11 +140,11 @@ fn matmul_tiled(
     for o in outs.iter() {
         let WeightRef { format, layout, n, .. } = o.w;
         assert!(o.w.k == k && format.is_quantized() == quantized, "fused matmuls disagree on k or format kind");
-        if layout == WeightLayout::Interleaved8 {
-            assert!(format.is_quantized() && n.is_multiple_of(INTERLEAVE), "{format} {n}-row matrix interleaved");
-        }
+        let want = if format.is_quantized() { WeightLayout::Interleaved8 } else { WeightLayout::Rows };
+        assert_eq!(layout, want, "matmul: {format} matrices are stored {}", want.name());
         assert_eq!(o.y.len(), rows * n, "matmul: y is not rows x n = {rows} x {n}");
-        assert_eq!(o.w.data.len(), n * o.w.row_bytes(), "matmul: {format} weight data is not {n} x {k}");
+        let stored = layout.stored_rows(n) * o.w.row_bytes();
+        assert_eq!(o.w.data.len(), stored, "matmul: {format} weight data is not {n} x {k} laid out {}", layout.name());
         if let Some(b) = o.bias {
             assert_eq!(b.len(), n, "matmul: bias is not n = {n} long");
         }
@@ -309,7 +325,7 @@ fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => super::matmul_avx2::tiles(format),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => super::matmul_vnni::tiles(format).unwrap_or_else(|| super::matmul_avx2::tiles(format)),
+        Isa::Avx512Vnni => super::matmul_avx2::tiles(format),
         _ => portable_tiles(format),
     }
 }
@@ -382,7 +398,7 @@ impl Job {
                             ldy: self.n,
                             bias: if self.bias.is_null() || k0 > 0 { std::ptr::null() } else { self.bias.add(j) },
                         };
-                        (self.tiles[rows - 1][cols / self.interleave - 1])(&args);
+                        (self.tiles[rows - 1][cols.div_ceil(self.interleave) - 1])(&args);
                         r += rows;
                     }
                     j += cols;
@@ -400,14 +416,11 @@ fn portable_tiles(format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
     static F32: [[TileFn; 4]; 4] = [[portable_float::<0> as TileFn; 4]; 4];
     static F16: [[TileFn; 4]; 4] = [[portable_float::<1> as TileFn; 4]; 4];
     static BF16: [[TileFn; 4]; 4] = [[portable_float::<2> as TileFn; 4]; 4];
-    static Q8_0: [[TileFn; 4]; 4] = [[portable_q8_0 as TileFn; 4]; 4];
-    static Q4_0: [[TileFn; 4]; 4] = [[portable_q4_0 as TileFn; 4]; 4];
     match format {
         WeightFormat::F32 => &F32,
         WeightFormat::F16 => &F16,
         WeightFormat::Bf16 => &BF16,
-        WeightFormat::Q8_0 => &Q8_0,
-        WeightFormat::Q4_0 => &Q4_0,
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => panic!("{format} matrices are multiplied interleaved (matmul_x8)"),
     }
 }
 
@@ -458,55 +471,6 @@ unsafe fn portable_float<const F: u8>(a: &TileArgs) {
     portable_store(a, &sums);
 }
 
-fn dot_i8(x: &[i8], w: &[i8]) -> i32 {
-    x.iter().zip(w).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum()
-}
-
-fn f16_at(p: &[u8]) -> f32 {
-    half::f16::from_le_bytes([p[0], p[1]]).to_f32()
-}
-
-unsafe fn portable_q8_0(a: &TileArgs) {
-    const BB: usize = 2 + QK;
-    let nb = a.k / QK;
-    let mut sums = [[0.0f32; 4]; 4];
-    for c in 0..a.cols {
-        let wrow = std::slice::from_raw_parts(a.w.add(c * a.ldw), nb * BB);
-        for (b, blk) in wrow.chunks_exact(BB).enumerate() {
-            let dw = f16_at(blk);
-            let wq = std::slice::from_raw_parts(blk[2..].as_ptr().cast::<i8>(), QK);
-            for (r, s) in sums.iter_mut().enumerate().take(a.rows) {
-                let xq = std::slice::from_raw_parts(a.x.add(r * a.ldx + b * QK).cast::<i8>(), QK);
-                s[c] += dw * *a.xd.add(r * a.ldxd + b) * dot_i8(xq, wq) as f32;
-            }
-        }
-    }
-    portable_store(a, &sums);
-}
-
-unsafe fn portable_q4_0(a: &TileArgs) {
-    const BB: usize = 2 + QK / 2;
-    let nb = a.k / QK;
-    let mut sums = [[0.0f32; 4]; 4];
-    let mut wq = [0i8; QK];
-    for c in 0..a.cols {
-        let wrow = std::slice::from_raw_parts(a.w.add(c * a.ldw), nb * BB);
-        for (b, blk) in wrow.chunks_exact(BB).enumerate() {
-            let dw = f16_at(blk);
-            for (j, &byte) in blk[2..].iter().enumerate() {
-                wq[j] = (byte & 15) as i8;
-                wq[j + QK / 2] = (byte >> 4) as i8;
-            }
-            for (r, s) in sums.iter_mut().enumerate().take(a.rows) {
-                let xq = std::slice::from_raw_parts(a.x.add(r * a.ldx + b * QK).cast::<i8>(), QK);
-                let (dx, m) = (*a.xd.add(r * a.ldxd + b), *a.xm.add(r * a.ldxd + b));
-                s[c] += dw * (dx * dot_i8(xq, &wq) as f32 - 8.0 * m);
-            }
-        }
-    }
-    portable_store(a, &sums);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,22 +503,22 @@ mod tests {
         (data, deq)
     }
 
-    /// The layouts a `format` matrix of `n` rows can be stored in.
-    fn layouts(format: WeightFormat, n: usize) -> Vec<WeightLayout> {
-        let mut l = vec![WeightLayout::Rows];
-        if WeightLayout::Interleaved8.fits(format, &[n, 32]) {
-            l.push(WeightLayout::Interleaved8);
-        }
-        l
+    /// The layouts the kernels read a `format` matrix in (the one the CPU target chooses).
+    fn layouts(format: WeightFormat, _n: usize) -> Vec<WeightLayout> {
+        vec![if format.is_quantized() { WeightLayout::Interleaved8 } else { WeightLayout::Rows }]
     }
 
-    /// Row-major `data` (`n` rows of `k`) rearranged into `layout`.
+    /// Row-major `data` (`n` rows of `k`) rearranged into `layout`, padded with zero rows to whole groups as the
+    /// compiler stores it.
     fn pack(format: WeightFormat, layout: WeightLayout, k: usize, data: &[u8]) -> Vec<u8> {
         match layout {
             WeightLayout::Rows => data.to_vec(),
             WeightLayout::Interleaved8 => {
-                let mut out = Vec::with_capacity(data.len());
-                for g in data.chunks(INTERLEAVE * format.row_bytes(k).unwrap()) {
+                let group = INTERLEAVE * format.row_bytes(k).unwrap();
+                let mut padded = data.to_vec();
+                padded.resize(data.len().next_multiple_of(group), 0);
+                let mut out = Vec::with_capacity(padded.len());
+                for g in padded.chunks(group) {
                     unicorn_ir::quant::interleave_rows(format, k, g, &mut out);
                 }
                 out
@@ -666,7 +630,8 @@ mod tests {
             // Several k blocks (2048 q8 bytes, 512 floats), the last one partial; and for floats a scalar tail.
             let long_k = if format.is_quantized() { (5, 40, 4192) } else { (6, 20, 1001) };
             let shapes = [(1, 301, 512), (5, 301, 256), (203, 3, 256), (37, 70, 1024), long_k];
-            // Multiples of 8 rows for the interleaved layout: ragged chunks of groups, one group, long k.
+            // The quantized formats store these padded to whole groups of 8 rows (301, 3 and 70 rows end in a
+            // partial group); and whole groups: ragged chunks of groups, one group, long k.
             let x8 = [(1, 344, 512), (6, 344, 256), (203, 8, 256), (37, 72, 1024), (5, 40, 4192)];
             for (rows, n, k) in shapes.into_iter().chain(x8) {
                 let (data, deq) = weights(&mut rng, format, n, k);
@@ -782,18 +747,17 @@ mod tests {
         let mut blk = vec![0x00, 0x38];
         blk.extend((0..32).map(|i| (i as i8 - 16) as u8));
         let mut out = [0.0; 32];
-        dequant_row(
-            WeightRef { layout: WeightLayout::Rows, format: WeightFormat::Q8_0, n: 1, k: 32, data: &blk },
-            0,
-            &mut out,
-        );
+        let layout = WeightLayout::Interleaved8;
+        let data = pack(WeightFormat::Q8_0, layout, 32, &blk);
+        assert_eq!(data.len(), 8 * blk.len(), "one row padded to a group of 8");
+        dequant_row(WeightRef { layout, format: WeightFormat::Q8_0, n: 1, k: 32, data: &data }, 0, &mut out);
         assert_eq!((out[0], out[17], out[31]), (-8.0, 0.5, 7.5));
     }
 
     #[test]
     fn edge_sizes_and_scratch_reuse() {
         let mut scratch = Scratch::default();
-        let w = WeightRef { layout: WeightLayout::Rows, format: WeightFormat::Q4_0, n: 0, k: 64, data: &[] };
+        let w = WeightRef { layout: WeightLayout::Interleaved8, format: WeightFormat::Q4_0, n: 0, k: 64, data: &[] };
         matmul(&[0.0; 128], 2, w, None, &mut [], &mut scratch);
         let w = WeightRef { layout: WeightLayout::Rows, format: WeightFormat::F32, n: 2, k: 0, data: &[] };
         let mut y = [9.0; 4];
@@ -803,7 +767,9 @@ mod tests {
         // Steady state: a second call of the same (or a smaller) shape keeps the scratch buffers where they are.
         let mut rng = Rng(5);
         let (data, _) = weights(&mut rng, WeightFormat::Q8_0, 64, 512);
-        let w = WeightRef { layout: WeightLayout::Rows, format: WeightFormat::Q8_0, n: 64, k: 512, data: &data };
+        let layout = WeightLayout::Interleaved8;
+        let data = pack(WeightFormat::Q8_0, layout, 512, &data);
+        let w = WeightRef { layout, format: WeightFormat::Q8_0, n: 64, k: 512, data: &data };
         let x = activations(&mut rng, 8, 512);
         let mut y = vec![0.0; 8 * 64];
         matmul(&x, 8, w, None, &mut y, &mut scratch);
@@ -823,205 +789,5 @@ mod tests {
     #[test]
     fn detected_isa_is_available() {
         assert!(Isa::detect().available());
-    }
-
-    /// The process-wide worker pool, as the benchmarks see it.
-    struct GlobalPool;
-
-    impl GlobalPool {
-        fn current_num_threads(&self) -> usize {
-            super::pool::threads()
-        }
-
-        fn install<R>(&self, f: impl FnOnce() -> R) -> R {
-            f()
-        }
-    }
-
-    fn thread_cpu_time() -> f64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a valid out-pointer for clock_gettime.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-    }
-
-    fn process_cpu_time() -> f64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a valid out-pointer for clock_gettime.
-        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-    }
-
-    /// Throughput per format: `cargo test --release -p unicorn-runtime -- --ignored --nocapture bench`, on one
-    /// thread and on the worker pool. `UNICORN_BENCH=<substring>` keeps the matching lines only (e.g.
-    /// `avx2 q4_0`). "cold" GEMVs rotate over enough copies of the matrix (256 MiB) to overflow the 32 MiB L3,
-    /// as a real model's layers do; "hot" ones reuse one matrix, which may then sit in L3.
-    #[test]
-    #[ignore]
-    fn bench_matmul() {
-        use std::time::Instant;
-        let filter = std::env::var("UNICORN_BENCH").unwrap_or_default();
-        let mut rng = Rng(1);
-        let mut scratch = Scratch::default();
-        // The worker pool: all cores.
-        let pools = [GlobalPool];
-        println!("isa detected: {}", Isa::detect().name());
-        for isa in isas() {
-            for format in WeightFormat::ALL {
-                let shapes = [
-                    (1, 2048, 2048, false),
-                    (1, 8192, 2048, false),
-                    (1, 2048, 8192, false),
-                    (1, 2048, 8192, true),
-                    (1, 8192, 2048, true),
-                    (128, 2048, 2048, false),
-                ];
-                for ((rows, n, k, cold), layout) in
-                    shapes.into_iter().flat_map(|s| layouts(format, s.1).into_iter().map(move |l| (s, l)))
-                {
-                    let label = format!(
-                        "{:8} {:5} {:12} rows={rows:4} n={n:5} k={k:5} {:4}",
-                        isa.name(),
-                        format.name(),
-                        layout.name(),
-                        if cold { "cold" } else { "hot" }
-                    );
-                    if !label.contains(&filter) || (isa == Isa::Portable && rows > 1) {
-                        continue;
-                    }
-                    let one = format.row_bytes(k).unwrap() * n;
-                    let copies = if cold { ((256 << 20) / one).max(2) } else { 1 };
-                    let mut data = Vec::new();
-                    for row in rng.vec(n * k, 1.0).chunks(k) {
-                        encode_row(format, row, &mut data);
-                    }
-                    let data = pack(format, layout, k, &data);
-                    let all: Vec<u8> = data.iter().copied().cycle().take(one * copies).collect();
-                    let x = activations(&mut rng, rows, k);
-                    let mut y = vec![0.0; rows * n];
-                    for pool in &pools {
-                        let threads = pool.current_num_threads();
-                        // The timing loop runs inside the pool; with one thread, its CPU time is the kernel's
-                        // alone, which stays meaningful when other processes share the machine.
-                        let (wall, cpu, busy) = pool.install(|| {
-                            let mut c = 0;
-                            let mut call = || {
-                                let w = WeightRef { format, layout, n, k, data: &all[c * one..(c + 1) * one] };
-                                matmul_with(isa, &x, rows, w, None, &mut y, &mut scratch);
-                                c = (c + 1) % copies;
-                            };
-                            call();
-                            // Best of several ~30 ms batches: other processes on the machine only slow a run down.
-                            let (mut wall, mut cpu, mut busy) = (f64::MAX, f64::MAX, 0.0f64);
-                            for _ in 0..8 {
-                                let (start, cpu0, proc0) = (Instant::now(), thread_cpu_time(), process_cpu_time());
-                                let mut iters = 0;
-                                while start.elapsed().as_secs_f64() < 0.03 || iters < 2 {
-                                    call();
-                                    iters += 1;
-                                }
-                                let n = f64::from(iters);
-                                let elapsed = start.elapsed().as_secs_f64();
-                                if elapsed / n < wall {
-                                    busy = (process_cpu_time() - proc0) / elapsed;
-                                }
-                                wall = wall.min(elapsed / n);
-                                cpu = cpu.min((thread_cpu_time() - cpu0) / n);
-                            }
-                            (wall, cpu, busy)
-                        });
-                        let t = if threads == 1 { cpu } else { wall };
-                        println!(
-                            "{label} threads={threads}: {:9.1} us {:7.1} GFLOP/s {:6.1} GB/s{}",
-                            t * 1e6,
-                            2.0 * (rows * n * k) as f64 / t / 1e9,
-                            one as f64 / t / 1e9,
-                            if threads == 1 {
-                                format!("  (thread CPU time; wall {:.1} us)", wall * 1e6)
-                            } else {
-                                format!("  (wall; {busy:.1} cores busy)")
-                            },
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// Compares tile shapes, interleaved so that other load on the machine hits all of them alike:
-    /// `cargo test --release -p unicorn-runtime -- --ignored --nocapture tune_tiles`. `UNICORN_TILES=4x2,4x3`
-    /// picks the shapes, `UNICORN_TUNE=rows,n,k,threads` the problem (GEMVs rotate over 256 MiB of weights).
-    #[test]
-    #[ignore]
-    fn tune_tiles() {
-        use std::time::Instant;
-        let shapes: Vec<(usize, usize)> = match std::env::var("UNICORN_TILES") {
-            Ok(v) => v
-                .split(',')
-                .map(|t| t.split_once('x').unwrap())
-                .map(|(r, c)| (r.parse().unwrap(), c.parse().unwrap()))
-                .collect(),
-            Err(_) => vec![(4, 2), (4, 3), (2, 4), (3, 3), (1, 1), (1, 4)],
-        };
-        let p: Vec<usize> = std::env::var("UNICORN_TUNE")
-            .unwrap_or("64,512,2048,1".into())
-            .split(',')
-            .map(|v| v.parse().unwrap())
-            .collect();
-        let (rows, n, k, threads) = (p[0], p[1], p[2], p[3]);
-        let pool = GlobalPool;
-        assert!(
-            threads == pool.current_num_threads() || threads == 1,
-            "the pool runs {} threads",
-            pool.current_num_threads()
-        );
-        let mut rng = Rng(3);
-        let mut scratch = Scratch::default();
-        for format in WeightFormat::ALL {
-            let one = format.row_bytes(k).unwrap() * n;
-            let copies = if rows == 1 { ((256 << 20) / one).max(2) } else { 1 };
-            let mut data = Vec::new();
-            for row in rng.vec(n * k, 1.0).chunks(k) {
-                encode_row(format, row, &mut data);
-            }
-            let all: Vec<u8> = data.iter().copied().cycle().take(one * copies).collect();
-            let x = activations(&mut rng, rows, k);
-            let mut y = vec![0.0; rows * n];
-            let mut best = vec![f64::MAX; shapes.len()];
-            let mut c = 0;
-            pool.install(|| {
-                for _ in 0..15 {
-                    for (s, &tile) in shapes.iter().enumerate() {
-                        let start = Instant::now();
-                        let reps = 4;
-                        for _ in 0..reps {
-                            let w = WeightRef {
-                                format,
-                                layout: WeightLayout::Rows,
-                                n,
-                                k,
-                                data: &all[c * one..(c + 1) * one],
-                            };
-                            let mut out = [MatMulOut { w, bias: None, y: &mut y }];
-                            matmul_tiled(Isa::detect(), Some(tile), &x, rows, &mut out, &mut scratch);
-                            c = (c + 1) % copies;
-                        }
-                        best[s] = best[s].min(start.elapsed().as_secs_f64() / f64::from(reps));
-                    }
-                }
-            });
-            let line: Vec<String> = shapes
-                .iter()
-                .zip(&best)
-                .map(|((r, c), t)| {
-                    format!(
-                        "{r}x{c} {:5.1} GFLOP/s {:5.1} GB/s",
-                        2.0 * (rows * n * k) as f64 / t / 1e9,
-                        one as f64 / t / 1e9
-                    )
-                })
-                .collect();
-            println!("{:5} {rows}x{n}x{k} threads={threads}: {}", format.name(), line.join(" | "));
-        }
     }
 }

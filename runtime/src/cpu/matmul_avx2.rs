@@ -4,22 +4,22 @@
 //! 8-lane f32 accumulator and summed horizontally once at the end (llamafile's tinyBLAS does the same). Each weight
 //! vector is loaded (and converted or unpacked) once and used for `R` rows; each activation vector is used for `C`
 //! weight rows. The `1 x 1` tile is the GEMV kernel instead: one weight row, four accumulators along `k`.
-//! Float formats convert weights to f32 on the fly; q8_0 and q4_0 multiply int8 by int8 against the
-//! [`super::q8`] activations and scale each 32-block product by `d_w * d_x`.
+//! The float formats' tiles only: weights convert to f32 on the fly (f16 through F16C, bf16 by a shift). q8_0 and
+//! q4_0 matrices are always stored interleaved, and [`super::matmul_x8`] multiplies them.
 //!
-//! Every load is unaligned: q8_0 blocks are 34 bytes and q4_0 18, so nothing past the start of a tensor is aligned.
+//! Every load is unaligned: a tile's operands start anywhere inside a row.
 
 #![cfg(target_arch = "x86_64")]
 
 use super::matmul::{TileArgs, TileFn};
 use std::arch::x86_64::*;
-use unicorn_ir::types::{WeightFormat, QK};
+use unicorn_ir::types::WeightFormat;
 
 const F32: u8 = 0;
 const F16: u8 = 1;
 const BF16: u8 = 2;
 
-/// Tile functions for `format`, indexed `[R - 1][C - 1]`.
+/// Tile functions for the float `format`, indexed `[R - 1][C - 1]`. Panics for q8_0 / q4_0.
 pub(crate) fn tiles(format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
     /// `[[f::<1, 1>, f::<1, 2>, ...], ...]` for `R, C` in `1..=4`, with optional leading generic arguments.
     macro_rules! table {
@@ -35,26 +35,23 @@ pub(crate) fn tiles(format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
     static TF32: [[TileFn; 4]; 4] = with_row(table!(float_tile, F32), float_row::<F32>);
     static TF16: [[TileFn; 4]; 4] = with_row(table!(float_tile, F16), float_row::<F16>);
     static TBF16: [[TileFn; 4]; 4] = with_row(table!(float_tile, BF16), float_row::<BF16>);
-    static TQ8: [[TileFn; 4]; 4] = with_row(table!(q8_0_tile), q8_0_row);
-    static TQ4: [[TileFn; 4]; 4] = with_row(table!(q4_0_tile), q4_0_row);
     match format {
         WeightFormat::F32 => &TF32,
         WeightFormat::F16 => &TF16,
         WeightFormat::Bf16 => &TBF16,
-        WeightFormat::Q8_0 => &TQ8,
-        WeightFormat::Q4_0 => &TQ4,
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => panic!("{format} matrices are multiplied interleaved (matmul_x8)"),
     }
 }
 
 /// The `1 x 1` tile is a GEMV row: one sequential weight stream, which the hardware prefetchers follow best.
-pub(super) const fn with_row(mut t: [[TileFn; 4]; 4], row: TileFn) -> [[TileFn; 4]; 4] {
+const fn with_row(mut t: [[TileFn; 4]; 4], row: TileFn) -> [[TileFn; 4]; 4] {
     t[0][0] = row;
     t
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) unsafe fn hsum(v: __m256) -> f32 {
+unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -93,11 +90,7 @@ unsafe fn load1<const F: u8>(p: *const u8) -> f32 {
 /// Writes the tile's sums (plus bias) to `y`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) unsafe fn store<const R: usize, const C: usize>(
-    a: &TileArgs,
-    acc: &[[__m256; C]; R],
-    extra: &[[f32; C]; R],
-) {
+unsafe fn store<const R: usize, const C: usize>(a: &TileArgs, acc: &[[__m256; C]; R], extra: &[[f32; C]; R]) {
     for r in 0..R {
         for c in 0..C {
             let b = if a.bias.is_null() { 0.0 } else { *a.bias.add(c) };
@@ -141,94 +134,6 @@ unsafe fn float_tile<const F: u8, const R: usize, const C: usize>(a: &TileArgs) 
     store(a, &acc, &tail);
 }
 
-/// The f16 at `p` (any alignment) as f32, in all eight lanes. A broadcast load rather than an insert into a
-/// register: an insert would make the conversion wait for whatever that register last held.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub(super) unsafe fn splat_f16(p: *const u8) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned()))
-}
-
-/// `sum(w * x)` of two 32 x i8 vectors given `|x|`, as eight i32 lanes converted to f32.
-/// `_mm256_maddubs_epi16` wants an unsigned left operand, so it gets `|x|` and the weights take the activations'
-/// signs (`_mm256_sign_epi8`). The i16 pair sums cannot saturate: `2 * 127 * 127 < 32767` (q8 activations are
-/// within +-127; a -128 weight, which GGML's quantizer never writes, is fine against them too).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn dot_i8(w: __m256i, x: __m256i, x_abs: __m256i) -> __m256 {
-    let p16 = _mm256_maddubs_epi16(x_abs, _mm256_sign_epi8(w, x));
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
-}
-
-/// `sum(q * x)` of 32 unsigned nibbles (0..=15) by 32 i8, as eight i32 lanes converted to f32. Pair sums are
-/// at most `2 * 15 * 127`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn dot_u4(q: __m256i, x: __m256i) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1)))
-}
-
-/// The 32 nibbles of a q4_0 block's 16 bytes at `p` in element order: low nibbles, then high nibbles.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub(super) unsafe fn load_q4(p: *const u8) -> __m256i {
-    let raw = _mm_loadu_si128(p.cast());
-    let both = _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
-}
-
-/// q8_0 weights against q8 activations: per 32-block, `acc += (d_w * d_x) * sum(w * x)`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_tile<const R: usize, const C: usize>(a: &TileArgs) {
-    const BB: usize = 2 + QK;
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    for b in 0..a.k / QK {
-        let mut wq = [_mm256_setzero_si256(); C];
-        let mut dw = [_mm256_setzero_ps(); C];
-        for c in 0..C {
-            let p = a.w.add(c * a.ldw + b * BB);
-            dw[c] = splat_f16(p);
-            wq[c] = _mm256_loadu_si256(p.add(2).cast());
-        }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let xq = _mm256_loadu_si256(a.x.add(r * a.ldx + b * QK).cast());
-            let xa = _mm256_sign_epi8(xq, xq);
-            let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
-            for c in 0..C {
-                acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[c], dx), dot_i8(wq[c], xq, xa), acc[c]);
-            }
-        }
-    }
-    store(a, &acc, &[[0.0; C]; R]);
-}
-
-/// q4_0 weights against q8 activations. The nibbles `q` (0..=15) are already unsigned, so they go straight into
-/// `_mm256_maddubs_epi16`; the `- 8` comes back through the activations' per-block `m = d_x * sum(q_x)`:
-/// `acc += d_w * (d_x * sum(q * x) - m)` spread over the eight lanes, whose final sum counts `m` eight times.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0_tile<const R: usize, const C: usize>(a: &TileArgs) {
-    const BB: usize = 2 + QK / 2;
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    for b in 0..a.k / QK {
-        let mut wq = [_mm256_setzero_si256(); C];
-        let mut dw = [_mm256_setzero_ps(); C];
-        for c in 0..C {
-            let p = a.w.add(c * a.ldw + b * BB);
-            dw[c] = splat_f16(p);
-            wq[c] = load_q4(p.add(2));
-        }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let xq = _mm256_loadu_si256(a.x.add(r * a.ldx + b * QK).cast());
-            let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
-            let m = _mm256_broadcast_ss(&*a.xm.add(r * a.ldxd + b));
-            for c in 0..C {
-                acc[c] = _mm256_fmadd_ps(dw[c], _mm256_fmsub_ps(dx, dot_u4(wq[c], xq), m), acc[c]);
-            }
-        }
-    }
-    store(a, &acc, &[[0.0; C]; R]);
-}
-
 /// One f32 / f16 / bf16 weight row: four independent accumulators over 32 elements per step.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn float_row<const F: u8>(a: &TileArgs) {
@@ -255,47 +160,4 @@ unsafe fn float_row<const F: u8>(a: &TileArgs) {
     }
     let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     store::<1, 1>(a, &[[acc]], &[[tail]]);
-}
-
-/// One q8_0 weight row against one activation row, four blocks per step into independent accumulators.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_row(a: &TileArgs) {
-    const BB: usize = 2 + QK;
-    let nb = a.k / QK;
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut b = 0;
-    while b < nb {
-        for (u, acc) in acc.iter_mut().enumerate().take(nb - b) {
-            let p = a.w.add((b + u) * BB);
-            let xq = _mm256_loadu_si256(a.x.add((b + u) * QK).cast());
-            let p32 = dot_i8(_mm256_loadu_si256(p.add(2).cast()), xq, _mm256_sign_epi8(xq, xq));
-            let d = _mm256_mul_ps(splat_f16(p), _mm256_broadcast_ss(&*a.xd.add(b + u)));
-            *acc = _mm256_fmadd_ps(d, p32, *acc);
-        }
-        b += 4;
-    }
-    let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    store::<1, 1>(a, &[[acc]], &[[0.0]]);
-}
-
-/// One q4_0 weight row against one activation row, four blocks per step into independent accumulators.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0_row(a: &TileArgs) {
-    const BB: usize = 2 + QK / 2;
-    let nb = a.k / QK;
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut b = 0;
-    while b < nb {
-        for (u, acc) in acc.iter_mut().enumerate().take(nb - b) {
-            let p = a.w.add((b + u) * BB);
-            let xq = _mm256_loadu_si256(a.x.add((b + u) * QK).cast());
-            let dx = _mm256_broadcast_ss(&*a.xd.add(b + u));
-            let m = _mm256_broadcast_ss(&*a.xm.add(b + u));
-            let t = _mm256_fmsub_ps(dx, dot_u4(load_q4(p.add(2)), xq), m);
-            *acc = _mm256_fmadd_ps(splat_f16(p), t, *acc);
-        }
-        b += 4;
-    }
-    let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    store::<1, 1>(a, &[[acc]], &[[0.0]]);
 }

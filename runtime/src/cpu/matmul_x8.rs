@@ -11,8 +11,9 @@
 //! for each 4-byte chunk `j` of the block's quants, chunk `j` of rows 0..8. q4_0 chunk `j` holds elements
 //! `4j..4j+4` (low nibbles) and `16+4j..16+4j+4` (high nibbles).
 //!
-//! `TileArgs` as in [`super::matmul`]: `w` points at the group's first block of the k-stretch, `cols` is 8 and
-//! `ldw` unused.
+//! `TileArgs` as in [`super::matmul`]: `w` points at the group's first block of the k-stretch and `ldw` is
+//! unused. `cols` is 8, or fewer in the last group of a matrix whose rows were padded to whole groups: the tile
+//! computes all 8 lanes (the padding rows are zeros) and stores the first `cols`.
 
 use super::isa::Isa;
 use super::matmul::{TileArgs, TileFn};
@@ -56,7 +57,7 @@ const BG8: usize = G * (2 + QK);
 /// Writes `sums[r][c]` (plus bias) to the tile's outputs.
 unsafe fn store_portable<const R: usize>(a: &TileArgs, sums: &[[f32; G]; R]) {
     for (r, s) in sums.iter().enumerate() {
-        for (c, &s) in s.iter().enumerate() {
+        for (c, &s) in s.iter().enumerate().take(a.cols) {
             let b = if a.bias.is_null() { 0.0 } else { *a.bias.add(c) };
             let y = a.y.add(r * a.ldy + c);
             *y = if a.accumulate { *y + s } else { s + b };
@@ -116,6 +117,13 @@ use std::arch::x86_64::*;
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn store_x8<const R: usize>(a: &TileArgs, acc: &[__m256; R]) {
+    if a.cols < G {
+        let mut sums = [[0.0f32; G]; R];
+        for (s, &v) in sums.iter_mut().zip(acc) {
+            _mm256_storeu_ps(s.as_mut_ptr(), v);
+        }
+        return store_portable(a, &sums);
+    }
     for (r, &v) in acc.iter().enumerate() {
         let y = a.y.add(r * a.ldy);
         let v = if a.accumulate {

@@ -4,7 +4,6 @@ pub mod exec;
 pub mod isa;
 pub mod matmul;
 pub mod matmul_avx2;
-pub mod matmul_vnni;
 pub mod matmul_x8;
 pub mod ops;
 pub mod pool;
