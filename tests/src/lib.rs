@@ -8,11 +8,23 @@ use unicorn_passes::{Options, Target};
 use unicorn_runtime::sampler::argmax;
 use unicorn_runtime::{Model, Session};
 
+/// The committed fixtures. The first call in a test binary also prints what the in-process kernels run with,
+/// so every test log says which ISA and thread count judged the code.
 pub fn fixtures_dir() -> PathBuf {
+    static ANNOUNCE: std::sync::Once = std::sync::Once::new();
+    ANNOUNCE.call_once(|| {
+        eprintln!(
+            "unicorn-tests: CPU kernels {} (this CPU runs {:?}), {} worker threads",
+            unicorn_runtime::cpu::isa::Isa::detect().name(),
+            unicorn_runtime::cpu::isa::Isa::available_all(),
+            unicorn_runtime::cpu::pool::threads()
+        )
+    });
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// Every fixture folder (those with an expected.json), sorted.
+/// Every fixture folder (those with an expected.json), sorted. Panics when there are none: a fixture test that
+/// finds nothing to judge fails.
 pub fn fixtures() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(fixtures_dir())
         .expect("tests/fixtures exists")
@@ -21,6 +33,12 @@ pub fn fixtures() -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     v.sort();
+    assert!(
+        v.len() >= 10,
+        "only {} fixtures in {}: run tests/fixtures/make_fixtures.py",
+        v.len(),
+        fixtures_dir().display()
+    );
     v
 }
 

@@ -1,5 +1,6 @@
 //! The command-line contract, through the real binaries.
 
+use unicorn_ir::WeightFormat;
 use unicorn_tests::*;
 
 fn ids_arg(ids: &[u32]) -> String {
@@ -148,27 +149,55 @@ fn streamed_text_is_the_decoding_of_the_generated_ids() {
 
 #[test]
 fn every_kernel_family_matches_transformers() {
-    // unicorn-rt picks AVX-512 VNNI, AVX2 or portable kernels at start-up; UNICORN_CPU_ISA forces a family (one
-    // this CPU lacks falls back to the detected one), so the portable instances of the elementwise and attention
-    // kernels are exercised here too. Gemma 3 covers the GELU, the (1+w) norms, q/k norms and sliding windows,
-    // through prefill (logits) and decode (greedy ids).
+    // unicorn-rt picks AVX-512 VNNI, AVX2 or portable kernels at start-up; UNICORN_CPU_ISA forces a family, so
+    // every family this CPU has runs end to end here, the portable instances of the elementwise and attention
+    // kernels included. Gemma 3 covers the GELU, the (1+w) norms, q/k norms and sliding windows, through prefill
+    // (logits) and decode (greedy ids). The int8 formats run under every family too: each family's logits agree
+    // with the portable kernels' within the f32 summation order, and the greedy ids are the same.
+    use unicorn_runtime::cpu::isa::Isa;
     let name = "gemma3_text";
     let exp = expected(name);
     let dir = tempfile::tempdir().unwrap();
-    let plan = compile_to(&fixtures_dir().join(name), dir.path(), unicorn_ir::WeightFormat::F32, None);
-    let (p, tokens, n) = (plan.to_str().unwrap(), ids_arg(&exp.prompt_ids), exp.greedy_ids.len().to_string());
-    for isa in ["portable", "avx2", "avx512vnni"] {
-        let rt = |args: &[&str]| {
-            let out = std::process::Command::new(bin("unicorn-rt")).env("UNICORN_CPU_ISA", isa).args(args).output();
-            let out = out.expect("unicorn-rt runs");
-            assert!(out.status.success(), "{isa}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap()
-        };
-        let npy = dir.path().join(format!("{isa}.npy"));
-        rt(&[p, "--tokens", &tokens, "--logits-out", npy.to_str().unwrap()]);
-        let a = compare(&read_npy_f32(&npy).1, &exp.logits, exp.vocab);
-        assert!(a.rel_err <= 1e-5 && a.argmax == 1.0, "{isa}: {a:?}");
-        let ids = rt(&[p, "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"]);
-        assert_eq!(ids.trim(), ids_arg(&exp.greedy_ids), "{isa}");
+    let (tokens, n) = (ids_arg(&exp.prompt_ids), exp.greedy_ids.len().to_string());
+    let rt = |isa: &str, args: &[&str]| {
+        let out = std::process::Command::new(bin("unicorn-rt")).env("UNICORN_CPU_ISA", isa).args(args).output();
+        out.expect("unicorn-rt runs")
+    };
+    let families = Isa::available_all();
+    eprintln!("kernel families on this CPU: {families:?}");
+    for format in [WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        let plan = compile_to(&fixtures_dir().join(name), dir.path(), format, None);
+        let p = plan.to_str().unwrap();
+        let mut portable: Option<(Vec<f32>, String)> = None;
+        for isa in &families {
+            let npy = dir.path().join(format!("{}-{format}.npy", isa.name()));
+            let out = rt(isa.name(), &[p, "--tokens", &tokens, "--logits-out", npy.to_str().unwrap()]);
+            assert!(out.status.success(), "{}: {}", isa.name(), String::from_utf8_lossy(&out.stderr));
+            let logits = read_npy_f32(&npy).1;
+            let out = rt(isa.name(), &[p, "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"]);
+            assert!(out.status.success(), "{}: {}", isa.name(), String::from_utf8_lossy(&out.stderr));
+            let ids = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            if format == WeightFormat::F32 {
+                let a = compare(&logits, &exp.logits, exp.vocab);
+                assert!(a.rel_err <= 1e-5 && a.argmax == 1.0, "{}: {a:?}", isa.name());
+                assert_eq!(ids, ids_arg(&exp.greedy_ids), "{}", isa.name());
+            }
+            match &portable {
+                None => portable = Some((logits, ids)),
+                Some((want, want_ids)) => {
+                    let a = compare(&logits, want, exp.vocab);
+                    assert!(a.rel_err <= 1e-5, "{} {format} against portable: {a:?}", isa.name());
+                    assert_eq!(&ids, want_ids, "{} {format}", isa.name());
+                }
+            }
+        }
+    }
+    // A family this CPU lacks, or an unknown name, is an error naming the variable, never a quiet fallback.
+    let plan = compile_to(&fixtures_dir().join(name), dir.path(), WeightFormat::Q8_0, None);
+    let p = plan.to_str().unwrap();
+    for isa in Isa::ALL.iter().filter(|i| !i.available()).map(|i| i.name()).chain(["avx9000"]) {
+        let out = rt(isa, &[p, "--tokens", &tokens, "-n", "1"]);
+        let err = assert_one_line_error(&out, "UNICORN_CPU_ISA");
+        assert!(err.contains(isa), "{err}");
     }
 }

@@ -45,18 +45,47 @@ impl Isa {
         }
     }
 
-    /// The best available kernels, detected on first use. `UNICORN_CPU_ISA=portable` (or `avx2`, `avx512vnni`)
-    /// forces a choice, for debugging and comparisons; a forced ISA this CPU lacks is ignored.
+    /// The family named `name` (as `UNICORN_CPU_ISA` takes it), if this CPU runs it.
+    pub fn parse(name: &str) -> Result<Isa, String> {
+        let names = |v: Vec<Isa>| v.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ");
+        let isa = Isa::ALL.into_iter().find(|i| i.name() == name).ok_or_else(|| {
+            format!("UNICORN_CPU_ISA={name}: unknown kernel family (known: {})", names(Isa::ALL.to_vec()))
+        })?;
+        if !isa.available() {
+            return Err(format!(
+                "UNICORN_CPU_ISA={name}: this CPU cannot run those kernels (it runs: {})",
+                names(Isa::available_all())
+            ));
+        }
+        Ok(isa)
+    }
+
+    /// Every family this CPU runs, slowest first.
+    pub fn available_all() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.available()).collect()
+    }
+
+    /// The family `UNICORN_CPU_ISA` forces (`portable`, `avx2`, `avx512vnni`; for debugging and comparisons), or
+    /// the best available one when it is unset or empty. A name that is unknown, or a family this CPU lacks, is an
+    /// error: a forced choice never falls back quietly.
+    pub fn from_env() -> Result<Isa, String> {
+        match std::env::var("UNICORN_CPU_ISA") {
+            Ok(name) if !name.is_empty() => Isa::parse(&name),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(Isa::best()),
+            Err(std::env::VarError::NotUnicode(_)) => Err("UNICORN_CPU_ISA is not valid UTF-8".into()),
+        }
+    }
+
+    /// The fastest family this CPU runs.
+    pub fn best() -> Isa {
+        Isa::ALL.into_iter().rev().find(|i| i.available()).unwrap_or(Isa::Portable)
+    }
+
+    /// The kernels in use: [`Isa::from_env`], decided on first use. Panics if `UNICORN_CPU_ISA` is invalid; the
+    /// binaries call [`Isa::from_env`] first and report that as an error.
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            let forced = std::env::var("UNICORN_CPU_ISA").ok();
-            let forced = Isa::ALL.into_iter().find(|i| forced.as_deref() == Some(i.name()));
-            match forced {
-                Some(isa) if isa.available() => isa,
-                _ => Isa::ALL.into_iter().rev().find(|i| i.available()).unwrap_or(Isa::Portable),
-            }
-        })
+        *ISA.get_or_init(|| Isa::from_env().unwrap_or_else(|e| panic!("{e}")))
     }
 }
 
@@ -93,3 +122,25 @@ macro_rules! vectorized_fn {
     };
 }
 pub(crate) use vectorized_fn;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forced_family_is_checked_never_ignored() {
+        let e = Isa::parse("avx9000").unwrap_err();
+        assert!(e.contains("UNICORN_CPU_ISA=avx9000") && e.contains("portable, avx2, avx512vnni"), "{e}");
+        assert_eq!(Isa::parse("portable"), Ok(Isa::Portable));
+        for isa in Isa::ALL {
+            assert_eq!(Isa::parse(isa.name()).is_ok(), isa.available(), "{}", isa.name());
+            if !isa.available() {
+                let e = Isa::parse(isa.name()).unwrap_err();
+                assert!(e.contains("cannot run"), "{e}");
+            }
+        }
+        assert!(Isa::best().available());
+        assert_eq!(Isa::available_all().last(), Some(&Isa::best()));
+        eprintln!("CPU kernel families here: {:?}, in use: {}", Isa::available_all(), Isa::detect().name());
+    }
+}

@@ -84,8 +84,8 @@ unsafe fn portable_q4<const R: usize>(a: &TileArgs) {
             for (r, s) in sums.iter_mut().enumerate() {
                 let xq = std::slice::from_raw_parts(a.x.add(r * a.ldx + b * QK).cast::<i8>(), QK);
                 let dot: i32 = xq.iter().zip(&wq).map(|(&x, &w)| i32::from(x) * w).sum();
-                let (dx, m) = (*a.xd.add(r * a.ldxd + b), *a.xm.add(r * a.ldxd + b));
-                s[c] += dw * (dx * dot as f32 - 8.0 * m);
+                let (dx, m) = (*a.xd.add(r * a.ldxd + b), *a.xm.add(r * a.ldxd + b) as i32);
+                s[c] += dw * dx * (dot - 8 * m) as f32;
             }
         }
     }
@@ -148,7 +148,7 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
 /// The instantiation of the q4_0 / q8_0 tiles for one ISA: `$feat` its target features, `$dot4(acc, u, s)` adds
 /// per i32 lane the sum of 4 products of unsigned `u` and signed `s` bytes. q8_0 weights are signed: with VNNI
 /// they enter as `w + 128` (one xor per weight vector, shared by the tile's rows), so that the activations stay
-/// the signed operand, broadcast straight from memory, and `128 * m` (`m = d_x * sum(x)`) is subtracted after;
+/// the signed operand, broadcast straight from memory, and `128 * sum(x)` is subtracted from the i32 sums;
 /// with AVX2 as `w` with `x`'s signs against `|x|` (AVX2's `maddubs` would saturate on `w + 128`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! x8_tiles {
@@ -174,10 +174,11 @@ macro_rules! x8_tiles {
                         s0 = $dot4(s0, lo[j], bcast4(x.add(4 * j)));
                         s1 = $dot4(s1, hi[j], bcast4(x.add(16 + 4 * j)));
                     }
-                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                    // sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32.
+                    let m8 = _mm256_set1_epi32(8 * *a.xm.add(r * a.ldxd + b) as i32);
+                    let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_add_epi32(s0, s1), m8));
                     let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
-                    let m8 = _mm256_set1_ps(8.0 * *a.xm.add(r * a.ldxd + b));
-                    *acc = _mm256_fmadd_ps(dw, _mm256_fmsub_ps(dx, s, m8), *acc);
+                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), s, *acc);
                 }
             }
             store_x8(a, &acc);
@@ -211,15 +212,13 @@ macro_rules! x8_tiles {
                             s1 = $dot4(s1, _mm256_sign_epi8(x1, x1), _mm256_sign_epi8(wq[2 * j + 1], x1));
                         }
                     }
-                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
-                    let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
+                    let mut s = _mm256_add_epi32(s0, s1);
                     if $vnni {
-                        // sum((w + 128) * x) = sum(w * x) + 128 * sum(x), and d_x * sum(x) = m.
-                        let m128 = _mm256_set1_ps(128.0 * *a.xm.add(r * a.ldxd + b));
-                        *acc = _mm256_fmadd_ps(dw, _mm256_fmsub_ps(dx, s, m128), *acc);
-                    } else {
-                        *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), s, *acc);
+                        // sum((w + 128) * x) = sum(w * x) + 128 * sum(x): subtracted exactly, in i32.
+                        s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * *a.xm.add(r * a.ldxd + b) as i32));
                     }
+                    let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
+                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(s), *acc);
                 }
             }
             store_x8(a, &acc);

@@ -2,8 +2,10 @@
 //!
 //! Like llama.cpp, a q8_0/q4_0 matmul quantizes its activations once per call and then multiplies int8 by int8.
 //! Unlike GGML's `block_q8_0` the scale stays f32 (it never leaves memory we own, so there is no reason to round
-//! it), and each block also carries `m = d * sum(q)`, which lets q4_0 weights enter the dot product as their
-//! unsigned nibbles `q` instead of `q - 8`: `sum((q - 8) * x) * d_w * d_x = d_w * (d_x * sum(q * x) - 8 * m)`.
+//! it), and each block also carries `m = sum(q)` (an integer, |m| <= 32 * 127, held exactly as f32), which lets
+//! q4_0 weights enter the dot product as their unsigned nibbles `q` instead of `q - 8`, and q8_0 weights as `w + 128`
+//! (VNNI wants an unsigned operand): `sum((q - 8) * x) = sum(q * x) - 8 * m` in exact integer arithmetic, before
+//! anything is scaled, so every kernel family computes the same integer for a block.
 //!
 //! Quantization: `amax = max |x|`, `q = round_ties_even(x * 127 / amax)`, `d = amax / 127`. The AVX2 and portable
 //! versions perform the same f32 operations, so they produce identical blocks. Each element is off by at most
@@ -20,7 +22,7 @@ pub struct Q8Acts {
     pub qs: Vec<i8>,
     /// Per-block scales, `rows * (k / QK)`.
     pub d: Vec<f32>,
-    /// Per-block `d * sum(q)`, laid out like `d`.
+    /// Per-block `sum(q)`, exact in f32, laid out like `d`.
     pub m: Vec<f32>,
     pub k: usize,
 }
@@ -80,7 +82,7 @@ fn quantize_row_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [f32])
             sum += i32::from(*q);
         }
         *d = amax / 127.0;
-        *m = *d * sum as f32;
+        *m = sum as f32;
     }
 }
 
@@ -125,7 +127,7 @@ mod avx2 {
             let q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[0], q16[1]), unshuffle);
             _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK).cast(), q8);
             d[b] = amax / 127.0;
-            m[b] = d[b] * sum as f32;
+            m[b] = sum as f32;
         }
     }
 }
@@ -134,11 +136,8 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn avx2_and_portable_quantize_identically() {
-        if !Isa::Avx2.available() {
-            return;
-        }
+    /// Blocks with the cases rounding gets wrong: an all-zero block, exact ties at +-0.5 steps.
+    fn tricky_rows() -> Vec<f32> {
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         let mut x: Vec<f32> = (0..3 * 256)
             .map(|_| {
@@ -154,23 +153,45 @@ mod tests {
         x[97] = 0.5;
         x[98] = 1.5;
         x[99] = -2.5;
-        let (mut a, mut b) = (Q8Acts::default(), Q8Acts::default());
+        x
+    }
+
+    #[test]
+    fn portable_quantizer_rounds_ties_to_even_within_half_a_step() {
+        let x = tricky_rows();
+        let mut a = Q8Acts::default();
         a.quantize(Isa::Portable, &x, 3, 256);
-        b.quantize(Isa::Avx2, &x, 3, 256);
-        assert_eq!(a.qs, b.qs);
-        assert_eq!(a.d, b.d);
-        assert_eq!(a.m, b.m);
         assert_eq!(&a.qs[96..100], &[127, 0, 2, -2]); // ties to even
         assert_eq!((a.qs[64 + 8], a.qs[64 + 24]), (-64, 64));
-        // Every element within half a step of its value.
+        assert!(a.qs[32..64].iter().all(|&q| q == 0) && a.d[1] == 0.0, "the zero block");
+        // Every element within half a step of its value; m is the block's quant sum.
         for (r, xr) in x.chunks(256).enumerate() {
             for (bi, xb) in xr.chunks(32).enumerate() {
                 let d = a.d[r * 8 + bi];
+                let mut sum = 0i32;
                 for (i, &v) in xb.iter().enumerate() {
                     let q = a.qs[r * 256 + bi * 32 + i];
+                    sum += i32::from(q);
                     assert!((v - f32::from(q) * d).abs() <= d * 0.5001, "{v} {q} {d}");
                 }
+                assert_eq!(a.m[r * 8 + bi], sum as f32);
             }
+        }
+    }
+
+    #[test]
+    fn every_simd_quantizer_matches_the_portable_one() {
+        let x = tricky_rows();
+        let mut want = Q8Acts::default();
+        want.quantize(Isa::Portable, &x, 3, 256);
+        let simd: Vec<Isa> = Isa::available_all().into_iter().filter(|&i| i != Isa::Portable).collect();
+        eprintln!("SIMD quantizers checked here: {simd:?}");
+        for isa in simd {
+            let mut got = Q8Acts::default();
+            got.quantize(isa, &x, 3, 256);
+            assert_eq!(got.qs, want.qs, "{}", isa.name());
+            assert_eq!(got.d, want.d, "{}", isa.name());
+            assert_eq!(got.m, want.m, "{}", isa.name());
         }
     }
 }
