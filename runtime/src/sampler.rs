@@ -108,19 +108,111 @@ mod tests {
         }
     }
 
-    #[test]
-    fn top_p_keeps_the_nucleus_only() {
-        // Probabilities ~ [0.64, 0.24, 0.09, 0.03]: top_p 0.8 keeps tokens 0 and 1.
-        let logits = [2.0, 1.0, 0.0, -1.0];
-        let mut s = Sampler::new(opts(1.0, 0, 0.8));
-        let mut seen = [0; 4];
-        for _ in 0..2000 {
-            seen[s.sample(&logits) as usize] += 1;
+    /// The distribution transformers samples from: logits / temperature, then the top-k (the k largest), then
+    /// top-p (the smallest prefix, in descending order, whose probability reaches p: token i stays while the
+    /// tokens before it sum to less than p), renormalized. In f64, from the definitions.
+    fn exact(logits: &[f32], t: f64, k: usize, p: f64) -> Vec<f64> {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let kept = if k == 0 { order.len() } else { k.min(order.len()) };
+        let scaled: Vec<f64> = order[..kept].iter().map(|&i| f64::from(logits[i]) / t).collect();
+        let max = scaled[0];
+        let w: Vec<f64> = scaled.iter().map(|l| (l - max).exp()).collect();
+        let z: f64 = w.iter().sum();
+        let mut before = 0.0;
+        let mut nucleus = 0;
+        for &wi in &w {
+            if before >= p {
+                break;
+            }
+            before += wi / z;
+            nucleus += 1;
         }
-        assert_eq!(seen[2] + seen[3], 0, "{seen:?}");
-        // Renormalized: 0.64/(0.64+0.24) = 0.73 of the draws are token 0.
-        let frac = seen[0] as f64 / 2000.0;
-        assert!((frac - 0.731).abs() < 0.04, "{frac}");
+        let zn: f64 = w[..nucleus].iter().sum();
+        let mut dist = vec![0.0; logits.len()];
+        for (j, &i) in order[..nucleus].iter().enumerate() {
+            dist[i] = w[j] / zn;
+        }
+        dist
+    }
+
+    /// Draws `n` tokens and checks their counts against `want` with Pearson's chi-square at p = 0.001 (the
+    /// Wilson-Hilferty critical value); a token of probability 0 must never be drawn.
+    fn assert_draws_follow(o: SamplerOptions, logits: &[f32], want: &[f64], n: usize) {
+        let mut s = Sampler::new(o);
+        let mut seen = vec![0usize; logits.len()];
+        for _ in 0..n {
+            seen[s.sample(logits) as usize] += 1;
+        }
+        let mut chi2 = 0.0;
+        let mut cells = 0;
+        for (&c, &p) in seen.iter().zip(want) {
+            if p == 0.0 {
+                assert_eq!(c, 0, "{o:?}: a filtered-out token was drawn: {seen:?}");
+                continue;
+            }
+            let e = p * n as f64;
+            assert!(e >= 5.0, "test design: expected count {e} too small for chi-square");
+            chi2 += (c as f64 - e).powi(2) / e;
+            cells += 1;
+        }
+        let df = f64::from(cells - 1);
+        let z = 3.090; // the 0.999 quantile of the standard normal
+        let crit = df * (1.0 - 2.0 / (9.0 * df) + z * (2.0 / (9.0 * df)).sqrt()).powi(3);
+        assert!(chi2 < crit, "{o:?}: chi-square {chi2:.1} >= {crit:.1} ({df} dof): counts {seen:?}, want {want:?}");
+    }
+
+    fn dist_gap(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    }
+
+    const LOGITS: [f32; 8] = [2.0, 1.2, 0.9, 0.1, -0.3, -1.0, 1.5, -2.2];
+
+    #[test]
+    fn draws_follow_the_filtered_distribution() {
+        // (temperature, top_k, top_p), each chosen so a misordered or misapplied filter gives a distribution
+        // the draws tell apart (checked below against the alternatives).
+        let cases = [(0.5, 0, 1.0), (1.7, 0, 1.0), (1.3, 3, 1.0), (1.0, 0, 0.7), (0.7, 5, 0.8), (1.6, 4, 0.75)];
+        for (seed, &(t, k, p)) in cases.iter().enumerate() {
+            let want = exact(&LOGITS, t, k, p);
+            // The test can tell the true semantics from near misses: multiplying by t, and top-p before the
+            // temperature (transformers applies the temperature first).
+            let times = exact(&LOGITS.map(|l| l * t as f32 * t as f32), t, k, p);
+            assert!(t == 1.0 || dist_gap(&want, &times) > 0.05, "case {t} {k} {p} cannot tell l*t from l/t");
+            let o = SamplerOptions { temperature: t as f32, top_k: k, top_p: p as f32, seed: 1000 + seed as u64 };
+            assert_draws_follow(o, &LOGITS, &want, 40_000);
+        }
+        // Top-p measured on the tempered distribution: at temperature 0.7 the nucleus of 0.8 is 3 tokens, at
+        // temperature 1 it would be 4.
+        let tempered = exact(&LOGITS, 0.7, 0, 0.8);
+        assert_eq!(tempered.iter().filter(|&&p| p > 0.0).count(), 3);
+        assert_eq!(exact(&LOGITS, 1.0, 0, 0.8).iter().filter(|&&p| p > 0.0).count(), 4);
+        let o = SamplerOptions { temperature: 0.7, top_k: 0, top_p: 0.8, seed: 99 };
+        assert_draws_follow(o, &LOGITS, &tempered, 40_000);
+    }
+
+    #[test]
+    fn the_reference_distribution_is_right_by_hand() {
+        // Logits [ln 4, ln 2, ln 1, ln 1] at temperature 1: probabilities 0.5, 0.25, 0.125, 0.125.
+        let l = [4f32.ln(), 2f32.ln(), 0.0, 0.0];
+        let d = exact(&l, 1.0, 0, 1.0);
+        assert!(dist_gap(&d, &[0.5, 0.25, 0.125, 0.125]) < 1e-6, "{d:?}");
+        // top-p 0.6: token 0 (0.5 < 0.6) and token 1 stay; renormalized 2/3, 1/3.
+        let d = exact(&l, 1.0, 0, 0.6);
+        assert!(dist_gap(&d, &[2.0 / 3.0, 1.0 / 3.0, 0.0, 0.0]) < 1e-6, "{d:?}");
+        // top-p exactly 0.5: the tokens before token 1 sum to 0.5 >= 0.5, so token 0 alone.
+        assert!(dist_gap(&exact(&l, 1.0, 0, 0.5), &[1.0, 0.0, 0.0, 0.0]) < 1e-6);
+        // Temperature 2 on [ln 4, ln 2]: probabilities 2:sqrt(2).
+        let d = exact(&l[..2], 2.0, 0, 1.0);
+        assert!((d[0] - 2.0 / (2.0 + 2f64.sqrt())).abs() < 1e-6, "{d:?}");
+        // top-k 2 then renormalize: 2/3, 1/3.
+        assert!(dist_gap(&exact(&l, 1.0, 2, 1.0), &[2.0 / 3.0, 1.0 / 3.0, 0.0, 0.0]) < 1e-6);
+        // The sampler at the boundary: the nucleus of 0.5 is token 0 alone (exact in f32 too).
+        let mut s = Sampler::new(SamplerOptions { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 3 });
+        assert!((0..500).all(|_| s.sample(&l) == 0));
+        let mut s = Sampler::new(SamplerOptions { temperature: 1.0, top_k: 0, top_p: 0.6, seed: 3 });
+        let ones = (0..3000).filter(|_| s.sample(&l) == 1).count();
+        assert!((800..1200).contains(&ones), "{ones} of 3000 draws are token 1, want about 1000");
     }
 
     #[test]
