@@ -358,6 +358,4 @@ fn page_size() -> usize {
 }
 
 #[cfg(test)]
-mod config_tests;
-#[cfg(test)]
 mod tests;

@@ -1,10 +1,15 @@
 //! The CPU backend: kernels with AVX-512 VNNI, AVX2/FMA and portable paths, chosen at run time.
 
+pub mod attention;
+pub mod elementwise;
 pub mod exec;
 pub mod isa;
+pub mod kv;
 pub mod matmul;
 pub mod matmul_avx2;
 pub mod matmul_x8;
+pub mod norm;
 pub mod ops;
 pub mod pool;
 pub mod q8;
+pub mod rope;

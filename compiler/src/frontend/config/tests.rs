@@ -1,6 +1,6 @@
 //! config.json -> ModelSpec: every family, both spellings, transformers' defaults, and the error paths.
 
-use super::config::{parse, GenerationConfig};
+use super::{parse, GenerationConfig};
 use serde_json::{json, Value};
 use std::path::Path;
 use unicorn_ir::spec::{Activation, Family, ModelSpec, RopeScaling, RopeSpec};

@@ -1,0 +1,366 @@
+//! Causal (optionally windowed, grouped-query) attention over the KV cache and this execution's rows, with
+//! the vectorizable reductions it is built from. All arithmetic is f32, as in the float32 reference.
+
+use super::isa::vectorized_fn;
+use super::kv::KvCache;
+use super::pool::{parallel_chunks_mut, threads};
+
+/// Geometry of one attention op.
+#[derive(Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub window: Option<usize>,
+    pub scale: f32,
+}
+
+/// Dot product with eight independent partial sums, so the compiler can keep them in vector registers
+/// (a single running f32 sum is a serial dependency chain).
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    for (x, y) in a[..n].chunks_exact(8).zip(b[..n].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Maximum of a slice, in eight lanes (a fold over `f32::max` does not vectorize).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let n = x.len() / 8 * 8;
+    let mut m = [f32::NEG_INFINITY; 8];
+    for c in x[..n].chunks_exact(8) {
+        for i in 0..8 {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+        }
+    }
+    x[n..].iter().chain(&m).fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// `x[i] = e^(x[i] - m)` in place; returns the sum of the new values.
+#[inline(always)]
+fn exp_shifted_sum(x: &mut [f32], m: f32) -> f32 {
+    let n = x.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    let (body, tail) = x.split_at_mut(n);
+    for c in body.chunks_exact_mut(8) {
+        for i in 0..8 {
+            c[i] = exp_f32(c[i] - m);
+            acc[i] += c[i];
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for v in tail {
+        *v = exp_f32(*v - m);
+        sum += *v;
+    }
+    sum
+}
+
+thread_local! {
+    /// A task's scores (and per-head statistics), reused across calls so attention allocates nothing per token.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Partial results of split rows (see [`attention`]), reused likewise.
+    static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where attention finds the keys and values of a position: the cache before `start`, this execution's rows
+/// from `start` on.
+struct KvSource<'a> {
+    cache: &'a KvCache,
+    k: &'a [f32],
+    v: &'a [f32],
+    start: usize,
+}
+
+impl KvSource<'_> {
+    /// Key (`value` false) or value of kv head `g` for position `pos`; `tmp` is `head_dim` long.
+    #[inline(always)]
+    fn get<'s>(&'s self, pos: usize, g: usize, value: bool, tmp: &'s mut [f32]) -> &'s [f32] {
+        let hd = self.cache.head_dim;
+        if pos < self.start {
+            let store = if value { &self.cache.v } else { &self.cache.k };
+            store.read(self.cache.at(g, pos), tmp)
+        } else {
+            let row = (pos - self.start) * self.cache.kv_heads * hd + g * hd;
+            &(if value { self.v } else { self.k })[row..row + hd]
+        }
+    }
+}
+
+vectorized_fn! {
+    /// The query heads `qg` (`m.len()` heads of `hd`, sharing kv head `g`) against the keys at
+    /// `positions`: per head `h`, `m[h]` the largest score, `l[h]` the sum of `e^(score - m[h])`, and `o[h]` the
+    /// sum of `e^(score - m[h]) v`, divided by `l[h]` when `normalize`. Each key and value is read once for the
+    /// group. `scores` holds at least `m.len() * positions.len()` values, `tmp` one head.
+    fn attend(
+        qg: &[f32],
+        kv: &KvSource<'_>,
+        g: usize,
+        positions: std::ops::Range<usize>,
+        scale: f32,
+        scores: &mut [f32],
+        o: &mut [f32],
+        m: &mut [f32],
+        l: &mut [f32],
+        tmp: &mut [f32],
+        normalize: bool,
+    ) {
+        let hd = qg.len() / m.len();
+        let n = positions.len();
+        o.fill(0.0);
+        if n == 0 {
+            m.fill(f32::NEG_INFINITY);
+            l.fill(0.0);
+            return;
+        }
+        // scores[h * n + j]: query head h against key positions.start + j.
+        let scores = &mut scores[..m.len() * n];
+        for (j, pos) in positions.clone().enumerate() {
+            let kj = kv.get(pos, g, false, tmp);
+            for (h, qh) in qg.chunks_exact(hd).enumerate() {
+                scores[h * n + j] = dot(qh, kj) * scale;
+            }
+        }
+        for (h, sc) in scores.chunks_exact_mut(n).enumerate() {
+            m[h] = max_of(sc);
+            l[h] = exp_shifted_sum(sc, m[h]);
+        }
+        for (j, pos) in positions.enumerate() {
+            let vj = kv.get(pos, g, true, tmp);
+            for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+                let e = scores[h * n + j];
+                oh.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
+            }
+        }
+        if normalize {
+            for (oh, &l) in o.chunks_exact_mut(hd).zip(l.iter()) {
+                let inv = 1.0 / l;
+                oh.iter_mut().for_each(|a| *a *= inv);
+            }
+        }
+    }
+}
+
+/// Runs `f` on this thread's scratch, `len` values long.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.resize(buf.len().max(len), 0.0);
+        f(&mut buf[..len])
+    })
+}
+
+/// Fewest keys worth a task of their own when one row's keys are split.
+const MIN_KEYS_PER_PART: usize = 32;
+
+/// Causal attention for rows at positions `start..start+rows`: keys before `start` come from the cache, the
+/// rest from this execution's `k`/`v`. A task serves one (row, kv head): all the query heads sharing the kv
+/// head, so each key and value is read once per row; the scores, a max-subtracted softmax per head, then the
+/// weighted sum of the values.
+///
+/// Decoding has one row, and models with few kv heads (Gemma 3 1B has one) would leave threads idle: then each
+/// row's keys are split into parts that run as separate tasks, each keeping its own maximum and sum, and the
+/// parts are merged after (rescaling each by `e^(m_part - m)`), which gives the same softmax.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize, s: AttnShape, out: &mut [f32]) {
+    let hd = s.head_dim;
+    let qw = s.heads * hd;
+    let group = s.heads / s.kv_heads;
+    let rows = out.len() / qw;
+    if rows == 0 {
+        return;
+    }
+    let kv = KvSource { cache, k, v, start };
+    let span = |r: usize| {
+        let p = start + r;
+        s.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+    };
+    let tasks = rows * s.kv_heads;
+    let want = 2 * threads();
+    let parts =
+        if tasks >= want { 1 } else { want.div_ceil(tasks).min(span(rows - 1).len() / MIN_KEYS_PER_PART).max(1) };
+    if parts == 1 {
+        parallel_chunks_mut(out, group * hd, |i, o| {
+            let (r, g) = (i / s.kv_heads, i % s.kv_heads);
+            let qg = &q[r * qw + g * group * hd..][..group * hd];
+            let keys = span(r);
+            let n = keys.len();
+            with_scratch(group * (n + 2) + hd, |buf| {
+                let (scores, ml) = buf.split_at_mut(group * n);
+                let (m, rest) = ml.split_at_mut(group);
+                let (l, tmp) = rest.split_at_mut(group);
+                attend(qg, &kv, g, keys, s.scale, scores, o, m, l, tmp, true)
+            });
+        });
+        return;
+    }
+    // Each part: o (group * hd), then m and l (group each).
+    let width = group * hd + 2 * group;
+    PARTS.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(tasks * parts * width, 0.0);
+        parallel_chunks_mut(buf, width, |i, piece| {
+            let (rg, part) = (i / parts, i % parts);
+            let (r, g) = (rg / s.kv_heads, rg % s.kv_heads);
+            let keys = span(r);
+            let n = keys.len();
+            let lo = keys.start + n * part / parts;
+            let hi = keys.start + n * (part + 1) / parts;
+            let qg = &q[r * qw + g * group * hd..][..group * hd];
+            let (o, ml) = piece.split_at_mut(group * hd);
+            let (m, l) = ml.split_at_mut(group);
+            with_scratch(group * (hi - lo) + hd, |buf| {
+                let (scores, tmp) = buf.split_at_mut(group * (hi - lo));
+                attend(qg, &kv, g, lo..hi, s.scale, scores, o, m, l, tmp, false)
+            });
+        });
+        for (rg, pieces) in buf.chunks_exact(parts * width).enumerate() {
+            let (r, g) = (rg / s.kv_heads, rg % s.kv_heads);
+            let dst = &mut out[r * qw + g * group * hd..][..group * hd];
+            dst.fill(0.0);
+            for h in 0..group {
+                let m_of = |p: &[f32]| p[group * hd + h];
+                let mx = pieces.chunks_exact(width).map(m_of).fold(f32::NEG_INFINITY, f32::max);
+                let mut l = 0.0;
+                for p in pieces.chunks_exact(width) {
+                    // A part with no keys has m = -inf and contributes nothing.
+                    let f = if m_of(p) == f32::NEG_INFINITY { 0.0 } else { (m_of(p) - mx).exp() };
+                    l += f * p[group * hd + group + h];
+                    for (d, &x) in dst[h * hd..(h + 1) * hd].iter_mut().zip(&p[h * hd..(h + 1) * hd]) {
+                        *d += f * x;
+                    }
+                }
+                dst[h * hd..(h + 1) * hd].iter_mut().for_each(|d| *d /= l);
+            }
+        }
+    });
+}
+
+/// e^x for f32 in plain arithmetic the compiler can vectorize (libm's `expf` is a call per element): write
+/// x as n ln2 plus r with |r| <= ln2/2, take e^r from its degree-6 Taylor polynomial (truncation error below
+/// 1.2e-7 relative), and put 2^n straight into the exponent bits. Inputs are clamped to [-87, 88], where 2^n stays a normal float.
+#[inline(always)]
+pub(super) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5 * 2^23 rounds to the nearest integer in the mantissa.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_of_one_key_returns_its_value_and_window_limits_keys() {
+        let s = AttnShape { heads: 2, kv_heads: 1, head_dim: 2, window: None, scale: 1.0 };
+        let cache = KvCache::new(4, 1, 2);
+        let mut out = [0.0; 4];
+        attention(&[1.0, 0.0, 0.0, 1.0], &[5.0, 5.0], &[7.0, -3.0], &cache, 0, s, &mut out);
+        assert_eq!(out, [7.0, -3.0, 7.0, -3.0]);
+
+        // Two positions, equal scores: the second row averages both values; with window 1 it sees only itself.
+        let (k, v) = ([0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]);
+        let one = AttnShape { heads: 1, ..s };
+        let mut out = [0.0; 4];
+        attention(&[1.0, 1.0, 1.0, 1.0], &k, &v, &cache, 0, one, &mut out);
+        assert_eq!(out, [1.0, 2.0, 2.0, 3.0]);
+        attention(&[1.0, 1.0, 1.0, 1.0], &k, &v, &cache, 0, AttnShape { window: Some(1), ..one }, &mut out);
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+    }
+
+    /// Pseudo-random values in [-1, 1), from a seeded LCG.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        }
+    }
+
+    /// Straightforward attention over explicit key/value lists: softmax(q.k * scale) . v per head.
+    fn reference(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], p: usize, s: AttnShape) -> Vec<f32> {
+        let hd = s.head_dim;
+        let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let mut out = vec![0.0; s.heads * hd];
+        for h in 0..s.heads {
+            let g = h / (s.heads / s.kv_heads);
+            let qh = &q[h * hd..(h + 1) * hd];
+            let sc: Vec<f64> = (first..=p)
+                .map(|j| {
+                    qh.iter().zip(&keys[j][g * hd..(g + 1) * hd]).map(|(a, b)| (a * b) as f64).sum::<f64>()
+                        * s.scale as f64
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+            let l: f64 = e.iter().sum();
+            for (j, w) in (first..=p).zip(&e) {
+                for d in 0..hd {
+                    out[h * hd + d] += (w / l * vals[j][g * hd + d] as f64) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_windowed_attention_over_cache_and_new_rows_matches_the_reference() {
+        let mut rnd = uniform(7);
+        for window in [None, Some(3)] {
+            let s = AttnShape { heads: 6, kv_heads: 2, head_dim: 8, window, scale: 0.5 };
+            let (kw, qw) = (s.kv_heads * s.head_dim, s.heads * s.head_dim);
+            let total = 9;
+            let keys: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| rnd()).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| rnd()).collect()).collect();
+            let qs: Vec<Vec<f32>> = (0..total).map(|_| (0..qw).map(|_| rnd()).collect()).collect();
+            // Positions 0..5 were run before (in the cache, a ring of 4 when windowed); 5..9 run now.
+            let start = 5;
+            let mut cache = KvCache::new(if window.is_some() { 4 } else { total }, s.kv_heads, s.head_dim);
+            cache.append(0, &keys[..start].concat(), &vals[..start].concat());
+            let mut out = vec![0.0; (total - start) * qw];
+            let q = qs[start..].concat();
+            attention(&q, &keys[start..].concat(), &vals[start..].concat(), &cache, start, s, &mut out);
+            for (r, p) in (start..total).enumerate() {
+                let want = reference(&qs[p], &keys, &vals, p, s);
+                for (a, b) in out[r * qw..(r + 1) * qw].iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "window {window:?} position {p}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_rows_split_across_tasks_match_the_reference() {
+        // One row and one kv head: fewer (row, kv head) tasks than threads, so the keys are split into parts
+        // whose softmax pieces are merged. Some parts are far larger in score than others (a ramp in q.k), which
+        // a wrong rescaling would show.
+        let mut rnd = uniform(11);
+        for window in [None, Some(77)] {
+            let s = AttnShape { heads: 4, kv_heads: 1, head_dim: 16, window, scale: 0.25 };
+            let total = 300;
+            let keys: Vec<Vec<f32>> = (0..total).map(|j| (0..16).map(|_| rnd() + j as f32 / 100.0).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..16).map(|_| rnd()).collect()).collect();
+            let q: Vec<f32> = (0..64).map(|_| rnd() + 0.5).collect();
+            let start = total - 1;
+            let mut cache = KvCache::new(window.unwrap_or(total), 1, 16);
+            cache.append(0, &keys[..start].concat(), &vals[..start].concat());
+            let mut out = vec![0.0; 64];
+            attention(&q, &keys[start], &vals[start], &cache, start, s, &mut out);
+            let want = reference(&q, &keys, &vals, start, s);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "window {window:?}: {a} vs {b}");
+            }
+        }
+    }
+}
