@@ -2,8 +2,12 @@
 //! plan's launches that binds each argument to its buffer. It runs the built-in kernel a CPU plan names, and any
 //! other plan's launches through the reference kernel of their IR ops.
 
+use super::attention::{attention, AttnShape};
+use super::elementwise::{add, glu_gelu_tanh, glu_silu, scale, softcap};
+use super::kv::KvCache;
 use super::matmul::{dequant_row, matmul, matmul_many, MatMulOut, Scratch};
-use super::ops::{self, AttnShape, KvCache};
+use super::norm::rms_norm;
+use super::rope;
 use crate::executor::{Executor, SeqId, SeqRun, MAX_BATCH};
 use crate::model::Model;
 use crate::Error;
@@ -270,17 +274,17 @@ impl Executor for CpuExecutor<'_> {
                         }
                     }
                 }
-                Op::Scale { factor } => ops::scale(view(act(&a[0])), *factor, view_mut(act(&a[1]))),
-                Op::Softcap { cap } => ops::softcap(view(act(&a[0])), *cap, view_mut(act(&a[1]))),
+                Op::Scale { factor } => scale(view(act(&a[0])), *factor, view_mut(act(&a[1]))),
+                Op::Softcap { cap } => softcap(view(act(&a[0])), *cap, view_mut(act(&a[1]))),
                 Op::RmsNorm { weight, eps, unit_offset } => {
-                    ops::rms_norm(view(act(&a[0])), model.vector(*weight), *eps, *unit_offset, view_mut(act(&a[2])))
+                    rms_norm(view(act(&a[0])), model.vector(*weight), *eps, *unit_offset, view_mut(act(&a[2])))
                 }
                 Op::Rope { rope, head_dim } => {
                     let (x, out) = (act(&a[0]), act(&a[1]));
                     let (xs, ys, w) = (view(x), view_mut(out), x.width as usize);
                     for &g in &segs[x.arena.0 as usize] {
                         let y = &mut ys[g.row * w..(g.row + g.rows) * w];
-                        ops::rope(seg_of(xs, w, g), w, *head_dim, g.pos, &h.rope_inv_freq[*rope], y);
+                        rope::rope(seg_of(xs, w, g), w, *head_dim, g.pos, &h.rope_inv_freq[*rope], y);
                     }
                 }
                 Op::Attention { layer, num_heads, num_kv_heads, head_dim, window, scale } => {
@@ -299,18 +303,18 @@ impl Executor for CpuExecutor<'_> {
                         let cache = &mut seq.caches[*layer];
                         let (kg, vg) = (seg_of(ks, kw, g), seg_of(vs, kw, g));
                         let o = &mut os[g.row * qw..(g.row + g.rows) * qw];
-                        ops::attention(seg_of(qs, qw, g), kg, vg, cache, g.pos, shape, o);
+                        attention(seg_of(qs, qw, g), kg, vg, cache, g.pos, shape, o);
                         cache.append(g.pos, kg, vg);
                     }
                 }
                 Op::Glu { activation } => {
                     let (g, u, out) = (view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2])));
                     match activation {
-                        unicorn_ir::spec::Activation::Silu => ops::glu_silu(g, u, out),
-                        unicorn_ir::spec::Activation::GeluTanh => ops::glu_gelu_tanh(g, u, out),
+                        unicorn_ir::spec::Activation::Silu => glu_silu(g, u, out),
+                        unicorn_ir::spec::Activation::GeluTanh => glu_gelu_tanh(g, u, out),
                     }
                 }
-                Op::Add => ops::add(view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2]))),
+                Op::Add => add(view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2]))),
                 Op::SelectRows => {
                     let (x, out) = (act(&a[0]), act(&a[1]));
                     let (xs, ys, w) = (view(x), view_mut(out), x.width as usize);

@@ -9,7 +9,6 @@ pub mod matmul;
 pub mod matmul_avx2;
 pub mod matmul_x8;
 pub mod norm;
-pub mod ops;
 pub mod pool;
 pub mod q8;
 pub mod rope;
