@@ -75,18 +75,21 @@ fn decoding_through_the_cache_equals_one_prefill_pass() {
 
 /// How far decoding may drift from one pass, as measured over every fixture (worst case, 66 positions, 7 laps of
 /// the 8-position windows), with headroom. Decode attention splits a row's keys into parts merged afterwards, so
-/// the f32 sums differ in the last bits from the one pass:
+/// the f32 sums differ in the last bits from the one pass; and an f16 cache hands decoding keys and values
+/// rounded to f16 where the one pass attends over its own f32 ones:
 /// - float weights, f32 cache: measured 2.4e-6;
-/// - float weights, f16 cache: 4.8e-4 — both passes see the same f16-rounded keys and values (see
-///   `cpu::attention`), but a last-bit difference before the rounding can land on the other f16 neighbour;
-/// - int8 weights: 2.6e-7, except where a last-bit difference moves an activation across a q8 rounding boundary
-///   before a matmul, which tiny random models amplify (measured once: 1.0e-2, Gemma 3 q4_0).
+/// - float weights, f16 cache: 2.9e-3, the f16 rounding;
+/// - int8 weights, f32 cache: 2.6e-7, except where a last-bit difference moves an activation across a q8
+///   rounding boundary before a matmul, which tiny random models amplify (once: 1.0e-2, Gemma 3 q4_0);
+/// - int8 weights, f16 cache: 1.0e-1, the f16 rounding amplified the same way at every step.
 ///
-/// A cache that goes wrong after the ring's first lap is off by more than 1.0 on every windowed fixture.
+/// A cache that goes wrong after the ring's first lap is off by more than 1.0 on every windowed fixture, for
+/// every format and cache type.
 fn tolerance(weights: WeightFormat, kv: DType) -> f32 {
     match (weights.is_quantized(), kv) {
         (false, DType::F32) => 2e-5,
-        (false, _) => 2e-3,
-        (true, _) => 3e-2,
+        (false, _) => 1e-2,
+        (true, DType::F32) => 3e-2,
+        (true, _) => 0.25,
     }
 }

@@ -68,8 +68,6 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Partial results of split rows (see [`attention`]), reused likewise.
     static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// This execution's keys and values rounded to the cache's f16 (see [`attention`]), reused likewise.
-    static ROUNDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where attention finds the keys and values of a position: the cache before `start`, this execution's rows
@@ -169,26 +167,7 @@ const MIN_KEYS_PER_PART: usize = 32;
 /// Decoding has one row, and models with few kv heads (Gemma 3 1B has one) would leave threads idle: then each
 /// row's keys are split into parts that run as separate tasks, each keeping its own maximum and sum, and the
 /// parts are merged after (rescaling each by `e^(m_part - m)`), which gives the same softmax.
-///
-/// With an f16 cache, attention sees every key and value rounded to f16, this execution's own included (as in
-/// llama.cpp, whose attention reads them back from its cache): so the logits of a sequence do not depend on how
-/// it was cut into executions — one prefill, chunks, or token-by-token decoding.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize, s: AttnShape, out: &mut [f32]) {
-    if !cache.k.is_f16() {
-        return attention_exact(q, k, v, cache, start, s, out);
-    }
-    ROUNDED.with_borrow_mut(|buf| {
-        buf.clear();
-        let round = |x: &f32| half::f16::from_f32(*x).to_f32();
-        buf.extend(k.iter().map(round));
-        buf.extend(v.iter().map(round));
-        let (k, v) = buf.split_at(k.len());
-        attention_exact(q, k, v, cache, start, s, out)
-    })
-}
-
-/// [`attention`] over `k` and `v` as they are.
-fn attention_exact(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize, s: AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
     let qw = s.heads * hd;
     let group = s.heads / s.kv_heads;

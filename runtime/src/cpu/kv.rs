@@ -7,10 +7,6 @@ pub enum KvStore {
 }
 
 impl KvStore {
-    pub fn is_f16(&self) -> bool {
-        matches!(self, KvStore::F16(_))
-    }
-
     fn zeros(n: usize, f16: bool) -> Result<Self, std::collections::TryReserveError> {
         Ok(if f16 {
             let mut v = Vec::new();
