@@ -1,7 +1,10 @@
 //! End-to-end tests (one binary, one module per concern).
 
 mod bad_input;
+mod batch;
 mod chunks;
 mod cli;
+mod decode;
 mod forged;
+mod outputs;
 mod parity;
