@@ -48,7 +48,7 @@ for f in "${files[@]}"; do
 done
 [ ${#args[@]} -gt 0 ] || { echo "mutants.sh: none of the files exist: ${files[*]}" >&2; exit 2; }
 
-nice -n 10 cargo mutants "${list[@]}" "${args[@]}" --test-workspace=true --timeout-multiplier 3 --jobs 1 \
+nice -n 19 cargo mutants "${list[@]}" "${args[@]}" --test-workspace=true --timeout-multiplier 3 --jobs 1 \
   --output . || status=$?
 if [ ${#list[@]} -eq 0 ] && [ -d mutants.out ]; then
   for k in caught missed timeout unviable; do
