@@ -71,3 +71,25 @@ pub fn generate(
     stats.decode_secs = t1.elapsed().as_secs_f64();
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speeds_count_prompt_tokens_and_decode_steps() {
+        let s = |generated, decode_secs| Stats {
+            prompt_tokens: 10,
+            prefill_secs: 0.5,
+            generated,
+            decode_secs,
+            stop: StopReason::Length,
+        };
+        assert_eq!(s(5, 2.0).prefill_tok_s(), 20.0);
+        // 5 tokens: the first comes from the prefill, 4 from decode steps.
+        assert_eq!(s(5, 2.0).decode_tok_s(), 2.0);
+        assert_eq!(s(1, 0.0).decode_tok_s(), 0.0);
+        assert_eq!(s(0, 0.0).decode_tok_s(), 0.0);
+        assert_eq!(s(2, 0.25).decode_tok_s(), 4.0);
+    }
+}

@@ -216,6 +216,60 @@ mod tests {
     }
 
     #[test]
+    fn the_generator_is_splitmix64() {
+        // SplitMix64's published first outputs for seed 0 (Vigna's reference splitmix64.c): 0xe220a8397b1dcdaf,
+        // 0x6e789e6aa1b965f4, 0x06c45d188009454f; next_f64 keeps the top 53 bits.
+        let mut s = Sampler::new(opts(1.0, 0, 1.0));
+        s.state = 0;
+        for want in [0xe220_a839_7b1d_cdafu64, 0x6e78_9e6a_a1b9_65f4, 0x06c4_5d18_8009_454f] {
+            assert_eq!(s.next_f64(), (want >> 11) as f64 / (1u64 << 53) as f64);
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_exactly_the_k_largest_of_many() {
+        // 1000 candidates (large enough that select_nth leaves them unordered): top-k 5 draws only the 5 largest,
+        // each at its renormalized probability.
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 400.0).collect();
+        let want = exact(&logits, 1.0, 5, 1.0);
+        assert_eq!(want.iter().filter(|&&p| p > 0.0).count(), 5);
+        let o = SamplerOptions { temperature: 1.0, top_k: 5, top_p: 1.0, seed: 11 };
+        assert_draws_follow(o, &logits, &want, 20_000);
+        // Many orders of many candidates, nearly flat after a high temperature: whatever order the selection
+        // leaves them in, no token outside the k largest is ever drawn.
+        let mut state = 0x1234_5678_9abc_def0u64;
+        for k in [1, 3, 7, 40] {
+            for _ in 0..20 {
+                let logits: Vec<f32> = (0..500)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        (state >> 40) as f32 / (1u64 << 24) as f32
+                    })
+                    .collect();
+                let mut sorted = logits.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let kth = sorted[k - 1];
+                let mut s = Sampler::new(SamplerOptions { temperature: 100.0, top_k: k, top_p: 1.0, seed: state });
+                for _ in 0..50 {
+                    let t = s.sample(&logits) as usize;
+                    assert!(logits[t] >= kth, "top-k {k} drew a token outside the {k} largest");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_logits_do_not_overflow() {
+        // exp(l / t) itself overflows f32 here (l / t = 240); the max-subtracted softmax must not.
+        let logits = [120.0, 119.5, 118.0, 100.0];
+        let want = exact(&logits, 0.5, 0, 1.0);
+        let o = SamplerOptions { temperature: 0.5, top_k: 0, top_p: 1.0, seed: 5 };
+        assert_draws_follow(o, &logits, &want, 20_000);
+    }
+
+    #[test]
     fn same_seed_same_draws() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let a: Vec<u32> = (0..30).scan(Sampler::new(opts(0.8, 20, 0.9)), |s, _| Some(s.sample(&logits))).collect();
