@@ -158,10 +158,11 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// Fewest keys of a part when one row's keys are split.
 const MIN_KEYS_PER_PART: usize = 32;
-/// Fewest multiply-adds of a part: about 6 us of work on one core, against a fixed cost of about 0.2 us per part
-/// (handing it out, its zeroed sums, and its share of the merge, which runs on one thread). 32 parts of 32 keys
-/// made decode of a model with 4 query heads of 32 per kv head 7% slower than 4 parts of 256.
-const MIN_MACS_PER_PART: usize = 1 << 15;
+/// Fewest multiply-adds of a part (256 keys of a group of 4 query heads of 32; 32 keys of heads of 256): some
+/// 15 us of work on one core, against a fixed cost of about 0.4 us per part (handing it out, zeroing its sums,
+/// its share of the merge, which runs on the calling thread). Measured at 2 threads over 1040 keys of 4 x 32
+/// heads: 8 parts took 6% longer than 4, and 32 parts of 32 keys 7% longer on one thread.
+const MIN_MACS_PER_PART: usize = 1 << 16;
 /// An attention call with fewer (row, kv head) tasks than this splits each row's keys: up to this many tasks,
 /// enough to keep 16 threads busy twice over.
 const SPLIT_TASKS: usize = 32;
@@ -362,15 +363,15 @@ mod tests {
     #[test]
     fn decode_rows_split_across_tasks_match_the_reference() {
         // Fewer (row, kv head) tasks than SPLIT_TASKS, so each row's keys are split into parts whose softmax
-        // pieces are merged: one decode row over 3000 keys, the same through a window of 1300 whose ring has
-        // wrapped twice, and 3 rows of 2 kv heads (6 tasks) through a wrapped window of 400; and a short window,
+        // pieces are merged: one decode row over 6000 keys, the same through a window of 2600 whose ring has
+        // wrapped twice, and 3 rows of 2 kv heads (6 tasks) through a wrapped window of 800; and a short window,
         // whose keys are too few to split. Some parts are far larger in score than others (a ramp in q.k), which
         // a wrong rescaling would show.
         let mut rnd = uniform(11);
         for (heads, kv_heads, hd, rows, total, window, want_parts) in [
-            (4, 1, 16, 1, 3000, None, 11),
-            (4, 1, 16, 1, 3000, Some(1300), 5),
-            (6, 2, 64, 3, 1000, Some(400), 4),
+            (4, 1, 16, 1, 6000, None, 11),
+            (4, 1, 16, 1, 6000, Some(2600), 5),
+            (6, 2, 64, 3, 2000, Some(800), 4),
             (4, 1, 16, 1, 300, Some(77), 1),
         ] {
             let s = AttnShape { heads, kv_heads, head_dim: hd, window, scale: 0.25 };
@@ -399,8 +400,8 @@ mod tests {
 
     #[test]
     fn key_parts_depend_on_the_shape_only() {
-        // 4 query heads of 32 per kv head: 256 multiply-adds a key, so parts of at least 128 keys.
-        assert_eq!((key_parts(1, 255, 4, 32), key_parts(1, 256, 4, 32), key_parts(1, 1040, 4, 32)), (1, 2, 8));
+        // 4 query heads of 32 per kv head: 256 multiply-adds a key, so parts of at least 256 keys.
+        assert_eq!((key_parts(1, 511, 4, 32), key_parts(1, 512, 4, 32), key_parts(1, 1040, 4, 32)), (1, 2, 4));
         assert_eq!(key_parts(1, 1 << 20, 4, 32), SPLIT_TASKS);
         // Heads of 256 (Gemma 3 1B): parts of 32 keys; 8 kv heads of 4 x 128: 4 parts each, 32 tasks in all.
         assert_eq!((key_parts(1, 63, 4, 256), key_parts(1, 64, 4, 256), key_parts(1, 4096, 4, 256)), (1, 2, 32));
