@@ -176,6 +176,26 @@ pub fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
     dst
 }
 
+/// Write a safetensors file holding `tensors`, each (name, dtype as safetensors spells it, shape, little-endian
+/// data), back to back in the given order.
+pub fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let begin = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, data.len()]}),
+        );
+    }
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    std::fs::write(path, out).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 /// Rewrite a safetensors file's JSON header (the data bytes are kept as they are).
 pub fn edit_safetensors_header(path: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let b = std::fs::read(path).unwrap();

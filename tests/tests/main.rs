@@ -8,3 +8,5 @@ mod decode;
 mod forged;
 mod outputs;
 mod parity;
+mod streaming;
+mod threads;

@@ -3,7 +3,7 @@
 
 use super::isa::vectorized_fn;
 use super::kv::KvCache;
-use super::pool::{parallel_chunks_mut, threads};
+use super::pool::parallel_chunks_mut;
 
 /// Geometry of one attention op.
 #[derive(Clone, Copy)]
@@ -156,8 +156,29 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// Fewest keys worth a task of their own when one row's keys are split.
+/// Fewest keys of a part when one row's keys are split.
 const MIN_KEYS_PER_PART: usize = 32;
+/// Fewest multiply-adds of a part (256 keys of a group of 4 query heads of 32; 32 keys of heads of 256): some
+/// 15 us of work on one core, against a fixed cost of about 0.4 us per part (handing it out, zeroing its sums,
+/// its share of the merge, which runs on the calling thread). Measured at 2 threads over 1040 keys of 4 x 32
+/// heads: 8 parts took 6% longer than 4, and 32 parts of 32 keys 7% longer on one thread.
+const MIN_MACS_PER_PART: usize = 1 << 16;
+/// An attention call with fewer (row, kv head) tasks than this splits each row's keys: up to this many tasks,
+/// enough to keep 16 threads busy twice over.
+const SPLIT_TASKS: usize = 32;
+
+/// Parts each row's keys are split into, for `tasks` (row, kv head) tasks whose longest row has `keys` keys,
+/// each key costing `group` query heads of `head_dim` (a score and a weighted value each).
+///
+/// A function of the shape only, never of the worker count: the parts' maxima and sums are merged in f32, so
+/// another split would change the last bits, and `--threads 1` and `--threads 8` must give the same logits.
+pub fn key_parts(tasks: usize, keys: usize, group: usize, head_dim: usize) -> usize {
+    if tasks >= SPLIT_TASKS {
+        return 1;
+    }
+    let min_keys = MIN_MACS_PER_PART.div_ceil(2 * group * head_dim).max(MIN_KEYS_PER_PART);
+    SPLIT_TASKS.div_ceil(tasks).min(keys / min_keys).max(1)
+}
 
 /// Causal attention for rows at positions `start..start+rows`: keys before `start` come from the cache, the
 /// rest from this execution's `k`/`v`. A task serves one (row, kv head): all the query heads sharing the kv
@@ -166,7 +187,8 @@ const MIN_KEYS_PER_PART: usize = 32;
 ///
 /// Decoding has one row, and models with few kv heads (Gemma 3 1B has one) would leave threads idle: then each
 /// row's keys are split into parts that run as separate tasks, each keeping its own maximum and sum, and the
-/// parts are merged after (rescaling each by `e^(m_part - m)`), which gives the same softmax.
+/// parts are merged after (rescaling each by `e^(m_part - m)`), which gives the same softmax. How many parts
+/// ([`key_parts`]) depends on the shape alone, so the result does not depend on the thread count.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize, s: AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
     let qw = s.heads * hd;
@@ -181,9 +203,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
         s.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
     };
     let tasks = rows * s.kv_heads;
-    let want = 2 * threads();
-    let parts =
-        if tasks >= want { 1 } else { want.div_ceil(tasks).min(span(rows - 1).len() / MIN_KEYS_PER_PART).max(1) };
+    let parts = key_parts(tasks, span(rows - 1).len(), group, hd);
     if parts == 1 {
         parallel_chunks_mut(out, group * hd, |i, o| {
             let (r, g) = (i / s.kv_heads, i % s.kv_heads);
@@ -342,25 +362,51 @@ mod tests {
 
     #[test]
     fn decode_rows_split_across_tasks_match_the_reference() {
-        // One row and one kv head: fewer (row, kv head) tasks than threads, so the keys are split into parts
-        // whose softmax pieces are merged. Some parts are far larger in score than others (a ramp in q.k), which
+        // Fewer (row, kv head) tasks than SPLIT_TASKS, so each row's keys are split into parts whose softmax
+        // pieces are merged: one decode row over 6000 keys, the same through a window of 2600 whose ring has
+        // wrapped twice, and 3 rows of 2 kv heads (6 tasks) through a wrapped window of 800; and a short window,
+        // whose keys are too few to split. Some parts are far larger in score than others (a ramp in q.k), which
         // a wrong rescaling would show.
         let mut rnd = uniform(11);
-        for window in [None, Some(77)] {
-            let s = AttnShape { heads: 4, kv_heads: 1, head_dim: 16, window, scale: 0.25 };
-            let total = 300;
-            let keys: Vec<Vec<f32>> = (0..total).map(|j| (0..16).map(|_| rnd() + j as f32 / 100.0).collect()).collect();
-            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..16).map(|_| rnd()).collect()).collect();
-            let q: Vec<f32> = (0..64).map(|_| rnd() + 0.5).collect();
-            let start = total - 1;
-            let mut cache = KvCache::new(window.unwrap_or(total), 1, 16);
+        for (heads, kv_heads, hd, rows, total, window, want_parts) in [
+            (4, 1, 16, 1, 6000, None, 11),
+            (4, 1, 16, 1, 6000, Some(2600), 5),
+            (6, 2, 64, 3, 2000, Some(800), 4),
+            (4, 1, 16, 1, 300, Some(77), 1),
+        ] {
+            let s = AttnShape { heads, kv_heads, head_dim: hd, window, scale: 0.25 };
+            let (kw, qw) = (kv_heads * hd, heads * hd);
+            let parts = key_parts(rows * kv_heads, window.unwrap_or(total).min(total), heads / kv_heads, hd);
+            assert_eq!(parts, want_parts, "{rows} rows over {total} keys, window {window:?}");
+            let what = format!("{heads}/{kv_heads}x{hd} heads, {rows} rows, {total} positions, window {window:?}");
+            let ramp = |j: usize| j as f32 / total as f32 * 3.0;
+            let keys: Vec<Vec<f32>> = (0..total).map(|j| (0..kw).map(|_| rnd() + ramp(j)).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| rnd()).collect()).collect();
+            let qs: Vec<Vec<f32>> = (0..total).map(|_| (0..qw).map(|_| rnd() + 0.5).collect()).collect();
+            let start = total - rows;
+            let mut cache = KvCache::new(window.unwrap_or(total), kv_heads, hd);
             cache.append(0, &keys[..start].concat(), &vals[..start].concat());
-            let mut out = vec![0.0; 64];
-            attention(&q, &keys[start], &vals[start], &cache, start, s, &mut out);
-            let want = reference(&q, &keys, &vals, start, s);
-            for (a, b) in out.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "window {window:?}: {a} vs {b}");
+            let mut out = vec![f32::NAN; rows * qw];
+            let q = qs[start..].concat();
+            attention(&q, &keys[start..].concat(), &vals[start..].concat(), &cache, start, s, &mut out);
+            for (r, p) in (start..total).enumerate() {
+                let want = reference(&qs[p], &keys, &vals, p, s);
+                for (i, (a, b)) in out[r * qw..(r + 1) * qw].iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() < 1e-5, "{what} ({parts} parts): position {p} [{i}] {a} vs {b}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn key_parts_depend_on_the_shape_only() {
+        // 4 query heads of 32 per kv head: 256 multiply-adds a key, so parts of at least 256 keys.
+        assert_eq!((key_parts(1, 511, 4, 32), key_parts(1, 512, 4, 32), key_parts(1, 1040, 4, 32)), (1, 2, 4));
+        assert_eq!(key_parts(1, 1 << 20, 4, 32), SPLIT_TASKS);
+        // Heads of 256 (Gemma 3 1B): parts of 32 keys; 8 kv heads of 4 x 128: 4 parts each, 32 tasks in all.
+        assert_eq!((key_parts(1, 63, 4, 256), key_parts(1, 64, 4, 256), key_parts(1, 4096, 4, 256)), (1, 2, 32));
+        assert_eq!(key_parts(8, 4096, 4, 128), 4);
+        // Enough tasks already: no split.
+        assert_eq!((key_parts(SPLIT_TASKS, 4096, 4, 128), key_parts(500, 1 << 20, 1, 64)), (1, 1));
     }
 }

@@ -92,4 +92,37 @@ mod tests {
         glu_silu(&[-200.0, 200.0], &[1.0, 1.0], &mut y[..2]);
         assert!(y[0].abs() < 1e-30 && y[1] == 200.0, "{:?}", &y[..2]);
     }
+
+    #[test]
+    fn chunked_and_parallel_elementwise_kernels_match_f64() {
+        // Above 1 << 14 elements the kernels run in chunks on the pool: one chunk exactly (serial), one element
+        // more (a second chunk of 1), and several chunks with a ragged end. Every element's operands differ, so
+        // a chunk that reads another chunk's inputs shows.
+        const CHUNK: usize = 1 << 14;
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        for len in [CHUNK - 3, CHUNK, CHUNK + 1, 3 * CHUNK + 100] {
+            let a: Vec<f32> = (0..len).map(|i| ((i * 7919) % 2001) as f32 * 0.004 - 4.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| ((i * 104_729) % 1999) as f32 * 0.001 - 1.0).collect();
+            let mut y = vec![f32::NAN; len];
+            add(&a, &b, &mut y);
+            for (i, ((&a, &b), &y)) in a.iter().zip(&b).zip(&y).enumerate() {
+                // One correctly rounded f32 addition.
+                assert_eq!(y, (f64::from(a) + f64::from(b)) as f32, "add, len {len}, element {i}: {a} + {b}");
+            }
+            type Def = fn(f64, f64, f64) -> f64;
+            let silu: Def = |g, u, _| g / (1.0 + (-g).exp()) * u;
+            let gelu: Def = |g, u, c| 0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh()) * u;
+            type Kernel = fn(&[f32], &[f32], &mut [f32]);
+            let kernels: [(&str, Kernel, Def); 2] = [("silu", glu_silu, silu), ("gelu_tanh", glu_gelu_tanh, gelu)];
+            for (name, kernel, def) in kernels {
+                y.fill(f32::NAN);
+                kernel(&a, &b, &mut y);
+                for (i, ((&g, &u), &y)) in a.iter().zip(&b).zip(&y).enumerate() {
+                    let want = def(f64::from(g), f64::from(u), c);
+                    let err = (f64::from(y) - want).abs();
+                    assert!(err <= 1e-6 * (1.0 + want.abs()), "{name}, len {len}, element {i}: {y} vs {want}");
+                }
+            }
+        }
+    }
 }

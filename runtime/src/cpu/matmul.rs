@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn threaded_splits_cover_every_output() {
         // Shapes above the threading threshold with ragged column chunks and row tails, a narrow `n` that
-        // forces row parts, and a long `k`.
+        // forces row parts, a long `k`, and the shapes that pick the other tile and activation-copy paths.
         let mut rng = Rng(77);
         let mut scratch = Scratch::default();
         for format in WeightFormat::ALL {
@@ -633,7 +633,13 @@ mod tests {
             // The quantized formats store these padded to whole groups of 8 rows (301, 3 and 70 rows end in a
             // partial group); and whole groups: ragged chunks of groups, one group, long k.
             let x8 = [(1, 344, 512), (6, 344, 256), (203, 8, 256), (37, 72, 1024), (5, 40, 4192)];
-            for (rows, n, k) in shapes.into_iter().chain(x8) {
+            // Decode with k > 4096: float formats take the 1 x 4 tile (`default_tile`), with a ragged last tile
+            // (37 columns) and whole ones (64).
+            let long_gemv = [(1, 37, 4160), (1, 64, 8192)];
+            // Prefill activations are copied to padded rows on the pool from rows * k = 1 << 16 on: just below,
+            // at, and past it with a k that is not a multiple of the padding (16).
+            let copies = [(31, 40, 2048), (32, 40, 2048), (65, 24, if format.is_quantized() { 1056 } else { 1040 })];
+            for (rows, n, k) in shapes.into_iter().chain(x8).chain(long_gemv).chain(copies) {
                 let (data, deq) = weights(&mut rng, format, n, k);
                 let x = activations(&mut rng, rows, k);
                 for layout in layouts(format, n) {

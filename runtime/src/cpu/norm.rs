@@ -39,4 +39,47 @@ mod tests {
         rms_norm(&[3.0, 4.0], &[0.0, 1.0], 0.0, true, &mut y);
         assert!((y[0] - 0.848_528).abs() < 1e-5 && (y[1] - 2.262_742).abs() < 1e-5, "{y:?}");
     }
+
+    /// Pseudo-random values in [-1, 1), from a seeded xorshift.
+    fn uniform(mut s: u64) -> impl FnMut() -> f32 {
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    #[test]
+    fn serial_and_parallel_rms_norm_match_f64_definition() {
+        // `rms_norm` goes to the pool from 1 << 16 elements of x on: sizes just below and at that threshold, a
+        // per-head norm (many short groups) past it, and one long row. Groups differ in magnitude by 1e4, so a
+        // group normalized with another's statistics, or eps (1e-5, near mean(x^2) of the small groups) left out,
+        // shows; so does a weight read from the wrong offset or `w` taken for `1 + w`.
+        const T: usize = 1 << 16;
+        let mut rnd = uniform(0x9e37_79b9_7f4a_7c15);
+        for (n, groups) in [(256, T / 256 - 1), (256, T / 256), (32, T / 32 + 5), (4096, 15), (4096, 17)] {
+            let x: Vec<f32> = (0..n * groups).map(|i| rnd() * [1.0, 1e-2, 3.0][(i / n) % 3]).collect();
+            let w: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let eps = 1e-5;
+            for unit_offset in [false, true] {
+                let mut y = vec![f32::NAN; x.len()];
+                rms_norm(&x, &w, eps, unit_offset, &mut y);
+                for (gi, (xs, ys)) in x.chunks(n).zip(y.chunks(n)).enumerate() {
+                    let ms = xs.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / n as f64;
+                    let r = 1.0 / (ms + f64::from(eps)).sqrt();
+                    for (i, (&xv, &yv)) in xs.iter().zip(ys).enumerate() {
+                        let g = f64::from(w[i]) + if unit_offset { 1.0 } else { 0.0 };
+                        let want = f64::from(xv) * r * g;
+                        // f32 arithmetic: the sum of squares in 8 lanes, then a handful of roundings.
+                        let tol = 1e-5 * (f64::from(xv) * r).abs() * (1.0 + g.abs()) + 1e-12;
+                        assert!(
+                            (f64::from(yv) - want).abs() <= tol,
+                            "n={n} groups={groups} unit_offset={unit_offset}: y[{gi}][{i}] = {yv}, expected {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
