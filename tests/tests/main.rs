@@ -6,5 +6,6 @@ mod chunks;
 mod cli;
 mod decode;
 mod forged;
+mod generation;
 mod outputs;
 mod parity;
