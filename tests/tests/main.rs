@@ -9,3 +9,4 @@ mod forged;
 mod generation;
 mod outputs;
 mod parity;
+mod rope;
