@@ -38,6 +38,11 @@ impl Stats {
 }
 
 /// Generate up to `max_new` tokens after `prompt`, calling `emit` with each one as it is chosen.
+///
+/// Stops after emitting an id of `eos` (emitted, [`StopReason::EndToken`]), after `max_new` tokens
+/// ([`StopReason::Length`]; `max_new == 0` emits nothing, though the prompt is still prefilled), or when the session's
+/// positions are all used ([`StopReason::ContextFull`]): the token predicted from the last position is emitted without
+/// being fed back, so a session of `ctx` positions yields at most `ctx - prompt.len() + 1` tokens.
 pub fn generate(
     session: &mut Session,
     prompt: &[u32],

@@ -5,7 +5,8 @@ use std::process::{Command, Output};
 use unicorn_compiler::compile::{compile, CompileOptions};
 use unicorn_ir::WeightFormat;
 use unicorn_passes::{Options, Target};
-use unicorn_runtime::sampler::argmax;
+use unicorn_runtime::generate::{generate, Stats};
+use unicorn_runtime::sampler::{argmax, Sampler, SamplerOptions};
 use unicorn_runtime::{Model, Session};
 
 /// The committed fixtures. The first call in a test binary also prints what the in-process kernels run with,
@@ -44,11 +45,33 @@ pub fn fixtures() -> Vec<String> {
 
 /// What transformers produced for a fixture.
 pub struct Expected {
+    pub name: String,
     pub prompt_ids: Vec<u32>,
+    /// The new tokens of transformers' cache-free greedy loop (at most 8, ending early after an eos id).
     pub greedy_ids: Vec<u32>,
+    /// The new tokens of transformers' `model.generate(do_sample=False, max_new_tokens=8)` with the checkpoint's
+    /// generation_config (its eos ids).
+    pub generate_ids: Vec<u32>,
+    /// The quantization grid every matrix of the fixture sits on: `q4_0` or `q8_0` (tests/fixtures/README.md).
+    pub grid: WeightFormat,
     pub vocab: usize,
-    /// Row-major `[prompt_len, vocab]`.
+    /// Row-major `[prompt_len, vocab]`: transformers in float32.
     pub logits: Vec<f32>,
+    /// The whole expected.json.
+    pub json: serde_json::Value,
+}
+
+impl Expected {
+    /// transformers' logits with the weights in `format` and every linear layer's input quantized to q8 blocks
+    /// as Unicorn's kernels do (`logits_<format>.npy`); stored for the fixture's own grid only.
+    pub fn quantized_logits(&self, format: WeightFormat) -> Option<Vec<f32>> {
+        let path = fixtures_dir().join(&self.name).join(format!("logits_{format}.npy"));
+        path.is_file().then(|| {
+            let (shape, logits) = read_npy_f32(&path);
+            assert_eq!(shape, vec![self.prompt_ids.len(), self.vocab], "{}", path.display());
+            logits
+        })
+    }
 }
 
 pub fn expected(name: &str) -> Expected {
@@ -60,7 +83,19 @@ pub fn expected(name: &str) -> Expected {
     };
     let (shape, logits) = read_npy_f32(&dir.join("logits.npy"));
     assert_eq!(shape.len(), 2);
-    Expected { prompt_ids: ids("prompt_ids"), greedy_ids: ids("greedy_ids"), vocab: shape[1], logits }
+    let grid = j["grid"].as_str().unwrap_or_else(|| panic!("{name}: grid"));
+    let grid = WeightFormat::parse(grid).unwrap_or_else(|e| panic!("{name}: grid {grid}: {e}"));
+    assert!(grid.is_quantized(), "{name}: grid {grid}");
+    Expected {
+        name: name.to_string(),
+        prompt_ids: ids("prompt_ids"),
+        greedy_ids: ids("greedy_ids"),
+        generate_ids: ids("generate_ids"),
+        grid,
+        vocab: shape[1],
+        logits,
+        json: j,
+    }
 }
 
 /// Read a little-endian float32 C-order .npy file.
@@ -102,17 +137,20 @@ pub fn prefill_logits(plan: &Path, ids: &[u32]) -> Vec<f32> {
     s.forward(ids, true).expect("prefill").to_vec()
 }
 
-/// Greedy continuation through prefill then decode steps (the KV-cache path), stopping at an end token.
-pub fn greedy(plan: &Path, ids: &[u32], n: usize) -> Vec<u32> {
-    let model = Model::load(plan).expect("plan loads");
+/// The runtime's own generation loop ([`unicorn_runtime::generate::generate`], what `unicorn-rt` runs), greedy,
+/// with the plan's eos ids, in a session of `ctx` positions: the emitted ids and the loop's stats.
+pub fn generate_greedy(model: &Model, prompt: &[u32], max_new: usize, ctx: usize) -> (Vec<u32>, Stats) {
+    let mut session = Session::new(model, ctx).expect("session");
+    let mut sampler = Sampler::new(SamplerOptions { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 });
     let eos = model.header().spec.eos_token_ids.clone();
-    let mut s = Session::new(&model, ids.len() + n).expect("session");
-    let mut out = vec![argmax(s.forward(ids, false).unwrap())];
-    while out.len() < n && !eos.contains(out.last().unwrap()) {
-        let next = argmax(s.forward(&[*out.last().unwrap()], false).unwrap());
-        out.push(next);
-    }
-    out
+    let mut ids = Vec::new();
+    let stats = generate(&mut session, prompt, max_new, &mut sampler, &eos, |t| {
+        ids.push(t);
+        Ok(())
+    })
+    .expect("generate");
+    assert_eq!(stats.generated, ids.len(), "Stats::generated counts the emitted tokens");
+    (ids, stats)
 }
 
 /// Comparison of two `[rows, vocab]` logit matrices.

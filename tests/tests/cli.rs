@@ -24,7 +24,7 @@ fn compile_then_logits_out_and_print_ids_match_transformers() {
     let (shape, logits) = read_npy_f32(&npy);
     assert_eq!(shape, vec![exp.prompt_ids.len(), exp.vocab]);
     let a = compare(&logits, &exp.logits, exp.vocab);
-    assert!(a.rel_err <= 1e-3, "{}", a.rel_err);
+    assert!(a.rel_err <= 1e-5, "{}", a.rel_err);
 
     let n = exp.greedy_ids.len().to_string();
     let out = run(

@@ -367,6 +367,11 @@ fn every_fixture_opens_and_matches_its_config() {
                 assert!(matches!(s.ropes[0].scaling, RopeScaling::Llama3 { factor, original_max_position, .. }
                     if factor == 8.0 && original_max_position == 32.0));
             }
+            "llama_mha" => {
+                assert_eq!((s.num_heads, s.num_kv_heads), (4, 4));
+                // generation_config's single id first, then config.json's
+                assert_eq!(s.eos_token_ids, vec![3, 2]);
+            }
             "mistral_sliding" => assert!(windows.iter().all(|w| *w == Some(8))),
             "qwen2_bias" => assert!(s.qkv_bias && !s.o_bias),
             "qwen3_qknorm" => assert!(s.qk_norm && s.head_dim == 32),
