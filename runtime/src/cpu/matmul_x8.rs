@@ -84,7 +84,7 @@ unsafe fn portable_q4<const R: usize>(a: &TileArgs) {
             for (r, s) in sums.iter_mut().enumerate() {
                 let xq = std::slice::from_raw_parts(a.x.add(r * a.ldx + b * QK).cast::<i8>(), QK);
                 let dot: i32 = xq.iter().zip(&wq).map(|(&x, &w)| i32::from(x) * w).sum();
-                let (dx, m) = (*a.xd.add(r * a.ldxd + b), *a.xm.add(r * a.ldxd + b) as i32);
+                let (dx, m) = (*a.xd.add(r * a.ldxd + b), *a.xm.add(r * a.ldxd + b));
                 s[c] += dw * dx * (dot - 8 * m) as f32;
             }
         }
@@ -175,7 +175,7 @@ macro_rules! x8_tiles {
                         s1 = $dot4(s1, hi[j], bcast4(x.add(16 + 4 * j)));
                     }
                     // sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32.
-                    let m8 = _mm256_set1_epi32(8 * *a.xm.add(r * a.ldxd + b) as i32);
+                    let m8 = _mm256_slli_epi32(_mm256_set1_epi32(*a.xm.add(r * a.ldxd + b)), 3);
                     let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_add_epi32(s0, s1), m8));
                     let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
                     *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), s, *acc);
@@ -215,7 +215,7 @@ macro_rules! x8_tiles {
                     let mut s = _mm256_add_epi32(s0, s1);
                     if $vnni {
                         // sum((w + 128) * x) = sum(w * x) + 128 * sum(x): subtracted exactly, in i32.
-                        s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * *a.xm.add(r * a.ldxd + b) as i32));
+                        s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_set1_epi32(*a.xm.add(r * a.ldxd + b)), 7));
                     }
                     let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
                     *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(s), *acc);

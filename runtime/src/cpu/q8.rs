@@ -2,7 +2,7 @@
 //!
 //! Like llama.cpp, a q8_0/q4_0 matmul quantizes its activations once per call and then multiplies int8 by int8.
 //! Unlike GGML's `block_q8_0` the scale stays f32 (it never leaves memory we own, so there is no reason to round
-//! it), and each block also carries `m = sum(q)` (an integer, |m| <= 32 * 127, held exactly as f32), which lets
+//! it), and each block also carries `m = sum(q)` (an i32, ready for a broadcast from memory), which lets
 //! q4_0 weights enter the dot product as their unsigned nibbles `q` instead of `q - 8`, and q8_0 weights as `w + 128`
 //! (VNNI wants an unsigned operand): `sum((q - 8) * x) = sum(q * x) - 8 * m` in exact integer arithmetic, before
 //! anything is scaled, so every kernel family computes the same integer for a block.
@@ -22,8 +22,8 @@ pub struct Q8Acts {
     pub qs: Vec<i8>,
     /// Per-block scales, `rows * (k / QK)`.
     pub d: Vec<f32>,
-    /// Per-block `sum(q)`, exact in f32, laid out like `d`.
-    pub m: Vec<f32>,
+    /// Per-block `sum(q)`, laid out like `d`.
+    pub m: Vec<i32>,
     pub k: usize,
 }
 
@@ -36,7 +36,7 @@ impl Q8Acts {
         // `resize` only allocates when the buffers must grow.
         self.qs.resize(rows * k, 0);
         self.d.resize(rows * nb, 0.0);
-        self.m.resize(rows * nb, 0.0);
+        self.m.resize(rows * nb, 0);
         let qs = &mut self.qs[..rows * k];
         let d = &mut self.d[..rows * nb];
         let m = &mut self.m[..rows * nb];
@@ -60,7 +60,7 @@ impl Q8Acts {
     }
 }
 
-fn quantize_row(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [f32]) {
+fn quantize_row(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [i32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => {
@@ -72,7 +72,7 @@ fn quantize_row(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [f32]
     }
 }
 
-fn quantize_row_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [f32]) {
+fn quantize_row_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [i32]) {
     for (((xb, qb), d), m) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut()).zip(m.iter_mut()) {
         let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -82,7 +82,7 @@ fn quantize_row_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [f32])
             sum += i32::from(*q);
         }
         *d = amax / 127.0;
-        *m = sum as f32;
+        *m = sum;
     }
 }
 
@@ -94,7 +94,7 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [f32]) {
+    pub(super) unsafe fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [i32]) {
         let nb = x.len() / QK;
         assert!(qs.len() == nb * QK && d.len() == nb && m.len() == nb);
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
@@ -127,7 +127,7 @@ mod avx2 {
             let q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[0], q16[1]), unshuffle);
             _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK).cast(), q8);
             d[b] = amax / 127.0;
-            m[b] = sum as f32;
+            m[b] = sum;
         }
     }
 }
@@ -174,7 +174,7 @@ mod tests {
                     sum += i32::from(q);
                     assert!((v - f32::from(q) * d).abs() <= d * 0.5001, "{v} {q} {d}");
                 }
-                assert_eq!(a.m[r * 8 + bi], sum as f32);
+                assert_eq!(a.m[r * 8 + bi], sum);
             }
         }
     }
