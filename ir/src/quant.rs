@@ -510,6 +510,10 @@ mod tests {
         assert!(!WeightLayout::Interleaved8.fits(WeightFormat::Q8_0, &[64]));
         assert!(WeightLayout::Rows.fits(WeightFormat::Q8_0, &[60, 32]));
         assert_eq!(serde_json::to_string(&WeightLayout::Interleaved8).unwrap(), "\"interleaved8\"");
+        // Messages name a layout as plan files spell it.
+        for l in [WeightLayout::Rows, WeightLayout::Interleaved8] {
+            assert_eq!(serde_json::to_string(&l).unwrap(), format!("\"{}\"", l.name()));
+        }
         assert_eq!(serde_json::from_str::<WeightLayout>("\"rows\"").unwrap(), WeightLayout::Rows);
     }
 }
