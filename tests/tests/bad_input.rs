@@ -103,6 +103,8 @@ fn bad_flag_values_name_the_flag() {
     let p = plan.to_str().unwrap();
     assert_one_line_error(&run("unicornc", &["compile", m, "-o", p, "--weights", "q3_k"]), "--weights");
     assert_one_line_error(&run("unicornc", &["compile", m, "-o", p, "--max-context", "0"]), "--max-context");
+    assert_one_line_error(&run("unicornc", &["compile", m, "-o", p, "--max-context", "99999999999"]), "--max-context");
+    assert_one_line_error(&run("unicornc", &["compile", m, "-o", p, "--kv-cache", "bf16"]), "--kv-cache");
     assert_one_line_error(&run("unicornc", &["compile", m, "-o", p, "--target", "tpu"]), "--target");
     assert_one_line_error(&run("unicornc", &["compile", "/nonexistent/model", "-o", p]), "/nonexistent/model");
 }
