@@ -25,7 +25,6 @@ core=(
   runtime/src/cpu/matmul.rs
   runtime/src/cpu/matmul_x8.rs
   runtime/src/cpu/matmul_avx2.rs
-  runtime/src/cpu/ops.rs
   runtime/src/cpu/attention.rs
   runtime/src/cpu/norm.rs
   runtime/src/cpu/rope.rs
