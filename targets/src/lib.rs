@@ -2,3 +2,4 @@
 //! function; the CPU target lowers every op to one of the runtime's built-in kernels, named here.
 
 pub mod cpu;
+pub mod vulkan;

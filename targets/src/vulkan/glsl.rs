@@ -1,0 +1,411 @@
+//! GLSL generation for the Vulkan target: one compute shader per kernel, generated from a few templates with
+//! the weight format generated into the source and the sizes as specialization constants.
+//!
+//! The kernel ABI, shared by every shader here and the Vulkan executor:
+//! - binding `i` of descriptor set 0 is the step's `i`-th buffer argument (activations, weights, the KV cache,
+//!   the token ids); scalar arguments are not bound;
+//! - a push-constant block `Push { uint rows; uint pos; uint keep; uint cap; uint pass; uint base[8]; }`: the launch's rows
+//!   (`S`, or `R` for the kept rows), the position of its first row, the kept rows, the KV cache's ring capacity,
+//!   and per buffer argument the offset of its first element, in 32-bit words, inside its binding (an activation
+//!   slot's start depends on the rows of the execution, so it is not known when the plan is written);
+//! - the op's sizes and constants are generated into the source as `#define`s (floats by their exact bits), as
+//!   is the workgroup size: naga's SPIR-V reader takes neither a specialization-constant workgroup size nor the
+//!   `OpSpecConstantOp`s that arithmetic on specialization constants becomes, and every module is validated;
+//! - `pc.pass` selects the pass of a kernel the executor launches more than once (attention).
+//!
+//! Weights are read as 32-bit words: f32, f16 and bf16 matrices row after row; q8_0 / q4_0 matrices in the
+//! [`unicorn_ir::quant::WeightLayout::Interleaved8`] layout the CPU kernels read too, which puts every scale
+//! and every four quant bytes of a group of eight rows on a word boundary. Activations are f32.
+
+use std::fmt::Write;
+use unicorn_ir::WeightFormat;
+
+/// Most buffer arguments of one kernel (the size of the push block's `base`).
+pub const MAX_BUFFERS: usize = 8;
+
+// The push block (five words, then a base per buffer) fits the 128 bytes every Vulkan device offers.
+const _: () = assert!((5 + MAX_BUFFERS) * 4 <= 128);
+
+/// Rows of a weight matrix one matmul workgroup produces (one interleaved group).
+pub const MATMUL_ROWS: u32 = 8;
+
+/// Threads per workgroup of the elementwise kernels, the norm and attention.
+pub const WIDE: u32 = 64;
+
+/// Threads per output row of a matmul workgroup.
+pub const MATMUL_LANES: u32 = 32;
+
+fn header(out: &mut String, x: u32, y: u32) {
+    let _ = write!(
+        out,
+        "#version 450\n\
+         layout(local_size_x = {x}, local_size_y = {y}) in;\n\
+         layout(push_constant) uniform Push {{ uint rows; uint pos; uint keep; uint cap; uint pass; uint base[{MAX_BUFFERS}]; }} pc;\n"
+    );
+}
+
+fn f32_buffer(out: &mut String, binding: usize, name: &str, access: &str) {
+    let _ = writeln!(out, "layout(std430, binding = {binding}) {access} buffer B{binding} {{ float {name}[]; }};");
+}
+
+fn u32_buffer(out: &mut String, binding: usize, name: &str, access: &str) {
+    let _ = writeln!(out, "layout(std430, binding = {binding}) {access} buffer B{binding} {{ uint {name}[]; }};");
+}
+
+fn def_uint(out: &mut String, name: &str, v: u64) {
+    let _ = writeln!(out, "#define {name} {v}u");
+}
+
+/// A float constant by its exact bits (a decimal literal could round differently).
+fn def_float(out: &mut String, name: &str, v: f32) {
+    let _ = writeln!(out, "#define {name} uintBitsToFloat(0x{:08x}u)", v.to_bits());
+}
+
+/// `float w_elem(uint row, uint i)`: element `i` of row `row` of the matrix bound as `w` (`K` columns, words
+/// from `pc.base[arg]`), for any format.
+fn weight_element(out: &mut String, format: WeightFormat, arg: usize) {
+    let b = format!("pc.base[{arg}]");
+    let body = match format {
+        WeightFormat::F32 => format!("return uintBitsToFloat(w[{b} + row * K + i]);"),
+        WeightFormat::F16 => format!(
+            "uint e = row * K + i; vec2 h = unpackHalf2x16(w[{b} + e / 2u]); return (e & 1u) == 0u ? h.x : h.y;"
+        ),
+        WeightFormat::Bf16 => format!(
+            "uint e = row * K + i; uint word = w[{b} + e / 2u]; \
+             return uintBitsToFloat((e & 1u) == 0u ? word << 16 : word & 0xffff0000u);"
+        ),
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+            let block_words = quant_words(format);
+            let q = match format {
+                WeightFormat::Q8_0 => String::from(
+                    "uint word = w[at + 4u + (j / 4u) * 8u + r]; \
+                     float q = float(bitfieldExtract(int(word), int((j % 4u) * 8u), 8));",
+                ),
+                _ => String::from(
+                    "uint jb = j % 16u; uint word = w[at + 4u + (jb / 4u) * 8u + r]; \
+                     uint byte = (word >> ((jb % 4u) * 8u)) & 0xffu; \
+                     float q = float(int(j < 16u ? byte & 15u : byte >> 4) - 8);",
+                ),
+            };
+            format!(
+                "uint r = row % 8u, blk = i / 32u, j = i % 32u; \
+                 uint at = {b} + ((row / 8u) * (K / 32u) + blk) * {block_words}u; \
+                 vec2 d2 = unpackHalf2x16(w[at + r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y; \
+                 {q} return q * d;"
+            )
+        }
+    };
+    let _ = writeln!(out, "float w_elem(uint row, uint i) {{ {body} }}");
+}
+
+/// Words of one block index of an interleaved group: the 8 rows' f16 scales (4 words), then their quants.
+fn quant_words(format: WeightFormat) -> u32 {
+    match format {
+        WeightFormat::Q8_0 => 4 + 64,
+        _ => 4 + 32,
+    }
+}
+
+/// `embed_<format>`: row `t` of the table for each token, times `SCALE`.
+/// Bindings [tokens, table, out]. Work: `[ceil(K / 64), rows, 1]`.
+pub fn embed(format: WeightFormat, k: u64, scale: f32) -> String {
+    let mut s = String::new();
+    header(&mut s, WIDE, 1);
+    u32_buffer(&mut s, 0, "tokens", "readonly");
+    u32_buffer(&mut s, 1, "w", "readonly");
+    f32_buffer(&mut s, 2, "y", "writeonly");
+    def_uint(&mut s, "K", k);
+    def_float(&mut s, "SCALE", scale);
+    weight_element(&mut s, format, 1);
+    s.push_str(
+        "void main() {\n\
+         \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y;\n\
+         \x20 if (i >= K) return;\n\
+         \x20 y[pc.base[2] + r * K + i] = w_elem(tokens[pc.base[0] + r], i) * SCALE;\n\
+         }\n",
+    );
+    s
+}
+
+/// `matmul_<format>[_bias]`: `y = x W^T (+ b)`, W `N x K`. A workgroup of `32 x 8` threads makes 8 outputs of one
+/// row (one interleaved group of W); each output's 32 threads stride its row of W and meet in shared memory.
+/// Bindings [x, w, (bias), y]. Work: `[ceil(N / 8), rows, 1]`.
+pub fn matmul(format: WeightFormat, bias: bool, k: u64, n: u64) -> String {
+    let mut s = String::new();
+    header(&mut s, MATMUL_LANES, MATMUL_ROWS);
+    f32_buffer(&mut s, 0, "x", "readonly");
+    u32_buffer(&mut s, 1, "w", "readonly");
+    let out = if bias {
+        f32_buffer(&mut s, 2, "b", "readonly");
+        3
+    } else {
+        2
+    };
+    f32_buffer(&mut s, out, "y", "writeonly");
+    def_uint(&mut s, "K", k);
+    def_uint(&mut s, "N", n);
+    weight_element(&mut s, format, 1);
+    let _ = writeln!(s, "shared float part[{MATMUL_ROWS}][{MATMUL_LANES}];");
+    let add_bias = if bias { "v += b[pc.base[2] + n]; " } else { "" };
+    let _ = write!(
+        s,
+        "void main() {{\n\
+         \x20 uint lane = gl_LocalInvocationID.x, o = gl_LocalInvocationID.y;\n\
+         \x20 uint n = gl_WorkGroupID.x * {MATMUL_ROWS}u + o, r = gl_WorkGroupID.y;\n\
+         \x20 float acc = 0.0;\n\
+         \x20 if (n < N) {{\n\
+         \x20   uint xr = pc.base[0] + r * K;\n\
+         \x20   for (uint i = lane; i < K; i += gl_WorkGroupSize.x) acc += x[xr + i] * w_elem(n, i);\n\
+         \x20 }}\n\
+         \x20 part[o][lane] = acc;\n\
+         \x20 barrier();\n\
+         \x20 for (uint h = gl_WorkGroupSize.x / 2u; h > 0u; h /= 2u) {{\n\
+         \x20   if (lane < h) part[o][lane] += part[o][lane + h];\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         \x20 if (lane == 0u && n < N) {{ float v = part[o][0]; {add_bias}y[pc.base[{out}] + r * N + n] = v; }}\n\
+         }}\n"
+    );
+    s
+}
+
+/// `rms_norm`: each `G`-element group of a row scaled by `1 / sqrt(mean(x^2) + EPS)` and the weight (or one
+/// plus it with `unit_offset`). Bindings [x, w, out]. Work: `[width / G, rows, 1]`, one workgroup per group.
+pub fn rms_norm(g: u64, eps: f32, unit_offset: bool) -> String {
+    let mut s = String::new();
+    header(&mut s, WIDE, 1);
+    f32_buffer(&mut s, 0, "x", "readonly");
+    f32_buffer(&mut s, 1, "w", "readonly");
+    f32_buffer(&mut s, 2, "y", "writeonly");
+    def_uint(&mut s, "G", g);
+    def_float(&mut s, "EPS", eps);
+    def_uint(&mut s, "UNIT", unit_offset as u64);
+    let _ = write!(
+        s,
+        "shared float part[{WIDE}];\n\
+         void main() {{\n\
+         \x20 uint lane = gl_LocalInvocationID.x;\n\
+         \x20 uint at = (gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x) * G;\n\
+         \x20 float acc = 0.0;\n\
+         \x20 for (uint i = lane; i < G; i += gl_WorkGroupSize.x) {{ float v = x[pc.base[0] + at + i]; acc += v * v; }}\n\
+         \x20 part[lane] = acc;\n\
+         \x20 barrier();\n\
+         \x20 for (uint h = gl_WorkGroupSize.x / 2u; h > 0u; h /= 2u) {{\n\
+         \x20   if (lane < h) part[lane] += part[lane + h];\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         \x20 float inv = 1.0 / sqrt(part[0] / float(G) + EPS);\n\
+         \x20 for (uint i = lane; i < G; i += gl_WorkGroupSize.x) {{\n\
+         \x20   float g = w[pc.base[1] + i] + (UNIT == 1u ? 1.0 : 0.0);\n\
+         \x20   y[pc.base[2] + at + i] = x[pc.base[0] + at + i] * inv * g;\n\
+         \x20 }}\n\
+         }}\n"
+    );
+    s
+}
+
+/// `rope_<table>`: rotate-half rotary embedding of every `HD`-element head of a `W`-wide row at position
+/// `pc.pos + row`, with the table's inverse frequencies generated into the source (their exact f32 bits).
+/// Bindings [x, out]. Work: `[ceil(W / 2 / 64), rows, 1]`.
+pub fn rope(inv_freq: &[f32], width: u64, head_dim: u64) -> String {
+    let mut s = String::new();
+    header(&mut s, WIDE, 1);
+    f32_buffer(&mut s, 0, "x", "readonly");
+    f32_buffer(&mut s, 1, "y", "writeonly");
+    def_uint(&mut s, "W", width);
+    def_uint(&mut s, "HD", head_dim);
+    let bits: Vec<String> = inv_freq.iter().map(|f| format!("0x{:08x}u", f.to_bits())).collect();
+    let _ = writeln!(s, "const uint INV_FREQ[{}] = uint[]({});", bits.len().max(1), bits.join(", "));
+    s.push_str(
+        "void main() {\n\
+         \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y, half_ = HD / 2u;\n\
+         \x20 if (i >= W / 2u) return;\n\
+         \x20 uint head = i / half_, f = i % half_;\n\
+         \x20 uint a = pc.base[0] + r * W + head * HD + f, o = pc.base[1] + r * W + head * HD + f;\n\
+         \x20 float angle = float(pc.pos + r) * uintBitsToFloat(INV_FREQ[f]);\n\
+         \x20 float c = cos(angle), sn = sin(angle);\n\
+         \x20 float x0 = x[a], x1 = x[a + half_];\n\
+         \x20 y[o] = x0 * c - x1 * sn;\n\
+         \x20 y[o + half_] = x1 * c + x0 * sn;\n\
+         }\n",
+    );
+    s
+}
+
+/// The elementwise kernels, over rows of `W` elements; `C` is the op's constant (`scale`, `softcap`). Bindings
+/// [a, (b), out]. Work: `[ceil(W / 64), rows, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elementwise {
+    Add,
+    GluSilu,
+    GluGeluTanh,
+    Scale,
+    Softcap,
+}
+
+impl Elementwise {
+    pub fn name(self) -> &'static str {
+        match self {
+            Elementwise::Add => "add",
+            Elementwise::GluSilu => "glu_silu",
+            Elementwise::GluGeluTanh => "glu_gelutanh",
+            Elementwise::Scale => "scale",
+            Elementwise::Softcap => "softcap",
+        }
+    }
+
+    fn binary(self) -> bool {
+        matches!(self, Elementwise::Add | Elementwise::GluSilu | Elementwise::GluGeluTanh)
+    }
+}
+
+pub fn elementwise(op: Elementwise, width: u64, c: f32) -> String {
+    let mut s = String::new();
+    header(&mut s, WIDE, 1);
+    f32_buffer(&mut s, 0, "a", "readonly");
+    let out = if op.binary() {
+        f32_buffer(&mut s, 1, "b", "readonly");
+        2
+    } else {
+        1
+    };
+    f32_buffer(&mut s, out, "y", "writeonly");
+    def_uint(&mut s, "W", width);
+    def_float(&mut s, "C", c);
+    let expr = match op {
+        Elementwise::Add => "u + b[pc.base[1] + e]",
+        Elementwise::GluSilu => "u / (1.0 + exp(-u)) * b[pc.base[1] + e]",
+        // gelu(u) with the tanh approximation, as the reference computes it.
+        Elementwise::GluGeluTanh => {
+            "0.5 * u * (1.0 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))) * b[pc.base[1] + e]"
+        }
+        Elementwise::Scale => "u * C",
+        Elementwise::Softcap => "C * tanh(u / C)",
+    };
+    let _ = write!(
+        s,
+        "void main() {{\n\
+         \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y;\n\
+         \x20 if (i >= W) return;\n\
+         \x20 uint e = r * W + i;\n\
+         \x20 float u = a[pc.base[0] + e];\n\
+         \x20 y[pc.base[{out}] + e] = {expr};\n\
+         }}\n"
+    );
+    s
+}
+
+/// `select_rows`: the last `pc.keep` of `pc.rows` rows of `W` elements. Bindings [x, out]. Work:
+/// `[ceil(W / 64), keep, 1]`.
+pub fn select_rows(width: u64) -> String {
+    let mut s = String::new();
+    header(&mut s, WIDE, 1);
+    f32_buffer(&mut s, 0, "x", "readonly");
+    f32_buffer(&mut s, 1, "y", "writeonly");
+    def_uint(&mut s, "W", width);
+    s.push_str(
+        "void main() {\n\
+         \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y;\n\
+         \x20 if (i >= W) return;\n\
+         \x20 y[pc.base[1] + r * W + i] = x[pc.base[0] + (pc.rows - pc.keep + r) * W + i];\n\
+         }\n",
+    );
+    s
+}
+
+/// The geometry of an attention op.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionShape {
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub window: Option<u64>,
+    pub scale: f32,
+}
+
+/// `attention[_windowed]_<kv dtype>`: causal grouped-query attention of each query head over the positions it
+/// sees — the cache's before `pc.pos`, this execution's `k`/`v` rows from `pc.pos` on — with an online softmax;
+/// a workgroup per (head, row), its threads splitting the head's dimensions.
+///
+/// Bindings [q, k, v, kv cache, out]; the cache holds the keys, then the values, each `KVH * pc.cap * HD`
+/// elements, head-major (kv head `g`, ring slot `t` at `(g * cap + t) * HD`); `WINDOW` 0 is none. Pass 0
+/// attends (work `[H, rows, 1]`); pass 1, run after it,
+/// appends the execution's keys and values to the cache (work `[ceil(KVH * HD / 2 / 64), rows, 1]`), so no
+/// workgroup of pass 0 reads a slot another overwrites.
+pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
+    let mut s = String::new();
+    header(&mut s, WIDE, 1);
+    f32_buffer(&mut s, 0, "q", "readonly");
+    f32_buffer(&mut s, 1, "k", "readonly");
+    f32_buffer(&mut s, 2, "v", "readonly");
+    u32_buffer(&mut s, 3, "kv", "");
+    f32_buffer(&mut s, 4, "y", "writeonly");
+    def_uint(&mut s, "H", shape.heads);
+    def_uint(&mut s, "KVH", shape.kv_heads);
+    def_uint(&mut s, "HD", shape.head_dim);
+    def_uint(&mut s, "WINDOW", shape.window.unwrap_or(0));
+    def_float(&mut s, "SCALE", shape.scale);
+    // Element `e` of the cache (keys from 0, values from KVH * cap * HD), and a pair store for the append.
+    if kv_f16 {
+        s.push_str(
+            "float kv_get(uint e) { vec2 h = unpackHalf2x16(kv[pc.base[3] + e / 2u]); return (e & 1u) == 0u ? h.x : h.y; }\n\
+             void kv_put2(uint e, float a, float b) { kv[pc.base[3] + e / 2u] = packHalf2x16(vec2(a, b)); }\n",
+        );
+    } else {
+        s.push_str(
+            "float kv_get(uint e) { return uintBitsToFloat(kv[pc.base[3] + e]); }\n\
+             void kv_put2(uint e, float a, float b) { kv[pc.base[3] + e] = floatBitsToUint(a); kv[pc.base[3] + e + 1u] = floatBitsToUint(b); }\n",
+        );
+    }
+    let _ = write!(
+        s,
+        "const uint MAX_HD_PER_LANE = 8u;\n\
+         shared float part[{WIDE}];\n\
+         void append() {{\n\
+         \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y;\n\
+         \x20 if (i >= KVH * HD / 2u) return;\n\
+         \x20 uint g = (2u * i) / HD, d = (2u * i) % HD, p = pc.pos + r;\n\
+         \x20 uint src = r * KVH * HD + g * HD + d;\n\
+         \x20 uint dst = (g * pc.cap + p % pc.cap) * HD + d, vals = KVH * pc.cap * HD;\n\
+         \x20 kv_put2(dst, k[pc.base[1] + src], k[pc.base[1] + src + 1u]);\n\
+         \x20 kv_put2(vals + dst, v[pc.base[2] + src], v[pc.base[2] + src + 1u]);\n\
+         }}\n\
+         void main() {{\n\
+         \x20 if (pc.pass == 1u) {{ append(); return; }}\n\
+         \x20 uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, lane = gl_LocalInvocationID.x;\n\
+         \x20 uint g = h / (H / KVH), p = pc.pos + r;\n\
+         \x20 uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;\n\
+         \x20 uint qa = pc.base[0] + r * H * HD + h * HD, vals = KVH * pc.cap * HD;\n\
+         \x20 float m = uintBitsToFloat(0xff7fffffu), l = 0.0; // -FLT_MAX: naga refuses an infinite constant\n\
+         \x20 float o[MAX_HD_PER_LANE];\n\
+         \x20 for (uint c = 0u; c < MAX_HD_PER_LANE; c++) o[c] = 0.0;\n\
+         \x20 for (uint j = first; j <= p; j++) {{\n\
+         \x20   bool cached = j < pc.pos;\n\
+         \x20   uint ca = (g * pc.cap + j % pc.cap) * HD;\n\
+         \x20   uint ra = (j - pc.pos) * KVH * HD + g * HD;\n\
+         \x20   float acc = 0.0;\n\
+         \x20   for (uint d = lane; d < HD; d += gl_WorkGroupSize.x)\n\
+         \x20     acc += q[qa + d] * (cached ? kv_get(ca + d) : k[pc.base[1] + ra + d]);\n\
+         \x20   part[lane] = acc;\n\
+         \x20   barrier();\n\
+         \x20   for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s /= 2u) {{\n\
+         \x20     if (lane < s) part[lane] += part[lane + s];\n\
+         \x20     barrier();\n\
+         \x20   }}\n\
+         \x20   float score = part[0] * SCALE;\n\
+         \x20   barrier();\n\
+         \x20   float mn = max(m, score), corr = exp(m - mn), e = exp(score - mn);\n\
+         \x20   l = l * corr + e;\n\
+         \x20   for (uint c = 0u, d = lane; c < MAX_HD_PER_LANE && d < HD; c++, d += gl_WorkGroupSize.x)\n\
+         \x20     o[c] = o[c] * corr + e * (cached ? kv_get(vals + ca + d) : v[pc.base[2] + ra + d]);\n\
+         \x20   m = mn;\n\
+         \x20 }}\n\
+         \x20 uint ya = pc.base[4] + r * H * HD + h * HD;\n\
+         \x20 for (uint c = 0u, d = lane; c < MAX_HD_PER_LANE && d < HD; c++, d += gl_WorkGroupSize.x) y[ya + d] = o[c] / l;\n\
+         }}\n"
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,2 @@
+pub mod glsl;
+pub mod spirv;
