@@ -11,6 +11,7 @@ pub mod model;
 pub mod npy;
 pub mod sampler;
 pub mod session;
+pub mod vulkan;
 
 pub use model::Model;
 pub use session::Session;

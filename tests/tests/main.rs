@@ -12,3 +12,4 @@ mod parity;
 mod rope;
 mod streaming;
 mod threads;
+mod vulkan_kernels;

@@ -1,0 +1,372 @@
+//! Every generated GPU kernel run on the machine's Vulkan device (lavapipe in CI) against a reference computed
+//! here in f64 from the same inputs: fresh random values, weights encoded by the plan writer's own encoders and
+//! decoded by the reference decoder, nonzero buffer offsets, row counts and sizes that are not multiples of the
+//! workgroups.
+
+use unicorn_ir::quant::{decode_row, encode_row, interleave_rows, INTERLEAVE};
+use unicorn_ir::WeightFormat;
+use unicorn_runtime::vulkan::hal::{Buffer, Gpu, Launch};
+use unicorn_targets::vulkan::glsl::{self, AttentionShape, Elementwise, MAX_BUFFERS};
+use unicorn_targets::vulkan::spirv;
+
+const FORMATS: [WeightFormat; 5] =
+    [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4_0];
+
+struct Rng(u64);
+
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+fn gpu() -> Gpu {
+    Gpu::open(0).unwrap_or_else(|e| panic!("{e} (the GPU kernel tests need a Vulkan device; CI uses lavapipe)"))
+}
+
+fn words(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn floats(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// A buffer holding `pad` zero words, then `data`; the kernel finds it at `base = pad`.
+fn buffer_at<'g>(gpu: &'g Gpu, pad: u32, data: &[u8]) -> Buffer<'g> {
+    let mut b = gpu.buffer(pad as u64 * 4 + data.len() as u64).unwrap();
+    b.write(pad as u64 * 4, data);
+    b
+}
+
+/// Compile `src` and run it once: `push` is (rows, pos, keep, cap, pass) and the bases come from `pads`.
+fn dispatch(gpu: &Gpu, name: &str, src: &str, bufs: &[&Buffer], pads: &[u32], push5: [u32; 5], groups: [u32; 3]) {
+    let code = spirv::compile(name, src).unwrap();
+    let kernel = gpu.kernel(&code, c"main", bufs.len() as u32, ((5 + MAX_BUFFERS) * 4) as u32).unwrap();
+    let mut push = push5.to_vec();
+    push.extend((0..MAX_BUFFERS).map(|i| pads.get(i).copied().unwrap_or(0)));
+    gpu.run(&[Launch { kernel: &kernel, buffers: bufs, push: &push, groups }]).unwrap();
+}
+
+fn read_floats(b: &Buffer, pad: u32, n: usize) -> Vec<f32> {
+    floats(&b.read(pad as u64 * 4, n as u64 * 4))
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{name}");
+    let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+    let worst = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+    assert!(worst <= tol * scale, "{name}: worst error {worst:.3e} > {tol:e} of max |y| {scale:.3e}");
+}
+
+/// `rows x k` values encoded in `format`, in the layout the kernels read (q4_0 / q8_0 interleaved and padded
+/// to whole groups), and the values the reference decoder reads back (what the kernel must reproduce).
+fn encode_matrix(format: WeightFormat, w: &[f32], rows: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut bytes = Vec::new();
+    for r in 0..rows {
+        encode_row(format, &w[r * k..(r + 1) * k], &mut bytes);
+    }
+    let rb = format.row_bytes(k).unwrap();
+    let mut decoded = vec![0f32; rows * k];
+    for r in 0..rows {
+        decode_row(format, &bytes[r * rb..(r + 1) * rb], &mut decoded[r * k..(r + 1) * k]);
+    }
+    if format.is_quantized() {
+        bytes.resize(rows.next_multiple_of(INTERLEAVE) * rb, 0);
+        let mut out = Vec::new();
+        for g in bytes.chunks(INTERLEAVE * rb) {
+            interleave_rows(format, k, g, &mut out);
+        }
+        bytes = out;
+    }
+    (bytes, decoded)
+}
+
+#[test]
+fn matmul_per_format_with_and_without_bias() {
+    let gpu = gpu();
+    let (rows, k, n) = (3usize, 96usize, 20usize);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for format in FORMATS {
+        for bias in [false, true] {
+            let (x, w, b) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n));
+            let (wbytes, wd) = encode_matrix(format, &w, n, k);
+            let want: Vec<f64> = (0..rows * n)
+                .map(|e| {
+                    let (r, o) = (e / n, e % n);
+                    let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * wd[o * k + i] as f64).sum();
+                    dot + if bias { b[o] as f64 } else { 0.0 }
+                })
+                .collect();
+            let xb = buffer_at(&gpu, 5, &words(&x));
+            let wb = buffer_at(&gpu, 12, &wbytes);
+            let bb = buffer_at(&gpu, 3, &words(&b));
+            let yb = buffer_at(&gpu, 7, &words(&vec![f32::NAN; rows * n]));
+            let name = format!("matmul_{format}{}", if bias { "_bias" } else { "" });
+            let src = glsl::matmul(format, bias, k as u64, n as u64);
+            let groups = [(n as u32).div_ceil(glsl::MATMUL_ROWS), rows as u32, 1];
+            if bias {
+                dispatch(&gpu, &name, &src, &[&xb, &wb, &bb, &yb], &[5, 12, 3, 7], [rows as u32, 0, 0, 0, 0], groups);
+            } else {
+                dispatch(&gpu, &name, &src, &[&xb, &wb, &yb], &[5, 12, 7], [rows as u32, 0, 0, 0, 0], groups);
+            }
+            assert_close(&name, &read_floats(&yb, 7, rows * n), &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn embed_per_format_reads_the_rows_of_the_tokens() {
+    let gpu = gpu();
+    let (vocab, k) = (19usize, 64usize);
+    let mut rng = Rng(7);
+    let tokens = [3u32, 0, 18, 3];
+    for format in FORMATS {
+        let table = rng.vec(vocab * k);
+        let (bytes, decoded) = encode_matrix(format, &table, vocab, k);
+        let want: Vec<f64> =
+            tokens.iter().flat_map(|&t| decoded[t as usize * k..][..k].iter().map(|&v| v as f64 * 1.5)).collect();
+        let tb = buffer_at(&gpu, 2, &tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<_>>());
+        let wb = buffer_at(&gpu, 4, &bytes);
+        let yb = buffer_at(&gpu, 1, &words(&vec![f32::NAN; tokens.len() * k]));
+        let src = glsl::embed(format, k as u64, 1.5);
+        let groups = [(k as u32).div_ceil(glsl::WIDE), tokens.len() as u32, 1];
+        dispatch(&gpu, "embed", &src, &[&tb, &wb, &yb], &[2, 4, 1], [tokens.len() as u32, 0, 0, 0, 0], groups);
+        assert_close(&format!("embed_{format}"), &read_floats(&yb, 1, tokens.len() * k), &want, 1e-7);
+    }
+}
+
+#[test]
+fn rms_norm_over_rows_and_over_heads() {
+    let gpu = gpu();
+    let mut rng = Rng(11);
+    for (width, g, unit) in [(96usize, 96usize, false), (64, 16, true), (200, 200, false)] {
+        let rows = 3;
+        let (x, w) = (rng.vec(rows * width), rng.vec(g));
+        let eps = 1e-5f32;
+        let want: Vec<f64> = x
+            .chunks(g)
+            .flat_map(|grp| {
+                let ms = grp.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / g as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                grp.iter().zip(&w).map(move |(&v, &wi)| v as f64 * inv * (wi as f64 + if unit { 1.0 } else { 0.0 }))
+            })
+            .collect();
+        let xb = buffer_at(&gpu, 3, &words(&x));
+        let wb = buffer_at(&gpu, 0, &words(&w));
+        let yb = buffer_at(&gpu, 9, &words(&vec![f32::NAN; rows * width]));
+        let src = glsl::rms_norm(g as u64, eps, unit);
+        let groups = [(width / g) as u32, rows as u32, 1];
+        dispatch(&gpu, "rms_norm", &src, &[&xb, &wb, &yb], &[3, 0, 9], [rows as u32, 0, 0, 0, 0], groups);
+        assert_close(&format!("rms_norm {width}/{g}"), &read_floats(&yb, 9, rows * width), &want, 1e-5);
+    }
+}
+
+#[test]
+fn rope_rotates_each_head_at_its_position() {
+    let gpu = gpu();
+    let mut rng = Rng(13);
+    let (rows, width, hd, pos) = (3usize, 48usize, 12usize, 37u32);
+    let inv: Vec<f32> = (0..hd / 2).map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32)).collect();
+    let x = rng.vec(rows * width);
+    let mut want = vec![0f64; rows * width];
+    for r in 0..rows {
+        for h in (0..width).step_by(hd) {
+            for f in 0..hd / 2 {
+                // The angle in f32, as the reference computes it.
+                let angle = ((pos as usize + r) as f32 * inv[f]) as f64;
+                let (a, b) = (x[r * width + h + f] as f64, x[r * width + h + f + hd / 2] as f64);
+                want[r * width + h + f] = a * angle.cos() - b * angle.sin();
+                want[r * width + h + f + hd / 2] = b * angle.cos() + a * angle.sin();
+            }
+        }
+    }
+    let xb = buffer_at(&gpu, 1, &words(&x));
+    let yb = buffer_at(&gpu, 2, &words(&vec![f32::NAN; rows * width]));
+    let src = glsl::rope(&inv, width as u64, hd as u64);
+    let groups = [(width as u32 / 2).div_ceil(glsl::WIDE), rows as u32, 1];
+    dispatch(&gpu, "rope", &src, &[&xb, &yb], &[1, 2], [rows as u32, pos, 0, 0, 0], groups);
+    assert_close("rope", &read_floats(&yb, 2, rows * width), &want, 1e-5);
+}
+
+#[test]
+fn elementwise_kernels() {
+    let gpu = gpu();
+    let mut rng = Rng(17);
+    let (rows, width) = (2usize, 150usize);
+    for op in
+        [Elementwise::Add, Elementwise::GluSilu, Elementwise::GluGeluTanh, Elementwise::Scale, Elementwise::Softcap]
+    {
+        let (a, b) = (rng.vec(rows * width).iter().map(|v| v * 4.0).collect::<Vec<_>>(), rng.vec(rows * width));
+        let c = 2.5f32;
+        let want: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(&u, &v)| {
+                let (u, v, c) = (u as f64, v as f64, c as f64);
+                match op {
+                    Elementwise::Add => u + v,
+                    Elementwise::GluSilu => u / (1.0 + (-u).exp()) * v,
+                    Elementwise::GluGeluTanh => {
+                        0.5 * u * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (u + 0.044715 * u.powi(3))).tanh()) * v
+                    }
+                    Elementwise::Scale => u * c,
+                    Elementwise::Softcap => c * (u / c).tanh(),
+                }
+            })
+            .collect();
+        let ab = buffer_at(&gpu, 1, &words(&a));
+        let bb = buffer_at(&gpu, 2, &words(&b));
+        let yb = buffer_at(&gpu, 3, &words(&vec![f32::NAN; rows * width]));
+        let src = glsl::elementwise(op, width as u64, c);
+        let groups = [(width as u32).div_ceil(glsl::WIDE), rows as u32, 1];
+        let push = [rows as u32, 0, 0, 0, 0];
+        if matches!(op, Elementwise::Scale | Elementwise::Softcap) {
+            dispatch(&gpu, op.name(), &src, &[&ab, &yb], &[1, 3], push, groups);
+        } else {
+            dispatch(&gpu, op.name(), &src, &[&ab, &bb, &yb], &[1, 2, 3], push, groups);
+        }
+        assert_close(op.name(), &read_floats(&yb, 3, rows * width), &want, 1e-6);
+    }
+}
+
+#[test]
+fn select_rows_keeps_the_last_rows() {
+    let gpu = gpu();
+    let (rows, keep, width) = (5usize, 2usize, 70usize);
+    let x = Rng(19).vec(rows * width);
+    let want: Vec<f64> = x[(rows - keep) * width..].iter().map(|&v| v as f64).collect();
+    let xb = buffer_at(&gpu, 4, &words(&x));
+    let yb = buffer_at(&gpu, 6, &words(&vec![f32::NAN; keep * width]));
+    let groups = [(width as u32).div_ceil(glsl::WIDE), keep as u32, 1];
+    let src = glsl::select_rows(width as u64);
+    dispatch(&gpu, "select_rows", &src, &[&xb, &yb], &[4, 6], [rows as u32, 0, keep as u32, 0, 0], groups);
+    assert_close("select_rows", &read_floats(&yb, 6, keep * width), &want, 0.0);
+}
+
+/// Attention of `rows` new rows at `pos` over a ring cache of `cap` slots holding positions `..pos`, then the
+/// append pass: the outputs against an f64 softmax over the visible positions, and the cache's new slots
+/// against the rows' keys and values.
+fn check_attention(kv_f16: bool, shape: AttentionShape, rows: usize, pos: usize, cap: usize, seed: u64) {
+    let gpu = gpu();
+    let mut rng = Rng(seed);
+    let (h, kvh, hd) = (shape.heads as usize, shape.kv_heads as usize, shape.head_dim as usize);
+    let q = rng.vec(rows * h * hd);
+    let (k, v) = (rng.vec(rows * kvh * hd), rng.vec(rows * kvh * hd));
+    // The cache as stored, and as the kernel reads it back (f16 rounds each value).
+    let round = |x: f32| if kv_f16 { half_round(x) } else { x };
+    let cache: Vec<f32> = rng.vec(2 * kvh * cap * hd).into_iter().map(round).collect();
+    let cache_bytes: Vec<u8> = if kv_f16 {
+        cache.chunks(2).flat_map(|p| pack_half2(p[0], p[1]).to_le_bytes()).collect()
+    } else {
+        words(&cache)
+    };
+    let vals = kvh * cap * hd;
+    let mut want = vec![0f64; rows * h * hd];
+    for r in 0..rows {
+        let p = pos + r;
+        let first = shape.window.map_or(0, |w| (p + 1).saturating_sub(w as usize));
+        for head in 0..h {
+            let g = head / (h / kvh);
+            let key = |j: usize, d: usize, value: bool| -> f64 {
+                if j < pos {
+                    cache[if value { vals } else { 0 } + (g * cap + j % cap) * hd + d] as f64
+                } else {
+                    (if value { &v } else { &k })[(j - pos) * kvh * hd + g * hd + d] as f64
+                }
+            };
+            let scores: Vec<f64> = (first..=p)
+                .map(|j| (0..hd).map(|d| q[(r * h + head) * hd + d] as f64 * key(j, d, false)).sum::<f64>())
+                .map(|s| s * shape.scale as f64)
+                .collect();
+            let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let l: f64 = e.iter().sum();
+            for d in 0..hd {
+                want[(r * h + head) * hd + d] = (first..=p).zip(&e).map(|(j, &w)| w * key(j, d, true)).sum::<f64>() / l;
+            }
+        }
+    }
+    let (qb, kb, vb) = (buffer_at(&gpu, 1, &words(&q)), buffer_at(&gpu, 2, &words(&k)), buffer_at(&gpu, 3, &words(&v)));
+    let cb = buffer_at(&gpu, 4, &cache_bytes);
+    let yb = buffer_at(&gpu, 5, &words(&vec![f32::NAN; rows * h * hd]));
+    let src = glsl::attention(kv_f16, shape);
+    let bufs = [&qb, &kb, &vb, &cb, &yb];
+    let pads = [1, 2, 3, 4, 5];
+    let name = format!("attention kv_f16={kv_f16} window={:?}", shape.window);
+    dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, pos as u32, 0, cap as u32, 0], [h as u32, rows as u32, 1]);
+    assert_close(&name, &read_floats(&yb, 5, rows * h * hd), &want, 1e-5);
+    let groups = [((kvh * hd / 2) as u32).div_ceil(glsl::WIDE), rows as u32, 1];
+    dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, pos as u32, 0, cap as u32, 1], groups);
+    let stored = cb.read(16, cache_bytes.len() as u64);
+    let stored: Vec<f32> = if kv_f16 {
+        stored.chunks(4).flat_map(|c| unpack_half2(u32::from_le_bytes(c.try_into().unwrap()))).collect()
+    } else {
+        floats(&stored)
+    };
+    for r in 0..rows {
+        let slot = (pos + r) % cap;
+        for g in 0..kvh {
+            for d in 0..hd {
+                let at = (g * cap + slot) * hd + d;
+                let src_at = r * kvh * hd + g * hd + d;
+                assert_eq!(stored[at], round(k[src_at]), "{name}: key of row {r}, kv head {g}, dim {d}");
+                assert_eq!(stored[vals + at], round(v[src_at]), "{name}: value of row {r}, kv head {g}, dim {d}");
+            }
+        }
+    }
+}
+
+fn half_round(x: f32) -> f32 {
+    unpack_half2(pack_half2(x, 0.0))[0]
+}
+
+fn pack_half2(a: f32, b: f32) -> u32 {
+    let h = |x: f32| half_bits(x) as u32;
+    h(a) | (h(b) << 16)
+}
+
+fn unpack_half2(w: u32) -> [f32; 2] {
+    [half_to_f32(w as u16), half_to_f32((w >> 16) as u16)]
+}
+
+/// f16 through the plan writer's encoder and the reference decoder (round to nearest even).
+fn half_bits(x: f32) -> u16 {
+    let mut b = Vec::new();
+    encode_row(WeightFormat::F16, &[x], &mut b);
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+fn half_to_f32(h: u16) -> f32 {
+    let mut v = [0f32];
+    decode_row(WeightFormat::F16, &h.to_le_bytes(), &mut v);
+    v[0]
+}
+
+const GQA: AttentionShape = AttentionShape { heads: 4, kv_heads: 2, head_dim: 16, window: None, scale: 0.25 };
+
+#[test]
+fn attention_over_cache_and_rows_then_append() {
+    // A prefill chunk after earlier positions, in a ring that has wrapped (positions 0..13 in 16 slots is not
+    // wrapped; 0..21 in 24 is not either), so the window cases below wrap it.
+    check_attention(false, GQA, 3, 13, 16, 1);
+    check_attention(true, GQA, 3, 13, 16, 2);
+    check_attention(false, AttentionShape { head_dim: 80, heads: 2, kv_heads: 1, ..GQA }, 1, 9, 10, 3);
+}
+
+#[test]
+fn windowed_attention_over_a_wrapped_ring() {
+    // Window 6 in a ring of 6 slots: positions 11.. overwrite slots the earlier rows of the chunk still read
+    // from the cache in pass 0, which is why appending is a second pass.
+    let w = AttentionShape { window: Some(6), ..GQA };
+    check_attention(false, w, 4, 11, 6, 4);
+    check_attention(true, w, 4, 11, 6, 5);
+    check_attention(false, w, 1, 30, 6, 6);
+}
