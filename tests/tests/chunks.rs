@@ -79,6 +79,29 @@ fn the_plan_bounds_activations_by_its_chunk_not_the_context() {
     let mut s = Session::new(&model, 8).unwrap();
     let err = s.set_prefill_chunk(513).unwrap_err().to_string();
     assert!(err.contains("--prefill-chunk 513") && err.contains("1..=512"), "{err}");
+    // Both ends of the range are accepted, zero is not.
+    s.set_prefill_chunk(512).unwrap();
+    s.set_prefill_chunk(1).unwrap();
+    assert!(s.set_prefill_chunk(0).unwrap_err().to_string().contains("--prefill-chunk 0"));
+}
+
+#[test]
+fn the_profile_counts_every_launch_by_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(&plan("llama_gqa", dir.path(), WeightFormat::Q8_0, None, None)).unwrap();
+    let layers = model.header().spec.num_layers;
+    let mut s = Session::new(&model, 16).unwrap();
+    assert!(s.profile().is_empty(), "nothing is recorded before profiling is enabled");
+    s.enable_profile();
+    s.forward(&[1, 2, 3, 4], false).unwrap();
+    s.forward(&[5], false).unwrap();
+    let p = s.profile();
+    let calls = |name: &str| p.iter().find(|(n, ..)| n == name).map(|e| e.2);
+    // Two executions (a prefill, a decode step), each one attention and two norms per layer plus the final norm.
+    assert_eq!(calls("attention"), Some(2 * layers), "{p:?}");
+    assert_eq!(calls("rms_norm"), Some(2 * (2 * layers + 1)), "{p:?}");
+    assert!(p.iter().all(|(_, secs, n)| *secs > 0.0 && *n > 0), "{p:?}");
+    assert!(p.windows(2).all(|w| w[0].1 >= w[1].1), "most expensive first: {p:?}");
 }
 
 #[test]

@@ -199,6 +199,13 @@ fn rope_errors() {
     spec(&with(llama_old(), json!({"partial_rotary_factor": 1.0})));
     let e = err(&with(llama_new(), json!({"rope_parameters": {"rope_type": "linear"}})));
     assert!(e.contains("rope_parameters.factor"), "{e}");
+    // A base or a factor must be positive: zero and negative values are refused, naming the key.
+    for bad in [0.0, -10000.0] {
+        let e = err(&with(llama_old(), json!({"rope_theta": bad})));
+        assert!(e.contains("rope_theta") && e.contains("must be positive"), "{e}");
+        let e = err(&with(llama_new(), json!({"rope_parameters": {"rope_type": "linear", "factor": bad}})));
+        assert!(e.contains("rope_parameters.factor") && e.contains("must be positive"), "{e}");
+    }
 }
 
 #[test]
