@@ -126,7 +126,8 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     let mut module = build_module(&ck)?;
     let reports = pipeline(&mut module, &options.passes)?;
     let kv_cache = options.kv_cache.unwrap_or_else(|| unicorn_passes::default_kv_cache(options.passes.weights));
-    let header = lower(&module, LowerOptions { target: options.passes.target, kv_cache });
+    let (header, kernels) = lower(&module, LowerOptions { target: options.passes.target, kv_cache })
+        .map_err(|e| anyhow::anyhow!("generating kernels: {e}"))?;
 
     let mut out = PlanWriter::create(plan_path, &ck.input_files())?;
     let total: u64 = header.weights.iter().map(|w| ck.get(&w.name).map_or(0, |t| ck.bytes(t).len() as u64)).sum();
@@ -144,7 +145,7 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     }
     out.end_section()?;
     // CPU plans use the runtime's built-in kernels; GPU and NPU targets store their binaries here.
-    out.section(SectionKind::Kernels, &[])?;
+    out.section(SectionKind::Kernels, &kernels)?;
     if let Some(tok) = &ck.tokenizer_json {
         out.section(SectionKind::Tokenizer, tok)?;
     }

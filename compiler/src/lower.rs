@@ -5,7 +5,7 @@ use unicorn_ir::plan::{KvCacheDecl, KvCapacity, KvLayout, PlanHeader, PlanWeight
 use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::{DType, Device, Module, Phase};
 use unicorn_passes::Target;
-use unicorn_targets::cpu;
+use unicorn_targets::{cpu, vulkan};
 
 /// Rows of one prefill execution unless the context is shorter: long enough that the matmuls run at full
 /// speed, short enough that the activations of a full-context prompt stay small.
@@ -24,8 +24,9 @@ pub struct LowerOptions {
     pub kv_cache: DType,
 }
 
-pub fn lower(module: &Module, options: LowerOptions) -> PlanHeader {
-    let Target::Cpu = options.target;
+/// The plan header and its kernels section (SPIR-V for the Vulkan target; empty for the CPU's built-in kernels).
+pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<u8>), String> {
+    // Both targets lay the weights out as the CPU kernels read them; the GPU kernels read the same layout.
     let mut weights: Vec<PlanWeight> = module
         .weights
         .iter()
@@ -44,8 +45,26 @@ pub fn lower(module: &Module, options: LowerOptions) -> PlanHeader {
         })
         .collect();
     PlanHeader::assign_weight_offsets(&mut weights);
-    let mut kernels = cpu::KernelTable::default();
-    let phases: Vec<_> = module.graphs.iter().map(|g| cpu::lower_phase(module, g, &mut kernels)).collect();
+    let (entries, section, phases) = match options.target {
+        Target::Cpu => {
+            let mut kernels = cpu::KernelTable::default();
+            let phases: Vec<_> = module.graphs.iter().map(|g| cpu::lower_phase(module, g, &mut kernels)).collect();
+            (kernels.entries, Vec::new(), phases)
+        }
+        Target::Vulkan => {
+            let mut kernels = vulkan::KernelTable::default();
+            let phases = module
+                .graphs
+                .iter()
+                .map(|g| vulkan::lower_phase(module, g, options.kv_cache, &mut kernels))
+                .collect::<Result<Vec<_>, _>>()?;
+            (kernels.entries, kernels.section, phases)
+        }
+    };
+    let device = match options.target {
+        Target::Cpu => Device::Cpu,
+        Target::Vulkan => Device::Igpu,
+    };
     let spec = module.spec.clone();
     let kv_caches = spec
         .layers
@@ -58,7 +77,7 @@ pub fn lower(module: &Module, options: LowerOptions) -> PlanHeader {
             kv_heads: spec.num_kv_heads as u64,
             head_dim: spec.head_dim as u64,
             capacity: l.window.map_or(KvCapacity::Context, |w| KvCapacity::Window(w as u64)),
-            device: Device::Cpu,
+            device,
         })
         .collect();
     let prefill_chunk = DEFAULT_PREFILL_CHUNK.min(spec.max_context) as u64;
@@ -71,16 +90,17 @@ pub fn lower(module: &Module, options: LowerOptions) -> PlanHeader {
         })
         .max()
         .unwrap_or(0);
-    PlanHeader {
+    let header = PlanHeader {
         producer: format!("unicornc {}", env!("CARGO_PKG_VERSION")),
         target: options.target.name().into(),
         rope_inv_freq: spec.ropes.iter().map(|r| r.inv_freq(spec.head_dim)).collect(),
         spec,
-        kernels: kernels.entries,
+        kernels: entries,
         weights,
         kv_caches,
         prefill_chunk,
         phases,
         peak_activation_bytes: peak,
-    }
+    };
+    Ok((header, section))
 }

@@ -1,5 +1,6 @@
-//! Placement: assign every node a device. For the CPU target everything runs on the CPU; the GPU and NPU
-//! targets place by the cost model over device profiles.
+//! Placement: assign every node a device. The CPU target puts everything on the CPU and the Vulkan target
+//! everything on the GPU (its kernels cover every op); the Phoenix target will place by the cost model over
+//! device profiles.
 
 use crate::PassError;
 use unicorn_ir::{Device, Module};
@@ -7,14 +8,17 @@ use unicorn_ir::{Device, Module};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Cpu,
+    /// Any Vulkan 1.2 GPU: every op as a generated compute shader.
+    Vulkan,
 }
 
 impl Target {
-    pub const ALL: [Target; 1] = [Target::Cpu];
+    pub const ALL: [Target; 2] = [Target::Cpu, Target::Vulkan];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Cpu => "cpu",
+            Target::Vulkan => "vulkan",
         }
     }
 
@@ -30,6 +34,7 @@ impl Target {
 pub fn place(module: &mut Module, target: Target) -> Result<String, PassError> {
     let device = match target {
         Target::Cpu => Device::Cpu,
+        Target::Vulkan => Device::Igpu,
     };
     let mut n = 0;
     for g in &mut module.graphs {

@@ -118,14 +118,24 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
 
 /// Compile a checkpoint into `dir/<name>.<format>.ucp` through the library (what `unicornc compile` runs).
 pub fn compile_to(model: &Path, dir: &Path, format: WeightFormat, max_context: Option<usize>) -> PathBuf {
+    compile_for(Target::Cpu, model, dir, format, max_context)
+}
+
+/// [`compile_to`] for `target` (`dir/<name>.<format>.<target>.ucp` unless the target is the CPU).
+pub fn compile_for(
+    target: Target,
+    model: &Path,
+    dir: &Path,
+    format: WeightFormat,
+    max_context: Option<usize>,
+) -> PathBuf {
     let name = model.file_name().unwrap().to_string_lossy();
-    let plan = dir.join(format!("{name}.{format}.ucp"));
-    let options = CompileOptions {
-        passes: Options { target: Target::Cpu, weights: format },
-        kv_cache: None,
-        max_context,
-        progress: false,
+    let plan = match target {
+        Target::Cpu => dir.join(format!("{name}.{format}.ucp")),
+        t => dir.join(format!("{name}.{format}.{}.ucp", t.name())),
     };
+    let options =
+        CompileOptions { passes: Options { target, weights: format }, kv_cache: None, max_context, progress: false };
     compile(model, &plan, &options).unwrap_or_else(|e| panic!("compiling {name} to {format}: {e:#}"));
     plan
 }

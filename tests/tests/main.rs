@@ -13,3 +13,4 @@ mod rope;
 mod streaming;
 mod threads;
 mod vulkan_kernels;
+mod vulkan_plans;

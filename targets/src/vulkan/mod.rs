@@ -1,2 +1,169 @@
+//! The Vulkan target: every op becomes a compute shader generated for the model at hand ([`glsl`]), compiled
+//! to SPIR-V by shaderc ([`spirv`]) and stored in the plan's kernels section. One launch per op: the weights are
+//! laid out as the CPU target lays them out (q4_0 / q8_0 interleaved by 8 rows), so a Vulkan plan also runs on
+//! the CPU executor, through the reference kernels of its ops.
+
 pub mod glsl;
 pub mod spirv;
+
+use glsl::{AttentionShape, Elementwise, MATMUL_LANES, MATMUL_ROWS, WIDE};
+use std::collections::HashMap;
+use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
+use unicorn_ir::spec::Activation;
+use unicorn_ir::{DType, Graph, Module, Op};
+
+/// The kernel table under construction and the kernels section it points into: one entry per distinct shader.
+#[derive(Default)]
+pub struct KernelTable {
+    pub entries: Vec<KernelEntry>,
+    /// SPIR-V modules, each at a 4-byte boundary.
+    pub section: Vec<u8>,
+    by_source: HashMap<String, KernelId>,
+}
+
+impl KernelTable {
+    fn add(&mut self, name: String, source: String, buffers: usize, workgroup: [u32; 3]) -> Result<KernelId, String> {
+        if let Some(&id) = self.by_source.get(&source) {
+            return Ok(id);
+        }
+        let words = spirv::compile(&name, &source)?;
+        let offset = self.section.len() as u64;
+        self.section.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+        // Every argument is read but the last, the launch's result; attention also writes the KV cache (3).
+        let bindings = (0..buffers as u32)
+            .map(|b| Binding {
+                binding: b,
+                kind: if b + 1 == buffers as u32 || (name.starts_with("attention") && b == 3) {
+                    BindingKind::StorageReadWrite
+                } else {
+                    BindingKind::StorageRead
+                },
+            })
+            .collect();
+        let id = KernelId(self.entries.len() as u32);
+        self.entries.push(KernelEntry {
+            name,
+            backend: Backend::Vulkan,
+            artifact: Some(ArtifactRange { offset, len: words.len() as u64 * 4 }),
+            entry: "main".into(),
+            bindings,
+            spec_constants: Vec::new(),
+            workgroup,
+        });
+        self.by_source.insert(source, id);
+        Ok(id)
+    }
+}
+
+/// A kernel's name, source, buffer arguments, workgroup, and work size given its output columns and rows.
+struct Kernel {
+    name: String,
+    source: String,
+    buffers: usize,
+    workgroup: [u32; 3],
+    work: [Expr; 3],
+}
+
+fn ceil(n: u64, d: u32) -> Expr {
+    Expr::Const(n.div_ceil(d as u64))
+}
+
+fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv: DType) -> Kernel {
+    let wide = [WIDE, 1, 1];
+    let one = Expr::Const(1);
+    let elementwise = |op: Elementwise, c: f32, buffers: usize| Kernel {
+        name: op.name().into(),
+        source: glsl::elementwise(op, cols, c),
+        buffers,
+        workgroup: wide,
+        work: [ceil(cols, WIDE), rows.clone(), one.clone()],
+    };
+    match &ops[0] {
+        Op::Embed { table, scale } => {
+            let f = module.weight(*table).format;
+            Kernel {
+                name: format!("embed_{f}"),
+                source: glsl::embed(f, cols, *scale),
+                buffers: 3,
+                workgroup: wide,
+                work: [ceil(cols, WIDE), rows, one],
+            }
+        }
+        Op::MatMul { weight, bias } => {
+            let w = module.weight(*weight);
+            let (n, k) = (w.rows() as u64, w.cols() as u64);
+            let b = if bias.is_some() { "_bias" } else { "" };
+            Kernel {
+                name: format!("matmul{b}_{}", w.format),
+                source: glsl::matmul(w.format, bias.is_some(), k, n),
+                buffers: 3 + bias.is_some() as usize,
+                workgroup: [MATMUL_LANES, MATMUL_ROWS, 1],
+                work: [ceil(n, MATMUL_ROWS), rows, one],
+            }
+        }
+        Op::RmsNorm { weight, eps, unit_offset } => {
+            let group = module.weight(*weight).shape.iter().product::<usize>() as u64;
+            Kernel {
+                name: "rms_norm".into(),
+                source: glsl::rms_norm(group, *eps, *unit_offset),
+                buffers: 3,
+                workgroup: wide,
+                work: [Expr::Const(cols / group), rows, one],
+            }
+        }
+        Op::Rope { rope, head_dim } => {
+            let inv = module.spec.ropes[*rope].inv_freq(module.spec.head_dim);
+            Kernel {
+                name: "rope".into(),
+                source: glsl::rope(&inv, cols, *head_dim as u64),
+                buffers: 2,
+                workgroup: wide,
+                work: [ceil(cols / 2, WIDE), rows, one],
+            }
+        }
+        Op::Attention { num_heads, num_kv_heads, head_dim, window, scale, .. } => {
+            let shape = AttentionShape {
+                heads: *num_heads as u64,
+                kv_heads: *num_kv_heads as u64,
+                head_dim: *head_dim as u64,
+                window: window.map(|w| w as u64),
+                scale: *scale,
+            };
+            let windowed = if window.is_some() { "_windowed" } else { "" };
+            Kernel {
+                name: format!("attention{windowed}_{}", kv.name()),
+                source: glsl::attention(kv == DType::F16, shape),
+                buffers: 5,
+                workgroup: wide,
+                work: [Expr::Const(shape.heads), rows, one],
+            }
+        }
+        Op::Glu { activation: Activation::Silu } => elementwise(Elementwise::GluSilu, 0.0, 3),
+        Op::Glu { activation: Activation::GeluTanh } => elementwise(Elementwise::GluGeluTanh, 0.0, 3),
+        Op::Add => elementwise(Elementwise::Add, 0.0, 3),
+        Op::Scale { factor } => elementwise(Elementwise::Scale, *factor, 2),
+        Op::Softcap { cap } => elementwise(Elementwise::Softcap, *cap, 2),
+        Op::SelectRows => Kernel {
+            name: "select_rows".into(),
+            source: glsl::select_rows(cols),
+            buffers: 2,
+            workgroup: wide,
+            work: [ceil(cols, WIDE), rows, one],
+        },
+        Op::Tokens | Op::Output => unreachable!("{} has no launch (graph {})", ops[0].name(), g.phase),
+    }
+}
+
+/// Lower one planned graph to launches of generated kernels, one op each, with a KV cache of `kv`.
+pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTable) -> Result<PlanPhase, String> {
+    let mut failed = None;
+    let phase = crate::lower_steps(module, g, false, |ops, cols, rows| {
+        let k = kernel_for(module, g, ops, cols, rows, kv);
+        let id = kernels.add(k.name, k.source, k.buffers, k.workgroup).unwrap_or_else(|e| {
+            failed.get_or_insert(e);
+            KernelId(0)
+        });
+        (id, k.work)
+    });
+    failed.map_or(Ok(phase), Err)
+}
