@@ -347,3 +347,18 @@ impl PlanHeader {
         self.kv_caches.iter().map(|c| c.bytes(ctx).unwrap_or(u64::MAX)).fold(0, u64::saturating_add)
     }
 }
+
+/// The launch ABI of the Vulkan target's kernels, shared by the shader generator and the Vulkan executor (the
+/// generator's module doc describes it in full): binding `i` is the step's `i`-th buffer argument, and every
+/// kernel takes the push block `{ rows, pos, keep, cap, pass, base[MAX_BUFFERS] }` of 32-bit words.
+pub mod vulkan_abi {
+    /// Most buffer arguments of one kernel (the length of the push block's `base`).
+    pub const MAX_BUFFERS: usize = 8;
+    /// Words of the push block: five scalars, then a base per buffer.
+    pub const PUSH_WORDS: usize = 5 + MAX_BUFFERS;
+    // Every Vulkan device offers at least 128 bytes of push constants.
+    const _: () = assert!(PUSH_WORDS * 4 <= 128);
+    /// Threads per workgroup of the elementwise kernels, the norm and attention (and of attention's append pass,
+    /// whose work the executor derives: `[ceil(kv_heads * head_dim / 2 / WIDE), rows, 1]`).
+    pub const WIDE: u32 = 64;
+}

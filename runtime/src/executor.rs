@@ -8,7 +8,7 @@
 
 use crate::Error;
 use unicorn_ir::validate::Capabilities;
-use unicorn_ir::Phase;
+use unicorn_ir::{Op, Phase};
 
 /// A sequence an executor holds a KV cache for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,33 +52,51 @@ pub trait Executor {
     fn profile(&self) -> Vec<(String, f64, usize)>;
 }
 
+/// Whether a kernel's name belongs to the op it is launched for (`matmul_q8_0` to a matmul, `rope` to a rope).
+pub fn kernel_runs_op(name: &str, op: &Op) -> bool {
+    match op {
+        Op::MatMul { .. } => name.starts_with("matmul"),
+        Op::Embed { .. } => name.starts_with("embed_"),
+        Op::Glu { .. } => name.starts_with("glu_"),
+        Op::Attention { .. } => name.starts_with("attention"),
+        other => name == other.name(),
+    }
+}
+
 /// The executors this build has, as `--device` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
     Cpu,
+    /// Vulkan device `N` in the loader's order (`vulkan` is `vulkan:0`).
+    Vulkan(u32),
 }
 
 impl DeviceKind {
-    pub const ALL: [DeviceKind; 1] = [DeviceKind::Cpu];
-
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cpu => "cpu".into(),
+            DeviceKind::Vulkan(i) => format!("vulkan:{i}"),
         }
     }
 
-    /// Parse a `--device` value.
+    /// Parse a `--device` value: `cpu`, `vulkan` or `vulkan:N`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|d| d.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|d| d.name()).collect();
-            format!("unknown device '{s}' (this build has: {})", names.join(", "))
-        })
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "vulkan" => Ok(DeviceKind::Vulkan(0)),
+            _ => match s.strip_prefix("vulkan:").map(str::parse::<u32>) {
+                Some(Ok(i)) => Ok(DeviceKind::Vulkan(i)),
+                Some(Err(_)) => Err(format!("'{s}': expected vulkan:N with N a device number (see --list-devices)")),
+                None => Err(format!("unknown device '{s}' (this build has: cpu, vulkan, vulkan:N)")),
+            },
+        }
     }
 
     /// What the device's executor runs, to validate a plan against.
     pub fn capabilities(self) -> &'static dyn Capabilities {
         match self {
             DeviceKind::Cpu => &crate::cpu::exec::CpuCapabilities,
+            DeviceKind::Vulkan(_) => &crate::vulkan::exec::VulkanCapabilities,
         }
     }
 }
@@ -87,12 +105,38 @@ impl DeviceKind {
 pub fn list_devices() -> Vec<String> {
     let isa = crate::cpu::isa::Isa::detect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    vec![format!("cpu      {cores} threads, {} kernels (all plans run here)", isa.name())]
+    let mut v = vec![format!("cpu        {cores} threads, {} kernels (all plans run here)", isa.name())];
+    match crate::vulkan::hal::devices() {
+        Ok(list) if list.is_empty() => v.push("vulkan     none: the Vulkan loader found no device".into()),
+        Ok(list) => v.extend(list.iter().enumerate().map(|(i, d)| {
+            let (ma, mi, pa) = d.api_version;
+            let coop = if d.cooperative_matrix.is_empty() {
+                "no cooperative matrices".to_string()
+            } else {
+                format!("cooperative matrices {}", d.cooperative_matrix.join(" "))
+            };
+            format!(
+                "{:<10} {} ({}, Vulkan {ma}.{mi}.{pa}), {:.1} GiB device-local, subgroup {}, binds up to {} MiB, {coop}",
+                format!("vulkan:{i}"),
+                d.name,
+                d.kind,
+                d.device_local_bytes as f64 / (1u64 << 30) as f64,
+                d.subgroup_size,
+                d.max_storage_buffer_range >> 20,
+            )
+        })),
+        Err(e) => v.push(format!("vulkan     none: {e}")),
+    }
+    v
 }
 
-/// A validated plan's executor on `device`.
-pub fn executor_for<'m>(device: DeviceKind, model: &'m crate::Model) -> Box<dyn Executor + 'm> {
-    match device {
+/// A validated plan's executor on `device`; fails with a one-line error when the device cannot be opened or
+/// cannot hold the plan.
+pub fn executor_for<'m>(device: DeviceKind, model: &'m crate::Model) -> Result<Box<dyn Executor + 'm>, Error> {
+    Ok(match device {
         DeviceKind::Cpu => Box::new(crate::cpu::exec::CpuExecutor::new(model)),
-    }
+        DeviceKind::Vulkan(i) => {
+            Box::new(crate::vulkan::exec::VulkanExecutor::new(model, i, crate::vulkan::exec::VulkanOptions::default())?)
+        }
+    })
 }

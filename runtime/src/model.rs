@@ -79,6 +79,11 @@ impl Model {
         self.device
     }
 
+    /// A section's bytes (the GPU executors upload the weights and read the kernels from here).
+    pub fn section(&self, kind: SectionKind) -> Result<&[u8], Error> {
+        Ok(self.file.section(kind)?)
+    }
+
     pub fn path(&self) -> &Path {
         &self.file.path
     }

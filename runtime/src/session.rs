@@ -23,7 +23,7 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     /// A session for up to `ctx` positions (at most the plan's context) on the device the model was loaded for.
     pub fn new(model: &'m Model, ctx: usize) -> Result<Self, Error> {
-        Self::with_executor(model, executor_for(model.device(), model), ctx)
+        Self::with_executor(model, executor_for(model.device(), model)?, ctx)
     }
 
     pub fn with_executor(model: &'m Model, mut exec: Box<dyn Executor + 'm>, ctx: usize) -> Result<Self, Error> {

@@ -44,7 +44,7 @@ fn a_batch_of_sequences_gets_each_sequence_its_own_logits() {
             let vocab = model.header().spec.vocab_size;
             let want: Vec<_> = PROMPTS.iter().map(|p| alone(&model, p)).collect();
 
-            let mut exec: Box<dyn Executor + '_> = executor_for(model.device(), &model);
+            let mut exec: Box<dyn Executor + '_> = executor_for(model.device(), &model).unwrap();
             // A sequence added and removed first, so the batch's caches are not simply the first ones.
             let scratch = exec.add_sequence(64).unwrap();
             exec.remove_sequence(scratch);
@@ -90,7 +90,7 @@ fn a_sequence_leaving_the_batch_does_not_disturb_the_others() {
     let vocab = model.header().spec.vocab_size;
     let (want, fed) = alone(&model, PROMPTS[0]);
 
-    let mut exec = executor_for(model.device(), &model);
+    let mut exec = executor_for(model.device(), &model).unwrap();
     let a = exec.add_sequence(PROMPTS[0].len() + STEPS).unwrap();
     let b = exec.add_sequence(PROMPTS[1].len() + STEPS).unwrap();
     let mut logits = Vec::new();

@@ -40,9 +40,9 @@ fn floats(b: &[u8]) -> Vec<f32> {
 }
 
 /// A buffer holding `pad` zero words, then `data`; the kernel finds it at `base = pad`.
-fn buffer_at<'g>(gpu: &'g Gpu, pad: u32, data: &[u8]) -> Buffer<'g> {
+fn buffer_at(gpu: &Gpu, pad: u32, data: &[u8]) -> Buffer {
     let mut b = gpu.buffer(pad as u64 * 4 + data.len() as u64).unwrap();
-    b.write(pad as u64 * 4, data);
+    b.write(pad as u64 * 4, data).unwrap();
     b
 }
 

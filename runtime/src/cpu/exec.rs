@@ -8,7 +8,7 @@ use super::kv::KvCache;
 use super::matmul::{dequant_row, matmul, matmul_many, MatMulOut, Scratch};
 use super::norm::rms_norm;
 use super::rope;
-use crate::executor::{Executor, SeqId, SeqRun, MAX_BATCH};
+use crate::executor::{kernel_runs_op, Executor, SeqId, SeqRun, MAX_BATCH};
 use crate::model::Model;
 use crate::Error;
 use unicorn_ir::plan::{ActSlot, Arg, Backend, KernelEntry, Step};
@@ -22,17 +22,6 @@ use unicorn_ir::{DType, Op, Phase, WeightFormat};
 /// kernels.
 pub struct CpuCapabilities;
 
-/// Whether a built-in kernel name belongs to the op it is launched for.
-fn builtin_runs(name: &str, op: &Op) -> bool {
-    match op {
-        Op::MatMul { .. } => name.starts_with("matmul"),
-        Op::Embed { .. } => name.starts_with("embed_"),
-        Op::Glu { .. } => name.starts_with("glu_"),
-        Op::Attention { .. } => name.starts_with("attention"),
-        other => name == other.name(),
-    }
-}
-
 impl Capabilities for CpuCapabilities {
     fn name(&self) -> &str {
         "cpu"
@@ -44,7 +33,7 @@ impl Capabilities for CpuCapabilities {
     }
 
     fn runs_kernel(&self, kernel: &KernelEntry, ops: &[Op]) -> bool {
-        kernel.backend != Backend::Cpu || builtin_runs(&kernel.name, &ops[0])
+        kernel.backend != Backend::Cpu || kernel_runs_op(&kernel.name, &ops[0])
     }
 
     fn holds_activation(&self, dtype: DType) -> bool {

@@ -1,11 +1,16 @@
-//! The thin unsafe layer over Vulkan (ash): a device and its compute queue, host-visible storage buffers,
-//! compute pipelines of the plan's SPIR-V, and a submission of launches separated by barriers. Everything
-//! unsafe about Vulkan stays in this file; the executor above it is safe code.
+//! The thin unsafe layer over Vulkan (ash): a device and its compute queue, storage buffers (device-local for
+//! what the GPU reads every step, host-visible for what the host writes or reads back), compute pipelines of
+//! the plan's SPIR-V, descriptor sets written once, and a stream that records launches separated by barriers
+//! and submits them in one go. Everything unsafe about Vulkan stays in this file; the executor above it is
+//! safe code.
 //!
-//! Errors are one line and say what was missing: no loader, no device, a failed allocation with its size.
+//! Every object holds the device it was made on (reference-counted), so an executor can own its buffers and
+//! pipelines side by side and drop them in any order. Errors are one line and say what was missing: no loader,
+//! no device, a failed allocation with its size.
 
 use ash::vk;
 use std::ffi::CStr;
+use std::sync::Arc;
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -13,26 +18,87 @@ fn vk_err(what: &str) -> impl Fn(vk::Result) -> String + '_ {
     move |e| format!("vulkan: {what}: {e}")
 }
 
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
 /// What a physical device offers, for `--list-devices` and for choosing kernels.
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {
     pub name: String,
+    /// `integrated`, `discrete`, `virtual`, `cpu` or `other`.
+    pub kind: &'static str,
+    pub api_version: (u32, u32, u32),
     pub device_local_bytes: u64,
     pub subgroup_size: u32,
     pub max_storage_buffer_range: u32,
     pub min_storage_buffer_offset_alignment: u64,
     pub max_workgroup_count: [u32; 3],
+    /// Nanoseconds per timestamp tick; 0 when the compute queue has no timestamps.
+    pub timestamp_period_ns: f32,
+    /// The cooperative-matrix shapes of VK_KHR_cooperative_matrix at subgroup scope, as `MxNxK:A/C`
+    /// (`16x16x16:f16/f32`); empty without the extension.
+    pub cooperative_matrix: Vec<String>,
 }
 
-/// A logical device with one compute queue.
-pub struct Gpu {
+fn component(t: vk::ComponentTypeKHR) -> &'static str {
+    match t {
+        vk::ComponentTypeKHR::FLOAT16 => "f16",
+        vk::ComponentTypeKHR::FLOAT32 => "f32",
+        vk::ComponentTypeKHR::SINT8 => "i8",
+        vk::ComponentTypeKHR::UINT8 => "u8",
+        vk::ComponentTypeKHR::SINT32 => "i32",
+        vk::ComponentTypeKHR::UINT32 => "u32",
+        _ => "other",
+    }
+}
+
+fn cooperative_shapes(entry: &ash::Entry, instance: &ash::Instance, pd: vk::PhysicalDevice) -> Vec<String> {
+    // SAFETY: `pd` came from this instance.
+    let exts = unsafe { instance.enumerate_device_extension_properties(pd) }.unwrap_or_default();
+    let has = exts.iter().any(|e| e.extension_name_as_c_str() == Ok(vk::KHR_COOPERATIVE_MATRIX_NAME));
+    if !has {
+        return Vec::new();
+    }
+    let coop = ash::khr::cooperative_matrix::Instance::new(entry, instance);
+    // SAFETY: the device has the extension, so its instance-level query exists.
+    let props = unsafe { coop.get_physical_device_cooperative_matrix_properties(pd) }.unwrap_or_default();
+    let mut v: Vec<String> = props
+        .iter()
+        .filter(|p| p.scope == vk::ScopeKHR::SUBGROUP)
+        .map(|p| format!("{}x{}x{}:{}/{}", p.m_size, p.n_size, p.k_size, component(p.a_type), component(p.c_type)))
+        .collect();
+    v.dedup();
+    v
+}
+
+struct Inner {
     _entry: ash::Entry,
     instance: ash::Instance,
     device: ash::Device,
     queue: vk::Queue,
     pool: vk::CommandPool,
     memory: vk::PhysicalDeviceMemoryProperties,
-    pub info: DeviceInfo,
+    info: DeviceInfo,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // SAFETY: every object made on the device holds an Arc of this, so none is alive; waiting for the
+        // device first makes sure no submission still uses the pool.
+        unsafe {
+            let _ = self.device.device_wait_idle();
+            self.device.destroy_command_pool(self.pool, None);
+            self.device.destroy_device(None);
+            self.instance.destroy_instance(None);
+        }
+    }
+}
+
+/// A logical device with one compute queue. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<Inner>,
 }
 
 /// The Vulkan loader, or a one-line error naming the library it looked for.
@@ -49,7 +115,7 @@ fn create_instance(entry: &ash::Entry) -> Result<ash::Instance> {
     unsafe { entry.create_instance(&info, None) }.map_err(vk_err("creating an instance"))
 }
 
-fn describe(instance: &ash::Instance, pd: vk::PhysicalDevice) -> DeviceInfo {
+fn describe(entry: &ash::Entry, instance: &ash::Instance, pd: vk::PhysicalDevice) -> DeviceInfo {
     let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
     let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut subgroup);
     // SAFETY: `pd` came from this instance; the out-structures are valid for writes.
@@ -62,13 +128,29 @@ fn describe(instance: &ash::Instance, pd: vk::PhysicalDevice) -> DeviceInfo {
         .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
         .map(|h| h.size)
         .sum();
+    let kind = match p.device_type {
+        vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated",
+        vk::PhysicalDeviceType::DISCRETE_GPU => "discrete",
+        vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual",
+        vk::PhysicalDeviceType::CPU => "cpu",
+        _ => "other",
+    };
+    let v = p.api_version;
     DeviceInfo {
         name: p.device_name_as_c_str().ok().and_then(|c| c.to_str().ok()).unwrap_or("?").to_string(),
+        kind,
+        api_version: (vk::api_version_major(v), vk::api_version_minor(v), vk::api_version_patch(v)),
         device_local_bytes,
         subgroup_size: subgroup.subgroup_size,
         max_storage_buffer_range: p.limits.max_storage_buffer_range,
         min_storage_buffer_offset_alignment: p.limits.min_storage_buffer_offset_alignment,
         max_workgroup_count: p.limits.max_compute_work_group_count,
+        timestamp_period_ns: if p.limits.timestamp_compute_and_graphics == vk::TRUE {
+            p.limits.timestamp_period
+        } else {
+            0.0
+        },
+        cooperative_matrix: cooperative_shapes(entry, instance, pd),
     }
 }
 
@@ -78,10 +160,70 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
     let instance = create_instance(&entry)?;
     // SAFETY: the instance is valid; it is destroyed after its devices are described.
     let list = unsafe { instance.enumerate_physical_devices() }.map_err(vk_err("listing devices"));
-    let out = list.map(|pds| pds.into_iter().map(|pd| describe(&instance, pd)).collect());
+    let out = list.map(|pds| pds.into_iter().map(|pd| describe(&entry, &instance, pd)).collect());
     // SAFETY: nothing created from the instance outlives this point.
     unsafe { instance.destroy_instance(None) };
     out
+}
+
+/// Where a buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Device-local: what kernels read every step (weights, the KV cache, activations). Host-visible too where
+    /// the device offers that (integrated GPUs, resizable BAR), so the host writes it in place; otherwise
+    /// [`Buffer::write`] goes through a staging copy.
+    Device,
+    /// Host-visible and coherent, mapped: what the host writes or reads every step (token ids, logits).
+    Host,
+}
+
+#[allow(clippy::type_complexity)]
+fn open_on(
+    entry: &ash::Entry,
+    instance: &ash::Instance,
+    index: usize,
+) -> Result<(ash::Device, vk::Queue, vk::CommandPool, vk::PhysicalDeviceMemoryProperties, DeviceInfo)> {
+    // SAFETY: the instance is valid.
+    let pds = unsafe { instance.enumerate_physical_devices() }.map_err(vk_err("listing devices"))?;
+    let Some(&pd) = pds.get(index) else {
+        return Err(if pds.is_empty() {
+            "vulkan: no Vulkan device found".to_string()
+        } else {
+            format!("vulkan: no device vulkan:{index} (this machine has {}: vulkan:0..{})", pds.len(), pds.len() - 1)
+        });
+    };
+    // SAFETY: `pd` came from this instance.
+    let families = unsafe { instance.get_physical_device_queue_family_properties(pd) };
+    let family = families
+        .iter()
+        .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE))
+        .ok_or_else(|| "vulkan: the device has no compute queue".to_string())? as u32;
+    let priorities = [1.0];
+    let queues = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&priorities)];
+    let info = vk::DeviceCreateInfo::default().queue_create_infos(&queues);
+    // SAFETY: the create info and what it points to live across the call.
+    let device = unsafe { instance.create_device(pd, &info, None) }.map_err(vk_err("creating the device"))?;
+    // SAFETY: the family was requested with one queue.
+    let queue = unsafe { device.get_device_queue(family, 0) };
+    let pool_info = vk::CommandPoolCreateInfo::default()
+        .queue_family_index(family)
+        .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
+    // SAFETY: the device is valid.
+    let pool = match unsafe { device.create_command_pool(&pool_info, None) } {
+        Ok(p) => p,
+        Err(e) => {
+            // SAFETY: nothing was made on the device.
+            unsafe { device.destroy_device(None) };
+            return Err(format!("vulkan: creating a command pool: {e}"));
+        }
+    };
+    // SAFETY: as above.
+    let memory = unsafe { instance.get_physical_device_memory_properties(pd) };
+    let mut info = describe(entry, instance, pd);
+    if families[family as usize].timestamp_valid_bits == 0 {
+        info.timestamp_period_ns = 0.0;
+    }
+    Ok((device, queue, pool, memory, info))
 }
 
 impl Gpu {
@@ -89,9 +231,9 @@ impl Gpu {
     pub fn open(index: usize) -> Result<Gpu> {
         let entry = load()?;
         let instance = create_instance(&entry)?;
-        match Self::open_on(&instance, index) {
+        match open_on(&entry, &instance, index) {
             Ok((device, queue, pool, memory, info)) => {
-                Ok(Gpu { _entry: entry, instance, device, queue, pool, memory, info })
+                Ok(Gpu { inner: Arc::new(Inner { _entry: entry, instance, device, queue, pool, memory, info }) })
             }
             Err(e) => {
                 // SAFETY: nothing created from the instance survived the failure.
@@ -101,100 +243,109 @@ impl Gpu {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn open_on(
-        instance: &ash::Instance,
-        index: usize,
-    ) -> Result<(ash::Device, vk::Queue, vk::CommandPool, vk::PhysicalDeviceMemoryProperties, DeviceInfo)> {
-        // SAFETY: the instance is valid.
-        let pds = unsafe { instance.enumerate_physical_devices() }.map_err(vk_err("listing devices"))?;
-        let Some(&pd) = pds.get(index) else {
-            return Err(if pds.is_empty() {
-                "vulkan: no Vulkan device found".to_string()
-            } else {
-                format!("vulkan: no device vulkan:{index} (this machine has {})", pds.len())
-            });
-        };
-        // SAFETY: `pd` came from this instance.
-        let families = unsafe { instance.get_physical_device_queue_family_properties(pd) };
-        let family = families
-            .iter()
-            .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE))
-            .ok_or_else(|| "vulkan: the device has no compute queue".to_string())? as u32;
-        let priorities = [1.0];
-        let queues = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&priorities)];
-        let info = vk::DeviceCreateInfo::default().queue_create_infos(&queues);
-        // SAFETY: the create info and what it points to live across the call.
-        let device = unsafe { instance.create_device(pd, &info, None) }.map_err(vk_err("creating the device"))?;
-        // SAFETY: the family was requested with one queue.
-        let queue = unsafe { device.get_device_queue(family, 0) };
-        let pool_info = vk::CommandPoolCreateInfo::default()
-            .queue_family_index(family)
-            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
-        // SAFETY: the device is valid.
-        let pool =
-            unsafe { device.create_command_pool(&pool_info, None) }.map_err(vk_err("creating a command pool"))?;
-        // SAFETY: as above.
-        let memory = unsafe { instance.get_physical_device_memory_properties(pd) };
-        Ok((device, queue, pool, memory, describe(instance, pd)))
+    pub fn info(&self) -> &DeviceInfo {
+        &self.inner.info
     }
 
-    /// A memory type for `bits` with all of `want`, preferring device-local ones.
-    fn memory_type(&self, bits: u32, want: vk::MemoryPropertyFlags) -> Option<u32> {
-        let types = &self.memory.memory_types[..self.memory.memory_type_count as usize];
+    /// Memory types for `bits` with all of `want`, device-local ones first.
+    fn memory_types(&self, bits: u32, want: vk::MemoryPropertyFlags) -> Vec<u32> {
+        let m = &self.inner.memory;
+        let types = &m.memory_types[..m.memory_type_count as usize];
         let fits = |i: usize, t: &vk::MemoryType| bits & (1 << i) != 0 && t.property_flags.contains(want);
-        let local = vk::MemoryPropertyFlags::DEVICE_LOCAL;
-        let pick = |need_local: bool| {
-            types.iter().enumerate().position(|(i, t)| fits(i, t) && (!need_local || t.property_flags.contains(local)))
-        };
-        pick(true).or_else(|| pick(false)).map(|i| i as u32)
+        let local = |t: &vk::MemoryType| t.property_flags.contains(vk::MemoryPropertyFlags::DEVICE_LOCAL);
+        let mut v: Vec<u32> = (0..types.len()).filter(|&i| fits(i, &types[i])).map(|i| i as u32).collect();
+        v.sort_by_key(|&i| !local(&types[i as usize]));
+        v
     }
 
-    /// A host-visible, coherent storage buffer of `bytes` bytes, zeroed.
-    pub fn buffer(&self, bytes: u64) -> Result<Buffer<'_>> {
+    /// A host-visible, coherent, mapped storage buffer of `bytes` bytes, zeroed.
+    pub fn buffer(&self, bytes: u64) -> Result<Buffer> {
+        self.buffer_in(bytes, Place::Host)
+    }
+
+    /// A storage buffer of `bytes` bytes in `place`, zeroed.
+    pub fn buffer_in(&self, bytes: u64, place: Place) -> Result<Buffer> {
         let size = bytes.max(4).next_multiple_of(4);
-        let info = vk::BufferCreateInfo::default()
-            .size(size)
-            .usage(vk::BufferUsageFlags::STORAGE_BUFFER)
-            .sharing_mode(vk::SharingMode::EXCLUSIVE);
-        let d = &self.device;
+        let usage = vk::BufferUsageFlags::STORAGE_BUFFER
+            | vk::BufferUsageFlags::TRANSFER_SRC
+            | vk::BufferUsageFlags::TRANSFER_DST;
+        let info = vk::BufferCreateInfo::default().size(size).usage(usage).sharing_mode(vk::SharingMode::EXCLUSIVE);
+        let d = &self.inner.device;
+        let host = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
         // SAFETY: the device is valid; every object made here is destroyed on each error path or by Drop.
         unsafe {
             let buffer = d.create_buffer(&info, None).map_err(vk_err("creating a buffer"))?;
             let req = d.get_buffer_memory_requirements(buffer);
-            let want = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
-            let Some(ty) = self.memory_type(req.memory_type_bits, want) else {
+            // Candidates in order: for the device, local and mappable, then local; for the host, mappable.
+            let mut candidates: Vec<(u32, bool)> = Vec::new();
+            if place == Place::Device {
+                let local = vk::MemoryPropertyFlags::DEVICE_LOCAL;
+                candidates.extend(self.memory_types(req.memory_type_bits, local | host).into_iter().map(|t| (t, true)));
+                candidates.extend(self.memory_types(req.memory_type_bits, local).into_iter().map(|t| (t, false)));
+            } else {
+                candidates.extend(self.memory_types(req.memory_type_bits, host).into_iter().map(|t| (t, true)));
+            }
+            candidates.dedup_by_key(|c| c.0);
+            if candidates.is_empty() {
                 d.destroy_buffer(buffer, None);
-                return Err("vulkan: the device has no host-visible memory for storage buffers".into());
-            };
-            let alloc = vk::MemoryAllocateInfo::default().allocation_size(req.size).memory_type_index(ty);
-            let memory = match d.allocate_memory(&alloc, None) {
-                Ok(m) => m,
-                Err(e) => {
-                    d.destroy_buffer(buffer, None);
-                    return Err(format!("vulkan: out of device memory: {} MiB needed ({e})", req.size >> 20));
-                }
-            };
-            let mapped = d
-                .bind_buffer_memory(buffer, memory, 0)
-                .and_then(|()| d.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()));
-            let ptr = match mapped {
-                Ok(p) => p as *mut u8,
-                Err(e) => {
-                    d.destroy_buffer(buffer, None);
+                return Err("vulkan: the device has no memory type for storage buffers".into());
+            }
+            let mut last = vk::Result::ERROR_OUT_OF_DEVICE_MEMORY;
+            for (ty, mappable) in candidates {
+                let alloc = vk::MemoryAllocateInfo::default().allocation_size(req.size).memory_type_index(ty);
+                let memory = match d.allocate_memory(&alloc, None) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                };
+                if let Err(e) = d.bind_buffer_memory(buffer, memory, 0) {
                     d.free_memory(memory, None);
-                    return Err(format!("vulkan: mapping a buffer: {e}"));
+                    d.destroy_buffer(buffer, None);
+                    return Err(format!("vulkan: binding a buffer's memory: {e}"));
                 }
-            };
-            std::ptr::write_bytes(ptr, 0, size as usize);
-            Ok(Buffer { gpu: self, buffer, memory, ptr, size })
+                let mut ptr = std::ptr::null_mut();
+                if mappable {
+                    match d.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) {
+                        Ok(p) => ptr = p as *mut u8,
+                        Err(e) => {
+                            d.destroy_buffer(buffer, None);
+                            d.free_memory(memory, None);
+                            return Err(format!("vulkan: mapping a buffer: {e}"));
+                        }
+                    }
+                }
+                let b = Buffer { inner: self.inner.clone(), buffer, memory, ptr, size };
+                if mappable {
+                    std::ptr::write_bytes(ptr, 0, size as usize);
+                } else {
+                    self.fill_zero(&b)?;
+                }
+                return Ok(b);
+            }
+            d.destroy_buffer(buffer, None);
+            Err(format!("vulkan: out of device memory: {} needed for one buffer ({last})", mib(size)))
         }
+    }
+
+    /// Run `record` on a one-time command buffer and wait for it.
+    fn one_time(&self, record: impl FnOnce(vk::CommandBuffer)) -> Result<()> {
+        let mut s = Stream::new(self, 0)?;
+        s.begin()?;
+        record(s.cb);
+        s.submit_wait()
+    }
+
+    fn fill_zero(&self, b: &Buffer) -> Result<()> {
+        // SAFETY: the command buffer is recording; the buffer is valid and idle.
+        self.one_time(|cb| unsafe { self.inner.device.cmd_fill_buffer(cb, b.buffer, 0, vk::WHOLE_SIZE, 0) })
     }
 
     /// A compute pipeline of `spirv` (entry `entry`) with `bindings` storage buffers and `push_bytes` of push
     /// constants.
-    pub fn kernel(&self, spirv: &[u32], entry: &CStr, bindings: u32, push_bytes: u32) -> Result<Kernel<'_>> {
-        let d = &self.device;
+    pub fn kernel(&self, spirv: &[u32], entry: &CStr, bindings: u32, push_bytes: u32) -> Result<Kernel> {
+        let d = &self.inner.device;
         let layout_bindings: Vec<_> = (0..bindings)
             .map(|b| {
                 vk::DescriptorSetLayoutBinding::default()
@@ -206,7 +357,7 @@ impl Gpu {
             .collect();
         let ranges = [vk::PushConstantRange::default().stage_flags(vk::ShaderStageFlags::COMPUTE).size(push_bytes)];
         // SAFETY: the device is valid and every create info lives across its call; objects are owned by the
-        // returned Kernel (Drop destroys them), and by nothing else.
+        // returned Kernel (Drop destroys them, null handles included), and by nothing else.
         unsafe {
             let set_layout = d
                 .create_descriptor_set_layout(
@@ -215,7 +366,7 @@ impl Gpu {
                 )
                 .map_err(vk_err("creating a descriptor set layout"))?;
             let mut k = Kernel {
-                gpu: self,
+                inner: self.inner.clone(),
                 set_layout,
                 layout: vk::PipelineLayout::null(),
                 module: vk::ShaderModule::null(),
@@ -240,148 +391,90 @@ impl Gpu {
         }
     }
 
-    /// Run `launches` in order, each waiting for the writes of those before it, and wait for the device.
-    pub fn run(&self, launches: &[Launch<'_, '_>]) -> Result<()> {
-        let d = &self.device;
-        let sets = launches.len() as u32;
-        let sizes = [vk::DescriptorPoolSize::default()
-            .ty(vk::DescriptorType::STORAGE_BUFFER)
-            .descriptor_count(launches.iter().map(|l| l.kernel.bindings).sum::<u32>().max(1))];
-        // SAFETY: the device is valid; the pool, its sets, the command buffer and the fence are made and freed
-        // here; every buffer and kernel a launch names outlives the call (borrowed), and the call waits for
-        // the device before it returns.
-        unsafe {
-            let pool = d
-                .create_descriptor_pool(
-                    &vk::DescriptorPoolCreateInfo::default().max_sets(sets.max(1)).pool_sizes(&sizes),
-                    None,
-                )
-                .map_err(vk_err("creating a descriptor pool"))?;
-            let result = self.record_and_submit(pool, launches);
-            d.destroy_descriptor_pool(pool, None);
-            result
-        }
-    }
-
-    unsafe fn record_and_submit(&self, pool: vk::DescriptorPool, launches: &[Launch<'_, '_>]) -> Result<()> {
-        let d = &self.device;
-        let layouts: Vec<_> = launches.iter().map(|l| l.kernel.set_layout).collect();
-        let sets = if layouts.is_empty() {
-            Vec::new()
-        } else {
-            d.allocate_descriptor_sets(
-                &vk::DescriptorSetAllocateInfo::default().descriptor_pool(pool).set_layouts(&layouts),
-            )
-            .map_err(vk_err("allocating descriptor sets"))?
-        };
-        for (l, &set) in launches.iter().zip(&sets) {
-            if l.buffers.len() != l.kernel.bindings as usize {
-                return Err(format!(
-                    "vulkan: a launch binds {} buffers, its kernel {}",
-                    l.buffers.len(),
-                    l.kernel.bindings
-                ));
+    /// One descriptor set per entry, each binding a kernel's buffers in order (whole buffers), written once.
+    pub fn sets(&self, entries: &[(&Kernel, &[&Buffer])]) -> Result<Sets> {
+        let d = &self.inner.device;
+        for (k, bufs) in entries {
+            if bufs.len() != k.bindings as usize {
+                return Err(format!("vulkan: a launch binds {} buffers, its kernel {}", bufs.len(), k.bindings));
             }
-            let infos: Vec<_> = l
-                .buffers
+        }
+        let count: u32 = entries.iter().map(|(k, _)| k.bindings).sum();
+        let sizes =
+            [vk::DescriptorPoolSize::default().ty(vk::DescriptorType::STORAGE_BUFFER).descriptor_count(count.max(1))];
+        let info = vk::DescriptorPoolCreateInfo::default().max_sets(entries.len().max(1) as u32).pool_sizes(&sizes);
+        // SAFETY: the device is valid; the pool is owned by the returned Sets, destroyed on the error path.
+        unsafe {
+            let pool = d.create_descriptor_pool(&info, None).map_err(vk_err("creating a descriptor pool"))?;
+            let mut sets = Sets { inner: self.inner.clone(), pool, sets: Vec::new() };
+            if entries.is_empty() {
+                return Ok(sets);
+            }
+            let layouts: Vec<_> = entries.iter().map(|(k, _)| k.set_layout).collect();
+            let handles = d
+                .allocate_descriptor_sets(
+                    &vk::DescriptorSetAllocateInfo::default().descriptor_pool(pool).set_layouts(&layouts),
+                )
+                .map_err(vk_err("allocating descriptor sets"))?;
+            let infos: Vec<Vec<[vk::DescriptorBufferInfo; 1]>> = entries
                 .iter()
-                .map(|b| [vk::DescriptorBufferInfo::default().buffer(b.buffer).offset(0).range(vk::WHOLE_SIZE)])
+                .map(|(_, bufs)| {
+                    bufs.iter()
+                        .map(|b| [vk::DescriptorBufferInfo::default().buffer(b.buffer).offset(0).range(vk::WHOLE_SIZE)])
+                        .collect()
+                })
                 .collect();
             let writes: Vec<_> = infos
                 .iter()
-                .enumerate()
-                .map(|(i, info)| {
-                    vk::WriteDescriptorSet::default()
-                        .dst_set(set)
-                        .dst_binding(i as u32)
-                        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                        .buffer_info(info)
+                .zip(&handles)
+                .flat_map(|(infos, &set)| {
+                    infos.iter().enumerate().map(move |(i, info)| {
+                        vk::WriteDescriptorSet::default()
+                            .dst_set(set)
+                            .dst_binding(i as u32)
+                            .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                            .buffer_info(info)
+                    })
                 })
                 .collect();
             d.update_descriptor_sets(&writes, &[]);
+            sets.sets = handles.into_iter().map(SetRef).collect();
+            Ok(sets)
         }
-        let cb = d
-            .allocate_command_buffers(
-                &vk::CommandBufferAllocateInfo::default().command_pool(self.pool).command_buffer_count(1),
-            )
-            .map_err(vk_err("allocating a command buffer"))?[0];
-        let fence = d.create_fence(&vk::FenceCreateInfo::default(), None).map_err(vk_err("creating a fence"));
-        let fence = match fence {
-            Ok(f) => f,
-            Err(e) => {
-                d.free_command_buffers(self.pool, &[cb]);
-                return Err(e);
-            }
-        };
-        let result = (|| {
-            d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default()).map_err(vk_err("recording"))?;
-            let barrier = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-                .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
-            for (i, (l, &set)) in launches.iter().zip(&sets).enumerate() {
-                if i > 0 {
-                    d.cmd_pipeline_barrier(
-                        cb,
-                        vk::PipelineStageFlags::COMPUTE_SHADER,
-                        vk::PipelineStageFlags::COMPUTE_SHADER,
-                        vk::DependencyFlags::empty(),
-                        &barrier,
-                        &[],
-                        &[],
-                    );
-                }
-                d.cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, l.kernel.pipeline);
-                d.cmd_bind_descriptor_sets(cb, vk::PipelineBindPoint::COMPUTE, l.kernel.layout, 0, &[set], &[]);
-                let push: Vec<u8> = l.push.iter().flat_map(|w| w.to_le_bytes()).collect();
-                d.cmd_push_constants(cb, l.kernel.layout, vk::ShaderStageFlags::COMPUTE, 0, &push);
-                d.cmd_dispatch(cb, l.groups[0], l.groups[1], l.groups[2]);
-            }
-            let host = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-                .dst_access_mask(vk::AccessFlags::HOST_READ)];
-            d.cmd_pipeline_barrier(
-                cb,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &host,
-                &[],
-                &[],
-            );
-            d.end_command_buffer(cb).map_err(vk_err("recording"))?;
-            let cbs = [cb];
-            let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
-            d.queue_submit(self.queue, &submit, fence).map_err(vk_err("submitting"))?;
-            d.wait_for_fences(&[fence], true, u64::MAX).map_err(vk_err("waiting for the device"))
-        })();
-        d.destroy_fence(fence, None);
-        d.free_command_buffers(self.pool, &[cb]);
-        result
+    }
+
+    /// A command stream that can time up to `timestamps` launches.
+    pub fn stream(&self, timestamps: u32) -> Result<Stream> {
+        Stream::new(self, timestamps)
+    }
+
+    /// Run `launches` in order, each waiting for the writes of those before it, and wait for the device.
+    pub fn run(&self, launches: &[Launch<'_>]) -> Result<()> {
+        let entries: Vec<(&Kernel, &[&Buffer])> = launches.iter().map(|l| (l.kernel, l.buffers)).collect();
+        let sets = self.sets(&entries)?;
+        let mut s = self.stream(0)?;
+        s.begin()?;
+        for (l, &set) in launches.iter().zip(&sets.sets) {
+            s.dispatch(l.kernel, set, l.push, l.groups);
+        }
+        s.submit_wait()
     }
 }
 
-impl Drop for Gpu {
-    fn drop(&mut self) {
-        // SAFETY: every Buffer and Kernel borrows the Gpu, so none is alive; the device is idle after `run`.
-        unsafe {
-            let _ = self.device.device_wait_idle();
-            self.device.destroy_command_pool(self.pool, None);
-            self.device.destroy_device(None);
-            self.instance.destroy_instance(None);
-        }
-    }
-}
-
-/// A storage buffer in host-visible memory, mapped for its lifetime.
-pub struct Buffer<'g> {
-    gpu: &'g Gpu,
+/// A storage buffer; mapped for its lifetime where its memory is host-visible.
+pub struct Buffer {
+    inner: Arc<Inner>,
     buffer: vk::Buffer,
     memory: vk::DeviceMemory,
+    /// Null when the memory is not host-visible.
     ptr: *mut u8,
     size: u64,
 }
 
-impl Buffer<'_> {
+/// Bytes per staging copy when a buffer is not host-visible.
+const STAGING: u64 = 64 << 20;
+
+impl Buffer {
     pub fn len(&self) -> u64 {
         self.size
     }
@@ -390,34 +483,63 @@ impl Buffer<'_> {
         self.size == 0
     }
 
-    /// Copy `bytes` in at byte `offset`; panics past the end (a caller's bug).
-    pub fn write(&mut self, offset: u64, bytes: &[u8]) {
-        assert!(offset + bytes.len() as u64 <= self.size, "write past the end of a buffer");
-        // SAFETY: the range is inside the mapping (checked), and no launch runs while `&mut self` is held.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset as usize), bytes.len()) }
+    /// Whether the host reads and writes it in place.
+    pub fn mapped(&self) -> bool {
+        !self.ptr.is_null()
     }
 
-    /// `len` bytes from byte `offset`.
+    /// Copy `bytes` in at byte `offset` (in place, or through a staging buffer); panics past the end (a
+    /// caller's bug).
+    pub fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        assert!(offset + bytes.len() as u64 <= self.size, "write past the end of a buffer");
+        if self.mapped() {
+            // SAFETY: the range is inside the mapping (checked), and no launch runs while `&mut self` is held.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset as usize), bytes.len()) };
+            return Ok(());
+        }
+        let gpu = Gpu { inner: self.inner.clone() };
+        let mut staging = gpu.buffer((bytes.len() as u64).min(STAGING))?;
+        for (i, chunk) in bytes.chunks(STAGING as usize).enumerate() {
+            staging.write(0, chunk)?;
+            let region = [vk::BufferCopy::default()
+                .src_offset(0)
+                .dst_offset(offset + (i as u64) * STAGING)
+                .size(chunk.len() as u64)];
+            // SAFETY: both buffers are valid and idle; the regions lie inside them.
+            gpu.one_time(|cb| unsafe { self.inner.device.cmd_copy_buffer(cb, staging.buffer, self.buffer, &region) })?;
+        }
+        Ok(())
+    }
+
+    /// `len` bytes from byte `offset` of a mapped buffer; panics past the end or on an unmapped buffer.
     pub fn read(&self, offset: u64, len: u64) -> Vec<u8> {
-        assert!(offset + len <= self.size, "read past the end of a buffer");
-        // SAFETY: inside the mapping; `run` waited for the device and made its writes visible to the host.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len as usize).to_vec() }
+        let mut v = vec![0; len as usize];
+        self.read_into(offset, &mut v);
+        v
+    }
+
+    /// Fill `out` from byte `offset` of a mapped buffer.
+    pub fn read_into(&self, offset: u64, out: &mut [u8]) {
+        assert!(self.mapped(), "reading a buffer the host cannot see");
+        assert!(offset + out.len() as u64 <= self.size, "read past the end of a buffer");
+        // SAFETY: inside the mapping; streams wait for the device and make its writes visible to the host.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset as usize), out.as_mut_ptr(), out.len()) }
     }
 }
 
-impl Drop for Buffer<'_> {
+impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: the buffer is not in use: `run` waits for the device before it returns.
+        // SAFETY: the buffer is not in use: streams wait for the device before they return.
         unsafe {
-            self.gpu.device.destroy_buffer(self.buffer, None);
-            self.gpu.device.free_memory(self.memory, None);
+            self.inner.device.destroy_buffer(self.buffer, None);
+            self.inner.device.free_memory(self.memory, None);
         }
     }
 }
 
 /// A compute pipeline and its layouts.
-pub struct Kernel<'g> {
-    gpu: &'g Gpu,
+pub struct Kernel {
+    inner: Arc<Inner>,
     set_layout: vk::DescriptorSetLayout,
     layout: vk::PipelineLayout,
     module: vk::ShaderModule,
@@ -425,9 +547,15 @@ pub struct Kernel<'g> {
     bindings: u32,
 }
 
-impl Drop for Kernel<'_> {
+impl Kernel {
+    pub fn bindings(&self) -> u32 {
+        self.bindings
+    }
+}
+
+impl Drop for Kernel {
     fn drop(&mut self) {
-        let d = &self.gpu.device;
+        let d = &self.inner.device;
         // SAFETY: not in use (see Buffer); destroying a null handle is allowed.
         unsafe {
             d.destroy_pipeline(self.pipeline, None);
@@ -438,10 +566,197 @@ impl Drop for Kernel<'_> {
     }
 }
 
-/// One dispatch: a kernel, its buffers in binding order, its push constants, its workgroup counts.
-pub struct Launch<'a, 'g> {
-    pub kernel: &'a Kernel<'g>,
-    pub buffers: &'a [&'a Buffer<'g>],
+/// A descriptor set of a [`Sets`]; valid while the `Sets` lives and its buffers do.
+#[derive(Debug, Clone, Copy)]
+pub struct SetRef(vk::DescriptorSet);
+
+/// Descriptor sets allocated and written together, freed together.
+pub struct Sets {
+    inner: Arc<Inner>,
+    pool: vk::DescriptorPool,
+    pub sets: Vec<SetRef>,
+}
+
+impl Drop for Sets {
+    fn drop(&mut self) {
+        // SAFETY: no submission that uses the sets is in flight (streams wait for the device).
+        unsafe { self.inner.device.destroy_descriptor_pool(self.pool, None) }
+    }
+}
+
+/// A command buffer re-recorded for every submission, its fence, and optionally a timestamp per launch.
+pub struct Stream {
+    inner: Arc<Inner>,
+    cb: vk::CommandBuffer,
+    fence: vk::Fence,
+    queries: vk::QueryPool,
+    capacity: u32,
+    /// Launches recorded since `begin`.
+    launches: u32,
+    timing: bool,
+}
+
+impl Stream {
+    fn new(gpu: &Gpu, timestamps: u32) -> Result<Stream> {
+        let d = &gpu.inner.device;
+        // SAFETY: the device is valid; the objects are owned by the Stream (Drop frees them, null included).
+        unsafe {
+            let cb = d
+                .allocate_command_buffers(
+                    &vk::CommandBufferAllocateInfo::default().command_pool(gpu.inner.pool).command_buffer_count(1),
+                )
+                .map_err(vk_err("allocating a command buffer"))?[0];
+            let mut s = Stream {
+                inner: gpu.inner.clone(),
+                cb,
+                fence: vk::Fence::null(),
+                queries: vk::QueryPool::null(),
+                capacity: 0,
+                launches: 0,
+                timing: false,
+            };
+            s.fence = d.create_fence(&vk::FenceCreateInfo::default(), None).map_err(vk_err("creating a fence"))?;
+            if timestamps > 0 && gpu.inner.info.timestamp_period_ns > 0.0 {
+                let info =
+                    vk::QueryPoolCreateInfo::default().query_type(vk::QueryType::TIMESTAMP).query_count(timestamps + 1);
+                s.queries = d.create_query_pool(&info, None).map_err(vk_err("creating a query pool"))?;
+                s.capacity = timestamps;
+            }
+            Ok(s)
+        }
+    }
+
+    /// Start recording; `timing` asks for a timestamp after each launch (where the stream has room for them).
+    pub fn begin_timed(&mut self, timing: bool) -> Result<()> {
+        let d = &self.inner.device;
+        self.launches = 0;
+        self.timing = timing && self.capacity > 0;
+        // SAFETY: the command buffer is not pending (every submission is waited for).
+        unsafe {
+            d.reset_command_buffer(self.cb, vk::CommandBufferResetFlags::empty()).map_err(vk_err("recording"))?;
+            let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+            d.begin_command_buffer(self.cb, &begin).map_err(vk_err("recording"))?;
+            if self.timing {
+                d.cmd_reset_query_pool(self.cb, self.queries, 0, self.capacity + 1);
+                d.cmd_write_timestamp(self.cb, vk::PipelineStageFlags::TOP_OF_PIPE, self.queries, 0);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn begin(&mut self) -> Result<()> {
+        self.begin_timed(false)
+    }
+
+    fn barrier(
+        &self,
+        src: vk::PipelineStageFlags,
+        src_access: vk::AccessFlags,
+        dst: vk::PipelineStageFlags,
+        dst_access: vk::AccessFlags,
+    ) {
+        let b = [vk::MemoryBarrier::default().src_access_mask(src_access).dst_access_mask(dst_access)];
+        // SAFETY: the command buffer is recording.
+        unsafe { self.inner.device.cmd_pipeline_barrier(self.cb, src, dst, vk::DependencyFlags::empty(), &b, &[], &[]) }
+    }
+
+    /// Record one launch; it waits for every shader write recorded before it. `push` is at most the kernel's
+    /// push-constant size in 32-bit words; the set must have been made for this kernel.
+    pub fn dispatch(&mut self, kernel: &Kernel, set: SetRef, push: &[u32], groups: [u32; 3]) {
+        let d = &self.inner.device;
+        if self.launches > 0 {
+            let rw = vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE;
+            let cs = vk::PipelineStageFlags::COMPUTE_SHADER;
+            self.barrier(cs, vk::AccessFlags::SHADER_WRITE, cs, rw);
+        }
+        let bytes: Vec<u8> = push.iter().flat_map(|w| w.to_le_bytes()).collect();
+        // SAFETY: the command buffer is recording; kernel and set are valid and outlive the submission (the
+        // caller keeps them until `submit_wait` returns).
+        unsafe {
+            d.cmd_bind_pipeline(self.cb, vk::PipelineBindPoint::COMPUTE, kernel.pipeline);
+            d.cmd_bind_descriptor_sets(self.cb, vk::PipelineBindPoint::COMPUTE, kernel.layout, 0, &[set.0], &[]);
+            d.cmd_push_constants(self.cb, kernel.layout, vk::ShaderStageFlags::COMPUTE, 0, &bytes);
+            d.cmd_dispatch(self.cb, groups[0], groups[1], groups[2]);
+        }
+        self.launches += 1;
+        if self.timing && self.launches <= self.capacity {
+            // SAFETY: query `launches` is inside the pool and was reset in `begin`.
+            unsafe {
+                d.cmd_write_timestamp(self.cb, vk::PipelineStageFlags::BOTTOM_OF_PIPE, self.queries, self.launches)
+            };
+        }
+    }
+
+    /// Record a copy of `len` bytes between buffers, after every launch recorded so far.
+    pub fn copy(&mut self, src: &Buffer, src_offset: u64, dst: &Buffer, dst_offset: u64, len: u64) {
+        let cs = vk::PipelineStageFlags::COMPUTE_SHADER;
+        self.barrier(
+            cs,
+            vk::AccessFlags::SHADER_WRITE,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::AccessFlags::TRANSFER_READ,
+        );
+        let region = [vk::BufferCopy::default().src_offset(src_offset).dst_offset(dst_offset).size(len)];
+        // SAFETY: recording; both buffers are valid, and the caller keeps them until `submit_wait` returns.
+        unsafe { self.inner.device.cmd_copy_buffer(self.cb, src.buffer, dst.buffer, &region) }
+    }
+
+    /// Submit what was recorded and wait for the device; its writes are then visible to the host.
+    pub fn submit_wait(&mut self) -> Result<()> {
+        let d = &self.inner.device;
+        self.barrier(
+            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+            vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE,
+            vk::PipelineStageFlags::HOST,
+            vk::AccessFlags::HOST_READ,
+        );
+        // SAFETY: recording ends here; the fence is unsignalled (reset after each wait); the call waits.
+        unsafe {
+            d.end_command_buffer(self.cb).map_err(vk_err("recording"))?;
+            let cbs = [self.cb];
+            let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
+            d.queue_submit(self.inner.queue, &submit, self.fence).map_err(vk_err("submitting"))?;
+            let waited = d.wait_for_fences(&[self.fence], true, u64::MAX).map_err(vk_err("waiting for the device"));
+            d.reset_fences(&[self.fence]).map_err(vk_err("resetting a fence"))?;
+            waited
+        }
+    }
+
+    /// Seconds each launch of the last timed submission took (from the end of the one before it).
+    pub fn launch_seconds(&self) -> Vec<f64> {
+        if !self.timing {
+            return Vec::new();
+        }
+        let n = self.launches.min(self.capacity) as usize;
+        let mut ticks = vec![0u64; n + 1];
+        // SAFETY: the submission was waited for, so the queries are available; the slice holds n + 1 values.
+        let ok = unsafe {
+            self.inner.device.get_query_pool_results(self.queries, 0, &mut ticks, vk::QueryResultFlags::TYPE_64)
+        };
+        if ok.is_err() {
+            return Vec::new();
+        }
+        let ns = self.inner.info.timestamp_period_ns as f64;
+        ticks.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64 * ns * 1e-9).collect()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let d = &self.inner.device;
+        // SAFETY: no submission is pending (each is waited for); null handles may be destroyed.
+        unsafe {
+            d.destroy_query_pool(self.queries, None);
+            d.destroy_fence(self.fence, None);
+            d.free_command_buffers(self.inner.pool, &[self.cb]);
+        }
+    }
+}
+
+/// One dispatch for [`Gpu::run`]: a kernel, its buffers in binding order, its push constants, its workgroups.
+pub struct Launch<'a> {
+    pub kernel: &'a Kernel,
+    pub buffers: &'a [&'a Buffer],
     pub push: &'a [u32],
     pub groups: [u32; 3],
 }

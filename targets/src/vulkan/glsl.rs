@@ -20,17 +20,10 @@
 use std::fmt::Write;
 use unicorn_ir::WeightFormat;
 
-/// Most buffer arguments of one kernel (the size of the push block's `base`).
-pub const MAX_BUFFERS: usize = 8;
-
-// The push block (five words, then a base per buffer) fits the 128 bytes every Vulkan device offers.
-const _: () = assert!((5 + MAX_BUFFERS) * 4 <= 128);
+pub use unicorn_ir::plan::vulkan_abi::{MAX_BUFFERS, WIDE};
 
 /// Rows of a weight matrix one matmul workgroup produces (one interleaved group).
 pub const MATMUL_ROWS: u32 = 8;
-
-/// Threads per workgroup of the elementwise kernels, the norm and attention.
-pub const WIDE: u32 = 64;
 
 /// Threads per output row of a matmul workgroup.
 pub const MATMUL_LANES: u32 = 32;
@@ -331,7 +324,8 @@ pub struct AttentionShape {
 /// elements, head-major (kv head `g`, ring slot `t` at `(g * cap + t) * HD`); `WINDOW` 0 is none. Pass 0
 /// attends (work `[H, rows, 1]`); pass 1, run after it,
 /// appends the execution's keys and values to the cache (work `[ceil(KVH * HD / 2 / 64), rows, 1]`), so no
-/// workgroup of pass 0 reads a slot another overwrites.
+/// workgroup of pass 0 reads a slot another overwrites; of `pc.rows` rows that land on one ring slot (a window
+/// shorter than the execution) only the last is written.
 pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     let mut s = String::new();
     header(&mut s, WIDE, 1);
@@ -363,7 +357,7 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          shared float part[{WIDE}];\n\
          void append() {{\n\
          \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y;\n\
-         \x20 if (i >= KVH * HD / 2u) return;\n\
+         \x20 if (i >= KVH * HD / 2u || r + pc.cap < pc.rows) return; // a row a later one of the ring overwrites\n\
          \x20 uint g = (2u * i) / HD, d = (2u * i) % HD, p = pc.pos + r;\n\
          \x20 uint src = r * KVH * HD + g * HD + d;\n\
          \x20 uint dst = (g * pc.cap + p % pc.cap) * HD + d, vals = KVH * pc.cap * HD;\n\

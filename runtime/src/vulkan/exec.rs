@@ -1,0 +1,579 @@
+//! The Vulkan executor: a plan's generated kernels run on a GPU through [`super::hal`].
+//!
+//! At load it creates every pipeline of the kernel table once, uploads the weights once into device-local
+//! buffers of at most the device's `maxStorageBufferRange` each (every weight inside one), and allocates the
+//! two activation arenas for the largest execution; each sequence gets a KV cache per layer on the device at the
+//! plan's KV dtype. Descriptor sets are written once: per step, and per step and sequence for the attention
+//! steps that bind a sequence's cache. An execution then only writes the token ids to a small host-visible
+//! buffer, records one command buffer (a dispatch per launch, with the per-execution values — rows, positions,
+//! where each activation slot starts — as push constants), submits it once, and reads the kept rows' logits
+//! back: no allocation and no pipeline creation per token.
+//!
+//! Most launches cover every row of the execution, so a batch of sequences reads each weight once; RoPE,
+//! attention and the row selection run per sequence, at its own position and over its own cache.
+
+use super::hal::{Buffer, Gpu, Kernel, Place, SetRef, Sets, Stream};
+use crate::executor::{kernel_runs_op, Executor, SeqId, SeqRun, MAX_BATCH};
+use crate::model::Model;
+use crate::Error;
+use std::collections::BTreeMap;
+use unicorn_ir::container::SectionKind;
+use unicorn_ir::plan::vulkan_abi::{MAX_BUFFERS, PUSH_WORDS, WIDE};
+use unicorn_ir::plan::{ActSlot, Arg, Backend, Expr, KernelEntry, Vars};
+use unicorn_ir::quant::WeightLayout;
+use unicorn_ir::validate::Capabilities;
+use unicorn_ir::{DType, Op, Phase, WeightFormat};
+
+/// What the Vulkan executor runs: the Vulkan target's kernels (a SPIR-V artifact, one op each, at most
+/// [`MAX_BUFFERS`] bindings), weights in the layouts those kernels read, f32 activations, f32 or f16 KV caches.
+pub struct VulkanCapabilities;
+
+impl Capabilities for VulkanCapabilities {
+    fn name(&self) -> &str {
+        "vulkan"
+    }
+
+    fn reads_weight(&self, format: WeightFormat, layout: WeightLayout) -> bool {
+        layout == if format.is_quantized() { WeightLayout::Interleaved8 } else { WeightLayout::Rows }
+    }
+
+    fn runs_kernel(&self, kernel: &KernelEntry, ops: &[Op]) -> bool {
+        kernel.backend == Backend::Vulkan
+            && kernel.artifact.is_some()
+            && kernel.bindings.len() <= MAX_BUFFERS
+            && ops.len() == 1
+            && kernel_runs_op(&kernel.name, &ops[0])
+    }
+
+    fn holds_activation(&self, dtype: DType) -> bool {
+        dtype == DType::F32
+    }
+
+    fn holds_kv(&self, dtype: DType) -> bool {
+        matches!(dtype, DType::F32 | DType::F16)
+    }
+}
+
+/// How the executor lays itself out on the device; the defaults are the device's limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VulkanOptions {
+    /// Most bytes bound as one storage buffer (default and ceiling: the device's `maxStorageBufferRange`).
+    pub max_binding: Option<u64>,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// Where a step's descriptor set is: shared by every execution, or one per sequence (it binds a KV cache).
+#[derive(Clone, Copy)]
+enum SetAt {
+    Shared(usize),
+    PerSeq(usize),
+}
+
+struct PhaseSets {
+    shared: Sets,
+    /// Per step.
+    at: Vec<SetAt>,
+    /// Steps that bind a KV cache, in order (what a sequence's sets are made for).
+    kv_steps: Vec<usize>,
+}
+
+struct GpuSeq {
+    /// One buffer per layer: the keys, then the values.
+    kv: Vec<Buffer>,
+    /// Ring capacity per layer.
+    caps: Vec<u32>,
+    ctx: usize,
+    /// Per phase, the sets of that phase's KV steps.
+    sets: [Sets; 2],
+}
+
+/// A run's rows in one arena, with the position of its first row.
+#[derive(Clone, Copy)]
+struct Segment {
+    row: u64,
+    rows: u64,
+    pos: u64,
+}
+
+pub struct VulkanExecutor<'m> {
+    model: &'m Model,
+    gpu: Gpu,
+    name: String,
+    kernels: Vec<Kernel>,
+    /// The weights, split into bindable chunks.
+    weights: Vec<Buffer>,
+    /// Per weight: its chunk and its first word there.
+    weight_at: Vec<(usize, u32)>,
+    /// Arena 0 (the execution's rows) and arena 1 (the kept rows).
+    arenas: [Buffer; 2],
+    /// Rows each arena has room for.
+    arena_rows: [u64; 2],
+    tokens: Buffer,
+    readback: Buffer,
+    phases: [PhaseSets; 2],
+    seqs: Vec<Option<GpuSeq>>,
+    stream: Stream,
+    /// The kernel of each launch of the last execution, for the profile.
+    launched: Vec<u32>,
+    segs: [Vec<Segment>; 2],
+    profile: Option<BTreeMap<String, (f64, usize)>>,
+    max_groups: [u32; 3],
+}
+
+fn phase_index(p: Phase) -> usize {
+    match p {
+        Phase::Prefill => 0,
+        Phase::Decode => 1,
+    }
+}
+
+fn plan_err(model: &Model, e: impl std::fmt::Display) -> Error {
+    Error::Plan(format!("{}: {e}", model.path().display()))
+}
+
+/// Whether a step's launch runs once per sequence (it depends on the sequence's position or rows).
+fn per_run(op: &Op) -> bool {
+    matches!(op, Op::Rope { .. } | Op::Attention { .. } | Op::SelectRows)
+}
+
+/// The executions' largest row counts: a full prefill chunk, or a full decode batch.
+fn most_rows(model: &Model) -> u64 {
+    model.header().prefill_chunk.max(MAX_BATCH as u64)
+}
+
+impl<'m> VulkanExecutor<'m> {
+    /// Open Vulkan device `index` and make the plan resident there.
+    pub fn new(model: &'m Model, index: u32, options: VulkanOptions) -> Result<Self, Error> {
+        let gpu = Gpu::open(index as usize).map_err(Error::Input)?;
+        let name = format!("vulkan:{index}");
+        let h = model.header();
+        let info = gpu.info().clone();
+        let limit = (info.max_storage_buffer_range as u64).min(options.max_binding.unwrap_or(u64::MAX)) & !3;
+        let dev_err = |what: &str, e: String| Error::Input(format!("{name} ({}): {what}: {e}", info.name));
+
+        // Kernels: every artifact must be SPIR-V; one pipeline each, made once.
+        let section = model.section(SectionKind::Kernels).unwrap_or(&[]);
+        let mut kernels = Vec::with_capacity(h.kernels.len());
+        for (i, k) in h.kernels.iter().enumerate() {
+            let a = k.artifact.expect("validated: a Vulkan kernel has an artifact");
+            let bytes = &section[a.offset as usize..(a.offset + a.len) as usize];
+            let field = format!("kernels[{i}] ({})", k.name);
+            if bytes.len() < 20 || !bytes.len().is_multiple_of(4) || bytes[..4] != 0x0723_0203u32.to_le_bytes() {
+                return Err(plan_err(model, format!("{field}: the artifact is not a SPIR-V module")));
+            }
+            let words: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect();
+            let entry = std::ffi::CString::new(k.entry.as_str())
+                .map_err(|_| plan_err(model, format!("{field}: the entry point name holds a NUL")))?;
+            let kernel = gpu
+                .kernel(&words, &entry, k.bindings.len() as u32, (PUSH_WORDS * 4) as u32)
+                .map_err(|e| plan_err(model, format!("{field}: {e}")))?;
+            kernels.push(kernel);
+        }
+
+        // Weights: chunks of at most `limit` bytes, each weight inside one.
+        let wsec = model.section(SectionKind::Weights).unwrap_or(&[]);
+        let mut order: Vec<usize> = (0..h.weights.len()).collect();
+        order.sort_by_key(|&i| h.weights[i].offset);
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        let mut weight_at = vec![(0usize, 0u32); h.weights.len()];
+        for &i in &order {
+            let w = &h.weights[i];
+            if !w.offset.is_multiple_of(4) {
+                return Err(plan_err(
+                    model,
+                    format!("weights[{i}] ({}): offset {} is not 4-byte aligned", w.name, w.offset),
+                ));
+            }
+            if w.bytes > limit {
+                return Err(dev_err(
+                    "weights",
+                    format!(
+                        "{} is {}, above the largest buffer the device binds ({})",
+                        w.name,
+                        mib(w.bytes),
+                        mib(limit)
+                    ),
+                ));
+            }
+            match spans.last_mut() {
+                Some((start, end)) if w.offset + w.bytes - *start <= limit => *end = (*end).max(w.offset + w.bytes),
+                _ => spans.push((w.offset, w.offset + w.bytes)),
+            }
+            let (start, _) = *spans.last().expect("pushed");
+            weight_at[i] = (spans.len() - 1, ((w.offset - start) / 4) as u32);
+        }
+        let mut weights = Vec::with_capacity(spans.len());
+        let total: u64 = spans.iter().map(|(a, b)| b - a).sum();
+        for &(start, end) in &spans {
+            let mut b = gpu
+                .buffer_in(end - start, Place::Device)
+                .map_err(|e| dev_err(&format!("the weights ({} in all)", mib(total)), e))?;
+            b.write(0, &wsec[start as usize..end as usize]).map_err(|e| dev_err("uploading the weights", e))?;
+            weights.push(b);
+        }
+
+        // Arenas for the largest execution, within one binding each.
+        let rows = most_rows(model);
+        let row_bytes = |a: usize| h.phases.iter().map(|p| p.arenas[a].row_bytes).max().unwrap_or(0).max(4);
+        let mut arena_rows = [0u64; 2];
+        for (a, r) in arena_rows.iter_mut().enumerate() {
+            *r = rows.min(limit / row_bytes(a));
+            if *r == 0 {
+                return Err(dev_err(
+                    "activations",
+                    format!("one row of arena {a} is {}, above the largest buffer the device binds", mib(row_bytes(a))),
+                ));
+            }
+        }
+        let arena = |a: usize| {
+            gpu.buffer_in(row_bytes(a) * arena_rows[a], Place::Device).map_err(|e| dev_err("the activations", e))
+        };
+        let arenas = [arena(0)?, arena(1)?];
+        let tokens = gpu.buffer_in(4 * rows, Place::Host).map_err(|e| dev_err("the token ids", e))?;
+        let vocab = h.spec.vocab_size as u64;
+        let readback = gpu.buffer_in(4 * vocab * arena_rows[1], Place::Host).map_err(|e| dev_err("the logits", e))?;
+
+        let mut phases = Vec::with_capacity(2);
+        for phase in [Phase::Prefill, Phase::Decode] {
+            let p = model.plan().phase(phase);
+            let mut at = Vec::with_capacity(p.steps.len());
+            let mut kv_steps = Vec::new();
+            let mut entries: Vec<(usize, Vec<&Buffer>)> = Vec::new();
+            for (i, st) in p.steps.iter().enumerate() {
+                if st.args.iter().any(|a| matches!(a, Arg::Kv(_))) {
+                    at.push(SetAt::PerSeq(kv_steps.len()));
+                    kv_steps.push(i);
+                    continue;
+                }
+                at.push(SetAt::Shared(entries.len()));
+                let bufs = st
+                    .args
+                    .iter()
+                    .filter_map(|a| match a {
+                        Arg::Act(s) => Some(&arenas[s.arena.0 as usize]),
+                        Arg::Weight(w) => Some(&weights[weight_at[w.0 as usize].0]),
+                        Arg::Tokens => Some(&tokens),
+                        Arg::Kv(_) | Arg::Scalar(_) => None,
+                    })
+                    .collect();
+                entries.push((st.kernel.0 as usize, bufs));
+            }
+            let list: Vec<(&Kernel, &[&Buffer])> = entries.iter().map(|(k, b)| (&kernels[*k], b.as_slice())).collect();
+            let shared = gpu.sets(&list).map_err(|e| dev_err("descriptor sets", e))?;
+            phases.push(PhaseSets { shared, at, kv_steps });
+        }
+        let phases: [PhaseSets; 2] = match phases.try_into() {
+            Ok(p) => p,
+            Err(_) => unreachable!("two phases"),
+        };
+        // Room for a timestamp per launch of the largest execution (a decode batch runs the per-sequence steps
+        // once per sequence, attention twice).
+        let launches: usize = [Phase::Prefill, Phase::Decode]
+            .iter()
+            .map(|&ph| {
+                let p = model.plan().phase(ph);
+                p.steps.iter().map(|s| if per_run(&s.ops[0]) { 2 * MAX_BATCH } else { 1 }).sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0);
+        let stream = gpu.stream(launches as u32).map_err(|e| dev_err("a command stream", e))?;
+        Ok(Self {
+            model,
+            name,
+            max_groups: info.max_workgroup_count,
+            gpu,
+            kernels,
+            weights,
+            weight_at,
+            arenas,
+            arena_rows,
+            tokens,
+            readback,
+            phases,
+            seqs: Vec::new(),
+            stream,
+            launched: Vec::new(),
+            segs: [Vec::new(), Vec::new()],
+            profile: None,
+        })
+    }
+
+    /// Buffers a step binds for sequence `seq` (its KV cache where the step has one).
+    fn step_buffers<'a>(&'a self, args: &[Arg], seq: Option<&'a GpuSeq>) -> Vec<&'a Buffer> {
+        args.iter()
+            .filter_map(|a| match a {
+                Arg::Act(s) => Some(&self.arenas[s.arena.0 as usize]),
+                Arg::Weight(w) => Some(&self.weights[self.weight_at[w.0 as usize].0]),
+                Arg::Tokens => Some(&self.tokens),
+                Arg::Kv(l) => seq.map(|s| &s.kv[*l as usize]),
+                Arg::Scalar(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// The value of a work-size expression, or an error naming the step.
+fn eval(e: &Expr, v: Vars, label: &str) -> Result<u32, Error> {
+    e.eval(v)
+        .and_then(|x| u32::try_from(x).ok())
+        .ok_or_else(|| Error::Input(format!("step {label}: work size {e} overflows")))
+}
+
+impl Executor for VulkanExecutor<'_> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn add_sequence(&mut self, ctx: usize) -> Result<SeqId, Error> {
+        let h = self.model.header();
+        let ctx = ctx.clamp(1, h.spec.max_context);
+        let need = h.kv_cache_bytes(ctx as u64);
+        let mut kv = Vec::with_capacity(h.kv_caches.len());
+        let mut caps = Vec::with_capacity(h.kv_caches.len());
+        for c in &h.kv_caches {
+            let bytes = c.bytes(ctx as u64).unwrap_or(u64::MAX);
+            let b = self.gpu.buffer_in(bytes, Place::Device).map_err(|e| {
+                Error::Input(format!("{}: the KV cache for {ctx} positions needs {}: {e}", self.name, mib(need)))
+            })?;
+            kv.push(b);
+            caps.push(c.positions(ctx as u64) as u32);
+        }
+        let mut seq = GpuSeq { kv, caps, ctx, sets: [self.empty_sets()?, self.empty_sets()?] };
+        for (pi, phase) in [Phase::Prefill, Phase::Decode].into_iter().enumerate() {
+            let p = self.model.plan().phase(phase);
+            let bufs: Vec<Vec<&Buffer>> =
+                self.phases[pi].kv_steps.iter().map(|&i| self.step_buffers(&p.steps[i].args, Some(&seq))).collect();
+            let list: Vec<(&Kernel, &[&Buffer])> = self.phases[pi]
+                .kv_steps
+                .iter()
+                .zip(&bufs)
+                .map(|(&i, b)| (&self.kernels[p.steps[i].kernel.0 as usize], b.as_slice()))
+                .collect();
+            let sets = self.gpu.sets(&list).map_err(|e| Error::Input(format!("{}: {e}", self.name)))?;
+            drop(list);
+            drop(bufs);
+            seq.sets[pi] = sets;
+        }
+        let id = match self.seqs.iter().position(Option::is_none) {
+            Some(i) => {
+                self.seqs[i] = Some(seq);
+                i
+            }
+            None => {
+                self.seqs.push(Some(seq));
+                self.seqs.len() - 1
+            }
+        };
+        Ok(SeqId(id))
+    }
+
+    fn remove_sequence(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.get_mut(seq.0) {
+            *s = None;
+        }
+    }
+
+    fn execute(&mut self, phase: Phase, runs: &[SeqRun], logits: &mut Vec<f32>) -> Result<(), Error> {
+        let model = self.model;
+        let h = model.header();
+        let plan = model.plan().phase(phase);
+        let vocab = h.spec.vocab_size;
+        let s: usize = runs.iter().map(|r| r.tokens.len()).sum();
+        let keep: usize = runs.iter().map(|r| r.keep).sum();
+        let most = if phase == Phase::Prefill { h.prefill_chunk as usize } else { MAX_BATCH };
+        if runs.is_empty() || s == 0 || s > most {
+            return Err(Error::Input(format!("a {phase} execution of {s} rows (1..={most})")));
+        }
+        for r in runs {
+            let Some(Some(seq)) = self.seqs.get(r.seq.0) else {
+                return Err(Error::Input(format!("sequence {} does not exist", r.seq.0)));
+            };
+            if r.keep > r.tokens.len() || (phase == Phase::Decode && (r.tokens.len() != 1 || r.keep != 1)) {
+                return Err(Error::Input(format!("a {phase} run of {} tokens keeping {}", r.tokens.len(), r.keep)));
+            }
+            if r.pos.checked_add(r.tokens.len()).is_none_or(|end| end > seq.ctx) {
+                return Err(Error::Input(format!(
+                    "{} tokens at position {} exceed the context of {} tokens",
+                    r.tokens.len(),
+                    r.pos,
+                    seq.ctx
+                )));
+            }
+            if let Some(&bad) = r.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::Input(format!("token id {bad} is out of range (vocabulary size {vocab})")));
+            }
+        }
+        for (a, rows) in [s, keep].into_iter().enumerate() {
+            if rows as u64 > self.arena_rows[a] {
+                return Err(Error::Input(format!(
+                    "{}: {rows} rows of arena {a} do not fit the largest buffer the device binds ({} rows); use a \
+                     smaller --prefill-chunk",
+                    self.name, self.arena_rows[a]
+                )));
+            }
+        }
+        let (s64, keep64) = (s as u64, keep as u64);
+        let ids: Vec<u8> = runs.iter().flat_map(|r| r.tokens).flat_map(|t| t.to_le_bytes()).collect();
+        self.tokens.write(0, &ids).map_err(Error::Input)?;
+        let mut segs = std::mem::take(&mut self.segs);
+        segs.iter_mut().for_each(Vec::clear);
+        let (mut row, mut kept) = (0u64, 0u64);
+        for r in runs {
+            let (n, k) = (r.tokens.len() as u64, r.keep as u64);
+            segs[0].push(Segment { row, rows: n, pos: r.pos as u64 });
+            segs[1].push(Segment { row: kept, rows: k, pos: (r.pos + r.tokens.len() - r.keep) as u64 });
+            row += n;
+            kept += k;
+        }
+        // A slot's first word: slots are laid out per row, so their starts scale with the arena's rows.
+        let start = |slot: &ActSlot| slot.offset / 4 * if slot.arena.0 == 0 { s64 } else { keep64 };
+        let timing = self.profile.is_some();
+        let pi = phase_index(phase);
+        self.stream.begin_timed(timing).map_err(Error::Input)?;
+        self.launched.clear();
+        let vars = Vars { s: s64, r: keep64, pos: runs[0].pos as u64 };
+        let mut push = [0u32; PUSH_WORDS];
+        for (i, step) in plan.steps.iter().enumerate() {
+            let op = &step.ops[0];
+            // Per-sequence steps launch once per run, offset to its rows; the others once over every row.
+            let n_launch = if per_run(op) { runs.len() } else { 1 };
+            for j in 0..n_launch {
+                let (run_vars, seg) = if per_run(op) {
+                    let r = &runs[j];
+                    (Vars { s: r.tokens.len() as u64, r: r.keep as u64, pos: r.pos as u64 }, Some(j))
+                } else {
+                    (vars, None)
+                };
+                let (mut b, mut acts) = (0, 0);
+                let mut first_slot: Option<ActSlot> = None;
+                for a in &step.args {
+                    let base = match a {
+                        Arg::Act(slot) => {
+                            first_slot.get_or_insert(*slot);
+                            acts += 1;
+                            let mut w = start(slot);
+                            if let Some(j) = seg {
+                                let g = segs[slot.arena.0 as usize][j];
+                                // select_rows writes a run's last `keep` rows of its segment of the result.
+                                let row = if matches!(op, Op::SelectRows) && acts == 2 {
+                                    g.row + g.rows - runs[j].keep as u64
+                                } else {
+                                    g.row
+                                };
+                                w += row * slot.width;
+                            }
+                            w
+                        }
+                        Arg::Weight(id) => self.weight_at[id.0 as usize].1 as u64,
+                        Arg::Kv(_) | Arg::Tokens => 0,
+                        Arg::Scalar(_) => continue,
+                    };
+                    push[5 + b] = u32::try_from(base)
+                        .map_err(|_| Error::Input(format!("step {}: a buffer offset overflows 32 bits", step.label)))?;
+                    b += 1;
+                }
+                let (rows, pos) = match seg {
+                    Some(j) => {
+                        let x = first_slot.expect("a per-sequence step reads an activation");
+                        let g = segs[x.arena.0 as usize][j];
+                        (g.rows, g.pos)
+                    }
+                    None => (s64, vars.pos),
+                };
+                push[0] = rows as u32;
+                push[1] = pos as u32;
+                push[2] = run_vars.r as u32;
+                push[4] = 0;
+                let mut groups = [0u32; 3];
+                for (d, e) in step.work.iter().enumerate() {
+                    groups[d] = eval(e, run_vars, &step.label)?;
+                }
+                let set = match self.phases[pi].at[i] {
+                    SetAt::Shared(k) => self.phases[pi].shared.sets[k],
+                    SetAt::PerSeq(k) => {
+                        let seq = self.seqs[runs[seg.unwrap_or(0)].seq.0].as_ref().expect("checked above");
+                        seq.sets[pi].sets[k]
+                    }
+                };
+                if let Op::Attention { layer, num_kv_heads, head_dim, .. } = op {
+                    let seq = self.seqs[runs[seg.unwrap_or(0)].seq.0].as_ref().expect("checked above");
+                    push[3] = seq.caps[*layer];
+                    launch(self, step.kernel.0, set, &push, groups, &step.label)?;
+                    push[4] = 1;
+                    let append = [((num_kv_heads * head_dim / 2) as u32).div_ceil(WIDE), rows as u32, 1];
+                    launch(self, step.kernel.0, set, &push, append, &step.label)?;
+                } else {
+                    push[3] = 0;
+                    launch(self, step.kernel.0, set, &push, groups, &step.label)?;
+                }
+            }
+        }
+        // The kept rows' logits: the whole result slot (in decode every row is kept, so either arena holds them).
+        let result = plan.result;
+        let len = result.width * 4 * keep64;
+        let at = start(&result) * 4;
+        self.stream.copy(&self.arenas[result.arena.0 as usize], at, &self.readback, 0, len);
+        self.stream.submit_wait().map_err(|e| Error::Input(format!("{}: {e}", self.name)))?;
+        logits.resize(keep * vocab, 0.0);
+        let bytes: &mut [u8] = bytemuck_f32(logits);
+        self.readback.read_into(0, bytes);
+        if let Some(p) = self.profile.as_mut() {
+            for (&k, t) in self.launched.iter().zip(self.stream.launch_seconds()) {
+                let e = p.entry(h.kernels[k as usize].name.clone()).or_default();
+                e.0 += t;
+                e.1 += 1;
+            }
+        }
+        self.segs = segs;
+        Ok(())
+    }
+
+    fn enable_profile(&mut self) {
+        self.profile.get_or_insert_with(Default::default);
+    }
+
+    fn profile(&self) -> Vec<(String, f64, usize)> {
+        let mut v: Vec<_> = self.profile.iter().flatten().map(|(k, (d, n))| (k.clone(), *d, *n)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+}
+
+impl VulkanExecutor<'_> {
+    fn empty_sets(&self) -> Result<Sets, Error> {
+        self.gpu.sets(&[]).map_err(|e| Error::Input(format!("{}: {e}", self.name)))
+    }
+}
+
+/// Record one dispatch of kernel `k` (none for an empty work size).
+fn launch(
+    x: &mut VulkanExecutor<'_>,
+    k: u32,
+    set: SetRef,
+    push: &[u32],
+    groups: [u32; 3],
+    label: &str,
+) -> Result<(), Error> {
+    let max = x.max_groups;
+    if groups.iter().zip(max).any(|(&g, m)| g > m) {
+        return Err(Error::Input(format!(
+            "step {label}: {groups:?} workgroups exceed the device's limit {max:?}; use a smaller --prefill-chunk"
+        )));
+    }
+    if groups.contains(&0) {
+        return Ok(());
+    }
+    x.stream.dispatch(&x.kernels[k as usize], set, push, groups);
+    x.launched.push(k);
+    Ok(())
+}
+
+/// The bytes of an f32 slice, to read logits into in place.
+fn bytemuck_f32(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: f32 has no invalid bit patterns and no padding; the byte slice covers exactly the same memory
+    // and borrows it mutably for its lifetime.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
+}
