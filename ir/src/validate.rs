@@ -403,6 +403,21 @@ impl PhaseCheck<'_> {
                 ),
             );
         }
+        // A compiled kernel binds the step's buffer arguments in order, one binding each.
+        if kernel.artifact.is_some() {
+            let buffers = st.args.iter().filter(|a| !matches!(a, Arg::Scalar(_))).count();
+            let numbered = kernel.bindings.iter().enumerate().all(|(i, b)| b.binding == i as u32);
+            if kernel.bindings.len() != buffers || !numbered {
+                return fail(
+                    field,
+                    format!(
+                        "kernel {} has {} bindings (numbered from 0 expected) for the step's {buffers} buffer arguments",
+                        kernel.name,
+                        kernel.bindings.len()
+                    ),
+                );
+            }
+        }
         let v = max_vars(h, p.phase);
         for (d, e) in st.work.iter().enumerate() {
             if e.eval(v).is_none() {

@@ -42,6 +42,8 @@ impl Spread {
 #[derive(Debug, Clone)]
 pub struct BenchResult {
     pub options: BenchOptions,
+    /// The device it ran on, as `--device` names it.
+    pub device: String,
     pub threads: usize,
     pub prefill_tok_s: Spread,
     pub decode_tok_s: Spread,
@@ -57,6 +59,7 @@ impl BenchResult {
             "prompt_len": self.options.prompt_len,
             "gen": self.options.gen,
             "repeat": self.options.repeat,
+            "device": self.device,
             "threads": self.threads,
             "prefill_tok_s": self.prefill_tok_s.json(),
             "decode_tok_s": self.decode_tok_s.json(),
@@ -71,8 +74,11 @@ impl BenchResult {
         };
         let o = &self.options;
         let mut t = format!(
-            "prompt {} tokens, generate {}, {} repeats, {} threads (medians after a warm-up)\n",
-            o.prompt_len, o.gen, o.repeat, self.threads
+            "prompt {} tokens, generate {}, {} repeats, on {} (medians after a warm-up)\n",
+            o.prompt_len,
+            o.gen,
+            o.repeat,
+            if self.device == "cpu" { format!("cpu, {} threads", self.threads) } else { self.device.clone() }
         );
         t += &row("prefill", &self.prefill_tok_s, "tok/s");
         t += &row("decode", &self.decode_tok_s, "tok/s");
@@ -160,6 +166,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     let profile = if o.profile { profile_run(model, &prompt, &o)? } else { Vec::new() };
     Ok(BenchResult {
         options: o,
+        device: model.device().name(),
         threads: crate::cpu::pool::threads(),
         prefill_tok_s: Spread::of(pre),
         decode_tok_s: Spread::of(dec),

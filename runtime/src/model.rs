@@ -29,11 +29,17 @@ impl Model {
         let file = PlanFile::open_with(path, residency)?;
         let len = |kind| file.section(kind).map_or(0, |s| s.len() as u64);
         let sizes = SectionSizes { weights: len(SectionKind::Weights), kernels: len(SectionKind::Kernels) };
-        let plan = file
-            .header
-            .clone()
-            .validate(sizes, device.capabilities())
-            .map_err(|e| Error::Plan(format!("{}: invalid plan: {e}", path.display())))?;
+        let target = file.header.target.clone();
+        let plan = file.header.clone().validate(sizes, device.capabilities()).map_err(|e| {
+            // A plan of another target is not broken: say which device runs it.
+            let hint = match device {
+                DeviceKind::Vulkan(_) if target != "vulkan" => {
+                    format!(" (a plan compiled for {target}; --device vulkan runs plans of unicornc --target vulkan)")
+                }
+                _ => String::new(),
+            };
+            Error::Plan(format!("{}: invalid plan: {e}{hint}", path.display()))
+        })?;
         let section = file.section(SectionKind::Weights)?;
         let vectors = plan
             .header()

@@ -74,10 +74,12 @@ pub(crate) fn lower_steps(
                 args.push(Arg::Act(slot(n)));
             }
         }
+        // An execution stacks the rows of every sequence it runs, so a decode graph's one row per sequence is
+        // `S` rows of the arena (or `R` kept ones) too.
         let rows = match node.ty.row_dim() {
             Dim::Out => Expr::R,
-            Dim::Seq => Expr::S,
-            Dim::Const(c) => Expr::Const(c as u64),
+            Dim::Seq | Dim::Const(_) if slot(n).arena.0 == 1 => Expr::R,
+            Dim::Seq | Dim::Const(_) => Expr::S,
         };
         let cols = members.iter().map(|&m| g.g[m].ty.row_width() as u64).sum();
         let label = members.iter().map(|&m| g.g[m].label.as_str()).collect::<Vec<_>>().join(" + ");

@@ -1,8 +1,10 @@
 //! Batches through the executor boundary: several sequences, each with its own KV cache and position, advanced
 //! in one execution (what the server's continuous batching does) give each sequence the logits it gets alone.
 
+use unicorn_ir::container::Residency;
 use unicorn_ir::{Phase, WeightFormat};
-use unicorn_runtime::executor::{executor_for, Executor, SeqId, SeqRun};
+use unicorn_passes::Target;
+use unicorn_runtime::executor::{executor_for, DeviceKind, Executor, SeqId, SeqRun};
 use unicorn_runtime::{Model, Session};
 use unicorn_tests::*;
 
@@ -36,11 +38,21 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 
 #[test]
 fn a_batch_of_sequences_gets_each_sequence_its_own_logits() {
+    batch_matches_alone(Target::Cpu, DeviceKind::Cpu);
+}
+
+#[test]
+fn a_batch_on_the_gpu_gets_each_sequence_its_own_logits() {
+    batch_matches_alone(Target::Vulkan, DeviceKind::Vulkan(0));
+}
+
+/// Three sequences prefilled in one execution and decoded together, each against itself alone on `device`.
+fn batch_matches_alone(target: Target, device: DeviceKind) {
     let dir = tempfile::tempdir().unwrap();
     for name in ["mistral_sliding", "gemma3_text", "qwen2_bias"] {
         for format in [WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_0] {
-            let plan = compile_to(&fixtures_dir().join(name), dir.path(), format, None);
-            let model = Model::load(&plan).unwrap();
+            let plan = compile_for(target, &fixtures_dir().join(name), dir.path(), format, None);
+            let model = Model::load_with(&plan, Residency::Resident, device).unwrap();
             let vocab = model.header().spec.vocab_size;
             let want: Vec<_> = PROMPTS.iter().map(|p| alone(&model, p)).collect();
 

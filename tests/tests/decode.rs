@@ -3,8 +3,10 @@
 
 use std::path::Path;
 use unicorn_compiler::compile::{compile, CompileOptions};
+use unicorn_ir::container::Residency;
 use unicorn_ir::{DType, WeightFormat};
 use unicorn_passes::{Options, Target};
+use unicorn_runtime::executor::DeviceKind;
 use unicorn_runtime::{Model, Session};
 use unicorn_tests::*;
 
@@ -27,8 +29,8 @@ fn tokens(prompt: &[u32], vocab: usize) -> Vec<u32> {
 }
 
 /// max over rows of (max |decode - prefill| / max |prefill|) for rows HEAD.. of the sequence.
-fn decode_vs_prefill(plan: &Path, ids: &[u32], vocab: usize) -> f32 {
-    let model = Model::load(plan).unwrap();
+fn decode_vs_prefill(plan: &Path, ids: &[u32], vocab: usize, device: DeviceKind) -> f32 {
+    let model = Model::load_with(plan, Residency::Resident, device).unwrap();
     let mut one = Session::new(&model, ids.len()).unwrap();
     let all = one.forward(ids, true).unwrap().to_vec();
     let mut s = Session::new(&model, ids.len()).unwrap();
@@ -46,29 +48,46 @@ fn decode_vs_prefill(plan: &Path, ids: &[u32], vocab: usize) -> f32 {
 
 #[test]
 fn decoding_through_the_cache_equals_one_prefill_pass() {
+    decode_equals_prefill(Target::Cpu, DeviceKind::Cpu, &fixtures(), &WeightFormat::ALL);
+}
+
+/// On the GPU: the fixtures with sliding windows (Mistral, Gemma 3's mixed layers) and grouped and multi-head
+/// attention, every weight format.
+#[test]
+fn decoding_on_the_gpu_equals_one_prefill_pass() {
+    let names: Vec<String> =
+        ["mistral_sliding", "gemma3_layer_types", "llama_mha", "qwen3_qknorm"].map(String::from).to_vec();
+    decode_equals_prefill(Target::Vulkan, DeviceKind::Vulkan(0), &names, &WeightFormat::ALL);
+}
+
+fn decode_equals_prefill(target: Target, device: DeviceKind, names: &[String], formats: &[WeightFormat]) {
     let dir = tempfile::tempdir().unwrap();
     let mut report = Vec::new();
-    for name in fixtures() {
-        let exp = expected(&name);
+    for name in names {
+        let exp = expected(name);
         let ids = tokens(&exp.prompt_ids, exp.vocab);
-        for weights in WeightFormat::ALL {
+        for &weights in formats {
             for kv in [DType::F32, DType::F16] {
                 let tol = tolerance(weights, kv);
                 let plan = dir.path().join(format!("{name}.{weights}.{}.ucp", kv.name()));
                 let options = CompileOptions {
-                    passes: Options { target: Target::Cpu, weights },
+                    passes: Options { target, weights },
                     kv_cache: Some(kv),
                     max_context: None,
                     progress: false,
                 };
-                compile(&fixtures_dir().join(&name), &plan, &options).unwrap();
-                let err = decode_vs_prefill(&plan, &ids, exp.vocab);
+                compile(&fixtures_dir().join(name), &plan, &options).unwrap();
+                let err = decode_vs_prefill(&plan, &ids, exp.vocab, device);
                 let verdict = if err <= tol { "" } else { "  TOO FAR" };
                 report.push(format!("{name} {weights} kv={}: {err:.1e} (tolerance {tol:.0e}){verdict}", kv.name()));
             }
         }
     }
-    eprintln!("decode vs one prefill pass, max |diff| / max |logit| over {STEPS} steps:\n{}", report.join("\n"));
+    eprintln!(
+        "decode vs one prefill pass on {}, max |diff| / max |logit| over {STEPS} steps:\n{}",
+        device.name(),
+        report.join("\n")
+    );
     let bad: Vec<&String> = report.iter().filter(|l| l.ends_with("TOO FAR")).collect();
     assert!(bad.is_empty(), "decode differs from one prefill pass: {bad:#?}");
 }

@@ -12,5 +12,6 @@ mod parity;
 mod rope;
 mod streaming;
 mod threads;
+mod vulkan_cli;
 mod vulkan_kernels;
 mod vulkan_plans;

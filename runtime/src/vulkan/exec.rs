@@ -57,8 +57,9 @@ impl Capabilities for VulkanCapabilities {
 /// How the executor lays itself out on the device; the defaults are the device's limits.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VulkanOptions {
-    /// Most bytes bound as one storage buffer (default and ceiling: the device's `maxStorageBufferRange`).
-    pub max_binding: Option<u64>,
+    /// Most bytes of weights bound as one storage buffer (default and ceiling: the device's
+    /// `maxStorageBufferRange`); smaller values split the weights into more buffers.
+    pub max_weight_binding: Option<u64>,
 }
 
 fn mib(bytes: u64) -> String {
@@ -151,7 +152,8 @@ impl<'m> VulkanExecutor<'m> {
         let name = format!("vulkan:{index}");
         let h = model.header();
         let info = gpu.info().clone();
-        let limit = (info.max_storage_buffer_range as u64).min(options.max_binding.unwrap_or(u64::MAX)) & !3;
+        let limit = info.max_storage_buffer_range as u64 & !3;
+        let weight_limit = limit.min(options.max_weight_binding.unwrap_or(u64::MAX)) & !3;
         let dev_err = |what: &str, e: String| Error::Input(format!("{name} ({}): {what}: {e}", info.name));
 
         // Kernels: every artifact must be SPIR-V; one pipeline each, made once.
@@ -173,7 +175,7 @@ impl<'m> VulkanExecutor<'m> {
             kernels.push(kernel);
         }
 
-        // Weights: chunks of at most `limit` bytes, each weight inside one.
+        // Weights: chunks of at most `weight_limit` bytes, each weight inside one.
         let wsec = model.section(SectionKind::Weights).unwrap_or(&[]);
         let mut order: Vec<usize> = (0..h.weights.len()).collect();
         order.sort_by_key(|&i| h.weights[i].offset);
@@ -187,19 +189,21 @@ impl<'m> VulkanExecutor<'m> {
                     format!("weights[{i}] ({}): offset {} is not 4-byte aligned", w.name, w.offset),
                 ));
             }
-            if w.bytes > limit {
+            if w.bytes > weight_limit {
                 return Err(dev_err(
                     "weights",
                     format!(
                         "{} is {}, above the largest buffer the device binds ({})",
                         w.name,
                         mib(w.bytes),
-                        mib(limit)
+                        mib(weight_limit)
                     ),
                 ));
             }
             match spans.last_mut() {
-                Some((start, end)) if w.offset + w.bytes - *start <= limit => *end = (*end).max(w.offset + w.bytes),
+                Some((start, end)) if w.offset + w.bytes - *start <= weight_limit => {
+                    *end = (*end).max(w.offset + w.bytes)
+                }
                 _ => spans.push((w.offset, w.offset + w.bytes)),
             }
             let (start, _) = *spans.last().expect("pushed");

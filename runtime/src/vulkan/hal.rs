@@ -189,7 +189,10 @@ fn open_on(
         return Err(if pds.is_empty() {
             "vulkan: no Vulkan device found".to_string()
         } else {
-            format!("vulkan: no device vulkan:{index} (this machine has {}: vulkan:0..{})", pds.len(), pds.len() - 1)
+            match pds.len() {
+                1 => format!("vulkan: no device vulkan:{index} (this machine has one: vulkan:0)"),
+                n => format!("vulkan: no device vulkan:{index} (this machine has {n}: vulkan:0 to vulkan:{})", n - 1),
+            }
         });
     };
     // SAFETY: `pd` came from this instance.

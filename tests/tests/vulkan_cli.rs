@@ -1,0 +1,130 @@
+//! The Vulkan executor through `unicorn-rt`: `--device vulkan` generates what transformers generates, the
+//! devices are listed, and a wrong device, a plan of another target or a forged kernel table is refused with
+//! one line.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use unicorn_ir::container::Residency;
+use unicorn_ir::{Phase, WeightFormat};
+use unicorn_passes::Target;
+use unicorn_runtime::executor::{DeviceKind, Executor, SeqRun};
+use unicorn_runtime::vulkan::exec::{VulkanExecutor, VulkanOptions};
+use unicorn_runtime::Model;
+use unicorn_tests::*;
+
+fn ids_arg(ids: &[u32]) -> String {
+    ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn vulkan_plan(dir: &Path, name: &str, format: WeightFormat) -> PathBuf {
+    compile_for(Target::Vulkan, &fixtures_dir().join(name), dir, format, None)
+}
+
+#[test]
+fn device_vulkan_generates_what_transformers_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["qwen3_qknorm", "gemma3_text", "mistral_sliding"] {
+        let exp = expected(name);
+        let plan = vulkan_plan(dir.path(), name, WeightFormat::F32);
+        let (p, tokens, n) = (plan.to_str().unwrap(), ids_arg(&exp.prompt_ids), exp.greedy_ids.len().to_string());
+        let npy = dir.path().join(format!("{name}.npy"));
+        let out =
+            run("unicorn-rt", &[p, "--device", "vulkan", "--tokens", &tokens, "--logits-out", npy.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (_, logits) = read_npy_f32(&npy);
+        let a = compare(&logits, &exp.logits, exp.vocab);
+        assert!(a.rel_err <= 1e-5, "{name}: {:.2e}", a.rel_err);
+        let args = [p, "--device", "vulkan:0", "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"];
+        let out = run("unicorn-rt", &args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), ids_arg(&exp.greedy_ids), "{name}");
+    }
+}
+
+#[test]
+fn list_devices_shows_the_gpu() {
+    let out = run("unicorn-rt", &["--list-devices"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let gpu = text.lines().find(|l| l.starts_with("vulkan:0")).unwrap_or_else(|| panic!("no vulkan:0 in {text}"));
+    for part in ["Vulkan 1.", "GiB device-local", "subgroup ", "binds up to "] {
+        assert!(gpu.contains(part), "'{part}' missing from: {gpu}");
+    }
+}
+
+#[test]
+fn a_wrong_device_or_a_plan_of_another_target_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vk = vulkan_plan(dir.path(), "llama_gqa", WeightFormat::Q8_0);
+    let cpu = compile_to(&fixtures_dir().join("llama_gqa"), dir.path(), WeightFormat::Q8_0, None);
+    let ask =
+        |plan: &Path, device: &str| run("unicorn-rt", &[plan.to_str().unwrap(), "--device", device, "--tokens", "1,2"]);
+    assert_one_line_error(&ask(&vk, "vulkan:9"), "vulkan:9");
+    assert_one_line_error(&ask(&vk, "vulkan:x"), "vulkan:x");
+    assert_one_line_error(&ask(&vk, "tpu"), "tpu");
+    let err = assert_one_line_error(&ask(&cpu, "vulkan"), "--target vulkan");
+    assert!(err.contains(cpu.to_str().unwrap()), "{err}");
+}
+
+/// A Vulkan plan with its header edited (checksum recomputed) is refused on the GPU with one line naming `field`.
+fn forged_refused(plan: &Path, field: &str, edit: impl FnOnce(&mut Value)) {
+    let forged = plan.with_extension("forged.ucp");
+    edit_plan_header(plan, &forged, |h| edit(&mut h["plan"]));
+    let out = run("unicorn-rt", &[forged.to_str().unwrap(), "--device", "vulkan", "--tokens", "1,2", "-n", "2"]);
+    assert_one_line_error(&out, field);
+}
+
+#[test]
+fn a_forged_kernel_table_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = vulkan_plan(dir.path(), "llama_gqa", WeightFormat::Q4_0);
+    // An artifact that starts one word late is not SPIR-V.
+    forged_refused(&plan, "not a SPIR-V module", |h| {
+        let a = &mut h["kernels"][0]["artifact"];
+        a["offset"] = (a["offset"].as_u64().unwrap() + 4).into();
+        a["len"] = (a["len"].as_u64().unwrap() - 4).into();
+    });
+    // A kernel that binds fewer buffers than its steps pass.
+    forged_refused(&plan, "bindings", |h| {
+        h["kernels"][0]["bindings"].as_array_mut().unwrap().pop();
+    });
+    // Bindings out of order.
+    forged_refused(&plan, "bindings", |h| {
+        h["kernels"][0]["bindings"][0]["binding"] = 5.into();
+    });
+    // A CPU kernel in a Vulkan plan.
+    forged_refused(&plan, "does not run kernel", |h| {
+        h["kernels"][0]["backend"] = "cpu".into();
+    });
+}
+
+/// The weights split into many small buffers (as on a device with a small `maxStorageBufferRange`) give the
+/// same logits as one buffer.
+#[test]
+fn weights_split_across_bindings_give_the_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = expected("gemma3_text");
+    for format in [WeightFormat::F32, WeightFormat::Q4_0] {
+        let plan = vulkan_plan(dir.path(), "gemma3_text", format);
+        let model = Model::load_with(&plan, Residency::Resident, DeviceKind::Vulkan(0)).unwrap();
+        let logits = |max: Option<u64>| {
+            let mut x = VulkanExecutor::new(&model, 0, VulkanOptions { max_weight_binding: max }).unwrap();
+            let seq = x.add_sequence(exp.prompt_ids.len()).unwrap();
+            let run = SeqRun { seq, tokens: &exp.prompt_ids, pos: 0, keep: exp.prompt_ids.len() };
+            let mut l = Vec::new();
+            x.execute(Phase::Prefill, &[run], &mut l).unwrap();
+            l
+        };
+        let largest = model.header().weights.iter().map(|w| w.bytes).max().unwrap();
+        let whole = logits(None);
+        assert_eq!(whole, logits(Some(largest)), "{format}");
+        let a = compare(&whole, &exp.logits, exp.vocab);
+        assert!(a.rel_err <= 1e-5, "{format}: {:.2e}", a.rel_err);
+        // Smaller than the largest weight: refused, naming it.
+        let err = VulkanExecutor::new(&model, 0, VulkanOptions { max_weight_binding: Some(largest - 4) })
+            .err()
+            .expect("a weight larger than a binding is refused")
+            .to_string();
+        assert!(err.contains("above the largest buffer the device binds"), "{err}");
+    }
+}
