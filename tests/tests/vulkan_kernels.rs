@@ -92,9 +92,14 @@ fn encode_matrix(format: WeightFormat, w: &[f32], rows: usize, k: usize) -> (Vec
 #[test]
 fn matmul_per_format_with_and_without_bias() {
     let gpu = gpu();
-    let (rows, k, n) = (3usize, 96usize, 20usize);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for format in FORMATS {
+    // A partial tile of rows and of outputs; two tiles of rows with more blocks than block slots; and, for the
+    // float formats, columns past the last whole block.
+    let shapes = [(3usize, 96usize, 20usize), (11, 32 * 40, 9), (9, 70, 17)];
+    for (format, (rows, k, n)) in FORMATS.into_iter().flat_map(|f| shapes.map(|s| (f, s))) {
+        if format.is_quantized() && k % 32 != 0 {
+            continue;
+        }
         for bias in [false, true] {
             let (x, w, b) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n));
             let (wbytes, wd) = encode_matrix(format, &w, n, k);
@@ -111,7 +116,7 @@ fn matmul_per_format_with_and_without_bias() {
             let yb = buffer_at(&gpu, 7, &words(&vec![f32::NAN; rows * n]));
             let name = format!("matmul_{format}{}", if bias { "_bias" } else { "" });
             let src = glsl::matmul(format, bias, k as u64, n as u64);
-            let groups = [(n as u32).div_ceil(glsl::MATMUL_ROWS), rows as u32, 1];
+            let groups = [(n as u32).div_ceil(glsl::MATMUL_ROWS), (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
             if bias {
                 dispatch(&gpu, &name, &src, &[&xb, &wb, &bb, &yb], &[5, 12, 3, 7], [rows as u32, 0, 0, 0, 0], groups);
             } else {

@@ -485,7 +485,14 @@ impl Executor for VulkanExecutor<'_> {
                         let g = segs[x.arena.0 as usize][j];
                         (g.rows, g.pos)
                     }
-                    None => (s64, vars.pos),
+                    // The launch's rows are those of its result (the kept rows for a slot of arena 1).
+                    None => {
+                        let out = step.args.iter().rev().find_map(|a| match a {
+                            Arg::Act(slot) => Some(slot.arena.0),
+                            _ => None,
+                        });
+                        (if out == Some(1) { keep64 } else { s64 }, vars.pos)
+                    }
                 };
                 push[0] = rows as u32;
                 push[1] = pos as u32;

@@ -25,8 +25,11 @@ pub use unicorn_ir::plan::vulkan_abi::{MAX_BUFFERS, WIDE};
 /// Rows of a weight matrix one matmul workgroup produces (one interleaved group).
 pub const MATMUL_ROWS: u32 = 8;
 
-/// Threads per output row of a matmul workgroup.
-pub const MATMUL_LANES: u32 = 32;
+/// Threads of a matmul workgroup: 32 block slots for each of its 8 outputs.
+pub const MATMUL_THREADS: u32 = 256;
+
+/// Rows of `x` one matmul workgroup multiplies (each weight block it reads serves all of them).
+pub const MATMUL_TILE: u32 = 8;
 
 fn header(out: &mut String, x: u32, y: u32) {
     let _ = write!(
@@ -120,12 +123,50 @@ pub fn embed(format: WeightFormat, k: u64, scale: f32) -> String {
     s
 }
 
-/// `matmul_<format>[_bias]`: `y = x W^T (+ b)`, W `N x K`. A workgroup of `32 x 8` threads makes 8 outputs of one
-/// row (one interleaved group of W); each output's 32 threads stride its row of W and meet in shared memory.
-/// Bindings [x, w, (bias), y]. Work: `[ceil(N / 8), rows, 1]`.
+/// `void load_block(uint row, uint b, out float v[32])`: the 32 weights of block `b` (columns `32b..32b+32`) of
+/// row `row` of the matrix bound as `w` (binding `arg`), dequantized. A quantized block is read as whole words:
+/// its scale, then 8 (q8_0) or 4 (q4_0) words of quants, which the 8 rows of an interleaved group keep side by
+/// side, so the 8 threads reading one block of 8 neighbouring rows read adjacent words.
+fn block_loader(out: &mut String, format: WeightFormat, arg: usize) {
+    let b = format!("pc.base[{arg}]");
+    let scale = "uint r = row % 8u;\n\
+                 \x20 uint at = BASE + ((row / 8u) * (K / 32u) + b) * BW;\n\
+                 \x20 vec2 d2 = unpackHalf2x16(w[at + r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;\n"
+        .replace("BASE", &b);
+    let body = match format {
+        WeightFormat::Q8_0 => format!(
+            "{}\x20 for (uint c = 0u; c < 8u; c++) {{\n\
+             \x20   int q = int(w[at + 4u + c * 8u + r]);\n\
+             \x20   for (uint e = 0u; e < 4u; e++) v[c * 4u + e] = float(bitfieldExtract(q, int(e * 8u), 8)) * d;\n\
+             \x20 }}\n",
+            scale.replace("BW", &quant_words(format).to_string())
+        ),
+        WeightFormat::Q4_0 => format!(
+            "{}\x20 for (uint c = 0u; c < 4u; c++) {{\n\
+             \x20   uint q = w[at + 4u + c * 8u + r];\n\
+             \x20   for (uint e = 0u; e < 4u; e++) {{\n\
+             \x20     uint byte = (q >> (e * 8u)) & 0xffu;\n\
+             \x20     v[c * 4u + e] = float(int(byte & 15u) - 8) * d;\n\
+             \x20     v[16u + c * 4u + e] = float(int(byte >> 4) - 8) * d;\n\
+             \x20   }}\n\
+             \x20 }}\n",
+            scale.replace("BW", &quant_words(format).to_string())
+        ),
+        _ => "for (uint e = 0u; e < 32u; e++) v[e] = w_elem(row, b * 32u + e);\n".to_string(),
+    };
+    let _ = write!(out, "void load_block(uint row, uint b, out float v[32]) {{\n\x20 {body}}}\n");
+}
+
+/// `matmul_<format>[_bias]`: `y = x W^T (+ b)`, W `N x K`, tiled so that a weight read from memory serves
+/// several rows of `x`. A workgroup of 256 threads makes an `8 x 8` tile of `y`: 8 outputs (one interleaved
+/// group of W, or 8 neighbouring rows of a float matrix) for up to 8 rows of `x`. Thread `t` takes output
+/// `t % 8` and every 32nd block of 32 columns from block `t / 8`: it dequantizes the block once into
+/// registers and multiplies it into each of the tile's rows; the 32 partial sums of each output then meet in
+/// shared memory. Columns past the last whole block (float formats only) are added by the first block slot.
+/// Bindings [x, w, (bias), y]; `pc.rows` rows of `x`. Work: `[ceil(N / 8), ceil(rows / 8), 1]`.
 pub fn matmul(format: WeightFormat, bias: bool, k: u64, n: u64) -> String {
     let mut s = String::new();
-    header(&mut s, MATMUL_LANES, MATMUL_ROWS);
+    header(&mut s, MATMUL_THREADS, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
     u32_buffer(&mut s, 1, "w", "readonly");
     let out = if bias {
@@ -137,26 +178,47 @@ pub fn matmul(format: WeightFormat, bias: bool, k: u64, n: u64) -> String {
     f32_buffer(&mut s, out, "y", "writeonly");
     def_uint(&mut s, "K", k);
     def_uint(&mut s, "N", n);
+    def_uint(&mut s, "TILE", MATMUL_TILE as u64);
+    def_uint(&mut s, "SLOTS", (MATMUL_THREADS / MATMUL_ROWS) as u64);
     weight_element(&mut s, format, 1);
-    let _ = writeln!(s, "shared float part[{MATMUL_ROWS}][{MATMUL_LANES}];");
-    let add_bias = if bias { "v += b[pc.base[2] + n]; " } else { "" };
+    block_loader(&mut s, format, 1);
+    let _ = writeln!(s, "shared float part[{MATMUL_THREADS}];");
+    let add_bias = if bias { " + b[pc.base[2] + n]" } else { "" };
     let _ = write!(
         s,
         "void main() {{\n\
-         \x20 uint lane = gl_LocalInvocationID.x, o = gl_LocalInvocationID.y;\n\
-         \x20 uint n = gl_WorkGroupID.x * {MATMUL_ROWS}u + o, r = gl_WorkGroupID.y;\n\
-         \x20 float acc = 0.0;\n\
+         \x20 uint t = gl_LocalInvocationID.x, o = t % 8u, slot = t / 8u;\n\
+         \x20 uint n = gl_WorkGroupID.x * 8u + o, r0 = gl_WorkGroupID.y * TILE;\n\
+         \x20 uint tile = min(TILE, pc.rows - r0);\n\
+         \x20 float acc[TILE];\n\
+         \x20 for (uint j = 0u; j < TILE; j++) acc[j] = 0.0;\n\
          \x20 if (n < N) {{\n\
-         \x20   uint xr = pc.base[0] + r * K;\n\
-         \x20   for (uint i = lane; i < K; i += gl_WorkGroupSize.x) acc += x[xr + i] * w_elem(n, i);\n\
+         \x20   float v[32];\n\
+         \x20   for (uint blk = slot; blk < K / 32u; blk += SLOTS) {{\n\
+         \x20     load_block(n, blk, v);\n\
+         \x20     for (uint j = 0u; j < tile; j++) {{\n\
+         \x20       uint xa = pc.base[0] + (r0 + j) * K + blk * 32u;\n\
+         \x20       float a = 0.0;\n\
+         \x20       for (uint e = 0u; e < 32u; e++) a += v[e] * x[xa + e];\n\
+         \x20       acc[j] += a;\n\
+         \x20     }}\n\
+         \x20   }}\n\
+         \x20   if (slot == 0u)\n\
+         \x20     for (uint i = (K / 32u) * 32u; i < K; i++) {{\n\
+         \x20       float wv = w_elem(n, i);\n\
+         \x20       for (uint j = 0u; j < tile; j++) acc[j] += wv * x[pc.base[0] + (r0 + j) * K + i];\n\
+         \x20     }}\n\
          \x20 }}\n\
-         \x20 part[o][lane] = acc;\n\
-         \x20 barrier();\n\
-         \x20 for (uint h = gl_WorkGroupSize.x / 2u; h > 0u; h /= 2u) {{\n\
-         \x20   if (lane < h) part[o][lane] += part[o][lane + h];\n\
+         \x20 for (uint j = 0u; j < tile; j++) {{\n\
+         \x20   part[t] = acc[j];\n\
+         \x20   barrier();\n\
+         \x20   for (uint h = SLOTS / 2u; h > 0u; h /= 2u) {{\n\
+         \x20     if (slot < h) part[t] += part[t + h * 8u];\n\
+         \x20     barrier();\n\
+         \x20   }}\n\
+         \x20   if (slot == 0u && n < N) y[pc.base[{out}] + (r0 + j) * N + n] = part[o]{add_bias};\n\
          \x20   barrier();\n\
          \x20 }}\n\
-         \x20 if (lane == 0u && n < N) {{ float v = part[o][0]; {add_bias}y[pc.base[{out}] + r * N + n] = v; }}\n\
          }}\n"
     );
     s

@@ -6,7 +6,7 @@
 pub mod glsl;
 pub mod spirv;
 
-use glsl::{AttentionShape, Elementwise, MATMUL_LANES, MATMUL_ROWS, WIDE};
+use glsl::{AttentionShape, Elementwise, MATMUL_ROWS, MATMUL_THREADS, MATMUL_TILE, WIDE};
 use std::collections::HashMap;
 use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
 use unicorn_ir::spec::Activation;
@@ -97,8 +97,8 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 name: format!("matmul{b}_{}", w.format),
                 source: glsl::matmul(w.format, bias.is_some(), k, n),
                 buffers: 3 + bias.is_some() as usize,
-                workgroup: [MATMUL_LANES, MATMUL_ROWS, 1],
-                work: [ceil(n, MATMUL_ROWS), rows, one],
+                workgroup: [MATMUL_THREADS, 1, 1],
+                work: [ceil(n, MATMUL_ROWS), Expr::CeilDiv(Box::new(rows), MATMUL_TILE as u64), one],
             }
         }
         Op::RmsNorm { weight, eps, unit_offset } => {
