@@ -4,6 +4,7 @@
 #
 #   bench/vulkan_compare.sh KIT_DIR OUT_DIR [MODELS] [QUANTS] [PROMPT_LEN] [GEN] [ROUNDS]
 #     defaults: llama-3.2-1b  q4_0,q8_0  512  128  3
+#     MODELS: names bench/make_checkpoints.py knows, or checkpoint directories (tests/fixtures/llama_gqa)
 #
 # KIT_DIR holds (bench/vulkan_kit.sh makes it on the build machine):
 #   unicorn-rt, unicornc       release builds (neither links LLVM; unicorn-rt does not link shaderc)
@@ -57,10 +58,16 @@ say "devices"
 cat "$work/peer/build-info.txt" >>"$out/devices.txt"
 
 for m in ${models//,/ }; do
-    ckpt="$work/ckpt/$m"
-    run "checkpoint $m" python3 "$here/make_checkpoints.py" "$work/ckpt" --models "$m" || continue
+    if [ -d "$m" ]; then
+        # A checkpoint directory given directly (a test fixture, to check this script on a small model).
+        ckpt="$(cd "$m" && pwd)"
+        m="$(basename "$ckpt")"
+    else
+        ckpt="$work/ckpt/$m"
+        run "checkpoint $m" python3 "$here/make_checkpoints.py" "$work/ckpt" --models "$m" || continue
+    fi
     bf16="$work/$m-bf16.gguf"
-    [ -f "$bf16" ] || run "gguf $m" python3 "$here/convert_gguf.py" "$work/conv" "${pre[$m]}" -- "$ckpt" \
+    [ -f "$bf16" ] || run "gguf $m" python3 "$here/convert_gguf.py" "$work/conv" "${pre[$m]:-llama-bpe}" -- "$ckpt" \
         --outtype bf16 --outfile "$bf16" || continue
     for q in ${quants//,/ }; do
         gguf="$work/$m-$q.gguf"

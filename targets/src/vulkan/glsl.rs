@@ -426,35 +426,62 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          \x20 kv_put2(dst, k[pc.base[1] + src], k[pc.base[1] + src + 1u]);\n\
          \x20 kv_put2(vals + dst, v[pc.base[2] + src], v[pc.base[2] + src + 1u]);\n\
          }}\n\
+         shared float qs[MAX_HD_PER_LANE * {WIDE}];\n\
+         shared float ps[{WIDE}];\n\
+         // The key or value `d` of position `j`: from the cache before pc.pos, from this execution's rows after.\n\
+         float key(uint g, uint j, uint d) {{\n\
+         \x20 return j < pc.pos ? kv_get((g * pc.cap + j % pc.cap) * HD + d) : k[pc.base[1] + (j - pc.pos) * KVH * HD + g * HD + d];\n\
+         }}\n\
+         float value(uint g, uint j, uint d) {{\n\
+         \x20 return j < pc.pos ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[2] + (j - pc.pos) * KVH * HD + g * HD + d];\n\
+         }}\n\
          void main() {{\n\
          \x20 if (pc.pass == 1u) {{ append(); return; }}\n\
-         \x20 uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, lane = gl_LocalInvocationID.x;\n\
+         \x20 uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, lane = gl_LocalInvocationID.x, n = gl_WorkGroupSize.x;\n\
          \x20 uint g = h / (H / KVH), p = pc.pos + r;\n\
          \x20 uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;\n\
-         \x20 uint qa = pc.base[0] + r * H * HD + h * HD, vals = KVH * pc.cap * HD;\n\
+         \x20 uint qa = pc.base[0] + r * H * HD + h * HD;\n\
+         \x20 for (uint d = lane; d < HD; d += n) qs[d] = q[qa + d];\n\
          \x20 float m = uintBitsToFloat(0xff7fffffu), l = 0.0; // -FLT_MAX: naga refuses an infinite constant\n\
          \x20 float o[MAX_HD_PER_LANE];\n\
          \x20 for (uint c = 0u; c < MAX_HD_PER_LANE; c++) o[c] = 0.0;\n\
-         \x20 for (uint j = first; j <= p; j++) {{\n\
-         \x20   bool cached = j < pc.pos;\n\
-         \x20   uint ca = (g * pc.cap + j % pc.cap) * HD;\n\
-         \x20   uint ra = (j - pc.pos) * KVH * HD + g * HD;\n\
-         \x20   float acc = 0.0;\n\
-         \x20   for (uint d = lane; d < HD; d += gl_WorkGroupSize.x)\n\
-         \x20     acc += q[qa + d] * (cached ? kv_get(ca + d) : k[pc.base[1] + ra + d]);\n\
-         \x20   part[lane] = acc;\n\
+         \x20 barrier();\n\
+         \x20 // Keys in chunks of one per thread: each thread scores its key, the chunk's maximum and sum meet in\n\
+         \x20 // shared memory, and each thread then folds the chunk's values into its dimensions (online softmax).\n\
+         \x20 for (uint j0 = first; j0 <= p; j0 += n) {{\n\
+         \x20   uint j = j0 + lane;\n\
+         \x20   float score = m;\n\
+         \x20   if (j <= p) {{\n\
+         \x20     float acc = 0.0;\n\
+         \x20     for (uint d = 0u; d < HD; d++) acc += qs[d] * key(g, j, d);\n\
+         \x20     score = acc * SCALE;\n\
+         \x20   }}\n\
+         \x20   part[lane] = score;\n\
          \x20   barrier();\n\
-         \x20   for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s /= 2u) {{\n\
+         \x20   for (uint s = n / 2u; s > 0u; s /= 2u) {{\n\
+         \x20     if (lane < s) part[lane] = max(part[lane], part[lane + s]);\n\
+         \x20     barrier();\n\
+         \x20   }}\n\
+         \x20   float mn = max(m, part[0]);\n\
+         \x20   barrier();\n\
+         \x20   float e = j <= p ? exp(score - mn) : 0.0;\n\
+         \x20   ps[lane] = e;\n\
+         \x20   part[lane] = e;\n\
+         \x20   barrier();\n\
+         \x20   for (uint s = n / 2u; s > 0u; s /= 2u) {{\n\
          \x20     if (lane < s) part[lane] += part[lane + s];\n\
          \x20     barrier();\n\
          \x20   }}\n\
-         \x20   float score = part[0] * SCALE;\n\
-         \x20   barrier();\n\
-         \x20   float mn = max(m, score), corr = exp(m - mn), e = exp(score - mn);\n\
-         \x20   l = l * corr + e;\n\
-         \x20   for (uint c = 0u, d = lane; c < MAX_HD_PER_LANE && d < HD; c++, d += gl_WorkGroupSize.x)\n\
-         \x20     o[c] = o[c] * corr + e * (cached ? kv_get(vals + ca + d) : v[pc.base[2] + ra + d]);\n\
+         \x20   float corr = exp(m - mn);\n\
+         \x20   l = l * corr + part[0];\n\
+         \x20   uint count = min(n, p + 1u - j0);\n\
+         \x20   for (uint c = 0u, d = lane; c < MAX_HD_PER_LANE && d < HD; c++, d += n) {{\n\
+         \x20     float acc = o[c] * corr;\n\
+         \x20     for (uint t = 0u; t < count; t++) acc += ps[t] * value(g, j0 + t, d);\n\
+         \x20     o[c] = acc;\n\
+         \x20   }}\n\
          \x20   m = mn;\n\
+         \x20   barrier();\n\
          \x20 }}\n\
          \x20 uint ya = pc.base[4] + r * H * HD + h * HD;\n\
          \x20 for (uint c = 0u, d = lane; c < MAX_HD_PER_LANE && d < HD; c++, d += gl_WorkGroupSize.x) y[ya + d] = o[c] / l;\n\
