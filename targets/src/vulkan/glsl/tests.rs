@@ -41,11 +41,49 @@ fn validate(name: &str, words: &[u32]) {
     assert_eq!(module.entry_points[0].stage, naga::ShaderStage::Compute, "{name}");
 }
 
+/// Run a SPIRV-Tools binary (Debian's spirv-tools, which .ci/deps installs) on a module; its stdout.
+fn spirv_tool(tool: &str, args: &[&str], name: &str, words: &[u32]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.spv"));
+    std::fs::write(&path, words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e} (install spirv-tools: bash .ci/deps)"));
+    assert!(out.status.success(), "{tool} rejects {name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn every_kernel_compiles_and_validates() {
     for (name, src) in all_kernels() {
         let words = spirv::compile(&name, &src).unwrap_or_else(|e| panic!("{e}\n{src}"));
         validate(&name, &words);
+        spirv_tool("spirv-val", &["--target-env", "vulkan1.2"], &name, &words);
+    }
+}
+
+/// The SPIR-V of a representative set at two model shapes (Llama 3.2 1B: hidden 2048, 32 heads of 64 over 8
+/// kv heads; Qwen3 0.6B: hidden 1024, 16 heads of 128 over 8), disassembled by spirv-dis, so that a change in
+/// what the shader compiler makes of a template shows in review too.
+#[test]
+fn spirv_snapshots() {
+    let dis = |name: &str, src: String| {
+        let words = spirv::compile(name, &src).unwrap();
+        spirv_tool("spirv-dis", &["--no-header", "--no-color"], name, &words)
+    };
+    for (tag, hidden, heads, head_dim, ffn) in [("llama1b", 2048, 32, 64, 8192), ("qwen06b", 1024, 16, 128, 3072)] {
+        let shape = AttentionShape { heads, kv_heads: 8, head_dim, window: None, scale: (head_dim as f32).powf(-0.5) };
+        for f in [WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::F16] {
+            insta::assert_snapshot!(format!("spirv_matmul_{f}_{tag}"), dis("matmul", matmul(f, false, hidden, ffn)));
+        }
+        insta::assert_snapshot!(format!("spirv_attention_f16_{tag}"), dis("attention", attention(true, shape)));
+        insta::assert_snapshot!(format!("spirv_rms_norm_{tag}"), dis("rms_norm", rms_norm(hidden, 1e-6, false)));
+        insta::assert_snapshot!(
+            format!("spirv_rope_{tag}"),
+            dis("rope", rope(&vec![0.5; head_dim as usize / 2], hidden, head_dim))
+        );
     }
 }
 
