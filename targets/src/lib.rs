@@ -20,12 +20,13 @@ fn act(slot: Slot) -> ActSlot {
 }
 
 /// Lower one planned graph to its launches, in the memory plan's order. With `group`, consecutive matmuls of one
-/// operand (and alike in being quantized or not) form one launch. `kernel` names the kernel of a launch's ops
-/// and its work size, given the launch's total output columns and its rows (`S` or `R`).
+/// operand (and alike in being quantized or not) form one launch of at most `group` buffer arguments (the
+/// operand, then each matrix's weight, bias and result). `kernel` names the kernel of a launch's ops and its
+/// work size, given the launch's total output columns and its rows (`S` or `R`).
 pub(crate) fn lower_steps(
     module: &Module,
     g: &Graph,
-    group: bool,
+    group: Option<usize>,
     mut kernel: impl FnMut(&[Op], u64, Expr) -> (KernelId, [Expr; 3]),
 ) -> PlanPhase {
     let mem = g.memory.as_ref().expect("memory planned");
@@ -42,8 +43,23 @@ pub(crate) fn lower_steps(
     while i < order.len() {
         let n = order[i];
         let node = &g.g[n];
-        let group = match key(n) {
-            Some(k) if group => order[i..].iter().take(MAX_GROUP).take_while(|&&m| key(m) == Some(k)).count(),
+        let buffers = |m: NodeId| match &g.g[m].op {
+            Op::MatMul { bias, .. } => 2 + bias.is_some() as usize,
+            _ => 0,
+        };
+        let group = match (key(n), group) {
+            (Some(k), Some(most)) => {
+                let mut used = 1;
+                order[i..]
+                    .iter()
+                    .take(MAX_GROUP)
+                    .take_while(|&&m| {
+                        used += buffers(m);
+                        key(m) == Some(k) && used <= most
+                    })
+                    .count()
+                    .max(1)
+            }
             _ => 1,
         };
         let members = &order[i..i + group];

@@ -127,6 +127,57 @@ fn matmul_per_format_with_and_without_bias() {
     }
 }
 
+/// One launch of three matrices of one operand (q/k/v-like, the middle one with a bias), each against the f64
+/// reference: the workgroups along x walk the members' tiles in order.
+#[test]
+fn matmul_group_computes_each_member() {
+    let gpu = gpu();
+    let mut rng = Rng(0x51ed_2701);
+    let (rows, k) = (11usize, 96usize);
+    for format in FORMATS {
+        let members =
+            [(20usize, false), (9, true), (16, false)].map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
+        let x = rng.vec(rows * k);
+        let xb = buffer_at(&gpu, 2, &words(&x));
+        let mut bufs = vec![xb];
+        let mut pads = vec![2u32];
+        let mut wants = Vec::new();
+        for (m, mm) in members.iter().enumerate() {
+            let n = mm.n as usize;
+            let (w, b) = (rng.vec(n * k), rng.vec(n));
+            let (wbytes, wd) = encode_matrix(format, &w, n, k);
+            wants.push(
+                (0..rows * n)
+                    .map(|e| {
+                        let (r, o) = (e / n, e % n);
+                        let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * wd[o * k + i] as f64).sum();
+                        dot + if mm.bias { b[o] as f64 } else { 0.0 }
+                    })
+                    .collect::<Vec<f64>>(),
+            );
+            bufs.push(buffer_at(&gpu, 3 + m as u32, &wbytes));
+            pads.push(3 + m as u32);
+            if mm.bias {
+                bufs.push(buffer_at(&gpu, 1, &words(&b)));
+                pads.push(1);
+            }
+            bufs.push(buffer_at(&gpu, 6 + m as u32, &words(&vec![f32::NAN; rows * n])));
+            pads.push(6 + m as u32);
+        }
+        let src = glsl::matmul_group(&members, k as u64);
+        let groups = [glsl::matmul_tiles(&members) as u32, (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
+        let refs: Vec<&Buffer> = bufs.iter().collect();
+        dispatch(&gpu, "matmul_group", &src, &refs, &pads, [rows as u32, 0, 0, 0, 0], groups);
+        let mut at = 1;
+        for (m, mm) in members.iter().enumerate() {
+            at += 1 + mm.bias as usize;
+            let got = read_floats(&bufs[at], pads[at], rows * mm.n as usize);
+            assert_close(&format!("matmul_group {format} member {m}"), &got, &wants[m], 1e-5);
+            at += 1;
+        }
+    }
+}
+
 #[test]
 fn embed_per_format_reads_the_rows_of_the_tokens() {
     let gpu = gpu();

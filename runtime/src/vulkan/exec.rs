@@ -24,8 +24,8 @@ use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::validate::Capabilities;
 use unicorn_ir::{DType, Op, Phase, WeightFormat};
 
-/// What the Vulkan executor runs: the Vulkan target's kernels (a SPIR-V artifact, one op each, at most
-/// [`MAX_BUFFERS`] bindings), weights in the layouts those kernels read, f32 activations, f32 or f16 KV caches.
+/// What the Vulkan executor runs: the Vulkan target's kernels (a SPIR-V artifact, at most [`MAX_BUFFERS`]
+/// bindings; one op each, or a group of matmuls of one operand), weights in the layouts those kernels read, f32 activations, f32 or f16 KV caches.
 pub struct VulkanCapabilities;
 
 impl Capabilities for VulkanCapabilities {
@@ -41,8 +41,7 @@ impl Capabilities for VulkanCapabilities {
         kernel.backend == Backend::Vulkan
             && kernel.artifact.is_some()
             && kernel.bindings.len() <= MAX_BUFFERS
-            && ops.len() == 1
-            && kernel_runs_op(&kernel.name, &ops[0])
+            && ops.iter().all(|op| kernel_runs_op(&kernel.name, op))
     }
 
     fn holds_activation(&self, dtype: DType) -> bool {

@@ -157,70 +157,110 @@ fn block_loader(out: &mut String, format: WeightFormat, arg: usize) {
     let _ = write!(out, "void load_block(uint row, uint b, out float v[32]) {{\n\x20 {body}}}\n");
 }
 
-/// `matmul_<format>[_bias]`: `y = x W^T (+ b)`, W `N x K`, tiled so that a weight read from memory serves
-/// several rows of `x`. A workgroup of 256 threads makes an `8 x 8` tile of `y`: 8 outputs (one interleaved
-/// group of W, or 8 neighbouring rows of a float matrix) for up to 8 rows of `x`. Thread `t` takes output
-/// `t % 8` and every 32nd block of 32 columns from block `t / 8`: it dequantizes the block once into
-/// registers and multiplies it into each of the tile's rows; the 32 partial sums of each output then meet in
-/// shared memory. Columns past the last whole block (float formats only) are added by the first block slot.
-/// Bindings [x, w, (bias), y]; `pc.rows` rows of `x`. Work: `[ceil(N / 8), ceil(rows / 8), 1]`.
+/// One matrix of a matmul launch: its format, whether it has a bias, its rows (outputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatMember {
+    pub format: WeightFormat,
+    pub bias: bool,
+    pub n: u64,
+}
+
+/// `matmul_<format>[_bias]`: `y = x W^T (+ b)`, W `N x K`; [`matmul_group`] of one matrix.
 pub fn matmul(format: WeightFormat, bias: bool, k: u64, n: u64) -> String {
+    matmul_group(&[MatMember { format, bias, n }], k)
+}
+
+/// Workgroups along x of a matmul launch: each member's `ceil(N / 8)` tiles, one after the other.
+pub fn matmul_tiles(members: &[MatMember]) -> u64 {
+    members.iter().map(|m| m.n.div_ceil(MATMUL_ROWS as u64)).sum()
+}
+
+/// `matmul[_group]`: `y_m = x W_m^T (+ b_m)` for each member `m` of the launch (a layer's q/k/v projections,
+/// gate and up), all of one operand `x` of `K` columns, so one launch reads `x` for all of them. Tiled so that
+/// a weight read from memory serves several rows of `x`: a workgroup of 256 threads makes an `8 x 8` tile of
+/// one member's `y` — 8 outputs (one interleaved group of W, or 8 neighbouring rows of a float matrix) for up
+/// to 8 rows of `x`; the workgroups along x are the members' tiles in order. Thread `t` takes output `t % 8`
+/// and every 32nd block of 32 columns from block `t / 8`: it dequantizes the block once into registers and
+/// multiplies it into each of the tile's rows; the 32 partial sums of each output then meet in shared memory.
+/// Columns past the last whole block (float formats only) are added by the first block slot.
+/// Bindings [x, then per member w, (bias), y]; `pc.rows` rows of `x`. Work: `[matmul_tiles, ceil(rows / 8), 1]`.
+pub fn matmul_group(members: &[MatMember], k: u64) -> String {
     let mut s = String::new();
     header(&mut s, MATMUL_THREADS, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
-    u32_buffer(&mut s, 1, "w", "readonly");
-    let out = if bias {
-        f32_buffer(&mut s, 2, "b", "readonly");
-        3
-    } else {
-        2
-    };
-    f32_buffer(&mut s, out, "y", "writeonly");
     def_uint(&mut s, "K", k);
-    def_uint(&mut s, "N", n);
     def_uint(&mut s, "TILE", MATMUL_TILE as u64);
     def_uint(&mut s, "SLOTS", (MATMUL_THREADS / MATMUL_ROWS) as u64);
-    weight_element(&mut s, format, 1);
-    block_loader(&mut s, format, 1);
     let _ = writeln!(s, "shared float part[{MATMUL_THREADS}];");
-    let add_bias = if bias { " + b[pc.base[2] + n]" } else { "" };
-    let _ = write!(
-        s,
-        "void main() {{\n\
-         \x20 uint t = gl_LocalInvocationID.x, o = t % 8u, slot = t / 8u;\n\
-         \x20 uint n = gl_WorkGroupID.x * 8u + o, r0 = gl_WorkGroupID.y * TILE;\n\
-         \x20 uint tile = min(TILE, pc.rows - r0);\n\
-         \x20 float acc[TILE];\n\
-         \x20 for (uint j = 0u; j < TILE; j++) acc[j] = 0.0;\n\
-         \x20 if (n < N) {{\n\
-         \x20   float v[32];\n\
-         \x20   for (uint blk = slot; blk < K / 32u; blk += SLOTS) {{\n\
-         \x20     load_block(n, blk, v);\n\
-         \x20     for (uint j = 0u; j < tile; j++) {{\n\
-         \x20       uint xa = pc.base[0] + (r0 + j) * K + blk * 32u;\n\
-         \x20       float a = 0.0;\n\
-         \x20       for (uint e = 0u; e < 32u; e++) a += v[e] * x[xa + e];\n\
-         \x20       acc[j] += a;\n\
-         \x20     }}\n\
-         \x20   }}\n\
-         \x20   if (slot == 0u)\n\
-         \x20     for (uint i = (K / 32u) * 32u; i < K; i++) {{\n\
-         \x20       float wv = w_elem(n, i);\n\
-         \x20       for (uint j = 0u; j < tile; j++) acc[j] += wv * x[pc.base[0] + (r0 + j) * K + i];\n\
-         \x20     }}\n\
-         \x20 }}\n\
-         \x20 for (uint j = 0u; j < tile; j++) {{\n\
-         \x20   part[t] = acc[j];\n\
-         \x20   barrier();\n\
-         \x20   for (uint h = SLOTS / 2u; h > 0u; h /= 2u) {{\n\
-         \x20     if (slot < h) part[t] += part[t + h * 8u];\n\
-         \x20     barrier();\n\
-         \x20   }}\n\
-         \x20   if (slot == 0u && n < N) y[pc.base[{out}] + (r0 + j) * N + n] = part[o]{add_bias};\n\
-         \x20   barrier();\n\
-         \x20 }}\n\
-         }}\n"
-    );
+    let mut binding = 1;
+    let mut first_tile = 0;
+    let mut dispatch = String::new();
+    for (m, mm) in members.iter().enumerate() {
+        let (w, y) = (binding, binding + 1 + mm.bias as usize);
+        u32_buffer(&mut s, w, &format!("w{m}"), "readonly");
+        if mm.bias {
+            f32_buffer(&mut s, w + 1, &format!("b{m}"), "readonly");
+        }
+        f32_buffer(&mut s, y, &format!("y{m}"), "writeonly");
+        binding = y + 1;
+        def_uint(&mut s, &format!("N{m}"), mm.n);
+        // The member's readers, by the names the single-matrix templates use, renamed for it.
+        let mut f = String::new();
+        weight_element(&mut f, mm.format, w);
+        block_loader(&mut f, mm.format, w);
+        s.push_str(
+            &f.replace("w[", &format!("w{m}["))
+                .replace("w_elem(", &format!("w{m}_elem("))
+                .replace("load_block(", &format!("load_block{m}(")),
+        );
+        let add_bias = if mm.bias { format!(" + b{m}[pc.base[{}] + n]", w + 1) } else { String::new() };
+        let _ = write!(
+            s,
+            "void member{m}(uint tile_x) {{\n\
+             \x20 uint t = gl_LocalInvocationID.x, o = t % 8u, slot = t / 8u;\n\
+             \x20 uint n = tile_x * 8u + o, r0 = gl_WorkGroupID.y * TILE;\n\
+             \x20 uint tile = min(TILE, pc.rows - r0);\n\
+             \x20 float acc[TILE];\n\
+             \x20 for (uint j = 0u; j < TILE; j++) acc[j] = 0.0;\n\
+             \x20 if (n < N{m}) {{\n\
+             \x20   float v[32];\n\
+             \x20   for (uint blk = slot; blk < K / 32u; blk += SLOTS) {{\n\
+             \x20     load_block{m}(n, blk, v);\n\
+             \x20     for (uint j = 0u; j < tile; j++) {{\n\
+             \x20       uint xa = pc.base[0] + (r0 + j) * K + blk * 32u;\n\
+             \x20       float a = 0.0;\n\
+             \x20       for (uint e = 0u; e < 32u; e++) a += v[e] * x[xa + e];\n\
+             \x20       acc[j] += a;\n\
+             \x20     }}\n\
+             \x20   }}\n\
+             \x20   if (slot == 0u)\n\
+             \x20     for (uint i = (K / 32u) * 32u; i < K; i++) {{\n\
+             \x20       float wv = w{m}_elem(n, i);\n\
+             \x20       for (uint j = 0u; j < tile; j++) acc[j] += wv * x[pc.base[0] + (r0 + j) * K + i];\n\
+             \x20     }}\n\
+             \x20 }}\n\
+             \x20 for (uint j = 0u; j < tile; j++) {{\n\
+             \x20   part[t] = acc[j];\n\
+             \x20   barrier();\n\
+             \x20   for (uint h = SLOTS / 2u; h > 0u; h /= 2u) {{\n\
+             \x20     if (slot < h) part[t] += part[t + h * 8u];\n\
+             \x20     barrier();\n\
+             \x20   }}\n\
+             \x20   if (slot == 0u && n < N{m}) y{m}[pc.base[{y}] + (r0 + j) * N{m} + n] = part[o]{add_bias};\n\
+             \x20   barrier();\n\
+             \x20 }}\n\
+             }}\n"
+        );
+        let tiles = mm.n.div_ceil(MATMUL_ROWS as u64);
+        let _ = write!(
+            dispatch,
+            "\x20 {}if (gl_WorkGroupID.x < {}u) member{m}(gl_WorkGroupID.x - {first_tile}u);\n",
+            if m == 0 { "" } else { "else " },
+            first_tile + tiles
+        );
+        first_tile += tiles;
+    }
+    let _ = write!(s, "void main() {{\n{dispatch}}}\n");
     s
 }
 

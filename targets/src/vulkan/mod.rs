@@ -1,12 +1,13 @@
 //! The Vulkan target: every op becomes a compute shader generated for the model at hand ([`glsl`]), compiled
-//! to SPIR-V by shaderc ([`spirv`]) and stored in the plan's kernels section. One launch per op: the weights are
+//! to SPIR-V by shaderc ([`spirv`]) and stored in the plan's kernels section. One launch per op, except that the
+//! matmuls of one operand (q/k/v, gate/up) share one within the binding limit. The weights are
 //! laid out as the CPU target lays them out (q4_0 / q8_0 interleaved by 8 rows), so a Vulkan plan also runs on
 //! the CPU executor, through the reference kernels of its ops.
 
 pub mod glsl;
 pub mod spirv;
 
-use glsl::{AttentionShape, Elementwise, MATMUL_ROWS, MATMUL_THREADS, MATMUL_TILE, WIDE};
+use glsl::{AttentionShape, Elementwise, MatMember, MATMUL_THREADS, MATMUL_TILE, MAX_BUFFERS, WIDE};
 use std::collections::HashMap;
 use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
 use unicorn_ir::spec::Activation;
@@ -22,22 +23,18 @@ pub struct KernelTable {
 }
 
 impl KernelTable {
-    fn add(&mut self, name: String, source: String, buffers: usize, workgroup: [u32; 3]) -> Result<KernelId, String> {
+    fn add(&mut self, k: Kernel) -> Result<KernelId, String> {
+        let Kernel { name, source, buffers, writes, workgroup, .. } = k;
         if let Some(&id) = self.by_source.get(&source) {
             return Ok(id);
         }
         let words = spirv::compile(&name, &source)?;
         let offset = self.section.len() as u64;
         self.section.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-        // Every argument is read but the last, the launch's result; attention also writes the KV cache (3).
-        let bindings = (0..buffers as u32)
+        let bindings = (0..buffers)
             .map(|b| Binding {
-                binding: b,
-                kind: if b + 1 == buffers as u32 || (name.starts_with("attention") && b == 3) {
-                    BindingKind::StorageReadWrite
-                } else {
-                    BindingKind::StorageRead
-                },
+                binding: b as u32,
+                kind: if writes.contains(&b) { BindingKind::StorageReadWrite } else { BindingKind::StorageRead },
             })
             .collect();
         let id = KernelId(self.entries.len() as u32);
@@ -55,11 +52,13 @@ impl KernelTable {
     }
 }
 
-/// A kernel's name, source, buffer arguments, workgroup, and work size given its output columns and rows.
+/// A kernel's name, source, buffer arguments (and which it writes), workgroup, and work size given its output
+/// columns and rows.
 struct Kernel {
     name: String,
     source: String,
     buffers: usize,
+    writes: Vec<usize>,
     workgroup: [u32; 3],
     work: [Expr; 3],
 }
@@ -75,6 +74,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
         name: op.name().into(),
         source: glsl::elementwise(op, cols, c),
         buffers,
+        writes: vec![buffers - 1],
         workgroup: wide,
         work: [ceil(cols, WIDE), rows.clone(), one.clone()],
     };
@@ -85,20 +85,42 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 name: format!("embed_{f}"),
                 source: glsl::embed(f, cols, *scale),
                 buffers: 3,
+                writes: vec![2],
                 workgroup: wide,
                 work: [ceil(cols, WIDE), rows, one],
             }
         }
-        Op::MatMul { weight, bias } => {
-            let w = module.weight(*weight);
-            let (n, k) = (w.rows() as u64, w.cols() as u64);
-            let b = if bias.is_some() { "_bias" } else { "" };
+        Op::MatMul { .. } => {
+            let members: Vec<MatMember> = ops
+                .iter()
+                .map(|op| {
+                    let Op::MatMul { weight, bias } = op else { unreachable!("a launch groups matmuls only") };
+                    let w = module.weight(*weight);
+                    MatMember { format: w.format, bias: bias.is_some(), n: w.rows() as u64 }
+                })
+                .collect();
+            let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("matched above") };
+            let (w, k) = (module.weight(*weight), module.weight(*weight).cols() as u64);
+            let bias = if members.iter().any(|m| m.bias) { "_bias" } else { "" };
+            let group = if members.len() > 1 { members.len().to_string() } else { String::new() };
+            // The operand, then per matrix its weight, bias and result; each result is written.
+            let mut writes = Vec::new();
+            let mut at = 1;
+            for m in &members {
+                at += 2 + m.bias as usize;
+                writes.push(at - 1);
+            }
             Kernel {
-                name: format!("matmul{b}_{}", w.format),
-                source: glsl::matmul(w.format, bias.is_some(), k, n),
-                buffers: 3 + bias.is_some() as usize,
+                name: format!("matmul{group}{bias}_{}", w.format),
+                source: glsl::matmul_group(&members, k),
+                buffers: at,
+                writes,
                 workgroup: [MATMUL_THREADS, 1, 1],
-                work: [ceil(n, MATMUL_ROWS), Expr::CeilDiv(Box::new(rows), MATMUL_TILE as u64), one],
+                work: [
+                    Expr::Const(glsl::matmul_tiles(&members)),
+                    Expr::CeilDiv(Box::new(rows), MATMUL_TILE as u64),
+                    one,
+                ],
             }
         }
         Op::RmsNorm { weight, eps, unit_offset } => {
@@ -107,6 +129,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 name: "rms_norm".into(),
                 source: glsl::rms_norm(group, *eps, *unit_offset),
                 buffers: 3,
+                writes: vec![2],
                 workgroup: wide,
                 work: [Expr::Const(cols / group), rows, one],
             }
@@ -117,6 +140,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 name: "rope".into(),
                 source: glsl::rope(&inv, cols, *head_dim as u64),
                 buffers: 2,
+                writes: vec![1],
                 workgroup: wide,
                 work: [ceil(cols / 2, WIDE), rows, one],
             }
@@ -134,6 +158,8 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 name: format!("attention{windowed}_{}", kv.name()),
                 source: glsl::attention(kv == DType::F16, shape),
                 buffers: 5,
+                // The KV cache and the result.
+                writes: vec![3, 4],
                 workgroup: wide,
                 work: [Expr::Const(shape.heads), rows, one],
             }
@@ -147,6 +173,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
             name: "select_rows".into(),
             source: glsl::select_rows(cols),
             buffers: 2,
+            writes: vec![1],
             workgroup: wide,
             work: [ceil(cols, WIDE), rows, one],
         },
@@ -154,16 +181,18 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
     }
 }
 
-/// Lower one planned graph to launches of generated kernels, one op each, with a KV cache of `kv`.
+/// Lower one planned graph to launches of generated kernels with a KV cache of `kv`: one op each, except the
+/// matmuls of one operand (q/k/v, gate/up), which share a launch within the binding limit.
 pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTable) -> Result<PlanPhase, String> {
     let mut failed = None;
-    let phase = crate::lower_steps(module, g, false, |ops, cols, rows| {
+    let phase = crate::lower_steps(module, g, Some(MAX_BUFFERS), |ops, cols, rows| {
         let k = kernel_for(module, g, ops, cols, rows, kv);
-        let id = kernels.add(k.name, k.source, k.buffers, k.workgroup).unwrap_or_else(|e| {
+        let work = k.work.clone();
+        let id = kernels.add(k).unwrap_or_else(|e| {
             failed.get_or_insert(e);
             KernelId(0)
         });
-        (id, k.work)
+        (id, work)
     });
     failed.map_or(Ok(phase), Err)
 }
