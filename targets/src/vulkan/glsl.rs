@@ -252,9 +252,9 @@ pub fn matmul_group(members: &[MatMember], k: u64) -> String {
              }}\n"
         );
         let tiles = mm.n.div_ceil(MATMUL_ROWS as u64);
-        let _ = write!(
+        let _ = writeln!(
             dispatch,
-            "\x20 {}if (gl_WorkGroupID.x < {}u) member{m}(gl_WorkGroupID.x - {first_tile}u);\n",
+            "\x20 {}if (gl_WorkGroupID.x < {}u) member{m}(gl_WorkGroupID.x - {first_tile}u);",
             if m == 0 { "" } else { "else " },
             first_tile + tiles
         );
