@@ -281,6 +281,66 @@ pub struct Step {
     pub label: String,
 }
 
+/// Most units one launch fuses.
+pub const MAX_UNITS: usize = 4;
+
+/// A unit of a launch: one op, or a group of consecutive matmuls of one operand; `ops` and `args` are the
+/// ranges of the step's ops and arguments it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub ops: std::ops::Range<usize>,
+    pub args: std::ops::Range<usize>,
+}
+
+/// Arguments an op takes in a launch (see [`Step`]); for a matmul, its weight, bias and result (the group's
+/// operand comes once, first).
+fn op_args(op: &Op) -> usize {
+    match op {
+        Op::Embed { .. } | Op::RmsNorm { .. } | Op::Rope { .. } | Op::Glu { .. } | Op::Add => 3,
+        Op::Scale { .. } | Op::Softcap { .. } | Op::SelectRows => 2,
+        Op::Attention { .. } => 6,
+        Op::MatMul { bias, .. } => 2 + bias.is_some() as usize,
+        Op::Tokens | Op::Output => 0,
+    }
+}
+
+impl Step {
+    /// The step's units in order. A fused launch (an RMSNorm and the projections that read it, say) lists each
+    /// unit's ops and arguments one after the other, as if each were its own launch, so that an executor
+    /// without the fused kernel runs the units one by one; the fused kernel itself needs only the launch's
+    /// inputs and final results, and may leave the values passed between its units unwritten.
+    pub fn units(&self) -> Units<'_> {
+        units(&self.ops)
+    }
+}
+
+/// The units of a launch of `ops` (see [`Step::units`]).
+pub fn units(ops: &[Op]) -> Units<'_> {
+    Units { ops, op: 0, arg: 0 }
+}
+
+/// The units of a step, in order (allocates nothing: executors walk it for every launch).
+pub struct Units<'a> {
+    ops: &'a [Op],
+    op: usize,
+    arg: usize,
+}
+
+impl Iterator for Units<'_> {
+    type Item = Unit;
+
+    fn next(&mut self) -> Option<Unit> {
+        let (i, rest) = (self.op, self.ops.get(self.op..).filter(|r| !r.is_empty())?);
+        let matmul = matches!(rest[0], Op::MatMul { .. });
+        let group = if matmul { rest.iter().take_while(|o| matches!(o, Op::MatMul { .. })).count() } else { 1 };
+        let n = usize::from(matmul) + rest[..group].iter().map(op_args).sum::<usize>();
+        let u = Unit { ops: i..i + group, args: self.arg..self.arg + n };
+        self.op += group;
+        self.arg += n;
+        Some(u)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanPhase {
     pub phase: Phase,
@@ -353,7 +413,7 @@ impl PlanHeader {
 /// kernel takes the push block `{ rows, pos, keep, cap, pass, base[MAX_BUFFERS] }` of 32-bit words.
 pub mod vulkan_abi {
     /// Most buffer arguments of one kernel (the length of the push block's `base`).
-    pub const MAX_BUFFERS: usize = 8;
+    pub const MAX_BUFFERS: usize = 12;
     /// Words of the push block: five scalars, then a base per buffer.
     pub const PUSH_WORDS: usize = 5 + MAX_BUFFERS;
     // Every Vulkan device offers at least 128 bytes of push constants.

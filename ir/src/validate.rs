@@ -20,7 +20,7 @@
 use crate::graph::{Op, Phase, WeightRole};
 use crate::plan::{
     ActSlot, ArenaDecl, Arg, Expr, KernelEntry, KvCacheDecl, KvCapacity, PlanHeader, PlanPhase, PlanWeight, Step, Vars,
-    WEIGHT_ALIGN,
+    MAX_UNITS, WEIGHT_ALIGN,
 };
 use crate::quant::WeightLayout;
 use crate::types::{DType, Dim, WeightFormat};
@@ -428,18 +428,38 @@ impl PhaseCheck<'_> {
             field,
             check: self,
             arenas: &p.arenas,
-            live,
+            live: live.to_vec(),
             args: &st.args,
             next: 0,
             outs: Vec::new(),
             ins: Vec::new(),
         };
-        let spec = &h.spec;
-        let grouped = st.ops.len() > 1;
-        if grouped && (st.ops.len() > MAX_GROUP || st.ops.iter().any(|o| !matches!(o, Op::MatMul { .. }))) {
-            return fail(field, format!("only 2..={MAX_GROUP} matmuls share a launch"));
+        let units = st.units().count();
+        if units > MAX_UNITS {
+            return fail(field, format!("{units} units fused in one launch, at most {MAX_UNITS}"));
         }
-        match &st.ops[0] {
+        for u in st.units() {
+            let ops = &st.ops[u.ops.clone()];
+            if ops.len() > MAX_GROUP {
+                return fail(field, format!("{} matmuls share a launch, at most {MAX_GROUP}", ops.len()));
+            }
+            let written = args.outs.len();
+            self.unit(field, p, ops, &mut args)?;
+            if args.next != u.args.end {
+                return fail(field, format!("unit of {} takes arguments {:?}", ops[0].name(), u.args));
+            }
+            // What a unit writes, the units after it read.
+            let outs = args.outs[written..].to_vec();
+            args.live.extend(outs);
+        }
+        args.finish()
+    }
+
+    /// Check one unit of a launch (one op, or a group of matmuls of one operand), consuming its arguments.
+    fn unit(&self, field: &str, p: &PlanPhase, ops: &[Op], args: &mut Args) -> Result<(), PlanError> {
+        let h = self.h;
+        let spec = &h.spec;
+        match &ops[0] {
             Op::Embed { table, scale } => {
                 args.tokens()?;
                 let w = args.weight(*table)?;
@@ -478,7 +498,7 @@ impl PhaseCheck<'_> {
             Op::MatMul { .. } => {
                 let x = args.input()?;
                 let mut quantized = None;
-                for op in &st.ops {
+                for op in ops {
                     let Op::MatMul { weight, bias } = op else { unreachable!("checked above") };
                     let w = args.weight(*weight)?;
                     if !matches!(w.role, WeightRole::Matrix | WeightRole::Embedding) || w.shape[1] as u64 != x.width {
@@ -540,9 +560,9 @@ impl PhaseCheck<'_> {
                     return fail(field, "select_rows reads the execution's rows and writes the kept rows, same width");
                 }
             }
-            Op::Tokens | Op::Output => return fail(field, format!("{} is not a launch", st.ops[0].name())),
+            Op::Tokens | Op::Output => return fail(field, format!("{} is not a launch", ops[0].name())),
         }
-        args.finish()
+        Ok(())
     }
 }
 
@@ -605,7 +625,7 @@ struct Args<'a> {
     field: &'a str,
     check: &'a PhaseCheck<'a>,
     arenas: &'a [ArenaDecl],
-    live: &'a [ActSlot],
+    live: Vec<ActSlot>,
     args: &'a [Arg],
     next: usize,
     ins: Vec<ActSlot>,

@@ -10,6 +10,12 @@ use unicorn_ir::plan::{ActSlot, ArenaDecl, ArenaId, Arg, Expr, KernelId, PlanPha
 use unicorn_ir::validate::limits::MAX_GROUP;
 use unicorn_ir::{DType, Dim, Graph, Module, NodeId, Op};
 
+/// Whether two slots share bytes.
+fn overlaps(a: &ActSlot, b: &ActSlot) -> bool {
+    let end = |s: &ActSlot| s.offset + s.width * s.dtype.size() as u64;
+    a.arena == b.arena && a.offset < end(b) && b.offset < end(a)
+}
+
 fn act(slot: Slot) -> ActSlot {
     ActSlot {
         arena: ArenaId(slot.kept_rows as u32),
@@ -19,14 +25,25 @@ fn act(slot: Slot) -> ActSlot {
     }
 }
 
-/// Lower one planned graph to its launches, in the memory plan's order. With `group`, consecutive matmuls of one
-/// operand (and alike in being quantized or not) form one launch of at most `group` buffer arguments (the
-/// operand, then each matrix's weight, bias and result). `kernel` names the kernel of a launch's ops and its
-/// work size, given the launch's total output columns and its rows (`S` or `R`).
+/// How a target groups and fuses ops into launches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lowering {
+    /// Consecutive matmuls of one operand (and alike in being quantized or not) form one launch of at most
+    /// this many buffer arguments (the operand, then each matrix's weight, bias and result); `None` keeps one
+    /// matmul per launch.
+    pub group: Option<usize>,
+    /// An RMSNorm over whole rows fuses into the launch of the matmuls that read it, when they are all its
+    /// readers and the fused launch stays within `group`'s buffers.
+    pub fuse_norm: bool,
+}
+
+/// Lower one planned graph to its launches, in the memory plan's order, grouped and fused as `how` says.
+/// `kernel` names the kernel of a launch's ops and its work size, given the launch's total output columns and
+/// its rows (`S` or `R`).
 pub(crate) fn lower_steps(
     module: &Module,
     g: &Graph,
-    group: Option<usize>,
+    how: Lowering,
     mut kernel: impl FnMut(&[Op], u64, Expr) -> (KernelId, [Expr; 3]),
 ) -> PlanPhase {
     let mem = g.memory.as_ref().expect("memory planned");
@@ -38,43 +55,40 @@ pub(crate) fn lower_steps(
         Op::MatMul { weight, .. } => Some((g.inputs(n)[0], module.weight(*weight).format.is_quantized())),
         _ => None,
     };
-    let mut steps = Vec::new();
-    let mut i = 0;
-    while i < order.len() {
-        let n = order[i];
-        let node = &g.g[n];
-        let buffers = |m: NodeId| match &g.g[m].op {
-            Op::MatMul { bias, .. } => 2 + bias.is_some() as usize,
-            _ => 0,
-        };
-        let group = match (key(n), group) {
-            (Some(k), Some(most)) => {
-                let mut used = 1;
-                order[i..]
-                    .iter()
-                    .take(MAX_GROUP)
-                    .take_while(|&&m| {
-                        used += buffers(m);
-                        key(m) == Some(k) && used <= most
-                    })
-                    .count()
-                    .max(1)
-            }
-            _ => 1,
-        };
-        let members = &order[i..i + group];
-        let ops: Vec<Op> = members.iter().map(|&m| g.g[m].op.clone()).collect();
+    let matmul_buffers = |m: NodeId| match &g.g[m].op {
+        Op::MatMul { bias, .. } => 2 + bias.is_some() as usize,
+        _ => 0,
+    };
+    // The matmuls launched together from order[i] on (1 for any other op).
+    let group_at = |i: usize| match (order.get(i).and_then(|&n| key(n)), how.group) {
+        (Some(k), Some(most)) => {
+            let mut used = 1;
+            order[i..]
+                .iter()
+                .take(MAX_GROUP)
+                .take_while(|&&m| {
+                    used += matmul_buffers(m);
+                    key(m) == Some(k) && used <= most
+                })
+                .count()
+                .max(1)
+        }
+        _ => 1,
+    };
+    // A launch's arguments, unit by unit (see `Step::units`).
+    let args_of = |members: &[NodeId]| -> Vec<Arg> {
+        let n = members[0];
         let inputs = g.inputs(n);
         let mut args = Vec::new();
-        match &node.op {
+        match &g.g[n].op {
             Op::Embed { table, .. } => args.extend([Arg::Tokens, Arg::Weight(*table), Arg::Act(slot(n))]),
             Op::RmsNorm { weight, .. } => {
                 args.extend([Arg::Act(slot(inputs[0])), Arg::Weight(*weight), Arg::Act(slot(n))])
             }
             Op::MatMul { .. } => {
                 args.push(Arg::Act(slot(inputs[0])));
-                for (&m, op) in members.iter().zip(&ops) {
-                    let Op::MatMul { weight, bias } = op else { unreachable!("grouped by key") };
+                for &m in members {
+                    let Op::MatMul { weight, bias } = &g.g[m].op else { unreachable!("grouped by key") };
                     args.push(Arg::Weight(*weight));
                     args.extend(bias.map(Arg::Weight));
                     args.push(Arg::Act(slot(m)));
@@ -90,18 +104,61 @@ pub(crate) fn lower_steps(
                 args.push(Arg::Act(slot(n)));
             }
         }
+        args
+    };
+    // Whether the norm at order[i] fuses into the matmuls after it: a whole-row norm, read by exactly those
+    // matmuls, within the binding limit (its operand, weight and result come first).
+    let fuses = |i: usize| -> bool {
+        let n = order[i];
+        let Op::RmsNorm { weight, .. } = &g.g[n].op else { return false };
+        if !how.fuse_norm || module.weight(*weight).shape.iter().product::<usize>() != g.g[n].ty.row_width() {
+            return false;
+        }
+        let group = group_at(i + 1);
+        let Some(members) = order.get(i + 1..i + 1 + group) else { return false };
+        let mut readers = g.users(n);
+        readers.sort();
+        let mut want = members.to_vec();
+        want.sort();
+        let buffers = 3 + 1 + members.iter().map(|&m| matmul_buffers(m)).sum::<usize>();
+        // The fused kernel reads the norm's operand while it writes the matmuls' results: they must not share
+        // bytes (the memory plan may have reused the operand's slot once the norm had read it).
+        let x = slot(g.inputs(n)[0]);
+        let disjoint = members.iter().all(|&m| !overlaps(&slot(m), &x));
+        key(members[0]).is_some_and(|(op, _)| op == n)
+            && readers == want
+            && disjoint
+            && how.group.is_some_and(|b| buffers <= b)
+    };
+    let mut steps = Vec::new();
+    let mut i = 0;
+    while i < order.len() {
+        // The units of this launch: the op at i (with its matmul group), and a norm's matmuls if it fuses.
+        let mut units: Vec<&[NodeId]> = Vec::new();
+        if fuses(i) {
+            units.push(&order[i..i + 1]);
+            i += 1;
+        }
+        let group = group_at(i);
+        units.push(&order[i..i + group]);
+        i += group;
+        let last = *units.last().expect("a unit").last().expect("a node");
+        let node = &g.g[last];
+        let members: Vec<NodeId> = units.iter().flat_map(|u| u.iter().copied()).collect();
+        let ops: Vec<Op> = members.iter().map(|&m| g.g[m].op.clone()).collect();
+        let args: Vec<Arg> = units.iter().flat_map(|u| args_of(u)).collect();
         // An execution stacks the rows of every sequence it runs, so a decode graph's one row per sequence is
         // `S` rows of the arena (or `R` kept ones) too.
         let rows = match node.ty.row_dim() {
             Dim::Out => Expr::R,
-            Dim::Seq | Dim::Const(_) if slot(n).arena.0 == 1 => Expr::R,
+            Dim::Seq | Dim::Const(_) if slot(last).arena.0 == 1 => Expr::R,
             Dim::Seq | Dim::Const(_) => Expr::S,
         };
-        let cols = members.iter().map(|&m| g.g[m].ty.row_width() as u64).sum();
+        let tail = units.last().expect("a unit");
+        let cols = tail.iter().map(|&m| g.g[m].ty.row_width() as u64).sum();
         let label = members.iter().map(|&m| g.g[m].label.as_str()).collect::<Vec<_>>().join(" + ");
         let (kernel, work) = kernel(&ops, cols, rows);
         steps.push(Step { kernel, device: node.device, args, work, ops, label });
-        i += group;
     }
     let result = g.output().and_then(|o| mem.slot(o)).map(act).expect("an output with a slot");
     let row_bytes = |w: usize| (w * DType::F32.size()) as u64;

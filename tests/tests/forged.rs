@@ -190,10 +190,21 @@ fn steps_with_wrong_arguments_kernels_or_aliasing() {
         let i = step_index(h, 1, "attention");
         h["phases"][1]["steps"][i]["ops"][0]["layer"] = json!(9)
     });
-    refused(&s, "only 2", |h| {
+    // A second op in a launch takes arguments of its own (a fused launch lists each unit's).
+    refused(&s, "argument 3 (operand) is missing", |h| {
         let i = step_index(h, 0, "glu");
         let op = h["phases"][0]["steps"][i]["ops"][0].clone();
         h["phases"][0]["steps"][i]["ops"].as_array_mut().unwrap().push(op)
+    });
+    // Five units in one launch, each with its arguments: more than a launch fuses.
+    refused(&s, "at most 4", |h| {
+        let i = step_index(h, 0, "glu");
+        let st = &mut h["phases"][0]["steps"][i];
+        let (op, args) = (st["ops"][0].clone(), st["args"].as_array().unwrap().clone());
+        for _ in 0..4 {
+            st["ops"].as_array_mut().unwrap().push(op.clone());
+            st["args"].as_array_mut().unwrap().extend(args.iter().cloned());
+        }
     });
     refused(&s, "work[0]", |h| h["phases"][0]["steps"][0]["work"][0] = json!({"mul": [{"const": u64::MAX}, "s"]}));
 }

@@ -128,19 +128,41 @@ fn matmul_per_format_with_and_without_bias() {
 }
 
 /// One launch of three matrices of one operand (q/k/v-like, the middle one with a bias), each against the f64
-/// reference: the workgroups along x walk the members' tiles in order.
+/// reference: the workgroups along x walk the members' tiles in order. Then the same with an RMSNorm fused in
+/// front (with and without Gemma's unit offset): the reference normalizes `x` in f64 first.
 #[test]
 fn matmul_group_computes_each_member() {
     let gpu = gpu();
     let mut rng = Rng(0x51ed_2701);
     let (rows, k) = (11usize, 96usize);
-    for format in FORMATS {
+    let norms = [None, Some((1e-5f32, false)), Some((1e-6, true))];
+    for (format, norm) in FORMATS.into_iter().flat_map(|f| norms.map(|n| (f, n))) {
         let members =
             [(20usize, false), (9, true), (16, false)].map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
         let x = rng.vec(rows * k);
-        let xb = buffer_at(&gpu, 2, &words(&x));
-        let mut bufs = vec![xb];
+        let gain = rng.vec(k);
+        // The operand the matrices see: x itself, or x normalized in f64.
+        let xs: Vec<f64> = match norm {
+            None => x.iter().map(|&v| v as f64).collect(),
+            Some((eps, unit)) => (0..rows * k)
+                .map(|e| {
+                    let row = &x[(e / k) * k..(e / k + 1) * k];
+                    let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+                    let g = gain[e % k] as f64 + if unit { 1.0 } else { 0.0 };
+                    x[e] as f64 / (ms + eps as f64).sqrt() * g
+                })
+                .collect(),
+        };
+        let mut bufs = vec![buffer_at(&gpu, 2, &words(&x))];
         let mut pads = vec![2u32];
+        if norm.is_some() {
+            // The norm's weight, then its result twice (the norm unit's, and the matmuls' operand): unwritten.
+            bufs.push(buffer_at(&gpu, 5, &words(&gain)));
+            bufs.push(buffer_at(&gpu, 0, &words(&vec![f32::NAN; rows * k])));
+            bufs.push(buffer_at(&gpu, 0, &words(&vec![f32::NAN; rows * k])));
+            pads.extend([5, 0, 0]);
+        }
+        let first_member = bufs.len();
         let mut wants = Vec::new();
         for (m, mm) in members.iter().enumerate() {
             let n = mm.n as usize;
@@ -150,7 +172,7 @@ fn matmul_group_computes_each_member() {
                 (0..rows * n)
                     .map(|e| {
                         let (r, o) = (e / n, e % n);
-                        let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * wd[o * k + i] as f64).sum();
+                        let dot: f64 = (0..k).map(|i| xs[r * k + i] * wd[o * k + i] as f64).sum();
                         dot + if mm.bias { b[o] as f64 } else { 0.0 }
                     })
                     .collect::<Vec<f64>>(),
@@ -164,15 +186,16 @@ fn matmul_group_computes_each_member() {
             bufs.push(buffer_at(&gpu, 6 + m as u32, &words(&vec![f32::NAN; rows * n])));
             pads.push(6 + m as u32);
         }
-        let src = glsl::matmul_group(&members, k as u64);
+        let prologue = norm.map(|(eps, unit_offset)| glsl::NormPrologue { eps, unit_offset });
+        let src = glsl::matmul_group(&members, k as u64, prologue);
         let groups = [glsl::matmul_tiles(&members) as u32, (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
         let refs: Vec<&Buffer> = bufs.iter().collect();
         dispatch(&gpu, "matmul_group", &src, &refs, &pads, [rows as u32, 0, 0, 0, 0], groups);
-        let mut at = 1;
+        let mut at = first_member;
         for (m, mm) in members.iter().enumerate() {
             at += 1 + mm.bias as usize;
             let got = read_floats(&bufs[at], pads[at], rows * mm.n as usize);
-            assert_close(&format!("matmul_group {format} member {m}"), &got, &wants[m], 1e-5);
+            assert_close(&format!("matmul_group {format} norm {norm:?} member {m}"), &got, &wants[m], 1e-5);
             at += 1;
         }
     }

@@ -41,11 +41,37 @@ fn every_launch_of_a_vulkan_plan_is_a_spirv_kernel_of_its_section() {
     }
     for p in &h.phases {
         for s in &p.steps {
-            let matmuls = s.ops.iter().all(|o| matches!(o, unicorn_ir::Op::MatMul { .. }));
-            assert!(s.ops.len() == 1 || matmuls, "{}: one op per launch, or a group of matmuls", s.label);
+            // One op, a group of matmuls of one operand, or a norm fused in front of such a group.
+            let units: Vec<_> = s.units().collect();
+            let matmuls = |ops: &[unicorn_ir::Op]| ops.iter().all(|o| matches!(o, unicorn_ir::Op::MatMul { .. }));
+            let fused_norm = units.len() == 2
+                && matches!(s.ops[0], unicorn_ir::Op::RmsNorm { .. })
+                && matmuls(&s.ops[units[1].ops.clone()]);
+            assert!(units.len() == 1 || fused_norm, "{}: an unexpected fusion", s.label);
             let k = &h.kernels[s.kernel.0 as usize];
             let buffers = s.args.iter().filter(|a| !matches!(a, unicorn_ir::plan::Arg::Scalar(_))).count();
             assert_eq!(k.bindings.len(), buffers, "{}: {} binds {buffers} buffers", s.label, k.name);
+        }
+    }
+}
+
+/// Launches per layer. Llama: the norm fused into q/k/v, two ropes, attention, o_proj, the residual add, the
+/// norm fused into gate/up, the GLU, down and the second add (10); Gemma 3 adds its q/k norms and the norms
+/// after attention and after the MLP (14). Then the embedding, the final norm and the LM head, and in prefill
+/// the selection of the kept rows, and Gemma's final logit softcap: at most 5 more.
+#[test]
+fn norms_fuse_into_the_projections_that_read_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, per_layer) in [("llama_gqa", 10), ("gemma3_text", 14)] {
+        let plan = compile_for(Target::Vulkan, &fixtures_dir().join(name), dir.path(), WeightFormat::Q8_0, None);
+        let model = Model::load(&plan).unwrap();
+        let h = model.header();
+        for p in &h.phases {
+            // The final norm fuses into the LM head too where the memory plan lets it (not over its operand).
+            let most = per_layer * h.spec.num_layers + 5;
+            assert!(p.steps.len() <= most, "{name} {}: {} launches, expected at most {most}", p.phase, p.steps.len());
+            let fused = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.starts_with("rms_norm+")).count();
+            assert!(fused >= 2 * h.spec.num_layers, "{name} {}: {fused} fused norms", p.phase);
         }
     }
 }

@@ -225,96 +225,99 @@ impl Executor for CpuExecutor<'_> {
         };
         for step in &plan.steps {
             let started = self.profile.is_some().then(std::time::Instant::now);
-            let a = &step.args;
-            match &step.ops[0] {
-                Op::MatMul { .. } => {
-                    let x = act(&a[0]);
-                    // Member j's weight, bias and result follow the operand in order.
-                    let mut at = [0usize; MAX_GROUP];
-                    let mut i = 1;
-                    for (j, op) in step.ops.iter().enumerate() {
-                        at[j] = i;
-                        i += 2 + matches!(op, Op::MatMul { bias: Some(_), .. }) as usize;
-                    }
-                    let out = |j: usize| {
-                        let Op::MatMul { weight, bias } = &step.ops[j] else { unreachable!("a validated group") };
-                        let y = view_mut(act(&a[at[j] + 1 + bias.is_some() as usize]));
-                        MatMulOut { w: model.matrix(*weight), bias: bias.map(|b| model.vector(b)), y }
-                    };
-                    let (xs, rows, scratch) = (view(x), rows_of(x), &mut self.scratch);
-                    match step.ops.len() {
-                        1 => {
-                            let o = out(0);
-                            matmul(xs, rows, o.w, o.bias, o.y, scratch)
+            // A fused launch runs here unit by unit (each unit's results are in its own slots).
+            for unit in step.units() {
+                let (ops, a) = (&step.ops[unit.ops], &step.args[unit.args]);
+                match &ops[0] {
+                    Op::MatMul { .. } => {
+                        let x = act(&a[0]);
+                        // Member j's weight, bias and result follow the operand in order.
+                        let mut at = [0usize; MAX_GROUP];
+                        let mut i = 1;
+                        for (j, op) in ops.iter().enumerate() {
+                            at[j] = i;
+                            i += 2 + matches!(op, Op::MatMul { bias: Some(_), .. }) as usize;
                         }
-                        2 => matmul_many(xs, rows, &mut [out(0), out(1)], scratch),
-                        3 => matmul_many(xs, rows, &mut [out(0), out(1), out(2)], scratch),
-                        _ => matmul_many(xs, rows, &mut [out(0), out(1), out(2), out(3)], scratch),
-                    }
-                }
-                Op::Embed { table, scale } => {
-                    let w = model.matrix(*table);
-                    let out = view_mut(act(&a[2]));
-                    let tokens = runs.iter().flat_map(|r| r.tokens);
-                    for (row, &t) in out.chunks_mut(w.k).zip(tokens) {
-                        dequant_row(w, t as usize, row);
-                        if *scale != 1.0 {
-                            row.iter_mut().for_each(|v| *v *= scale);
+                        let out = |j: usize| {
+                            let Op::MatMul { weight, bias } = &ops[j] else { unreachable!("a validated group") };
+                            let y = view_mut(act(&a[at[j] + 1 + bias.is_some() as usize]));
+                            MatMulOut { w: model.matrix(*weight), bias: bias.map(|b| model.vector(b)), y }
+                        };
+                        let (xs, rows, scratch) = (view(x), rows_of(x), &mut self.scratch);
+                        match ops.len() {
+                            1 => {
+                                let o = out(0);
+                                matmul(xs, rows, o.w, o.bias, o.y, scratch)
+                            }
+                            2 => matmul_many(xs, rows, &mut [out(0), out(1)], scratch),
+                            3 => matmul_many(xs, rows, &mut [out(0), out(1), out(2)], scratch),
+                            _ => matmul_many(xs, rows, &mut [out(0), out(1), out(2), out(3)], scratch),
                         }
                     }
-                }
-                Op::Scale { factor } => scale(view(act(&a[0])), *factor, view_mut(act(&a[1]))),
-                Op::Softcap { cap } => softcap(view(act(&a[0])), *cap, view_mut(act(&a[1]))),
-                Op::RmsNorm { weight, eps, unit_offset } => {
-                    rms_norm(view(act(&a[0])), model.vector(*weight), *eps, *unit_offset, view_mut(act(&a[2])))
-                }
-                Op::Rope { rope, head_dim } => {
-                    let (x, out) = (act(&a[0]), act(&a[1]));
-                    let (xs, ys, w) = (view(x), view_mut(out), x.width as usize);
-                    for &g in &segs[x.arena.0 as usize] {
-                        let y = &mut ys[g.row * w..(g.row + g.rows) * w];
-                        rope::rope(seg_of(xs, w, g), w, *head_dim, g.pos, &h.rope_inv_freq[*rope], y);
+                    Op::Embed { table, scale } => {
+                        let w = model.matrix(*table);
+                        let out = view_mut(act(&a[2]));
+                        let tokens = runs.iter().flat_map(|r| r.tokens);
+                        for (row, &t) in out.chunks_mut(w.k).zip(tokens) {
+                            dequant_row(w, t as usize, row);
+                            if *scale != 1.0 {
+                                row.iter_mut().for_each(|v| *v *= scale);
+                            }
+                        }
                     }
-                }
-                Op::Attention { layer, num_heads, num_kv_heads, head_dim, window, scale } => {
-                    let shape = AttnShape {
-                        heads: *num_heads,
-                        kv_heads: *num_kv_heads,
-                        head_dim: *head_dim,
-                        window: *window,
-                        scale: *scale,
-                    };
-                    let (q, k, v, out) = (act(&a[0]), act(&a[1]), act(&a[2]), act(&a[4]));
-                    let (qs, ks, vs, os) = (view(q), view(k), view(v), view_mut(out));
-                    let (qw, kw) = (q.width as usize, k.width as usize);
-                    for (r, &g) in runs.iter().zip(&segs[0]) {
-                        let seq = self.seqs[r.seq.0].as_mut().expect("checked above");
-                        let cache = &mut seq.caches[*layer];
-                        let (kg, vg) = (seg_of(ks, kw, g), seg_of(vs, kw, g));
-                        let o = &mut os[g.row * qw..(g.row + g.rows) * qw];
-                        attention(seg_of(qs, qw, g), kg, vg, cache, g.pos, shape, o);
-                        cache.append(g.pos, kg, vg);
+                    Op::Scale { factor } => scale(view(act(&a[0])), *factor, view_mut(act(&a[1]))),
+                    Op::Softcap { cap } => softcap(view(act(&a[0])), *cap, view_mut(act(&a[1]))),
+                    Op::RmsNorm { weight, eps, unit_offset } => {
+                        rms_norm(view(act(&a[0])), model.vector(*weight), *eps, *unit_offset, view_mut(act(&a[2])))
                     }
-                }
-                Op::Glu { activation } => {
-                    let (g, u, out) = (view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2])));
-                    match activation {
-                        unicorn_ir::spec::Activation::Silu => glu_silu(g, u, out),
-                        unicorn_ir::spec::Activation::GeluTanh => glu_gelu_tanh(g, u, out),
+                    Op::Rope { rope, head_dim } => {
+                        let (x, out) = (act(&a[0]), act(&a[1]));
+                        let (xs, ys, w) = (view(x), view_mut(out), x.width as usize);
+                        for &g in &segs[x.arena.0 as usize] {
+                            let y = &mut ys[g.row * w..(g.row + g.rows) * w];
+                            rope::rope(seg_of(xs, w, g), w, *head_dim, g.pos, &h.rope_inv_freq[*rope], y);
+                        }
                     }
-                }
-                Op::Add => add(view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2]))),
-                Op::SelectRows => {
-                    let (x, out) = (act(&a[0]), act(&a[1]));
-                    let (xs, ys, w) = (view(x), view_mut(out), x.width as usize);
-                    for ((r, src), dst) in runs.iter().zip(&segs[0]).zip(&segs[out.arena.0 as usize]) {
-                        // The run's last `keep` rows, to the last `keep` rows of its segment of the result (all
-                        // of it in the kept-rows arena; its one row in decode).
-                        let from = &xs[(src.row + src.rows - r.keep) * w..(src.row + src.rows) * w];
-                        ys[(dst.row + dst.rows - r.keep) * w..(dst.row + dst.rows) * w].copy_from_slice(from);
+                    Op::Attention { layer, num_heads, num_kv_heads, head_dim, window, scale } => {
+                        let shape = AttnShape {
+                            heads: *num_heads,
+                            kv_heads: *num_kv_heads,
+                            head_dim: *head_dim,
+                            window: *window,
+                            scale: *scale,
+                        };
+                        let (q, k, v, out) = (act(&a[0]), act(&a[1]), act(&a[2]), act(&a[4]));
+                        let (qs, ks, vs, os) = (view(q), view(k), view(v), view_mut(out));
+                        let (qw, kw) = (q.width as usize, k.width as usize);
+                        for (r, &g) in runs.iter().zip(&segs[0]) {
+                            let seq = self.seqs[r.seq.0].as_mut().expect("checked above");
+                            let cache = &mut seq.caches[*layer];
+                            let (kg, vg) = (seg_of(ks, kw, g), seg_of(vs, kw, g));
+                            let o = &mut os[g.row * qw..(g.row + g.rows) * qw];
+                            attention(seg_of(qs, qw, g), kg, vg, cache, g.pos, shape, o);
+                            cache.append(g.pos, kg, vg);
+                        }
                     }
+                    Op::Glu { activation } => {
+                        let (g, u, out) = (view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2])));
+                        match activation {
+                            unicorn_ir::spec::Activation::Silu => glu_silu(g, u, out),
+                            unicorn_ir::spec::Activation::GeluTanh => glu_gelu_tanh(g, u, out),
+                        }
+                    }
+                    Op::Add => add(view(act(&a[0])), view(act(&a[1])), view_mut(act(&a[2]))),
+                    Op::SelectRows => {
+                        let (x, out) = (act(&a[0]), act(&a[1]));
+                        let (xs, ys, w) = (view(x), view_mut(out), x.width as usize);
+                        for ((r, src), dst) in runs.iter().zip(&segs[0]).zip(&segs[out.arena.0 as usize]) {
+                            // The run's last `keep` rows, to the last `keep` rows of its segment of the result (all
+                            // of it in the kept-rows arena; its one row in decode).
+                            let from = &xs[(src.row + src.rows - r.keep) * w..(src.row + src.rows) * w];
+                            ys[(dst.row + dst.rows - r.keep) * w..(dst.row + dst.rows) * w].copy_from_slice(from);
+                        }
+                    }
+                    Op::Tokens | Op::Output => {}
                 }
-                Op::Tokens | Op::Output => {}
             }
             if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
                 let e = p.entry(kernel_name(model, step).to_string()).or_default();

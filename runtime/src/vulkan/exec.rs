@@ -41,7 +41,7 @@ impl Capabilities for VulkanCapabilities {
         kernel.backend == Backend::Vulkan
             && kernel.artifact.is_some()
             && kernel.bindings.len() <= MAX_BUFFERS
-            && ops.iter().all(|op| kernel_runs_op(&kernel.name, op))
+            && fused_kernel_runs(&kernel.name, ops)
     }
 
     fn holds_activation(&self, dtype: DType) -> bool {
@@ -51,6 +51,15 @@ impl Capabilities for VulkanCapabilities {
     fn holds_kv(&self, dtype: DType) -> bool {
         matches!(dtype, DType::F32 | DType::F16)
     }
+}
+
+/// Whether a (possibly fused) kernel belongs to a launch's ops: a fused kernel's name joins its units' names
+/// with `+` (`rms_norm+matmul3_q4_0`), and each unit's ops must be those its part names.
+fn fused_kernel_runs(name: &str, ops: &[Op]) -> bool {
+    let parts: Vec<&str> = name.split('+').collect();
+    let units: Vec<_> = unicorn_ir::plan::units(ops).collect();
+    parts.len() == units.len()
+        && parts.iter().zip(&units).all(|(part, u)| ops[u.ops.clone()].iter().all(|op| kernel_runs_op(part, op)))
 }
 
 /// How the executor lays itself out on the device; the defaults are the device's limits.

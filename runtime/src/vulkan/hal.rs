@@ -173,7 +173,8 @@ pub enum Place {
     /// the device offers that (integrated GPUs, resizable BAR), so the host writes it in place; otherwise
     /// [`Buffer::write`] goes through a staging copy.
     Device,
-    /// Host-visible and coherent, mapped: what the host writes or reads every step (token ids, logits).
+    /// Host-visible and coherent, mapped, preferably cached system memory: what the host writes or reads every
+    /// step (token ids, logits).
     Host,
 }
 
@@ -286,7 +287,16 @@ impl Gpu {
                 candidates.extend(self.memory_types(req.memory_type_bits, local | host).into_iter().map(|t| (t, true)));
                 candidates.extend(self.memory_types(req.memory_type_bits, local).into_iter().map(|t| (t, false)));
             } else {
-                candidates.extend(self.memory_types(req.memory_type_bits, host).into_iter().map(|t| (t, true)));
+                // The host reads logits back from here every step: cached system memory first (a read through
+                // a PCIe BAR is uncached and slow), then any host-visible memory.
+                let cached = host | vk::MemoryPropertyFlags::HOST_CACHED;
+                let mut host_first = |want| {
+                    let mut v = self.memory_types(req.memory_type_bits, want);
+                    v.reverse(); // device-local types last
+                    candidates.extend(v.into_iter().map(|t| (t, true)));
+                };
+                host_first(cached);
+                host_first(host);
             }
             candidates.dedup_by_key(|c| c.0);
             if candidates.is_empty() {

@@ -31,6 +31,9 @@ pub const MATMUL_THREADS: u32 = 256;
 /// Rows of `x` one matmul workgroup multiplies (each weight block it reads serves all of them).
 pub const MATMUL_TILE: u32 = 8;
 
+// The fused norm's first pass gives each row of the tile 32 threads.
+const _: () = assert!(MATMUL_THREADS / 32 == MATMUL_TILE);
+
 fn header(out: &mut String, x: u32, y: u32) {
     let _ = write!(
         out,
@@ -165,9 +168,16 @@ pub struct MatMember {
     pub n: u64,
 }
 
+/// An RMSNorm over whole rows fused in front of a matmul launch: `x` is normalized as it is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormPrologue {
+    pub eps: f32,
+    pub unit_offset: bool,
+}
+
 /// `matmul_<format>[_bias]`: `y = x W^T (+ b)`, W `N x K`; [`matmul_group`] of one matrix.
 pub fn matmul(format: WeightFormat, bias: bool, k: u64, n: u64) -> String {
-    matmul_group(&[MatMember { format, bias, n }], k)
+    matmul_group(&[MatMember { format, bias, n }], k, None)
 }
 
 /// Workgroups along x of a matmul launch: each member's `ceil(N / 8)` tiles, one after the other.
@@ -184,7 +194,13 @@ pub fn matmul_tiles(members: &[MatMember]) -> u64 {
 /// multiplies it into each of the tile's rows; the 32 partial sums of each output then meet in shared memory.
 /// Columns past the last whole block (float formats only) are added by the first block slot.
 /// Bindings [x, then per member w, (bias), y]; `pc.rows` rows of `x`. Work: `[matmul_tiles, ceil(rows / 8), 1]`.
-pub fn matmul_group(members: &[MatMember], k: u64) -> String {
+///
+/// With `norm`, the launch is `y_m = rms_norm(x) W_m^T`, the norm fused in front (its output is never
+/// written): bindings [x, norm weight, normed, normed, then the members'] — the launch's units as the plan
+/// lists them, of which the kernel reads `x` and the norm weight. The tile's 8 rows each get `1 / rms` from a
+/// first pass over `x` (32 threads per row), and each weight block is scaled by the norm weights of its columns
+/// before it meets `x`.
+pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -> String {
     let mut s = String::new();
     header(&mut s, MATMUL_THREADS, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
@@ -192,7 +208,23 @@ pub fn matmul_group(members: &[MatMember], k: u64) -> String {
     def_uint(&mut s, "TILE", MATMUL_TILE as u64);
     def_uint(&mut s, "SLOTS", (MATMUL_THREADS / MATMUL_ROWS) as u64);
     let _ = writeln!(s, "shared float part[{MATMUL_THREADS}];");
+    let _ = writeln!(s, "shared float inv_rms[{MATMUL_TILE}];");
     let mut binding = 1;
+    // The scale of row j of the tile, and of a block's weights by the norm weights of its columns.
+    let (row_scale, scale_block, tail_gain) = match norm {
+        Some(nrm) => {
+            f32_buffer(&mut s, 1, "g", "readonly");
+            def_float(&mut s, "EPS", nrm.eps);
+            def_float(&mut s, "UNIT", if nrm.unit_offset { 1.0 } else { 0.0 });
+            binding = 4;
+            (
+                " * inv_rms[j]",
+                "\x20     for (uint e = 0u; e < 32u; e++) v[e] *= g[pc.base[1] + blk * 32u + e] + UNIT;\n",
+                " * (g[pc.base[1] + i] + UNIT)",
+            )
+        }
+        None => ("", "", ""),
+    };
     let mut first_tile = 0;
     let mut dispatch = String::new();
     for (m, mm) in members.iter().enumerate() {
@@ -226,17 +258,18 @@ pub fn matmul_group(members: &[MatMember], k: u64) -> String {
              \x20   float v[32];\n\
              \x20   for (uint blk = slot; blk < K / 32u; blk += SLOTS) {{\n\
              \x20     load_block{m}(n, blk, v);\n\
+             {scale_block}\
              \x20     for (uint j = 0u; j < tile; j++) {{\n\
              \x20       uint xa = pc.base[0] + (r0 + j) * K + blk * 32u;\n\
              \x20       float a = 0.0;\n\
              \x20       for (uint e = 0u; e < 32u; e++) a += v[e] * x[xa + e];\n\
-             \x20       acc[j] += a;\n\
+             \x20       acc[j] += a{row_scale};\n\
              \x20     }}\n\
              \x20   }}\n\
              \x20   if (slot == 0u)\n\
              \x20     for (uint i = (K / 32u) * 32u; i < K; i++) {{\n\
-             \x20       float wv = w{m}_elem(n, i);\n\
-             \x20       for (uint j = 0u; j < tile; j++) acc[j] += wv * x[pc.base[0] + (r0 + j) * K + i];\n\
+             \x20       float wv = w{m}_elem(n, i){tail_gain};\n\
+             \x20       for (uint j = 0u; j < tile; j++) acc[j] += wv * x[pc.base[0] + (r0 + j) * K + i]{row_scale};\n\
              \x20     }}\n\
              \x20 }}\n\
              \x20 for (uint j = 0u; j < tile; j++) {{\n\
@@ -260,7 +293,24 @@ pub fn matmul_group(members: &[MatMember], k: u64) -> String {
         );
         first_tile += tiles;
     }
-    let _ = write!(s, "void main() {{\n{dispatch}}}\n");
+    let prologue = if norm.is_some() {
+        "\x20 {\n\
+         \x20   uint t = gl_LocalInvocationID.x, j = t / 32u, l = t % 32u, r = gl_WorkGroupID.y * TILE + j;\n\
+         \x20   float acc = 0.0;\n\
+         \x20   if (r < pc.rows) for (uint i = l; i < K; i += 32u) { float v = x[pc.base[0] + r * K + i]; acc += v * v; }\n\
+         \x20   part[t] = acc;\n\
+         \x20   barrier();\n\
+         \x20   for (uint h = 16u; h > 0u; h /= 2u) {\n\
+         \x20     if (l < h) part[t] += part[t + h];\n\
+         \x20     barrier();\n\
+         \x20   }\n\
+         \x20   if (l == 0u) inv_rms[j] = 1.0 / sqrt(part[t] / float(K) + EPS);\n\
+         \x20   barrier();\n\
+         \x20 }\n"
+    } else {
+        ""
+    };
+    let _ = write!(s, "void main() {{\n{prologue}{dispatch}}}\n");
     s
 }
 
@@ -445,11 +495,13 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     if kv_f16 {
         s.push_str(
             "float kv_get(uint e) { vec2 h = unpackHalf2x16(kv[pc.base[3] + e / 2u]); return (e & 1u) == 0u ? h.x : h.y; }\n\
+             vec2 kv_get2(uint e) { return unpackHalf2x16(kv[pc.base[3] + e / 2u]); }\n\
              void kv_put2(uint e, float a, float b) { kv[pc.base[3] + e / 2u] = packHalf2x16(vec2(a, b)); }\n",
         );
     } else {
         s.push_str(
             "float kv_get(uint e) { return uintBitsToFloat(kv[pc.base[3] + e]); }\n\
+             vec2 kv_get2(uint e) { return vec2(uintBitsToFloat(kv[pc.base[3] + e]), uintBitsToFloat(kv[pc.base[3] + e + 1u])); }\n\
              void kv_put2(uint e, float a, float b) { kv[pc.base[3] + e] = floatBitsToUint(a); kv[pc.base[3] + e + 1u] = floatBitsToUint(b); }\n",
         );
     }
@@ -468,10 +520,7 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          }}\n\
          shared float qs[MAX_HD_PER_LANE * {WIDE}];\n\
          shared float ps[{WIDE}];\n\
-         // The key or value `d` of position `j`: from the cache before pc.pos, from this execution's rows after.\n\
-         float key(uint g, uint j, uint d) {{\n\
-         \x20 return j < pc.pos ? kv_get((g * pc.cap + j % pc.cap) * HD + d) : k[pc.base[1] + (j - pc.pos) * KVH * HD + g * HD + d];\n\
-         }}\n\
+         // Value `d` of position `j`: from the cache before pc.pos, from this execution's rows after.\n\
          float value(uint g, uint j, uint d) {{\n\
          \x20 return j < pc.pos ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[2] + (j - pc.pos) * KVH * HD + g * HD + d];\n\
          }}\n\
@@ -493,7 +542,13 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          \x20   float score = m;\n\
          \x20   if (j <= p) {{\n\
          \x20     float acc = 0.0;\n\
-         \x20     for (uint d = 0u; d < HD; d++) acc += qs[d] * key(g, j, d);\n\
+         \x20     if (j < pc.pos) {{\n\
+         \x20       uint ca = (g * pc.cap + j % pc.cap) * HD;\n\
+         \x20       for (uint d = 0u; d < HD; d += 2u) {{ vec2 kk = kv_get2(ca + d); acc += qs[d] * kk.x + qs[d + 1u] * kk.y; }}\n\
+         \x20     }} else {{\n\
+         \x20       uint ra = pc.base[1] + (j - pc.pos) * KVH * HD + g * HD;\n\
+         \x20       for (uint d = 0u; d < HD; d++) acc += qs[d] * k[ra + d];\n\
+         \x20     }}\n\
          \x20     score = acc * SCALE;\n\
          \x20   }}\n\
          \x20   part[lane] = score;\n\
@@ -517,7 +572,12 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          \x20   uint count = min(n, p + 1u - j0);\n\
          \x20   for (uint c = 0u, d = lane; c < MAX_HD_PER_LANE && d < HD; c++, d += n) {{\n\
          \x20     float acc = o[c] * corr;\n\
-         \x20     for (uint t = 0u; t < count; t++) acc += ps[t] * value(g, j0 + t, d);\n\
+         \x20     uint t = 0u;\n\
+         \x20     // Four independent loads in flight per step.\n\
+         \x20     for (; t + 4u <= count; t += 4u)\n\
+         \x20       acc += ps[t] * value(g, j0 + t, d) + ps[t + 1u] * value(g, j0 + t + 1u, d)\n\
+         \x20            + ps[t + 2u] * value(g, j0 + t + 2u, d) + ps[t + 3u] * value(g, j0 + t + 3u, d);\n\
+         \x20     for (; t < count; t++) acc += ps[t] * value(g, j0 + t, d);\n\
          \x20     o[c] = acc;\n\
          \x20   }}\n\
          \x20   m = mn;\n\

@@ -7,7 +7,7 @@
 pub mod glsl;
 pub mod spirv;
 
-use glsl::{AttentionShape, Elementwise, MatMember, MATMUL_THREADS, MATMUL_TILE, MAX_BUFFERS, WIDE};
+use glsl::{AttentionShape, Elementwise, MatMember, NormPrologue, MATMUL_THREADS, MATMUL_TILE, MAX_BUFFERS, WIDE};
 use std::collections::HashMap;
 use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
 use unicorn_ir::spec::Activation;
@@ -67,6 +67,21 @@ fn ceil(n: u64, d: u32) -> Expr {
     Expr::Const(n.div_ceil(d as u64))
 }
 
+fn matmul_members(module: &Module, ops: &[Op]) -> Vec<MatMember> {
+    ops.iter()
+        .map(|op| {
+            let Op::MatMul { weight, bias } = op else { unreachable!("a launch groups matmuls only") };
+            let w = module.weight(*weight);
+            MatMember { format: w.format, bias: bias.is_some(), n: w.rows() as u64 }
+        })
+        .collect()
+}
+
+fn matmul_source(module: &Module, ops: &[Op], norm: Option<NormPrologue>) -> String {
+    let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("a matmul launch") };
+    glsl::matmul_group(&matmul_members(module, ops), module.weight(*weight).cols() as u64, norm)
+}
+
 fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv: DType) -> Kernel {
     let wide = [WIDE, 1, 1];
     let one = Expr::Const(1);
@@ -90,17 +105,19 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 work: [ceil(cols, WIDE), rows, one],
             }
         }
+        Op::RmsNorm { eps, unit_offset, .. } if ops.len() > 1 => {
+            // A norm fused in front of the matmuls that read it: its operand, weight and result come first.
+            let mut k = kernel_for(module, g, &ops[1..], cols, rows, kv);
+            k.name = format!("rms_norm+{}", k.name);
+            k.source = matmul_source(module, &ops[1..], Some(NormPrologue { eps: *eps, unit_offset: *unit_offset }));
+            k.buffers += 3;
+            k.writes.iter_mut().for_each(|w| *w += 3);
+            k
+        }
         Op::MatMul { .. } => {
-            let members: Vec<MatMember> = ops
-                .iter()
-                .map(|op| {
-                    let Op::MatMul { weight, bias } = op else { unreachable!("a launch groups matmuls only") };
-                    let w = module.weight(*weight);
-                    MatMember { format: w.format, bias: bias.is_some(), n: w.rows() as u64 }
-                })
-                .collect();
+            let members = matmul_members(module, ops);
             let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("matched above") };
-            let (w, k) = (module.weight(*weight), module.weight(*weight).cols() as u64);
+            let w = module.weight(*weight);
             let bias = if members.iter().any(|m| m.bias) { "_bias" } else { "" };
             let group = if members.len() > 1 { members.len().to_string() } else { String::new() };
             // The operand, then per matrix its weight, bias and result; each result is written.
@@ -112,7 +129,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
             }
             Kernel {
                 name: format!("matmul{group}{bias}_{}", w.format),
-                source: glsl::matmul_group(&members, k),
+                source: matmul_source(module, ops, None),
                 buffers: at,
                 writes,
                 workgroup: [MATMUL_THREADS, 1, 1],
@@ -185,7 +202,8 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
 /// matmuls of one operand (q/k/v, gate/up), which share a launch within the binding limit.
 pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTable) -> Result<PlanPhase, String> {
     let mut failed = None;
-    let phase = crate::lower_steps(module, g, Some(MAX_BUFFERS), |ops, cols, rows| {
+    let how = crate::Lowering { group: Some(MAX_BUFFERS), fuse_norm: true };
+    let phase = crate::lower_steps(module, g, how, |ops, cols, rows| {
         let k = kernel_for(module, g, ops, cols, rows, kv);
         let work = k.work.clone();
         let id = kernels.add(k).unwrap_or_else(|e| {

@@ -13,6 +13,11 @@ fn all_kernels() -> Vec<(String, String)> {
         v.push((format!("embed_{f}"), embed(f, 96, 1.5)));
         v.push((format!("matmul_{f}"), matmul(f, false, 96, 20)));
         v.push((format!("matmul_bias_{f}"), matmul(f, true, 96, 20)));
+        let members = [(20, false), (8, true)].map(|(n, bias)| MatMember { format: f, bias, n });
+        v.push((
+            format!("rms_norm+matmul2_{f}"),
+            matmul_group(&members, 96, Some(NormPrologue { eps: 1e-6, unit_offset: true })),
+        ));
     }
     v.push(("rms_norm".into(), rms_norm(64, 1e-6, false)));
     v.push(("rms_norm_unit".into(), rms_norm(16, 1e-5, true)));
@@ -108,4 +113,8 @@ fn snapshots() {
         attention(true, AttentionShape { heads: 32, kv_heads: 8, head_dim: 64, window: None, scale: 0.125 })
     );
     insta::assert_snapshot!("glu_silu", elementwise(Elementwise::GluSilu, 8192, 0.0));
+    // A layer's input norm fused in front of its q/k/v projections (Llama 3.2 1B).
+    let qkv = [2048, 512, 512].map(|n| MatMember { format: WeightFormat::Q4_0, bias: false, n });
+    let norm = Some(NormPrologue { eps: 1e-5, unit_offset: false });
+    insta::assert_snapshot!("rms_norm_matmul3_q4_0", matmul_group(&qkv, 2048, norm));
 }
