@@ -438,12 +438,15 @@ fn attention_over_cache_and_rows_then_append() {
     check_attention(false, GQA, 3, 13, 16, 1);
     check_attention(true, GQA, 3, 13, 16, 2);
     check_attention(false, AttentionShape { head_dim: 80, heads: 2, kv_heads: 1, ..GQA }, 1, 9, 10, 3);
-    // Keys are taken a chunk of 64 (one per thread) at a time: a decode row over 150 cached positions (three
-    // chunks, the last partial), and prefill rows whose keys straddle a chunk boundary; a head of 256
-    // dimensions (Gemma 3), four per thread.
+    // Partial chunks: a decode row over 150 cached positions, prefill rows, a head of 256 dimensions
+    // (Gemma 3), four per thread.
     check_attention(false, GQA, 1, 150, 160, 7);
     check_attention(true, GQA, 5, 61, 70, 8);
     check_attention(false, AttentionShape { head_dim: 256, heads: 2, kv_heads: 2, ..GQA }, 2, 70, 80, 9);
+    // Chunks of 256 keys: a decode row over 600 cached positions (three chunks, each quarter of one folded in
+    // by its own thread group), and prefill rows across a chunk boundary with a 128-dimension head.
+    check_attention(true, GQA, 1, 600, 640, 10);
+    check_attention(false, AttentionShape { head_dim: 128, heads: 4, kv_heads: 1, ..GQA }, 3, 254, 260, 11);
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub const MATMUL_THREADS: u32 = 256;
 /// Rows of `x` one matmul workgroup multiplies (each weight block it reads serves all of them).
 pub const MATMUL_TILE: u32 = 8;
 
+/// Threads of an attention workgroup: a chunk of keys, one per thread, whose values four groups of 64 fold in.
+pub const ATTN_THREADS: u32 = 256;
+
 // The fused norm's first pass gives each row of the tile 32 threads.
 const _: () = assert!(MATMUL_THREADS / 32 == MATMUL_TILE);
 
@@ -469,8 +472,9 @@ pub struct AttentionShape {
 }
 
 /// `attention[_windowed]_<kv dtype>`: causal grouped-query attention of each query head over the positions it
-/// sees — the cache's before `pc.pos`, this execution's `k`/`v` rows from `pc.pos` on — with an online softmax;
-/// a workgroup per (head, row), its threads splitting the head's dimensions.
+/// sees — the cache's before `pc.pos`, this execution's `k`/`v` rows from `pc.pos` on — with an online softmax
+/// over chunks of 256 keys: a workgroup of 256 threads per (head, row) scores one key per thread, and four groups
+/// of 64 threads fold a quarter of the chunk's values each into the head's dimensions.
 ///
 /// Bindings [q, k, v, kv cache, out]; the cache holds the keys, then the values, each `KVH * pc.cap * HD`
 /// elements, head-major (kv head `g`, ring slot `t` at `(g * cap + t) * HD`); `WINDOW` 0 is none. Pass 0
@@ -480,7 +484,7 @@ pub struct AttentionShape {
 /// shorter than the execution) only the last is written.
 pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     let mut s = String::new();
-    header(&mut s, WIDE, 1);
+    header(&mut s, ATTN_THREADS, 1);
     f32_buffer(&mut s, 0, "q", "readonly");
     f32_buffer(&mut s, 1, "k", "readonly");
     f32_buffer(&mut s, 2, "v", "readonly");
@@ -508,7 +512,7 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     let _ = write!(
         s,
         "const uint MAX_HD_PER_LANE = 8u;\n\
-         shared float part[{WIDE}];\n\
+         shared float part[{ATTN_THREADS}];\n\
          void append() {{\n\
          \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y;\n\
          \x20 if (i >= KVH * HD / 2u || r + pc.cap < pc.rows) return; // a row a later one of the ring overwrites\n\
@@ -519,7 +523,7 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          \x20 kv_put2(vals + dst, v[pc.base[2] + src], v[pc.base[2] + src + 1u]);\n\
          }}\n\
          shared float qs[MAX_HD_PER_LANE * {WIDE}];\n\
-         shared float ps[{WIDE}];\n\
+         shared float ps[{ATTN_THREADS}];\n\
          // Value `d` of position `j`: from the cache before pc.pos, from this execution's rows after.\n\
          float value(uint g, uint j, uint d) {{\n\
          \x20 return j < pc.pos ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[2] + (j - pc.pos) * KVH * HD + g * HD + d];\n\
@@ -531,12 +535,15 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          \x20 uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;\n\
          \x20 uint qa = pc.base[0] + r * H * HD + h * HD;\n\
          \x20 for (uint d = lane; d < HD; d += n) qs[d] = q[qa + d];\n\
+         \x20 // The values of a chunk are folded in by four groups of 64 threads, a quarter of the keys each, thread\n\
+         \x20 // `dl` of a group taking dimensions dl, dl + 64, ...; the four partial sums meet at the end.\n\
+         \x20 uint gi = lane / 64u, dl = lane % 64u;\n\
          \x20 float m = uintBitsToFloat(0xff7fffffu), l = 0.0; // -FLT_MAX: naga refuses an infinite constant\n\
          \x20 float o[MAX_HD_PER_LANE];\n\
          \x20 for (uint c = 0u; c < MAX_HD_PER_LANE; c++) o[c] = 0.0;\n\
          \x20 barrier();\n\
          \x20 // Keys in chunks of one per thread: each thread scores its key, the chunk's maximum and sum meet in\n\
-         \x20 // shared memory, and each thread then folds the chunk's values into its dimensions (online softmax).\n\
+         \x20 // shared memory, and the thread groups then fold the chunk's values into their dimensions (online softmax).\n\
          \x20 for (uint j0 = first; j0 <= p; j0 += n) {{\n\
          \x20   uint j = j0 + lane;\n\
          \x20   float score = m;\n\
@@ -570,21 +577,28 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          \x20   float corr = exp(m - mn);\n\
          \x20   l = l * corr + part[0];\n\
          \x20   uint count = min(n, p + 1u - j0);\n\
-         \x20   for (uint c = 0u, d = lane; c < MAX_HD_PER_LANE && d < HD; c++, d += n) {{\n\
+         \x20   uint t0 = gi * 64u, t1 = min(count, t0 + 64u);\n\
+         \x20   for (uint c = 0u, d = dl; c < MAX_HD_PER_LANE && d < HD; c++, d += 64u) {{\n\
          \x20     float acc = o[c] * corr;\n\
-         \x20     uint t = 0u;\n\
+         \x20     uint t = t0;\n\
          \x20     // Four independent loads in flight per step.\n\
-         \x20     for (; t + 4u <= count; t += 4u)\n\
+         \x20     for (; t + 4u <= t1; t += 4u)\n\
          \x20       acc += ps[t] * value(g, j0 + t, d) + ps[t + 1u] * value(g, j0 + t + 1u, d)\n\
          \x20            + ps[t + 2u] * value(g, j0 + t + 2u, d) + ps[t + 3u] * value(g, j0 + t + 3u, d);\n\
-         \x20     for (; t < count; t++) acc += ps[t] * value(g, j0 + t, d);\n\
+         \x20     for (; t < t1; t++) acc += ps[t] * value(g, j0 + t, d);\n\
          \x20     o[c] = acc;\n\
          \x20   }}\n\
          \x20   m = mn;\n\
          \x20   barrier();\n\
          \x20 }}\n\
          \x20 uint ya = pc.base[4] + r * H * HD + h * HD;\n\
-         \x20 for (uint c = 0u, d = lane; c < MAX_HD_PER_LANE && d < HD; c++, d += gl_WorkGroupSize.x) y[ya + d] = o[c] / l;\n\
+         \x20 for (uint c = 0u; c < MAX_HD_PER_LANE && c * 64u < HD; c++) {{\n\
+         \x20   uint d = dl + c * 64u;\n\
+         \x20   part[lane] = d < HD ? o[c] : 0.0;\n\
+         \x20   barrier();\n\
+         \x20   if (gi == 0u && d < HD) y[ya + d] = (part[dl] + part[dl + 64u] + part[dl + 128u] + part[dl + 192u]) / l;\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
          }}\n"
     );
     s

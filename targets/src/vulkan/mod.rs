@@ -177,7 +177,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 buffers: 5,
                 // The KV cache and the result.
                 writes: vec![3, 4],
-                workgroup: wide,
+                workgroup: [glsl::ATTN_THREADS, 1, 1],
                 work: [Expr::Const(shape.heads), rows, one],
             }
         }
