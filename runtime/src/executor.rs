@@ -125,7 +125,7 @@ pub fn list_devices() -> Vec<String> {
                 d.max_storage_buffer_range >> 20,
             )
         })),
-        Err(e) => v.push(format!("vulkan     none: {e}")),
+        Err(e) => v.push(format!("vulkan     none: {}", e.strip_prefix("vulkan: ").unwrap_or(&e))),
     }
     v
 }

@@ -152,3 +152,27 @@ fn the_validation_layer_reports_nothing() {
         }
     }
 }
+
+/// A machine whose Vulkan loader finds no driver (here: the loader pointed at a driver file that does not
+/// exist) gets one line saying so, for the run and for --list-devices.
+#[test]
+fn no_vulkan_driver_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = vulkan_plan(dir.path(), "llama_gqa", WeightFormat::Q8_0);
+    let missing = dir.path().join("no_such_icd.json");
+    let run_without_driver = |args: &[&str]| {
+        std::process::Command::new(bin("unicorn-rt"))
+            .args(args)
+            .env("VK_ICD_FILENAMES", &missing)
+            .env("VK_DRIVER_FILES", &missing)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+    let out = run_without_driver(&[plan.to_str().unwrap(), "--device", "vulkan", "--tokens", "1,2"]);
+    assert_one_line_error(&out, "no Vulkan driver found");
+    let out = run_without_driver(&["--list-devices"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("vulkan     none: no Vulkan driver found")), "{text}");
+}

@@ -112,7 +112,12 @@ fn create_instance(entry: &ash::Entry) -> Result<ash::Instance> {
     let app = vk::ApplicationInfo::default().application_name(c"unicorn").api_version(vk::API_VERSION_1_2);
     let info = vk::InstanceCreateInfo::default().application_info(&app);
     // SAFETY: the create info and what it points to live across the call.
-    unsafe { entry.create_instance(&info, None) }.map_err(vk_err("creating an instance"))
+    unsafe { entry.create_instance(&info, None) }.map_err(|e| match e {
+        vk::Result::ERROR_INCOMPATIBLE_DRIVER => "vulkan: no Vulkan driver found (install the GPU's Vulkan driver, or \
+                                                  mesa-vulkan-drivers for Mesa's)"
+            .to_string(),
+        e => format!("vulkan: creating an instance: {e}"),
+    })
 }
 
 fn describe(entry: &ash::Entry, instance: &ash::Instance, pd: vk::PhysicalDevice) -> DeviceInfo {
