@@ -435,6 +435,33 @@ mod tests {
     }
 
     #[test]
+    fn split_rows_merge_parts_whose_scores_are_far_from_zero() {
+        // One decode row over 1500 keys in 2 parts (4 query heads of 16 on one kv head), with every score
+        // near +50 or near -60: each part's sums are rescaled by e^(m_part - m) before the merge, which is at
+        // most 1; any rescaling that does not cancel m would overflow (e^100) or underflow (e^-120) in f32.
+        let mut rnd = uniform(5);
+        let s = AttnShape { heads: 4, kv_heads: 1, head_dim: 16, window: None, scale: 1.0 };
+        let total = 1500;
+        assert_eq!(key_parts(1, total, 4, 16), 2);
+        for offset in [50.0, -60.0] {
+            // q = e_0 in every head, so the score of key j is k_j[0] = offset + a value in [-1, 1).
+            let q: Vec<f32> = (0..64).map(|i| if i % 16 == 0 { 1.0 } else { 0.0 }).collect();
+            let keys: Vec<Vec<f32>> =
+                (0..total).map(|_| (0..16).map(|i| rnd() + if i == 0 { offset } else { 0.0 }).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..16).map(|_| rnd()).collect()).collect();
+            let start = total - 1;
+            let mut cache = KvCache::new(total, 1, 16);
+            cache.append(0, &keys[..start].concat(), &vals[..start].concat());
+            let mut out = vec![f32::NAN; 64];
+            attention(&q, &keys[start], &vals[start], &cache, start, s, &mut out);
+            let want = reference(&q, &keys, &vals, start, s);
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < 1e-5, "scores near {offset}: [{i}] {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
     fn key_parts_depend_on_the_shape_only() {
         // 4 query heads of 32 per kv head: 256 multiply-adds a key, so parts of at least 256 keys.
         assert_eq!((key_parts(1, 511, 4, 32), key_parts(1, 512, 4, 32), key_parts(1, 1040, 4, 32)), (1, 2, 4));
