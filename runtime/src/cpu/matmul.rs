@@ -723,6 +723,39 @@ mod tests {
     }
 
     #[test]
+    fn every_tile_shape_a_caller_can_choose_matches_f64_reference() {
+        // `matmul_with_tile` (what the benchmarks tune with): every float tile of 1..=4 activation rows by
+        // 1..=4 weight rows, most of which the default choice never takes, and the interleaved tiles of 1..=4
+        // rows by one group; ragged in rows and columns, with a scalar tail (k = 100) and, for floats, several
+        // prefill k blocks (k = 1100).
+        let mut rng = Rng(0x7117);
+        let mut scratch = Scratch::default();
+        for format in WeightFormat::ALL {
+            let ks: &[usize] = if format.is_quantized() { &[96] } else { &[100, 1100] };
+            let cts: &[usize] = if format.is_quantized() { &[1] } else { &[1, 2, 3, 4] };
+            for &k in ks {
+                let (rows, n) = (7, 10);
+                let (data, deq) = weights(&mut rng, format, n, k);
+                let x = activations(&mut rng, rows, k);
+                for layout in layouts(format, n) {
+                    let data = pack(format, layout, k, &data);
+                    let w = WeightRef { format, layout, n, k, data: &data };
+                    for isa in isas() {
+                        for rt in 1..=4 {
+                            for &ct in cts {
+                                let mut y = vec![f32::NAN; rows * n];
+                                matmul_with_tile(isa, (rt, ct), &x, rows, w, &mut y, &mut scratch);
+                                let what = format!("{format} {} tile {rt}x{ct} {rows}x{n}x{k}", isa.name());
+                                check(&what, format, &x, rows, &deq, n, k, None, &y);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn simd_kernels_round_each_multiply_add_once() {
         // Dot products whose exact value is representable in f32 while a term of it is not: the SIMD kernels
         // accumulate with fused multiply-adds, so they return the exact value, where rounding each product
