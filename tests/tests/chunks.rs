@@ -69,6 +69,31 @@ fn a_prompt_of_the_whole_context_runs_in_chunks() {
 }
 
 #[test]
+fn a_prompt_past_the_context_is_refused_before_any_of_it_runs() {
+    // Chunks of 3 in a context of 8: the whole prompt is checked against the context before its first chunk
+    // runs, so a refused prompt leaves the position and the cache as they were, at position 0 and later.
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(&plan("llama_gqa", dir.path(), WeightFormat::F32, Some(DType::F32), Some(16))).unwrap();
+    let vocab = model.header().spec.vocab_size;
+    let ids: Vec<u32> = (0..10u32).map(|i| (i * 37 + 5) % vocab as u32).collect();
+    let mut s = Session::new(&model, 8).unwrap();
+    s.set_prefill_chunk(3).unwrap();
+    let err = s.forward(&ids, false).unwrap_err().to_string();
+    assert!(err.contains("10 tokens at position 0 exceed the context of 8"), "{err}");
+    assert_eq!(s.position(), 0);
+    s.forward(&ids[..1], false).unwrap();
+    let err = s.forward(&ids[1..9], false).unwrap_err().to_string();
+    assert!(err.contains("8 tokens at position 1 exceed the context of 8"), "{err}");
+    assert_eq!(s.position(), 1);
+    // What was refused left no trace: the rest of a prompt that fits gives the logits of one pass.
+    let rest = s.forward(&ids[1..8], false).unwrap().to_vec();
+    assert_eq!(s.position(), 8);
+    let mut one = Session::new(&model, 8).unwrap();
+    let a = compare(&rest, one.forward(&ids[..8], false).unwrap(), vocab);
+    assert!(a.rel_err <= 1e-5 && a.argmax == 1.0, "{a:?}");
+}
+
+#[test]
 fn the_plan_bounds_activations_by_its_chunk_not_the_context() {
     let dir = tempfile::tempdir().unwrap();
     let model = Model::load(&plan("llama_gqa", dir.path(), WeightFormat::Q8_0, None, Some(4096))).unwrap();

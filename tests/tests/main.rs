@@ -10,6 +10,7 @@ mod generation;
 mod outputs;
 mod parity;
 mod rope;
+mod session;
 mod streaming;
 mod threads;
 mod vulkan_cli;

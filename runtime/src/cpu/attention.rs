@@ -399,6 +399,69 @@ mod tests {
     }
 
     #[test]
+    fn softmax_is_taken_from_the_largest_score_however_far_apart_the_scores_are() {
+        // Scores 200, 199 and 150 among scores in [-1, 1): e^(score - m) is only representable in f32 (and the
+        // exponent only unclamped) if m is the true maximum; taken from any other score, the three largest
+        // would all overflow to the clamp and weigh the same. The large ones sit at positions 0..3 and at
+        // 64..67 (the start of a block of eight, and inside the vector body), and one row has them at its
+        // end, among 200, 131 and 77 keys, so every part of the scan for the maximum sees them in turn.
+        let mut rnd = uniform(3);
+        for (total, at) in [(200, 0), (200, 64), (131, 128), (77, 3), (200, 196)] {
+            let s = AttnShape { heads: 2, kv_heads: 1, head_dim: 8, window: None, scale: 1.0 };
+            let big = [200.0, 199.0, 150.0];
+            // q = e_0 for head 0 and 0.5 e_0 for head 1: the score of key j is k_j[0] (or half of it).
+            let mut q = vec![0.0; 16];
+            (q[0], q[8]) = (1.0, 0.5);
+            let keys: Vec<Vec<f32>> = (0..total)
+                .map(|j| {
+                    let mut k: Vec<f32> = (0..8).map(|_| rnd()).collect();
+                    if (at..at + 3).contains(&j) {
+                        k[0] = big[j - at];
+                    }
+                    k
+                })
+                .collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..8).map(|_| rnd()).collect()).collect();
+            let start = total - 1;
+            let mut cache = KvCache::new(total, 1, 8);
+            cache.append(0, &keys[..start].concat(), &vals[..start].concat());
+            let mut out = vec![f32::NAN; 16];
+            attention(&q, &keys[start], &vals[start], &cache, start, s, &mut out);
+            let want = reference(&q, &keys, &vals, start, s);
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < 1e-5, "{total} keys, large scores at {at}: [{i}] {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn split_rows_merge_parts_whose_scores_are_far_from_zero() {
+        // One decode row over 1500 keys in 2 parts (4 query heads of 16 on one kv head), with every score
+        // near +50 or near -60: each part's sums are rescaled by e^(m_part - m) before the merge, which is at
+        // most 1; any rescaling that does not cancel m would overflow (e^100) or underflow (e^-120) in f32.
+        let mut rnd = uniform(5);
+        let s = AttnShape { heads: 4, kv_heads: 1, head_dim: 16, window: None, scale: 1.0 };
+        let total = 1500;
+        assert_eq!(key_parts(1, total, 4, 16), 2);
+        for offset in [50.0, -60.0] {
+            // q = e_0 in every head, so the score of key j is k_j[0] = offset + a value in [-1, 1).
+            let q: Vec<f32> = (0..64).map(|i| if i % 16 == 0 { 1.0 } else { 0.0 }).collect();
+            let keys: Vec<Vec<f32>> =
+                (0..total).map(|_| (0..16).map(|i| rnd() + if i == 0 { offset } else { 0.0 }).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..16).map(|_| rnd()).collect()).collect();
+            let start = total - 1;
+            let mut cache = KvCache::new(total, 1, 16);
+            cache.append(0, &keys[..start].concat(), &vals[..start].concat());
+            let mut out = vec![f32::NAN; 64];
+            attention(&q, &keys[start], &vals[start], &cache, start, s, &mut out);
+            let want = reference(&q, &keys, &vals, start, s);
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < 1e-5, "scores near {offset}: [{i}] {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
     fn key_parts_depend_on_the_shape_only() {
         // 4 query heads of 32 per kv head: 256 multiply-adds a key, so parts of at least 256 keys.
         assert_eq!((key_parts(1, 511, 4, 32), key_parts(1, 512, 4, 32), key_parts(1, 1040, 4, 32)), (1, 2, 4));

@@ -94,6 +94,27 @@ mod tests {
     }
 
     #[test]
+    fn scale_and_softcap_match_f64() {
+        // The compiler folds its constant scales into the embedding, so no fixture plan runs `scale`; a plan
+        // whose scale has no embedding to fold into does. Softcap: Gemma 2's cap of 30 on final logits, over
+        // values from well inside the cap to well past it.
+        let x: Vec<f32> = (-400..400).map(|i| i as f32 * 0.37 + 0.01).collect();
+        let mut y = vec![f32::NAN; x.len()];
+        let f = 2048f32.sqrt();
+        scale(&x, f, &mut y);
+        for (&x, &y) in x.iter().zip(&y) {
+            // One correctly rounded f32 multiplication.
+            assert_eq!(y, (f64::from(x) * f64::from(f)) as f32, "scale({x}, {f})");
+        }
+        let cap = 30.0;
+        softcap(&x, cap, &mut y);
+        for (&x, &y) in x.iter().zip(&y) {
+            let want = (f64::from(x) / f64::from(cap)).tanh() * f64::from(cap);
+            assert!((f64::from(y) - want).abs() <= 1e-6 * f64::from(cap), "softcap({x}, {cap}): {y} vs {want}");
+        }
+    }
+
+    #[test]
     fn chunked_and_parallel_elementwise_kernels_match_f64() {
         // Above 1 << 14 elements the kernels run in chunks on the pool: one chunk exactly (serial), one element
         // more (a second chunk of 1), and several chunks with a ragged end. Every element's operands differ, so

@@ -723,6 +723,123 @@ mod tests {
     }
 
     #[test]
+    fn every_tile_shape_a_caller_can_choose_matches_f64_reference() {
+        // `matmul_with_tile` (what the benchmarks tune with): every float tile of 1..=4 activation rows by
+        // 1..=4 weight rows, most of which the default choice never takes, and the interleaved tiles of 1..=4
+        // rows by one group; ragged in rows and columns, with a scalar tail (k = 100) and, for floats, several
+        // prefill k blocks (k = 1100).
+        let mut rng = Rng(0x7117);
+        let mut scratch = Scratch::default();
+        for format in WeightFormat::ALL {
+            let ks: &[usize] = if format.is_quantized() { &[96] } else { &[100, 1100] };
+            let cts: &[usize] = if format.is_quantized() { &[1] } else { &[1, 2, 3, 4] };
+            for &k in ks {
+                let (rows, n) = (7, 10);
+                let (data, deq) = weights(&mut rng, format, n, k);
+                let x = activations(&mut rng, rows, k);
+                for layout in layouts(format, n) {
+                    let data = pack(format, layout, k, &data);
+                    let w = WeightRef { format, layout, n, k, data: &data };
+                    for isa in isas() {
+                        for rt in 1..=4 {
+                            for &ct in cts {
+                                let mut y = vec![f32::NAN; rows * n];
+                                matmul_with_tile(isa, (rt, ct), &x, rows, w, &mut y, &mut scratch);
+                                let what = format!("{format} {} tile {rt}x{ct} {rows}x{n}x{k}", isa.name());
+                                check(&what, format, &x, rows, &deq, n, k, None, &y);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_kernels_round_each_multiply_add_once() {
+        // Dot products whose exact value is representable in f32 while a term of it is not: the SIMD kernels
+        // accumulate with fused multiply-adds, so they return the exact value, where rounding each product
+        // first (as the portable kernels do) loses it. A kernel family that quietly ran the portable tiles
+        // would fail here; the f64-tolerance tests cannot tell the two apart.
+        let simd: Vec<Isa> = isas().into_iter().filter(|&i| i != Isa::Portable).collect();
+        if simd.is_empty() {
+            eprintln!("no SIMD kernel family on this CPU: nothing to check");
+            return;
+        }
+        let mut scratch = Scratch::default();
+        let n = 3;
+        // Float formats: lane 0 holds x[0] w[0] = -1, then x[8] w[8] = (1 + 2^-ex)(1 + 2^-mw) with ex + mw = 24,
+        // so the exact sum 2^-ex + 2^-mw + 2^-24 spans 23 bits and the product alone 25. k = 4104 takes the
+        // 1 x 4 GEMV tile (k > 4096) and prefill k blocks.
+        for (format, mw) in [(WeightFormat::F32, 12), (WeightFormat::F16, 10), (WeightFormat::Bf16, 7)] {
+            let ex = 24 - mw;
+            let (a, b) = (1.0 + 2f32.powi(-ex), 1.0 + 2f32.powi(-mw));
+            let exact = f64::from(2f32.powi(-ex)) + f64::from(2f32.powi(-mw)) + 2f64.powi(-24);
+            for k in [16, 4104] {
+                let mut w = vec![0.0; k];
+                (w[0], w[8]) = (-1.0, b);
+                let mut data = Vec::new();
+                (0..n).for_each(|_| encode_row(format, &w, &mut data));
+                let wr = WeightRef { format, layout: WeightLayout::Rows, n, k, data: &data };
+                for rows in [1, 4] {
+                    let mut x = vec![0.0; rows * k];
+                    x.chunks_mut(k).for_each(|r| (r[0], r[8]) = (1.0, a));
+                    for &isa in &simd {
+                        let mut y = vec![f32::NAN; rows * n];
+                        matmul_with(isa, &x, rows, wr, None, &mut y, &mut scratch);
+                        let what = format!("{format} {} {rows}x{n}x{k}", isa.name());
+                        assert!(y.iter().all(|&v| f64::from(v) == exact), "{what}: {y:?}, exactly {exact}");
+                    }
+                }
+            }
+        }
+        // Quantized formats, k = 64 (two blocks), activations of block maximum 127 (so d_x = 1 and the quants
+        // are the values): block 0 has d_w = 1 and dot -16401, block 1 has d_w = 1 + 2^-10 (an f16) and dot
+        // 16385. The exact sum is 16385 (1 + 2^-10) - 16401 = 2^-10; 16385 (1 + 2^-10) rounds to 16401 in f32.
+        let f16_bits = |v: f32| half::f16::from_f32(v).to_le_bytes();
+        let d1 = 1.0 + 2f32.powi(-10);
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+            // (activations, weight quants) of each block, zero past the listed values.
+            let blocks: [(Vec<i8>, Vec<i8>); 2] = if format == WeightFormat::Q8_0 {
+                [(vec![127, 16], vec![-127, -17]), (vec![127, 16, 16], vec![127, 8, 8])]
+            } else {
+                // q4_0 weight quants are -8..=7.
+                let x0: Vec<i8> = [127; 17].into_iter().chain([18]).collect();
+                let w0: Vec<i8> = [-8; 16].into_iter().chain([-1, -1]).collect();
+                let x1: Vec<i8> = [127; 19].into_iter().chain([2]).collect();
+                let w1: Vec<i8> = [7; 18].into_iter().chain([3, 1]).collect();
+                [(x0, w0), (x1, w1)]
+            };
+            let dot = |(x, w): &(Vec<i8>, Vec<i8>)| x.iter().zip(w).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+            assert_eq!(blocks.iter().map(dot).collect::<Vec<i32>>(), [-16401, 16385]);
+            let mut row = Vec::new();
+            let mut xrow = vec![0.0f32; 64];
+            for (i, ((xs, ws), d)) in blocks.iter().zip([1.0, d1]).enumerate() {
+                xs.iter().enumerate().for_each(|(j, &v)| xrow[32 * i + j] = f32::from(v));
+                let mut q = [0i8; 32];
+                q[..ws.len()].copy_from_slice(ws);
+                row.extend_from_slice(&f16_bits(d));
+                if format == WeightFormat::Q8_0 {
+                    row.extend(q.iter().map(|&v| v as u8));
+                } else {
+                    row.extend((0..16).map(|j| (q[j] + 8) as u8 | ((q[j + 16] + 8) as u8) << 4));
+                }
+            }
+            let data = pack(format, WeightLayout::Interleaved8, 64, &row.repeat(n));
+            let wr = WeightRef { format, layout: WeightLayout::Interleaved8, n, k: 64, data: &data };
+            for rows in [1, 4] {
+                let x = xrow.repeat(rows);
+                for &isa in &simd {
+                    let mut y = vec![f32::NAN; rows * n];
+                    matmul_with(isa, &x, rows, wr, None, &mut y, &mut scratch);
+                    let what = format!("{format} {} {rows}x{n}x64", isa.name());
+                    assert!(y.iter().all(|&v| v == 2f32.powi(-10)), "{what}: {y:?}, exactly 2^-10");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn dequant_row_decodes_one_row() {
         let mut rng = Rng(9);
         for format in WeightFormat::ALL {

@@ -206,6 +206,20 @@ fn rope_errors() {
         let e = err(&with(llama_new(), json!({"rope_parameters": {"rope_type": "linear", "factor": bad}})));
         assert!(e.contains("rope_parameters.factor") && e.contains("must be positive"), "{e}");
     }
+    // RoPE parameters keyed by layer type are Gemma 3's: a single-RoPE family refuses them, whether both layer
+    // types are listed or only one (which would otherwise leave the real parameters unread and fall back to
+    // the defaults).
+    let full = json!({"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6});
+    for nested in [
+        json!({"full_attention": full, "sliding_attention": {"rope_type": "default"}}),
+        json!({"full_attention": full}),
+        json!({"sliding_attention": full}),
+    ] {
+        for key in ["rope_parameters", "rope_scaling"] {
+            let e = err(&with(llama_new(), json!({ key: nested })));
+            assert!(e.contains(key) && e.contains("keyed by layer type"), "{key} {nested}: {e}");
+        }
+    }
 }
 
 #[test]
