@@ -68,7 +68,7 @@ impl Executor for Recording<'_> {
 
 fn recorded<'m>(model: &'m Model, ctx: usize) -> (Session<'m>, Rc<RefCell<Vec<Call>>>) {
     let log = Rc::new(RefCell::new(Vec::new()));
-    let exec = Recording { inner: executor_for(model.device(), model), log: Rc::clone(&log) };
+    let exec = Recording { inner: executor_for(model.device(), model).unwrap(), log: Rc::clone(&log) };
     (Session::with_executor(model, Box::new(exec), ctx).unwrap(), log)
 }
 
