@@ -365,14 +365,16 @@ mod tests {
         // Fewer (row, kv head) tasks than SPLIT_TASKS, so each row's keys are split into parts whose softmax
         // pieces are merged: one decode row over 6000 keys, the same through a window of 2600 whose ring has
         // wrapped twice, and 3 rows of 2 kv heads (6 tasks) through a wrapped window of 800; and a short window,
-        // whose keys are too few to split. Some parts are far larger in score than others (a ramp in q.k), which
-        // a wrong rescaling would show.
+        // whose keys are too few to split; and the smallest head there is (one of 2), whose parts need 16384
+        // keys each, so that the split is decided on a single task's row of 40000 keys. Some parts are far
+        // larger in score than others (a ramp in q.k), which a wrong rescaling would show.
         let mut rnd = uniform(11);
         for (heads, kv_heads, hd, rows, total, window, want_parts) in [
             (4, 1, 16, 1, 6000, None, 11),
             (4, 1, 16, 1, 6000, Some(2600), 5),
             (6, 2, 64, 3, 2000, Some(800), 4),
             (4, 1, 16, 1, 300, Some(77), 1),
+            (1, 1, 2, 1, 40000, None, 2),
         ] {
             let s = AttnShape { heads, kv_heads, head_dim: hd, window, scale: 0.25 };
             let (kw, qw) = (kv_heads * hd, heads * hd);
