@@ -768,22 +768,24 @@ mod tests {
         }
         let mut scratch = Scratch::default();
         let n = 3;
-        // Float formats: lane 0 holds x[0] w[0] = -1, then x[8] w[8] = (1 + 2^-ex)(1 + 2^-mw) with ex + mw = 24,
-        // so the exact sum 2^-ex + 2^-mw + 2^-24 spans 23 bits and the product alone 25. k = 4104 takes the
-        // 1 x 4 GEMV tile (k > 4096) and prefill k blocks.
+        // Float formats: x[0] w[0] = -1 and x[32] w[32] = (1 + 2^-ex)(1 + 2^-mw) with ex + mw = 24, so the
+        // exact sum 2^-ex + 2^-mw + 2^-24 spans 23 bits and the product alone 25. Elements 32 apart share a
+        // lane of one accumulator in every tile (the GEMV row's four accumulators cover 32 elements) and a k
+        // block, so the check holds whichever tile runs. k = 4104 takes the 1 x 4 GEMV tile (k > 4096) and
+        // prefill k blocks.
         for (format, mw) in [(WeightFormat::F32, 12), (WeightFormat::F16, 10), (WeightFormat::Bf16, 7)] {
             let ex = 24 - mw;
             let (a, b) = (1.0 + 2f32.powi(-ex), 1.0 + 2f32.powi(-mw));
             let exact = f64::from(2f32.powi(-ex)) + f64::from(2f32.powi(-mw)) + 2f64.powi(-24);
-            for k in [16, 4104] {
+            for k in [40, 4104] {
                 let mut w = vec![0.0; k];
-                (w[0], w[8]) = (-1.0, b);
+                (w[0], w[32]) = (-1.0, b);
                 let mut data = Vec::new();
                 (0..n).for_each(|_| encode_row(format, &w, &mut data));
                 let wr = WeightRef { format, layout: WeightLayout::Rows, n, k, data: &data };
                 for rows in [1, 4] {
                     let mut x = vec![0.0; rows * k];
-                    x.chunks_mut(k).for_each(|r| (r[0], r[8]) = (1.0, a));
+                    x.chunks_mut(k).for_each(|r| (r[0], r[32]) = (1.0, a));
                     for &isa in &simd {
                         let mut y = vec![f32::NAN; rows * n];
                         matmul_with(isa, &x, rows, wr, None, &mut y, &mut scratch);
