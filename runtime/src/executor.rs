@@ -52,6 +52,58 @@ pub trait Executor {
     fn profile(&self) -> Vec<(String, f64, usize)>;
 }
 
+/// Check an execution's runs as every executor must before it touches memory: 1 ..= `most` rows in all (the
+/// plan's prefill chunk, or [`MAX_BATCH`] in decode), each run's sequence alive (`ctx_of` gives its context),
+/// its kept rows within its tokens (a decode run one token, kept), its positions within its context, its token
+/// ids within the vocabulary. Returns the execution's rows and kept rows.
+pub fn check_runs(
+    h: &unicorn_ir::plan::PlanHeader,
+    phase: Phase,
+    runs: &[SeqRun],
+    ctx_of: impl Fn(SeqId) -> Option<usize>,
+) -> Result<(usize, usize), Error> {
+    let vocab = h.spec.vocab_size;
+    let s: usize = runs.iter().map(|r| r.tokens.len()).sum();
+    let keep: usize = runs.iter().map(|r| r.keep).sum();
+    let most = if phase == Phase::Prefill { h.prefill_chunk as usize } else { MAX_BATCH };
+    if runs.is_empty() || s == 0 || s > most {
+        return Err(Error::Input(format!("a {phase} execution of {s} rows (1..={most})")));
+    }
+    for r in runs {
+        let Some(ctx) = ctx_of(r.seq) else {
+            return Err(Error::Input(format!("sequence {} does not exist", r.seq.0)));
+        };
+        if r.keep > r.tokens.len() || (phase == Phase::Decode && (r.tokens.len() != 1 || r.keep != 1)) {
+            return Err(Error::Input(format!("a {phase} run of {} tokens keeping {}", r.tokens.len(), r.keep)));
+        }
+        if r.pos.checked_add(r.tokens.len()).is_none_or(|end| end > ctx) {
+            return Err(Error::Input(format!(
+                "{} tokens at position {} exceed the context of {ctx} tokens",
+                r.tokens.len(),
+                r.pos
+            )));
+        }
+        if let Some(&bad) = r.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Input(format!("token id {bad} is out of range (vocabulary size {vocab})")));
+        }
+    }
+    Ok((s, keep))
+}
+
+/// Put `seq` in the first free slot of `seqs` (or a new one); its index is the sequence's id.
+pub fn insert_sequence<T>(seqs: &mut Vec<Option<T>>, seq: T) -> SeqId {
+    match seqs.iter().position(Option::is_none) {
+        Some(i) => {
+            seqs[i] = Some(seq);
+            SeqId(i)
+        }
+        None => {
+            seqs.push(Some(seq));
+            SeqId(seqs.len() - 1)
+        }
+    }
+}
+
 /// Whether a kernel's name belongs to the op it is launched for (`matmul_q8_0` to a matmul, `rope` to a rope).
 pub fn kernel_runs_op(name: &str, op: &Op) -> bool {
     match op {

@@ -369,17 +369,7 @@ impl Executor for VulkanExecutor<'_> {
             drop(bufs);
             seq.sets[pi] = sets;
         }
-        let id = match self.seqs.iter().position(Option::is_none) {
-            Some(i) => {
-                self.seqs[i] = Some(seq);
-                i
-            }
-            None => {
-                self.seqs.push(Some(seq));
-                self.seqs.len() - 1
-            }
-        };
-        Ok(SeqId(id))
+        Ok(crate::executor::insert_sequence(&mut self.seqs, seq))
     }
 
     fn remove_sequence(&mut self, seq: SeqId) {
@@ -393,31 +383,9 @@ impl Executor for VulkanExecutor<'_> {
         let h = model.header();
         let plan = model.plan().phase(phase);
         let vocab = h.spec.vocab_size;
-        let s: usize = runs.iter().map(|r| r.tokens.len()).sum();
-        let keep: usize = runs.iter().map(|r| r.keep).sum();
-        let most = if phase == Phase::Prefill { h.prefill_chunk as usize } else { MAX_BATCH };
-        if runs.is_empty() || s == 0 || s > most {
-            return Err(Error::Input(format!("a {phase} execution of {s} rows (1..={most})")));
-        }
-        for r in runs {
-            let Some(Some(seq)) = self.seqs.get(r.seq.0) else {
-                return Err(Error::Input(format!("sequence {} does not exist", r.seq.0)));
-            };
-            if r.keep > r.tokens.len() || (phase == Phase::Decode && (r.tokens.len() != 1 || r.keep != 1)) {
-                return Err(Error::Input(format!("a {phase} run of {} tokens keeping {}", r.tokens.len(), r.keep)));
-            }
-            if r.pos.checked_add(r.tokens.len()).is_none_or(|end| end > seq.ctx) {
-                return Err(Error::Input(format!(
-                    "{} tokens at position {} exceed the context of {} tokens",
-                    r.tokens.len(),
-                    r.pos,
-                    seq.ctx
-                )));
-            }
-            if let Some(&bad) = r.tokens.iter().find(|&&t| t as usize >= vocab) {
-                return Err(Error::Input(format!("token id {bad} is out of range (vocabulary size {vocab})")));
-            }
-        }
+        let (s, keep) = crate::executor::check_runs(h, phase, runs, |id| {
+            self.seqs.get(id.0).and_then(Option::as_ref).map(|q| q.ctx)
+        })?;
         for (a, rows) in [s, keep].into_iter().enumerate() {
             if rows as u64 > self.arena_rows[a] {
                 return Err(Error::Input(format!(
