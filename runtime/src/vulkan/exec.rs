@@ -396,8 +396,13 @@ impl Executor for VulkanExecutor<'_> {
             }
         }
         let (s64, keep64) = (s as u64, keep as u64);
-        let ids: Vec<u8> = runs.iter().flat_map(|r| r.tokens).flat_map(|t| t.to_le_bytes()).collect();
-        self.tokens.write(0, &ids).map_err(Error::Input)?;
+        // The token ids straight into the mapped buffer, run after run.
+        let mut at = 0;
+        for r in runs {
+            let bytes: &[u8] = bytemuck_u32(r.tokens);
+            self.tokens.write(at, bytes).map_err(Error::Input)?;
+            at += bytes.len() as u64;
+        }
         let mut segs = std::mem::take(&mut self.segs);
         segs.iter_mut().for_each(Vec::clear);
         let (mut row, mut kept) = (0u64, 0u64);
@@ -556,6 +561,16 @@ fn launch(
     x.stream.dispatch(&x.kernels[k as usize], set, push, groups);
     x.launched.push(k);
     Ok(())
+}
+
+// The buffers hold little-endian words, which the host's own slices are only on a little-endian host.
+#[cfg(target_endian = "big")]
+compile_error!("the Vulkan executor writes and reads buffers in host byte order, which must be little-endian");
+
+/// The bytes of a u32 slice, as the kernels read them.
+fn bytemuck_u32(v: &[u32]) -> &[u8] {
+    // SAFETY: u32 has no padding; the byte slice covers exactly the same memory for the same lifetime.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
 /// The bytes of an f32 slice, to read logits into in place.

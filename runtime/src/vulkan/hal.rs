@@ -687,13 +687,19 @@ impl Stream {
             let cs = vk::PipelineStageFlags::COMPUTE_SHADER;
             self.barrier(cs, vk::AccessFlags::SHADER_WRITE, cs, rw);
         }
-        let bytes: Vec<u8> = push.iter().flat_map(|w| w.to_le_bytes()).collect();
+        // Push constants are at most 128 bytes on every device: staged on the stack, not allocated per launch.
+        let mut staged = [0u8; 128];
+        let n = (push.len() * 4).min(staged.len());
+        for (dst, w) in staged[..n].chunks_exact_mut(4).zip(push) {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
+        let bytes = &staged[..n];
         // SAFETY: the command buffer is recording; kernel and set are valid and outlive the submission (the
         // caller keeps them until `submit_wait` returns).
         unsafe {
             d.cmd_bind_pipeline(self.cb, vk::PipelineBindPoint::COMPUTE, kernel.pipeline);
             d.cmd_bind_descriptor_sets(self.cb, vk::PipelineBindPoint::COMPUTE, kernel.layout, 0, &[set.0], &[]);
-            d.cmd_push_constants(self.cb, kernel.layout, vk::ShaderStageFlags::COMPUTE, 0, &bytes);
+            d.cmd_push_constants(self.cb, kernel.layout, vk::ShaderStageFlags::COMPUTE, 0, bytes);
             d.cmd_dispatch(self.cb, groups[0], groups[1], groups[2]);
         }
         self.launches += 1;
