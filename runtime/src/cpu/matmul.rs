@@ -590,7 +590,8 @@ mod tests {
         let mut rng = Rng(0x5eed_1234_abcd_ef01);
         let mut scratch = Scratch::default();
         for format in WeightFormat::ALL {
-            let ks: &[usize] = if format.is_quantized() { &[32, 96, 2048] } else { &[32, 96, 2048, 13, 100] };
+            // Float formats take any k: down to 1 and 3, shorter than one 8-lane vector.
+            let ks: &[usize] = if format.is_quantized() { &[32, 96, 2048] } else { &[32, 96, 2048, 13, 100, 1, 3] };
             for &k in ks {
                 for n in [1, 7, 8, 64] {
                     let (data, deq) = weights(&mut rng, format, n, k);
