@@ -421,4 +421,28 @@ pub mod vulkan_abi {
     /// Threads per workgroup of the elementwise kernels, the norm and attention (and of attention's append pass,
     /// whose work the executor derives: `[ceil(kv_heads * head_dim / 2 / WIDE), rows, 1]`).
     pub const WIDE: u32 = 64;
+
+    /// Split-key attention (flash-decoding), for launches of at most [`ATTN_SPLIT_ROWS`] rows: the visible keys
+    /// are cut into up to [`ATTN_MAX_SPLITS`] ranges, each attended by its own workgroups in chunks of
+    /// [`ATTN_SPLIT_KEYS`], and a combining pass folds the ranges' partial softmax sums together. The partials
+    /// live in the KV cache's binding, after the keys and values: [`attention_scratch_words`] per layer.
+    pub const ATTN_SPLIT_ROWS: u64 = 1;
+    pub const ATTN_MAX_SPLITS: u64 = 64;
+    pub const ATTN_SPLIT_KEYS: u64 = 64;
+
+    /// Words of split partials after a layer's keys and values: per row, head and split its maximum score,
+    /// its sum of exponentials and its `head_dim` weighted values.
+    pub fn attention_scratch_words(heads: u64, head_dim: u64) -> u64 {
+        ATTN_SPLIT_ROWS * heads * ATTN_MAX_SPLITS * (head_dim + 2)
+    }
+
+    /// Key ranges an attention launch of `rows` rows at `pos` is split into (1: not split): one per chunk of
+    /// the most keys a row sees, at most [`ATTN_MAX_SPLITS`].
+    pub fn attention_splits(rows: u64, pos: u64, window: Option<u64>) -> u64 {
+        if rows == 0 || rows > ATTN_SPLIT_ROWS {
+            return 1;
+        }
+        let keys = (pos + rows).min(window.unwrap_or(u64::MAX));
+        keys.div_ceil(ATTN_SPLIT_KEYS).clamp(1, ATTN_MAX_SPLITS)
+    }
 }

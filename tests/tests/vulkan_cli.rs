@@ -176,3 +176,52 @@ fn no_vulkan_driver_is_one_line() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.lines().any(|l| l.starts_with("vulkan     none: no Vulkan driver found")), "{text}");
 }
+
+#[test]
+fn a_head_too_wide_for_the_vulkan_target_is_one_line() {
+    // A one-layer Llama whose config asks for 520-dimension heads: the CPU target takes it, the Vulkan
+    // target's attention (at most 512) refuses it naming the layer, and no plan is left behind.
+    let (hidden, hd, vocab) = (64usize, 520usize, 16usize);
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "head_dim": hd,
+        "intermediate_size": 32, "num_attention_heads": 1, "num_key_value_heads": 1, "num_hidden_layers": 1,
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "vocab_size": vocab, "tie_word_embeddings": true,
+        "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2
+    });
+    let l = "model.layers.0";
+    let shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, hidden]),
+        (format!("{l}.input_layernorm.weight"), vec![hidden]),
+        (format!("{l}.self_attn.q_proj.weight"), vec![hd, hidden]),
+        (format!("{l}.self_attn.k_proj.weight"), vec![hd, hidden]),
+        (format!("{l}.self_attn.v_proj.weight"), vec![hd, hidden]),
+        (format!("{l}.self_attn.o_proj.weight"), vec![hidden, hd]),
+        (format!("{l}.post_attention_layernorm.weight"), vec![hidden]),
+        (format!("{l}.mlp.gate_proj.weight"), vec![32, hidden]),
+        (format!("{l}.mlp.up_proj.weight"), vec![32, hidden]),
+        (format!("{l}.mlp.down_proj.weight"), vec![hidden, 32]),
+        ("model.norm.weight".into(), vec![hidden]),
+    ];
+    let tensors: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = shapes
+        .iter()
+        .map(|(n, s)| {
+            let len: usize = s.iter().product();
+            let bytes = (0..len).flat_map(|i| (((i % 7) as f32 - 3.0) / 64.0).to_le_bytes()).collect();
+            (n.as_str(), "F32", s.clone(), bytes)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("wide");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    write_safetensors(&model.join("model.safetensors"), &tensors);
+    let ok = dir.path().join("cpu.ucp");
+    let out = run("unicornc", &["compile", model.to_str().unwrap(), "-o", ok.to_str().unwrap()]);
+    assert!(out.status.success(), "the CPU target takes it: {}", String::from_utf8_lossy(&out.stderr));
+    let plan = dir.path().join("vk.ucp");
+    let out =
+        run("unicornc", &["compile", model.to_str().unwrap(), "--target", "vulkan", "-o", plan.to_str().unwrap()]);
+    let err = assert_one_line_error(&out, "layer 0");
+    assert!(err.contains("520") && err.contains("512"), "{err}");
+    assert!(!plan.exists(), "no plan is left behind");
+}

@@ -334,6 +334,20 @@ fn select_rows_keeps_the_last_rows() {
 /// append pass: the outputs against an f64 softmax over the visible positions, and the cache's new slots
 /// against the rows' keys and values.
 fn check_attention(kv_f16: bool, shape: AttentionShape, rows: usize, pos: usize, cap: usize, seed: u64) {
+    check_attention_split(kv_f16, shape, rows, pos, cap, 1, seed)
+}
+
+/// [`check_attention`] through the split passes when `splits > 1`: pass 2 over `splits` key ranges, pass 3
+/// combining them (the partials after the cache in its binding), then the append.
+fn check_attention_split(
+    kv_f16: bool,
+    shape: AttentionShape,
+    rows: usize,
+    pos: usize,
+    cap: usize,
+    splits: u32,
+    seed: u64,
+) {
     let gpu = gpu();
     let mut rng = Rng(seed);
     let (h, kvh, hd) = (shape.heads as usize, shape.kv_heads as usize, shape.head_dim as usize);
@@ -374,13 +388,22 @@ fn check_attention(kv_f16: bool, shape: AttentionShape, rows: usize, pos: usize,
         }
     }
     let (qb, kb, vb) = (buffer_at(&gpu, 1, &words(&q)), buffer_at(&gpu, 2, &words(&k)), buffer_at(&gpu, 3, &words(&v)));
-    let cb = buffer_at(&gpu, 4, &cache_bytes);
+    // Room for the split partials after the cache, poisoned so that a partial read before it is written shows.
+    let mut with_scratch = cache_bytes.clone();
+    with_scratch.extend(words(&vec![f32::NAN; rows * h * splits as usize * (hd + 2)]));
+    let cb = buffer_at(&gpu, 4, &with_scratch);
     let yb = buffer_at(&gpu, 5, &words(&vec![f32::NAN; rows * h * hd]));
     let src = glsl::attention(kv_f16, shape);
     let bufs = [&qb, &kb, &vb, &cb, &yb];
     let pads = [1, 2, 3, 4, 5];
-    let name = format!("attention kv_f16={kv_f16} window={:?}", shape.window);
-    dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, pos as u32, 0, cap as u32, 0], [h as u32, rows as u32, 1]);
+    let name = format!("attention kv_f16={kv_f16} window={:?} splits={splits}", shape.window);
+    let (r32, p32, c32) = (rows as u32, pos as u32, cap as u32);
+    if splits > 1 {
+        dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, splits, c32, 2], [h as u32, r32, splits]);
+        dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, splits, c32, 3], [h as u32, r32, 1]);
+    } else {
+        dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, 0, c32, 0], [h as u32, r32, 1]);
+    }
     assert_close(&name, &read_floats(&yb, 5, rows * h * hd), &want, 1e-5);
     let groups = [((kvh * hd / 2) as u32).div_ceil(glsl::WIDE), rows as u32, 1];
     dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, pos as u32, 0, cap as u32, 1], groups);
@@ -447,6 +470,35 @@ fn attention_over_cache_and_rows_then_append() {
     // by its own thread group), and prefill rows across a chunk boundary with a 128-dimension head.
     check_attention(true, GQA, 1, 600, 640, 10);
     check_attention(false, AttentionShape { head_dim: 128, heads: 4, kv_heads: 1, ..GQA }, 3, 254, 260, 11);
+}
+
+#[test]
+fn split_key_attention_of_decode_rows() {
+    // A decode row over 600 cached positions in 10 ranges (each range more than one chunk of 64 keys), f32 and
+    // f16 caches; more ranges than keys (empty ranges weigh nothing); heads of 80 dimensions (40 pairs: six
+    // subsets of keys, 16 threads idle) and 256 (Gemma 3); a window over a wrapped ring; rows past the first.
+    check_attention_split(false, GQA, 1, 600, 640, 10, 20);
+    check_attention_split(true, GQA, 1, 600, 640, 4, 21);
+    check_attention_split(false, GQA, 1, 4, 8, 8, 22);
+    check_attention_split(true, AttentionShape { head_dim: 80, heads: 2, kv_heads: 1, ..GQA }, 1, 130, 140, 3, 23);
+    check_attention_split(false, AttentionShape { head_dim: 256, heads: 2, kv_heads: 2, ..GQA }, 1, 200, 210, 2, 24);
+    check_attention_split(false, AttentionShape { window: Some(6), ..GQA }, 1, 30, 6, 2, 25);
+    check_attention_split(true, AttentionShape { window: Some(100), ..GQA }, 3, 300, 100, 5, 26);
+    // One range: the split pass writes the result itself.
+    check_attention_split(false, GQA, 1, 40, 48, 1, 27);
+}
+
+#[test]
+fn attention_splits_follow_the_keys() {
+    use unicorn_ir::plan::vulkan_abi::{attention_splits, ATTN_MAX_SPLITS};
+    assert_eq!(attention_splits(1, 0, None), 1);
+    assert_eq!(attention_splits(1, 63, None), 1);
+    assert_eq!(attention_splits(1, 64, None), 2);
+    assert_eq!(attention_splits(1, 600, None), 10);
+    assert_eq!(attention_splits(1, 600, Some(128)), 2);
+    assert_eq!(attention_splits(1, 1 << 20, None), ATTN_MAX_SPLITS);
+    // Prefill rows take the unsplit pass.
+    assert_eq!(attention_splits(2, 600, None), 1);
 }
 
 #[test]

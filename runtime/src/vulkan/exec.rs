@@ -18,7 +18,7 @@ use crate::model::Model;
 use crate::Error;
 use std::collections::BTreeMap;
 use unicorn_ir::container::SectionKind;
-use unicorn_ir::plan::vulkan_abi::{MAX_BUFFERS, PUSH_WORDS, WIDE};
+use unicorn_ir::plan::vulkan_abi::{attention_scratch_words, attention_splits, MAX_BUFFERS, PUSH_WORDS, WIDE};
 use unicorn_ir::plan::{ActSlot, Arg, Backend, Expr, KernelEntry, Vars};
 use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::validate::Capabilities;
@@ -130,6 +130,8 @@ pub struct VulkanExecutor<'m> {
     segs: [Vec<Segment>; 2],
     profile: Option<BTreeMap<String, (f64, usize)>>,
     max_groups: [u32; 3],
+    /// Per layer, the bytes of split-attention partials its KV binding holds after the cache.
+    split_bytes: Vec<u64>,
 }
 
 fn phase_index(p: Phase) -> usize {
@@ -282,17 +284,26 @@ impl<'m> VulkanExecutor<'m> {
             Err(_) => unreachable!("two phases"),
         };
         // Room for a timestamp per launch of the largest execution (a decode batch runs the per-sequence steps
-        // once per sequence, attention twice).
+        // once per sequence, attention up to three times).
         let launches: usize = [Phase::Prefill, Phase::Decode]
             .iter()
             .map(|&ph| {
                 let p = model.plan().phase(ph);
-                p.steps.iter().map(|s| if per_run(&s.ops[0]) { 2 * MAX_BATCH } else { 1 }).sum::<usize>()
+                p.steps.iter().map(|s| if per_run(&s.ops[0]) { 3 * MAX_BATCH } else { 1 }).sum::<usize>()
             })
             .max()
             .unwrap_or(0);
         let stream = gpu.stream(launches as u32).map_err(|e| dev_err("a command stream", e))?;
+        let mut split_bytes = vec![0u64; h.kv_caches.len()];
+        for st in h.phases.iter().flat_map(|p| &p.steps) {
+            if let Op::Attention { layer, num_heads, head_dim, .. } = &st.ops[0] {
+                if let Some(b) = split_bytes.get_mut(*layer) {
+                    *b = (*b).max(4 * attention_scratch_words(*num_heads as u64, *head_dim as u64));
+                }
+            }
+        }
         Ok(Self {
+            split_bytes,
             model,
             name,
             max_groups: info.max_workgroup_count,
@@ -345,8 +356,8 @@ impl Executor for VulkanExecutor<'_> {
         let need = h.kv_cache_bytes(ctx as u64);
         let mut kv = Vec::with_capacity(h.kv_caches.len());
         let mut caps = Vec::with_capacity(h.kv_caches.len());
-        for c in &h.kv_caches {
-            let bytes = c.bytes(ctx as u64).unwrap_or(u64::MAX);
+        for (c, split) in h.kv_caches.iter().zip(&self.split_bytes) {
+            let bytes = c.bytes(ctx as u64).unwrap_or(u64::MAX).saturating_add(*split);
             let b = self.gpu.buffer_in(bytes, Place::Device).map_err(|e| {
                 Error::Input(format!("{}: the KV cache for {ctx} positions needs {}: {e}", self.name, mib(need)))
             })?;
@@ -490,9 +501,16 @@ impl Executor for VulkanExecutor<'_> {
                         seq.sets[pi].sets[k]
                     }
                 };
-                if let Op::Attention { layer, num_kv_heads, head_dim, .. } = op {
+                if let Op::Attention { layer, num_kv_heads, head_dim, window, .. } = op {
                     let seq = self.seqs[runs[seg.unwrap_or(0)].seq.0].as_ref().expect("checked above");
                     push[3] = seq.caps[*layer];
+                    let splits = attention_splits(rows, pos, window.map(|w| w as u64)) as u32;
+                    if splits > 1 {
+                        // Flash-decoding: the keys in ranges, each attended by its own workgroups, then combined.
+                        (push[2], push[4]) = (splits, 2);
+                        launch(self, step.kernel.0, set, &push, [groups[0], groups[1], splits], &step.label)?;
+                        push[4] = 3;
+                    }
                     launch(self, step.kernel.0, set, &push, groups, &step.label)?;
                     push[4] = 1;
                     let append = [((num_kv_heads * head_dim / 2) as u32).div_ceil(WIDE), rows as u32, 1];

@@ -4,14 +4,17 @@
 //! The kernel ABI, shared by every shader here and the Vulkan executor:
 //! - binding `i` of descriptor set 0 is the step's `i`-th buffer argument (activations, weights, the KV cache,
 //!   the token ids); scalar arguments are not bound;
-//! - a push-constant block `Push { uint rows; uint pos; uint keep; uint cap; uint pass; uint base[8]; }`: the launch's rows
+//! - a push-constant block `Push { uint rows; uint pos; uint keep; uint cap; uint pass; uint base[12]; }`: the launch's rows
 //!   (`S`, or `R` for the kept rows), the position of its first row, the kept rows, the KV cache's ring capacity,
 //!   and per buffer argument the offset of its first element, in 32-bit words, inside its binding (an activation
 //!   slot's start depends on the rows of the execution, so it is not known when the plan is written);
 //! - the op's sizes and constants are generated into the source as `#define`s (floats by their exact bits), as
 //!   is the workgroup size: naga's SPIR-V reader takes neither a specialization-constant workgroup size nor the
 //!   `OpSpecConstantOp`s that arithmetic on specialization constants becomes, and every module is validated;
-//! - `pc.pass` selects the pass of a kernel the executor launches more than once (attention).
+//! - `pc.pass` selects the pass of a kernel the executor launches more than once (attention: 0 attends, 1
+//!   appends to the cache, 2 and 3 attend in key ranges and combine them, with `pc.keep` the number of ranges);
+//! - attention's KV binding holds the cache's keys and values, then room for the split partials
+//!   ([`unicorn_ir::plan::vulkan_abi::attention_scratch_words`]), which the executor allocates with the cache.
 //!
 //! Weights are read as 32-bit words: f32, f16 and bf16 matrices row after row; q8_0 / q4_0 matrices in the
 //! [`unicorn_ir::quant::WeightLayout::Interleaved8`] layout the CPU kernels read too, which puts every scale
@@ -20,7 +23,7 @@
 use std::fmt::Write;
 use unicorn_ir::WeightFormat;
 
-pub use unicorn_ir::plan::vulkan_abi::{MAX_BUFFERS, WIDE};
+pub use unicorn_ir::plan::vulkan_abi::{ATTN_SPLIT_KEYS, ATTN_SPLIT_ROWS, MAX_BUFFERS, WIDE};
 
 /// Rows of a weight matrix one matmul workgroup produces (one interleaved group).
 pub const MATMUL_ROWS: u32 = 8;
@@ -461,6 +464,15 @@ pub fn select_rows(width: u64) -> String {
     s
 }
 
+/// The largest attention head the kernel takes (eight dimensions per thread of a 64-thread group).
+pub const MAX_HEAD_DIM: u64 = 512;
+
+/// Whether [`attention`] takes heads of `head_dim` dimensions: even (keys and values are read in pairs) and at
+/// most [`MAX_HEAD_DIM`].
+pub fn attention_head_fits(head_dim: u64) -> bool {
+    head_dim.is_multiple_of(2) && (2..=MAX_HEAD_DIM).contains(&head_dim)
+}
+
 /// The geometry of an attention op.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionShape {
@@ -481,7 +493,9 @@ pub struct AttentionShape {
 /// attends (work `[H, rows, 1]`); pass 1, run after it,
 /// appends the execution's keys and values to the cache (work `[ceil(KVH * HD / 2 / 64), rows, 1]`), so no
 /// workgroup of pass 0 reads a slot another overwrites; of `pc.rows` rows that land on one ring slot (a window
-/// shorter than the execution) only the last is written.
+/// shorter than the execution) only the last is written. A launch of at most `ATTN_SPLIT_ROWS` rows (a decode
+/// step) may instead split its keys: pass 2 over `[H, rows, splits]` and pass 3 over `[H, rows, 1]` with
+/// `pc.keep` = splits (see `SPLIT_ATTENTION`), then pass 1.
 pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     let mut s = String::new();
     header(&mut s, ATTN_THREADS, 1);
@@ -509,10 +523,25 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
              void kv_put2(uint e, float a, float b) { kv[pc.base[3] + e] = floatBitsToUint(a); kv[pc.base[3] + e + 1u] = floatBitsToUint(b); }\n",
         );
     }
+    assert!(attention_head_fits(shape.head_dim), "attention heads of an even dimension up to {MAX_HEAD_DIM}");
+    def_uint(&mut s, "SPLIT_KEYS", ATTN_SPLIT_KEYS);
+    // Words of the keys and values before the split partials.
+    def_uint(
+        &mut s,
+        "KV_WORDS_PER_SLOT",
+        if kv_f16 { shape.kv_heads * shape.head_dim } else { 2 * shape.kv_heads * shape.head_dim },
+    );
     let _ = write!(
         s,
         "const uint MAX_HD_PER_LANE = 8u;\n\
          shared float part[{ATTN_THREADS}];\n\
+         shared float qs[MAX_HD_PER_LANE * {WIDE}];\n\
+         shared float ps[{ATTN_THREADS}];\n"
+    );
+    s.push_str(SPLIT_ATTENTION);
+    let _ = write!(
+        s,
+        "\
          void append() {{\n\
          \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y;\n\
          \x20 if (i >= KVH * HD / 2u || r + pc.cap < pc.rows) return; // a row a later one of the ring overwrites\n\
@@ -522,14 +551,14 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          \x20 kv_put2(dst, k[pc.base[1] + src], k[pc.base[1] + src + 1u]);\n\
          \x20 kv_put2(vals + dst, v[pc.base[2] + src], v[pc.base[2] + src + 1u]);\n\
          }}\n\
-         shared float qs[MAX_HD_PER_LANE * {WIDE}];\n\
-         shared float ps[{ATTN_THREADS}];\n\
          // Value `d` of position `j`: from the cache before pc.pos, from this execution's rows after.\n\
          float value(uint g, uint j, uint d) {{\n\
          \x20 return j < pc.pos ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[2] + (j - pc.pos) * KVH * HD + g * HD + d];\n\
          }}\n\
          void main() {{\n\
          \x20 if (pc.pass == 1u) {{ append(); return; }}\n\
+         \x20 if (pc.pass == 2u) {{ attend_split(); return; }}\n\
+         \x20 if (pc.pass == 3u) {{ combine_splits(); return; }}\n\
          \x20 uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, lane = gl_LocalInvocationID.x, n = gl_WorkGroupSize.x;\n\
          \x20 uint g = h / (H / KVH), p = pc.pos + r;\n\
          \x20 uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;\n\
@@ -603,6 +632,104 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     );
     s
 }
+
+/// The split-key passes of [`attention`] (pass 2 attends one key range per workgroup along z, pass 3 folds
+/// the ranges together), for launches of at most [`ATTN_SPLIT_ROWS`] rows. A workgroup takes chunks of
+/// `SPLIT_KEYS` keys of its range: four threads score each key (every fourth dimension pair), and each thread
+/// then folds one dimension pair of every `SUBSETS`-th key's value into its sums. With one split it writes the
+/// result; otherwise it writes its maximum, its sum of exponentials and its weighted values to the partials
+/// after the cache's keys and values (row, head, split) for pass 3, which rescales them to their common
+/// maximum. An empty range writes a maximum of -FLT_MAX and zero sums, which pass 3 weighs by exp(-huge) = 0.
+const SPLIT_ATTENTION: &str = "\
+#define PAIRS (HD / 2u)
+#define SUBSETS (256u / PAIRS)
+shared float vpart[512];
+uint split_at(uint r, uint h, uint z, uint splits) {
+  return pc.base[3] + KV_WORDS_PER_SLOT * pc.cap + ((r * H + h) * splits + z) * (HD + 2u);
+}
+vec2 key2(uint g, uint j, uint d) {
+  if (j < pc.pos) return kv_get2((g * pc.cap + j % pc.cap) * HD + d);
+  uint ra = pc.base[1] + (j - pc.pos) * KVH * HD + g * HD + d;
+  return vec2(k[ra], k[ra + 1u]);
+}
+vec2 value2(uint g, uint j, uint d) {
+  if (j < pc.pos) return kv_get2(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d);
+  uint ra = pc.base[2] + (j - pc.pos) * KVH * HD + g * HD + d;
+  return vec2(v[ra], v[ra + 1u]);
+}
+void attend_split() {
+  uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, z = gl_WorkGroupID.z, splits = gl_NumWorkGroups.z;
+  uint lane = gl_LocalInvocationID.x, g = h / (H / KVH), p = pc.pos + r;
+  uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;
+  uint per = (p + 1u - first + splits - 1u) / splits;
+  uint lo = first + z * per, hi = min(lo + per, p + 1u);
+  uint qa = pc.base[0] + r * H * HD + h * HD;
+  for (uint d = lane; d < HD; d += 256u) qs[d] = q[qa + d];
+  uint key = lane / 4u, quarter = lane % 4u, pair = lane % PAIRS, sub = lane / PAIRS;
+  float m = uintBitsToFloat(0xff7fffffu), l = 0.0;
+  vec2 acc = vec2(0.0);
+  barrier();
+  for (uint j0 = lo; j0 < hi; j0 += SPLIT_KEYS) {
+    uint j = j0 + key;
+    float s = 0.0;
+    if (j < hi)
+      for (uint d = 2u * quarter; d < HD; d += 8u) { vec2 kk = key2(g, j, d); s += qs[d] * kk.x + qs[d + 1u] * kk.y; }
+    part[lane] = s;
+    barrier();
+    if (lane < SPLIT_KEYS)
+      ps[lane] = j0 + lane < hi ? (part[4u * lane] + part[4u * lane + 1u] + part[4u * lane + 2u] + part[4u * lane + 3u]) * SCALE
+                                : uintBitsToFloat(0xff7fffffu);
+    barrier();
+    float mn = m;
+    for (uint t = 0u; t < SPLIT_KEYS; t++) mn = max(mn, ps[t]);
+    barrier();
+    if (lane < SPLIT_KEYS) ps[lane] = j0 + lane < hi ? exp(ps[lane] - mn) : 0.0;
+    barrier();
+    float corr = exp(m - mn), sum = 0.0;
+    for (uint t = 0u; t < SPLIT_KEYS; t++) sum += ps[t];
+    l = l * corr + sum;
+    acc *= corr;
+    uint count = min(SPLIT_KEYS, hi - j0);
+    if (sub < SUBSETS)
+      for (uint t = sub; t < count; t += SUBSETS) acc += ps[t] * value2(g, j0 + t, 2u * pair);
+    m = mn;
+    barrier();
+  }
+  if (sub < SUBSETS) { vpart[2u * (sub * PAIRS + pair)] = acc.x; vpart[2u * (sub * PAIRS + pair) + 1u] = acc.y; }
+  barrier();
+  if (lane >= PAIRS) return;
+  vec2 o = vec2(0.0);
+  for (uint t = 0u; t < SUBSETS; t++) o += vec2(vpart[2u * (t * PAIRS + lane)], vpart[2u * (t * PAIRS + lane) + 1u]);
+  if (splits == 1u) {
+    uint ya = pc.base[4] + r * H * HD + h * HD + 2u * lane;
+    y[ya] = o.x / l;
+    y[ya + 1u] = o.y / l;
+    return;
+  }
+  uint at = split_at(r, h, z, splits);
+  if (lane == 0u) { kv[at] = floatBitsToUint(m); kv[at + 1u] = floatBitsToUint(l); }
+  kv[at + 2u + 2u * lane] = floatBitsToUint(o.x);
+  kv[at + 3u + 2u * lane] = floatBitsToUint(o.y);
+}
+void combine_splits() {
+  uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, lane = gl_LocalInvocationID.x, splits = pc.keep;
+  float mx = uintBitsToFloat(0xff7fffffu), l = 0.0;
+  for (uint z = 0u; z < splits; z++) mx = max(mx, uintBitsToFloat(kv[split_at(r, h, z, splits)]));
+  for (uint z = 0u; z < splits; z++) {
+    uint at = split_at(r, h, z, splits);
+    l += exp(uintBitsToFloat(kv[at]) - mx) * uintBitsToFloat(kv[at + 1u]);
+  }
+  uint ya = pc.base[4] + r * H * HD + h * HD;
+  for (uint d = lane; d < HD; d += 256u) {
+    float o = 0.0;
+    for (uint z = 0u; z < splits; z++) {
+      uint at = split_at(r, h, z, splits);
+      o += exp(uintBitsToFloat(kv[at]) - mx) * uintBitsToFloat(kv[at + 2u + d]);
+    }
+    y[ya + d] = o / l;
+  }
+}
+";
 
 #[cfg(test)]
 mod tests;

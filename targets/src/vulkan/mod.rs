@@ -201,6 +201,17 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
 /// Lower one planned graph to launches of generated kernels with a KV cache of `kv`: one op each, except the
 /// matmuls of one operand (q/k/v, gate/up), which share a launch within the binding limit.
 pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTable) -> Result<PlanPhase, String> {
+    for op in g.g.node_weights().map(|n| &n.op) {
+        if let Op::Attention { layer, head_dim, .. } = op {
+            if !glsl::attention_head_fits(*head_dim as u64) {
+                return Err(format!(
+                    "layer {layer}: attention heads of {head_dim} dimensions; the Vulkan target takes even head \
+                     dimensions up to {}",
+                    glsl::MAX_HEAD_DIM
+                ));
+            }
+        }
+    }
     let mut failed = None;
     let how = crate::Lowering { group: Some(MAX_BUFFERS), fuse_norm: true };
     let phase = crate::lower_steps(module, g, how, |ops, cols, rows| {
