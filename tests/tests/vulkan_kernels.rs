@@ -94,8 +94,11 @@ fn matmul_per_format_with_and_without_bias() {
     let gpu = gpu();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // A partial tile of rows and of outputs; two tiles of rows with more blocks than block slots; and, for the
-    // float formats, columns past the last whole block.
-    let shapes = [(3usize, 96usize, 20usize), (11, 32 * 40, 9), (9, 70, 17)];
+    // float formats, columns past the last whole block. Then single rows (a decode step), which take the
+    // single-row path: fewer steps of eight columns than threads, more (2304 columns: 288 steps for 256
+    // threads), and columns that are no multiple of eight (the tiled path again).
+    let shapes =
+        [(3usize, 96usize, 20usize), (11, 32 * 40, 9), (9, 70, 17), (1, 96, 20), (1, 32 * 72, 13), (1, 70, 17)];
     for (format, (rows, k, n)) in FORMATS.into_iter().flat_map(|f| shapes.map(|s| (f, s))) {
         if format.is_quantized() && k % 32 != 0 {
             continue;
@@ -134,9 +137,11 @@ fn matmul_per_format_with_and_without_bias() {
 fn matmul_group_computes_each_member() {
     let gpu = gpu();
     let mut rng = Rng(0x51ed_2701);
-    let (rows, k) = (11usize, 96usize);
+    let k = 96usize;
     let norms = [None, Some((1e-5f32, false)), Some((1e-6, true))];
-    for (format, norm) in FORMATS.into_iter().flat_map(|f| norms.map(|n| (f, n))) {
+    // Eleven rows (the tiled path) and one (the single-row path).
+    let cases = FORMATS.into_iter().flat_map(|f| norms.into_iter().flat_map(move |n| [(f, n, 11usize), (f, n, 1)]));
+    for (format, norm, rows) in cases {
         let members =
             [(20usize, false), (9, true), (16, false)].map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
         let x = rng.vec(rows * k);
@@ -195,7 +200,7 @@ fn matmul_group_computes_each_member() {
         for (m, mm) in members.iter().enumerate() {
             at += 1 + mm.bias as usize;
             let got = read_floats(&bufs[at], pads[at], rows * mm.n as usize);
-            assert_close(&format!("matmul_group {format} norm {norm:?} member {m}"), &got, &wants[m], 1e-5);
+            assert_close(&format!("matmul_group {format} norm {norm:?} rows {rows} member {m}"), &got, &wants[m], 1e-5);
             at += 1;
         }
     }

@@ -166,6 +166,81 @@ fn block_loader(out: &mut String, format: WeightFormat, arg: usize) {
     let _ = write!(out, "void load_block(uint row, uint b, out float v[32]) {{\n\x20 {body}}}\n");
 }
 
+/// Elements of `x` one thread of the single-row path takes per step: eight columns, for all eight rows of an
+/// interleaved group.
+const GEMV_SPAN: u64 = 8;
+
+/// Whether a matmul of `k` columns has the single-row path ([`matmul_group`]): its steps of eight columns
+/// must tile the row.
+pub fn has_gemv(k: u64) -> bool {
+    k.is_multiple_of(GEMV_SPAN)
+}
+
+/// `void gemv_step(uint n0, uint i, float xv[8], inout float acc[8])`: step `i` of the single-row path of the
+/// matrix bound as `w` (binding `arg`) — the eight columns [`gemv_column`] names, times `xv`, added into the
+/// sums of rows `n0..n0 + 8`. A quantized step is one quant word of each of the group's eight rows (q4_0: a
+/// word holds columns `4c..4c + 4` and `16 + 4c..`; q8_0: two words, eight neighbouring columns), so the
+/// threads of a workgroup read the group's blocks front to back; a float step is eight neighbouring columns
+/// of each row.
+fn gemv_step(out: &mut String, format: WeightFormat, arg: usize) {
+    let b = format!("pc.base[{arg}]");
+    let scale = "uint at = BASE + ((n0 / 8u) * (K / 32u) + i / 4u) * BW;\n\
+                 \x20 for (uint r = 0u; r < 8u; r++) {\n\
+                 \x20   vec2 d2 = unpackHalf2x16(w[at + r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;\n"
+        .replace("BASE", &b)
+        .replace("BW", &quant_words(format).to_string());
+    let body = match format {
+        WeightFormat::Q4_0 => format!(
+            "{scale}\
+             \x20   uint word = w[at + 4u + (i % 4u) * 8u + r];\n\
+             \x20   float a = 0.0;\n\
+             \x20   for (uint e = 0u; e < 4u; e++) {{\n\
+             \x20     uint byte = (word >> (e * 8u)) & 0xffu;\n\
+             \x20     a += float(int(byte & 15u) - 8) * xv[e] + float(int(byte >> 4) - 8) * xv[4u + e];\n\
+             \x20   }}\n\
+             \x20   acc[r] += a * d;\n\
+             \x20 }}\n"
+        ),
+        WeightFormat::Q8_0 => format!(
+            "{scale}\
+             \x20   int qa = int(w[at + 4u + (i % 4u) * 16u + r]), qb = int(w[at + 12u + (i % 4u) * 16u + r]);\n\
+             \x20   float a = 0.0;\n\
+             \x20   for (uint e = 0u; e < 4u; e++)\n\
+             \x20     a += float(bitfieldExtract(qa, int(e * 8u), 8)) * xv[e] + float(bitfieldExtract(qb, int(e * 8u), 8)) * xv[4u + e];\n\
+             \x20   acc[r] += a * d;\n\
+             \x20 }}\n"
+        ),
+        WeightFormat::F32 => format!(
+            "for (uint r = 0u; r < 8u && n0 + r < N_ROWS; r++) {{\n\
+             \x20   uint a = {b} + (n0 + r) * K + i * 8u;\n\
+             \x20   for (uint e = 0u; e < 8u; e++) acc[r] += uintBitsToFloat(w[a + e]) * xv[e];\n\
+             \x20 }}\n"
+        ),
+        WeightFormat::F16 | WeightFormat::Bf16 => {
+            let pair = if format == WeightFormat::F16 {
+                "vec2 h = unpackHalf2x16(word);"
+            } else {
+                "vec2 h = vec2(uintBitsToFloat(word << 16), uintBitsToFloat(word & 0xffff0000u));"
+            };
+            format!(
+                "for (uint r = 0u; r < 8u && n0 + r < N_ROWS; r++) {{\n\
+                 \x20   uint a = {b} + ((n0 + r) * K + i * 8u) / 2u;\n\
+                 \x20   for (uint e = 0u; e < 4u; e++) {{ uint word = w[a + e]; {pair} acc[r] += h.x * xv[2u * e] + h.y * xv[2u * e + 1u]; }}\n\
+                 \x20 }}\n"
+            )
+        }
+    };
+    let _ = write!(out, "void gemv_step(uint n0, uint i, float xv[8], inout float acc[8]) {{\n\x20 {body}}}\n");
+}
+
+/// The column of element `e` (0..8) of single-row step `i` ([`gemv_step`]).
+fn gemv_column(format: WeightFormat) -> &'static str {
+    match format {
+        WeightFormat::Q4_0 => "(i / 4u) * 32u + (e < 4u ? (i % 4u) * 4u + e : 16u + (i % 4u) * 4u + e - 4u)",
+        _ => "i * 8u + e",
+    }
+}
+
 /// One matrix of a matmul launch: its format, whether it has a bias, its rows (outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatMember {
@@ -199,6 +274,11 @@ pub fn matmul_tiles(members: &[MatMember]) -> u64 {
 /// and every 32nd block of 32 columns from block `t / 8`: it dequantizes the block once into registers and
 /// multiplies it into each of the tile's rows; the 32 partial sums of each output then meet in shared memory.
 /// Columns past the last whole block (float formats only) are added by the first block slot.
+/// A launch of one row (`pc.rows == 1`, a decode step) where `K` is a multiple of eight takes the single-row
+/// path instead: the tile's 8 outputs are one group, and each thread takes every 256th step of eight columns,
+/// reading those columns of `x` once and one quant word (or eight values) of each of the group's rows, so a
+/// workgroup streams the group's blocks front to back with every thread's loads in flight at once; the 8 x 256
+/// partial sums then meet in shared memory.
 /// Bindings [x, then per member w, (bias), y]; `pc.rows` rows of `x`. Work: `[matmul_tiles, ceil(rows / 8), 1]`.
 ///
 /// With `norm`, the launch is `y_m = rms_norm(x) W_m^T`, the norm fused in front (its output is never
@@ -215,6 +295,13 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
     def_uint(&mut s, "SLOTS", (MATMUL_THREADS / MATMUL_ROWS) as u64);
     let _ = writeln!(s, "shared float part[{MATMUL_THREADS}];");
     let _ = writeln!(s, "shared float inv_rms[{MATMUL_TILE}];");
+    // A launch of one row (a decode step) takes the single-row path where the columns allow it: each thread
+    // multiplies eight columns of `x` into all eight rows of a group, step after step, and the eight sums meet
+    // in shared memory at the end.
+    let gemv = has_gemv(k);
+    if gemv {
+        let _ = writeln!(s, "shared float gpart[{}];", 8 * MATMUL_THREADS);
+    }
     let mut binding = 1;
     // The scale of row j of the tile, and of a block's weights by the norm weights of its columns.
     let (row_scale, scale_block, tail_gain) = match norm {
@@ -231,6 +318,7 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
         }
         None => ("", "", ""),
     };
+    let gemv_scale = if norm.is_some() { " * inv_rms[0] * (g[pc.base[1] + c] + UNIT)" } else { "" };
     let mut first_tile = 0;
     let mut dispatch = String::new();
     for (m, mm) in members.iter().enumerate() {
@@ -242,19 +330,52 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
         f32_buffer(&mut s, y, &format!("y{m}"), "writeonly");
         binding = y + 1;
         def_uint(&mut s, &format!("N{m}"), mm.n);
+        let add_bias = if mm.bias { format!(" + b{m}[pc.base[{}] + n]", w + 1) } else { String::new() };
         // The member's readers, by the names the single-matrix templates use, renamed for it.
         let mut f = String::new();
         weight_element(&mut f, mm.format, w);
         block_loader(&mut f, mm.format, w);
+        if gemv {
+            gemv_step(&mut f, mm.format, w);
+        }
         s.push_str(
             &f.replace("w[", &format!("w{m}["))
                 .replace("w_elem(", &format!("w{m}_elem("))
-                .replace("load_block(", &format!("load_block{m}(")),
+                .replace("load_block(", &format!("load_block{m}("))
+                .replace("gemv_step(", &format!("gemv_step{m}("))
+                .replace("N_ROWS", &format!("N{m}")),
         );
-        let add_bias = if mm.bias { format!(" + b{m}[pc.base[{}] + n]", w + 1) } else { String::new() };
+        let gemv_branch =
+            if gemv { format!("\x20 if (pc.rows == 1u) {{ gemv{m}(tile_x); return; }}\n") } else { String::new() };
+        if gemv {
+            let col = gemv_column(mm.format);
+            let _ = write!(
+                s,
+                "void gemv{m}(uint tile_x) {{\n\
+                 \x20 uint t = gl_LocalInvocationID.x, n0 = tile_x * 8u;\n\
+                 \x20 float acc[8];\n\
+                 \x20 for (uint r = 0u; r < 8u; r++) acc[r] = 0.0;\n\
+                 \x20 for (uint i = t; i < K / 8u; i += {MATMUL_THREADS}u) {{\n\
+                 \x20   float xv[8];\n\
+                 \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; xv[e] = x[pc.base[0] + c]{gemv_scale}; }}\n\
+                 \x20   gemv_step{m}(n0, i, xv, acc);\n\
+                 \x20 }}\n\
+                 \x20 for (uint r = 0u; r < 8u; r++) gpart[r * {MATMUL_THREADS}u + t] = acc[r];\n\
+                 \x20 barrier();\n\
+                 \x20 for (uint h = {half}u; h > 0u; h /= 2u) {{\n\
+                 \x20   if (t < h) for (uint r = 0u; r < 8u; r++) gpart[r * {MATMUL_THREADS}u + t] += gpart[r * {MATMUL_THREADS}u + t + h];\n\
+                 \x20   barrier();\n\
+                 \x20 }}\n\
+                 \x20 uint n = n0 + t;\n\
+                 \x20 if (t < 8u && n < N{m}) y{m}[pc.base[{y}] + n] = gpart[t * {MATMUL_THREADS}u]{add_bias};\n\
+                 }}\n",
+                half = MATMUL_THREADS / 2,
+            );
+        }
         let _ = write!(
             s,
             "void member{m}(uint tile_x) {{\n\
+             {gemv_branch}\
              \x20 uint t = gl_LocalInvocationID.x, o = t % 8u, slot = t / 8u;\n\
              \x20 uint n = tile_x * 8u + o, r0 = gl_WorkGroupID.y * TILE;\n\
              \x20 uint tile = min(TILE, pc.rows - r0);\n\
