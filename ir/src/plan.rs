@@ -422,11 +422,14 @@ pub mod vulkan_abi {
     /// whose work the executor derives: `[ceil(kv_heads * head_dim / 2 / WIDE), rows, 1]`).
     pub const WIDE: u32 = 64;
 
-    /// Split-key attention (flash-decoding), for launches of at most [`ATTN_SPLIT_ROWS`] rows: the visible keys
-    /// are cut into up to [`ATTN_MAX_SPLITS`] ranges, each attended by its own workgroups in chunks of
+    /// Split-key attention (flash-decoding), for launches of one row (a decode step): the visible keys are cut
+    /// into up to [`ATTN_MAX_SPLITS`] ranges, each attended by its own workgroups in chunks of
     /// [`ATTN_SPLIT_KEYS`], and a combining pass folds the ranges' partial softmax sums together. The partials
-    /// live in the KV cache's binding, after the keys and values: [`attention_scratch_words`] per layer.
+    /// live in the KV cache's binding, after the keys and values: [`attention_scratch_words`] per layer. The
+    /// ranges' pass also appends the row to the cache, which only a single row allows (its slot holds no
+    /// position it sees; a second row's slot may hold one the first sees).
     pub const ATTN_SPLIT_ROWS: u64 = 1;
+    const _: () = assert!(ATTN_SPLIT_ROWS == 1);
     pub const ATTN_MAX_SPLITS: u64 = 64;
     pub const ATTN_SPLIT_KEYS: u64 = 64;
 
@@ -436,13 +439,14 @@ pub mod vulkan_abi {
         ATTN_SPLIT_ROWS * heads * ATTN_MAX_SPLITS * (head_dim + 2)
     }
 
-    /// Key ranges an attention launch of `rows` rows at `pos` is split into (1: not split): one per chunk of
-    /// the most keys a row sees, at most [`ATTN_MAX_SPLITS`].
-    pub fn attention_splits(rows: u64, pos: u64, window: Option<u64>) -> u64 {
+    /// Key ranges an attention launch of `rows` rows at `pos` is split into: one per chunk of the keys a row
+    /// sees, at most [`ATTN_MAX_SPLITS`]; `None` for launches the split passes do not take (more than
+    /// [`ATTN_SPLIT_ROWS`] rows).
+    pub fn attention_splits(rows: u64, pos: u64, window: Option<u64>) -> Option<u64> {
         if rows == 0 || rows > ATTN_SPLIT_ROWS {
-            return 1;
+            return None;
         }
         let keys = (pos + rows).min(window.unwrap_or(u64::MAX));
-        keys.div_ceil(ATTN_SPLIT_KEYS).clamp(1, ATTN_MAX_SPLITS)
+        Some(keys.div_ceil(ATTN_SPLIT_KEYS).clamp(1, ATTN_MAX_SPLITS))
     }
 }

@@ -54,7 +54,14 @@ impl Arena {
 fn plan_graph(g: &Graph) -> MemoryPlan {
     let order = g.topo_order();
     let pos: std::collections::HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    let last_use = |n| g.users(n).iter().map(|u| pos[u]).max().unwrap_or(usize::MAX);
+    // A matmul's operand stays live through a residual add that alone reads the matmul's result, so that a
+    // target may fuse the add into the matmul's launch: the sum must not land on the operand that launch
+    // still reads.
+    let through_add = |u: unicorn_ir::NodeId| match (&g.g[u].op, g.users(u).as_slice()) {
+        (Op::MatMul { .. }, &[a]) if g.g[a].op == Op::Add => pos[&a],
+        _ => pos[&u],
+    };
+    let last_use = |n| g.users(n).iter().map(|&u| through_add(u)).max().unwrap_or(usize::MAX);
     // One arena for values with the execution's rows, one for values with the kept rows.
     let mut arenas = [Arena::default(), Arena::default()];
     let mut plan = MemoryPlan { order: order.clone(), ..Default::default() };

@@ -73,9 +73,12 @@ impl KernelTable {
 /// Lower one planned graph to its launches: matmuls of one operand grouped, each launch a built-in kernel over
 /// (rows, columns).
 pub fn lower_phase(module: &Module, g: &Graph, kernels: &mut KernelTable) -> PlanPhase {
-    crate::lower_steps(module, g, crate::Lowering { group: Some(usize::MAX), fuse_norm: false }, |ops, cols, rows| {
-        (kernels.builtin(kernel_name(module, ops)), [rows, Expr::Const(cols), Expr::Const(1)])
-    })
+    crate::lower_steps(
+        module,
+        g,
+        crate::Lowering { group: Some(usize::MAX), fuse_norm: false, fuse_residual: false },
+        |ops, cols, rows| (kernels.builtin(kernel_name(module, ops)), [rows, Expr::Const(cols), Expr::Const(1)]),
+    )
 }
 
 #[cfg(test)]

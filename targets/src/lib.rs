@@ -35,6 +35,9 @@ pub(crate) struct Lowering {
     /// An RMSNorm over whole rows fuses into the launch of the matmuls that read it, when they are all its
     /// readers and the fused launch stays within `group`'s buffers.
     pub fuse_norm: bool,
+    /// A residual add that alone reads a single matmul's result fuses into that matmul's launch as an
+    /// epilogue (the matmul's own result is then never written).
+    pub fuse_residual: bool,
 }
 
 /// Lower one planned graph to its launches, in the memory plan's order, grouped and fused as `how` says.
@@ -130,6 +133,25 @@ pub(crate) fn lower_steps(
             && disjoint
             && how.group.is_some_and(|b| buffers <= b)
     };
+    // Whether the add at order[i] fuses into the single matmul at order[i - 1]: its only reader, within the
+    // binding limit, and the sum's slot neither overlaps the matmul's operand (other workgroups still read it)
+    // nor partly overlaps the residual (each element is read, then written, by one thread: the same slot is
+    // fine).
+    let fuses_add = |i: usize| -> bool {
+        let (Some(&m), Some(&n)) = (order.get(i.wrapping_sub(1)), order.get(i)) else { return false };
+        if !how.fuse_residual || !matches!(g.g[n].op, Op::Add) || !matches!(g.g[m].op, Op::MatMul { .. }) {
+            return false;
+        }
+        let inputs = g.inputs(n);
+        let Some(other) = inputs.iter().copied().find(|&x| x != m) else { return false };
+        let (sum, res, x) = (slot(n), slot(other), slot(g.inputs(m)[0]));
+        let buffers = 1 + matmul_buffers(m) + 3;
+        inputs.contains(&m)
+            && g.users(m) == [n]
+            && !overlaps(&sum, &x)
+            && (sum == res || !overlaps(&sum, &res))
+            && how.group.is_some_and(|b| buffers <= b)
+    };
     let mut steps = Vec::new();
     let mut i = 0;
     while i < order.len() {
@@ -142,11 +164,24 @@ pub(crate) fn lower_steps(
         let group = group_at(i);
         units.push(&order[i..i + group]);
         i += group;
+        let fused_add = units.len() == 1 && group == 1 && fuses_add(i);
+        if fused_add {
+            units.push(&order[i..i + 1]);
+            i += 1;
+        }
         let last = *units.last().expect("a unit").last().expect("a node");
         let node = &g.g[last];
         let members: Vec<NodeId> = units.iter().flat_map(|u| u.iter().copied()).collect();
         let ops: Vec<Op> = members.iter().map(|&m| g.g[m].op.clone()).collect();
-        let args: Vec<Arg> = units.iter().flat_map(|u| args_of(u)).collect();
+        let mut args: Vec<Arg> = units.iter().flat_map(|u| args_of(u)).collect();
+        if fused_add {
+            // The add's operands as [the matmul's result, the residual] whatever the graph's order (a sum is
+            // the same either way), so that the fused kernel knows which one it reads.
+            let n = args.len();
+            if args[n - 3] != Arg::Act(slot(members[0])) {
+                args.swap(n - 3, n - 2);
+            }
+        }
         // An execution stacks the rows of every sequence it runs, so a decode graph's one row per sequence is
         // `S` rows of the arena (or `R` kept ones) too.
         let rows = match node.ty.row_dim() {

@@ -6,7 +6,7 @@
 use unicorn_ir::quant::{decode_row, encode_row, interleave_rows, INTERLEAVE};
 use unicorn_ir::WeightFormat;
 use unicorn_runtime::vulkan::hal::{Buffer, Gpu, Launch};
-use unicorn_targets::vulkan::glsl::{self, AttentionShape, Elementwise, MAX_BUFFERS};
+use unicorn_targets::vulkan::glsl::{self, AttentionShape, Elementwise, MatPath, MAX_BUFFERS};
 use unicorn_targets::vulkan::spirv;
 
 const FORMATS: [WeightFormat; 5] =
@@ -89,21 +89,24 @@ fn encode_matrix(format: WeightFormat, w: &[f32], rows: usize, k: usize) -> (Vec
     (bytes, decoded)
 }
 
+/// Both ways a matmul kernel walks its rows: tiled (prefill) and row by row (decode).
+const PATHS: [MatPath; 2] = [MatPath::Tiled, MatPath::RowByRow];
+
 #[test]
 fn matmul_per_format_with_and_without_bias() {
     let gpu = gpu();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // A partial tile of rows and of outputs; two tiles of rows with more blocks than block slots; and, for the
-    // float formats, columns past the last whole block. Then single rows (a decode step), which take the
-    // single-row path: fewer steps of eight columns than threads, more (2304 columns: 288 steps for 256
-    // threads), and columns that are no multiple of eight (the tiled path again).
+    // float formats, columns past the last whole block. Then single rows (a decode step): fewer steps of
+    // eight columns than threads for the row-by-row path, more (2304 columns: 288 steps for 256 threads), and
+    // columns that are no multiple of eight (which take the tiled path whatever is asked).
     let shapes =
         [(3usize, 96usize, 20usize), (11, 32 * 40, 9), (9, 70, 17), (1, 96, 20), (1, 32 * 72, 13), (1, 70, 17)];
     for (format, (rows, k, n)) in FORMATS.into_iter().flat_map(|f| shapes.map(|s| (f, s))) {
         if format.is_quantized() && k % 32 != 0 {
             continue;
         }
-        for bias in [false, true] {
+        for (bias, path) in [false, true].into_iter().flat_map(|b| PATHS.map(|p| (b, p))) {
             let (x, w, b) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n));
             let (wbytes, wd) = encode_matrix(format, &w, n, k);
             let want: Vec<f64> = (0..rows * n)
@@ -117,8 +120,8 @@ fn matmul_per_format_with_and_without_bias() {
             let wb = buffer_at(&gpu, 12, &wbytes);
             let bb = buffer_at(&gpu, 3, &words(&b));
             let yb = buffer_at(&gpu, 7, &words(&vec![f32::NAN; rows * n]));
-            let name = format!("matmul_{format}{}", if bias { "_bias" } else { "" });
-            let src = glsl::matmul(format, bias, k as u64, n as u64);
+            let name = format!("matmul_{format}{} {path:?} {rows}x{k}x{n}", if bias { "_bias" } else { "" });
+            let src = glsl::matmul(format, bias, k as u64, n as u64, path);
             let groups = [(n as u32).div_ceil(glsl::MATMUL_ROWS), (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
             if bias {
                 dispatch(&gpu, &name, &src, &[&xb, &wb, &bb, &yb], &[5, 12, 3, 7], [rows as u32, 0, 0, 0, 0], groups);
@@ -139,9 +142,11 @@ fn matmul_group_computes_each_member() {
     let mut rng = Rng(0x51ed_2701);
     let k = 96usize;
     let norms = [None, Some((1e-5f32, false)), Some((1e-6, true))];
-    // Eleven rows (the tiled path) and one (the single-row path).
-    let cases = FORMATS.into_iter().flat_map(|f| norms.into_iter().flat_map(move |n| [(f, n, 11usize), (f, n, 1)]));
-    for (format, norm, rows) in cases {
+    // Eleven rows and one, each path.
+    let cases = FORMATS.into_iter().flat_map(|f| {
+        norms.into_iter().flat_map(move |n| PATHS.into_iter().flat_map(move |p| [(f, n, p, 11usize), (f, n, p, 1)]))
+    });
+    for (format, norm, path, rows) in cases {
         let members =
             [(20usize, false), (9, true), (16, false)].map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
         let x = rng.vec(rows * k);
@@ -192,7 +197,7 @@ fn matmul_group_computes_each_member() {
             pads.push(6 + m as u32);
         }
         let prologue = norm.map(|(eps, unit_offset)| glsl::NormPrologue { eps, unit_offset });
-        let src = glsl::matmul_group(&members, k as u64, prologue);
+        let src = glsl::matmul_group(&members, k as u64, prologue, false, path);
         let groups = [glsl::matmul_tiles(&members) as u32, (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
         let refs: Vec<&Buffer> = bufs.iter().collect();
         dispatch(&gpu, "matmul_group", &src, &refs, &pads, [rows as u32, 0, 0, 0, 0], groups);
@@ -200,9 +205,53 @@ fn matmul_group_computes_each_member() {
         for (m, mm) in members.iter().enumerate() {
             at += 1 + mm.bias as usize;
             let got = read_floats(&bufs[at], pads[at], rows * mm.n as usize);
-            assert_close(&format!("matmul_group {format} norm {norm:?} rows {rows} member {m}"), &got, &wants[m], 1e-5);
+            let what = format!("matmul_group {format} {path:?} norm {norm:?} rows {rows} member {m}");
+            assert_close(&what, &got, &wants[m], 1e-5);
             at += 1;
         }
+    }
+}
+
+/// A matmul with the residual add fused behind it: `sum = x W^T (+ b) + res`, the matmul's own result never
+/// written; the sum in its own buffer, and in place of the residual (the memory plan may give them one slot).
+#[test]
+fn matmul_with_a_residual_epilogue() {
+    let gpu = gpu();
+    let mut rng = Rng(0x7f4a_7c15);
+    let (k, n) = (96usize, 20usize);
+    let cases = [(1, false, false), (11, true, false), (1, true, true), (5, false, true)];
+    for (format, path, (rows, bias, in_place)) in
+        FORMATS.into_iter().flat_map(|f| PATHS.into_iter().flat_map(move |p| cases.map(|c| (f, p, c))))
+    {
+        let (x, w, b, res) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n), rng.vec(rows * n));
+        let (wbytes, wd) = encode_matrix(format, &w, n, k);
+        let want: Vec<f64> = (0..rows * n)
+            .map(|e| {
+                let (r, o) = (e / n, e % n);
+                let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * wd[o * k + i] as f64).sum();
+                dot + if bias { b[o] as f64 } else { 0.0 } + res[e] as f64
+            })
+            .collect();
+        let poison = words(&vec![f32::NAN; rows * n]);
+        let (xb, wb, bb) =
+            (buffer_at(&gpu, 1, &words(&x)), buffer_at(&gpu, 2, &wbytes), buffer_at(&gpu, 3, &words(&b)));
+        let (yb, rb) = (buffer_at(&gpu, 4, &poison), buffer_at(&gpu, 5, &words(&res)));
+        let sb = buffer_at(&gpu, 6, &poison);
+        let out = if in_place { (&rb, 5) } else { (&sb, 6) };
+        let mut bufs = vec![&xb, &wb];
+        let mut pads = vec![1, 2];
+        if bias {
+            bufs.push(&bb);
+            pads.push(3);
+        }
+        bufs.extend([&yb, &yb, &rb, out.0]);
+        pads.extend([4, 4, 5, out.1]);
+        let name = format!("matmul_{format}+add {path:?} rows {rows} bias {bias} in place {in_place}");
+        let src = glsl::matmul_group(&[glsl::MatMember { format, bias, n: n as u64 }], k as u64, None, true, path);
+        let groups = [(n as u32).div_ceil(glsl::MATMUL_ROWS), (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
+        dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, 0, 0, 0, 0], groups);
+        assert_close(&name, &read_floats(out.0, out.1, rows * n), &want, 1e-5);
+        assert!(read_floats(&yb, 4, rows * n).iter().all(|v| v.is_nan()), "{name}: the matmul's result is not written");
     }
 }
 
@@ -339,11 +388,12 @@ fn select_rows_keeps_the_last_rows() {
 /// append pass: the outputs against an f64 softmax over the visible positions, and the cache's new slots
 /// against the rows' keys and values.
 fn check_attention(kv_f16: bool, shape: AttentionShape, rows: usize, pos: usize, cap: usize, seed: u64) {
-    check_attention_split(kv_f16, shape, rows, pos, cap, 1, seed)
+    check_attention_split(kv_f16, shape, rows, pos, cap, 0, seed)
 }
 
-/// [`check_attention`] through the split passes when `splits > 1`: pass 2 over `splits` key ranges, pass 3
-/// combining them (the partials after the cache in its binding), then the append.
+/// [`check_attention`] of one row through the split passes when `splits > 0`: pass 2 over `splits` key ranges
+/// (appending the row), then with more than one range pass 3 combining them (the partials after the cache in
+/// its binding).
 fn check_attention_split(
     kv_f16: bool,
     shape: AttentionShape,
@@ -403,15 +453,21 @@ fn check_attention_split(
     let pads = [1, 2, 3, 4, 5];
     let name = format!("attention kv_f16={kv_f16} window={:?} splits={splits}", shape.window);
     let (r32, p32, c32) = (rows as u32, pos as u32, cap as u32);
-    if splits > 1 {
+    if splits > 0 {
+        // One row: the ranges' pass appends it too.
+        assert_eq!(rows, 1);
         dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, splits, c32, 2], [h as u32, r32, splits]);
-        dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, splits, c32, 3], [h as u32, r32, 1]);
+        if splits > 1 {
+            dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, splits, c32, 3], [h as u32, r32, 1]);
+        }
     } else {
         dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, 0, c32, 0], [h as u32, r32, 1]);
     }
     assert_close(&name, &read_floats(&yb, 5, rows * h * hd), &want, 1e-5);
-    let groups = [((kvh * hd / 2) as u32).div_ceil(glsl::WIDE), rows as u32, 1];
-    dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, pos as u32, 0, cap as u32, 1], groups);
+    if splits == 0 {
+        let groups = [((kvh * hd / 2) as u32).div_ceil(glsl::WIDE), rows as u32, 1];
+        dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, pos as u32, 0, cap as u32, 1], groups);
+    }
     let stored = cb.read(16, cache_bytes.len() as u64);
     let stored: Vec<f32> = if kv_f16 {
         stored.chunks(4).flat_map(|c| unpack_half2(u32::from_le_bytes(c.try_into().unwrap()))).collect()
@@ -488,22 +544,23 @@ fn split_key_attention_of_decode_rows() {
     check_attention_split(true, AttentionShape { head_dim: 80, heads: 2, kv_heads: 1, ..GQA }, 1, 130, 140, 3, 23);
     check_attention_split(false, AttentionShape { head_dim: 256, heads: 2, kv_heads: 2, ..GQA }, 1, 200, 210, 2, 24);
     check_attention_split(false, AttentionShape { window: Some(6), ..GQA }, 1, 30, 6, 2, 25);
-    check_attention_split(true, AttentionShape { window: Some(100), ..GQA }, 3, 300, 100, 5, 26);
-    // One range: the split pass writes the result itself.
+    check_attention_split(true, AttentionShape { window: Some(100), ..GQA }, 1, 300, 100, 5, 26);
+    // One range: the split pass writes the result itself; and the first position of a sequence.
     check_attention_split(false, GQA, 1, 40, 48, 1, 27);
+    check_attention_split(true, GQA, 1, 0, 8, 1, 28);
 }
 
 #[test]
 fn attention_splits_follow_the_keys() {
     use unicorn_ir::plan::vulkan_abi::{attention_splits, ATTN_MAX_SPLITS};
-    assert_eq!(attention_splits(1, 0, None), 1);
-    assert_eq!(attention_splits(1, 63, None), 1);
-    assert_eq!(attention_splits(1, 64, None), 2);
-    assert_eq!(attention_splits(1, 600, None), 10);
-    assert_eq!(attention_splits(1, 600, Some(128)), 2);
-    assert_eq!(attention_splits(1, 1 << 20, None), ATTN_MAX_SPLITS);
-    // Prefill rows take the unsplit pass.
-    assert_eq!(attention_splits(2, 600, None), 1);
+    assert_eq!(attention_splits(1, 0, None), Some(1));
+    assert_eq!(attention_splits(1, 63, None), Some(1));
+    assert_eq!(attention_splits(1, 64, None), Some(2));
+    assert_eq!(attention_splits(1, 600, None), Some(10));
+    assert_eq!(attention_splits(1, 600, Some(128)), Some(2));
+    assert_eq!(attention_splits(1, 1 << 20, None), Some(ATTN_MAX_SPLITS));
+    // Prefill rows take the unsplit passes.
+    assert_eq!(attention_splits(2, 600, None), None);
 }
 
 #[test]

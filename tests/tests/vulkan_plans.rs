@@ -60,9 +60,11 @@ fn every_launch_of_a_vulkan_plan_is_a_spirv_kernel_of_its_section() {
 /// after attention and after the MLP (14). Then the embedding, the final norm and the LM head, and in prefill
 /// the selection of the kept rows, and Gemma's final logit softcap: at most 5 more.
 #[test]
-fn norms_fuse_into_the_projections_that_read_them() {
+fn norms_and_residual_adds_fuse_into_the_projections_beside_them() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, per_layer) in [("llama_gqa", 10), ("gemma3_text", 14)] {
+    // Llama: norm + q/k/v, rope q, rope k, attention, o + residual, norm + gate/up, glu, down + residual. Gemma
+    // 3 normalizes each projection's result (and q, k), so its residual adds follow a norm and do not fuse.
+    for (name, per_layer) in [("llama_gqa", 8), ("gemma3_text", 14)] {
         let plan = compile_for(Target::Vulkan, &fixtures_dir().join(name), dir.path(), WeightFormat::Q8_0, None);
         let model = Model::load(&plan).unwrap();
         let h = model.header();
@@ -72,6 +74,9 @@ fn norms_fuse_into_the_projections_that_read_them() {
             assert!(p.steps.len() <= most, "{name} {}: {} launches, expected at most {most}", p.phase, p.steps.len());
             let fused = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.starts_with("rms_norm+")).count();
             assert!(fused >= 2 * h.spec.num_layers, "{name} {}: {fused} fused norms", p.phase);
+            let residual = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.ends_with("+add")).count();
+            let want = if name == "llama_gqa" { 2 * h.spec.num_layers } else { 0 };
+            assert_eq!(residual, want, "{name} {}: residual adds fused into the matmul before them", p.phase);
         }
     }
 }

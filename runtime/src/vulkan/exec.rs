@@ -504,17 +504,22 @@ impl Executor for VulkanExecutor<'_> {
                 if let Op::Attention { layer, num_kv_heads, head_dim, window, .. } = op {
                     let seq = self.seqs[runs[seg.unwrap_or(0)].seq.0].as_ref().expect("checked above");
                     push[3] = seq.caps[*layer];
-                    let splits = attention_splits(rows, pos, window.map(|w| w as u64)) as u32;
-                    if splits > 1 {
-                        // Flash-decoding: the keys in ranges, each attended by its own workgroups, then combined.
+                    if let Some(splits) = attention_splits(rows, pos, window.map(|w| w as u64)) {
+                        // A decode row, flash-decoding: its keys in ranges, each attended by its own workgroups
+                        // (which also append the row to the cache), then the ranges combined.
+                        let splits = splits as u32;
                         (push[2], push[4]) = (splits, 2);
                         launch(self, step.kernel.0, set, &push, [groups[0], groups[1], splits], &step.label)?;
-                        push[4] = 3;
+                        if splits > 1 {
+                            push[4] = 3;
+                            launch(self, step.kernel.0, set, &push, groups, &step.label)?;
+                        }
+                    } else {
+                        launch(self, step.kernel.0, set, &push, groups, &step.label)?;
+                        push[4] = 1;
+                        let append = [((num_kv_heads * head_dim / 2) as u32).div_ceil(WIDE), rows as u32, 1];
+                        launch(self, step.kernel.0, set, &push, append, &step.label)?;
                     }
-                    launch(self, step.kernel.0, set, &push, groups, &step.label)?;
-                    push[4] = 1;
-                    let append = [((num_kv_heads * head_dim / 2) as u32).div_ceil(WIDE), rows as u32, 1];
-                    launch(self, step.kernel.0, set, &push, append, &step.label)?;
                 } else {
                     push[3] = 0;
                     launch(self, step.kernel.0, set, &push, groups, &step.label)?;

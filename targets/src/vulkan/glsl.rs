@@ -12,7 +12,8 @@
 //!   is the workgroup size: naga's SPIR-V reader takes neither a specialization-constant workgroup size nor the
 //!   `OpSpecConstantOp`s that arithmetic on specialization constants becomes, and every module is validated;
 //! - `pc.pass` selects the pass of a kernel the executor launches more than once (attention: 0 attends, 1
-//!   appends to the cache, 2 and 3 attend in key ranges and combine them, with `pc.keep` the number of ranges);
+//!   appends to the cache; for one row, 2 attends in key ranges and appends, 3 combines the ranges, with
+//!   `pc.keep` the number of ranges);
 //! - attention's KV binding holds the cache's keys and values, then room for the split partials
 //!   ([`unicorn_ir::plan::vulkan_abi::attention_scratch_words`]), which the executor allocates with the cache.
 //!
@@ -257,8 +258,19 @@ pub struct NormPrologue {
 }
 
 /// `matmul_<format>[_bias]`: `y = x W^T (+ b)`, W `N x K`; [`matmul_group`] of one matrix.
-pub fn matmul(format: WeightFormat, bias: bool, k: u64, n: u64) -> String {
-    matmul_group(&[MatMember { format, bias, n }], k, None)
+pub fn matmul(format: WeightFormat, bias: bool, k: u64, n: u64, path: MatPath) -> String {
+    matmul_group(&[MatMember { format, bias, n }], k, None, false, path)
+}
+
+/// How a matmul kernel walks its rows of `x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatPath {
+    /// A tile of 8 rows at a time, each dequantized weight block multiplied into all of them (prefill).
+    Tiled,
+    /// Row after row, each weight step multiplied into one row (decode, where a launch has a row per sequence):
+    /// a row's arithmetic is then the same however many sequences the launch holds. Matrices whose columns
+    /// are no multiple of eight take the tiled path anyway.
+    RowByRow,
 }
 
 /// Workgroups along x of a matmul launch: each member's `ceil(N / 8)` tiles, one after the other.
@@ -274,8 +286,9 @@ pub fn matmul_tiles(members: &[MatMember]) -> u64 {
 /// and every 32nd block of 32 columns from block `t / 8`: it dequantizes the block once into registers and
 /// multiplies it into each of the tile's rows; the 32 partial sums of each output then meet in shared memory.
 /// Columns past the last whole block (float formats only) are added by the first block slot.
-/// A launch of one row (`pc.rows == 1`, a decode step) where `K` is a multiple of eight takes the single-row
-/// path instead: the tile's 8 outputs are one group, and each thread takes every 256th step of eight columns,
+/// With [`MatPath::RowByRow`] (decode) and `K` a multiple of eight the workgroup takes its rows one by one
+/// instead, so each row's arithmetic is the same whatever else the launch holds: the tile's 8 outputs are one
+/// group, and each thread takes every 256th step of eight columns,
 /// reading those columns of `x` once and one quant word (or eight values) of each of the group's rows, so a
 /// workgroup streams the group's blocks front to back with every thread's loads in flight at once; the 8 x 256
 /// partial sums then meet in shared memory.
@@ -286,7 +299,14 @@ pub fn matmul_tiles(members: &[MatMember]) -> u64 {
 /// lists them, of which the kernel reads `x` and the norm weight. The tile's 8 rows each get `1 / rms` from a
 /// first pass over `x` (32 threads per row), and each weight block is scaled by the norm weights of its columns
 /// before it meets `x`.
-pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -> String {
+pub fn matmul_group(
+    members: &[MatMember],
+    k: u64,
+    norm: Option<NormPrologue>,
+    residual: bool,
+    path: MatPath,
+) -> String {
+    assert!(!residual || (members.len() == 1 && norm.is_none()), "a residual epilogue follows one matmul alone");
     let mut s = String::new();
     header(&mut s, MATMUL_THREADS, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
@@ -295,12 +315,12 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
     def_uint(&mut s, "SLOTS", (MATMUL_THREADS / MATMUL_ROWS) as u64);
     let _ = writeln!(s, "shared float part[{MATMUL_THREADS}];");
     let _ = writeln!(s, "shared float inv_rms[{MATMUL_TILE}];");
-    // A launch of one row (a decode step) takes the single-row path where the columns allow it: each thread
+    // The row-by-row path (decode) where the columns allow it: each thread
     // multiplies eight columns of `x` into all eight rows of a group, step after step, and the eight sums meet
     // in shared memory at the end.
-    let gemv = has_gemv(k);
+    let gemv = path == MatPath::RowByRow && has_gemv(k);
     if gemv {
-        let _ = writeln!(s, "shared float gpart[{}];", 8 * MATMUL_THREADS);
+        let _ = writeln!(s, "shared float gpart[{}];", 9 * MATMUL_THREADS);
     }
     let mut binding = 1;
     // The scale of row j of the tile, and of a block's weights by the norm weights of its columns.
@@ -318,7 +338,18 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
         }
         None => ("", "", ""),
     };
-    let gemv_scale = if norm.is_some() { " * inv_rms[0] * (g[pc.base[1] + c] + UNIT)" } else { "" };
+    // With a norm in front, each column of x is scaled by its norm weight as it is read, and its square goes
+    // into a ninth sum: 1 / rms is one factor of the whole row, so it scales the eight sums at the end, and the
+    // launch needs no pass over x before the products.
+    let (gemv_x, sums, gemv_inv) = if norm.is_some() {
+        (
+            "float xe = x[xr + c]; ss += xe * xe; xv[e] = xe * (g[pc.base[1] + c] + UNIT);",
+            9,
+            format!(" * (1.0 / sqrt(gpart[8u * {MATMUL_THREADS}u] / float(K) + EPS))"),
+        )
+    } else {
+        ("xv[e] = x[xr + c];", 8, String::new())
+    };
     let mut first_tile = 0;
     let mut dispatch = String::new();
     for (m, mm) in members.iter().enumerate() {
@@ -329,8 +360,24 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
         }
         f32_buffer(&mut s, y, &format!("y{m}"), "writeonly");
         binding = y + 1;
-        def_uint(&mut s, &format!("N{m}"), mm.n);
         let add_bias = if mm.bias { format!(" + b{m}[pc.base[{}] + n]", w + 1) } else { String::new() };
+        // Where the results go: y, or with a residual epilogue y + res into sum (bindings y + 2 and y + 3; y + 1
+        // is the add's first operand, y itself, which the kernel never writes).
+        let store = |at: &str, v: &str| {
+            if residual {
+                format!("sum[pc.base[{}] + {at}] = {v} + res[pc.base[{}] + {at}];", y + 3, y + 2)
+            } else {
+                format!("y{m}[pc.base[{y}] + {at}] = {v};")
+            }
+        };
+        if residual {
+            f32_buffer(&mut s, y + 1, "unused", "readonly");
+            f32_buffer(&mut s, y + 2, "res", "readonly");
+            f32_buffer(&mut s, y + 3, "sum", "writeonly");
+        }
+        let gemv_store = store(&format!("j * N{m} + n"), &format!("gpart[t * {MATMUL_THREADS}u]{gemv_inv}{add_bias}"));
+        let tile_store = store(&format!("(r0 + j) * N{m} + n"), &format!("part[o]{add_bias}"));
+        def_uint(&mut s, &format!("N{m}"), mm.n);
         // The member's readers, by the names the single-matrix templates use, renamed for it.
         let mut f = String::new();
         weight_element(&mut f, mm.format, w);
@@ -345,31 +392,40 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
                 .replace("gemv_step(", &format!("gemv_step{m}("))
                 .replace("N_ROWS", &format!("N{m}")),
         );
-        let gemv_branch =
-            if gemv { format!("\x20 if (pc.rows == 1u) {{ gemv{m}(tile_x); return; }}\n") } else { String::new() };
+        let gemv_branch = if gemv { format!("\x20 gemv{m}(tile_x); return;\n") } else { String::new() };
         if gemv {
             let col = gemv_column(mm.format);
             let _ = write!(
                 s,
                 "void gemv{m}(uint tile_x) {{\n\
                  \x20 uint t = gl_LocalInvocationID.x, n0 = tile_x * 8u;\n\
-                 \x20 float acc[8];\n\
+                 \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
+                 \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
+                 \x20 uint xr = pc.base[0] + j * K;\n\
+                 \x20 float acc[8], ss = 0.0;\n\
                  \x20 for (uint r = 0u; r < 8u; r++) acc[r] = 0.0;\n\
-                 \x20 for (uint i = t; i < K / 8u; i += {MATMUL_THREADS}u) {{\n\
+                 \x20 // A constant trip count, so that the compiler can unroll it and put every step's loads in flight.\n\
+                 \x20 for (uint s = 0u; s < {steps}u; s++) {{\n\
+                 \x20   uint i = t + s * {MATMUL_THREADS}u;\n\
+                 \x20   if (i >= K / 8u) break;\n\
                  \x20   float xv[8];\n\
-                 \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; xv[e] = x[pc.base[0] + c]{gemv_scale}; }}\n\
+                 \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {gemv_x} }}\n\
                  \x20   gemv_step{m}(n0, i, xv, acc);\n\
                  \x20 }}\n\
                  \x20 for (uint r = 0u; r < 8u; r++) gpart[r * {MATMUL_THREADS}u + t] = acc[r];\n\
+                 \x20 gpart[8u * {MATMUL_THREADS}u + t] = ss;\n\
                  \x20 barrier();\n\
                  \x20 for (uint h = {half}u; h > 0u; h /= 2u) {{\n\
-                 \x20   if (t < h) for (uint r = 0u; r < 8u; r++) gpart[r * {MATMUL_THREADS}u + t] += gpart[r * {MATMUL_THREADS}u + t + h];\n\
+                 \x20   if (t < h) for (uint r = 0u; r < {sums}u; r++) gpart[r * {MATMUL_THREADS}u + t] += gpart[r * {MATMUL_THREADS}u + t + h];\n\
                  \x20   barrier();\n\
                  \x20 }}\n\
                  \x20 uint n = n0 + t;\n\
-                 \x20 if (t < 8u && n < N{m}) y{m}[pc.base[{y}] + n] = gpart[t * {MATMUL_THREADS}u]{add_bias};\n\
+                 \x20 if (t < 8u && n < N{m}) {gemv_store}\n\
+                 \x20 barrier();\n\
+                 \x20 }}\n\
                  }}\n",
                 half = MATMUL_THREADS / 2,
+                steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64),
             );
         }
         let _ = write!(
@@ -406,7 +462,7 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
              \x20     if (slot < h) part[t] += part[t + h * 8u];\n\
              \x20     barrier();\n\
              \x20   }}\n\
-             \x20   if (slot == 0u && n < N{m}) y{m}[pc.base[{y}] + (r0 + j) * N{m} + n] = part[o]{add_bias};\n\
+             \x20   if (slot == 0u && n < N{m}) {tile_store}\n\
              \x20   barrier();\n\
              \x20 }}\n\
              }}\n"
@@ -420,7 +476,8 @@ pub fn matmul_group(members: &[MatMember], k: u64, norm: Option<NormPrologue>) -
         );
         first_tile += tiles;
     }
-    let prologue = if norm.is_some() {
+    // (The row-by-row path takes the norm inside the products, see above.)
+    let prologue = if norm.is_some() && !gemv {
         "\x20 {\n\
          \x20   uint t = gl_LocalInvocationID.x, j = t / 32u, l = t % 32u, r = gl_WorkGroupID.y * TILE + j;\n\
          \x20   float acc = 0.0;\n\
@@ -614,9 +671,9 @@ pub struct AttentionShape {
 /// attends (work `[H, rows, 1]`); pass 1, run after it,
 /// appends the execution's keys and values to the cache (work `[ceil(KVH * HD / 2 / 64), rows, 1]`), so no
 /// workgroup of pass 0 reads a slot another overwrites; of `pc.rows` rows that land on one ring slot (a window
-/// shorter than the execution) only the last is written. A launch of at most `ATTN_SPLIT_ROWS` rows (a decode
-/// step) may instead split its keys: pass 2 over `[H, rows, splits]` and pass 3 over `[H, rows, 1]` with
-/// `pc.keep` = splits (see `SPLIT_ATTENTION`), then pass 1.
+/// shorter than the execution) only the last is written. A launch of one row (a decode step) runs pass 2
+/// instead, over `[H, 1, splits]` with `pc.keep` = splits: it attends in key ranges and appends the row (see
+/// `SPLIT_ATTENTION`); with more than one range, pass 3 over `[H, 1, 1]` then combines them.
 pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     let mut s = String::new();
     header(&mut s, ATTN_THREADS, 1);
@@ -754,8 +811,8 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     s
 }
 
-/// The split-key passes of [`attention`] (pass 2 attends one key range per workgroup along z, pass 3 folds
-/// the ranges together), for launches of at most [`ATTN_SPLIT_ROWS`] rows. A workgroup takes chunks of
+/// The split-key passes of [`attention`] (pass 2 attends one key range per workgroup along z and appends the
+/// row to the cache, pass 3 folds the ranges together), for launches of one row ([`ATTN_SPLIT_ROWS`]). A workgroup takes chunks of
 /// `SPLIT_KEYS` keys of its range: four threads score each key (every fourth dimension pair), and each thread
 /// then folds one dimension pair of every `SUBSETS`-th key's value into its sums. With one split it writes the
 /// result; otherwise it writes its maximum, its sum of exponentials and its weighted values to the partials
@@ -786,6 +843,14 @@ void attend_split() {
   uint lo = first + z * per, hi = min(lo + per, p + 1u);
   uint qa = pc.base[0] + r * H * HD + h * HD;
   for (uint d = lane; d < HD; d += 256u) qs[d] = q[qa + d];
+  // The row's key and value into the cache, by the first range of the group's first head: the slot it takes
+  // holds no position any row of a one-row launch sees.
+  if (z == 0u && h % (H / KVH) == 0u)
+    for (uint d = 2u * lane; d < HD; d += 512u) {
+      uint src = r * KVH * HD + g * HD + d, dst = (g * pc.cap + p % pc.cap) * HD + d;
+      kv_put2(dst, k[pc.base[1] + src], k[pc.base[1] + src + 1u]);
+      kv_put2(KVH * pc.cap * HD + dst, v[pc.base[2] + src], v[pc.base[2] + src + 1u]);
+    }
   uint key = lane / 4u, quarter = lane % 4u, pair = lane % PAIRS, sub = lane / PAIRS;
   float m = uintBitsToFloat(0xff7fffffu), l = 0.0;
   vec2 acc = vec2(0.0);

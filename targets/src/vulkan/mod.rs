@@ -7,11 +7,13 @@
 pub mod glsl;
 pub mod spirv;
 
-use glsl::{AttentionShape, Elementwise, MatMember, NormPrologue, MATMUL_THREADS, MATMUL_TILE, MAX_BUFFERS, WIDE};
+use glsl::{
+    AttentionShape, Elementwise, MatMember, MatPath, NormPrologue, MATMUL_THREADS, MATMUL_TILE, MAX_BUFFERS, WIDE,
+};
 use std::collections::HashMap;
 use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
 use unicorn_ir::spec::Activation;
-use unicorn_ir::{DType, Graph, Module, Op};
+use unicorn_ir::{DType, Graph, Module, Op, Phase};
 
 /// The kernel table under construction and the kernels section it points into: one entry per distinct shader.
 #[derive(Default)]
@@ -77,9 +79,14 @@ fn matmul_members(module: &Module, ops: &[Op]) -> Vec<MatMember> {
         .collect()
 }
 
-fn matmul_source(module: &Module, ops: &[Op], norm: Option<NormPrologue>) -> String {
+/// A matmul launch's shader: tiled for prefill, row by row for decode (whose launches hold a row per sequence).
+fn matmul_source(module: &Module, g: &Graph, ops: &[Op], norm: Option<NormPrologue>, residual: bool) -> String {
     let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("a matmul launch") };
-    glsl::matmul_group(&matmul_members(module, ops), module.weight(*weight).cols() as u64, norm)
+    let path = match g.phase {
+        Phase::Prefill => MatPath::Tiled,
+        Phase::Decode => MatPath::RowByRow,
+    };
+    glsl::matmul_group(&matmul_members(module, ops), module.weight(*weight).cols() as u64, norm, residual, path)
 }
 
 fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv: DType) -> Kernel {
@@ -109,9 +116,20 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
             // A norm fused in front of the matmuls that read it: its operand, weight and result come first.
             let mut k = kernel_for(module, g, &ops[1..], cols, rows, kv);
             k.name = format!("rms_norm+{}", k.name);
-            k.source = matmul_source(module, &ops[1..], Some(NormPrologue { eps: *eps, unit_offset: *unit_offset }));
+            k.source =
+                matmul_source(module, g, &ops[1..], Some(NormPrologue { eps: *eps, unit_offset: *unit_offset }), false);
             k.buffers += 3;
             k.writes.iter_mut().for_each(|w| *w += 3);
+            k
+        }
+        Op::MatMul { .. } if matches!(ops.last(), Some(Op::Add)) => {
+            // A residual add fused behind one matmul: the matmul's units, then the add's [a, b, sum], of which
+            // the kernel reads the input that is not the matmul's result and writes the sum.
+            let mut k = kernel_for(module, g, &ops[..1], cols, rows, kv);
+            k.name = format!("{}+add", k.name);
+            k.source = matmul_source(module, g, &ops[..1], None, true);
+            k.writes = vec![k.buffers + 2];
+            k.buffers += 3;
             k
         }
         Op::MatMul { .. } => {
@@ -129,7 +147,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
             }
             Kernel {
                 name: format!("matmul{group}{bias}_{}", w.format),
-                source: matmul_source(module, ops, None),
+                source: matmul_source(module, g, ops, None, false),
                 buffers: at,
                 writes,
                 workgroup: [MATMUL_THREADS, 1, 1],
@@ -213,7 +231,7 @@ pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTa
         }
     }
     let mut failed = None;
-    let how = crate::Lowering { group: Some(MAX_BUFFERS), fuse_norm: true };
+    let how = crate::Lowering { group: Some(MAX_BUFFERS), fuse_norm: true, fuse_residual: true };
     let phase = crate::lower_steps(module, g, how, |ops, cols, rows| {
         let k = kernel_for(module, g, ops, cols, rows, kv);
         let work = k.work.clone();

@@ -11,13 +11,15 @@ fn all_kernels() -> Vec<(String, String)> {
     let mut v = Vec::new();
     for f in FORMATS {
         v.push((format!("embed_{f}"), embed(f, 96, 1.5)));
-        v.push((format!("matmul_{f}"), matmul(f, false, 96, 20)));
-        v.push((format!("matmul_bias_{f}"), matmul(f, true, 96, 20)));
-        let members = [(20, false), (8, true)].map(|(n, bias)| MatMember { format: f, bias, n });
-        v.push((
-            format!("rms_norm+matmul2_{f}"),
-            matmul_group(&members, 96, Some(NormPrologue { eps: 1e-6, unit_offset: true })),
-        ));
+        for (tag, path) in [("", MatPath::Tiled), ("_rows", MatPath::RowByRow)] {
+            v.push((format!("matmul_{f}{tag}"), matmul(f, false, 96, 20, path)));
+            v.push((format!("matmul_bias_{f}{tag}"), matmul(f, true, 96, 20, path)));
+            let members = [(20, false), (8, true)].map(|(n, bias)| MatMember { format: f, bias, n });
+            let norm = Some(NormPrologue { eps: 1e-6, unit_offset: true });
+            v.push((format!("rms_norm+matmul2_{f}{tag}"), matmul_group(&members, 96, norm, false, path)));
+            let one = [MatMember { format: f, bias: true, n: 20 }];
+            v.push((format!("matmul_bias_{f}+add{tag}"), matmul_group(&one, 96, None, true, path)));
+        }
     }
     v.push(("rms_norm".into(), rms_norm(64, 1e-6, false)));
     v.push(("rms_norm_unit".into(), rms_norm(16, 1e-5, true)));
@@ -81,7 +83,10 @@ fn spirv_snapshots() {
     for (tag, hidden, heads, head_dim, ffn) in [("llama1b", 2048, 32, 64, 8192), ("qwen06b", 1024, 16, 128, 3072)] {
         let shape = AttentionShape { heads, kv_heads: 8, head_dim, window: None, scale: (head_dim as f32).powf(-0.5) };
         for f in [WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::F16] {
-            insta::assert_snapshot!(format!("spirv_matmul_{f}_{tag}"), dis("matmul", matmul(f, false, hidden, ffn)));
+            insta::assert_snapshot!(
+                format!("spirv_matmul_{f}_{tag}"),
+                dis("matmul", matmul(f, false, hidden, ffn, MatPath::Tiled))
+            );
         }
         insta::assert_snapshot!(format!("spirv_attention_f16_{tag}"), dis("attention", attention(true, shape)));
         insta::assert_snapshot!(format!("spirv_rms_norm_{tag}"), dis("rms_norm", rms_norm(hidden, 1e-6, false)));
@@ -103,9 +108,14 @@ fn rope_carries_the_exact_bits_of_its_frequencies() {
 
 #[test]
 fn snapshots() {
-    insta::assert_snapshot!("matmul_q4_0", matmul(WeightFormat::Q4_0, false, 2048, 8192));
-    insta::assert_snapshot!("matmul_bias_q8_0", matmul(WeightFormat::Q8_0, true, 896, 128));
-    insta::assert_snapshot!("matmul_f16", matmul(WeightFormat::F16, false, 2048, 512));
+    insta::assert_snapshot!("matmul_q4_0", matmul(WeightFormat::Q4_0, false, 2048, 8192, MatPath::Tiled));
+    insta::assert_snapshot!("matmul_q4_0_rows", matmul(WeightFormat::Q4_0, false, 8192, 2048, MatPath::RowByRow));
+    insta::assert_snapshot!("matmul_bias_q8_0", matmul(WeightFormat::Q8_0, true, 896, 128, MatPath::Tiled));
+    insta::assert_snapshot!("matmul_f16", matmul(WeightFormat::F16, false, 2048, 512, MatPath::Tiled));
+    insta::assert_snapshot!("matmul_bf16_rows", matmul(WeightFormat::Bf16, false, 2048, 512, MatPath::RowByRow));
+    // A down projection with the residual add behind it (Llama 3.2 1B, decode).
+    let down = [MatMember { format: WeightFormat::Q8_0, bias: false, n: 2048 }];
+    insta::assert_snapshot!("matmul_q8_0+add_rows", matmul_group(&down, 8192, None, true, MatPath::RowByRow));
     insta::assert_snapshot!("embed_bf16", embed(WeightFormat::Bf16, 2048, 1.0));
     insta::assert_snapshot!("rms_norm", rms_norm(128, 1e-6, false));
     insta::assert_snapshot!(
@@ -116,5 +126,6 @@ fn snapshots() {
     // A layer's input norm fused in front of its q/k/v projections (Llama 3.2 1B).
     let qkv = [2048, 512, 512].map(|n| MatMember { format: WeightFormat::Q4_0, bias: false, n });
     let norm = Some(NormPrologue { eps: 1e-5, unit_offset: false });
-    insta::assert_snapshot!("rms_norm_matmul3_q4_0", matmul_group(&qkv, 2048, norm));
+    insta::assert_snapshot!("rms_norm_matmul3_q4_0", matmul_group(&qkv, 2048, norm, false, MatPath::Tiled));
+    insta::assert_snapshot!("rms_norm_matmul3_q4_0_rows", matmul_group(&qkv, 2048, norm, false, MatPath::RowByRow));
 }
