@@ -92,6 +92,12 @@ fn encode_matrix(format: WeightFormat, w: &[f32], rows: usize, k: usize) -> (Vec
 /// Both ways a matmul kernel walks its rows: tiled (prefill) and row by row (decode).
 const PATHS: [MatPath; 2] = [MatPath::Tiled, MatPath::RowByRow];
 
+/// A matmul launch's workgroups for `rows` rows of `x`.
+fn work(members: &[glsl::MatMember], k: usize, rows: usize, path: MatPath) -> [u32; 3] {
+    let (tiles, tile_rows) = glsl::matmul_work(members, k as u64, path);
+    [tiles as u32, (rows as u64).div_ceil(tile_rows) as u32, 1]
+}
+
 #[test]
 fn matmul_per_format_with_and_without_bias() {
     let gpu = gpu();
@@ -100,8 +106,17 @@ fn matmul_per_format_with_and_without_bias() {
     // float formats, columns past the last whole block. Then single rows (a decode step): fewer steps of
     // eight columns than threads for the row-by-row path, more (2304 columns: 288 steps for 256 threads), and
     // columns that are no multiple of eight (which take the tiled path whatever is asked).
-    let shapes =
-        [(3usize, 96usize, 20usize), (11, 32 * 40, 9), (9, 70, 17), (1, 96, 20), (1, 32 * 72, 13), (1, 70, 17)];
+    // And tiles of the tiled path: more rows and outputs than one 64 x 64 tile holds, neither a multiple of it.
+    let shapes = [
+        (3usize, 96usize, 20usize),
+        (11, 32 * 40, 9),
+        (9, 70, 17),
+        (1, 96, 20),
+        (1, 32 * 72, 13),
+        (1, 70, 17),
+        (70, 64, 100),
+        (65, 70, 129),
+    ];
     for (format, (rows, k, n)) in FORMATS.into_iter().flat_map(|f| shapes.map(|s| (f, s))) {
         if format.is_quantized() && k % 32 != 0 {
             continue;
@@ -122,7 +137,7 @@ fn matmul_per_format_with_and_without_bias() {
             let yb = buffer_at(&gpu, 7, &words(&vec![f32::NAN; rows * n]));
             let name = format!("matmul_{format}{} {path:?} {rows}x{k}x{n}", if bias { "_bias" } else { "" });
             let src = glsl::matmul(format, bias, k as u64, n as u64, path);
-            let groups = [(n as u32).div_ceil(glsl::MATMUL_ROWS), (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
+            let groups = work(&[glsl::MatMember { format, bias, n: n as u64 }], k, rows, path);
             if bias {
                 dispatch(&gpu, &name, &src, &[&xb, &wb, &bb, &yb], &[5, 12, 3, 7], [rows as u32, 0, 0, 0, 0], groups);
             } else {
@@ -198,7 +213,7 @@ fn matmul_group_computes_each_member() {
         }
         let prologue = norm.map(|(eps, unit_offset)| glsl::NormPrologue { eps, unit_offset });
         let src = glsl::matmul_group(&members, k as u64, prologue, false, path);
-        let groups = [glsl::matmul_tiles(&members) as u32, (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
+        let groups = work(&members, k, rows, path);
         let refs: Vec<&Buffer> = bufs.iter().collect();
         dispatch(&gpu, "matmul_group", &src, &refs, &pads, [rows as u32, 0, 0, 0, 0], groups);
         let mut at = first_member;
@@ -248,7 +263,7 @@ fn matmul_with_a_residual_epilogue() {
         pads.extend([4, 4, 5, out.1]);
         let name = format!("matmul_{format}+add {path:?} rows {rows} bias {bias} in place {in_place}");
         let src = glsl::matmul_group(&[glsl::MatMember { format, bias, n: n as u64 }], k as u64, None, true, path);
-        let groups = [(n as u32).div_ceil(glsl::MATMUL_ROWS), (rows as u32).div_ceil(glsl::MATMUL_TILE), 1];
+        let groups = work(&[glsl::MatMember { format, bias, n: n as u64 }], k, rows, path);
         dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, 0, 0, 0, 0], groups);
         assert_close(&name, &read_floats(out.0, out.1, rows * n), &want, 1e-5);
         assert!(read_floats(&yb, 4, rows * n).iter().all(|v| v.is_nan()), "{name}: the matmul's result is not written");

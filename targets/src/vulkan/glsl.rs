@@ -29,17 +29,18 @@ pub use unicorn_ir::plan::vulkan_abi::{ATTN_SPLIT_KEYS, ATTN_SPLIT_ROWS, MAX_BUF
 /// Rows of a weight matrix one matmul workgroup produces (one interleaved group).
 pub const MATMUL_ROWS: u32 = 8;
 
-/// Threads of a matmul workgroup: 32 block slots for each of its 8 outputs.
+/// Threads of a matmul workgroup: a 16 x 16 grid of 4 x 4 outputs in the tiled path, 256 column steps at a time
+/// in the row-by-row path.
 pub const MATMUL_THREADS: u32 = 256;
 
-/// Rows of `x` one matmul workgroup multiplies (each weight block it reads serves all of them).
+/// Rows of `x` one workgroup of the row-by-row path takes, one after another.
 pub const MATMUL_TILE: u32 = 8;
 
 /// Threads of an attention workgroup: a chunk of keys, one per thread, whose values four groups of 64 fold in.
 pub const ATTN_THREADS: u32 = 256;
 
-// The fused norm's first pass gives each row of the tile 32 threads.
-const _: () = assert!(MATMUL_THREADS / 32 == MATMUL_TILE);
+// The tiled path's thread layout: 64 rows x 4 quarters of a block to load, 16 x 16 to multiply.
+const _: () = assert!(MATMUL_THREADS == 256);
 
 fn header(out: &mut String, x: u32, y: u32) {
     let _ = write!(
@@ -131,40 +132,6 @@ pub fn embed(format: WeightFormat, k: u64, scale: f32) -> String {
          }\n",
     );
     s
-}
-
-/// `void load_block(uint row, uint b, out float v[32])`: the 32 weights of block `b` (columns `32b..32b+32`) of
-/// row `row` of the matrix bound as `w` (binding `arg`), dequantized. A quantized block is read as whole words:
-/// its scale, then 8 (q8_0) or 4 (q4_0) words of quants, which the 8 rows of an interleaved group keep side by
-/// side, so the 8 threads reading one block of 8 neighbouring rows read adjacent words.
-fn block_loader(out: &mut String, format: WeightFormat, arg: usize) {
-    let b = format!("pc.base[{arg}]");
-    let scale = "uint r = row % 8u;\n\
-                 \x20 uint at = BASE + ((row / 8u) * (K / 32u) + b) * BW;\n\
-                 \x20 vec2 d2 = unpackHalf2x16(w[at + r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;\n"
-        .replace("BASE", &b);
-    let body = match format {
-        WeightFormat::Q8_0 => format!(
-            "{}\x20 for (uint c = 0u; c < 8u; c++) {{\n\
-             \x20   int q = int(w[at + 4u + c * 8u + r]);\n\
-             \x20   for (uint e = 0u; e < 4u; e++) v[c * 4u + e] = float(bitfieldExtract(q, int(e * 8u), 8)) * d;\n\
-             \x20 }}\n",
-            scale.replace("BW", &quant_words(format).to_string())
-        ),
-        WeightFormat::Q4_0 => format!(
-            "{}\x20 for (uint c = 0u; c < 4u; c++) {{\n\
-             \x20   uint q = w[at + 4u + c * 8u + r];\n\
-             \x20   for (uint e = 0u; e < 4u; e++) {{\n\
-             \x20     uint byte = (q >> (e * 8u)) & 0xffu;\n\
-             \x20     v[c * 4u + e] = float(int(byte & 15u) - 8) * d;\n\
-             \x20     v[16u + c * 4u + e] = float(int(byte >> 4) - 8) * d;\n\
-             \x20   }}\n\
-             \x20 }}\n",
-            scale.replace("BW", &quant_words(format).to_string())
-        ),
-        _ => "for (uint e = 0u; e < 32u; e++) v[e] = w_elem(row, b * 32u + e);\n".to_string(),
-    };
-    let _ = write!(out, "void load_block(uint row, uint b, out float v[32]) {{\n\x20 {body}}}\n");
 }
 
 /// Elements of `x` one thread of the single-row path takes per step: eight columns, for all eight rows of an
@@ -273,32 +240,97 @@ pub enum MatPath {
     RowByRow,
 }
 
-/// Workgroups along x of a matmul launch: each member's `ceil(N / 8)` tiles, one after the other.
-pub fn matmul_tiles(members: &[MatMember]) -> u64 {
-    members.iter().map(|m| m.n.div_ceil(MATMUL_ROWS as u64)).sum()
+/// Outputs (and rows of `x`) of one tile of the tiled path.
+pub const GEMM_TILE: u64 = 64;
+
+/// A matmul launch's workgroups: along x, each member's tiles one after the other; along y, tiles of this
+/// many rows of `x`. The tiled path makes `64 x 64` tiles, the row-by-row path one interleaved group of 8
+/// outputs for 8 rows.
+pub fn matmul_work(members: &[MatMember], k: u64, path: MatPath) -> (u64, u64) {
+    let tile = if takes_rows(k, path) { MATMUL_ROWS as u64 } else { GEMM_TILE };
+    (members.iter().map(|m| m.n.div_ceil(tile)).sum(), tile)
+}
+
+fn takes_rows(k: u64, path: MatPath) -> bool {
+    path == MatPath::RowByRow && has_gemv(k)
+}
+
+/// `void wtile(uint n0, uint kb)`: block `kb` (columns `32kb..32kb + 32`) of outputs `n0..n0 + 64` of the
+/// matrix bound as `w` (binding `arg`) into `ws`, column-major (`ws[col * 65 + output]`), dequantized and
+/// zero past `N` and `K`. Thread `t` takes output `t / 4` and a quarter of the block: a quant word of the row
+/// (q4_0: columns `4c..4c + 4` and `16 + 4c..`), two (q8_0: eight neighbouring columns), or eight values.
+fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize) {
+    let b = format!("pc.base[{arg}]");
+    let scale = format!(
+        "uint at = {b} + ((n / 8u) * (K / 32u) + kb) * {}u, r = n % 8u;\n\
+         \x20   vec2 d2 = unpackHalf2x16(w[at + r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;\n",
+        quant_words(format)
+    );
+    let body = match format {
+        WeightFormat::Q4_0 => format!(
+            "{scale}\
+             \x20   uint word = w[at + 4u + part * 8u + r];\n\
+             \x20   for (uint e = 0u; e < 4u; e++) {{\n\
+             \x20     uint byte = (word >> (e * 8u)) & 0xffu;\n\
+             \x20     ws[(part * 4u + e) * 65u + o] = float(int(byte & 15u) - 8) * d;\n\
+             \x20     ws[(16u + part * 4u + e) * 65u + o] = float(int(byte >> 4) - 8) * d;\n\
+             \x20   }}\n"
+        ),
+        WeightFormat::Q8_0 => format!(
+            "{scale}\
+             \x20   int qa = int(w[at + 4u + part * 16u + r]), qb = int(w[at + 12u + part * 16u + r]);\n\
+             \x20   for (uint e = 0u; e < 4u; e++) {{\n\
+             \x20     ws[(part * 8u + e) * 65u + o] = float(bitfieldExtract(qa, int(e * 8u), 8)) * d;\n\
+             \x20     ws[(part * 8u + 4u + e) * 65u + o] = float(bitfieldExtract(qb, int(e * 8u), 8)) * d;\n\
+             \x20   }}\n"
+        ),
+        _ => "for (uint e = 0u; e < 8u; e++) {\n\
+              \x20     uint c = kb * 32u + part * 8u + e;\n\
+              \x20     ws[(part * 8u + e) * 65u + o] = c < K ? w_elem(n, c) : 0.0;\n\
+              \x20   }\n"
+            .to_string(),
+    };
+    let _ = write!(
+        out,
+        "void wtile(uint n0, uint kb) {{\n\
+         \x20 uint t = gl_LocalInvocationID.x, o = t / 4u, part = t % 4u, n = n0 + o;\n\
+         \x20 if (n < N_ROWS) {{\n\
+         \x20   {body}\
+         \x20 }} else {{\n\
+         \x20   for (uint e = 0u; e < 8u; e++) ws[(part * 8u + e) * 65u + o] = 0.0;\n\
+         \x20 }}\n\
+         }}\n"
+    );
 }
 
 /// `matmul[_group]`: `y_m = x W_m^T (+ b_m)` for each member `m` of the launch (a layer's q/k/v projections,
-/// gate and up), all of one operand `x` of `K` columns, so one launch reads `x` for all of them. Tiled so that
-/// a weight read from memory serves several rows of `x`: a workgroup of 256 threads makes an `8 x 8` tile of
-/// one member's `y` — 8 outputs (one interleaved group of W, or 8 neighbouring rows of a float matrix) for up
-/// to 8 rows of `x`; the workgroups along x are the members' tiles in order. Thread `t` takes output `t % 8`
-/// and every 32nd block of 32 columns from block `t / 8`: it dequantizes the block once into registers and
-/// multiplies it into each of the tile's rows; the 32 partial sums of each output then meet in shared memory.
-/// Columns past the last whole block (float formats only) are added by the first block slot.
-/// With [`MatPath::RowByRow`] (decode) and `K` a multiple of eight the workgroup takes its rows one by one
-/// instead, so each row's arithmetic is the same whatever else the launch holds: the tile's 8 outputs are one
-/// group, and each thread takes every 256th step of eight columns,
-/// reading those columns of `x` once and one quant word (or eight values) of each of the group's rows, so a
-/// workgroup streams the group's blocks front to back with every thread's loads in flight at once; the 8 x 256
-/// partial sums then meet in shared memory.
-/// Bindings [x, then per member w, (bias), y]; `pc.rows` rows of `x`. Work: `[matmul_tiles, ceil(rows / 8), 1]`.
+/// gate and up), all of one operand `x` of `K` columns, so one launch reads `x` for all of them; the
+/// workgroups along x are the members' tiles in order ([`matmul_work`]).
+///
+/// [`MatPath::Tiled`] (prefill): a workgroup of 256 threads makes a `64 x 64` tile of one member's `y`
+/// (64 rows of `x` by 64 outputs), walking `K` in blocks of 32 columns: the block of the 64 rows of `x` and
+/// the dequantized block of the 64 outputs' weights go to shared memory, and each thread multiplies them into
+/// its `4 x 4` outputs (rows `t / 16 + 16i`, outputs `t % 16 + 16j`), so each weight read from memory serves
+/// 64 rows and each value of `x` 64 outputs.
+///
+/// [`MatPath::RowByRow`] (decode) with `K` a multiple of eight: the workgroup takes its 8 rows one by one, so
+/// each row's arithmetic is the same whatever else the launch holds. Its 8 outputs are one group, and each
+/// thread takes every 256th step of eight columns, reading those columns of `x` once and one quant word (or
+/// eight values) of each of the group's rows, so a workgroup streams the group's blocks front to back with
+/// every thread's loads in flight at once; the 8 x 256 partial sums then meet in shared memory.
+///
+/// Bindings [x, then per member w, (bias), y]; `pc.rows` rows of `x`. Work: `[tiles, ceil(rows / tile), 1]`
+/// from [`matmul_work`].
 ///
 /// With `norm`, the launch is `y_m = rms_norm(x) W_m^T`, the norm fused in front (its output is never
 /// written): bindings [x, norm weight, normed, normed, then the members'] — the launch's units as the plan
-/// lists them, of which the kernel reads `x` and the norm weight. The tile's 8 rows each get `1 / rms` from a
-/// first pass over `x` (32 threads per row), and each weight block is scaled by the norm weights of its columns
-/// before it meets `x`.
+/// lists them, of which the kernel reads `x` and the norm weight. Each column of `x` is scaled by its norm
+/// weight as it is read and its square summed on the way; `1 / rms` is one factor of a whole row, so it
+/// scales the row's sums at the end, and the launch needs no pass over `x` before the products.
+///
+/// With `residual` (one member, no norm), the launch is the matmul and the residual add behind it: bindings
+/// [x, w, (bias), y, y, residual, sum] — the add's operands as the plan lists them, the matmul's result first
+/// — and it writes `sum = x W^T (+ b) + residual`, never `y`.
 pub fn matmul_group(
     members: &[MatMember],
     k: u64,
@@ -312,46 +344,34 @@ pub fn matmul_group(
     f32_buffer(&mut s, 0, "x", "readonly");
     def_uint(&mut s, "K", k);
     def_uint(&mut s, "TILE", MATMUL_TILE as u64);
-    def_uint(&mut s, "SLOTS", (MATMUL_THREADS / MATMUL_ROWS) as u64);
-    let _ = writeln!(s, "shared float part[{MATMUL_THREADS}];");
-    let _ = writeln!(s, "shared float inv_rms[{MATMUL_TILE}];");
-    // The row-by-row path (decode) where the columns allow it: each thread
-    // multiplies eight columns of `x` into all eight rows of a group, step after step, and the eight sums meet
-    // in shared memory at the end.
-    let gemv = path == MatPath::RowByRow && has_gemv(k);
+    let gemv = takes_rows(k, path);
     if gemv {
         let _ = writeln!(s, "shared float gpart[{}];", 9 * MATMUL_THREADS);
+    } else {
+        let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64 * 4];");
     }
     let mut binding = 1;
-    // The scale of row j of the tile, and of a block's weights by the norm weights of its columns.
-    let (row_scale, scale_block, tail_gain) = match norm {
-        Some(nrm) => {
-            f32_buffer(&mut s, 1, "g", "readonly");
-            def_float(&mut s, "EPS", nrm.eps);
-            def_float(&mut s, "UNIT", if nrm.unit_offset { 1.0 } else { 0.0 });
-            binding = 4;
-            (
-                " * inv_rms[j]",
-                "\x20     for (uint e = 0u; e < 32u; e++) v[e] *= g[pc.base[1] + blk * 32u + e] + UNIT;\n",
-                " * (g[pc.base[1] + i] + UNIT)",
-            )
-        }
-        None => ("", "", ""),
-    };
-    // With a norm in front, each column of x is scaled by its norm weight as it is read, and its square goes
-    // into a ninth sum: 1 / rms is one factor of the whole row, so it scales the eight sums at the end, and the
-    // launch needs no pass over x before the products.
-    let (gemv_x, sums, gemv_inv) = if norm.is_some() {
+    if let Some(nrm) = norm {
+        f32_buffer(&mut s, 1, "g", "readonly");
+        def_float(&mut s, "EPS", nrm.eps);
+        def_float(&mut s, "UNIT", if nrm.unit_offset { 1.0 } else { 0.0 });
+        binding = 4;
+    }
+    // Reading element c of a row of x at xr: scaled by its norm weight (its square summed) where a norm is
+    // fused; and the factor 1 / rms of a row from the sum of its squares.
+    let (read_x, gemv_inv) = if norm.is_some() {
         (
-            "float xe = x[xr + c]; ss += xe * xe; xv[e] = xe * (g[pc.base[1] + c] + UNIT);",
-            9,
+            "float xe = x[xr + c]; ss += xe * xe; XV = xe * (g[pc.base[1] + c] + UNIT);",
             format!(" * (1.0 / sqrt(gpart[8u * {MATMUL_THREADS}u] / float(K) + EPS))"),
         )
     } else {
-        ("xv[e] = x[xr + c];", 8, String::new())
+        ("XV = x[xr + c];", String::new())
     };
+    let sums = if norm.is_some() { 9 } else { 8 };
     let mut first_tile = 0;
     let mut dispatch = String::new();
+    let (tiles_x, _) = matmul_work(members, k, path);
+    let tile_n = if gemv { MATMUL_ROWS as u64 } else { GEMM_TILE };
     for (m, mm) in members.iter().enumerate() {
         let (w, y) = (binding, binding + 1 + mm.bias as usize);
         u32_buffer(&mut s, w, &format!("w{m}"), "readonly");
@@ -375,29 +395,29 @@ pub fn matmul_group(
             f32_buffer(&mut s, y + 2, "res", "readonly");
             f32_buffer(&mut s, y + 3, "sum", "writeonly");
         }
-        let gemv_store = store(&format!("j * N{m} + n"), &format!("gpart[t * {MATMUL_THREADS}u]{gemv_inv}{add_bias}"));
-        let tile_store = store(&format!("(r0 + j) * N{m} + n"), &format!("part[o]{add_bias}"));
         def_uint(&mut s, &format!("N{m}"), mm.n);
         // The member's readers, by the names the single-matrix templates use, renamed for it.
         let mut f = String::new();
         weight_element(&mut f, mm.format, w);
-        block_loader(&mut f, mm.format, w);
         if gemv {
             gemv_step(&mut f, mm.format, w);
+        } else {
+            gemm_w_loader(&mut f, mm.format, w);
         }
         s.push_str(
             &f.replace("w[", &format!("w{m}["))
                 .replace("w_elem(", &format!("w{m}_elem("))
-                .replace("load_block(", &format!("load_block{m}("))
                 .replace("gemv_step(", &format!("gemv_step{m}("))
+                .replace("wtile(", &format!("wtile{m}("))
                 .replace("N_ROWS", &format!("N{m}")),
         );
-        let gemv_branch = if gemv { format!("\x20 gemv{m}(tile_x); return;\n") } else { String::new() };
         if gemv {
             let col = gemv_column(mm.format);
+            let gemv_store =
+                store(&format!("j * N{m} + n"), &format!("gpart[t * {MATMUL_THREADS}u]{gemv_inv}{add_bias}"));
             let _ = write!(
                 s,
-                "void gemv{m}(uint tile_x) {{\n\
+                "void member{m}(uint tile_x) {{\n\
                  \x20 uint t = gl_LocalInvocationID.x, n0 = tile_x * 8u;\n\
                  \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
                  \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
@@ -409,7 +429,7 @@ pub fn matmul_group(
                  \x20   uint i = t + s * {MATMUL_THREADS}u;\n\
                  \x20   if (i >= K / 8u) break;\n\
                  \x20   float xv[8];\n\
-                 \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {gemv_x} }}\n\
+                 \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
                  \x20   gemv_step{m}(n0, i, xv, acc);\n\
                  \x20 }}\n\
                  \x20 for (uint r = 0u; r < 8u; r++) gpart[r * {MATMUL_THREADS}u + t] = acc[r];\n\
@@ -426,48 +446,58 @@ pub fn matmul_group(
                  }}\n",
                 half = MATMUL_THREADS / 2,
                 steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64),
+                read_x = read_x.replace("XV", "xv[e]"),
+            );
+        } else {
+            let inv = if norm.is_some() {
+                "float(1.0 / sqrt((rs[rr * 4u] + rs[rr * 4u + 1u] + rs[rr * 4u + 2u] + rs[rr * 4u + 3u]) / float(K) + EPS))"
+            } else {
+                "1.0"
+            };
+            let gemm_store =
+                store("row * N{m} + n", &format!("acc[i][j] * inv{add_bias}")).replace("{m}", &m.to_string());
+            let _ = write!(
+                s,
+                "void member{m}(uint tile_x) {{\n\
+                 \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, lr = t / 4u, part = t % 4u;\n\
+                 \x20 uint n0 = tile_x * 64u, row0 = gl_WorkGroupID.y * 64u;\n\
+                 \x20 uint xr = pc.base[0] + (row0 + lr) * K;\n\
+                 \x20 bool live = row0 + lr < pc.rows;\n\
+                 \x20 float acc[4][4], ss = 0.0;\n\
+                 \x20 for (uint i = 0u; i < 4u; i++) for (uint j = 0u; j < 4u; j++) acc[i][j] = 0.0;\n\
+                 \x20 for (uint kb = 0u; kb < (K + 31u) / 32u; kb++) {{\n\
+                 \x20   for (uint e = 0u; e < 8u; e++) {{\n\
+                 \x20     uint c = kb * 32u + part * 8u + e;\n\
+                 \x20     float v = 0.0;\n\
+                 \x20     if (live && c < K) {{ {read_x} }}\n\
+                 \x20     xs[(part * 8u + e) * 65u + lr] = v;\n\
+                 \x20   }}\n\
+                 \x20   wtile{m}(n0, kb);\n\
+                 \x20   barrier();\n\
+                 \x20   for (uint kk = 0u; kk < 32u; kk++) {{\n\
+                 \x20     float a[4], b[4];\n\
+                 \x20     for (uint i = 0u; i < 4u; i++) a[i] = xs[kk * 65u + tr + 16u * i];\n\
+                 \x20     for (uint j = 0u; j < 4u; j++) b[j] = ws[kk * 65u + tc + 16u * j];\n\
+                 \x20     for (uint i = 0u; i < 4u; i++) for (uint j = 0u; j < 4u; j++) acc[i][j] += a[i] * b[j];\n\
+                 \x20   }}\n\
+                 \x20   barrier();\n\
+                 \x20 }}\n\
+                 \x20 rs[lr * 4u + part] = ss;\n\
+                 \x20 barrier();\n\
+                 \x20 for (uint i = 0u; i < 4u; i++) {{\n\
+                 \x20   uint rr = tr + 16u * i, row = row0 + rr;\n\
+                 \x20   if (row >= pc.rows) continue;\n\
+                 \x20   float inv = {inv};\n\
+                 \x20   for (uint j = 0u; j < 4u; j++) {{\n\
+                 \x20     uint n = n0 + tc + 16u * j;\n\
+                 \x20     if (n < N{m}) {gemm_store}\n\
+                 \x20   }}\n\
+                 \x20 }}\n\
+                 }}\n",
+                read_x = read_x.replace("XV", "v"),
             );
         }
-        let _ = write!(
-            s,
-            "void member{m}(uint tile_x) {{\n\
-             {gemv_branch}\
-             \x20 uint t = gl_LocalInvocationID.x, o = t % 8u, slot = t / 8u;\n\
-             \x20 uint n = tile_x * 8u + o, r0 = gl_WorkGroupID.y * TILE;\n\
-             \x20 uint tile = min(TILE, pc.rows - r0);\n\
-             \x20 float acc[TILE];\n\
-             \x20 for (uint j = 0u; j < TILE; j++) acc[j] = 0.0;\n\
-             \x20 if (n < N{m}) {{\n\
-             \x20   float v[32];\n\
-             \x20   for (uint blk = slot; blk < K / 32u; blk += SLOTS) {{\n\
-             \x20     load_block{m}(n, blk, v);\n\
-             {scale_block}\
-             \x20     for (uint j = 0u; j < tile; j++) {{\n\
-             \x20       uint xa = pc.base[0] + (r0 + j) * K + blk * 32u;\n\
-             \x20       float a = 0.0;\n\
-             \x20       for (uint e = 0u; e < 32u; e++) a += v[e] * x[xa + e];\n\
-             \x20       acc[j] += a{row_scale};\n\
-             \x20     }}\n\
-             \x20   }}\n\
-             \x20   if (slot == 0u)\n\
-             \x20     for (uint i = (K / 32u) * 32u; i < K; i++) {{\n\
-             \x20       float wv = w{m}_elem(n, i){tail_gain};\n\
-             \x20       for (uint j = 0u; j < tile; j++) acc[j] += wv * x[pc.base[0] + (r0 + j) * K + i]{row_scale};\n\
-             \x20     }}\n\
-             \x20 }}\n\
-             \x20 for (uint j = 0u; j < tile; j++) {{\n\
-             \x20   part[t] = acc[j];\n\
-             \x20   barrier();\n\
-             \x20   for (uint h = SLOTS / 2u; h > 0u; h /= 2u) {{\n\
-             \x20     if (slot < h) part[t] += part[t + h * 8u];\n\
-             \x20     barrier();\n\
-             \x20   }}\n\
-             \x20   if (slot == 0u && n < N{m}) {tile_store}\n\
-             \x20   barrier();\n\
-             \x20 }}\n\
-             }}\n"
-        );
-        let tiles = mm.n.div_ceil(MATMUL_ROWS as u64);
+        let tiles = mm.n.div_ceil(tile_n);
         let _ = writeln!(
             dispatch,
             "\x20 {}if (gl_WorkGroupID.x < {}u) member{m}(gl_WorkGroupID.x - {first_tile}u);",
@@ -476,25 +506,8 @@ pub fn matmul_group(
         );
         first_tile += tiles;
     }
-    // (The row-by-row path takes the norm inside the products, see above.)
-    let prologue = if norm.is_some() && !gemv {
-        "\x20 {\n\
-         \x20   uint t = gl_LocalInvocationID.x, j = t / 32u, l = t % 32u, r = gl_WorkGroupID.y * TILE + j;\n\
-         \x20   float acc = 0.0;\n\
-         \x20   if (r < pc.rows) for (uint i = l; i < K; i += 32u) { float v = x[pc.base[0] + r * K + i]; acc += v * v; }\n\
-         \x20   part[t] = acc;\n\
-         \x20   barrier();\n\
-         \x20   for (uint h = 16u; h > 0u; h /= 2u) {\n\
-         \x20     if (l < h) part[t] += part[t + h];\n\
-         \x20     barrier();\n\
-         \x20   }\n\
-         \x20   if (l == 0u) inv_rms[j] = 1.0 / sqrt(part[t] / float(K) + EPS);\n\
-         \x20   barrier();\n\
-         \x20 }\n"
-    } else {
-        ""
-    };
-    let _ = write!(s, "void main() {{\n{prologue}{dispatch}}}\n");
+    debug_assert_eq!(first_tile, tiles_x);
+    let _ = write!(s, "void main() {{\n{dispatch}}}\n");
     s
 }
 

@@ -7,9 +7,7 @@
 pub mod glsl;
 pub mod spirv;
 
-use glsl::{
-    AttentionShape, Elementwise, MatMember, MatPath, NormPrologue, MATMUL_THREADS, MATMUL_TILE, MAX_BUFFERS, WIDE,
-};
+use glsl::{AttentionShape, Elementwise, MatMember, MatPath, NormPrologue, MATMUL_THREADS, MAX_BUFFERS, WIDE};
 use std::collections::HashMap;
 use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
 use unicorn_ir::spec::Activation;
@@ -82,11 +80,15 @@ fn matmul_members(module: &Module, ops: &[Op]) -> Vec<MatMember> {
 /// A matmul launch's shader: tiled for prefill, row by row for decode (whose launches hold a row per sequence).
 fn matmul_source(module: &Module, g: &Graph, ops: &[Op], norm: Option<NormPrologue>, residual: bool) -> String {
     let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("a matmul launch") };
-    let path = match g.phase {
+    let k = module.weight(*weight).cols() as u64;
+    glsl::matmul_group(&matmul_members(module, ops), k, norm, residual, matmul_path(g))
+}
+
+fn matmul_path(g: &Graph) -> MatPath {
+    match g.phase {
         Phase::Prefill => MatPath::Tiled,
         Phase::Decode => MatPath::RowByRow,
-    };
-    glsl::matmul_group(&matmul_members(module, ops), module.weight(*weight).cols() as u64, norm, residual, path)
+    }
 }
 
 fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv: DType) -> Kernel {
@@ -136,6 +138,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
             let members = matmul_members(module, ops);
             let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("matched above") };
             let w = module.weight(*weight);
+            let (tiles, tile_rows) = glsl::matmul_work(&members, w.cols() as u64, matmul_path(g));
             let bias = if members.iter().any(|m| m.bias) { "_bias" } else { "" };
             let group = if members.len() > 1 { members.len().to_string() } else { String::new() };
             // The operand, then per matrix its weight, bias and result; each result is written.
@@ -151,11 +154,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 buffers: at,
                 writes,
                 workgroup: [MATMUL_THREADS, 1, 1],
-                work: [
-                    Expr::Const(glsl::matmul_tiles(&members)),
-                    Expr::CeilDiv(Box::new(rows), MATMUL_TILE as u64),
-                    one,
-                ],
+                work: [Expr::Const(tiles), Expr::CeilDiv(Box::new(rows), tile_rows), one],
             }
         }
         Op::RmsNorm { weight, eps, unit_offset } => {
