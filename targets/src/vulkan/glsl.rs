@@ -26,9 +26,6 @@ use unicorn_ir::WeightFormat;
 
 pub use unicorn_ir::plan::vulkan_abi::{ATTN_SPLIT_KEYS, ATTN_SPLIT_ROWS, MAX_BUFFERS, WIDE};
 
-/// Rows of a weight matrix one matmul workgroup produces (one interleaved group).
-pub const MATMUL_ROWS: u32 = 8;
-
 /// Threads of a matmul workgroup: a 16 x 16 grid of 4 x 4 outputs in the tiled path, 256 column steps at a time
 /// in the row-by-row path.
 pub const MATMUL_THREADS: u32 = 256;
@@ -243,12 +240,11 @@ pub enum MatPath {
 /// Outputs (and rows of `x`) of one tile of the tiled path.
 pub const GEMM_TILE: u64 = 64;
 
-/// A matmul launch's workgroups: along x, each member's tiles one after the other; along y, tiles of this
-/// many rows of `x`. The tiled path makes `64 x 64` tiles, the row-by-row path one interleaved group of 8
-/// outputs for 8 rows.
+/// A matmul launch's workgroups: along x, each member's tiles of 64 outputs one after the other; along y,
+/// tiles of this many rows of `x`: 64 for the tiled path, 8 (one after another) for the row-by-row path.
 pub fn matmul_work(members: &[MatMember], k: u64, path: MatPath) -> (u64, u64) {
-    let tile = if takes_rows(k, path) { MATMUL_ROWS as u64 } else { GEMM_TILE };
-    (members.iter().map(|m| m.n.div_ceil(tile)).sum(), tile)
+    let rows = if takes_rows(k, path) { MATMUL_TILE as u64 } else { GEMM_TILE };
+    (members.iter().map(|m| m.n.div_ceil(GEMM_TILE)).sum(), rows)
 }
 
 fn takes_rows(k: u64, path: MatPath) -> bool {
@@ -314,10 +310,11 @@ fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize) {
 /// 64 rows and each value of `x` 64 outputs.
 ///
 /// [`MatPath::RowByRow`] (decode) with `K` a multiple of eight: the workgroup takes its 8 rows one by one, so
-/// each row's arithmetic is the same whatever else the launch holds. Its 8 outputs are one group, and each
-/// thread takes every 256th step of eight columns, reading those columns of `x` once and one quant word (or
-/// eight values) of each of the group's rows, so a workgroup streams the group's blocks front to back with
-/// every thread's loads in flight at once; the 8 x 256 partial sums then meet in shared memory.
+/// each row's arithmetic is the same whatever else the launch holds. Its 64 outputs are 8 interleaved groups
+/// of 32 threads, and each thread takes every 32nd step of eight columns, reading those columns of `x` once
+/// and one quant word (or eight values) of each of its group's rows, so the 32 threads stream the group's
+/// blocks front to back with several steps' loads in flight each; each group's 8 x 32 partial sums then meet
+/// in shared memory.
 ///
 /// Bindings [x, then per member w, (bias), y]; `pc.rows` rows of `x`. Work: `[tiles, ceil(rows / tile), 1]`
 /// from [`matmul_work`].
@@ -362,7 +359,7 @@ pub fn matmul_group(
     let (read_x, gemv_inv) = if norm.is_some() {
         (
             "float xe = x[xr + c]; ss += xe * xe; XV = xe * (g[pc.base[1] + c] + UNIT);",
-            format!(" * (1.0 / sqrt(gpart[8u * {MATMUL_THREADS}u] / float(K) + EPS))"),
+            " * (1.0 / sqrt(gpart[at + 256u] / float(K) + EPS))".to_string(),
         )
     } else {
         ("XV = x[xr + c];", String::new())
@@ -371,7 +368,6 @@ pub fn matmul_group(
     let mut first_tile = 0;
     let mut dispatch = String::new();
     let (tiles_x, _) = matmul_work(members, k, path);
-    let tile_n = if gemv { MATMUL_ROWS as u64 } else { GEMM_TILE };
     for (m, mm) in members.iter().enumerate() {
         let (w, y) = (binding, binding + 1 + mm.bias as usize);
         u32_buffer(&mut s, w, &format!("w{m}"), "readonly");
@@ -413,39 +409,38 @@ pub fn matmul_group(
         );
         if gemv {
             let col = gemv_column(mm.format);
-            let gemv_store =
-                store(&format!("j * N{m} + n"), &format!("gpart[t * {MATMUL_THREADS}u]{gemv_inv}{add_bias}"));
+            let gemv_store = store(&format!("j * N{m} + n"), &format!("gpart[at + l * 32u]{gemv_inv}{add_bias}"));
             let _ = write!(
                 s,
                 "void member{m}(uint tile_x) {{\n\
-                 \x20 uint t = gl_LocalInvocationID.x, n0 = tile_x * 8u;\n\
+                 \x20 // Eight interleaved groups of outputs, 32 threads each.\n\
+                 \x20 uint t = gl_LocalInvocationID.x, l = t % 32u, n0 = tile_x * 64u + (t / 32u) * 8u, at = (t / 32u) * 288u;\n\
                  \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
                  \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
                  \x20 uint xr = pc.base[0] + j * K;\n\
                  \x20 float acc[8], ss = 0.0;\n\
                  \x20 for (uint r = 0u; r < 8u; r++) acc[r] = 0.0;\n\
                  \x20 // A constant trip count, so that the compiler can unroll it and put every step's loads in flight.\n\
-                 \x20 for (uint s = 0u; s < {steps}u; s++) {{\n\
-                 \x20   uint i = t + s * {MATMUL_THREADS}u;\n\
+                 \x20 for (uint s = 0u; s < {steps}u && n0 < N{m}; s++) {{\n\
+                 \x20   uint i = l + s * 32u;\n\
                  \x20   if (i >= K / 8u) break;\n\
                  \x20   float xv[8];\n\
                  \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
                  \x20   gemv_step{m}(n0, i, xv, acc);\n\
                  \x20 }}\n\
-                 \x20 for (uint r = 0u; r < 8u; r++) gpart[r * {MATMUL_THREADS}u + t] = acc[r];\n\
-                 \x20 gpart[8u * {MATMUL_THREADS}u + t] = ss;\n\
+                 \x20 for (uint r = 0u; r < 8u; r++) gpart[at + r * 32u + l] = acc[r];\n\
+                 \x20 gpart[at + 256u + l] = ss;\n\
                  \x20 barrier();\n\
-                 \x20 for (uint h = {half}u; h > 0u; h /= 2u) {{\n\
-                 \x20   if (t < h) for (uint r = 0u; r < {sums}u; r++) gpart[r * {MATMUL_THREADS}u + t] += gpart[r * {MATMUL_THREADS}u + t + h];\n\
+                 \x20 for (uint h = 16u; h > 0u; h /= 2u) {{\n\
+                 \x20   if (l < h) for (uint r = 0u; r < {sums}u; r++) gpart[at + r * 32u + l] += gpart[at + r * 32u + l + h];\n\
                  \x20   barrier();\n\
                  \x20 }}\n\
-                 \x20 uint n = n0 + t;\n\
-                 \x20 if (t < 8u && n < N{m}) {gemv_store}\n\
+                 \x20 uint n = n0 + l;\n\
+                 \x20 if (l < 8u && n < N{m}) {gemv_store}\n\
                  \x20 barrier();\n\
                  \x20 }}\n\
                  }}\n",
-                half = MATMUL_THREADS / 2,
-                steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64),
+                steps = (k / GEMV_SPAN).div_ceil(32),
                 read_x = read_x.replace("XV", "xv[e]"),
             );
         } else {
@@ -497,7 +492,7 @@ pub fn matmul_group(
                 read_x = read_x.replace("XV", "v"),
             );
         }
-        let tiles = mm.n.div_ceil(tile_n);
+        let tiles = mm.n.div_ceil(GEMM_TILE);
         let _ = writeln!(
             dispatch,
             "\x20 {}if (gl_WorkGroupID.x < {}u) member{m}(gl_WorkGroupID.x - {first_tile}u);",
