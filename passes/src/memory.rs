@@ -54,14 +54,18 @@ impl Arena {
 fn plan_graph(g: &Graph) -> MemoryPlan {
     let order = g.topo_order();
     let pos: std::collections::HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    // A matmul's operand stays live through a residual add that alone reads the matmul's result, so that a
-    // target may fuse the add into the matmul's launch: the sum must not land on the operand that launch
-    // still reads.
-    let through_add = |u: unicorn_ir::NodeId| match (&g.g[u].op, g.users(u).as_slice()) {
+    // An operand stays live through what a target may fuse into its reader's launch, so that no result of
+    // that launch lands on an operand the launch still reads: a matmul's through the residual add that alone
+    // reads the matmul's result; a RoPE's through a RoPE of the same table right after it (q and k).
+    let fused_reach = |u: unicorn_ir::NodeId| match (&g.g[u].op, g.users(u).as_slice()) {
         (Op::MatMul { .. }, &[a]) if g.g[a].op == Op::Add => pos[&a],
+        (Op::Rope { rope, head_dim }, _) => match order.get(pos[&u] + 1).map(|&b| &g.g[b].op) {
+            Some(Op::Rope { rope: r, head_dim: h }) if r == rope && h == head_dim => pos[&u] + 1,
+            _ => pos[&u],
+        },
         _ => pos[&u],
     };
-    let last_use = |n| g.users(n).iter().map(|&u| through_add(u)).max().unwrap_or(usize::MAX);
+    let last_use = |n| g.users(n).iter().map(|&u| fused_reach(u)).max().unwrap_or(usize::MAX);
     // One arena for values with the execution's rows, one for values with the kept rows.
     let mut arenas = [Arena::default(), Arena::default()];
     let mut plan = MemoryPlan { order: order.clone(), ..Default::default() };

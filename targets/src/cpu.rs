@@ -76,8 +76,10 @@ pub fn lower_phase(module: &Module, g: &Graph, kernels: &mut KernelTable) -> Pla
     crate::lower_steps(
         module,
         g,
-        crate::Lowering { group: Some(usize::MAX), fuse_norm: false, fuse_residual: false },
-        |ops, cols, rows| (kernels.builtin(kernel_name(module, ops)), [rows, Expr::Const(cols), Expr::Const(1)]),
+        crate::Lowering { group: Some(usize::MAX), fuse_norm: false, fuse_residual: false, pair_ropes: false },
+        |ops, cols, rows| {
+            (kernels.builtin(kernel_name(module, ops)), [rows, Expr::Const(cols[cols.len() - 1]), Expr::Const(1)])
+        },
     )
 }
 

@@ -38,16 +38,18 @@ pub(crate) struct Lowering {
     /// A residual add that alone reads a single matmul's result fuses into that matmul's launch as an
     /// epilogue (the matmul's own result is then never written).
     pub fuse_residual: bool,
+    /// Two RoPEs of one table side by side (a layer's q and k) share a launch.
+    pub pair_ropes: bool,
 }
 
 /// Lower one planned graph to its launches, in the memory plan's order, grouped and fused as `how` says.
-/// `kernel` names the kernel of a launch's ops and its work size, given the launch's total output columns and
-/// its rows (`S` or `R`).
+/// `kernel` names the kernel of a launch's ops and its work size, given each unit's output columns and the
+/// launch's rows (`S` or `R`).
 pub(crate) fn lower_steps(
     module: &Module,
     g: &Graph,
     how: Lowering,
-    mut kernel: impl FnMut(&[Op], u64, Expr) -> (KernelId, [Expr; 3]),
+    mut kernel: impl FnMut(&[Op], &[u64], Expr) -> (KernelId, [Expr; 3]),
 ) -> PlanPhase {
     let mem = g.memory.as_ref().expect("memory planned");
     let slot = |n: NodeId| act(mem.slot(n).expect("every value has a slot"));
@@ -152,6 +154,18 @@ pub(crate) fn lower_steps(
             && (sum == res || !overlaps(&sum, &res))
             && how.group.is_some_and(|b| buffers <= b)
     };
+    // Whether the ropes at order[i] and order[i + 1] share a launch: one table and head size, neither reading
+    // the other's result, and neither's result on the other's operand (their threads run side by side).
+    let pairs_ropes = |i: usize| -> bool {
+        let (Some(&a), Some(&b)) = (order.get(i), order.get(i + 1)) else { return false };
+        match (&g.g[a].op, &g.g[b].op) {
+            (Op::Rope { rope: ra, head_dim: ha }, Op::Rope { rope: rb, head_dim: hb }) if how.pair_ropes => {
+                let (xa, xb) = (slot(g.inputs(a)[0]), slot(g.inputs(b)[0]));
+                ra == rb && ha == hb && g.inputs(b)[0] != a && !overlaps(&slot(a), &xb) && !overlaps(&slot(b), &xa)
+            }
+            _ => false,
+        }
+    };
     let mut steps = Vec::new();
     let mut i = 0;
     while i < order.len() {
@@ -161,7 +175,13 @@ pub(crate) fn lower_steps(
             units.push(&order[i..i + 1]);
             i += 1;
         }
-        let group = group_at(i);
+        let group = if units.is_empty() && pairs_ropes(i) {
+            units.push(&order[i..i + 1]);
+            i += 1;
+            1
+        } else {
+            group_at(i)
+        };
         units.push(&order[i..i + group]);
         i += group;
         let fused_add = units.len() == 1 && group == 1 && fuses_add(i);
@@ -189,10 +209,10 @@ pub(crate) fn lower_steps(
             Dim::Seq | Dim::Const(_) if slot(last).arena.0 == 1 => Expr::R,
             Dim::Seq | Dim::Const(_) => Expr::S,
         };
-        let tail = units.last().expect("a unit");
-        let cols = tail.iter().map(|&m| g.g[m].ty.row_width() as u64).sum();
+        // Each unit's output columns (a matmul group's summed).
+        let cols: Vec<u64> = units.iter().map(|u| u.iter().map(|&m| g.g[m].ty.row_width() as u64).sum()).collect();
         let label = members.iter().map(|&m| g.g[m].label.as_str()).collect::<Vec<_>>().join(" + ");
-        let (kernel, work) = kernel(&ops, cols, rows);
+        let (kernel, work) = kernel(&ops, &cols, rows);
         steps.push(Step { kernel, device: node.device, args, work, ops, label });
     }
     let result = g.output().and_then(|o| mem.slot(o)).map(act).expect("an output with a slot");

@@ -323,25 +323,44 @@ fn rope_rotates_each_head_at_its_position() {
     let mut rng = Rng(13);
     let (rows, width, hd, pos) = (3usize, 48usize, 12usize, 37u32);
     let inv: Vec<f32> = (0..hd / 2).map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32)).collect();
-    let x = rng.vec(rows * width);
-    let mut want = vec![0f64; rows * width];
-    for r in 0..rows {
-        for h in (0..width).step_by(hd) {
-            for f in 0..hd / 2 {
-                // The angle in f32, as the reference computes it.
-                let angle = ((pos as usize + r) as f32 * inv[f]) as f64;
-                let (a, b) = (x[r * width + h + f] as f64, x[r * width + h + f + hd / 2] as f64);
-                want[r * width + h + f] = a * angle.cos() - b * angle.sin();
-                want[r * width + h + f + hd / 2] = b * angle.cos() + a * angle.sin();
+    // Rows of `width` rotated as the reference does, against f64.
+    let reference = |x: &[f32], width: usize| -> Vec<f64> {
+        let mut want = vec![0f64; rows * width];
+        for r in 0..rows {
+            for h in (0..width).step_by(hd) {
+                for f in 0..hd / 2 {
+                    // The angle in f32, as the reference computes it.
+                    let angle = ((pos as usize + r) as f32 * inv[f]) as f64;
+                    let (a, b) = (x[r * width + h + f] as f64, x[r * width + h + f + hd / 2] as f64);
+                    want[r * width + h + f] = a * angle.cos() - b * angle.sin();
+                    want[r * width + h + f + hd / 2] = b * angle.cos() + a * angle.sin();
+                }
             }
         }
-    }
+        want
+    };
+    let x = rng.vec(rows * width);
     let xb = buffer_at(&gpu, 1, &words(&x));
     let yb = buffer_at(&gpu, 2, &words(&vec![f32::NAN; rows * width]));
     let src = glsl::rope(&inv, width as u64, hd as u64);
     let groups = [(width as u32 / 2).div_ceil(glsl::WIDE), rows as u32, 1];
     dispatch(&gpu, "rope", &src, &[&xb, &yb], &[1, 2], [rows as u32, pos, 0, 0, 0], groups);
-    assert_close("rope", &read_floats(&yb, 2, rows * width), &want, 1e-5);
+    let single = read_floats(&yb, 2, rows * width);
+    assert_close("rope", &single, &reference(&x, width), 1e-5);
+
+    // q and k in one launch (k narrower: fewer kv heads), each against the reference, and the first bit for
+    // bit what it is alone.
+    let kw = 24usize;
+    let k = rng.vec(rows * kw);
+    let (kb, kyb) = (buffer_at(&gpu, 3, &words(&k)), buffer_at(&gpu, 4, &words(&vec![f32::NAN; rows * kw])));
+    let yb2 = buffer_at(&gpu, 2, &words(&vec![f32::NAN; rows * width]));
+    let src = glsl::rope_pair(&inv, width as u64, kw as u64, hd as u64);
+    let groups = [((width + kw) as u32 / 2).div_ceil(glsl::WIDE), rows as u32, 1];
+    dispatch(&gpu, "rope+rope", &src, &[&xb, &yb2, &kb, &kyb], &[1, 2, 3, 4], [rows as u32, pos, 0, 0, 0], groups);
+    let pair_q = read_floats(&yb2, 2, rows * width);
+    assert_close("rope+rope q", &pair_q, &reference(&x, width), 1e-5);
+    assert_close("rope+rope k", &read_floats(&kyb, 4, rows * kw), &reference(&k, kw), 1e-5);
+    assert!(pair_q.iter().zip(&single).all(|(a, b)| a.to_bits() == b.to_bits()), "rope+rope q differs from rope");
 }
 
 #[test]

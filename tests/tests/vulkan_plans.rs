@@ -41,13 +41,20 @@ fn every_launch_of_a_vulkan_plan_is_a_spirv_kernel_of_its_section() {
     }
     for p in &h.phases {
         for s in &p.steps {
-            // One op, a group of matmuls of one operand, or a norm fused in front of such a group.
+            // One op, a group of matmuls of one operand, a norm fused in front of such a group, a residual add
+            // behind one matmul, or two ropes side by side.
+            use unicorn_ir::Op;
             let units: Vec<_> = s.units().collect();
-            let matmuls = |ops: &[unicorn_ir::Op]| ops.iter().all(|o| matches!(o, unicorn_ir::Op::MatMul { .. }));
-            let fused_norm = units.len() == 2
-                && matches!(s.ops[0], unicorn_ir::Op::RmsNorm { .. })
-                && matmuls(&s.ops[units[1].ops.clone()]);
-            assert!(units.len() == 1 || fused_norm, "{}: an unexpected fusion", s.label);
+            let matmuls = |ops: &[Op]| ops.iter().all(|o| matches!(o, Op::MatMul { .. }));
+            let unit = |i: usize| &s.ops[units[i].ops.clone()];
+            let fused = units.len() == 2
+                && match (&s.ops[0], s.ops.last()) {
+                    (Op::RmsNorm { .. }, _) => matmuls(unit(1)),
+                    (Op::MatMul { .. }, Some(Op::Add)) => unit(0).len() == 1 && unit(1).len() == 1,
+                    (Op::Rope { .. }, Some(Op::Rope { .. })) => s.ops.len() == 2,
+                    _ => false,
+                };
+            assert!(units.len() == 1 || fused, "{}: an unexpected fusion", s.label);
             let k = &h.kernels[s.kernel.0 as usize];
             let buffers = s.args.iter().filter(|a| !matches!(a, unicorn_ir::plan::Arg::Scalar(_))).count();
             assert_eq!(k.bindings.len(), buffers, "{}: {} binds {buffers} buffers", s.label, k.name);
@@ -55,16 +62,17 @@ fn every_launch_of_a_vulkan_plan_is_a_spirv_kernel_of_its_section() {
     }
 }
 
-/// Launches per layer. Llama: the norm fused into q/k/v, two ropes, attention, o_proj, the residual add, the
-/// norm fused into gate/up, the GLU, down and the second add (10); Gemma 3 adds its q/k norms and the norms
-/// after attention and after the MLP (14). Then the embedding, the final norm and the LM head, and in prefill
+/// Launches per layer. Llama: the norm fused into q/k/v, the two ropes in one, attention, o_proj with the
+/// residual add, the norm fused into gate/up, the GLU, down with the second add (7); Gemma 3 adds its q/k
+/// norms and the norms after attention and after the MLP, and its adds follow those norms (13). Then the embedding, the final norm and the LM head, and in prefill
 /// the selection of the kept rows, and Gemma's final logit softcap: at most 5 more.
 #[test]
 fn norms_and_residual_adds_fuse_into_the_projections_beside_them() {
     let dir = tempfile::tempdir().unwrap();
-    // Llama: norm + q/k/v, rope q, rope k, attention, o + residual, norm + gate/up, glu, down + residual. Gemma
-    // 3 normalizes each projection's result (and q, k), so its residual adds follow a norm and do not fuse.
-    for (name, per_layer) in [("llama_gqa", 8), ("gemma3_text", 14)] {
+    // Llama: norm + q/k/v, rope q + rope k, attention, o + residual, norm + gate/up, glu, down + residual.
+    // Gemma 3 normalizes each projection's result (and q, k), so its residual adds follow a norm and do not
+    // fuse.
+    for (name, per_layer) in [("llama_gqa", 7), ("gemma3_text", 13)] {
         let plan = compile_for(Target::Vulkan, &fixtures_dir().join(name), dir.path(), WeightFormat::Q8_0, None);
         let model = Model::load(&plan).unwrap();
         let h = model.header();
@@ -77,6 +85,8 @@ fn norms_and_residual_adds_fuse_into_the_projections_beside_them() {
             let residual = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.ends_with("+add")).count();
             let want = if name == "llama_gqa" { 2 * h.spec.num_layers } else { 0 };
             assert_eq!(residual, want, "{name} {}: residual adds fused into the matmul before them", p.phase);
+            let ropes = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name == "rope+rope").count();
+            assert_eq!(ropes, h.spec.num_layers, "{name} {}: q and k rotated in one launch per layer", p.phase);
         }
     }
 }

@@ -569,6 +569,42 @@ pub fn rope(inv_freq: &[f32], width: u64, head_dim: u64) -> String {
     s
 }
 
+/// `rope+rope`: [`rope`] of two tensors with one table (a layer's q and k, of `WA` and `WB` elements per row)
+/// in one launch: threads `0..WA / 2` rotate the first, the rest the second. Bindings [x_a, y_a, x_b, y_b].
+/// Work: `[ceil((WA + WB) / 2 / 64), rows, 1]`.
+pub fn rope_pair(inv_freq: &[f32], wa: u64, wb: u64, head_dim: u64) -> String {
+    let mut s = String::new();
+    header(&mut s, WIDE, 1);
+    f32_buffer(&mut s, 0, "xa", "readonly");
+    f32_buffer(&mut s, 1, "ya", "writeonly");
+    f32_buffer(&mut s, 2, "xb", "readonly");
+    f32_buffer(&mut s, 3, "yb", "writeonly");
+    def_uint(&mut s, "WA", wa);
+    def_uint(&mut s, "WB", wb);
+    def_uint(&mut s, "HD", head_dim);
+    let bits: Vec<String> = inv_freq.iter().map(|f| format!("0x{:08x}u", f.to_bits())).collect();
+    let _ = writeln!(s, "const uint INV_FREQ[{}] = uint[]({});", bits.len().max(1), bits.join(", "));
+    s.push_str(
+        "void main() {
+           uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y, half_ = HD / 2u;
+           if (i >= (WA + WB) / 2u) return;
+           bool second = i >= WA / 2u;
+           uint w = second ? WB : WA, j = second ? i - WA / 2u : i;
+           uint head = j / half_, f = j % half_;
+           uint a = r * w + head * HD + f;
+           float angle = float(pc.pos + r) * uintBitsToFloat(INV_FREQ[f]);
+           float c = cos(angle), sn = sin(angle);
+           float x0 = second ? xb[pc.base[2] + a] : xa[pc.base[0] + a];
+           float x1 = second ? xb[pc.base[2] + a + half_] : xa[pc.base[0] + a + half_];
+           float y0 = x0 * c - x1 * sn, y1 = x1 * c + x0 * sn;
+           if (second) { yb[pc.base[3] + a] = y0; yb[pc.base[3] + a + half_] = y1; }
+           else { ya[pc.base[1] + a] = y0; ya[pc.base[1] + a + half_] = y1; }
+         }
+",
+    );
+    s
+}
+
 /// The elementwise kernels, over rows of `W` elements; `C` is the op's constant (`scale`, `softcap`). Bindings
 /// [a, (b), out]. Work: `[ceil(W / 64), rows, 1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

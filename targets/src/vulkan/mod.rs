@@ -91,7 +91,9 @@ fn matmul_path(g: &Graph) -> MatPath {
     }
 }
 
-fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv: DType) -> Kernel {
+/// The kernel of a launch's ops, given each unit's output columns (`cols`: the last unit's).
+fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr, kv: DType) -> Kernel {
+    let cols = units[units.len() - 1];
     let wide = [WIDE, 1, 1];
     let one = Expr::Const(1);
     let elementwise = |op: Elementwise, c: f32, buffers: usize| Kernel {
@@ -116,7 +118,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
         }
         Op::RmsNorm { eps, unit_offset, .. } if ops.len() > 1 => {
             // A norm fused in front of the matmuls that read it: its operand, weight and result come first.
-            let mut k = kernel_for(module, g, &ops[1..], cols, rows, kv);
+            let mut k = kernel_for(module, g, &ops[1..], &units[1..], rows, kv);
             k.name = format!("rms_norm+{}", k.name);
             k.source =
                 matmul_source(module, g, &ops[1..], Some(NormPrologue { eps: *eps, unit_offset: *unit_offset }), false);
@@ -127,7 +129,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
         Op::MatMul { .. } if matches!(ops.last(), Some(Op::Add)) => {
             // A residual add fused behind one matmul: the matmul's units, then the add's [a, b, sum], of which
             // the kernel reads the input that is not the matmul's result and writes the sum.
-            let mut k = kernel_for(module, g, &ops[..1], cols, rows, kv);
+            let mut k = kernel_for(module, g, &ops[..1], &units[..1], rows, kv);
             k.name = format!("{}+add", k.name);
             k.source = matmul_source(module, g, &ops[..1], None, true);
             k.writes = vec![k.buffers + 2];
@@ -166,6 +168,19 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], cols: u64, rows: Expr, kv:
                 writes: vec![2],
                 workgroup: wide,
                 work: [Expr::Const(cols / group), rows, one],
+            }
+        }
+        Op::Rope { rope, head_dim } if ops.len() == 2 => {
+            // Two ropes of one table in one launch (a layer's q and k): [x_a, y_a, x_b, y_b].
+            let inv = module.spec.ropes[*rope].inv_freq(module.spec.head_dim);
+            let (wa, wb) = (units[0], units[1]);
+            Kernel {
+                name: "rope+rope".into(),
+                source: glsl::rope_pair(&inv, wa, wb, *head_dim as u64),
+                buffers: 4,
+                writes: vec![1, 3],
+                workgroup: wide,
+                work: [ceil((wa + wb) / 2, WIDE), rows, one],
             }
         }
         Op::Rope { rope, head_dim } => {
@@ -230,9 +245,9 @@ pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTa
         }
     }
     let mut failed = None;
-    let how = crate::Lowering { group: Some(MAX_BUFFERS), fuse_norm: true, fuse_residual: true };
-    let phase = crate::lower_steps(module, g, how, |ops, cols, rows| {
-        let k = kernel_for(module, g, ops, cols, rows, kv);
+    let how = crate::Lowering { group: Some(MAX_BUFFERS), fuse_norm: true, fuse_residual: true, pair_ropes: true };
+    let phase = crate::lower_steps(module, g, how, |ops, units, rows| {
+        let k = kernel_for(module, g, ops, units, rows, kv);
         let work = k.work.clone();
         let id = kernels.add(k).unwrap_or_else(|e| {
             failed.get_or_insert(e);

@@ -24,6 +24,7 @@ fn all_kernels() -> Vec<(String, String)> {
     v.push(("rms_norm".into(), rms_norm(64, 1e-6, false)));
     v.push(("rms_norm_unit".into(), rms_norm(16, 1e-5, true)));
     v.push(("rope".into(), rope(&[1.0, 0.1, 0.01, 0.001], 64, 8)));
+    v.push(("rope+rope".into(), rope_pair(&[1.0, 0.1, 0.01, 0.001], 64, 32, 8)));
     for op in
         [Elementwise::Add, Elementwise::GluSilu, Elementwise::GluGeluTanh, Elementwise::Scale, Elementwise::Softcap]
     {
