@@ -172,10 +172,19 @@ pub struct Agreement {
     pub argmax: f32,
 }
 
+/// max |got - want|, or infinity where `got` holds a NaN or an infinity (which a running maximum would pass
+/// over: `f32::max` ignores NaN).
+pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
+    if got.iter().any(|g| !g.is_finite()) {
+        return f32::INFINITY;
+    }
+    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+}
+
 pub fn compare(got: &[f32], want: &[f32], vocab: usize) -> Agreement {
     assert_eq!(got.len(), want.len(), "logit counts differ");
     let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_err = max_abs_diff(got, want);
     let rows = want.len() / vocab;
     let same = (0..rows)
         .filter(|r| argmax(&got[r * vocab..(r + 1) * vocab]) == argmax(&want[r * vocab..(r + 1) * vocab]))

@@ -36,7 +36,7 @@ fn alone(model: &Model, prompt: &[u32]) -> (Vec<Vec<f32>>, Vec<u32>) {
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     let tol = 1e-5;
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let err = max_abs_diff(got, want);
     assert!(err <= tol * scale, "{what}: max |diff| {err} against max |logit| {scale}");
 }
 

@@ -42,7 +42,7 @@ fn decode_vs_prefill(plan: &Path, ids: &[u32], vocab: usize, device: DeviceKind)
         let got = s.forward(&[t], false).unwrap();
         let want = &all[i * vocab..(i + 1) * vocab];
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let err = max_abs_diff(got, want);
         worst = worst.max(err / scale);
     }
     worst

@@ -61,6 +61,11 @@ fn read_floats(b: &Buffer, pad: u32, n: usize) -> Vec<f32> {
 
 fn assert_close(name: &str, got: &[f32], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{name}");
+    // The outputs start as NaN: one left unwritten (or any non-finite result) fails here, since the maximum
+    // below would pass over it.
+    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+        panic!("{name}: element {i} of {} is {}", got.len(), got[i]);
+    }
     let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
     let worst = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
     assert!(worst <= tol * scale, "{name}: worst error {worst:.3e} > {tol:e} of max |y| {scale:.3e}");
@@ -116,6 +121,9 @@ fn matmul_per_format_with_and_without_bias() {
         (1, 70, 17),
         (70, 64, 100),
         (65, 70, 129),
+        // Launches of many outputs, whose row-by-row workgroups make 2 and 8 groups of 8.
+        (2, 64, 4100),
+        (1, 64, 16392),
     ];
     for (format, (rows, k, n)) in FORMATS.into_iter().flat_map(|f| shapes.map(|s| (f, s))) {
         if format.is_quantized() && k % 32 != 0 {

@@ -240,11 +240,25 @@ pub enum MatPath {
 /// Outputs (and rows of `x`) of one tile of the tiled path.
 pub const GEMM_TILE: u64 = 64;
 
-/// A matmul launch's workgroups: along x, each member's tiles of 64 outputs one after the other; along y,
-/// tiles of this many rows of `x`: 64 for the tiled path, 8 (one after another) for the row-by-row path.
+/// A matmul launch's workgroups: along x, each member's tiles of outputs one after the other (64 for the tiled
+/// path, `8 * gemv_groups` for the row-by-row path); along y, tiles of this many rows of `x`: 64 for the
+/// tiled path, 8 (one after another) for the row-by-row path.
 pub fn matmul_work(members: &[MatMember], k: u64, path: MatPath) -> (u64, u64) {
-    let rows = if takes_rows(k, path) { MATMUL_TILE as u64 } else { GEMM_TILE };
-    (members.iter().map(|m| m.n.div_ceil(GEMM_TILE)).sum(), rows)
+    let (outs, rows) =
+        if takes_rows(k, path) { (8 * gemv_groups(members), MATMUL_TILE as u64) } else { (GEMM_TILE, GEMM_TILE) };
+    (members.iter().map(|m| m.n.div_ceil(outs)).sum(), rows)
+}
+
+/// Interleaved groups of 8 outputs one workgroup of the row-by-row path makes: as many as keep at least 256
+/// workgroups in the launch (a launch of few outputs needs every workgroup it can get to fill a large GPU; one
+/// of many outputs amortizes each workgroup's fixed cost over more), at most 8.
+pub fn gemv_groups(members: &[MatMember]) -> u64 {
+    let n: u64 = members.iter().map(|m| m.n).sum();
+    let mut g = 8;
+    while g > 1 && n / (8 * g) < 256 {
+        g /= 2;
+    }
+    g
 }
 
 fn takes_rows(k: u64, path: MatPath) -> bool {
@@ -310,11 +324,11 @@ fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize) {
 /// 64 rows and each value of `x` 64 outputs.
 ///
 /// [`MatPath::RowByRow`] (decode) with `K` a multiple of eight: the workgroup takes its 8 rows one by one, so
-/// each row's arithmetic is the same whatever else the launch holds. Its 64 outputs are 8 interleaved groups
-/// of 32 threads, and each thread takes every 32nd step of eight columns, reading those columns of `x` once
-/// and one quant word (or eight values) of each of its group's rows, so the 32 threads stream the group's
-/// blocks front to back with several steps' loads in flight each; each group's 8 x 32 partial sums then meet
-/// in shared memory.
+/// each row's arithmetic is the same whatever else the launch holds. Its outputs are 1 to 8 interleaved groups
+/// ([`gemv_groups`]) of `256 / groups` threads, and each thread takes every `256 / groups`-th step of eight
+/// columns, reading those columns of `x` once and one quant word (or eight values) of each of its group's
+/// rows, so a group's threads stream its blocks front to back with every step's loads in flight; each
+/// group's partial sums then meet in shared memory.
 ///
 /// Bindings [x, then per member w, (bias), y]; `pc.rows` rows of `x`. Work: `[tiles, ceil(rows / tile), 1]`
 /// from [`matmul_work`].
@@ -342,7 +356,11 @@ pub fn matmul_group(
     def_uint(&mut s, "K", k);
     def_uint(&mut s, "TILE", MATMUL_TILE as u64);
     let gemv = takes_rows(k, path);
+    let groups = gemv_groups(members);
+    let tile_n = if gemv { 8 * groups } else { GEMM_TILE };
     if gemv {
+        def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
+        def_uint(&mut s, "OUTS", 8 * groups);
         let _ = writeln!(s, "shared float gpart[{}];", 9 * MATMUL_THREADS);
     } else {
         let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64 * 4];");
@@ -359,7 +377,7 @@ pub fn matmul_group(
     let (read_x, gemv_inv) = if norm.is_some() {
         (
             "float xe = x[xr + c]; ss += xe * xe; XV = xe * (g[pc.base[1] + c] + UNIT);",
-            " * (1.0 / sqrt(gpart[at + 256u] / float(K) + EPS))".to_string(),
+            " * (1.0 / sqrt(gpart[at + 8u * LANES] / float(K) + EPS))".to_string(),
         )
     } else {
         ("XV = x[xr + c];", String::new())
@@ -409,12 +427,12 @@ pub fn matmul_group(
         );
         if gemv {
             let col = gemv_column(mm.format);
-            let gemv_store = store(&format!("j * N{m} + n"), &format!("gpart[at + l * 32u]{gemv_inv}{add_bias}"));
+            let gemv_store = store(&format!("j * N{m} + n"), &format!("gpart[at + l * LANES]{gemv_inv}{add_bias}"));
             let _ = write!(
                 s,
                 "void member{m}(uint tile_x) {{\n\
-                 \x20 // Eight interleaved groups of outputs, 32 threads each.\n\
-                 \x20 uint t = gl_LocalInvocationID.x, l = t % 32u, n0 = tile_x * 64u + (t / 32u) * 8u, at = (t / 32u) * 288u;\n\
+                 \x20 // OUTS / 8 interleaved groups of outputs, LANES threads each.\n\
+                 \x20 uint t = gl_LocalInvocationID.x, l = t % LANES, n0 = tile_x * OUTS + (t / LANES) * 8u, at = (t / LANES) * 9u * LANES;\n\
                  \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
                  \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
                  \x20 uint xr = pc.base[0] + j * K;\n\
@@ -422,17 +440,17 @@ pub fn matmul_group(
                  \x20 for (uint r = 0u; r < 8u; r++) acc[r] = 0.0;\n\
                  \x20 // A constant trip count, so that the compiler can unroll it and put every step's loads in flight.\n\
                  \x20 for (uint s = 0u; s < {steps}u && n0 < N{m}; s++) {{\n\
-                 \x20   uint i = l + s * 32u;\n\
+                 \x20   uint i = l + s * LANES;\n\
                  \x20   if (i >= K / 8u) break;\n\
                  \x20   float xv[8];\n\
                  \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
                  \x20   gemv_step{m}(n0, i, xv, acc);\n\
                  \x20 }}\n\
-                 \x20 for (uint r = 0u; r < 8u; r++) gpart[at + r * 32u + l] = acc[r];\n\
-                 \x20 gpart[at + 256u + l] = ss;\n\
+                 \x20 for (uint r = 0u; r < 8u; r++) gpart[at + r * LANES + l] = acc[r];\n\
+                 \x20 gpart[at + 8u * LANES + l] = ss;\n\
                  \x20 barrier();\n\
-                 \x20 for (uint h = 16u; h > 0u; h /= 2u) {{\n\
-                 \x20   if (l < h) for (uint r = 0u; r < {sums}u; r++) gpart[at + r * 32u + l] += gpart[at + r * 32u + l + h];\n\
+                 \x20 for (uint h = LANES / 2u; h > 0u; h /= 2u) {{\n\
+                 \x20   if (l < h) for (uint r = 0u; r < {sums}u; r++) gpart[at + r * LANES + l] += gpart[at + r * LANES + l + h];\n\
                  \x20   barrier();\n\
                  \x20 }}\n\
                  \x20 uint n = n0 + l;\n\
@@ -440,7 +458,7 @@ pub fn matmul_group(
                  \x20 barrier();\n\
                  \x20 }}\n\
                  }}\n",
-                steps = (k / GEMV_SPAN).div_ceil(32),
+                steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
                 read_x = read_x.replace("XV", "xv[e]"),
             );
         } else {
@@ -492,7 +510,7 @@ pub fn matmul_group(
                 read_x = read_x.replace("XV", "v"),
             );
         }
-        let tiles = mm.n.div_ceil(GEMM_TILE);
+        let tiles = mm.n.div_ceil(tile_n);
         let _ = writeln!(
             dispatch,
             "\x20 {}if (gl_WorkGroupID.x < {}u) member{m}(gl_WorkGroupID.x - {first_tile}u);",

@@ -130,3 +130,19 @@ fn snapshots() {
     insta::assert_snapshot!("rms_norm_matmul3_q4_0", matmul_group(&qkv, 2048, norm, false, MatPath::Tiled));
     insta::assert_snapshot!("rms_norm_matmul3_q4_0_rows", matmul_group(&qkv, 2048, norm, false, MatPath::RowByRow));
 }
+
+#[test]
+fn decode_workgroups_take_more_groups_only_where_outputs_abound() {
+    let m = |n| [MatMember { format: WeightFormat::Q4_0, bias: false, n }];
+    // At least 256 workgroups whenever the outputs allow it.
+    assert_eq!(gemv_groups(&m(2048)), 1);
+    assert_eq!(gemv_groups(&m(4095)), 1);
+    assert_eq!(gemv_groups(&m(4096)), 2);
+    assert_eq!(gemv_groups(&m(16384)), 8);
+    assert_eq!(gemv_groups(&m(128256)), 8);
+    let qkv = [2048, 512, 512].map(|n| MatMember { format: WeightFormat::Q4_0, bias: false, n });
+    assert_eq!(gemv_groups(&qkv), 1);
+    assert_eq!(matmul_work(&m(16384), 2048, MatPath::RowByRow), (256, 8));
+    assert_eq!(matmul_work(&m(2048), 2048, MatPath::RowByRow), (256, 8));
+    assert_eq!(matmul_work(&m(2048), 2048, MatPath::Tiled), (32, 64));
+}
