@@ -49,6 +49,8 @@ pub struct BenchResult {
     pub decode_tok_s: Spread,
     pub ttft_ms: Spread,
     pub peak_rss_mib: f64,
+    /// Bytes of the plan's weights: what a decode step reads at least (each weight once).
+    pub weight_bytes: u64,
     /// Per kernel: name, seconds in prefill, seconds in decode, decode calls.
     pub profile: Vec<(String, f64, f64, usize)>,
 }
@@ -65,7 +67,14 @@ impl BenchResult {
             "decode_tok_s": self.decode_tok_s.json(),
             "ttft_ms": self.ttft_ms.json(),
             "peak_rss_mib": self.peak_rss_mib,
+            "weight_bytes": self.weight_bytes,
+            "decode_weight_gb_s": self.decode_weight_gb_s(),
         })
+    }
+
+    /// The weights a decode step reads, over the median step's time, in GB/s (10^9 bytes).
+    pub fn decode_weight_gb_s(&self) -> f64 {
+        self.weight_bytes as f64 * self.decode_tok_s.median / 1e9
     }
 
     pub fn table(&self) -> String {
@@ -83,11 +92,23 @@ impl BenchResult {
         t += &row("prefill", &self.prefill_tok_s, "tok/s");
         t += &row("decode", &self.decode_tok_s, "tok/s");
         t += &row("first token", &self.ttft_ms, "ms");
+        t += &format!(
+            "{:14} {:>10.2} GB/s   (the {:.1} MiB of weights each step reads, at the median)\n",
+            "decode reads",
+            self.decode_weight_gb_s(),
+            self.weight_bytes as f64 / (1u64 << 20) as f64
+        );
         t += &format!("{:14} {:>10.1} MiB\n", "peak RSS", self.peak_rss_mib);
         if !self.profile.is_empty() {
             let (tp, td): (f64, f64) = self.profile.iter().fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2));
-            t += &format!("{:24} {:>14} {:>14}\n", "kernel", "prefill ms", "decode ms/tok");
             let gen = self.options.gen.max(1) as f64;
+            let calls: usize = self.profile.iter().map(|p| p.3).sum();
+            t += &format!(
+                "{:14} {:>10.1} per decode step (kernel calls; on a GPU, dispatches)\n",
+                "launches",
+                calls as f64 / gen
+            );
+            t += &format!("{:24} {:>14} {:>14}\n", "kernel", "prefill ms", "decode ms/tok");
             for (k, p, d, _) in &self.profile {
                 t += &format!(
                     "{k:24} {:>8.1} ({:>3.0}%) {:>8.3} ({:>3.0}%)\n",
@@ -172,6 +193,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         decode_tok_s: Spread::of(dec),
         ttft_ms: Spread::of(ttft),
         peak_rss_mib: peak_rss_mib(),
+        weight_bytes: model.header().weights.iter().map(|w| w.bytes).sum(),
         profile,
     })
 }

@@ -117,6 +117,13 @@ fn bench_json_reports_every_measure() {
         assert!(0.0 < lo && lo <= mid && mid <= hi, "{k}: {lo} {mid} {hi}");
     }
     assert!(j["peak_rss_mib"].as_f64().unwrap() > 1.0);
+    // Decode bandwidth: the plan's weight bytes (summed here from its header) at the median decode speed.
+    let file = unicorn_ir::container::PlanFile::open(&plan).unwrap();
+    let bytes: u64 = file.header.weights.iter().map(|w| w.bytes).sum();
+    assert_eq!(j["weight_bytes"].as_u64(), Some(bytes));
+    let want = bytes as f64 * j["decode_tok_s"]["median"].as_f64().unwrap() / 1e9;
+    let got = j["decode_weight_gb_s"].as_f64().unwrap();
+    assert!((got - want).abs() <= 1e-9 * want, "{got} GB/s, want {want}");
     // The context limit applies to the benchmark too.
     let out = run("unicorn-rt", &[plan.to_str().unwrap(), "--bench", "--prompt-len", "300", "--gen", "300"]);
     assert_one_line_error(&out, "--prompt-len");
