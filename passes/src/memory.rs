@@ -55,10 +55,10 @@ fn plan_graph(g: &Graph) -> MemoryPlan {
     let order = g.topo_order();
     let pos: std::collections::HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     // An operand stays live through what a target may fuse into its reader's launch, so that no result of
-    // that launch lands on an operand the launch still reads: a matmul's through the residual add that alone
-    // reads the matmul's result; a RoPE's through a RoPE of the same table right after it (q and k).
+    // that launch lands on an operand the launch still reads: a matmul's through the residual add or the GLU
+    // that alone reads the matmul's result; a RoPE's through a RoPE of the same table right after it (q and k).
     let fused_reach = |u: unicorn_ir::NodeId| match (&g.g[u].op, g.users(u).as_slice()) {
-        (Op::MatMul { .. }, &[a]) if g.g[a].op == Op::Add => pos[&a],
+        (Op::MatMul { .. }, &[a]) if matches!(g.g[a].op, Op::Add | Op::Glu { .. }) => pos[&a],
         (Op::Rope { rope, head_dim }, _) => match order.get(pos[&u] + 1).map(|&b| &g.g[b].op) {
             Some(Op::Rope { rope: r, head_dim: h }) if r == rope && h == head_dim => pos[&u] + 1,
             _ => pos[&u],

@@ -76,7 +76,13 @@ pub fn lower_phase(module: &Module, g: &Graph, kernels: &mut KernelTable) -> Pla
     crate::lower_steps(
         module,
         g,
-        crate::Lowering { group: Some(usize::MAX), fuse_norm: false, fuse_residual: false, pair_ropes: false },
+        crate::Lowering {
+            group: Some(usize::MAX),
+            fuse_norm: false,
+            fuse_residual: false,
+            pair_ropes: false,
+            glu_columns: None,
+        },
         |ops, cols, rows| {
             (kernels.builtin(kernel_name(module, ops)), [rows, Expr::Const(cols[cols.len() - 1]), Expr::Const(1)])
         },

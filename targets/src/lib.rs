@@ -40,6 +40,9 @@ pub(crate) struct Lowering {
     pub fuse_residual: bool,
     /// Two RoPEs of one table side by side (a layer's q and k) share a launch.
     pub pair_ropes: bool,
+    /// A GLU fuses behind the two matmuls (gate, up; one format) that alone feed it, when their operand's
+    /// columns are a multiple of this; `None` never.
+    pub glu_columns: Option<u64>,
 }
 
 /// Lower one planned graph to its launches, in the memory plan's order, grouped and fused as `how` says.
@@ -166,6 +169,31 @@ pub(crate) fn lower_steps(
             _ => false,
         }
     };
+    // Whether the GLU at order[i] fuses behind the two matmuls before it (with a norm in front of them when
+    // `norm`): its operands are their results, gate first, it is their only reader, they are of one format,
+    // the operand's columns suit the kernel, the bindings fit, and its result does not land on what the
+    // launch reads (the matmuls' operand, or the norm's).
+    let fuses_glu = |i: usize, norm: bool| -> bool {
+        let (Some(cols), Some(&n), Some(pair)) = (how.glu_columns, order.get(i), order.get(i.wrapping_sub(2)..i))
+        else {
+            return false;
+        };
+        let Op::Glu { .. } = g.g[n].op else { return false };
+        let fmt = |m: NodeId| match &g.g[m].op {
+            Op::MatMul { weight, .. } => Some(module.weight(*weight).format),
+            _ => None,
+        };
+        let x = g.inputs(pair[0])[0];
+        let read = if norm { g.inputs(x)[0] } else { x };
+        let buffers = 3 * norm as usize + 1 + pair.iter().map(|&m| matmul_buffers(m)).sum::<usize>() + 3;
+        g.inputs(n) == pair
+            && pair.iter().all(|&m| g.users(m) == [n])
+            && fmt(pair[0]).is_some()
+            && fmt(pair[0]) == fmt(pair[1])
+            && (g.g[x].ty.row_width() as u64).is_multiple_of(cols)
+            && !overlaps(&slot(n), &slot(read))
+            && how.group.is_some_and(|b| buffers <= b)
+    };
     let mut steps = Vec::new();
     let mut i = 0;
     while i < order.len() {
@@ -184,6 +212,11 @@ pub(crate) fn lower_steps(
         };
         units.push(&order[i..i + group]);
         i += group;
+        let fused_glu = group == 2 && fuses_glu(i, units.len() > 1);
+        if fused_glu {
+            units.push(&order[i..i + 1]);
+            i += 1;
+        }
         let fused_add = units.len() == 1 && group == 1 && fuses_add(i);
         if fused_add {
             units.push(&order[i..i + 1]);

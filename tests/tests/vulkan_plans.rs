@@ -47,13 +47,16 @@ fn every_launch_of_a_vulkan_plan_is_a_spirv_kernel_of_its_section() {
             let units: Vec<_> = s.units().collect();
             let matmuls = |ops: &[Op]| ops.iter().all(|o| matches!(o, Op::MatMul { .. }));
             let unit = |i: usize| &s.ops[units[i].ops.clone()];
-            let fused = units.len() == 2
-                && match (&s.ops[0], s.ops.last()) {
-                    (Op::RmsNorm { .. }, _) => matmuls(unit(1)),
-                    (Op::MatMul { .. }, Some(Op::Add)) => unit(0).len() == 1 && unit(1).len() == 1,
-                    (Op::Rope { .. }, Some(Op::Rope { .. })) => s.ops.len() == 2,
-                    _ => false,
-                };
+            // In decode, a GLU behind gate and up (and their norm).
+            let glu = |u: usize| p.phase == unicorn_ir::Phase::Decode && matches!(unit(u), [Op::Glu { .. }]);
+            let fused = match (units.len(), &s.ops[0], s.ops.last()) {
+                (2, Op::RmsNorm { .. }, _) => matmuls(unit(1)),
+                (3, Op::RmsNorm { .. }, _) => matmuls(unit(1)) && unit(1).len() == 2 && glu(2),
+                (2, Op::MatMul { .. }, Some(Op::Add)) => unit(0).len() == 1 && unit(1).len() == 1,
+                (2, Op::MatMul { .. }, Some(Op::Glu { .. })) => unit(0).len() == 2 && glu(1),
+                (2, Op::Rope { .. }, Some(Op::Rope { .. })) => s.ops.len() == 2,
+                _ => false,
+            };
             assert!(units.len() == 1 || fused, "{}: an unexpected fusion", s.label);
             let k = &h.kernels[s.kernel.0 as usize];
             let buffers = s.args.iter().filter(|a| !matches!(a, unicorn_ir::plan::Arg::Scalar(_))).count();
@@ -72,12 +75,14 @@ fn norms_and_residual_adds_fuse_into_the_projections_beside_them() {
     // Llama: norm + q/k/v, rope q + rope k, attention, o + residual, norm + gate/up, glu, down + residual.
     // Gemma 3 normalizes each projection's result (and q, k), so its residual adds follow a norm and do not
     // fuse.
+    // In decode the GLU fuses behind gate and up too: one launch fewer per layer.
     for (name, per_layer) in [("llama_gqa", 7), ("gemma3_text", 13)] {
         let plan = compile_for(Target::Vulkan, &fixtures_dir().join(name), dir.path(), WeightFormat::Q8_0, None);
         let model = Model::load(&plan).unwrap();
         let h = model.header();
         for p in &h.phases {
             // The final norm fuses into the LM head too where the memory plan lets it (not over its operand).
+            let per_layer = per_layer - (p.phase == unicorn_ir::Phase::Decode) as usize;
             let most = per_layer * h.spec.num_layers + 5;
             assert!(p.steps.len() <= most, "{name} {}: {} launches, expected at most {most}", p.phase, p.steps.len());
             let fused = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.starts_with("rms_norm+")).count();
@@ -85,6 +90,9 @@ fn norms_and_residual_adds_fuse_into_the_projections_beside_them() {
             let residual = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.ends_with("+add")).count();
             let want = if name == "llama_gqa" { 2 * h.spec.num_layers } else { 0 };
             assert_eq!(residual, want, "{name} {}: residual adds fused into the matmul before them", p.phase);
+            let glus = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.contains("+glu_")).count();
+            let want = if p.phase == unicorn_ir::Phase::Decode { h.spec.num_layers } else { 0 };
+            assert_eq!(glus, want, "{name} {}: GLUs fused behind gate and up", p.phase);
             let ropes = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name == "rope+rope").count();
             assert_eq!(ropes, h.spec.num_layers, "{name} {}: q and k rotated in one launch per layer", p.phase);
         }

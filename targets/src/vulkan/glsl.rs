@@ -22,6 +22,7 @@
 //! and every four quant bytes of a group of eight rows on a word boundary. Activations are f32.
 
 use std::fmt::Write;
+use unicorn_ir::spec::Activation;
 use unicorn_ir::WeightFormat;
 
 pub use unicorn_ir::plan::vulkan_abi::{ATTN_SPLIT_KEYS, ATTN_SPLIT_ROWS, MAX_BUFFERS, WIDE};
@@ -410,21 +411,7 @@ pub fn matmul_group(
             f32_buffer(&mut s, y + 3, "sum", "writeonly");
         }
         def_uint(&mut s, &format!("N{m}"), mm.n);
-        // The member's readers, by the names the single-matrix templates use, renamed for it.
-        let mut f = String::new();
-        weight_element(&mut f, mm.format, w);
-        if gemv {
-            gemv_step(&mut f, mm.format, w);
-        } else {
-            gemm_w_loader(&mut f, mm.format, w);
-        }
-        s.push_str(
-            &f.replace("w[", &format!("w{m}["))
-                .replace("w_elem(", &format!("w{m}_elem("))
-                .replace("gemv_step(", &format!("gemv_step{m}("))
-                .replace("wtile(", &format!("wtile{m}("))
-                .replace("N_ROWS", &format!("N{m}")),
-        );
+        member_readers(&mut s, m, mm, w, gemv);
         if gemv {
             let col = gemv_column(mm.format);
             let gemv_store = store(&format!("j * N{m} + n"), &format!("gpart[at + l * LANES]{gemv_inv}{add_bias}"));
@@ -521,6 +508,118 @@ pub fn matmul_group(
     }
     debug_assert_eq!(first_tile, tiles_x);
     let _ = write!(s, "void main() {{\n{dispatch}}}\n");
+    s
+}
+
+/// The member readers [`matmul_group`] and [`matmul_glu`] generate for matrix `m` bound at `w`: the
+/// single-matrix templates' functions, renamed for it.
+fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, gemv: bool) {
+    let mut f = String::new();
+    weight_element(&mut f, mm.format, w);
+    if gemv {
+        gemv_step(&mut f, mm.format, w);
+    } else {
+        gemm_w_loader(&mut f, mm.format, w);
+    }
+    s.push_str(
+        &f.replace("w[", &format!("w{m}["))
+            .replace("w_elem(", &format!("w{m}_elem("))
+            .replace("gemv_step(", &format!("gemv_step{m}("))
+            .replace("wtile(", &format!("wtile{m}("))
+            .replace("N_ROWS", &format!("N{m}")),
+    );
+}
+
+/// `[rms_norm+]matmul2_<format>+glu_<act>`, decode (row by row): `out = act(x G^T) * (x U^T)` for a gate matrix
+/// `G` and an up matrix `U` of one shape, the GLU fused behind the two projections so that neither result is
+/// written. A workgroup makes the same 1-8 interleaved groups of 8 outputs of both ([`gemv_groups`] of one
+/// matrix), each thread multiplying its eight columns of `x` into the 16 rows; with `norm`, the norm is folded
+/// in as in [`matmul_group`]. Bindings: [(x, norm weight, normed, normed | x), gate w, (bias), gate y, up w,
+/// (bias), up y, gate y, up y, out] — the units as the plan lists them, the GLU's operands gate first. Work:
+/// `[matmul_work(&[gate]).0, ceil(rows / 8), 1]`.
+pub fn matmul_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, act: Activation) -> String {
+    assert!(has_gemv(k) && members[0].n == members[1].n, "a fused GLU takes two projections of one shape");
+    let mut s = String::new();
+    header(&mut s, MATMUL_THREADS, 1);
+    f32_buffer(&mut s, 0, "x", "readonly");
+    def_uint(&mut s, "K", k);
+    def_uint(&mut s, "TILE", MATMUL_TILE as u64);
+    let groups = gemv_groups(&members[..1]);
+    def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
+    def_uint(&mut s, "OUTS", 8 * groups);
+    let _ = writeln!(s, "shared float gpart[{}];", 17 * MATMUL_THREADS);
+    let mut binding = 1;
+    if let Some(nrm) = norm {
+        f32_buffer(&mut s, 1, "g", "readonly");
+        def_float(&mut s, "EPS", nrm.eps);
+        def_float(&mut s, "UNIT", if nrm.unit_offset { 1.0 } else { 0.0 });
+        binding = 4;
+    }
+    let mut bias = [String::new(), String::new()];
+    for (m, mm) in members.iter().enumerate() {
+        let (w, y) = (binding, binding + 1 + mm.bias as usize);
+        u32_buffer(&mut s, w, &format!("w{m}"), "readonly");
+        if mm.bias {
+            f32_buffer(&mut s, w + 1, &format!("b{m}"), "readonly");
+            bias[m] = format!(" + b{m}[pc.base[{}] + n]", w + 1);
+        }
+        f32_buffer(&mut s, y, &format!("y{m}"), "readonly");
+        binding = y + 1;
+        def_uint(&mut s, &format!("N{m}"), mm.n);
+        member_readers(&mut s, m, mm, w, true);
+    }
+    f32_buffer(&mut s, binding, "ga", "readonly");
+    f32_buffer(&mut s, binding + 1, "ua", "readonly");
+    f32_buffer(&mut s, binding + 2, "glu_out", "writeonly");
+    let out = binding + 2;
+    let (read_x, inv) = if norm.is_some() {
+        (
+            "float xe = x[xr + c]; ss += xe * xe; xv[e] = xe * (g[pc.base[1] + c] + UNIT);",
+            " * (1.0 / sqrt(gpart[at + 16u * LANES] / float(K) + EPS))",
+        )
+    } else {
+        ("xv[e] = x[xr + c];", "")
+    };
+    let glu = match act {
+        Activation::Silu => "u / (1.0 + exp(-u)) * v",
+        Activation::GeluTanh => "0.5 * u * (1.0 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))) * v",
+    };
+    let (b0, b1) = (&bias[0], &bias[1]);
+    let _ = write!(
+        s,
+        "void main() {{\n\
+         \x20 uint t = gl_LocalInvocationID.x, l = t % LANES, n0 = gl_WorkGroupID.x * OUTS + (t / LANES) * 8u, at = (t / LANES) * 17u * LANES;\n\
+         \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
+         \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
+         \x20 uint xr = pc.base[0] + j * K;\n\
+         \x20 float a0[8], a1[8], ss = 0.0;\n\
+         \x20 for (uint r = 0u; r < 8u; r++) {{ a0[r] = 0.0; a1[r] = 0.0; }}\n\
+         \x20 for (uint s = 0u; s < {steps}u && n0 < N0; s++) {{\n\
+         \x20   uint i = l + s * LANES;\n\
+         \x20   if (i >= K / 8u) break;\n\
+         \x20   float xv[8];\n\
+         \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
+         \x20   gemv_step0(n0, i, xv, a0);\n\
+         \x20   gemv_step1(n0, i, xv, a1);\n\
+         \x20 }}\n\
+         \x20 for (uint r = 0u; r < 8u; r++) {{ gpart[at + r * LANES + l] = a0[r]; gpart[at + (8u + r) * LANES + l] = a1[r]; }}\n\
+         \x20 gpart[at + 16u * LANES + l] = ss;\n\
+         \x20 barrier();\n\
+         \x20 for (uint h = LANES / 2u; h > 0u; h /= 2u) {{\n\
+         \x20   if (l < h) for (uint r = 0u; r < 17u; r++) gpart[at + r * LANES + l] += gpart[at + r * LANES + l + h];\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         \x20 uint n = n0 + l;\n\
+         \x20 if (l < 8u && n < N0) {{\n\
+         \x20   float u = gpart[at + l * LANES]{inv}{b0}, v = gpart[at + (8u + l) * LANES]{inv}{b1};\n\
+         \x20   glu_out[pc.base[{out}] + j * N0 + n] = {glu};\n\
+         \x20 }}\n\
+         \x20 barrier();\n\
+         \x20 }}\n\
+         }}\n",
+        steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
+        col = gemv_column(members[0].format),
+    );
     s
 }
 

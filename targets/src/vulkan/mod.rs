@@ -84,6 +84,18 @@ fn matmul_source(module: &Module, g: &Graph, ops: &[Op], norm: Option<NormProlog
     glsl::matmul_group(&matmul_members(module, ops), k, norm, residual, matmul_path(g))
 }
 
+/// Columns of a matmul launch's operand.
+fn cols_of(module: &Module, ops: &[Op]) -> u64 {
+    let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("a matmul launch") };
+    module.weight(*weight).cols() as u64
+}
+
+/// The shader of gate and up with the GLU behind them.
+fn glu_source(module: &Module, ops: &[Op], norm: Option<NormPrologue>, act: Activation) -> String {
+    let m = matmul_members(module, ops);
+    glsl::matmul_glu([m[0], m[1]], cols_of(module, ops), norm, act)
+}
+
 fn matmul_path(g: &Graph) -> MatPath {
     match g.phase {
         Phase::Prefill => MatPath::Tiled,
@@ -120,10 +132,31 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr,
             // A norm fused in front of the matmuls that read it: its operand, weight and result come first.
             let mut k = kernel_for(module, g, &ops[1..], &units[1..], rows, kv);
             k.name = format!("rms_norm+{}", k.name);
-            k.source =
-                matmul_source(module, g, &ops[1..], Some(NormPrologue { eps: *eps, unit_offset: *unit_offset }), false);
+            let norm = Some(NormPrologue { eps: *eps, unit_offset: *unit_offset });
+            k.source = match ops.last() {
+                Some(Op::Glu { activation }) => glu_source(module, &ops[1..ops.len() - 1], norm, *activation),
+                _ => matmul_source(module, g, &ops[1..], norm, false),
+            };
             k.buffers += 3;
             k.writes.iter_mut().for_each(|w| *w += 3);
+            k
+        }
+        Op::MatMul { .. } if matches!(ops.last(), Some(Op::Glu { .. })) => {
+            // The GLU fused behind gate and up (decode): their units, then the GLU's [gate, up, out], of which
+            // the kernel writes only the result.
+            let Some(Op::Glu { activation }) = ops.last() else { unreachable!("matched") };
+            let mm = &ops[..ops.len() - 1];
+            let mut k = kernel_for(module, g, mm, &units[..units.len() - 1], rows, kv);
+            let glu = match activation {
+                Activation::Silu => Elementwise::GluSilu,
+                Activation::GeluTanh => Elementwise::GluGeluTanh,
+            };
+            k.name = format!("{}+{}", k.name, glu.name());
+            k.source = glu_source(module, mm, None, *activation);
+            let members = matmul_members(module, mm);
+            k.work[0] = Expr::Const(glsl::matmul_work(&members[..1], cols_of(module, mm), MatPath::RowByRow).0);
+            k.writes = vec![k.buffers + 2];
+            k.buffers += 3;
             k
         }
         Op::MatMul { .. } if matches!(ops.last(), Some(Op::Add)) => {
@@ -245,7 +278,14 @@ pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTa
         }
     }
     let mut failed = None;
-    let how = crate::Lowering { group: Some(MAX_BUFFERS), fuse_norm: true, fuse_residual: true, pair_ropes: true };
+    let how = crate::Lowering {
+        group: Some(MAX_BUFFERS),
+        fuse_norm: true,
+        fuse_residual: true,
+        pair_ropes: true,
+        // The fused GLU exists on the row-by-row path, whose steps take eight columns.
+        glu_columns: if g.phase == Phase::Decode { Some(8) } else { None },
+    };
     let phase = crate::lower_steps(module, g, how, |ops, units, rows| {
         let k = kernel_for(module, g, ops, units, rows, kv);
         let work = k.work.clone();

@@ -17,6 +17,9 @@ fn all_kernels() -> Vec<(String, String)> {
             let members = [(20, false), (8, true)].map(|(n, bias)| MatMember { format: f, bias, n });
             let norm = Some(NormPrologue { eps: 1e-6, unit_offset: true });
             v.push((format!("rms_norm+matmul2_{f}{tag}"), matmul_group(&members, 96, norm, false, path)));
+            let pair = [MatMember { format: f, bias: false, n: 24 }; 2];
+            v.push((format!("rms_norm+matmul2_{f}+glu_silu"), matmul_glu(pair, 96, norm, Activation::Silu)));
+            v.push((format!("matmul2_{f}+glu_gelutanh"), matmul_glu(pair, 96, None, Activation::GeluTanh)));
             let one = [MatMember { format: f, bias: true, n: 20 }];
             v.push((format!("matmul_bias_{f}+add{tag}"), matmul_group(&one, 96, None, true, path)));
         }
@@ -129,6 +132,9 @@ fn snapshots() {
     let norm = Some(NormPrologue { eps: 1e-5, unit_offset: false });
     insta::assert_snapshot!("rms_norm_matmul3_q4_0", matmul_group(&qkv, 2048, norm, false, MatPath::Tiled));
     insta::assert_snapshot!("rms_norm_matmul3_q4_0_rows", matmul_group(&qkv, 2048, norm, false, MatPath::RowByRow));
+    // The MLP's norm, gate/up and GLU in one decode launch (Llama 3.2 1B).
+    let gate_up = [MatMember { format: WeightFormat::Q4_0, bias: false, n: 8192 }; 2];
+    insta::assert_snapshot!("rms_norm_matmul2_q4_0_glu_silu", matmul_glu(gate_up, 2048, norm, Activation::Silu));
 }
 
 #[test]
