@@ -156,6 +156,21 @@ fn matmul_per_format_with_and_without_bias() {
     }
 }
 
+/// The operand a fused launch's matrices see, in f64: rows of `k` of `x` itself, or normalized by an RMSNorm
+/// of (eps, unit offset) with weight `gain`.
+fn normed(x: &[f32], gain: &[f32], k: usize, norm: Option<(f32, bool)>) -> Vec<f64> {
+    match norm {
+        None => x.iter().map(|&v| v as f64).collect(),
+        Some((eps, unit)) => (0..x.len())
+            .map(|e| {
+                let row = &x[(e / k) * k..(e / k + 1) * k];
+                let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+                x[e] as f64 / (ms + eps as f64).sqrt() * (gain[e % k] as f64 + if unit { 1.0 } else { 0.0 })
+            })
+            .collect(),
+    }
+}
+
 /// One launch of three matrices of one operand (q/k/v-like, the middle one with a bias), each against the f64
 /// reference: the workgroups along x walk the members' tiles in order. Then the same with an RMSNorm fused in
 /// front (with and without Gemma's unit offset): the reference normalizes `x` in f64 first.
@@ -174,18 +189,7 @@ fn matmul_group_computes_each_member() {
             [(20usize, false), (9, true), (16, false)].map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
         let x = rng.vec(rows * k);
         let gain = rng.vec(k);
-        // The operand the matrices see: x itself, or x normalized in f64.
-        let xs: Vec<f64> = match norm {
-            None => x.iter().map(|&v| v as f64).collect(),
-            Some((eps, unit)) => (0..rows * k)
-                .map(|e| {
-                    let row = &x[(e / k) * k..(e / k + 1) * k];
-                    let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
-                    let g = gain[e % k] as f64 + if unit { 1.0 } else { 0.0 };
-                    x[e] as f64 / (ms + eps as f64).sqrt() * g
-                })
-                .collect(),
-        };
+        let xs = normed(&x, &gain, k, norm);
         let mut bufs = vec![buffer_at(&gpu, 2, &words(&x))];
         let mut pads = vec![2u32];
         if norm.is_some() {
@@ -300,16 +304,7 @@ fn gate_and_up_with_the_glu_fused_behind_them() {
     {
         let x = rng.vec(rows * k);
         let gain = rng.vec(k);
-        let xs: Vec<f64> = match norm {
-            None => x.iter().map(|&v| v as f64).collect(),
-            Some((eps, unit)) => (0..rows * k)
-                .map(|e| {
-                    let row = &x[(e / k) * k..(e / k + 1) * k];
-                    let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
-                    x[e] as f64 / (ms + eps as f64).sqrt() * (gain[e % k] as f64 + if unit { 1.0 } else { 0.0 })
-                })
-                .collect(),
-        };
+        let xs = normed(&x, &gain, k, norm);
         let mut bufs = vec![buffer_at(&gpu, 2, &words(&x))];
         let mut pads = vec![2u32];
         let poison = |len: usize| words(&vec![f32::NAN; len]);

@@ -366,13 +366,7 @@ pub fn matmul_group(
     } else {
         let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64 * 4];");
     }
-    let mut binding = 1;
-    if let Some(nrm) = norm {
-        f32_buffer(&mut s, 1, "g", "readonly");
-        def_float(&mut s, "EPS", nrm.eps);
-        def_float(&mut s, "UNIT", if nrm.unit_offset { 1.0 } else { 0.0 });
-        binding = 4;
-    }
+    let mut binding = norm_bindings(&mut s, norm);
     // Reading element c of a row of x at xr: scaled by its norm weight (its square summed) where a norm is
     // fused; and the factor 1 / rms of a row from the sum of its squares.
     let (read_x, gemv_inv) = if norm.is_some() {
@@ -511,6 +505,16 @@ pub fn matmul_group(
     s
 }
 
+/// A fused norm's weight binding and constants; the first binding of the matrices (after the norm unit's
+/// three buffers and the matmuls' operand, or after the operand alone).
+fn norm_bindings(s: &mut String, norm: Option<NormPrologue>) -> usize {
+    let Some(nrm) = norm else { return 1 };
+    f32_buffer(s, 1, "g", "readonly");
+    def_float(s, "EPS", nrm.eps);
+    def_float(s, "UNIT", if nrm.unit_offset { 1.0 } else { 0.0 });
+    4
+}
+
 /// The member readers [`matmul_group`] and [`matmul_glu`] generate for matrix `m` bound at `w`: the
 /// single-matrix templates' functions, renamed for it.
 fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, gemv: bool) {
@@ -548,13 +552,7 @@ pub fn matmul_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, a
     def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
     def_uint(&mut s, "OUTS", 8 * groups);
     let _ = writeln!(s, "shared float gpart[{}];", 17 * MATMUL_THREADS);
-    let mut binding = 1;
-    if let Some(nrm) = norm {
-        f32_buffer(&mut s, 1, "g", "readonly");
-        def_float(&mut s, "EPS", nrm.eps);
-        def_float(&mut s, "UNIT", if nrm.unit_offset { 1.0 } else { 0.0 });
-        binding = 4;
-    }
+    let mut binding = norm_bindings(&mut s, norm);
     let mut bias = [String::new(), String::new()];
     for (m, mm) in members.iter().enumerate() {
         let (w, y) = (binding, binding + 1 + mm.bias as usize);
