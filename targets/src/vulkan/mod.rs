@@ -1,6 +1,9 @@
 //! The Vulkan target: every op becomes a compute shader generated for the model at hand ([`glsl`]), compiled
-//! to SPIR-V by shaderc ([`spirv`]) and stored in the plan's kernels section. One launch per op, except that the
-//! matmuls of one operand (q/k/v, gate/up) share one within the binding limit. The weights are
+//! to SPIR-V by shaderc ([`spirv`]) and stored in the plan's kernels section. One launch per op, except where
+//! ops fuse within the binding limit: the matmuls of one operand (q/k/v, gate/up) share one, an RMSNorm joins
+//! the matmuls that read it, a residual add the matmul that feeds it, a layer's q and k RoPEs each other, and in
+//! decode the GLU its gate and up projections. Prefill matmuls are tiled, decode matmuls walk their rows one by
+//! one ([`glsl::MatPath`]). The weights are
 //! laid out as the CPU target lays them out (q4_0 / q8_0 interleaved by 8 rows), so a Vulkan plan also runs on
 //! the CPU executor, through the reference kernels of its ops.
 
@@ -263,8 +266,8 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr,
     }
 }
 
-/// Lower one planned graph to launches of generated kernels with a KV cache of `kv`: one op each, except the
-/// matmuls of one operand (q/k/v, gate/up), which share a launch within the binding limit.
+/// Lower one planned graph to launches of generated kernels with a KV cache of `kv`: one op each, or one fused
+/// region each (see the module doc).
 pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTable) -> Result<PlanPhase, String> {
     for op in g.g.node_weights().map(|n| &n.op) {
         if let Op::Attention { layer, head_dim, .. } = op {
