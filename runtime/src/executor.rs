@@ -104,6 +104,13 @@ pub fn insert_sequence<T>(seqs: &mut Vec<Option<T>>, seq: T) -> SeqId {
     }
 }
 
+/// Free a sequence's slot (an id already removed, or never given, is ignored).
+pub fn remove_sequence<T>(seqs: &mut [Option<T>], seq: SeqId) {
+    if let Some(s) = seqs.get_mut(seq.0) {
+        *s = None;
+    }
+}
+
 /// Whether a kernel's name belongs to the op it is launched for (`matmul_q8_0` to a matmul, `rope` to a rope).
 pub fn kernel_runs_op(name: &str, op: &Op) -> bool {
     match op {

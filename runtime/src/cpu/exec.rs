@@ -133,9 +133,7 @@ impl Executor for CpuExecutor<'_> {
     }
 
     fn remove_sequence(&mut self, seq: SeqId) {
-        if let Some(s) = self.seqs.get_mut(seq.0) {
-            *s = None;
-        }
+        crate::executor::remove_sequence(&mut self.seqs, seq)
     }
 
     fn execute(&mut self, phase: Phase, runs: &[SeqRun], logits: &mut Vec<f32>) -> Result<(), Error> {

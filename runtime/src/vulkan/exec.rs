@@ -263,17 +263,7 @@ impl<'m> VulkanExecutor<'m> {
                     continue;
                 }
                 at.push(SetAt::Shared(entries.len()));
-                let bufs = st
-                    .args
-                    .iter()
-                    .filter_map(|a| match a {
-                        Arg::Act(s) => Some(&arenas[s.arena.0 as usize]),
-                        Arg::Weight(w) => Some(&weights[weight_at[w.0 as usize].0]),
-                        Arg::Tokens => Some(&tokens),
-                        Arg::Kv(_) | Arg::Scalar(_) => None,
-                    })
-                    .collect();
-                entries.push((st.kernel.0 as usize, bufs));
+                entries.push((st.kernel.0 as usize, bound(&st.args, &arenas, &weights, &weight_at, &tokens, None)));
             }
             let list: Vec<(&Kernel, &[&Buffer])> = entries.iter().map(|(k, b)| (&kernels[*k], b.as_slice())).collect();
             let shared = gpu.sets(&list).map_err(|e| dev_err("descriptor sets", e))?;
@@ -326,16 +316,29 @@ impl<'m> VulkanExecutor<'m> {
 
     /// Buffers a step binds for sequence `seq` (its KV cache where the step has one).
     fn step_buffers<'a>(&'a self, args: &[Arg], seq: Option<&'a GpuSeq>) -> Vec<&'a Buffer> {
-        args.iter()
-            .filter_map(|a| match a {
-                Arg::Act(s) => Some(&self.arenas[s.arena.0 as usize]),
-                Arg::Weight(w) => Some(&self.weights[self.weight_at[w.0 as usize].0]),
-                Arg::Tokens => Some(&self.tokens),
-                Arg::Kv(l) => seq.map(|s| &s.kv[*l as usize]),
-                Arg::Scalar(_) => None,
-            })
-            .collect()
+        bound(args, &self.arenas, &self.weights, &self.weight_at, &self.tokens, seq.map(|s| s.kv.as_slice()))
     }
+}
+
+/// The buffers a step's arguments bind, in order: the arena of each activation, the chunk of each weight,
+/// the token ids, and the layer's cache in `kv` (none without it); scalars bind nothing.
+fn bound<'a>(
+    args: &[Arg],
+    arenas: &'a [Buffer; 2],
+    weights: &'a [Buffer],
+    weight_at: &[(usize, u32)],
+    tokens: &'a Buffer,
+    kv: Option<&'a [Buffer]>,
+) -> Vec<&'a Buffer> {
+    args.iter()
+        .filter_map(|a| match a {
+            Arg::Act(s) => Some(&arenas[s.arena.0 as usize]),
+            Arg::Weight(w) => Some(&weights[weight_at[w.0 as usize].0]),
+            Arg::Tokens => Some(tokens),
+            Arg::Kv(l) => kv.map(|c| &c[*l as usize]),
+            Arg::Scalar(_) => None,
+        })
+        .collect()
 }
 
 /// The value of a work-size expression, or an error naming the step.
@@ -384,9 +387,7 @@ impl Executor for VulkanExecutor<'_> {
     }
 
     fn remove_sequence(&mut self, seq: SeqId) {
-        if let Some(s) = self.seqs.get_mut(seq.0) {
-            *s = None;
-        }
+        crate::executor::remove_sequence(&mut self.seqs, seq)
     }
 
     fn execute(&mut self, phase: Phase, runs: &[SeqRun], logits: &mut Vec<f32>) -> Result<(), Error> {
