@@ -3,21 +3,25 @@
 use crate::build::build_module;
 use crate::frontend::Checkpoint;
 use crate::lower::{lower, LowerOptions};
+use crate::profile::ProfileChoice;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 use unicorn_ir::container::{PlanWriter, SectionKind};
+use unicorn_ir::device::DeviceProfile;
 use unicorn_ir::plan::{PlanHeader, PlanWeight};
 use unicorn_ir::quant::{encode_row, source_to_f32, SourceDType};
-use unicorn_passes::{pipeline, Options, PassReport};
+use unicorn_passes::{pipeline, Options, PassReport, Target};
 
 pub struct CompileOptions {
     pub passes: Options,
     /// Element type of the KV cache; `None` takes [`unicorn_passes::default_kv_cache`] for the weights.
     pub kv_cache: Option<unicorn_ir::DType>,
     pub max_context: Option<usize>,
+    /// The GPU a Vulkan plan's kernels are generated for.
+    pub device_profile: ProfileChoice,
     /// Print progress to stderr.
     pub progress: bool,
 }
@@ -126,7 +130,17 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     let mut module = build_module(&ck)?;
     let reports = pipeline(&mut module, &options.passes)?;
     let kv_cache = options.kv_cache.unwrap_or_else(|| unicorn_passes::default_kv_cache(options.passes.weights));
-    let (header, kernels) = lower(&module, LowerOptions { target: options.passes.target, kv_cache })
+    let profile = match options.passes.target {
+        Target::Vulkan => {
+            let (profile, from) = options.device_profile.resolve().map_err(|e| anyhow::anyhow!(e))?;
+            if options.progress {
+                eprintln!("kernels for {from}");
+            }
+            profile
+        }
+        Target::Cpu => DeviceProfile::generic(),
+    };
+    let (header, kernels) = lower(&module, LowerOptions { target: options.passes.target, kv_cache, profile })
         .map_err(|e| anyhow::anyhow!("generating kernels: {e}"))?;
 
     let mut out = PlanWriter::create(plan_path, &ck.input_files())?;

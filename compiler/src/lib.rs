@@ -5,3 +5,4 @@ pub mod compile;
 pub mod frontend;
 pub mod inspect;
 pub mod lower;
+pub mod profile;

@@ -1,6 +1,7 @@
 //! Lowering of a planned module to the executable plan header: the target lays out the weights and lowers each
 //! phase to launches; this file adds the KV caches, the prefill chunk and the memory estimate.
 
+use unicorn_ir::device::DeviceProfile;
 use unicorn_ir::plan::{KvCacheDecl, KvCapacity, KvLayout, PlanHeader, PlanWeight};
 use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::{DType, Device, Module, Phase};
@@ -18,10 +19,12 @@ pub fn weight_bytes(w: &unicorn_ir::WeightInfo, layout: WeightLayout) -> u64 {
 }
 
 /// What the plan asks of the executor beyond the graph.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LowerOptions {
     pub target: Target,
     pub kv_cache: DType,
+    /// The GPU the Vulkan target generates kernels for.
+    pub profile: DeviceProfile,
 }
 
 /// The plan header and its kernels section (SPIR-V for the Vulkan target; empty for the CPU's built-in kernels).
@@ -56,7 +59,7 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
             let phases = module
                 .graphs
                 .iter()
-                .map(|g| vulkan::lower_phase(module, g, options.kv_cache, &mut kernels))
+                .map(|g| vulkan::lower_phase(module, g, options.kv_cache, &options.profile, &mut kernels))
                 .collect::<Result<Vec<_>, _>>()?;
             (kernels.entries, kernels.section, phases)
         }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use unicorn_compiler::compile::{compile, CompileOptions};
+use unicorn_compiler::profile::ProfileChoice;
 use unicorn_ir::validate::limits::MAX_CONTEXT;
 use unicorn_ir::{DType, WeightFormat};
 use unicorn_passes::{Options, Target};
@@ -25,7 +26,7 @@ enum Command {
         /// Where to write the plan.
         #[arg(short = 'o', long = "output", value_name = "PLAN")]
         output: PathBuf,
-        /// The device the plan runs on: cpu.
+        /// The device the plan runs on: cpu or vulkan.
         #[arg(long, default_value = "cpu", value_parser = Target::parse)]
         target: Target,
         /// Storage format of the projection and embedding weights (norms and biases stay f32): f32, f16, bf16,
@@ -38,6 +39,10 @@ enum Command {
         /// Longest sequence (prompt + generated tokens) the plan accepts; defaults to the model's.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_CONTEXT))]
         max_context: Option<u64>,
+        /// The GPU a --target vulkan plan's kernels are generated for: auto (the GPU found here, or generic
+        /// when there is none), generic (any Vulkan 1.2 device), vulkan:N, or a .json device profile.
+        #[arg(long, value_name = "PROFILE", value_parser = ProfileChoice::parse)]
+        device_profile: Option<ProfileChoice>,
         /// Print what each pass did.
         #[arg(short, long)]
         verbose: bool,
@@ -64,11 +69,15 @@ fn parse_kv_cache(s: &str) -> Result<DType, String> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compile { model, output, target, weights, kv_cache, max_context, verbose, quiet } => {
+        Command::Compile { model, output, target, weights, kv_cache, max_context, device_profile, verbose, quiet } => {
+            if device_profile.is_some() && target != Target::Vulkan {
+                anyhow::bail!("--device-profile: applies to --target vulkan only");
+            }
             let options = CompileOptions {
                 passes: Options { target, weights },
                 kv_cache,
                 max_context: max_context.map(|m| m as usize),
+                device_profile: device_profile.unwrap_or_default(),
                 progress: !quiet,
             };
             let s = compile(&model, &output, &options)?;

@@ -52,6 +52,7 @@ fn workdir() -> &'static Path {
 struct Input<'a> {
     format: WeightFormat,
     max_context: Option<usize>,
+    device_profile: Default::default(),
     fill: u8,
     kv_cache: Option<DType>,
     pad: usize,

@@ -100,6 +100,7 @@ fn state() -> &'static State {
                     passes: Options { target: Target::Cpu, weights: format },
                     kv_cache,
                     max_context: None,
+                    device_profile: Default::default(),
                     progress: false,
                 };
                 compile(&fixtures.join(name), &plan, &options).unwrap_or_else(|e| panic!("seed {name}: {e:#}"));

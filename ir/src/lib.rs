@@ -18,6 +18,7 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod container;
+pub mod device;
 pub mod graph;
 pub mod memory;
 pub mod output;

@@ -104,6 +104,10 @@ pub struct KernelEntry {
     pub spec_constants: Vec<SpecConstant>,
     /// Invocations per workgroup (1, 1, 1 for CPU kernels).
     pub workgroup: [u32; 3],
+    /// What the kernel needs of the device beyond its backend's baseline (Vulkan 1.2); the executor refuses a
+    /// plan whose kernels need what its device lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<crate::device::Feature>,
 }
 
 /// Index into [`PlanHeader::kernels`].

@@ -63,6 +63,7 @@ impl KernelTable {
                 bindings: Vec::new(),
                 spec_constants: Vec::new(),
                 workgroup: [1, 1, 1],
+                requires: Vec::new(),
             });
             self.entries.len() - 1
         });

@@ -134,8 +134,13 @@ pub fn compile_for(
         Target::Cpu => dir.join(format!("{name}.{format}.ucp")),
         t => dir.join(format!("{name}.{format}.{}.ucp", t.name())),
     };
-    let options =
-        CompileOptions { passes: Options { target, weights: format }, kv_cache: None, max_context, progress: false };
+    let options = CompileOptions {
+        passes: Options { target, weights: format },
+        kv_cache: None,
+        max_context,
+        device_profile: Default::default(),
+        progress: false,
+    };
     compile(model, &plan, &options).unwrap_or_else(|e| panic!("compiling {name} to {format}: {e:#}"));
     plan
 }

@@ -15,6 +15,7 @@ fn plan(name: &str, dir: &Path, weights: WeightFormat, kv: Option<DType>, ctx: O
         passes: Options { target: Target::Cpu, weights },
         kv_cache: kv,
         max_context: ctx,
+        device_profile: Default::default(),
         progress: false,
     };
     compile(&fixtures_dir().join(name), &out, &options).unwrap();

@@ -76,6 +76,7 @@ fn decode_equals_prefill(target: Target, device: DeviceKind, names: &[String], f
                     passes: Options { target, weights },
                     kv_cache: Some(kv),
                     max_context: None,
+                    device_profile: Default::default(),
                     progress: false,
                 };
                 compile(&fixtures_dir().join(name), &plan, &options).unwrap();

@@ -166,7 +166,22 @@ impl<'m> VulkanExecutor<'m> {
         let weight_limit = limit.min(options.max_weight_binding.unwrap_or(u64::MAX)) & !3;
         let dev_err = |what: &str, e: String| Error::Input(format!("{name} ({}): {what}: {e}", info.name));
 
-        // Kernels: every artifact must be SPIR-V; one pipeline each, made once.
+        // Kernels: what each needs of the device, before anything is made; every artifact must be SPIR-V; one
+        // pipeline each, made once.
+        let profile = info.profile();
+        for (i, k) in h.kernels.iter().enumerate() {
+            if let Some(f) = profile.missing(&k.requires) {
+                return Err(plan_err(
+                    model,
+                    format!(
+                        "kernels[{i}] ({}) needs {f}, which {name} ({}) lacks; compile the plan with \
+                         --device-profile {name} (or generic)",
+                        k.name, info.name
+                    ),
+                ));
+            }
+        }
+        // SPIR-V, one pipeline per kernel.
         let section = model.section(SectionKind::Kernels).unwrap_or(&[]);
         let mut kernels = Vec::with_capacity(h.kernels.len());
         for (i, k) in h.kernels.iter().enumerate() {

@@ -11,6 +11,8 @@
 use ash::vk;
 use std::ffi::CStr;
 use std::sync::Arc;
+use unicorn_ir::device::{create_instance, describe, load};
+pub use unicorn_ir::device::{devices, DeviceInfo};
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -20,56 +22,6 @@ fn vk_err(what: &str) -> impl Fn(vk::Result) -> String + '_ {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-}
-
-/// What a physical device offers, for `--list-devices` and for choosing kernels.
-#[derive(Debug, Clone)]
-pub struct DeviceInfo {
-    pub name: String,
-    /// `integrated`, `discrete`, `virtual`, `cpu` or `other`.
-    pub kind: &'static str,
-    pub api_version: (u32, u32, u32),
-    pub device_local_bytes: u64,
-    pub subgroup_size: u32,
-    pub max_storage_buffer_range: u32,
-    pub min_storage_buffer_offset_alignment: u64,
-    pub max_workgroup_count: [u32; 3],
-    /// Nanoseconds per timestamp tick; 0 when the compute queue has no timestamps.
-    pub timestamp_period_ns: f32,
-    /// The cooperative-matrix shapes of VK_KHR_cooperative_matrix at subgroup scope, as `MxNxK:A/C`
-    /// (`16x16x16:f16/f32`); empty without the extension.
-    pub cooperative_matrix: Vec<String>,
-}
-
-fn component(t: vk::ComponentTypeKHR) -> &'static str {
-    match t {
-        vk::ComponentTypeKHR::FLOAT16 => "f16",
-        vk::ComponentTypeKHR::FLOAT32 => "f32",
-        vk::ComponentTypeKHR::SINT8 => "i8",
-        vk::ComponentTypeKHR::UINT8 => "u8",
-        vk::ComponentTypeKHR::SINT32 => "i32",
-        vk::ComponentTypeKHR::UINT32 => "u32",
-        _ => "other",
-    }
-}
-
-fn cooperative_shapes(entry: &ash::Entry, instance: &ash::Instance, pd: vk::PhysicalDevice) -> Vec<String> {
-    // SAFETY: `pd` came from this instance.
-    let exts = unsafe { instance.enumerate_device_extension_properties(pd) }.unwrap_or_default();
-    let has = exts.iter().any(|e| e.extension_name_as_c_str() == Ok(vk::KHR_COOPERATIVE_MATRIX_NAME));
-    if !has {
-        return Vec::new();
-    }
-    let coop = ash::khr::cooperative_matrix::Instance::new(entry, instance);
-    // SAFETY: the device has the extension, so its instance-level query exists.
-    let props = unsafe { coop.get_physical_device_cooperative_matrix_properties(pd) }.unwrap_or_default();
-    let mut v: Vec<String> = props
-        .iter()
-        .filter(|p| p.scope == vk::ScopeKHR::SUBGROUP)
-        .map(|p| format!("{}x{}x{}:{}/{}", p.m_size, p.n_size, p.k_size, component(p.a_type), component(p.c_type)))
-        .collect();
-    v.dedup();
-    v
 }
 
 struct Inner {
@@ -99,76 +51,6 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct Gpu {
     inner: Arc<Inner>,
-}
-
-/// The Vulkan loader, or a one-line error naming the library it looked for.
-fn load() -> Result<ash::Entry> {
-    // SAFETY: loading libvulkan runs its initialisers; the loader is a system library meant to be loaded so.
-    unsafe { ash::Entry::load() }
-        .map_err(|e| format!("vulkan: no Vulkan loader ({e}); install libvulkan1 and a driver (mesa-vulkan-drivers)"))
-}
-
-fn create_instance(entry: &ash::Entry) -> Result<ash::Instance> {
-    let app = vk::ApplicationInfo::default().application_name(c"unicorn").api_version(vk::API_VERSION_1_2);
-    let info = vk::InstanceCreateInfo::default().application_info(&app);
-    // SAFETY: the create info and what it points to live across the call.
-    unsafe { entry.create_instance(&info, None) }.map_err(|e| match e {
-        vk::Result::ERROR_INCOMPATIBLE_DRIVER => "vulkan: no Vulkan driver found (install the GPU's Vulkan driver, or \
-                                                  mesa-vulkan-drivers for Mesa's)"
-            .to_string(),
-        e => format!("vulkan: creating an instance: {e}"),
-    })
-}
-
-fn describe(entry: &ash::Entry, instance: &ash::Instance, pd: vk::PhysicalDevice) -> DeviceInfo {
-    let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
-    let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut subgroup);
-    // SAFETY: `pd` came from this instance; the out-structures are valid for writes.
-    unsafe { instance.get_physical_device_properties2(pd, &mut props2) };
-    let p = props2.properties;
-    // SAFETY: as above.
-    let mem = unsafe { instance.get_physical_device_memory_properties(pd) };
-    let device_local_bytes = mem.memory_heaps[..mem.memory_heap_count as usize]
-        .iter()
-        .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
-        .map(|h| h.size)
-        .sum();
-    let kind = match p.device_type {
-        vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated",
-        vk::PhysicalDeviceType::DISCRETE_GPU => "discrete",
-        vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual",
-        vk::PhysicalDeviceType::CPU => "cpu",
-        _ => "other",
-    };
-    let v = p.api_version;
-    DeviceInfo {
-        name: p.device_name_as_c_str().ok().and_then(|c| c.to_str().ok()).unwrap_or("?").to_string(),
-        kind,
-        api_version: (vk::api_version_major(v), vk::api_version_minor(v), vk::api_version_patch(v)),
-        device_local_bytes,
-        subgroup_size: subgroup.subgroup_size,
-        max_storage_buffer_range: p.limits.max_storage_buffer_range,
-        min_storage_buffer_offset_alignment: p.limits.min_storage_buffer_offset_alignment,
-        max_workgroup_count: p.limits.max_compute_work_group_count,
-        timestamp_period_ns: if p.limits.timestamp_compute_and_graphics == vk::TRUE {
-            p.limits.timestamp_period
-        } else {
-            0.0
-        },
-        cooperative_matrix: cooperative_shapes(entry, instance, pd),
-    }
-}
-
-/// Every Vulkan device of this machine, in the loader's order (what `vulkan:N` counts).
-pub fn devices() -> Result<Vec<DeviceInfo>> {
-    let entry = load()?;
-    let instance = create_instance(&entry)?;
-    // SAFETY: the instance is valid; it is destroyed after its devices are described.
-    let list = unsafe { instance.enumerate_physical_devices() }.map_err(vk_err("listing devices"));
-    let out = list.map(|pds| pds.into_iter().map(|pd| describe(&entry, &instance, pd)).collect());
-    // SAFETY: nothing created from the instance outlives this point.
-    unsafe { instance.destroy_instance(None) };
-    out
 }
 
 /// Where a buffer lives.
@@ -209,9 +91,33 @@ fn open_on(
         .ok_or_else(|| "vulkan: the device has no compute queue".to_string())? as u32;
     let priorities = [1.0];
     let queues = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&priorities)];
-    let info = vk::DeviceCreateInfo::default().queue_create_infos(&queues);
+    // The optional features the generated kernels may use, each enabled where the device has it: f16
+    // arithmetic and the Vulkan memory model (cooperative-matrix kernels use both) and cooperative matrices.
+    let mut has12 = vk::PhysicalDeviceVulkan12Features::default();
+    let mut has_coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
+    let mut info = describe(entry, instance, pd);
+    let coop_ext = !info.cooperative_matrix.is_empty();
+    {
+        let mut query = vk::PhysicalDeviceFeatures2::default().push_next(&mut has12);
+        if coop_ext {
+            query = query.push_next(&mut has_coop);
+        }
+        // SAFETY: `pd` came from this instance; the chained structures are valid for writes.
+        unsafe { instance.get_physical_device_features2(pd, &mut query) };
+    }
+    let mut want12 = vk::PhysicalDeviceVulkan12Features::default()
+        .shader_float16(has12.shader_float16 == vk::TRUE)
+        .vulkan_memory_model(has12.vulkan_memory_model == vk::TRUE)
+        .vulkan_memory_model_device_scope(has12.vulkan_memory_model_device_scope == vk::TRUE);
+    let mut want_coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default()
+        .cooperative_matrix(has_coop.cooperative_matrix == vk::TRUE);
+    let exts = [vk::KHR_COOPERATIVE_MATRIX_NAME.as_ptr()];
+    let mut create = vk::DeviceCreateInfo::default().queue_create_infos(&queues).push_next(&mut want12);
+    if coop_ext && has_coop.cooperative_matrix == vk::TRUE {
+        create = create.enabled_extension_names(&exts).push_next(&mut want_coop);
+    }
     // SAFETY: the create info and what it points to live across the call.
-    let device = unsafe { instance.create_device(pd, &info, None) }.map_err(vk_err("creating the device"))?;
+    let device = unsafe { instance.create_device(pd, &create, None) }.map_err(vk_err("creating the device"))?;
     // SAFETY: the family was requested with one queue.
     let queue = unsafe { device.get_device_queue(family, 0) };
     let pool_info = vk::CommandPoolCreateInfo::default()
@@ -228,7 +134,6 @@ fn open_on(
     };
     // SAFETY: as above.
     let memory = unsafe { instance.get_physical_device_memory_properties(pd) };
-    let mut info = describe(entry, instance, pd);
     if families[family as usize].timestamp_valid_bits == 0 {
         info.timestamp_period_ns = 0.0;
     }

@@ -22,6 +22,7 @@
 //! and every four quant bytes of a group of eight rows on a word boundary. Activations are f32.
 
 use std::fmt::Write;
+use unicorn_ir::device::{Feature, COOPMAT_F16_F32};
 use unicorn_ir::spec::Activation;
 use unicorn_ir::WeightFormat;
 
@@ -41,20 +42,35 @@ pub const ATTN_THREADS: u32 = 256;
 const _: () = assert!(MATMUL_THREADS == 256);
 
 fn header(out: &mut String, x: u32, y: u32) {
+    header_with(out, x, y, &[]);
+}
+
+/// [`header`] with GLSL extensions enabled.
+fn header_with(out: &mut String, x: u32, y: u32, extensions: &[&str]) {
+    let _ = writeln!(out, "#version 450");
+    for e in extensions {
+        let _ = writeln!(out, "#extension {e} : require");
+    }
     let _ = write!(
         out,
-        "#version 450\n\
-         layout(local_size_x = {x}, local_size_y = {y}) in;\n\
+        "layout(local_size_x = {x}, local_size_y = {y}) in;\n\
          layout(push_constant) uniform Push {{ uint rows; uint pos; uint keep; uint cap; uint pass; uint base[{MAX_BUFFERS}]; }} pc;\n"
     );
 }
 
+/// A storage buffer of floats; `access` is `readonly` or empty (a result: `writeonly` would be accurate, but the
+/// `NonReadable` decoration glslang gives it is one naga's validator refuses).
 fn f32_buffer(out: &mut String, binding: usize, name: &str, access: &str) {
-    let _ = writeln!(out, "layout(std430, binding = {binding}) {access} buffer B{binding} {{ float {name}[]; }};");
+    buffer(out, binding, "float", name, access);
 }
 
 fn u32_buffer(out: &mut String, binding: usize, name: &str, access: &str) {
-    let _ = writeln!(out, "layout(std430, binding = {binding}) {access} buffer B{binding} {{ uint {name}[]; }};");
+    buffer(out, binding, "uint", name, access);
+}
+
+fn buffer(out: &mut String, binding: usize, ty: &str, name: &str, access: &str) {
+    let q = if access.is_empty() { String::new() } else { format!("{access} ") };
+    let _ = writeln!(out, "layout(std430, binding = {binding}) {q}buffer B{binding} {{ {ty} {name}[]; }};");
 }
 
 fn def_uint(out: &mut String, name: &str, v: u64) {
@@ -118,7 +134,7 @@ pub fn embed(format: WeightFormat, k: u64, scale: f32) -> String {
     header(&mut s, WIDE, 1);
     u32_buffer(&mut s, 0, "tokens", "readonly");
     u32_buffer(&mut s, 1, "w", "readonly");
-    f32_buffer(&mut s, 2, "y", "writeonly");
+    f32_buffer(&mut s, 2, "y", "");
     def_uint(&mut s, "K", k);
     def_float(&mut s, "SCALE", scale);
     weight_element(&mut s, format, 1);
@@ -207,6 +223,53 @@ fn gemv_column(format: WeightFormat) -> &'static str {
     }
 }
 
+/// The subgroup extensions of the row-by-row path's reduction ([`MatPath::RowByRowSg`]).
+const SUBGROUP_EXTENSIONS: [&str; 2] = ["GL_KHR_shader_subgroup_basic", "GL_KHR_shader_subgroup_shuffle"];
+
+/// The end of a row-by-row step: each thread's `sums` partial sums in `part[]` added up over its group's
+/// `LANES` threads, and `float gsum(uint at, uint r)` reading total `r` of the group whose shared scratch
+/// starts at `at` (`sums * LANES` floats of `gpart`). Returns (the thread's index in the workgroup, the
+/// reduction, the reader).
+///
+/// Through shared memory, the groups' sums meet in a tree of `log2(LANES)` barriers. With subgroups, a
+/// butterfly of shuffles adds each subgroup's share of a group (`min(LANES, subgroup size)` threads, a power
+/// of two that divides `LANES`, so a share never spans two groups) and one barrier leaves the shares for
+/// `gsum` to add; the thread index counts subgroup by subgroup, so the shares are whole subgroups whatever
+/// order the device numbers its invocations in.
+fn gemv_reduce(sums: u32, subgroups: bool) -> (&'static str, String, String) {
+    if subgroups {
+        (
+            "gl_SubgroupID * gl_SubgroupSize + gl_SubgroupInvocationID",
+            format!(
+                "uint span = min(LANES, gl_SubgroupSize);\n\
+                 \x20 for (uint r = 0u; r < {sums}u; r++) for (uint h = 1u; h < span; h <<= 1u) part[r] += subgroupShuffleXor(part[r], h);\n\
+                 \x20 if (l % span == 0u) for (uint r = 0u; r < {sums}u; r++) gpart[at + r * (LANES / span) + l / span] = part[r];\n\
+                 \x20 barrier();\n"
+            ),
+            "float gsum(uint at, uint r) {\n\
+             \x20 uint shares = LANES / min(LANES, gl_SubgroupSize);\n\
+             \x20 float v = 0.0;\n\
+             \x20 for (uint c = 0u; c < shares; c++) v += gpart[at + r * shares + c];\n\
+             \x20 return v;\n\
+             }\n"
+                .to_string(),
+        )
+    } else {
+        (
+            "gl_LocalInvocationID.x",
+            format!(
+                "for (uint r = 0u; r < {sums}u; r++) gpart[at + r * LANES + l] = part[r];\n\
+                 \x20 barrier();\n\
+                 \x20 for (uint h = LANES / 2u; h > 0u; h /= 2u) {{\n\
+                 \x20   if (l < h) for (uint r = 0u; r < {sums}u; r++) gpart[at + r * LANES + l] += gpart[at + r * LANES + l + h];\n\
+                 \x20   barrier();\n\
+                 \x20 }}\n"
+            ),
+            "float gsum(uint at, uint r) { return gpart[at + r * LANES]; }\n".to_string(),
+        )
+    }
+}
+
 /// One matrix of a matmul launch: its format, whether it has a bias, its rows (outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatMember {
@@ -230,12 +293,36 @@ pub fn matmul(format: WeightFormat, bias: bool, k: u64, n: u64, path: MatPath) -
 /// How a matmul kernel walks its rows of `x`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatPath {
-    /// A tile of 8 rows at a time, each dequantized weight block multiplied into all of them (prefill).
+    /// Tiles of 64 outputs by 64 rows through shared memory, each dequantized weight block multiplied into all
+    /// the rows (prefill).
     Tiled,
+    /// [`MatPath::Tiled`] multiplied by cooperative matrices (f16 operands, f32 sums: needs
+    /// [`unicorn_ir::device::COOPMAT_F16_F32`] and [`COOP_SHARED_BYTES`] of shared memory).
+    TiledCoop,
     /// Row after row, each weight step multiplied into one row (decode, where a launch has a row per sequence):
     /// a row's arithmetic is then the same however many sequences the launch holds. Matrices whose columns
     /// are no multiple of eight take the tiled path anyway.
     RowByRow,
+    /// [`MatPath::RowByRow`] with each group's sums added by subgroup shuffles (needs
+    /// [`unicorn_ir::device::Feature::SubgroupShuffle`]).
+    RowByRowSg,
+}
+
+impl MatPath {
+    fn rows_one_by_one(self) -> bool {
+        matches!(self, MatPath::RowByRow | MatPath::RowByRowSg)
+    }
+
+    /// The device features the path's kernels need.
+    pub fn requires(self) -> Vec<Feature> {
+        match self {
+            MatPath::RowByRowSg => vec![Feature::SubgroupShuffle],
+            MatPath::TiledCoop => {
+                vec![Feature::CooperativeMatrix(COOPMAT_F16_F32.into()), Feature::SharedMemory(COOP_SHARED_BYTES)]
+            }
+            MatPath::Tiled | MatPath::RowByRow => Vec::new(),
+        }
+    }
 }
 
 /// Outputs (and rows of `x`) of one tile of the tiled path.
@@ -263,12 +350,13 @@ pub fn gemv_groups(members: &[MatMember]) -> u64 {
 }
 
 fn takes_rows(k: u64, path: MatPath) -> bool {
-    path == MatPath::RowByRow && has_gemv(k)
+    path.rows_one_by_one() && has_gemv(k)
 }
 
 /// `void wtile(uint n0, uint kb)`: block `kb` (columns `32kb..32kb + 32`) of outputs `n0..n0 + 64` of the
-/// matrix bound as `w` (binding `arg`) into `ws`, column-major (`ws[col * 65 + output]`), dequantized and
-/// zero past `N` and `K`. Thread `t` takes output `t / 4` and a quarter of the block: a quant word of the row
+/// matrix bound as `w` (binding `arg`) into `ws` through the kernel's `WS(col, value)`, column-major
+/// (`ws[col * stride + output]`: f32 with a stride of 65 in the portable GEMM, f16 with 72 in the
+/// cooperative-matrix one), dequantized and zero past `N` and `K`. Thread `t` takes output `t / 4` and a quarter of the block: a quant word of the row
 /// (q4_0: columns `4c..4c + 4` and `16 + 4c..`), two (q8_0: eight neighbouring columns), or eight values.
 fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize) {
     let b = format!("pc.base[{arg}]");
@@ -283,21 +371,21 @@ fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize) {
              \x20   uint word = w[at + 4u + part * 8u + r];\n\
              \x20   for (uint e = 0u; e < 4u; e++) {{\n\
              \x20     uint byte = (word >> (e * 8u)) & 0xffu;\n\
-             \x20     ws[(part * 4u + e) * 65u + o] = float(int(byte & 15u) - 8) * d;\n\
-             \x20     ws[(16u + part * 4u + e) * 65u + o] = float(int(byte >> 4) - 8) * d;\n\
+             \x20     WS(part * 4u + e, float(int(byte & 15u) - 8) * d);\n\
+             \x20     WS(16u + part * 4u + e, float(int(byte >> 4) - 8) * d);\n\
              \x20   }}\n"
         ),
         WeightFormat::Q8_0 => format!(
             "{scale}\
              \x20   int qa = int(w[at + 4u + part * 16u + r]), qb = int(w[at + 12u + part * 16u + r]);\n\
              \x20   for (uint e = 0u; e < 4u; e++) {{\n\
-             \x20     ws[(part * 8u + e) * 65u + o] = float(bitfieldExtract(qa, int(e * 8u), 8)) * d;\n\
-             \x20     ws[(part * 8u + 4u + e) * 65u + o] = float(bitfieldExtract(qb, int(e * 8u), 8)) * d;\n\
+             \x20     WS(part * 8u + e, float(bitfieldExtract(qa, int(e * 8u), 8)) * d);\n\
+             \x20     WS(part * 8u + 4u + e, float(bitfieldExtract(qb, int(e * 8u), 8)) * d);\n\
              \x20   }}\n"
         ),
         _ => "for (uint e = 0u; e < 8u; e++) {\n\
               \x20     uint c = kb * 32u + part * 8u + e;\n\
-              \x20     ws[(part * 8u + e) * 65u + o] = c < K ? w_elem(n, c) : 0.0;\n\
+              \x20     WS(part * 8u + e, c < K ? w_elem(n, c) : 0.0);\n\
               \x20   }\n"
             .to_string(),
     };
@@ -308,10 +396,96 @@ fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize) {
          \x20 if (n < N_ROWS) {{\n\
          \x20   {body}\
          \x20 }} else {{\n\
-         \x20   for (uint e = 0u; e < 8u; e++) ws[(part * 8u + e) * 65u + o] = 0.0;\n\
+         \x20   for (uint e = 0u; e < 8u; e++) WS(part * 8u + e, 0.0);\n\
          \x20 }}\n\
          }}\n"
     );
+}
+
+/// The extensions of the cooperative-matrix GEMM ([`MatPath::TiledCoop`]).
+const COOP_EXTENSIONS: [&str; 4] = [
+    "GL_KHR_cooperative_matrix",
+    "GL_KHR_memory_scope_semantics",
+    "GL_EXT_shader_explicit_arithmetic_types_float16",
+    "GL_KHR_shader_subgroup_basic",
+];
+
+/// Shared memory of the cooperative-matrix GEMM: the f16 tiles of `x` (64 rows x 32 columns, row-major,
+/// stride 40) and of the weights (32 columns x 64 outputs, stride 72: every row of both starts on a 16-byte
+/// boundary, as cooperative-matrix loads want, and neighbouring rows fall in different banks), the f32
+/// results of the 64 x 64 tile (stride 68) for the epilogue, and the rows' sums of squares.
+const COOP_SHARED: &str = "shared float16_t xs[64 * 40];\n\
+                           shared float16_t ws[32 * 72];\n\
+                           shared float cs[64 * 68];\n\
+                           shared float rs[64 * 4];\n\
+                           #define WS(c, v) ws[(c) * 72u + o] = float16_t(v)\n";
+
+/// Bytes of [`COOP_SHARED`].
+pub const COOP_SHARED_BYTES: u32 = (64 * 40 + 32 * 72) * 2 + (64 * 68 + 64 * 4) * 4;
+
+/// Cooperative-matrix accumulators one subgroup holds: the tile's sixteen 16 x 16 blocks over the
+/// workgroup's subgroups, at most four each (subgroups of 64 invocations: four subgroups); with more
+/// subgroups, the later accumulators of each go unused.
+const COOP_ACC: u32 = 4;
+
+/// Member `m` of the cooperative-matrix GEMM: the portable tiled kernel's loads (`x` rounded to f16 as it is
+/// stored, its squares summed in f32 first), its 64 x 64 tile as sixteen 16 x 16 blocks multiplied by
+/// `coopMatMulAdd` in f32 (block `b` is subgroup `b % subgroups`' accumulator `b / subgroups`), staged
+/// through shared memory for the same epilogue (`store`, with `cs`, `rr`, `tc`, `row`, `n` and `inv`).
+fn coop_member(m: usize, read_x: &str, store: &str, norm: bool) -> String {
+    let inv = if norm {
+        "float(1.0 / sqrt((rs[rr * 4u] + rs[rr * 4u + 1u] + rs[rr * 4u + 2u] + rs[rr * 4u + 3u]) / float(K) + EPS))"
+    } else {
+        "1.0"
+    };
+    let ty = "coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>";
+    format!(
+        "void member{m}(uint tile_x) {{\n\
+         \x20 uint t = gl_LocalInvocationID.x, lr = t / 4u, part = t % 4u;\n\
+         \x20 uint n0 = tile_x * 64u, row0 = gl_WorkGroupID.y * 64u;\n\
+         \x20 uint xr = pc.base[0] + (row0 + lr) * K;\n\
+         \x20 bool live = row0 + lr < pc.rows;\n\
+         \x20 float ss = 0.0;\n\
+         \x20 {ty} acc[{COOP_ACC}];\n\
+         \x20 for (uint a = 0u; a < {COOP_ACC}u; a++) acc[a] = {ty}(0.0);\n\
+         \x20 for (uint kb = 0u; kb < (K + 31u) / 32u; kb++) {{\n\
+         \x20   for (uint e = 0u; e < 8u; e++) {{\n\
+         \x20     uint c = kb * 32u + part * 8u + e;\n\
+         \x20     float v = 0.0;\n\
+         \x20     if (live && c < K) {{ {read_x} }}\n\
+         \x20     xs[lr * 40u + part * 8u + e] = float16_t(v);\n\
+         \x20   }}\n\
+         \x20   wtile{m}(n0, kb);\n\
+         \x20   barrier();\n\
+         \x20   for (uint a = 0u; a < {COOP_ACC}u; a++) {{\n\
+         \x20     uint b = gl_SubgroupID + a * gl_NumSubgroups;\n\
+         \x20     if (b >= 16u) break;\n\
+         \x20     for (uint kk = 0u; kk < 32u; kk += 16u) {{\n\
+         \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma;\n\
+         \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb;\n\
+         \x20       coopMatLoad(ma, xs, (b / 4u) * 16u * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
+         \x20       coopMatLoad(mb, ws, kk * 72u + (b % 4u) * 16u, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
+         \x20       acc[a] = coopMatMulAdd(ma, mb, acc[a]);\n\
+         \x20     }}\n\
+         \x20   }}\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         \x20 for (uint a = 0u; a < {COOP_ACC}u; a++) {{\n\
+         \x20   uint b = gl_SubgroupID + a * gl_NumSubgroups;\n\
+         \x20   if (b >= 16u) break;\n\
+         \x20   coopMatStore(acc[a], cs, (b / 4u) * 16u * 68u + (b % 4u) * 16u, 68u, gl_CooperativeMatrixLayoutRowMajor);\n\
+         \x20 }}\n\
+         \x20 rs[lr * 4u + part] = ss;\n\
+         \x20 barrier();\n\
+         \x20 uint tc = t % 64u, n = n0 + tc;\n\
+         \x20 for (uint i = 0u; i < 16u; i++) {{\n\
+         \x20   uint rr = t / 64u + 4u * i, row = row0 + rr;\n\
+         \x20   if (row >= pc.rows || n >= N{m}) continue;\n\
+         \x20   float inv = {inv};\n\
+         \x20   {store}\n\
+         \x20 }}\n\
+         }}\n"
+    )
 }
 
 /// `matmul[_group]`: `y_m = x W_m^T (+ b_m)` for each member `m` of the launch (a layer's q/k/v projections,
@@ -352,19 +526,35 @@ pub fn matmul_group(
 ) -> String {
     assert!(!residual || (members.len() == 1 && norm.is_none()), "a residual epilogue follows one matmul alone");
     let mut s = String::new();
-    header(&mut s, MATMUL_THREADS, 1);
+    let gemv = takes_rows(k, path);
+    let sg = gemv && path == MatPath::RowByRowSg;
+    // f32 weights keep f32 products (an f32 plan is the reference the others are judged by).
+    let coop = !gemv && path == MatPath::TiledCoop && members.iter().all(|m| m.format != WeightFormat::F32);
+    let extensions: &[&str] = if sg {
+        &SUBGROUP_EXTENSIONS
+    } else if coop {
+        &COOP_EXTENSIONS
+    } else {
+        &[]
+    };
+    header_with(&mut s, MATMUL_THREADS, 1, extensions);
     f32_buffer(&mut s, 0, "x", "readonly");
     def_uint(&mut s, "K", k);
     def_uint(&mut s, "TILE", MATMUL_TILE as u64);
-    let gemv = takes_rows(k, path);
     let groups = gemv_groups(members);
     let tile_n = if gemv { 8 * groups } else { GEMM_TILE };
     if gemv {
         def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
         def_uint(&mut s, "OUTS", 8 * groups);
         let _ = writeln!(s, "shared float gpart[{}];", 9 * MATMUL_THREADS);
+        s.push_str(&gemv_reduce(0, sg).2);
     } else {
-        let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64 * 4];");
+        if coop {
+            s.push_str(COOP_SHARED);
+        } else {
+            let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64 * 4];");
+            s.push_str("#define WS(c, v) ws[(c) * 65u + o] = (v)\n");
+        }
     }
     let mut binding = norm_bindings(&mut s, norm);
     // Reading element c of a row of x at xr: scaled by its norm weight (its square summed) where a norm is
@@ -372,7 +562,7 @@ pub fn matmul_group(
     let (read_x, gemv_inv) = if norm.is_some() {
         (
             "float xe = x[xr + c]; ss += xe * xe; XV = xe * (g[pc.base[1] + c] + UNIT);",
-            " * (1.0 / sqrt(gpart[at + 8u * LANES] / float(K) + EPS))".to_string(),
+            " * (1.0 / sqrt(gsum(at, 8u) / float(K) + EPS))".to_string(),
         )
     } else {
         ("XV = x[xr + c];", String::new())
@@ -387,7 +577,7 @@ pub fn matmul_group(
         if mm.bias {
             f32_buffer(&mut s, w + 1, &format!("b{m}"), "readonly");
         }
-        f32_buffer(&mut s, y, &format!("y{m}"), "writeonly");
+        f32_buffer(&mut s, y, &format!("y{m}"), "");
         binding = y + 1;
         let add_bias = if mm.bias { format!(" + b{m}[pc.base[{}] + n]", w + 1) } else { String::new() };
         // Where the results go: y, or with a residual epilogue y + res into sum (bindings y + 2 and y + 3; y + 1
@@ -402,18 +592,19 @@ pub fn matmul_group(
         if residual {
             f32_buffer(&mut s, y + 1, "unused", "readonly");
             f32_buffer(&mut s, y + 2, "res", "readonly");
-            f32_buffer(&mut s, y + 3, "sum", "writeonly");
+            f32_buffer(&mut s, y + 3, "sum", "");
         }
         def_uint(&mut s, &format!("N{m}"), mm.n);
         member_readers(&mut s, m, mm, w, gemv);
         if gemv {
             let col = gemv_column(mm.format);
-            let gemv_store = store(&format!("j * N{m} + n"), &format!("gpart[at + l * LANES]{gemv_inv}{add_bias}"));
+            let gemv_store = store(&format!("j * N{m} + n"), &format!("gsum(at, l){gemv_inv}{add_bias}"));
+            let (thread, reduce, _) = gemv_reduce(sums, sg);
             let _ = write!(
                 s,
                 "void member{m}(uint tile_x) {{\n\
                  \x20 // OUTS / 8 interleaved groups of outputs, LANES threads each.\n\
-                 \x20 uint t = gl_LocalInvocationID.x, l = t % LANES, n0 = tile_x * OUTS + (t / LANES) * 8u, at = (t / LANES) * 9u * LANES;\n\
+                 \x20 uint t = {thread}, l = t % LANES, n0 = tile_x * OUTS + (t / LANES) * 8u, at = (t / LANES) * 9u * LANES;\n\
                  \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
                  \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
                  \x20 uint xr = pc.base[0] + j * K;\n\
@@ -427,13 +618,10 @@ pub fn matmul_group(
                  \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
                  \x20   gemv_step{m}(n0, i, xv, acc);\n\
                  \x20 }}\n\
-                 \x20 for (uint r = 0u; r < 8u; r++) gpart[at + r * LANES + l] = acc[r];\n\
-                 \x20 gpart[at + 8u * LANES + l] = ss;\n\
-                 \x20 barrier();\n\
-                 \x20 for (uint h = LANES / 2u; h > 0u; h /= 2u) {{\n\
-                 \x20   if (l < h) for (uint r = 0u; r < {sums}u; r++) gpart[at + r * LANES + l] += gpart[at + r * LANES + l + h];\n\
-                 \x20   barrier();\n\
-                 \x20 }}\n\
+                 \x20 float part[9];\n\
+                 \x20 for (uint r = 0u; r < 8u; r++) part[r] = acc[r];\n\
+                 \x20 part[8] = ss;\n\
+                 \x20 {reduce}\
                  \x20 uint n = n0 + l;\n\
                  \x20 if (l < 8u && n < N{m}) {gemv_store}\n\
                  \x20 barrier();\n\
@@ -442,6 +630,9 @@ pub fn matmul_group(
                 steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
                 read_x = read_x.replace("XV", "xv[e]"),
             );
+        } else if coop {
+            let gemm_store = store(&format!("row * N{m} + n"), &format!("cs[rr * 68u + tc] * inv{add_bias}"));
+            let _ = write!(s, "{}", coop_member(m, &read_x.replace("XV", "v"), &gemm_store, norm.is_some()));
         } else {
             let inv = if norm.is_some() {
                 "float(1.0 / sqrt((rs[rr * 4u] + rs[rr * 4u + 1u] + rs[rr * 4u + 2u] + rs[rr * 4u + 3u]) / float(K) + EPS))"
@@ -541,10 +732,20 @@ fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, gemv: bool
 /// in as in [`matmul_group`]. Bindings: [(x, norm weight, normed, normed | x), gate w, (bias), gate y, up w,
 /// (bias), up y, gate y, up y, out] — the units as the plan lists them, the GLU's operands gate first. Work:
 /// `[matmul_work(&[gate]).0, ceil(rows / 8), 1]`.
-pub fn matmul_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, act: Activation) -> String {
-    assert!(has_gemv(k) && members[0].n == members[1].n, "a fused GLU takes two projections of one shape");
+pub fn matmul_glu(
+    members: [MatMember; 2],
+    k: u64,
+    norm: Option<NormPrologue>,
+    act: Activation,
+    path: MatPath,
+) -> String {
+    assert!(
+        has_gemv(k) && members[0].n == members[1].n && path.rows_one_by_one(),
+        "a fused GLU takes two projections of one shape, row by row"
+    );
+    let sg = path == MatPath::RowByRowSg;
     let mut s = String::new();
-    header(&mut s, MATMUL_THREADS, 1);
+    header_with(&mut s, MATMUL_THREADS, 1, if sg { &SUBGROUP_EXTENSIONS } else { &[] });
     f32_buffer(&mut s, 0, "x", "readonly");
     def_uint(&mut s, "K", k);
     def_uint(&mut s, "TILE", MATMUL_TILE as u64);
@@ -552,6 +753,8 @@ pub fn matmul_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, a
     def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
     def_uint(&mut s, "OUTS", 8 * groups);
     let _ = writeln!(s, "shared float gpart[{}];", 17 * MATMUL_THREADS);
+    let (thread, reduce, gsum) = gemv_reduce(17, sg);
+    s.push_str(&gsum);
     let mut binding = norm_bindings(&mut s, norm);
     let mut bias = [String::new(), String::new()];
     for (m, mm) in members.iter().enumerate() {
@@ -568,12 +771,12 @@ pub fn matmul_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, a
     }
     f32_buffer(&mut s, binding, "ga", "readonly");
     f32_buffer(&mut s, binding + 1, "ua", "readonly");
-    f32_buffer(&mut s, binding + 2, "glu_out", "writeonly");
+    f32_buffer(&mut s, binding + 2, "glu_out", "");
     let out = binding + 2;
     let (read_x, inv) = if norm.is_some() {
         (
             "float xe = x[xr + c]; ss += xe * xe; xv[e] = xe * (g[pc.base[1] + c] + UNIT);",
-            " * (1.0 / sqrt(gpart[at + 16u * LANES] / float(K) + EPS))",
+            " * (1.0 / sqrt(gsum(at, 16u) / float(K) + EPS))",
         )
     } else {
         ("xv[e] = x[xr + c];", "")
@@ -586,7 +789,7 @@ pub fn matmul_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, a
     let _ = write!(
         s,
         "void main() {{\n\
-         \x20 uint t = gl_LocalInvocationID.x, l = t % LANES, n0 = gl_WorkGroupID.x * OUTS + (t / LANES) * 8u, at = (t / LANES) * 17u * LANES;\n\
+         \x20 uint t = {thread}, l = t % LANES, n0 = gl_WorkGroupID.x * OUTS + (t / LANES) * 8u, at = (t / LANES) * 17u * LANES;\n\
          \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
          \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
          \x20 uint xr = pc.base[0] + j * K;\n\
@@ -600,16 +803,13 @@ pub fn matmul_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, a
          \x20   gemv_step0(n0, i, xv, a0);\n\
          \x20   gemv_step1(n0, i, xv, a1);\n\
          \x20 }}\n\
-         \x20 for (uint r = 0u; r < 8u; r++) {{ gpart[at + r * LANES + l] = a0[r]; gpart[at + (8u + r) * LANES + l] = a1[r]; }}\n\
-         \x20 gpart[at + 16u * LANES + l] = ss;\n\
-         \x20 barrier();\n\
-         \x20 for (uint h = LANES / 2u; h > 0u; h /= 2u) {{\n\
-         \x20   if (l < h) for (uint r = 0u; r < 17u; r++) gpart[at + r * LANES + l] += gpart[at + r * LANES + l + h];\n\
-         \x20   barrier();\n\
-         \x20 }}\n\
+         \x20 float part[17];\n\
+         \x20 for (uint r = 0u; r < 8u; r++) {{ part[r] = a0[r]; part[8u + r] = a1[r]; }}\n\
+         \x20 part[16] = ss;\n\
+         \x20 {reduce}\
          \x20 uint n = n0 + l;\n\
          \x20 if (l < 8u && n < N0) {{\n\
-         \x20   float u = gpart[at + l * LANES]{inv}{b0}, v = gpart[at + (8u + l) * LANES]{inv}{b1};\n\
+         \x20   float u = gsum(at, l){inv}{b0}, v = gsum(at, 8u + l){inv}{b1};\n\
          \x20   glu_out[pc.base[{out}] + j * N0 + n] = {glu};\n\
          \x20 }}\n\
          \x20 barrier();\n\
@@ -628,7 +828,7 @@ pub fn rms_norm(g: u64, eps: f32, unit_offset: bool) -> String {
     header(&mut s, WIDE, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
     f32_buffer(&mut s, 1, "w", "readonly");
-    f32_buffer(&mut s, 2, "y", "writeonly");
+    f32_buffer(&mut s, 2, "y", "");
     def_uint(&mut s, "G", g);
     def_float(&mut s, "EPS", eps);
     def_uint(&mut s, "UNIT", unit_offset as u64);
@@ -663,7 +863,7 @@ pub fn rope(inv_freq: &[f32], width: u64, head_dim: u64) -> String {
     let mut s = String::new();
     header(&mut s, WIDE, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
-    f32_buffer(&mut s, 1, "y", "writeonly");
+    f32_buffer(&mut s, 1, "y", "");
     def_uint(&mut s, "W", width);
     def_uint(&mut s, "HD", head_dim);
     let bits: Vec<String> = inv_freq.iter().map(|f| format!("0x{:08x}u", f.to_bits())).collect();
@@ -691,9 +891,9 @@ pub fn rope_pair(inv_freq: &[f32], wa: u64, wb: u64, head_dim: u64) -> String {
     let mut s = String::new();
     header(&mut s, WIDE, 1);
     f32_buffer(&mut s, 0, "xa", "readonly");
-    f32_buffer(&mut s, 1, "ya", "writeonly");
+    f32_buffer(&mut s, 1, "ya", "");
     f32_buffer(&mut s, 2, "xb", "readonly");
-    f32_buffer(&mut s, 3, "yb", "writeonly");
+    f32_buffer(&mut s, 3, "yb", "");
     def_uint(&mut s, "WA", wa);
     def_uint(&mut s, "WB", wb);
     def_uint(&mut s, "HD", head_dim);
@@ -757,7 +957,7 @@ pub fn elementwise(op: Elementwise, width: u64, c: f32) -> String {
     } else {
         1
     };
-    f32_buffer(&mut s, out, "y", "writeonly");
+    f32_buffer(&mut s, out, "y", "");
     def_uint(&mut s, "W", width);
     def_float(&mut s, "C", c);
     let expr = match op {
@@ -789,7 +989,7 @@ pub fn select_rows(width: u64) -> String {
     let mut s = String::new();
     header(&mut s, WIDE, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
-    f32_buffer(&mut s, 1, "y", "writeonly");
+    f32_buffer(&mut s, 1, "y", "");
     def_uint(&mut s, "W", width);
     s.push_str(
         "void main() {\n\
@@ -840,7 +1040,7 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     f32_buffer(&mut s, 1, "k", "readonly");
     f32_buffer(&mut s, 2, "v", "readonly");
     u32_buffer(&mut s, 3, "kv", "");
-    f32_buffer(&mut s, 4, "y", "writeonly");
+    f32_buffer(&mut s, 4, "y", "");
     def_uint(&mut s, "H", shape.heads);
     def_uint(&mut s, "KVH", shape.kv_heads);
     def_uint(&mut s, "HD", shape.head_dim);

@@ -12,6 +12,7 @@ pub mod spirv;
 
 use glsl::{AttentionShape, Elementwise, MatMember, MatPath, NormPrologue, MATMUL_THREADS, MAX_BUFFERS, WIDE};
 use std::collections::HashMap;
+use unicorn_ir::device::{DeviceProfile, Feature};
 use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
 use unicorn_ir::spec::Activation;
 use unicorn_ir::{DType, Graph, Module, Op, Phase};
@@ -49,6 +50,7 @@ impl KernelTable {
             bindings,
             spec_constants: Vec::new(),
             workgroup,
+            requires: requirements(&source),
         });
         self.by_source.insert(source, id);
         Ok(id)
@@ -81,10 +83,10 @@ fn matmul_members(module: &Module, ops: &[Op]) -> Vec<MatMember> {
 }
 
 /// A matmul launch's shader: tiled for prefill, row by row for decode (whose launches hold a row per sequence).
-fn matmul_source(module: &Module, g: &Graph, ops: &[Op], norm: Option<NormPrologue>, residual: bool) -> String {
+fn matmul_source(module: &Module, path: MatPath, ops: &[Op], norm: Option<NormPrologue>, residual: bool) -> String {
     let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("a matmul launch") };
     let k = module.weight(*weight).cols() as u64;
-    glsl::matmul_group(&matmul_members(module, ops), k, norm, residual, matmul_path(g))
+    glsl::matmul_group(&matmul_members(module, ops), k, norm, residual, path)
 }
 
 /// Columns of a matmul launch's operand.
@@ -94,20 +96,35 @@ fn cols_of(module: &Module, ops: &[Op]) -> u64 {
 }
 
 /// The shader of gate and up with the GLU behind them.
-fn glu_source(module: &Module, ops: &[Op], norm: Option<NormPrologue>, act: Activation) -> String {
+fn glu_source(module: &Module, path: MatPath, ops: &[Op], norm: Option<NormPrologue>, act: Activation) -> String {
     let m = matmul_members(module, ops);
-    glsl::matmul_glu([m[0], m[1]], cols_of(module, ops), norm, act)
+    glsl::matmul_glu([m[0], m[1]], cols_of(module, ops), norm, act, path)
 }
 
-fn matmul_path(g: &Graph) -> MatPath {
-    match g.phase {
+/// How a phase's matmuls walk their rows on a device of `profile`.
+pub fn matmul_path(phase: Phase, profile: &DeviceProfile) -> MatPath {
+    match phase {
+        Phase::Prefill if profile.missing(&MatPath::TiledCoop.requires()).is_none() => MatPath::TiledCoop,
         Phase::Prefill => MatPath::Tiled,
+        Phase::Decode if profile.missing(&MatPath::RowByRowSg.requires()).is_none() => MatPath::RowByRowSg,
         Phase::Decode => MatPath::RowByRow,
     }
 }
 
+/// What a kernel needs of the device, from the extensions its source enables.
+fn requirements(source: &str) -> Vec<Feature> {
+    let mut v = Vec::new();
+    if source.contains("#extension GL_KHR_shader_subgroup_shuffle") {
+        v.extend(MatPath::RowByRowSg.requires());
+    }
+    if source.contains("#extension GL_KHR_cooperative_matrix") {
+        v.extend(MatPath::TiledCoop.requires());
+    }
+    v
+}
+
 /// The kernel of a launch's ops, given each unit's output columns (`cols`: the last unit's).
-fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr, kv: DType) -> Kernel {
+fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u64], rows: Expr, kv: DType) -> Kernel {
     let cols = units[units.len() - 1];
     let wide = [WIDE, 1, 1];
     let one = Expr::Const(1);
@@ -133,12 +150,12 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr,
         }
         Op::RmsNorm { eps, unit_offset, .. } if ops.len() > 1 => {
             // A norm fused in front of the matmuls that read it: its operand, weight and result come first.
-            let mut k = kernel_for(module, g, &ops[1..], &units[1..], rows, kv);
+            let mut k = kernel_for(module, g, path, &ops[1..], &units[1..], rows, kv);
             k.name = format!("rms_norm+{}", k.name);
             let norm = Some(NormPrologue { eps: *eps, unit_offset: *unit_offset });
             k.source = match ops.last() {
-                Some(Op::Glu { activation }) => glu_source(module, &ops[1..ops.len() - 1], norm, *activation),
-                _ => matmul_source(module, g, &ops[1..], norm, false),
+                Some(Op::Glu { activation }) => glu_source(module, path, &ops[1..ops.len() - 1], norm, *activation),
+                _ => matmul_source(module, path, &ops[1..], norm, false),
             };
             k.buffers += 3;
             k.writes.iter_mut().for_each(|w| *w += 3);
@@ -149,15 +166,15 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr,
             // the kernel writes only the result.
             let Some(Op::Glu { activation }) = ops.last() else { unreachable!("matched") };
             let mm = &ops[..ops.len() - 1];
-            let mut k = kernel_for(module, g, mm, &units[..units.len() - 1], rows, kv);
+            let mut k = kernel_for(module, g, path, mm, &units[..units.len() - 1], rows, kv);
             let glu = match activation {
                 Activation::Silu => Elementwise::GluSilu,
                 Activation::GeluTanh => Elementwise::GluGeluTanh,
             };
             k.name = format!("{}+{}", k.name, glu.name());
-            k.source = glu_source(module, mm, None, *activation);
+            k.source = glu_source(module, path, mm, None, *activation);
             let members = matmul_members(module, mm);
-            k.work[0] = Expr::Const(glsl::matmul_work(&members[..1], cols_of(module, mm), MatPath::RowByRow).0);
+            k.work[0] = Expr::Const(glsl::matmul_work(&members[..1], cols_of(module, mm), path).0);
             k.writes = vec![k.buffers + 2];
             k.buffers += 3;
             k
@@ -165,9 +182,9 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr,
         Op::MatMul { .. } if matches!(ops.last(), Some(Op::Add)) => {
             // A residual add fused behind one matmul: the matmul's units, then the add's [a, b, sum], of which
             // the kernel reads the input that is not the matmul's result and writes the sum.
-            let mut k = kernel_for(module, g, &ops[..1], &units[..1], rows, kv);
+            let mut k = kernel_for(module, g, path, &ops[..1], &units[..1], rows, kv);
             k.name = format!("{}+add", k.name);
-            k.source = matmul_source(module, g, &ops[..1], None, true);
+            k.source = matmul_source(module, path, &ops[..1], None, true);
             k.writes = vec![k.buffers + 2];
             k.buffers += 3;
             k
@@ -176,7 +193,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr,
             let members = matmul_members(module, ops);
             let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("matched above") };
             let w = module.weight(*weight);
-            let (tiles, tile_rows) = glsl::matmul_work(&members, w.cols() as u64, matmul_path(g));
+            let (tiles, tile_rows) = glsl::matmul_work(&members, w.cols() as u64, path);
             let bias = if members.iter().any(|m| m.bias) { "_bias" } else { "" };
             let group = if members.len() > 1 { members.len().to_string() } else { String::new() };
             // The operand, then per matrix its weight, bias and result; each result is written.
@@ -188,7 +205,7 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr,
             }
             Kernel {
                 name: format!("matmul{group}{bias}_{}", w.format),
-                source: matmul_source(module, g, ops, None, false),
+                source: matmul_source(module, path, ops, None, false),
                 buffers: at,
                 writes,
                 workgroup: [MATMUL_THREADS, 1, 1],
@@ -268,7 +285,14 @@ fn kernel_for(module: &Module, g: &Graph, ops: &[Op], units: &[u64], rows: Expr,
 
 /// Lower one planned graph to launches of generated kernels with a KV cache of `kv`: one op each, or one fused
 /// region each (see the module doc).
-pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTable) -> Result<PlanPhase, String> {
+pub fn lower_phase(
+    module: &Module,
+    g: &Graph,
+    kv: DType,
+    profile: &DeviceProfile,
+    kernels: &mut KernelTable,
+) -> Result<PlanPhase, String> {
+    let path = matmul_path(g.phase, profile);
     for op in g.g.node_weights().map(|n| &n.op) {
         if let Op::Attention { layer, head_dim, .. } = op {
             if !glsl::attention_head_fits(*head_dim as u64) {
@@ -290,7 +314,7 @@ pub fn lower_phase(module: &Module, g: &Graph, kv: DType, kernels: &mut KernelTa
         glu_columns: if g.phase == Phase::Decode { Some(8) } else { None },
     };
     let phase = crate::lower_steps(module, g, how, |ops, units, rows| {
-        let k = kernel_for(module, g, ops, units, rows, kv);
+        let k = kernel_for(module, g, path, ops, units, rows, kv);
         let work = k.work.clone();
         let id = kernels.add(k).unwrap_or_else(|e| {
             failed.get_or_insert(e);

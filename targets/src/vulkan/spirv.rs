@@ -1,4 +1,9 @@
-//! GLSL -> SPIR-V through shaderc.
+//! GLSL -> SPIR-V through shaderc, built from the glslang and SPIRV-Tools sources that shaderc-sys vendors
+//! (Debian's glslang 12 compiles neither cooperative-matrix nor integer-dot shaders).
+
+/// The SPIRV-Tools release shaderc-sys 0.10.1 vendors; `scripts/spirv-val.sh` builds its `spirv-val` for the
+/// modules Debian's cannot check.
+pub const VENDORED_SPIRV_TOOLS: &str = "v2025.3";
 
 /// Compile a GLSL compute shader to SPIR-V words.
 pub fn compile(name: &str, source: &str) -> Result<Vec<u32>, String> {

@@ -11,15 +11,24 @@ fn all_kernels() -> Vec<(String, String)> {
     let mut v = Vec::new();
     for f in FORMATS {
         v.push((format!("embed_{f}"), embed(f, 96, 1.5)));
-        for (tag, path) in [("", MatPath::Tiled), ("_rows", MatPath::RowByRow)] {
+        let paths = [
+            ("", MatPath::Tiled),
+            ("_coop", MatPath::TiledCoop),
+            ("_rows", MatPath::RowByRow),
+            ("_rows_sg", MatPath::RowByRowSg),
+        ];
+        for (tag, path) in paths {
             v.push((format!("matmul_{f}{tag}"), matmul(f, false, 96, 20, path)));
             v.push((format!("matmul_bias_{f}{tag}"), matmul(f, true, 96, 20, path)));
             let members = [(20, false), (8, true)].map(|(n, bias)| MatMember { format: f, bias, n });
             let norm = Some(NormPrologue { eps: 1e-6, unit_offset: true });
             v.push((format!("rms_norm+matmul2_{f}{tag}"), matmul_group(&members, 96, norm, false, path)));
             let pair = [MatMember { format: f, bias: false, n: 24 }; 2];
-            v.push((format!("rms_norm+matmul2_{f}+glu_silu"), matmul_glu(pair, 96, norm, Activation::Silu)));
-            v.push((format!("matmul2_{f}+glu_gelutanh"), matmul_glu(pair, 96, None, Activation::GeluTanh)));
+            if matches!(path, MatPath::RowByRow | MatPath::RowByRowSg) {
+                let (silu, gelu) = (Activation::Silu, Activation::GeluTanh);
+                v.push((format!("rms_norm+matmul2_{f}+glu_silu{tag}"), matmul_glu(pair, 96, norm, silu, path)));
+                v.push((format!("matmul2_{f}+glu_gelutanh{tag}"), matmul_glu(pair, 96, None, gelu, path)));
+            }
             let one = [MatMember { format: f, bias: true, n: 20 }];
             v.push((format!("matmul_bias_{f}+add{tag}"), matmul_group(&one, 96, None, true, path)));
         }
@@ -41,6 +50,7 @@ fn all_kernels() -> Vec<(String, String)> {
 
 const SHAPE: AttentionShape = AttentionShape { heads: 4, kv_heads: 2, head_dim: 16, window: None, scale: 0.25 };
 
+/// naga parses and validates a module (it does not take cooperative matrices: those go to spirv-val alone).
 fn validate(name: &str, words: &[u32]) {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     let module = naga::front::spv::parse_u8_slice(&bytes, &naga::front::spv::Options::default())
@@ -66,12 +76,28 @@ fn spirv_tool(tool: &str, args: &[&str], name: &str, words: &[u32]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A spirv-val that knows SPV_KHR_cooperative_matrix (Debian's SPIRV-Tools 2023.1 does not): `$SPIRV_VAL`, or
+/// the one `.ci/deps` builds from the SPIRV-Tools shaderc vendors.
+fn spirv_val_for_coopmat() -> String {
+    if let Ok(p) = std::env::var("SPIRV_VAL") {
+        return p;
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = format!("{home}/.cache/unicorn/spirv-tools-{}/bin/spirv-val", spirv::VENDORED_SPIRV_TOOLS);
+    assert!(std::path::Path::new(&p).exists(), "{p} is missing: run bash .ci/deps, or set SPIRV_VAL");
+    p
+}
+
 #[test]
 fn every_kernel_compiles_and_validates() {
     for (name, src) in all_kernels() {
         let words = spirv::compile(&name, &src).unwrap_or_else(|e| panic!("{e}\n{src}"));
-        validate(&name, &words);
-        spirv_tool("spirv-val", &["--target-env", "vulkan1.2"], &name, &words);
+        if src.contains("GL_KHR_cooperative_matrix") {
+            spirv_tool(&spirv_val_for_coopmat(), &["--target-env", "vulkan1.3"], &name, &words);
+        } else {
+            validate(&name, &words);
+            spirv_tool("spirv-val", &["--target-env", "vulkan1.2"], &name, &words);
+        }
     }
 }
 
@@ -134,7 +160,16 @@ fn snapshots() {
     insta::assert_snapshot!("rms_norm_matmul3_q4_0_rows", matmul_group(&qkv, 2048, norm, false, MatPath::RowByRow));
     // The MLP's norm, gate/up and GLU in one decode launch (Llama 3.2 1B).
     let gate_up = [MatMember { format: WeightFormat::Q4_0, bias: false, n: 8192 }; 2];
-    insta::assert_snapshot!("rms_norm_matmul2_q4_0_glu_silu", matmul_glu(gate_up, 2048, norm, Activation::Silu));
+    let silu = Activation::Silu;
+    insta::assert_snapshot!("rms_norm_matmul2_q4_0_glu_silu", matmul_glu(gate_up, 2048, norm, silu, MatPath::RowByRow));
+    // The same with subgroup reductions, and the cooperative-matrix GEMM of prefill.
+    insta::assert_snapshot!(
+        "rms_norm_matmul2_q4_0_glu_silu_sg",
+        matmul_glu(gate_up, 2048, norm, silu, MatPath::RowByRowSg)
+    );
+    insta::assert_snapshot!("matmul_q8_0+add_rows_sg", matmul_group(&down, 8192, None, true, MatPath::RowByRowSg));
+    insta::assert_snapshot!("rms_norm_matmul3_q4_0_coop", matmul_group(&qkv, 2048, norm, false, MatPath::TiledCoop));
+    insta::assert_snapshot!("matmul_q8_0+add_coop", matmul_group(&down, 8192, None, true, MatPath::TiledCoop));
 }
 
 #[test]
