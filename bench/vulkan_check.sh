@@ -10,7 +10,8 @@
 # 2. Per QUANT, CHECKPOINT compiled twice for --target vulkan, for this GPU (--device-profile auto: the
 #    cooperative-matrix GEMM in prefill where the GPU has it, subgroup reductions in decode) and for the
 #    generic profile (neither), and one prefill of 64 tokens through each, the logits of every position
-#    compared: OUT_DIR/check.txt.
+#    compared: OUT_DIR/check.txt. With BENCH=1, also both plans' --bench (512-token prefill, 128 decode steps)
+#    in three interleaved rounds (OUT_DIR/bench.jsonl, medians in check.txt) and a --profile run of each.
 set -uo pipefail
 kit="$(cd "$1" && pwd)"
 out="$(mkdir -p "$2" && cd "$2" && pwd)"
@@ -30,6 +31,20 @@ for q in ${quants//,/ }; do
         "$kit/unicorn-rt" "$work/$q-$p.ucp" --device vulkan --tokens "$tokens" --logits-out "$work/$q-$p.npy" \
             >>"$out/check.log" 2>&1 || echo "prefill $q $p FAILED" | tee -a "$out/check.txt"
     done
+    if [ -n "${BENCH:-}" ]; then
+        # The two plans' speed, interleaved rounds: what this GPU's kernels buy over the generic ones.
+        for r in 1 2 3; do
+            for p in auto generic; do
+                j=$("$kit/unicorn-rt" "$work/$q-$p.ucp" --device vulkan --bench --prompt-len "${PLEN:-512}" --gen "${GEN:-128}" --repeat 1 \
+                    --json 2>>"$out/check.log") || { echo "bench $q $p FAILED" | tee -a "$out/check.txt"; continue; }
+                echo "{\"quant\":\"$q\",\"profile\":\"$p\",\"round\":$r,\"result\":$j}" >>"$out/bench.jsonl"
+            done
+        done
+        for p in auto generic; do
+            "$kit/unicorn-rt" "$work/$q-$p.ucp" --device vulkan --bench --prompt-len "${PLEN:-512}" --gen "${GEN:-128}" --repeat 1 --profile \
+                >"$out/profile-$q-$p.txt" 2>>"$out/check.log"
+        done
+    fi
     python3 - "$work/$q-auto.npy" "$work/$q-generic.npy" "$q" <<'PY' | tee -a "$out/check.txt"
 import sys, numpy as np
 a, b = np.load(sys.argv[1]).astype(np.float64), np.load(sys.argv[2]).astype(np.float64)
@@ -39,3 +54,14 @@ print(f"{sys.argv[3]}: {a.shape[0]} positions, this GPU's plan vs the generic pl
       f"same argmax at {same * 100:.0f}% of positions, finite {np.isfinite(a).all()}")
 PY
 done
+if [ -f "$out/bench.jsonl" ]; then
+    python3 - "$out/bench.jsonl" <<'PY' | tee -a "$out/check.txt"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for key in sorted({(r["quant"], r["profile"]) for r in rows}):
+    rs = [r["result"] for r in rows if (r["quant"], r["profile"]) == key]
+    pre = statistics.median(r["prefill_tok_s"]["median"] for r in rs)
+    dec = statistics.median(r["decode_tok_s"]["median"] for r in rs)
+    print(f"{key[0]} {key[1]:8} prefill: {pre:8.1f} tok/s   decode: {dec:7.1f} tok/s   ({len(rs)} rounds)")
+PY
+fi

@@ -242,7 +242,8 @@ fn gemv_reduce(sums: u32, subgroups: bool) -> (&'static str, String, String) {
             "gl_SubgroupID * gl_SubgroupSize + gl_SubgroupInvocationID",
             format!(
                 "uint span = min(LANES, gl_SubgroupSize);\n\
-                 \x20 for (uint r = 0u; r < {sums}u; r++) for (uint h = 1u; h < span; h <<= 1u) part[r] += subgroupShuffleXor(part[r], h);\n\
+                 \x20 // The sums innermost, a loop of constant trip count the compiler unrolls: part[] stays in registers.\n\
+                 \x20 for (uint h = 1u; h < span; h <<= 1u) for (uint r = 0u; r < {sums}u; r++) part[r] += subgroupShuffleXor(part[r], h);\n\
                  \x20 if (l % span == 0u) for (uint r = 0u; r < {sums}u; r++) gpart[at + r * (LANES / span) + l / span] = part[r];\n\
                  \x20 barrier();\n"
             ),
@@ -353,51 +354,84 @@ fn takes_rows(k: u64, path: MatPath) -> bool {
     path.rows_one_by_one() && has_gemv(k)
 }
 
-/// `void wtile(uint n0, uint kb)`: block `kb` (columns `32kb..32kb + 32`) of outputs `n0..n0 + 64` of the
-/// matrix bound as `w` (binding `arg`) into `ws` through the kernel's `WS(col, value)`, column-major
-/// (`ws[col * stride + output]`: f32 with a stride of 65 in the portable GEMM, f16 with 72 in the
-/// cooperative-matrix one), dequantized and zero past `N` and `K`. Thread `t` takes output `t / 4` and a quarter of the block: a quant word of the row
-/// (q4_0: columns `4c..4c + 4` and `16 + 4c..`), two (q8_0: eight neighbouring columns), or eight values.
-fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize) {
+/// The tiled paths' weight loader in two halves, so that a block's loads are in flight while the previous
+/// block is multiplied: `void wload(uint n0, uint kb, out uint raw[8])` reads block `kb` (columns
+/// `32kb..32kb + 32`) of outputs `n0..n0 + 64` of the matrix bound as `w` (binding `arg`) as raw words, and
+/// `void wstore(uint n0, uint raw[8])` dequantizes them into `ws` through the kernel's `WS(col, value)`,
+/// column-major (`ws[col * stride + output]`: f32 with a stride of 65 in the portable GEMM, f16 with 72 in
+/// the cooperative-matrix one), zero past `N` and `K`. Thread `t` takes output `t / 4` and a quarter of the
+/// block: a quant word of the row and its scale's word (q4_0: columns `4c..4c + 4` and `16 + 4c..`), two
+/// (q8_0: eight neighbouring columns), or eight values (four words of f16 / bf16 pairs where `K` is a
+/// multiple of eight; otherwise element by element).
+fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize, k: u64) {
     let b = format!("pc.base[{arg}]");
-    let scale = format!(
-        "uint at = {b} + ((n / 8u) * (K / 32u) + kb) * {}u, r = n % 8u;\n\
-         \x20   vec2 d2 = unpackHalf2x16(w[at + r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;\n",
-        quant_words(format)
-    );
-    let body = match format {
-        WeightFormat::Q4_0 => format!(
-            "{scale}\
-             \x20   uint word = w[at + 4u + part * 8u + r];\n\
-             \x20   for (uint e = 0u; e < 4u; e++) {{\n\
-             \x20     uint byte = (word >> (e * 8u)) & 0xffu;\n\
-             \x20     WS(part * 4u + e, float(int(byte & 15u) - 8) * d);\n\
-             \x20     WS(16u + part * 4u + e, float(int(byte >> 4) - 8) * d);\n\
-             \x20   }}\n"
+    let qat = format!("uint at = {b} + ((n / 8u) * (K / 32u) + kb) * {}u, r = n % 8u;", quant_words(format));
+    let scale = "uint r = n % 8u; vec2 d2 = unpackHalf2x16(raw[7]); float d = (r & 1u) == 0u ? d2.x : d2.y;";
+    let (load, store) = match format {
+        WeightFormat::Q4_0 => (
+            format!("{qat} raw[0] = w[at + 4u + part * 8u + r]; raw[7] = w[at + r / 2u];"),
+            format!(
+                "{scale}\n\
+                 \x20 for (uint e = 0u; e < 4u; e++) {{\n\
+                 \x20   uint byte = (raw[0] >> (e * 8u)) & 0xffu;\n\
+                 \x20   WS(part * 4u + e, float(int(byte & 15u) - 8) * d);\n\
+                 \x20   WS(16u + part * 4u + e, float(int(byte >> 4) - 8) * d);\n\
+                 \x20 }}"
+            ),
         ),
-        WeightFormat::Q8_0 => format!(
-            "{scale}\
-             \x20   int qa = int(w[at + 4u + part * 16u + r]), qb = int(w[at + 12u + part * 16u + r]);\n\
-             \x20   for (uint e = 0u; e < 4u; e++) {{\n\
-             \x20     WS(part * 8u + e, float(bitfieldExtract(qa, int(e * 8u), 8)) * d);\n\
-             \x20     WS(part * 8u + 4u + e, float(bitfieldExtract(qb, int(e * 8u), 8)) * d);\n\
-             \x20   }}\n"
+        WeightFormat::Q8_0 => (
+            format!(
+                "{qat} raw[0] = w[at + 4u + part * 16u + r]; raw[1] = w[at + 12u + part * 16u + r]; \
+                 raw[7] = w[at + r / 2u];"
+            ),
+            format!(
+                "{scale}\n\
+                 \x20 for (uint e = 0u; e < 4u; e++) {{\n\
+                 \x20   WS(part * 8u + e, float(bitfieldExtract(int(raw[0]), int(e * 8u), 8)) * d);\n\
+                 \x20   WS(part * 8u + 4u + e, float(bitfieldExtract(int(raw[1]), int(e * 8u), 8)) * d);\n\
+                 \x20 }}"
+            ),
         ),
-        _ => "for (uint e = 0u; e < 8u; e++) {\n\
-              \x20     uint c = kb * 32u + part * 8u + e;\n\
-              \x20     WS(part * 8u + e, c < K ? w_elem(n, c) : 0.0);\n\
-              \x20   }\n"
-            .to_string(),
+        WeightFormat::F32 => (
+            format!(
+                "uint c0 = kb * 32u + part * 8u; \
+                 for (uint e = 0u; e < 8u; e++) raw[e] = c0 + e < K ? w[{b} + n * K + c0 + e] : 0u;"
+            ),
+            "for (uint e = 0u; e < 8u; e++) WS(part * 8u + e, uintBitsToFloat(raw[e]));".to_string(),
+        ),
+        WeightFormat::F16 | WeightFormat::Bf16 if k.is_multiple_of(8) => {
+            let pair = if format == WeightFormat::F16 {
+                "vec2 h = unpackHalf2x16(raw[j]);"
+            } else {
+                "vec2 h = vec2(uintBitsToFloat(raw[j] << 16), uintBitsToFloat(raw[j] & 0xffff0000u));"
+            };
+            (
+                format!(
+                    "uint c0 = kb * 32u + part * 8u; \
+                     for (uint j = 0u; j < 4u; j++) raw[j] = c0 < K ? w[{b} + (n * K + c0) / 2u + j] : 0u;"
+                ),
+                format!("for (uint j = 0u; j < 4u; j++) {{ {pair} WS(part * 8u + 2u * j, h.x); WS(part * 8u + 2u * j + 1u, h.y); }}"),
+            )
+        }
+        WeightFormat::F16 | WeightFormat::Bf16 => (
+            "for (uint e = 0u; e < 8u; e++) {\n\
+             \x20   uint c = kb * 32u + part * 8u + e;\n\
+             \x20   raw[e] = floatBitsToUint(c < K ? w_elem(n, c) : 0.0);\n\
+             \x20 }"
+                .to_string(),
+            "for (uint e = 0u; e < 8u; e++) WS(part * 8u + e, uintBitsToFloat(raw[e]));".to_string(),
+        ),
     };
     let _ = write!(
         out,
-        "void wtile(uint n0, uint kb) {{\n\
+        "void wload(uint n0, uint kb, out uint raw[8]) {{\n\
+         \x20 uint t = gl_LocalInvocationID.x, part = t % 4u, n = n0 + t / 4u;\n\
+         \x20 for (uint e = 0u; e < 8u; e++) raw[e] = 0u;\n\
+         \x20 if (n < N_ROWS) {{ {load} }}\n\
+         }}\n\
+         void wstore(uint n0, uint raw[8]) {{\n\
          \x20 uint t = gl_LocalInvocationID.x, o = t / 4u, part = t % 4u, n = n0 + o;\n\
-         \x20 if (n < N_ROWS) {{\n\
-         \x20   {body}\
-         \x20 }} else {{\n\
-         \x20   for (uint e = 0u; e < 8u; e++) WS(part * 8u + e, 0.0);\n\
-         \x20 }}\n\
+         \x20 {store}\n\
          }}\n"
     );
 }
@@ -428,63 +462,125 @@ pub const COOP_SHARED_BYTES: u32 = (64 * 40 + 32 * 72) * 2 + (64 * 68 + 64 * 4) 
 /// subgroups, the later accumulators of each go unused.
 const COOP_ACC: u32 = 4;
 
-/// Member `m` of the cooperative-matrix GEMM: the portable tiled kernel's loads (`x` rounded to f16 as it is
-/// stored, its squares summed in f32 first), its 64 x 64 tile as sixteen 16 x 16 blocks multiplied by
-/// `coopMatMulAdd` in f32 (block `b` is subgroup `b % subgroups`' accumulator `b / subgroups`), staged
-/// through shared memory for the same epilogue (`store`, with `cs`, `rr`, `tc`, `row`, `n` and `inv`).
-fn coop_member(m: usize, read_x: &str, store: &str, norm: bool) -> String {
+/// Member `m` of a tiled launch: a `64 x 64` tile of its `y` (64 rows of `x` by 64 outputs), walking `K` in
+/// blocks of 32 columns. Each block of the 64 rows of `x` (scaled by the norm weight where a norm is fused,
+/// its squares summed on the way) and of the 64 outputs' dequantized weights goes to shared memory, and the
+/// next block's loads are issued before this one is multiplied, so they are in flight meanwhile. The
+/// portable path multiplies in f32, each thread its `4 x 4` outputs (rows `t / 16 + 16i`, outputs
+/// `t % 16 + 16j`); the cooperative-matrix path stores the blocks in f16 and multiplies the tile as sixteen
+/// `16 x 16` blocks by `coopMatMulAdd` in f32 (block `b` is subgroup `b % subgroups`' accumulator
+/// `b / subgroups`), staged through shared memory (`cs`) for the same epilogue: `store`, with `row`, `n`,
+/// `inv` (the row's `1 / rms`, or 1), and `acc[i][j]` or `cs[rr * 68 + oc]`.
+fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
     let inv = if norm {
         "float(1.0 / sqrt((rs[rr * 4u] + rs[rr * 4u + 1u] + rs[rr * 4u + 2u] + rs[rr * 4u + 3u]) / float(K) + EPS))"
     } else {
         "1.0"
     };
-    let ty = "coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>";
+    let (gload, gdecl, scaled) = if norm {
+        (" gv[e] = c < K ? g[pc.base[1] + c] : 0.0;", " float gv[8];", " ss += v * v; v *= gv[e] + UNIT;")
+    } else {
+        ("", "", "")
+    };
+    let xload = |kb: &str| {
+        format!(
+            "for (uint e = 0u; e < 8u; e++) {{ uint c = {kb} * 32u + part * 8u + e; \
+             xv[e] = live && c < K ? x[xr + c] : 0.0;{gload} }}\n"
+        )
+    };
+    let acc_ty = "coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>";
+    let (decl, xs_store, multiply, epilogue) = if coop {
+        (
+            format!(
+                "{acc_ty} acc[{COOP_ACC}];\n\
+                 \x20 for (uint a = 0u; a < {COOP_ACC}u; a++) acc[a] = {acc_ty}(0.0);\n"
+            ),
+            "xs[lr * 40u + part * 8u + e] = float16_t(v);",
+            format!(
+                "for (uint a = 0u; a < {COOP_ACC}u; a++) {{\n\
+                 \x20     uint b = gl_SubgroupID + a * gl_NumSubgroups;\n\
+                 \x20     if (b >= 16u) break;\n\
+                 \x20     for (uint kk = 0u; kk < 32u; kk += 16u) {{\n\
+                 \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma;\n\
+                 \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb;\n\
+                 \x20       coopMatLoad(ma, xs, (b / 4u) * 16u * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                 \x20       coopMatLoad(mb, ws, kk * 72u + (b % 4u) * 16u, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                 \x20       acc[a] = coopMatMulAdd(ma, mb, acc[a]);\n\
+                 \x20     }}\n\
+                 \x20   }}\n"
+            ),
+            format!(
+                "for (uint a = 0u; a < {COOP_ACC}u; a++) {{\n\
+                 \x20   uint b = gl_SubgroupID + a * gl_NumSubgroups;\n\
+                 \x20   if (b >= 16u) break;\n\
+                 \x20   coopMatStore(acc[a], cs, (b / 4u) * 16u * 68u + (b % 4u) * 16u, 68u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                 \x20 }}\n\
+                 \x20 rs[lr * 4u + part] = ss;\n\
+                 \x20 barrier();\n\
+                 \x20 uint oc = t % 64u, n = n0 + oc;\n\
+                 \x20 for (uint i = 0u; i < 16u; i++) {{\n\
+                 \x20   uint rr = t / 64u + 4u * i, row = row0 + rr;\n\
+                 \x20   if (row >= pc.rows || n >= N{m}) continue;\n\
+                 \x20   float inv = {inv};\n\
+                 \x20   {store}\n\
+                 \x20 }}\n"
+            ),
+        )
+    } else {
+        (
+            "float acc[4][4];\n\
+             \x20 for (uint i = 0u; i < 4u; i++) for (uint j = 0u; j < 4u; j++) acc[i][j] = 0.0;\n"
+                .to_string(),
+            "xs[(part * 8u + e) * 65u + lr] = v;",
+            "for (uint kk = 0u; kk < 32u; kk++) {\n\
+             \x20     float a[4], b[4];\n\
+             \x20     for (uint i = 0u; i < 4u; i++) a[i] = xs[kk * 65u + tr + 16u * i];\n\
+             \x20     for (uint j = 0u; j < 4u; j++) b[j] = ws[kk * 65u + tc + 16u * j];\n\
+             \x20     for (uint i = 0u; i < 4u; i++) for (uint j = 0u; j < 4u; j++) acc[i][j] += a[i] * b[j];\n\
+             \x20   }\n"
+                .to_string(),
+            format!(
+                "rs[lr * 4u + part] = ss;\n\
+                 \x20 barrier();\n\
+                 \x20 for (uint i = 0u; i < 4u; i++) {{\n\
+                 \x20   uint rr = tr + 16u * i, row = row0 + rr;\n\
+                 \x20   if (row >= pc.rows) continue;\n\
+                 \x20   float inv = {inv};\n\
+                 \x20   for (uint j = 0u; j < 4u; j++) {{\n\
+                 \x20     uint n = n0 + tc + 16u * j;\n\
+                 \x20     if (n < N{m}) {store}\n\
+                 \x20   }}\n\
+                 \x20 }}\n"
+            ),
+        )
+    };
     format!(
         "void member{m}(uint tile_x) {{\n\
-         \x20 uint t = gl_LocalInvocationID.x, lr = t / 4u, part = t % 4u;\n\
+         \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, lr = t / 4u, part = t % 4u;\n\
          \x20 uint n0 = tile_x * 64u, row0 = gl_WorkGroupID.y * 64u;\n\
          \x20 uint xr = pc.base[0] + (row0 + lr) * K;\n\
          \x20 bool live = row0 + lr < pc.rows;\n\
-         \x20 float ss = 0.0;\n\
-         \x20 {ty} acc[{COOP_ACC}];\n\
-         \x20 for (uint a = 0u; a < {COOP_ACC}u; a++) acc[a] = {ty}(0.0);\n\
+         \x20 float ss = 0.0, xv[8];{gdecl}\n\
+         \x20 uint raw[8];\n\
+         \x20 {decl}\
+         \x20 {first}\
+         \x20 wload{m}(n0, 0u, raw);\n\
          \x20 for (uint kb = 0u; kb < (K + 31u) / 32u; kb++) {{\n\
-         \x20   for (uint e = 0u; e < 8u; e++) {{\n\
-         \x20     uint c = kb * 32u + part * 8u + e;\n\
-         \x20     float v = 0.0;\n\
-         \x20     if (live && c < K) {{ {read_x} }}\n\
-         \x20     xs[lr * 40u + part * 8u + e] = float16_t(v);\n\
-         \x20   }}\n\
-         \x20   wtile{m}(n0, kb);\n\
+         \x20   for (uint e = 0u; e < 8u; e++) {{ float v = xv[e];{scaled} {xs_store} }}\n\
+         \x20   wstore{m}(n0, raw);\n\
          \x20   barrier();\n\
-         \x20   for (uint a = 0u; a < {COOP_ACC}u; a++) {{\n\
-         \x20     uint b = gl_SubgroupID + a * gl_NumSubgroups;\n\
-         \x20     if (b >= 16u) break;\n\
-         \x20     for (uint kk = 0u; kk < 32u; kk += 16u) {{\n\
-         \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma;\n\
-         \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb;\n\
-         \x20       coopMatLoad(ma, xs, (b / 4u) * 16u * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
-         \x20       coopMatLoad(mb, ws, kk * 72u + (b % 4u) * 16u, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
-         \x20       acc[a] = coopMatMulAdd(ma, mb, acc[a]);\n\
-         \x20     }}\n\
+         \x20   // The next block's loads, in flight while this one is multiplied.\n\
+         \x20   if (kb + 1u < (K + 31u) / 32u) {{\n\
+         \x20     {next}\
+         \x20     wload{m}(n0, kb + 1u, raw);\n\
          \x20   }}\n\
+         \x20   {multiply}\
          \x20   barrier();\n\
          \x20 }}\n\
-         \x20 for (uint a = 0u; a < {COOP_ACC}u; a++) {{\n\
-         \x20   uint b = gl_SubgroupID + a * gl_NumSubgroups;\n\
-         \x20   if (b >= 16u) break;\n\
-         \x20   coopMatStore(acc[a], cs, (b / 4u) * 16u * 68u + (b % 4u) * 16u, 68u, gl_CooperativeMatrixLayoutRowMajor);\n\
-         \x20 }}\n\
-         \x20 rs[lr * 4u + part] = ss;\n\
-         \x20 barrier();\n\
-         \x20 uint tc = t % 64u, n = n0 + tc;\n\
-         \x20 for (uint i = 0u; i < 16u; i++) {{\n\
-         \x20   uint rr = t / 64u + 4u * i, row = row0 + rr;\n\
-         \x20   if (row >= pc.rows || n >= N{m}) continue;\n\
-         \x20   float inv = {inv};\n\
-         \x20   {store}\n\
-         \x20 }}\n\
-         }}\n"
+         \x20 {epilogue}\
+         }}\n",
+        first = xload("0u"),
+        next = xload("(kb + 1u)"),
     )
 }
 
@@ -595,7 +691,7 @@ pub fn matmul_group(
             f32_buffer(&mut s, y + 3, "sum", "");
         }
         def_uint(&mut s, &format!("N{m}"), mm.n);
-        member_readers(&mut s, m, mm, w, gemv);
+        member_readers(&mut s, m, mm, w, k, gemv);
         if gemv {
             let col = gemv_column(mm.format);
             let gemv_store = store(&format!("j * N{m} + n"), &format!("gsum(at, l){gemv_inv}{add_bias}"));
@@ -630,57 +726,10 @@ pub fn matmul_group(
                 steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
                 read_x = read_x.replace("XV", "xv[e]"),
             );
-        } else if coop {
-            let gemm_store = store(&format!("row * N{m} + n"), &format!("cs[rr * 68u + tc] * inv{add_bias}"));
-            let _ = write!(s, "{}", coop_member(m, &read_x.replace("XV", "v"), &gemm_store, norm.is_some()));
         } else {
-            let inv = if norm.is_some() {
-                "float(1.0 / sqrt((rs[rr * 4u] + rs[rr * 4u + 1u] + rs[rr * 4u + 2u] + rs[rr * 4u + 3u]) / float(K) + EPS))"
-            } else {
-                "1.0"
-            };
-            let gemm_store =
-                store("row * N{m} + n", &format!("acc[i][j] * inv{add_bias}")).replace("{m}", &m.to_string());
-            let _ = write!(
-                s,
-                "void member{m}(uint tile_x) {{\n\
-                 \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, lr = t / 4u, part = t % 4u;\n\
-                 \x20 uint n0 = tile_x * 64u, row0 = gl_WorkGroupID.y * 64u;\n\
-                 \x20 uint xr = pc.base[0] + (row0 + lr) * K;\n\
-                 \x20 bool live = row0 + lr < pc.rows;\n\
-                 \x20 float acc[4][4], ss = 0.0;\n\
-                 \x20 for (uint i = 0u; i < 4u; i++) for (uint j = 0u; j < 4u; j++) acc[i][j] = 0.0;\n\
-                 \x20 for (uint kb = 0u; kb < (K + 31u) / 32u; kb++) {{\n\
-                 \x20   for (uint e = 0u; e < 8u; e++) {{\n\
-                 \x20     uint c = kb * 32u + part * 8u + e;\n\
-                 \x20     float v = 0.0;\n\
-                 \x20     if (live && c < K) {{ {read_x} }}\n\
-                 \x20     xs[(part * 8u + e) * 65u + lr] = v;\n\
-                 \x20   }}\n\
-                 \x20   wtile{m}(n0, kb);\n\
-                 \x20   barrier();\n\
-                 \x20   for (uint kk = 0u; kk < 32u; kk++) {{\n\
-                 \x20     float a[4], b[4];\n\
-                 \x20     for (uint i = 0u; i < 4u; i++) a[i] = xs[kk * 65u + tr + 16u * i];\n\
-                 \x20     for (uint j = 0u; j < 4u; j++) b[j] = ws[kk * 65u + tc + 16u * j];\n\
-                 \x20     for (uint i = 0u; i < 4u; i++) for (uint j = 0u; j < 4u; j++) acc[i][j] += a[i] * b[j];\n\
-                 \x20   }}\n\
-                 \x20   barrier();\n\
-                 \x20 }}\n\
-                 \x20 rs[lr * 4u + part] = ss;\n\
-                 \x20 barrier();\n\
-                 \x20 for (uint i = 0u; i < 4u; i++) {{\n\
-                 \x20   uint rr = tr + 16u * i, row = row0 + rr;\n\
-                 \x20   if (row >= pc.rows) continue;\n\
-                 \x20   float inv = {inv};\n\
-                 \x20   for (uint j = 0u; j < 4u; j++) {{\n\
-                 \x20     uint n = n0 + tc + 16u * j;\n\
-                 \x20     if (n < N{m}) {gemm_store}\n\
-                 \x20   }}\n\
-                 \x20 }}\n\
-                 }}\n",
-                read_x = read_x.replace("XV", "v"),
-            );
+            let sum = if coop { "cs[rr * 68u + oc]" } else { "acc[i][j]" };
+            let gemm_store = store(&format!("row * N{m} + n"), &format!("{sum} * inv{add_bias}"));
+            s.push_str(&tiled_member(m, norm.is_some(), coop, &gemm_store));
         }
         let tiles = mm.n.div_ceil(tile_n);
         let _ = writeln!(
@@ -708,19 +757,20 @@ fn norm_bindings(s: &mut String, norm: Option<NormPrologue>) -> usize {
 
 /// The member readers [`matmul_group`] and [`matmul_glu`] generate for matrix `m` bound at `w`: the
 /// single-matrix templates' functions, renamed for it.
-fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, gemv: bool) {
+fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, gemv: bool) {
     let mut f = String::new();
     weight_element(&mut f, mm.format, w);
     if gemv {
         gemv_step(&mut f, mm.format, w);
     } else {
-        gemm_w_loader(&mut f, mm.format, w);
+        gemm_w_loader(&mut f, mm.format, w, k);
     }
     s.push_str(
         &f.replace("w[", &format!("w{m}["))
             .replace("w_elem(", &format!("w{m}_elem("))
             .replace("gemv_step(", &format!("gemv_step{m}("))
-            .replace("wtile(", &format!("wtile{m}("))
+            .replace("wload(", &format!("wload{m}("))
+            .replace("wstore(", &format!("wstore{m}("))
             .replace("N_ROWS", &format!("N{m}")),
     );
 }
@@ -767,7 +817,7 @@ pub fn matmul_glu(
         f32_buffer(&mut s, y, &format!("y{m}"), "readonly");
         binding = y + 1;
         def_uint(&mut s, &format!("N{m}"), mm.n);
-        member_readers(&mut s, m, mm, w, true);
+        member_readers(&mut s, m, mm, w, k, true);
     }
     f32_buffer(&mut s, binding, "ga", "readonly");
     f32_buffer(&mut s, binding + 1, "ua", "readonly");
