@@ -130,18 +130,18 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     let mut module = build_module(&ck)?;
     let reports = pipeline(&mut module, &options.passes)?;
     let kv_cache = options.kv_cache.unwrap_or_else(|| unicorn_passes::default_kv_cache(options.passes.weights));
-    let profile = match options.passes.target {
+    let (profile, from) = match options.passes.target {
         Target::Vulkan => {
             let (profile, from) = options.device_profile.resolve().map_err(|e| anyhow::anyhow!(e))?;
-            if options.progress {
-                eprintln!("kernels for {from}");
-            }
-            profile
+            (profile, Some(from))
         }
-        Target::Cpu => DeviceProfile::generic(),
+        Target::Cpu => (DeviceProfile::generic(), None),
     };
     let (header, kernels) = lower(&module, LowerOptions { target: options.passes.target, kv_cache, profile })
         .map_err(|e| anyhow::anyhow!("generating kernels: {e}"))?;
+    if let (Some(from), true) = (from, options.progress) {
+        eprintln!("kernels for {from}");
+    }
 
     let mut out = PlanWriter::create(plan_path, &ck.input_files())?;
     let total: u64 = header.weights.iter().map(|w| ck.get(&w.name).map_or(0, |t| ck.bytes(t).len() as u64)).sum();

@@ -48,11 +48,11 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
         })
         .collect();
     PlanHeader::assign_weight_offsets(&mut weights);
-    let (entries, section, phases) = match options.target {
+    let (entries, section, phases, argmax) = match options.target {
         Target::Cpu => {
             let mut kernels = cpu::KernelTable::default();
             let phases: Vec<_> = module.graphs.iter().map(|g| cpu::lower_phase(module, g, &mut kernels)).collect();
-            (kernels.entries, Vec::new(), phases)
+            (kernels.entries, Vec::new(), phases, None)
         }
         Target::Vulkan => {
             let mut kernels = vulkan::KernelTable::default();
@@ -61,7 +61,8 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
                 .iter()
                 .map(|g| vulkan::lower_phase(module, g, options.kv_cache, &options.profile, &mut kernels))
                 .collect::<Result<Vec<_>, _>>()?;
-            (kernels.entries, kernels.section, phases)
+            let argmax = vulkan::argmax_kernel(module, &mut kernels)?;
+            (kernels.entries, kernels.section, phases, Some(argmax))
         }
     };
     let device = match options.target {
@@ -104,6 +105,7 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
         prefill_chunk,
         phases,
         peak_activation_bytes: peak,
+        argmax,
     };
     Ok((header, section))
 }

@@ -41,7 +41,7 @@ impl ProfileChoice {
         match self {
             ProfileChoice::Generic => Ok((DeviceProfile::generic(), "the generic Vulkan 1.2 profile".into())),
             ProfileChoice::File(p) => {
-                let profile = DeviceProfile::from_file(p)?;
+                let profile = DeviceProfile::from_file(p).map_err(|e| format!("--device-profile {e}"))?;
                 let line = format!("{} (from {})", profile.name, p.display());
                 Ok((profile, line))
             }

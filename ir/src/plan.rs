@@ -388,6 +388,12 @@ pub struct PlanHeader {
     pub phases: Vec<PlanPhase>,
     /// Peak activation bytes: the larger of a full prefill chunk (keeping every row) and a decode step.
     pub peak_activation_bytes: u64,
+    /// A kernel that writes each kept row's greedy token, the index of its largest logit (the first of equals),
+    /// so that a greedy step reads back 4 bytes a row instead of its logits. Bindings [the phase's result slot,
+    /// the ids (u32, one per row)]; work `[rows, 1, 1]`; the push constants of every kernel. Executors without
+    /// it take the argmax of the logits on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argmax: Option<KernelId>,
 }
 
 impl PlanHeader {

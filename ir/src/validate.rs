@@ -133,6 +133,15 @@ impl PlanHeader {
                 return fail(field, "a workgroup dimension is 0");
             }
         }
+        if let Some(id) = self.argmax {
+            match self.kernels.get(id.0 as usize) {
+                None => return fail("argmax", format!("kernel {} is not in the kernel table", id.0)),
+                Some(k) if k.bindings.len() != 2 => {
+                    return fail("argmax", format!("kernel {} has {} bindings, expected 2", k.name, k.bindings.len()))
+                }
+                Some(_) => {}
+            }
+        }
         let ctx = self.spec.max_context as u64;
         if self.prefill_chunk == 0 || self.prefill_chunk > MAX_PREFILL_CHUNK.min(ctx) {
             return fail(

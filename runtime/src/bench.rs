@@ -2,7 +2,6 @@
 //! after a warm-up run.
 
 use crate::model::Model;
-use crate::sampler::argmax;
 use crate::session::Session;
 use crate::Error;
 use std::time::Instant;
@@ -53,6 +52,8 @@ pub struct BenchResult {
     pub weight_bytes: u64,
     /// Per kernel: name, seconds in prefill, seconds in decode, decode calls.
     pub profile: Vec<(String, f64, f64, usize)>,
+    /// On a GPU, its measured copy bandwidth (GB/s, read + write counted), the ceiling decode is held to.
+    pub device_copy_gb_s: Option<f64>,
 }
 
 impl BenchResult {
@@ -69,6 +70,7 @@ impl BenchResult {
             "peak_rss_mib": self.peak_rss_mib,
             "weight_bytes": self.weight_bytes,
             "decode_weight_gb_s": self.decode_weight_gb_s(),
+            "device_copy_gb_s": self.device_copy_gb_s,
         })
     }
 
@@ -98,6 +100,14 @@ impl BenchResult {
             self.decode_weight_gb_s(),
             self.weight_bytes as f64 / (1u64 << 20) as f64
         );
+        if let Some(c) = self.device_copy_gb_s {
+            t += &format!(
+                "{:14} {:>10.2} GB/s   (read + write; decode reads {:.0}% of it)\n",
+                "device copies",
+                c,
+                100.0 * self.decode_weight_gb_s() / c
+            );
+        }
         t += &format!("{:14} {:>10.1} MiB\n", "peak RSS", self.peak_rss_mib);
         if !self.profile.is_empty() {
             let (tp, td): (f64, f64) = self.profile.iter().fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2));
@@ -145,13 +155,13 @@ fn session<'m>(model: &'m Model, ctx: usize, o: &BenchOptions) -> Result<Session
 fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Result<(f64, f64, f64), Error> {
     let mut s = session(model, prompt.len() + gen, o)?;
     let t0 = Instant::now();
-    let logits = s.forward(prompt, false)?;
+    // Greedy tokens, picked by the executor (on a GPU, where the logits are), as a greedy generation does.
+    let mut next = s.forward_greedy(prompt)?;
     let prefill = t0.elapsed().as_secs_f64();
-    let mut next = argmax(logits);
     let ttft = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..gen {
-        next = argmax(s.forward(&[next], false)?);
+        next = s.forward_greedy(&[next])?;
     }
     Ok((prefill, ttft, t1.elapsed().as_secs_f64()))
 }
@@ -185,6 +195,13 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         dec.push(0.0);
     }
     let profile = if o.profile { profile_run(model, &prompt, &o)? } else { Vec::new() };
+    // 256 MiB buffers: far past any cache, and a copy long enough for the host's timing.
+    let device_copy_gb_s = match model.device() {
+        crate::executor::DeviceKind::Vulkan(i) => {
+            crate::vulkan::hal::Gpu::open(i as usize).and_then(|g| g.copy_gb_s(256 << 20)).ok()
+        }
+        crate::executor::DeviceKind::Cpu => None,
+    };
     Ok(BenchResult {
         options: o,
         device: model.device().name(),
@@ -195,6 +212,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         peak_rss_mib: peak_rss_mib(),
         weight_bytes: model.header().weights.iter().map(|w| w.bytes).sum(),
         profile,
+        device_copy_gb_s,
     })
 }
 
@@ -202,10 +220,10 @@ fn profile_run(model: &Model, prompt: &[u32], o: &BenchOptions) -> Result<Vec<(S
     let gen = o.gen;
     let mut s = session(model, prompt.len() + gen, o)?;
     s.enable_profile();
-    let mut next = argmax(s.forward(prompt, false)?);
+    let mut next = s.forward_greedy(prompt)?;
     let prefill = s.profile();
     for _ in 0..gen {
-        next = argmax(s.forward(&[next], false)?);
+        next = s.forward_greedy(&[next])?;
     }
     let total = s.profile();
     let mut out: Vec<(String, f64, f64, usize)> = total

@@ -45,6 +45,18 @@ pub trait Executor {
     /// prefill execution has at most the plan's `prefill_chunk` rows, a decode one at most [`MAX_BATCH`].
     fn execute(&mut self, phase: Phase, runs: &[SeqRun], logits: &mut Vec<f32>) -> Result<(), Error>;
 
+    /// [`Executor::execute`] keeping only each kept row's greedy token, the index of its largest logit (the
+    /// first of equals, as [`crate::sampler::argmax`] picks), run after run in `ids`. An executor that can pick
+    /// it where the logits are reads back 4 bytes a row; this default takes the logits and picks on the host.
+    fn execute_greedy(&mut self, phase: Phase, runs: &[SeqRun], ids: &mut Vec<u32>) -> Result<(), Error> {
+        let mut logits = Vec::new();
+        self.execute(phase, runs, &mut logits)?;
+        let rows: usize = runs.iter().map(|r| r.keep).sum();
+        ids.clear();
+        ids.extend(logits.chunks(logits.len() / rows.max(1)).map(crate::sampler::argmax));
+        Ok(())
+    }
+
     /// Record the time spent in each kernel from now on.
     fn enable_profile(&mut self);
 

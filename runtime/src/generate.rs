@@ -52,7 +52,15 @@ pub fn generate(
     mut emit: impl FnMut(u32) -> Result<(), Error>,
 ) -> Result<Stats, Error> {
     let t0 = Instant::now();
-    let mut next = sampler.sample(session.forward(prompt, false)?);
+    // Greedy decoding leaves the pick to the executor (a GPU reads back a token instead of the logits).
+    let mut step = |s: &mut Session, tokens: &[u32]| -> Result<u32, Error> {
+        if sampler.is_greedy() {
+            s.forward_greedy(tokens)
+        } else {
+            Ok(sampler.sample(s.forward(tokens, false)?))
+        }
+    };
+    let mut next = step(session, prompt)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let mut stats =
         Stats { prompt_tokens: prompt.len(), prefill_secs, generated: 0, decode_secs: 0.0, stop: StopReason::Length };
@@ -71,7 +79,7 @@ pub fn generate(
             stats.stop = StopReason::ContextFull;
             break;
         }
-        next = sampler.sample(session.forward(&[next], false)?);
+        next = step(session, &[next])?;
     }
     stats.decode_secs = t1.elapsed().as_secs_f64();
     Ok(stats)

@@ -34,6 +34,11 @@ impl Sampler {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Whether every token is the argmax (temperature 0), which an executor can pick without the logits.
+    pub fn is_greedy(&self) -> bool {
+        self.o.temperature <= 0.0
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.o.temperature <= 0.0 {
             return argmax(logits);

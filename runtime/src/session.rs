@@ -18,6 +18,8 @@ pub struct Session<'m> {
     chunk: usize,
     logits: Vec<f32>,
     part: Vec<f32>,
+    /// The greedy tokens of the last [`Session::forward_greedy`].
+    ids: Vec<u32>,
 }
 
 impl<'m> Session<'m> {
@@ -31,7 +33,7 @@ impl<'m> Session<'m> {
         let ctx = ctx.clamp(1, h.spec.max_context);
         let seq = exec.add_sequence(ctx)?;
         let chunk = h.prefill_chunk as usize;
-        Ok(Self { model, exec, seq, pos: 0, ctx, chunk, logits: Vec::new(), part: Vec::new() })
+        Ok(Self { model, exec, seq, pos: 0, ctx, chunk, logits: Vec::new(), part: Vec::new(), ids: Vec::new() })
     }
 
     /// Run prefills in chunks of at most `chunk` tokens (1 ..= the plan's `prefill_chunk`).
@@ -67,6 +69,60 @@ impl<'m> Session<'m> {
     /// attending over the cache the earlier ones filled, so memory does not grow with the prompt.
     pub fn forward(&mut self, tokens: &[u32], all_rows: bool) -> Result<&[f32], Error> {
         let vocab = self.model.header().spec.vocab_size;
+        self.check(tokens)?;
+        self.logits.clear();
+        let chunks = tokens.len().div_ceil(self.chunk);
+        for (i, part) in tokens.chunks(self.chunk).enumerate() {
+            let phase = self.phase_of(part);
+            // Earlier chunks keep no rows unless every row's logits are wanted.
+            let keep = if all_rows { part.len() } else { usize::from(i + 1 == chunks) };
+            let keep = if phase == Phase::Decode { 1 } else { keep };
+            let run = SeqRun { seq: self.seq, tokens: part, pos: self.pos, keep };
+            self.exec.execute(phase, &[run], &mut self.part)?;
+            self.pos += part.len();
+            if all_rows || i + 1 == chunks {
+                let rows = if all_rows { part.len() } else { 1 };
+                let got = &self.part[self.part.len() - rows * vocab..];
+                self.logits.extend_from_slice(got);
+            }
+        }
+        Ok(&self.logits)
+    }
+
+    /// Run `tokens` as [`Session::forward`] does and return the last one's greedy successor (the index of its
+    /// largest logit, the first of equals): the executor picks it, so a device reads back 4 bytes instead of
+    /// the logits.
+    pub fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32, Error> {
+        self.check(tokens)?;
+        let chunks = tokens.len().div_ceil(self.chunk);
+        let mut next = 0;
+        for (i, part) in tokens.chunks(self.chunk).enumerate() {
+            let phase = self.phase_of(part);
+            let last = i + 1 == chunks;
+            let run = SeqRun { seq: self.seq, tokens: part, pos: self.pos, keep: usize::from(last) };
+            if last {
+                self.exec.execute_greedy(phase, &[run], &mut self.ids)?;
+                next = self.ids[0];
+            } else {
+                self.exec.execute(phase, &[run], &mut self.part)?;
+            }
+            self.pos += part.len();
+        }
+        Ok(next)
+    }
+
+    /// A chunk of one token after the first position is a decode step.
+    fn phase_of(&self, part: &[u32]) -> Phase {
+        if part.len() == 1 && self.pos > 0 {
+            Phase::Decode
+        } else {
+            Phase::Prefill
+        }
+    }
+
+    /// The checks of every execution: some tokens, each in the vocabulary, all within the context.
+    fn check(&self, tokens: &[u32]) -> Result<(), Error> {
+        let vocab = self.model.header().spec.vocab_size;
         if tokens.is_empty() {
             return Err(Error::Input("no tokens to run".into()));
         }
@@ -81,23 +137,7 @@ impl<'m> Session<'m> {
                 self.ctx
             )));
         }
-        self.logits.clear();
-        let chunks = tokens.len().div_ceil(self.chunk);
-        for (i, part) in tokens.chunks(self.chunk).enumerate() {
-            let phase = if part.len() == 1 && self.pos > 0 { Phase::Decode } else { Phase::Prefill };
-            // Earlier chunks keep no rows unless every row's logits are wanted.
-            let keep = if all_rows { part.len() } else { usize::from(i + 1 == chunks) };
-            let keep = if phase == Phase::Decode { 1 } else { keep };
-            let run = SeqRun { seq: self.seq, tokens: part, pos: self.pos, keep };
-            self.exec.execute(phase, &[run], &mut self.part)?;
-            self.pos += part.len();
-            if all_rows || i + 1 == chunks {
-                let rows = if all_rows { part.len() } else { 1 };
-                let got = &self.part[self.part.len() - rows * vocab..];
-                self.logits.extend_from_slice(got);
-            }
-        }
-        Ok(&self.logits)
+        Ok(())
     }
 }
 

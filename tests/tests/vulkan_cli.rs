@@ -41,6 +41,81 @@ fn device_vulkan_generates_what_transformers_generates() {
     }
 }
 
+/// The features a plan's kernels need, from its header.
+fn plan_requires(plan: &Path) -> Vec<unicorn_ir::device::Feature> {
+    let file = unicorn_ir::container::PlanFile::open(plan).unwrap();
+    file.header.kernels.iter().flat_map(|k| k.requires.clone()).collect()
+}
+
+/// `--device-profile`: generic kernels need nothing beyond Vulkan 1.2; the GPU found here (lavapipe has
+/// subgroup shuffles) gets the subgroup reductions and records that it needs them; a profile file claiming
+/// cooperative matrices gets the cooperative-matrix GEMM, and its plan is refused in one line by a device
+/// without them; a bad profile is one line naming it, and leaves no plan behind.
+#[test]
+fn device_profiles_choose_the_kernels_and_the_executor_enforces_them() {
+    use unicorn_ir::device::{Feature, COOPMAT_F16_F32};
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures_dir().join("llama_gqa");
+    let compile = |out: &str, profile: &str| {
+        let plan = dir.path().join(out);
+        let args = [
+            "compile",
+            model.to_str().unwrap(),
+            "-o",
+            plan.to_str().unwrap(),
+            "--target",
+            "vulkan",
+            "--weights",
+            "q4_0",
+            "--device-profile",
+            profile,
+        ];
+        (run("unicornc", &args), plan)
+    };
+    let (out, generic) = compile("generic.ucp", "generic");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(plan_requires(&generic), []);
+    let (out, here) = compile("here.ucp", "vulkan:0");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(plan_requires(&here).contains(&Feature::SubgroupShuffle), "{:?}", plan_requires(&here));
+    let coop = dir.path().join("coop.json");
+    std::fs::write(
+        &coop,
+        format!(
+            r#"{{"name": "a GPU with matrix cores", "subgroup_shuffle": true, "subgroup_size": 32,
+                "max_shared_bytes": 65536, "cooperative_matrix": ["{COOPMAT_F16_F32}"]}}"#
+        ),
+    )
+    .unwrap();
+    let (out, matrix) = compile("coop.ucp", coop.to_str().unwrap());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(plan_requires(&matrix).contains(&Feature::CooperativeMatrix(COOPMAT_F16_F32.into())));
+    let lavapipe_has_no_matrices = unicorn_runtime::vulkan::hal::devices().unwrap()[0].cooperative_matrix.is_empty();
+    if lavapipe_has_no_matrices {
+        let args = [matrix.to_str().unwrap(), "--device", "vulkan", "--tokens", "1,2"];
+        let err = assert_one_line_error(&run("unicorn-rt", &args), "cooperative matrices of 16x16x16:f16/f32");
+        assert!(err.contains("--device-profile"), "{err}");
+        // The CPU executor runs any plan.
+        let out = run("unicorn-rt", &[matrix.to_str().unwrap(), "--tokens", "1,2", "-n", "2"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"name": "no sizes"}"#).unwrap();
+    for (profile, culprit) in [
+        ("nope", "--device-profile"),
+        ("vulkan:77", "vulkan:77"),
+        (bad.to_str().unwrap(), "bad.json"),
+        ("/nonexistent/p.json", "p.json"),
+    ] {
+        let (out, plan) = compile("bad.ucp", profile);
+        assert_one_line_error(&out, culprit);
+        assert!(!plan.exists(), "{profile}: a plan was left behind");
+    }
+    let cpu = dir.path().join("cpu.ucp");
+    let args = ["compile", model.to_str().unwrap(), "-o", cpu.to_str().unwrap(), "--device-profile", "generic"];
+    assert_one_line_error(&run("unicornc", &args), "--target vulkan");
+}
+
 #[test]
 fn list_devices_shows_the_gpu() {
     let out = run("unicorn-rt", &["--list-devices"]);
@@ -224,4 +299,25 @@ fn a_head_too_wide_for_the_vulkan_target_is_one_line() {
     let err = assert_one_line_error(&out, "layer 0");
     assert!(err.contains("520") && err.contains("512"), "{err}");
     assert!(!plan.exists(), "no plan is left behind");
+}
+
+/// `--bench` on the GPU: the greedy tokens are picked there (the profile shows the argmax kernel, once per
+/// step), and the device's copy bandwidth is measured beside the decode bandwidth.
+#[test]
+fn a_gpu_bench_picks_tokens_on_the_gpu_and_measures_the_copy_bandwidth() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = vulkan_plan(dir.path(), "llama_gqa", WeightFormat::Q8_0);
+    let p = plan.to_str().unwrap();
+    let common = [p, "--device", "vulkan", "--bench", "--prompt-len", "8", "--gen", "4", "--repeat", "1"];
+    let out = run("unicorn-rt", &[&common[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["device_copy_gb_s"].as_f64().is_some_and(|c| c > 0.0), "{j}");
+    let out = run("unicorn-rt", &[&common[..], &["--profile"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("device copies"), "{text}");
+    let argmax = text.lines().find(|l| l.starts_with("argmax ")).unwrap_or_else(|| panic!("no argmax in {text}"));
+    // Its decode column: 4 steps, each one launch.
+    assert!(!argmax.contains(" 0.000 ("), "{argmax}");
 }

@@ -540,6 +540,42 @@ fn select_rows_keeps_the_last_rows() {
     assert_close("select_rows", &read_floats(&yb, 6, keep * width), &want, 0.0);
 }
 
+/// The greedy-token kernel against the host's argmax on rows built to catch each way it could go wrong: random
+/// logits (the largest anywhere), the largest in the first and in the last slot, a tie (the first of equals
+/// wins, across threads and within one), NaNs (never picked) and a row of -inf (the first slot), at a row
+/// offset, for a vocabulary that is no multiple of the workgroup.
+#[test]
+fn argmax_picks_the_first_largest_logit_of_each_row() {
+    let gpu = gpu();
+    let v = 1000usize;
+    let mut rng = Rng(23);
+    let mut rows: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(v)).collect();
+    rows[1][0] = 5.0;
+    rows[2][v - 1] = 5.0;
+    let mut tie = rng.vec(v);
+    for i in [700, 300, 301, 555] {
+        tie[i] = 9.0;
+    }
+    rows.push(tie);
+    let mut nan = rng.vec(v);
+    nan[0] = f32::NAN;
+    nan[10] = f32::NAN;
+    nan[400] = 3.0;
+    rows.push(nan);
+    rows.push(vec![f32::NEG_INFINITY; v]);
+    let want: Vec<u32> = vec![unicorn_runtime::sampler::argmax(&rows[0]), 0, v as u32 - 1, 300, 400, 0];
+    assert_eq!(want[0], unicorn_runtime::sampler::argmax(&rows[0]));
+    assert_eq!(&want[1..4], [1, 2, 3].map(|r| unicorn_runtime::sampler::argmax(&rows[r])));
+    let flat: Vec<f32> = rows.concat();
+    let n = rows.len();
+    let xb = buffer_at(&gpu, 3, &words(&flat));
+    let ib = buffer_at(&gpu, 2, &vec![0xff; n * 4]);
+    dispatch(&gpu, "argmax", &glsl::argmax(v as u64), &[&xb, &ib], &[3, 2], [n as u32, 0, 0, 0, 0], [n as u32, 1, 1]);
+    let got: Vec<u32> =
+        ib.read(8, n as u64 * 4).chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(got, want);
+}
+
 /// Attention of `rows` new rows at `pos` over a ring cache of `cap` slots holding positions `..pos`, then the
 /// append pass: the outputs against an f64 softmax over the visible positions, and the cache's new slots
 /// against the rows' keys and values.

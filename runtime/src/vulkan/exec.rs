@@ -122,6 +122,10 @@ pub struct VulkanExecutor<'m> {
     arena_rows: [u64; 2],
     tokens: Buffer,
     readback: Buffer,
+    /// The greedy tokens the plan's argmax kernel writes, one per kept row.
+    ids: Buffer,
+    /// The plan's argmax kernel and its set per phase (binding that phase's result arena and `ids`).
+    argmax: Option<(u32, Sets)>,
     phases: [PhaseSets; 2],
     seqs: Vec<Option<GpuSeq>>,
     stream: Stream,
@@ -288,6 +292,19 @@ impl<'m> VulkanExecutor<'m> {
             Ok(p) => p,
             Err(_) => unreachable!("two phases"),
         };
+        let ids = gpu.buffer_in(4 * arena_rows[1], Place::Host).map_err(|e| dev_err("the greedy tokens", e))?;
+        let argmax = match h.argmax {
+            Some(id) => {
+                let k = &kernels[id.0 as usize];
+                let per_phase: Vec<[&Buffer; 2]> = [Phase::Prefill, Phase::Decode]
+                    .iter()
+                    .map(|&ph| [&arenas[model.plan().phase(ph).result.arena.0 as usize], &ids])
+                    .collect();
+                let list: Vec<(&Kernel, &[&Buffer])> = per_phase.iter().map(|b| (k, &b[..])).collect();
+                Some((id.0, gpu.sets(&list).map_err(|e| dev_err("descriptor sets", e))?))
+            }
+            None => None,
+        };
         // Room for a timestamp per launch of the largest execution (a decode batch runs the per-sequence steps
         // once per sequence, attention up to three times).
         let launches: usize = [Phase::Prefill, Phase::Decode]
@@ -320,6 +337,8 @@ impl<'m> VulkanExecutor<'m> {
             arena_rows,
             tokens,
             readback,
+            ids,
+            argmax,
             phases,
             seqs: Vec::new(),
             stream,
@@ -406,10 +425,58 @@ impl Executor for VulkanExecutor<'_> {
     }
 
     fn execute(&mut self, phase: Phase, runs: &[SeqRun], logits: &mut Vec<f32>) -> Result<(), Error> {
+        let (keep, at) = self.record(phase, runs)?;
+        let plan = self.model.plan().phase(phase);
+        // The kept rows' logits: the whole result slot (in decode every row is kept, so either arena holds them).
+        let len = plan.result.width * 4 * keep;
+        self.stream.copy(&self.arenas[plan.result.arena.0 as usize], at * 4, &self.readback, 0, len);
+        self.finish()?;
+        logits.resize(keep as usize * self.model.header().spec.vocab_size, 0.0);
+        let bytes: &mut [u8] = bytemuck_f32(logits);
+        self.readback.read_into(0, bytes);
+        Ok(())
+    }
+
+    fn execute_greedy(&mut self, phase: Phase, runs: &[SeqRun], ids: &mut Vec<u32>) -> Result<(), Error> {
+        let Some((kernel, sets)) = &self.argmax else {
+            let mut logits = Vec::new();
+            self.execute(phase, runs, &mut logits)?;
+            ids.clear();
+            ids.extend(logits.chunks(self.model.header().spec.vocab_size).map(crate::sampler::argmax));
+            return Ok(());
+        };
+        let (kernel, set) = (*kernel, sets.sets[phase_index(phase)]);
+        let (keep, at) = self.record(phase, runs)?;
+        // The greedy token of each kept row, picked where its logits are: 4 bytes a row come back.
+        let mut push = [0u32; PUSH_WORDS];
+        push[0] = keep as u32;
+        push[5] = u32::try_from(at).map_err(|_| Error::Input("the logits' offset overflows 32 bits".into()))?;
+        launch(self, kernel, set, &push, [keep as u32, 1, 1], "argmax")?;
+        self.finish()?;
+        ids.resize(keep as usize, 0);
+        let bytes: &mut [u8] = bytemuck_u32_mut(ids);
+        self.ids.read_into(0, bytes);
+        Ok(())
+    }
+
+    fn enable_profile(&mut self) {
+        self.profile.get_or_insert_with(Default::default);
+    }
+
+    fn profile(&self) -> Vec<(String, f64, usize)> {
+        let mut v: Vec<_> = self.profile.iter().flatten().map(|(k, (d, n))| (k.clone(), *d, *n)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+}
+
+impl VulkanExecutor<'_> {
+    /// Record the launches of `phase` over `runs` into the stream (not yet submitted); the kept rows and the
+    /// first word of the result slot in its arena.
+    fn record(&mut self, phase: Phase, runs: &[SeqRun]) -> Result<(u64, u64), Error> {
         let model = self.model;
         let h = model.header();
         let plan = model.plan().phase(phase);
-        let vocab = h.spec.vocab_size;
         let (s, keep) = crate::executor::check_runs(h, phase, runs, |id| {
             self.seqs.get(id.0).and_then(Option::as_ref).map(|q| q.ctx)
         })?;
@@ -542,38 +609,24 @@ impl Executor for VulkanExecutor<'_> {
                 }
             }
         }
-        // The kept rows' logits: the whole result slot (in decode every row is kept, so either arena holds them).
-        let result = plan.result;
-        let len = result.width * 4 * keep64;
-        let at = start(&result) * 4;
-        self.stream.copy(&self.arenas[result.arena.0 as usize], at, &self.readback, 0, len);
+        self.segs = segs;
+        Ok((keep64, start(&plan.result)))
+    }
+
+    /// Submit what was recorded, wait for it, and add its launches to the profile.
+    fn finish(&mut self) -> Result<(), Error> {
         self.stream.submit_wait().map_err(|e| Error::Input(format!("{}: {e}", self.name)))?;
-        logits.resize(keep * vocab, 0.0);
-        let bytes: &mut [u8] = bytemuck_f32(logits);
-        self.readback.read_into(0, bytes);
         if let Some(p) = self.profile.as_mut() {
+            let h = self.model.header();
             for (&k, t) in self.launched.iter().zip(self.stream.launch_seconds()) {
                 let e = p.entry(h.kernels[k as usize].name.clone()).or_default();
                 e.0 += t;
                 e.1 += 1;
             }
         }
-        self.segs = segs;
         Ok(())
     }
 
-    fn enable_profile(&mut self) {
-        self.profile.get_or_insert_with(Default::default);
-    }
-
-    fn profile(&self) -> Vec<(String, f64, usize)> {
-        let mut v: Vec<_> = self.profile.iter().flatten().map(|(k, (d, n))| (k.clone(), *d, *n)).collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1));
-        v
-    }
-}
-
-impl VulkanExecutor<'_> {
     fn empty_sets(&self) -> Result<Sets, Error> {
         self.gpu.sets(&[]).map_err(|e| Error::Input(format!("{}: {e}", self.name)))
     }
@@ -613,6 +666,11 @@ fn bytemuck_u32(v: &[u32]) -> &[u8] {
 }
 
 /// The bytes of an f32 slice, to read logits into in place.
+fn bytemuck_u32_mut(v: &mut [u32]) -> &mut [u8] {
+    // SAFETY: u32 has no padding and any bit pattern is a valid u32; the byte view has the same extent.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
 fn bytemuck_f32(v: &mut [f32]) -> &mut [u8] {
     // SAFETY: f32 has no invalid bit patterns and no padding; the byte slice covers exactly the same memory
     // and borrows it mutably for its lifetime.

@@ -1033,6 +1033,49 @@ pub fn elementwise(op: Elementwise, width: u64, c: f32) -> String {
     s
 }
 
+/// Threads of the argmax workgroup.
+pub const ARGMAX_THREADS: u32 = 256;
+
+/// `argmax`: row `r`'s greedy token, the index of its largest of `V` logits (the first of equals; NaNs are
+/// never picked), into `ids[r]`. Each thread scans every 256th logit, keeping its first largest, and the
+/// threads' picks meet in a tree that prefers the smaller index on a tie. Bindings [logits, ids]. Work:
+/// `[rows, 1, 1]`.
+pub fn argmax(v: u64) -> String {
+    let mut s = String::new();
+    header(&mut s, ARGMAX_THREADS, 1);
+    f32_buffer(&mut s, 0, "logits", "readonly");
+    u32_buffer(&mut s, 1, "ids", "");
+    def_uint(&mut s, "V", v);
+    let _ = write!(
+        s,
+        "shared float bv[{ARGMAX_THREADS}];\n\
+         shared uint bi[{ARGMAX_THREADS}];\n\
+         void main() {{\n\
+         \x20 uint r = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, at = pc.base[0] + r * V;\n\
+         \x20 float best = 0.0;\n\
+         \x20 uint pick = 0xffffffffu; // none yet\n\
+         \x20 for (uint i = t; i < V; i += {ARGMAX_THREADS}u) {{\n\
+         \x20   float x = logits[at + i];\n\
+         \x20   if (!isnan(x) && (pick == 0xffffffffu || x > best)) {{ best = x; pick = i; }}\n\
+         \x20 }}\n\
+         \x20 bv[t] = best;\n\
+         \x20 bi[t] = pick;\n\
+         \x20 barrier();\n\
+         \x20 for (uint h = {half}u; h > 0u; h >>= 1u) {{\n\
+         \x20   if (t < h) {{\n\
+         \x20     float o = bv[t + h];\n\
+         \x20     uint oi = bi[t + h];\n\
+         \x20     if (oi != 0xffffffffu && (bi[t] == 0xffffffffu || o > bv[t] || (o == bv[t] && oi < bi[t]))) {{ bv[t] = o; bi[t] = oi; }}\n\
+         \x20   }}\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         \x20 if (t == 0u) ids[pc.base[1] + r] = bi[0] == 0xffffffffu ? 0u : bi[0];\n\
+         }}\n",
+        half = ARGMAX_THREADS / 2
+    );
+    s
+}
+
 /// `select_rows`: the last `pc.keep` of `pc.rows` rows of `W` elements. Bindings [x, out]. Work:
 /// `[ceil(W / 64), keep, 1]`.
 pub fn select_rows(width: u64) -> String {

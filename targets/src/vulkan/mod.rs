@@ -283,6 +283,18 @@ fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u6
     }
 }
 
+/// The greedy-token kernel of the plan ([`unicorn_ir::plan::PlanHeader::argmax`]).
+pub fn argmax_kernel(module: &Module, kernels: &mut KernelTable) -> Result<KernelId, String> {
+    kernels.add(Kernel {
+        name: "argmax".into(),
+        source: glsl::argmax(module.spec.vocab_size as u64),
+        buffers: 2,
+        writes: vec![1],
+        workgroup: [glsl::ARGMAX_THREADS, 1, 1],
+        work: [Expr::R, Expr::Const(1), Expr::Const(1)],
+    })
+}
+
 /// Lower one planned graph to launches of generated kernels with a KV cache of `kv`: one op each, or one fused
 /// region each (see the module doc).
 pub fn lower_phase(

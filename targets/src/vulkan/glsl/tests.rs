@@ -43,6 +43,7 @@ fn all_kernels() -> Vec<(String, String)> {
         v.push((op.name().into(), elementwise(op, 96, 30.0)));
     }
     v.push(("select_rows".into(), select_rows(96)));
+    v.push(("argmax".into(), argmax(1000)));
     v.push(("attention_f32".into(), attention(false, SHAPE)));
     v.push(("attention_windowed_f16".into(), attention(true, AttentionShape { window: Some(8), ..SHAPE })));
     v
@@ -153,6 +154,7 @@ fn snapshots() {
         attention(true, AttentionShape { heads: 32, kv_heads: 8, head_dim: 64, window: None, scale: 0.125 })
     );
     insta::assert_snapshot!("glu_silu", elementwise(Elementwise::GluSilu, 8192, 0.0));
+    insta::assert_snapshot!("argmax", argmax(128256));
     // A layer's input norm fused in front of its q/k/v projections (Llama 3.2 1B).
     let qkv = [2048, 512, 512].map(|n| MatMember { format: WeightFormat::Q4_0, bias: false, n });
     let norm = Some(NormPrologue { eps: 1e-5, unit_offset: false });
