@@ -25,4 +25,18 @@ mod tests {
         let words = super::compile("double", src).unwrap();
         assert_eq!(words[0], 0x0723_0203);
     }
+
+    /// The runtime's bandwidth-probe kernel is committed as SPIR-V (the runtime does not link shaderc): it must
+    /// be its GLSL source compiled by this compiler. `UPDATE_COPY_SPV=1` rewrites it.
+    #[test]
+    fn the_runtime_copy_kernel_is_its_source_compiled() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/src/vulkan");
+        let src = std::fs::read_to_string(dir.join("copy.comp")).unwrap();
+        let bytes: Vec<u8> = super::compile("copy", &src).unwrap().iter().flat_map(|w| w.to_le_bytes()).collect();
+        if std::env::var_os("UPDATE_COPY_SPV").is_some() {
+            std::fs::write(dir.join("copy.spv"), &bytes).unwrap();
+        }
+        let committed = std::fs::read(dir.join("copy.spv")).unwrap();
+        assert!(committed == bytes, "runtime/src/vulkan/copy.spv is stale: run with UPDATE_COPY_SPV=1");
+    }
 }
