@@ -653,7 +653,8 @@ fn check_attention_split(
             dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, splits, c32, 3], [h as u32, r32, 1]);
         }
     } else {
-        dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, 0, c32, 0], [h as u32, r32, 1]);
+        let tiles = r32.div_ceil(glsl::ATTN_TILE_ROWS);
+        dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, 0, c32, 0], [h as u32, tiles, 1]);
     }
     assert_close(&name, &read_floats(&yb, 5, rows * h * hd), &want, 1e-5);
     if splits == 0 {
@@ -666,7 +667,8 @@ fn check_attention_split(
     } else {
         floats(&stored)
     };
-    for r in 0..rows {
+    // Rows a later row of the ring overwrites (more rows than slots) are not stored.
+    for r in rows.saturating_sub(cap)..rows {
         let slot = (pos + r) % cap;
         for g in 0..kvh {
             for d in 0..hd {
@@ -723,6 +725,12 @@ fn attention_over_cache_and_rows_then_append() {
     // by its own thread group), and prefill rows across a chunk boundary with a 128-dimension head.
     check_attention(true, GQA, 1, 600, 640, 10);
     check_attention(false, AttentionShape { head_dim: 128, heads: 4, kv_heads: 1, ..GQA }, 3, 254, 260, 11);
+    // Tiles of 16 query rows: two, the second partial, after a few cached positions; three from position 0
+    // (a prompt's first chunk), whose keys all come from the execution's own rows; an odd head dimension
+    // share per thread (80 over 16 threads).
+    check_attention(true, GQA, 20, 7, 40, 12);
+    check_attention(false, GQA, 40, 0, 48, 13);
+    check_attention(false, AttentionShape { head_dim: 80, heads: 2, kv_heads: 1, ..GQA }, 17, 3, 24, 14);
 }
 
 #[test]
@@ -763,4 +771,6 @@ fn windowed_attention_over_a_wrapped_ring() {
     check_attention(false, w, 4, 11, 6, 4);
     check_attention(true, w, 4, 11, 6, 5);
     check_attention(false, w, 1, 30, 6, 6);
+    // A window shorter than a tile: each of its 16 rows sees its own 6 keys, the tile together 21.
+    check_attention(true, w, 19, 3, 6, 15);
 }

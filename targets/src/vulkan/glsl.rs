@@ -35,8 +35,12 @@ pub const MATMUL_THREADS: u32 = 256;
 /// Rows of `x` one workgroup of the row-by-row path takes, one after another.
 pub const MATMUL_TILE: u32 = 8;
 
-/// Threads of an attention workgroup: a chunk of keys, one per thread, whose values four groups of 64 fold in.
+/// Threads of an attention workgroup: in prefill, 16 query rows by 16 keys of a chunk; in a decode row's key
+/// ranges, four per key of a chunk of 64.
 pub const ATTN_THREADS: u32 = 256;
+
+/// Query rows one prefill attention workgroup takes (pass 0 of [`attention`]).
+pub const ATTN_TILE_ROWS: u32 = 16;
 
 // The tiled path's thread layout: 64 rows x 4 quarters of a block to load, 16 x 16 to multiply.
 const _: () = assert!(MATMUL_THREADS == 256);
@@ -1115,12 +1119,12 @@ pub struct AttentionShape {
 
 /// `attention[_windowed]_<kv dtype>`: causal grouped-query attention of each query head over the positions it
 /// sees — the cache's before `pc.pos`, this execution's `k`/`v` rows from `pc.pos` on — with an online softmax
-/// over chunks of 256 keys: a workgroup of 256 threads per (head, row) scores one key per thread, and four groups
-/// of 64 threads fold a quarter of the chunk's values each into the head's dimensions.
+/// over chunks of keys: in prefill a workgroup takes 16 rows of a head ([`ATTN_TILE_ROWS`]) and chunks of 16
+/// keys (`TILED_ATTENTION`), in decode a row's keys split into ranges (`SPLIT_ATTENTION`).
 ///
 /// Bindings [q, k, v, kv cache, out]; the cache holds the keys, then the values, each `KVH * pc.cap * HD`
 /// elements, head-major (kv head `g`, ring slot `t` at `(g * cap + t) * HD`); `WINDOW` 0 is none. Pass 0
-/// attends (work `[H, rows, 1]`); pass 1, run after it,
+/// attends (work `[H, ceil(rows / 16), 1]`); pass 1, run after it,
 /// appends the execution's keys and values to the cache (work `[ceil(KVH * HD / 2 / 64), rows, 1]`), so no
 /// workgroup of pass 0 reads a slot another overwrites; of `pc.rows` rows that land on one ring slot (a window
 /// shorter than the execution) only the last is written. A launch of one row (a decode step) runs pass 2
@@ -1185,83 +1189,80 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          float value(uint g, uint j, uint d) {{\n\
          \x20 return j < pc.pos ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[2] + (j - pc.pos) * KVH * HD + g * HD + d];\n\
          }}\n\
+         {TILED_ATTENTION}\
          void main() {{\n\
          \x20 if (pc.pass == 1u) {{ append(); return; }}\n\
          \x20 if (pc.pass == 2u) {{ attend_split(); return; }}\n\
          \x20 if (pc.pass == 3u) {{ combine_splits(); return; }}\n\
-         \x20 uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, lane = gl_LocalInvocationID.x, n = gl_WorkGroupSize.x;\n\
-         \x20 uint g = h / (H / KVH), p = pc.pos + r;\n\
-         \x20 uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;\n\
-         \x20 uint qa = pc.base[0] + r * H * HD + h * HD;\n\
-         \x20 for (uint d = lane; d < HD; d += n) qs[d] = q[qa + d];\n\
-         \x20 // The values of a chunk are folded in by four groups of 64 threads, a quarter of the keys each, thread\n\
-         \x20 // `dl` of a group taking dimensions dl, dl + 64, ...; the four partial sums meet at the end.\n\
-         \x20 uint gi = lane / 64u, dl = lane % 64u;\n\
-         \x20 float m = uintBitsToFloat(0xff7fffffu), l = 0.0; // -FLT_MAX: naga refuses an infinite constant\n\
-         \x20 float o[MAX_HD_PER_LANE];\n\
-         \x20 for (uint c = 0u; c < MAX_HD_PER_LANE; c++) o[c] = 0.0;\n\
-         \x20 barrier();\n\
-         \x20 // Keys in chunks of one per thread: each thread scores its key, the chunk's maximum and sum meet in\n\
-         \x20 // shared memory, and the thread groups then fold the chunk's values into their dimensions (online softmax).\n\
-         \x20 for (uint j0 = first; j0 <= p; j0 += n) {{\n\
-         \x20   uint j = j0 + lane;\n\
-         \x20   float score = m;\n\
-         \x20   if (j <= p) {{\n\
-         \x20     float acc = 0.0;\n\
-         \x20     if (j < pc.pos) {{\n\
-         \x20       uint ca = (g * pc.cap + j % pc.cap) * HD;\n\
-         \x20       for (uint d = 0u; d < HD; d += 2u) {{ vec2 kk = kv_get2(ca + d); acc += qs[d] * kk.x + qs[d + 1u] * kk.y; }}\n\
-         \x20     }} else {{\n\
-         \x20       uint ra = pc.base[1] + (j - pc.pos) * KVH * HD + g * HD;\n\
-         \x20       for (uint d = 0u; d < HD; d++) acc += qs[d] * k[ra + d];\n\
-         \x20     }}\n\
-         \x20     score = acc * SCALE;\n\
-         \x20   }}\n\
-         \x20   part[lane] = score;\n\
-         \x20   barrier();\n\
-         \x20   for (uint s = n / 2u; s > 0u; s /= 2u) {{\n\
-         \x20     if (lane < s) part[lane] = max(part[lane], part[lane + s]);\n\
-         \x20     barrier();\n\
-         \x20   }}\n\
-         \x20   float mn = max(m, part[0]);\n\
-         \x20   barrier();\n\
-         \x20   float e = j <= p ? exp(score - mn) : 0.0;\n\
-         \x20   ps[lane] = e;\n\
-         \x20   part[lane] = e;\n\
-         \x20   barrier();\n\
-         \x20   for (uint s = n / 2u; s > 0u; s /= 2u) {{\n\
-         \x20     if (lane < s) part[lane] += part[lane + s];\n\
-         \x20     barrier();\n\
-         \x20   }}\n\
-         \x20   float corr = exp(m - mn);\n\
-         \x20   l = l * corr + part[0];\n\
-         \x20   uint count = min(n, p + 1u - j0);\n\
-         \x20   uint t0 = gi * 64u, t1 = min(count, t0 + 64u);\n\
-         \x20   for (uint c = 0u, d = dl; c < MAX_HD_PER_LANE && d < HD; c++, d += 64u) {{\n\
-         \x20     float acc = o[c] * corr;\n\
-         \x20     uint t = t0;\n\
-         \x20     // Four independent loads in flight per step.\n\
-         \x20     for (; t + 4u <= t1; t += 4u)\n\
-         \x20       acc += ps[t] * value(g, j0 + t, d) + ps[t + 1u] * value(g, j0 + t + 1u, d)\n\
-         \x20            + ps[t + 2u] * value(g, j0 + t + 2u, d) + ps[t + 3u] * value(g, j0 + t + 3u, d);\n\
-         \x20     for (; t < t1; t++) acc += ps[t] * value(g, j0 + t, d);\n\
-         \x20     o[c] = acc;\n\
-         \x20   }}\n\
-         \x20   m = mn;\n\
-         \x20   barrier();\n\
-         \x20 }}\n\
-         \x20 uint ya = pc.base[4] + r * H * HD + h * HD;\n\
-         \x20 for (uint c = 0u; c < MAX_HD_PER_LANE && c * 64u < HD; c++) {{\n\
-         \x20   uint d = dl + c * 64u;\n\
-         \x20   part[lane] = d < HD ? o[c] : 0.0;\n\
-         \x20   barrier();\n\
-         \x20   if (gi == 0u && d < HD) y[ya + d] = (part[dl] + part[dl + 64u] + part[dl + 128u] + part[dl + 192u]) / l;\n\
-         \x20   barrier();\n\
-         \x20 }}\n\
+         \x20 attend_tiled();\n\
          }}\n"
     );
     s
 }
+
+/// Pass 0 of [`attention`]: a workgroup takes `QT` rows of one head, thread `t` query row `t / KC` against
+/// key `t % KC` of each chunk of `KC` keys: the chunk's scores, the rows' online softmax over them, and each
+/// thread's share of its row's output dimensions (`t % KC`, then every `KC`-th). The keys and values of a chunk
+/// are read by the workgroup once for all its rows, which see the keys from the first one any of them sees to
+/// the last row's own.
+const TILED_ATTENTION: &str = "\
+#define QT 16u // ATTN_TILE_ROWS
+#define KC 16u
+#define DPL ((HD + KC - 1u) / KC)
+shared float tp[QT * KC];
+void attend_tiled() {
+  uint h = gl_WorkGroupID.x, r0 = gl_WorkGroupID.y * QT, t = gl_LocalInvocationID.x;
+  uint qi = t / KC, kj = t % KC, g = h / (H / KVH);
+  uint r = r0 + qi, last = min(r0 + QT, pc.rows) - 1u;
+  bool live = r < pc.rows;
+  // This row's visible keys (a row past the launch's takes the last one's), and the tile's.
+  uint p = pc.pos + min(r, last);
+  uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;
+  uint p0 = pc.pos + r0, plast = pc.pos + last;
+  uint lo = (WINDOW != 0u && p0 + 1u > WINDOW) ? p0 + 1u - WINDOW : 0u;
+  uint qa = pc.base[0] + min(r, last) * H * HD + h * HD;
+  float m = uintBitsToFloat(0xff7fffffu), l = 0.0;
+  float o[DPL];
+  for (uint i = 0u; i < DPL; i++) o[i] = 0.0;
+  for (uint j0 = lo; j0 <= plast; j0 += KC) {
+    uint j = j0 + kj;
+    bool vis = live && j >= first && j <= p;
+    float sc = uintBitsToFloat(0xff7fffffu);
+    if (vis) {
+      float acc = 0.0;
+      for (uint d = 0u; d < HD; d += 2u) { vec2 kk = key2(g, j, d); acc += q[qa + d] * kk.x + q[qa + d + 1u] * kk.y; }
+      sc = acc * SCALE;
+    }
+    tp[t] = sc;
+    barrier();
+    float mx = m;
+    for (uint c = 0u; c < KC; c++) mx = max(mx, tp[qi * KC + c]);
+    barrier();
+    tp[t] = vis ? exp(sc - mx) : 0.0;
+    barrier();
+    float sum = 0.0;
+    for (uint c = 0u; c < KC; c++) sum += tp[qi * KC + c];
+    float corr = exp(m - mx);
+    l = l * corr + sum;
+    uint count = min(KC, plast + 1u - j0);
+    for (uint i = 0u; i < DPL; i++) {
+      uint d = kj + i * KC;
+      if (d >= HD) break;
+      float a = o[i] * corr;
+      for (uint c = 0u; c < count; c++) a += tp[qi * KC + c] * value(g, j0 + c, d);
+      o[i] = a;
+    }
+    m = mx;
+    barrier();
+  }
+  if (!live) return;
+  uint ya = pc.base[4] + r * H * HD + h * HD;
+  for (uint i = 0u; i < DPL; i++) {
+    uint d = kj + i * KC;
+    if (d < HD) y[ya + d] = o[i] / l;
+  }
+}
+";
 
 /// The split-key passes of [`attention`] (pass 2 attends one key range per workgroup along z and appends the
 /// row to the cache, pass 3 folds the ranges together), for launches of one row ([`ATTN_SPLIT_ROWS`]). A workgroup takes chunks of

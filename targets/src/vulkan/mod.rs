@@ -263,7 +263,7 @@ fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u6
                 // The KV cache and the result.
                 writes: vec![3, 4],
                 workgroup: [glsl::ATTN_THREADS, 1, 1],
-                work: [Expr::Const(shape.heads), rows, one],
+                work: [Expr::Const(shape.heads), Expr::CeilDiv(Box::new(rows), glsl::ATTN_TILE_ROWS as u64), one],
             }
         }
         Op::Glu { activation: Activation::Silu } => elementwise(Elementwise::GluSilu, 0.0, 3),
