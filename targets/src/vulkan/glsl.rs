@@ -1058,9 +1058,14 @@ pub fn argmax(v: u64) -> String {
          \x20 uint r = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, at = pc.base[0] + r * V;\n\
          \x20 float best = 0.0;\n\
          \x20 uint pick = 0xffffffffu; // none yet\n\
-         \x20 for (uint i = t; i < V; i += {ARGMAX_THREADS}u) {{\n\
-         \x20   float x = logits[at + i];\n\
-         \x20   if (!isnan(x) && (pick == 0xffffffffu || x > best)) {{ best = x; pick = i; }}\n\
+         \x20 // Eight loads in flight before the compares (a loop of one load at a time waits on each).\n\
+         \x20 for (uint i0 = t; i0 < V; i0 += 8u * {ARGMAX_THREADS}u) {{\n\
+         \x20   float x[8];\n\
+         \x20   for (uint u = 0u; u < 8u; u++) {{ uint i = i0 + u * {ARGMAX_THREADS}u; x[u] = i < V ? logits[at + i] : 0.0; }}\n\
+         \x20   for (uint u = 0u; u < 8u; u++) {{\n\
+         \x20     uint i = i0 + u * {ARGMAX_THREADS}u;\n\
+         \x20     if (i < V && !isnan(x[u]) && (pick == 0xffffffffu || x[u] > best)) {{ best = x[u]; pick = i; }}\n\
+         \x20   }}\n\
          \x20 }}\n\
          \x20 bv[t] = best;\n\
          \x20 bi[t] = pick;\n\
