@@ -242,8 +242,9 @@ fn matmul_group_computes_each_member() {
                     })
                     .collect::<Vec<f64>>(),
             );
-            bufs.push(buffer_at(&gpu, 3 + m as u32, &wbytes));
-            pads.push(3 + m as u32);
+            // Weights start on a 16-byte boundary, as the executor places them.
+            bufs.push(buffer_at(&gpu, 4 + 4 * m as u32, &wbytes));
+            pads.push(4 + 4 * m as u32);
             if mm.bias {
                 bufs.push(buffer_at(&gpu, 1, &words(&b)));
                 pads.push(1);
@@ -290,12 +291,12 @@ fn matmul_with_a_residual_epilogue() {
             .collect();
         let poison = words(&vec![f32::NAN; rows * n]);
         let (xb, wb, bb) =
-            (buffer_at(&gpu, 1, &words(&x)), buffer_at(&gpu, 2, &wbytes), buffer_at(&gpu, 3, &words(&b)));
+            (buffer_at(&gpu, 1, &words(&x)), buffer_at(&gpu, 8, &wbytes), buffer_at(&gpu, 3, &words(&b)));
         let (yb, rb) = (buffer_at(&gpu, 4, &poison), buffer_at(&gpu, 5, &words(&res)));
         let sb = buffer_at(&gpu, 6, &poison);
         let out = if in_place { (&rb, 5) } else { (&sb, 6) };
         let mut bufs = vec![&xb, &wb];
-        let mut pads = vec![1, 2];
+        let mut pads = vec![1, 8];
         if bias {
             bufs.push(&bb);
             pads.push(3);
@@ -357,8 +358,9 @@ fn gate_and_up_with_the_glu_fused_behind_them() {
                 })
                 .collect();
             proj.push(y);
-            bufs.push(buffer_at(&gpu, 3 + m, &wbytes));
-            pads.push(3 + m);
+            // Weights start on a 16-byte boundary, as the executor places them.
+            bufs.push(buffer_at(&gpu, 4 + 4 * m, &wbytes));
+            pads.push(4 + 4 * m);
             if bias {
                 bufs.push(buffer_at(&gpu, 1, &words(&b)));
                 pads.push(1);

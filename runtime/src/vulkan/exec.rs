@@ -212,10 +212,11 @@ impl<'m> VulkanExecutor<'m> {
         let mut weight_at = vec![(0usize, 0u32); h.weights.len()];
         for &i in &order {
             let w = &h.weights[i];
-            if !w.offset.is_multiple_of(4) {
+            // The kernels read quantized blocks 16 bytes at a time.
+            if !w.offset.is_multiple_of(16) {
                 return Err(plan_err(
                     model,
-                    format!("weights[{i}] ({}): offset {} is not 4-byte aligned", w.name, w.offset),
+                    format!("weights[{i}] ({}): offset {} is not 16-byte aligned", w.name, w.offset),
                 ));
             }
             if w.bytes > weight_limit {

@@ -170,15 +170,22 @@ pub fn has_gemv(k: u64) -> bool {
 /// of each row.
 fn gemv_step(out: &mut String, format: WeightFormat, arg: usize) {
     let b = format!("pc.base[{arg}]");
+    // A group's scales are one 16-byte word; its quants for this step one (q4_0) or two (q8_0) pairs of them,
+    // read whole through `w4` (the same binding as 16-byte words: a weight starts on a 16-byte boundary, and
+    // every block of an interleaved group does too).
     let scale = "uint at = BASE + ((n0 / 8u) * (K / 32u) + i / 4u) * BW;\n\
-                 \x20 for (uint r = 0u; r < 8u; r++) {\n\
-                 \x20   vec2 d2 = unpackHalf2x16(w[at + r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;\n"
+                 \x20 uvec4 sc = w4[at / 4u];\n"
         .replace("BASE", &b)
         .replace("BW", &quant_words(format).to_string());
+    let row_scale = "vec2 d2 = unpackHalf2x16(sc[r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;";
     let body = match format {
         WeightFormat::Q4_0 => format!(
             "{scale}\
-             \x20   uint word = w[at + 4u + (i % 4u) * 8u + r];\n\
+             \x20 uint qw = (at + 4u + (i % 4u) * 8u) / 4u;\n\
+             \x20 uvec4 qa = w4[qw], qb = w4[qw + 1u];\n\
+             \x20 for (uint r = 0u; r < 8u; r++) {{\n\
+             \x20   {row_scale}\n\
+             \x20   uint word = r < 4u ? qa[r] : qb[r - 4u];\n\
              \x20   float a = 0.0;\n\
              \x20   for (uint e = 0u; e < 4u; e++) {{\n\
              \x20     uint byte = (word >> (e * 8u)) & 0xffu;\n\
@@ -189,7 +196,11 @@ fn gemv_step(out: &mut String, format: WeightFormat, arg: usize) {
         ),
         WeightFormat::Q8_0 => format!(
             "{scale}\
-             \x20   int qa = int(w[at + 4u + (i % 4u) * 16u + r]), qb = int(w[at + 12u + (i % 4u) * 16u + r]);\n\
+             \x20 uint qw = (at + 4u + (i % 4u) * 16u) / 4u;\n\
+             \x20 uvec4 qa0 = w4[qw], qa1 = w4[qw + 1u], qb0 = w4[qw + 2u], qb1 = w4[qw + 3u];\n\
+             \x20 for (uint r = 0u; r < 8u; r++) {{\n\
+             \x20   {row_scale}\n\
+             \x20   int qa = int(r < 4u ? qa0[r] : qa1[r - 4u]), qb = int(r < 4u ? qb0[r] : qb1[r - 4u]);\n\
              \x20   float a = 0.0;\n\
              \x20   for (uint e = 0u; e < 4u; e++)\n\
              \x20     a += float(bitfieldExtract(qa, int(e * 8u), 8)) * xv[e] + float(bitfieldExtract(qb, int(e * 8u), 8)) * xv[4u + e];\n\
@@ -762,6 +773,10 @@ fn norm_bindings(s: &mut String, norm: Option<NormPrologue>) -> usize {
 /// The member readers [`matmul_group`] and [`matmul_glu`] generate for matrix `m` bound at `w`: the
 /// single-matrix templates' functions, renamed for it.
 fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, gemv: bool) {
+    if gemv && mm.format.is_quantized() {
+        // The same binding as 16-byte words, for the wide loads of `gemv_step`.
+        let _ = writeln!(s, "layout(std430, binding = {w}) readonly buffer B{w}x16 {{ uvec4 w{m}_4[]; }};");
+    }
     let mut f = String::new();
     weight_element(&mut f, mm.format, w);
     if gemv {
@@ -770,7 +785,8 @@ fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, ge
         gemm_w_loader(&mut f, mm.format, w, k);
     }
     s.push_str(
-        &f.replace("w[", &format!("w{m}["))
+        &f.replace("w4[", &format!("w{m}_4["))
+            .replace("w[", &format!("w{m}["))
             .replace("w_elem(", &format!("w{m}_elem("))
             .replace("gemv_step(", &format!("gemv_step{m}("))
             .replace("wload(", &format!("wload{m}("))
