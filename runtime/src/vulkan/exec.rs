@@ -170,8 +170,7 @@ impl<'m> VulkanExecutor<'m> {
         let weight_limit = limit.min(options.max_weight_binding.unwrap_or(u64::MAX)) & !3;
         let dev_err = |what: &str, e: String| Error::Input(format!("{name} ({}): {what}: {e}", info.name));
 
-        // Kernels: what each needs of the device, before anything is made; every artifact must be SPIR-V; one
-        // pipeline each, made once.
+        // Kernels: first what each needs of the device, checked before anything is made.
         let profile = info.profile();
         for (i, k) in h.kernels.iter().enumerate() {
             if let Some(f) = profile.missing(&k.requires) {
@@ -185,7 +184,7 @@ impl<'m> VulkanExecutor<'m> {
                 ));
             }
         }
-        // SPIR-V, one pipeline per kernel.
+        // Then every artifact must be SPIR-V; one pipeline each, made once.
         let section = model.section(SectionKind::Kernels).unwrap_or(&[]);
         let mut kernels = Vec::with_capacity(h.kernels.len());
         for (i, k) in h.kernels.iter().enumerate() {
