@@ -429,7 +429,10 @@ impl Executor for VulkanExecutor<'_> {
         let plan = self.model.plan().phase(phase);
         // The kept rows' logits: the whole result slot (in decode every row is kept, so either arena holds them).
         let len = plan.result.width * 4 * keep;
-        self.stream.copy(&self.arenas[plan.result.arena.0 as usize], at * 4, &self.readback, 0, len);
+        // A prefill chunk before the last keeps no rows: nothing to copy (a copy of 0 bytes is invalid usage).
+        if len > 0 {
+            self.stream.copy(&self.arenas[plan.result.arena.0 as usize], at * 4, &self.readback, 0, len);
+        }
         self.finish()?;
         logits.resize(keep as usize * self.model.header().spec.vocab_size, 0.0);
         let bytes: &mut [u8] = bytemuck_f32(logits);
