@@ -157,8 +157,9 @@ fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Resul
     let t0 = Instant::now();
     // Greedy tokens, picked by the executor (on a GPU, where the logits are), as a greedy generation does.
     let mut next = s.forward_greedy(prompt)?;
+    // The first token comes out of the prefill itself.
     let prefill = t0.elapsed().as_secs_f64();
-    let ttft = t0.elapsed().as_secs_f64();
+    let ttft = prefill;
     let t1 = Instant::now();
     for _ in 0..gen {
         next = s.forward_greedy(&[next])?;

@@ -49,12 +49,7 @@ pub trait Executor {
     /// first of equals, as [`crate::sampler::argmax`] picks), run after run in `ids`. An executor that can pick
     /// it where the logits are reads back 4 bytes a row; this default takes the logits and picks on the host.
     fn execute_greedy(&mut self, phase: Phase, runs: &[SeqRun], ids: &mut Vec<u32>) -> Result<(), Error> {
-        let mut logits = Vec::new();
-        self.execute(phase, runs, &mut logits)?;
-        let rows: usize = runs.iter().map(|r| r.keep).sum();
-        ids.clear();
-        ids.extend(logits.chunks(logits.len() / rows.max(1)).map(crate::sampler::argmax));
-        Ok(())
+        greedy_on_host(self, phase, runs, ids)
     }
 
     /// Record the time spent in each kernel from now on.
@@ -62,6 +57,23 @@ pub trait Executor {
 
     /// Seconds and calls per kernel name, most expensive first.
     fn profile(&self) -> Vec<(String, f64, usize)>;
+}
+
+/// [`Executor::execute_greedy`] by way of the logits: each kept row's argmax, picked on the host.
+pub fn greedy_on_host<E: Executor + ?Sized>(
+    exec: &mut E,
+    phase: Phase,
+    runs: &[SeqRun],
+    ids: &mut Vec<u32>,
+) -> Result<(), Error> {
+    let mut logits = Vec::new();
+    exec.execute(phase, runs, &mut logits)?;
+    let rows: usize = runs.iter().map(|r| r.keep).sum();
+    ids.clear();
+    if let Some(vocab) = logits.len().checked_div(rows) {
+        ids.extend(logits.chunks(vocab).map(crate::sampler::argmax));
+    }
+    Ok(())
 }
 
 /// Check an execution's runs as every executor must before it touches memory: 1 ..= `most` rows in all (the

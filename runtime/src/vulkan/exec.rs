@@ -442,11 +442,7 @@ impl Executor for VulkanExecutor<'_> {
 
     fn execute_greedy(&mut self, phase: Phase, runs: &[SeqRun], ids: &mut Vec<u32>) -> Result<(), Error> {
         let Some((kernel, sets)) = &self.argmax else {
-            let mut logits = Vec::new();
-            self.execute(phase, runs, &mut logits)?;
-            ids.clear();
-            ids.extend(logits.chunks(self.model.header().spec.vocab_size).map(crate::sampler::argmax));
-            return Ok(());
+            return crate::executor::greedy_on_host(self, phase, runs, ids);
         };
         let (kernel, set) = (*kernel, sets.sets[phase_index(phase)]);
         let (keep, at) = self.record(phase, runs)?;

@@ -242,16 +242,14 @@ fn gemv_column(format: WeightFormat) -> &'static str {
 const SUBGROUP_EXTENSIONS: [&str; 2] = ["GL_KHR_shader_subgroup_basic", "GL_KHR_shader_subgroup_shuffle"];
 
 /// The end of a row-by-row step: each thread's `sums` partial sums in `part[]` added up over its group's
-/// `LANES` threads, and `float gsum(uint at, uint r)` reading total `r` of the group whose shared scratch
-/// starts at `at` (`sums * LANES` floats of `gpart`). Returns (the thread's index in the workgroup, the
-/// reduction, the reader).
+/// `LANES` threads, for [`gemv_sum`] to read. Returns (the thread's index in the workgroup, the reduction).
 ///
 /// Through shared memory, the groups' sums meet in a tree of `log2(LANES)` barriers. With subgroups, a
 /// butterfly of shuffles adds each subgroup's share of a group (`min(LANES, subgroup size)` threads, a power
 /// of two that divides `LANES`, so a share never spans two groups) and one barrier leaves the shares for
 /// `gsum` to add; the thread index counts subgroup by subgroup, so the shares are whole subgroups whatever
 /// order the device numbers its invocations in.
-fn gemv_reduce(sums: u32, subgroups: bool) -> (&'static str, String, String) {
+fn gemv_reduce(sums: u32, subgroups: bool) -> (&'static str, String) {
     if subgroups {
         (
             "gl_SubgroupID * gl_SubgroupSize + gl_SubgroupInvocationID",
@@ -262,13 +260,6 @@ fn gemv_reduce(sums: u32, subgroups: bool) -> (&'static str, String, String) {
                  \x20 if (l % span == 0u) for (uint r = 0u; r < {sums}u; r++) gpart[at + r * (LANES / span) + l / span] = part[r];\n\
                  \x20 barrier();\n"
             ),
-            "float gsum(uint at, uint r) {\n\
-             \x20 uint shares = LANES / min(LANES, gl_SubgroupSize);\n\
-             \x20 float v = 0.0;\n\
-             \x20 for (uint c = 0u; c < shares; c++) v += gpart[at + r * shares + c];\n\
-             \x20 return v;\n\
-             }\n"
-                .to_string(),
         )
     } else {
         (
@@ -281,8 +272,22 @@ fn gemv_reduce(sums: u32, subgroups: bool) -> (&'static str, String, String) {
                  \x20   barrier();\n\
                  \x20 }}\n"
             ),
-            "float gsum(uint at, uint r) { return gpart[at + r * LANES]; }\n".to_string(),
         )
+    }
+}
+
+/// `float gsum(uint at, uint r)`: total `r` of the group whose shared scratch starts at `at` (`sums * LANES`
+/// floats of `gpart`), after [`gemv_reduce`].
+fn gemv_sum(subgroups: bool) -> &'static str {
+    if subgroups {
+        "float gsum(uint at, uint r) {\n\
+         \x20 uint shares = LANES / min(LANES, gl_SubgroupSize);\n\
+         \x20 float v = 0.0;\n\
+         \x20 for (uint c = 0u; c < shares; c++) v += gpart[at + r * shares + c];\n\
+         \x20 return v;\n\
+         }\n"
+    } else {
+        "float gsum(uint at, uint r) { return gpart[at + r * LANES]; }\n"
     }
 }
 
@@ -658,7 +663,7 @@ pub fn matmul_group(
         def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
         def_uint(&mut s, "OUTS", 8 * groups);
         let _ = writeln!(s, "shared float gpart[{}];", 9 * MATMUL_THREADS);
-        s.push_str(&gemv_reduce(0, sg).2);
+        s.push_str(gemv_sum(sg));
     } else {
         if coop {
             s.push_str(COOP_SHARED);
@@ -710,7 +715,7 @@ pub fn matmul_group(
         if gemv {
             let col = gemv_column(mm.format);
             let gemv_store = store(&format!("j * N{m} + n"), &format!("gsum(at, l){gemv_inv}{add_bias}"));
-            let (thread, reduce, _) = gemv_reduce(sums, sg);
+            let (thread, reduce) = gemv_reduce(sums, sg);
             let _ = write!(
                 s,
                 "void member{m}(uint tile_x) {{\n\
@@ -823,8 +828,8 @@ pub fn matmul_glu(
     def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
     def_uint(&mut s, "OUTS", 8 * groups);
     let _ = writeln!(s, "shared float gpart[{}];", 17 * MATMUL_THREADS);
-    let (thread, reduce, gsum) = gemv_reduce(17, sg);
-    s.push_str(&gsum);
+    let (thread, reduce) = gemv_reduce(17, sg);
+    s.push_str(gemv_sum(sg));
     let mut binding = norm_bindings(&mut s, norm);
     let mut bias = [String::new(), String::new()];
     for (m, mm) in members.iter().enumerate() {
