@@ -171,6 +171,17 @@ fn a_forged_kernel_table_is_refused() {
     forged_refused(&plan, "does not run kernel", |h| {
         h["kernels"][0]["backend"] = "cpu".into();
     });
+    // A kernel that needs what no device here has, and one that needs something no profile names.
+    forged_refused(&plan, "cooperative matrices of 99x99x99:f16/f32", |h| {
+        h["kernels"][0]["requires"] = serde_json::json!([{"cooperative_matrix": "99x99x99:f16/f32"}]);
+    });
+    // (refused where the header is parsed: the line names the file and the unknown value)
+    forged_refused(&plan, "unknown variant `warp_drive`", |h| {
+        h["kernels"][0]["requires"] = serde_json::json!(["warp_drive"]);
+    });
+    // An argmax kernel outside the table, and one that is not a two-binding kernel.
+    forged_refused(&plan, "argmax", |h| h["argmax"] = 9999.into());
+    forged_refused(&plan, "argmax", |h| h["argmax"] = 0.into());
 }
 
 /// The weights split into many small buffers (as on a device with a small `maxStorageBufferRange`) give the
