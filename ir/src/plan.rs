@@ -420,10 +420,27 @@ impl PlanHeader {
 
 /// The launch ABI of the Vulkan target's kernels, shared by the shader generator and the Vulkan executor (the
 /// generator's module doc describes it in full): binding `i` is the step's `i`-th buffer argument, and every
-/// kernel takes the push block `{ rows, pos, keep, cap, pass, base[MAX_BUFFERS] }` of 32-bit words.
+/// kernel takes the push block `{ rows, pos, keep, cap, pass, base[MAX_BUFFERS] }` of 32-bit words, and can
+/// read its position from the launch values ([`vulkan_abi::VALUES_BINDING`]).
 pub mod vulkan_abi {
     /// Most buffer arguments of one kernel (the length of the push block's `base`).
     pub const MAX_BUFFERS: usize = 12;
+    /// The binding of the launch values, which every kernel's descriptor set has after its buffer arguments:
+    /// words the host writes before each submission, so that a recorded command buffer can be submitted again
+    /// for the next token. Push word `pos` of a launch is not its position but the index of the word that holds
+    /// it (a kernel reads `values[pc.pos]`).
+    pub const VALUES_BINDING: u32 = MAX_BUFFERS as u32;
+
+    /// Workgroups per row of the argmax kernel (`PlanHeader::argmax`), launched over `[ARGMAX_GROUPS, rows, 1]`
+    /// with push word `cap` the first word of its scratch in the ids binding, after the ids of the launch's
+    /// largest batch: [`argmax_scratch_words`] per row, zero before the first launch (each launch leaves it so).
+    pub const ARGMAX_GROUPS: u32 = 64;
+    const _: () = assert!(ARGMAX_GROUPS <= 256);
+
+    /// Words of argmax scratch per row: each workgroup's pick (its value and index), then a counter.
+    pub const fn argmax_scratch_words() -> u64 {
+        2 * ARGMAX_GROUPS as u64 + 1
+    }
     /// Words of the push block: five scalars, then a base per buffer.
     pub const PUSH_WORDS: usize = 5 + MAX_BUFFERS;
     // Every Vulkan device offers at least 128 bytes of push constants.
@@ -434,7 +451,8 @@ pub mod vulkan_abi {
 
     /// Split-key attention (flash-decoding), for launches of one row (a decode step): the visible keys are cut
     /// into up to [`ATTN_MAX_SPLITS`] ranges, each attended by its own workgroups in chunks of
-    /// [`ATTN_SPLIT_KEYS`], and a combining pass folds the ranges' partial softmax sums together. The partials
+    /// [`ATTN_SPLIT_KEYS`], and the last range of a head to finish folds the ranges' partial softmax sums
+    /// together. The partials
     /// live in the KV cache's binding, after the keys and values: [`attention_scratch_words`] per layer. The
     /// ranges' pass also appends the row to the cache, which only a single row allows (its slot holds no
     /// position it sees; a second row's slot may hold one the first sees).
@@ -443,10 +461,11 @@ pub mod vulkan_abi {
     pub const ATTN_MAX_SPLITS: u64 = 64;
     pub const ATTN_SPLIT_KEYS: u64 = 64;
 
-    /// Words of split partials after a layer's keys and values: per row, head and split its maximum score,
-    /// its sum of exponentials and its `head_dim` weighted values.
+    /// Words of split scratch after a layer's keys and values: per row, head and split its maximum score, its
+    /// sum of exponentials and its `head_dim` weighted values; then per row and head the count of its ranges
+    /// done (zero before a launch: the cache is allocated zeroed, and each launch leaves it so).
     pub fn attention_scratch_words(heads: u64, head_dim: u64) -> u64 {
-        ATTN_SPLIT_ROWS * heads * ATTN_MAX_SPLITS * (head_dim + 2)
+        ATTN_SPLIT_ROWS * heads * (ATTN_MAX_SPLITS * (head_dim + 2) + 1)
     }
 
     /// Key ranges an attention launch of `rows` rows at `pos` is split into: one per chunk of the keys a row

@@ -54,6 +54,9 @@ pub struct BenchResult {
     pub profile: Vec<(String, f64, f64, usize)>,
     /// On a GPU, its measured copy bandwidth (GB/s, read + write counted), the ceiling decode is held to.
     pub device_copy_gb_s: Option<f64>,
+    /// Executions of the last timed run and the command buffers recorded for them, where the executor
+    /// replays recordings.
+    pub recordings: Option<(u64, u64)>,
 }
 
 impl BenchResult {
@@ -71,6 +74,8 @@ impl BenchResult {
             "weight_bytes": self.weight_bytes,
             "decode_weight_gb_s": self.decode_weight_gb_s(),
             "device_copy_gb_s": self.device_copy_gb_s,
+            "executions": self.recordings.map(|r| r.0),
+            "recordings": self.recordings.map(|r| r.1),
         })
     }
 
@@ -108,6 +113,12 @@ impl BenchResult {
                 100.0 * self.decode_weight_gb_s() / c
             );
         }
+        if let Some((runs, recorded)) = self.recordings {
+            t += &format!(
+                "{:14} {:>10} of {runs} executions recorded a command buffer (the rest replayed one)\n",
+                "recordings", recorded
+            );
+        }
         t += &format!("{:14} {:>10.1} MiB\n", "peak RSS", self.peak_rss_mib);
         if !self.profile.is_empty() {
             let (tp, td): (f64, f64) = self.profile.iter().fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2));
@@ -142,8 +153,7 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// One prefill of `prompt` then `gen` greedy decode steps (end tokens ignored, so every run does the same work).
-/// Returns (prefill seconds, time to first token in seconds, decode seconds).
+/// A session for one bench run, at the bench's prefill chunk.
 fn session<'m>(model: &'m Model, ctx: usize, o: &BenchOptions) -> Result<Session<'m>, Error> {
     let mut s = Session::new(model, ctx)?;
     if let Some(c) = o.prefill_chunk {
@@ -152,7 +162,9 @@ fn session<'m>(model: &'m Model, ctx: usize, o: &BenchOptions) -> Result<Session
     Ok(s)
 }
 
-fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Result<(f64, f64, f64), Error> {
+/// One prefill of `prompt` then `gen` greedy decode steps (end tokens ignored, so every run does the same work).
+/// Returns (prefill seconds, time to first token in seconds, decode seconds, the session's recordings).
+fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Result<Run, Error> {
     let mut s = session(model, prompt.len() + gen, o)?;
     let t0 = Instant::now();
     // Greedy tokens, picked by the executor (on a GPU, where the logits are), as a greedy generation does.
@@ -164,8 +176,10 @@ fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Resul
     for _ in 0..gen {
         next = s.forward_greedy(&[next])?;
     }
-    Ok((prefill, ttft, t1.elapsed().as_secs_f64()))
+    Ok((prefill, ttft, t1.elapsed().as_secs_f64(), s.recordings()))
 }
+
+type Run = (f64, f64, f64, Option<(u64, u64)>);
 
 pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     let spec = &model.header().spec;
@@ -183,9 +197,10 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         .map(|i| ((i.wrapping_mul(2_654_435_761) + 12345) % spec.vocab_size as u64) as u32)
         .collect();
     one_run(model, &prompt, o.gen.min(4), &o)?;
-    let (mut pre, mut ttft, mut dec) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pre, mut ttft, mut dec, mut recordings) = (Vec::new(), Vec::new(), Vec::new(), None);
     for _ in 0..o.repeat {
-        let (p, t, d) = one_run(model, &prompt, o.gen, &o)?;
+        let (p, t, d, r) = one_run(model, &prompt, o.gen, &o)?;
+        recordings = r;
         pre.push(o.prompt_len as f64 / p);
         ttft.push(t * 1e3);
         if o.gen > 0 {
@@ -214,6 +229,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         weight_bytes: model.header().weights.iter().map(|w| w.bytes).sum(),
         profile,
         device_copy_gb_s,
+        recordings,
     })
 }
 

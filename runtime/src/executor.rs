@@ -57,6 +57,12 @@ pub trait Executor {
 
     /// Seconds and calls per kernel name, most expensive first.
     fn profile(&self) -> Vec<(String, f64, usize)>;
+
+    /// Executions run and command buffers recorded for them so far, where the executor records command
+    /// buffers and replays them (the rest of the executions were replays); `None` elsewhere.
+    fn recordings(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// [`Executor::execute_greedy`] by way of the logits: each kept row's argmax, picked on the host.

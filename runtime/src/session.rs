@@ -56,6 +56,11 @@ impl<'m> Session<'m> {
         self.exec.profile()
     }
 
+    /// Executions run and command buffers recorded for them ([`crate::executor::Executor::recordings`]).
+    pub fn recordings(&self) -> Option<(u64, u64)> {
+        self.exec.recordings()
+    }
+
     pub fn position(&self) -> usize {
         self.pos
     }

@@ -315,7 +315,8 @@ fn a_head_too_wide_for_the_vulkan_target_is_one_line() {
 }
 
 /// `--bench` on the GPU: the greedy tokens are picked there (the profile shows the argmax kernel, once per
-/// step), and the device's copy bandwidth is measured beside the decode bandwidth.
+/// step), the decode steps replay one recorded command buffer, and the device's copy bandwidth is measured
+/// beside the decode bandwidth.
 #[test]
 fn a_gpu_bench_picks_tokens_on_the_gpu_and_measures_the_copy_bandwidth() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,6 +327,9 @@ fn a_gpu_bench_picks_tokens_on_the_gpu_and_measures_the_copy_bandwidth() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j["device_copy_gb_s"].as_f64().is_some_and(|c| c > 0.0), "{j}");
+    // A prefill and 4 decode steps at positions 8..12: one recording for the prefill, and one for the decode
+    // steps (their attention launches the same 1 key range), which the other three replay.
+    assert_eq!((j["executions"].as_u64(), j["recordings"].as_u64()), (Some(5), Some(2)), "{j}");
     let out = run("unicorn-rt", &[&common[..], &["--profile"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();

@@ -570,12 +570,32 @@ fn argmax_picks_the_first_largest_logit_of_each_row() {
     assert_eq!(&want[1..4], [1, 2, 3].map(|r| unicorn_runtime::sampler::argmax(&rows[r])));
     let flat: Vec<f32> = rows.concat();
     let n = rows.len();
-    let xb = buffer_at(&gpu, 3, &words(&flat));
-    let ib = buffer_at(&gpu, 2, &vec![0xff; n * 4]);
-    dispatch(&gpu, "argmax", &glsl::argmax(v as u64), &[&xb, &ib], &[3, 2], [n as u32, 0, 0, 0, 0], [n as u32, 1, 1]);
-    let got: Vec<u32> =
-        ib.read(8, n as u64 * 4).chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
-    assert_eq!(got, want);
+    let mut xb = buffer_at(&gpu, 3, &words(&flat));
+    // The ids (unwritten: all ones), then the scratch (zero, as the executor leaves it), at an offset.
+    let scratch = n * glsl::argmax_scratch_words() as usize;
+    let mut init = vec![0xffu8; n * 4];
+    init.extend(vec![0u8; scratch * 4]);
+    let ib = buffer_at(&gpu, 2, &init);
+    let src = glsl::argmax(v as u64);
+    let groups = [glsl::ARGMAX_GROUPS, n as u32, 1];
+    let ids = |ib: &Buffer| -> Vec<u32> {
+        ib.read(8, (n + scratch) as u64 * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    dispatch(&gpu, "argmax", &src, &[&xb, &ib], &[3, 2], [n as u32, 0, 0, n as u32, 0], groups);
+    let got = ids(&ib);
+    assert_eq!(got[..n], want);
+    // Every counter is back to zero, so a second launch over other logits is right too.
+    let counters: Vec<u32> = (0..n).map(|r| got[n + (r + 1) * glsl::argmax_scratch_words() as usize - 1]).collect();
+    assert_eq!(counters, vec![0; n]);
+    let mut again = flat.clone();
+    again.rotate_left(v);
+    let want2: Vec<u32> = (0..n).map(|r| want[(r + 1) % n]).collect();
+    xb.write(3 * 4, &words(&again)).unwrap();
+    dispatch(&gpu, "argmax", &src, &[&xb, &ib], &[3, 2], [n as u32, 0, 0, n as u32, 0], groups);
+    assert_eq!(ids(&ib)[..n], want2);
 }
 
 /// Attention of `rows` new rows at `pos` over a ring cache of `cap` slots holding positions `..pos`, then the
@@ -586,7 +606,7 @@ fn check_attention(kv_f16: bool, shape: AttentionShape, rows: usize, pos: usize,
 }
 
 /// [`check_attention`] of one row through the split passes when `splits > 0`: pass 2 over `splits` key ranges
-/// (appending the row), then with more than one range pass 3 combining them (the partials after the cache in
+/// (appending the row), which with more than one range also combines them (the partials after the cache in
 /// its binding).
 fn check_attention_split(
     kv_f16: bool,
@@ -639,7 +659,9 @@ fn check_attention_split(
     let (qb, kb, vb) = (buffer_at(&gpu, 1, &words(&q)), buffer_at(&gpu, 2, &words(&k)), buffer_at(&gpu, 3, &words(&v)));
     // Room for the split partials after the cache, poisoned so that a partial read before it is written shows.
     let mut with_scratch = cache_bytes.clone();
-    with_scratch.extend(words(&vec![f32::NAN; rows * h * splits as usize * (hd + 2)]));
+    // The partials of the largest launch, then the heads' counters (zero, as the cache is allocated).
+    with_scratch.extend(words(&vec![f32::NAN; rows * h * glsl::ATTN_MAX_SPLITS as usize * (hd + 2)]));
+    with_scratch.extend(vec![0u8; rows * h * 4]);
     let cb = buffer_at(&gpu, 4, &with_scratch);
     let yb = buffer_at(&gpu, 5, &words(&vec![f32::NAN; rows * h * hd]));
     let src = glsl::attention(kv_f16, shape);
@@ -651,9 +673,10 @@ fn check_attention_split(
         // One row: the ranges' pass appends it too.
         assert_eq!(rows, 1);
         dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, splits, c32, 2], [h as u32, r32, splits]);
-        if splits > 1 {
-            dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, splits, c32, 3], [h as u32, r32, 1]);
-        }
+        // The last range of each head combined them and left its counter at zero.
+        let at = 16 + cache_bytes.len() as u64 + (rows * h * glsl::ATTN_MAX_SPLITS as usize * (hd + 2)) as u64 * 4;
+        let counters = cb.read(at, (rows * h * 4) as u64);
+        assert!(counters.iter().all(|&b| b == 0), "{name}: a head's range counter is left nonzero");
     } else {
         let tiles = r32.div_ceil(glsl::ATTN_TILE_ROWS);
         dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, 0, c32, 0], [h as u32, tiles, 1]);

@@ -1,7 +1,7 @@
 //! The thin unsafe layer over Vulkan (ash): a device and its compute queue, storage buffers (device-local for
 //! what the GPU reads every step, host-visible for what the host writes or reads back), compute pipelines of
 //! the plan's SPIR-V, descriptor sets written once, and a stream that records launches separated by barriers
-//! and submits them in one go. Everything unsafe about Vulkan stays in this file; the executor above it is
+//! and submits them in one go — or keeps the recording as a [`Replay`] to submit again. Everything unsafe about Vulkan stays in this file; the executor above it is
 //! safe code.
 //!
 //! Every object holds the device it was made on (reference-counted), so an executor can own its buffers and
@@ -13,6 +13,7 @@ use std::ffi::CStr;
 use std::sync::Arc;
 use unicorn_ir::device::{create_instance, describe, load};
 pub use unicorn_ir::device::{devices, DeviceInfo};
+use unicorn_ir::plan::vulkan_abi::VALUES_BINDING;
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -265,11 +266,15 @@ impl Gpu {
         self.one_time(|cb| unsafe { self.inner.device.cmd_fill_buffer(cb, b.buffer, 0, vk::WHOLE_SIZE, 0) })
     }
 
-    /// A compute pipeline of `spirv` (entry `entry`) with `bindings` storage buffers and `push_bytes` of push
-    /// constants.
+    /// A compute pipeline of `spirv` (entry `entry`) with `bindings` storage buffers (bindings `0..bindings`,
+    /// and the launch values at [`VALUES_BINDING`]) and `push_bytes` of push constants.
     pub fn kernel(&self, spirv: &[u32], entry: &CStr, bindings: u32, push_bytes: u32) -> Result<Kernel> {
         let d = &self.inner.device;
+        if bindings > VALUES_BINDING {
+            return Err(format!("vulkan: a kernel of {bindings} buffers (at most {VALUES_BINDING})"));
+        }
         let layout_bindings: Vec<_> = (0..bindings)
+            .chain([VALUES_BINDING])
             .map(|b| {
                 vk::DescriptorSetLayoutBinding::default()
                     .binding(b)
@@ -314,15 +319,16 @@ impl Gpu {
         }
     }
 
-    /// One descriptor set per entry, each binding a kernel's buffers in order (whole buffers), written once.
-    pub fn sets(&self, entries: &[(&Kernel, &[&Buffer])]) -> Result<Sets> {
+    /// One descriptor set per entry, each binding a kernel's buffers in order (whole buffers) and `values` at
+    /// [`VALUES_BINDING`], written once.
+    pub fn sets(&self, entries: &[(&Kernel, &[&Buffer])], values: &Buffer) -> Result<Sets> {
         let d = &self.inner.device;
         for (k, bufs) in entries {
             if bufs.len() != k.bindings as usize {
                 return Err(format!("vulkan: a launch binds {} buffers, its kernel {}", bufs.len(), k.bindings));
             }
         }
-        let count: u32 = entries.iter().map(|(k, _)| k.bindings).sum();
+        let count: u32 = entries.iter().map(|(k, _)| k.bindings + 1).sum();
         let sizes =
             [vk::DescriptorPoolSize::default().ty(vk::DescriptorType::STORAGE_BUFFER).descriptor_count(count.max(1))];
         let info = vk::DescriptorPoolCreateInfo::default().max_sets(entries.len().max(1) as u32).pool_sizes(&sizes);
@@ -343,6 +349,7 @@ impl Gpu {
                 .iter()
                 .map(|(_, bufs)| {
                     bufs.iter()
+                        .chain([&values])
                         .map(|b| [vk::DescriptorBufferInfo::default().buffer(b.buffer).offset(0).range(vk::WHOLE_SIZE)])
                         .collect()
                 })
@@ -351,10 +358,11 @@ impl Gpu {
                 .iter()
                 .zip(&handles)
                 .flat_map(|(infos, &set)| {
+                    let last = infos.len() - 1;
                     infos.iter().enumerate().map(move |(i, info)| {
                         vk::WriteDescriptorSet::default()
                             .dst_set(set)
-                            .dst_binding(i as u32)
+                            .dst_binding(if i == last { VALUES_BINDING } else { i as u32 })
                             .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
                             .buffer_info(info)
                     })
@@ -382,7 +390,8 @@ impl Gpu {
         let kernel = self.kernel(&words, c"main", 2, 4)?;
         let bytes = bytes.next_multiple_of(16);
         let (a, b) = (self.buffer_in(bytes, Place::Device)?, self.buffer_in(bytes, Place::Device)?);
-        let sets = self.sets(&[(&kernel, &[&a, &b])])?;
+        let values = self.buffer_in(4, Place::Host)?;
+        let sets = self.sets(&[(&kernel, &[&a, &b])], &values)?;
         let quads = u32::try_from(bytes / 16).map_err(|_| "vulkan: a copy of over 64 GiB".to_string())?;
         let groups = [quads.div_ceil(256).min(8192), 1, 1];
         let mut s = self.stream(0)?;
@@ -402,14 +411,23 @@ impl Gpu {
         Ok(2.0 * bytes as f64 * n as f64 / t / 1e9)
     }
 
-    /// Run `launches` in order, each waiting for the writes of those before it, and wait for the device.
+    /// Run `launches` in order, each waiting for the writes of those before it, and wait for the device. Push
+    /// word 1 of each launch is its position: `run` puts it in the launch values and pushes its index there.
     pub fn run(&self, launches: &[Launch<'_>]) -> Result<()> {
         let entries: Vec<(&Kernel, &[&Buffer])> = launches.iter().map(|l| (l.kernel, l.buffers)).collect();
-        let sets = self.sets(&entries)?;
+        let positions: Vec<u8> =
+            launches.iter().flat_map(|l| l.push.get(1).copied().unwrap_or(0).to_le_bytes()).collect();
+        let mut values = self.buffer_in(positions.len().max(4) as u64, Place::Host)?;
+        values.write(0, &positions)?;
+        let sets = self.sets(&entries, &values)?;
         let mut s = self.stream(0)?;
         s.begin()?;
-        for (l, &set) in launches.iter().zip(&sets.sets) {
-            s.dispatch(l.kernel, set, l.push, l.groups);
+        for (i, (l, &set)) in launches.iter().zip(&sets.sets).enumerate() {
+            let mut push = l.push.to_vec();
+            if let Some(p) = push.get_mut(1) {
+                *p = i as u32;
+            }
+            s.dispatch(l.kernel, set, &push, l.groups);
         }
         s.submit_wait()
     }
@@ -521,7 +539,7 @@ impl Drop for Kernel {
 }
 
 /// A descriptor set of a [`Sets`]; valid while the `Sets` lives and its buffers do.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SetRef(vk::DescriptorSet);
 
 /// Descriptor sets allocated and written together, freed together.
@@ -538,7 +556,8 @@ impl Drop for Sets {
     }
 }
 
-/// A command buffer re-recorded for every submission, its fence, and optionally a timestamp per launch.
+/// A command buffer recorded for a submission (or kept as a [`Replay`]), its fence, and optionally a timestamp
+/// per launch.
 pub struct Stream {
     inner: Arc<Inner>,
     cb: vk::CommandBuffer,
@@ -588,8 +607,8 @@ impl Stream {
         // SAFETY: the command buffer is not pending (every submission is waited for).
         unsafe {
             d.reset_command_buffer(self.cb, vk::CommandBufferResetFlags::empty()).map_err(vk_err("recording"))?;
-            let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-            d.begin_command_buffer(self.cb, &begin).map_err(vk_err("recording"))?;
+            // Not one-time: a recording may be kept and submitted again.
+            d.begin_command_buffer(self.cb, &vk::CommandBufferBeginInfo::default()).map_err(vk_err("recording"))?;
             if self.timing {
                 d.cmd_reset_query_pool(self.cb, self.queries, 0, self.capacity + 1);
                 d.cmd_write_timestamp(self.cb, vk::PipelineStageFlags::TOP_OF_PIPE, self.queries, 0);
@@ -661,25 +680,61 @@ impl Stream {
         unsafe { self.inner.device.cmd_copy_buffer(self.cb, src.buffer, dst.buffer, &region) }
     }
 
-    /// Submit what was recorded and wait for the device; its writes are then visible to the host.
-    pub fn submit_wait(&mut self) -> Result<()> {
-        let d = &self.inner.device;
+    /// End the recording, its last commands' writes made visible to the host.
+    fn end(&mut self) -> Result<()> {
         self.barrier(
             vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
             vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE,
             vk::PipelineStageFlags::HOST,
             vk::AccessFlags::HOST_READ,
         );
-        // SAFETY: recording ends here; the fence is unsignalled (reset after each wait); the call waits.
+        // SAFETY: the command buffer is recording.
+        unsafe { self.inner.device.end_command_buffer(self.cb) }.map_err(vk_err("recording"))
+    }
+
+    /// Submit command buffer `cb` and wait for it (the fence is unsignalled: reset after each wait).
+    fn submit_cb(&self, cb: vk::CommandBuffer) -> Result<()> {
+        let d = &self.inner.device;
+        // SAFETY: `cb` is recorded and not pending (every submission is waited for); the call waits.
         unsafe {
-            d.end_command_buffer(self.cb).map_err(vk_err("recording"))?;
-            let cbs = [self.cb];
+            let cbs = [cb];
             let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
             d.queue_submit(self.inner.queue, &submit, self.fence).map_err(vk_err("submitting"))?;
             let waited = d.wait_for_fences(&[self.fence], true, u64::MAX).map_err(vk_err("waiting for the device"));
             d.reset_fences(&[self.fence]).map_err(vk_err("resetting a fence"))?;
             waited
         }
+    }
+
+    /// Submit what was recorded and wait for the device; its writes are then visible to the host.
+    pub fn submit_wait(&mut self) -> Result<()> {
+        self.end()?;
+        self.submit_cb(self.cb)
+    }
+
+    /// End what was recorded and keep it, to submit as often as wanted with [`Stream::replay`]; the stream goes
+    /// on with a new command buffer. The recording reads the buffers and sets it was recorded with at each
+    /// replay, so the caller keeps those alive and unchanged in layout while it keeps the `Replay` (the values
+    /// in them may change between replays: that is the point).
+    pub fn keep(&mut self) -> Result<Replay> {
+        self.end()?;
+        let d = &self.inner.device;
+        // SAFETY: the device and pool are valid; the new buffer replaces the kept one, which the Replay frees.
+        let fresh = unsafe {
+            d.allocate_command_buffers(
+                &vk::CommandBufferAllocateInfo::default().command_pool(self.inner.pool).command_buffer_count(1),
+            )
+        }
+        .map_err(vk_err("allocating a command buffer"))?[0];
+        let cb = std::mem::replace(&mut self.cb, fresh);
+        Ok(Replay { inner: self.inner.clone(), cb, launches: self.launches })
+    }
+
+    /// Submit a kept recording again and wait for the device. It was recorded without timestamps.
+    pub fn replay(&mut self, r: &Replay) -> Result<()> {
+        self.timing = false;
+        self.launches = r.launches;
+        self.submit_cb(r.cb)
     }
 
     /// Seconds each launch of the last timed submission took (from the end of the one before it).
@@ -698,6 +753,20 @@ impl Stream {
         }
         let ns = self.inner.info.timestamp_period_ns as f64;
         ticks.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64 * ns * 1e-9).collect()
+    }
+}
+
+/// A recorded command buffer kept for submission again ([`Stream::keep`]).
+pub struct Replay {
+    inner: Arc<Inner>,
+    cb: vk::CommandBuffer,
+    launches: u32,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        // SAFETY: not pending: every replay is waited for.
+        unsafe { self.inner.device.free_command_buffers(self.inner.pool, &[self.cb]) }
     }
 }
 

@@ -26,7 +26,10 @@ use unicorn_ir::device::{Feature, COOPMAT_F16_F32};
 use unicorn_ir::spec::Activation;
 use unicorn_ir::WeightFormat;
 
-pub use unicorn_ir::plan::vulkan_abi::{ATTN_SPLIT_KEYS, ATTN_SPLIT_ROWS, MAX_BUFFERS, WIDE};
+pub use unicorn_ir::plan::vulkan_abi::{
+    argmax_scratch_words, ARGMAX_GROUPS, ATTN_MAX_SPLITS, ATTN_SPLIT_KEYS, ATTN_SPLIT_ROWS, MAX_BUFFERS,
+    VALUES_BINDING, WIDE,
+};
 
 /// Threads of a matmul workgroup: a 16 x 16 grid of 4 x 4 outputs in the tiled path, 256 column steps at a time
 /// in the row-by-row path.
@@ -61,6 +64,18 @@ fn header_with(out: &mut String, x: u32, y: u32, extensions: &[&str]) {
          layout(push_constant) uniform Push {{ uint rows; uint pos; uint keep; uint cap; uint pass; uint base[{MAX_BUFFERS}]; }} pc;\n"
     );
 }
+
+/// The launch values ([`VALUES_BINDING`]) and `POS`, the launch's position, which `main` sets first
+/// ([`SET_POS`]).
+fn position(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "layout(std430, binding = {VALUES_BINDING}) readonly buffer Values {{ uint values[]; }};\nuint POS;"
+    );
+}
+
+/// The first statement of the `main` of a kernel with [`position`].
+const SET_POS: &str = "  POS = values[pc.pos];\n";
 
 /// A storage buffer of floats; `access` is `readonly` or empty (a result: `writeonly` would be accurate, but the
 /// `NonReadable` decoration glslang gives it is one naga's validator refuses).
@@ -932,24 +947,26 @@ pub fn rms_norm(g: u64, eps: f32, unit_offset: bool) -> String {
 }
 
 /// `rope_<table>`: rotate-half rotary embedding of every `HD`-element head of a `W`-wide row at position
-/// `pc.pos + row`, with the table's inverse frequencies generated into the source (their exact f32 bits).
+/// `POS + row` (the launch's position, [`position`]), with the table's inverse frequencies generated into the source (their exact f32 bits).
 /// Bindings [x, out]. Work: `[ceil(W / 2 / 64), rows, 1]`.
 pub fn rope(inv_freq: &[f32], width: u64, head_dim: u64) -> String {
     let mut s = String::new();
     header(&mut s, WIDE, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
     f32_buffer(&mut s, 1, "y", "");
+    position(&mut s);
     def_uint(&mut s, "W", width);
     def_uint(&mut s, "HD", head_dim);
     let bits: Vec<String> = inv_freq.iter().map(|f| format!("0x{:08x}u", f.to_bits())).collect();
     let _ = writeln!(s, "const uint INV_FREQ[{}] = uint[]({});", bits.len().max(1), bits.join(", "));
+    s.push_str("void main() {\n");
+    s.push_str(SET_POS);
     s.push_str(
-        "void main() {\n\
-         \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y, half_ = HD / 2u;\n\
+        "\x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y, half_ = HD / 2u;\n\
          \x20 if (i >= W / 2u) return;\n\
          \x20 uint head = i / half_, f = i % half_;\n\
          \x20 uint a = pc.base[0] + r * W + head * HD + f, o = pc.base[1] + r * W + head * HD + f;\n\
-         \x20 float angle = float(pc.pos + r) * uintBitsToFloat(INV_FREQ[f]);\n\
+         \x20 float angle = float(POS + r) * uintBitsToFloat(INV_FREQ[f]);\n\
          \x20 float c = cos(angle), sn = sin(angle);\n\
          \x20 float x0 = x[a], x1 = x[a + half_];\n\
          \x20 y[o] = x0 * c - x1 * sn;\n\
@@ -969,20 +986,22 @@ pub fn rope_pair(inv_freq: &[f32], wa: u64, wb: u64, head_dim: u64) -> String {
     f32_buffer(&mut s, 1, "ya", "");
     f32_buffer(&mut s, 2, "xb", "readonly");
     f32_buffer(&mut s, 3, "yb", "");
+    position(&mut s);
     def_uint(&mut s, "WA", wa);
     def_uint(&mut s, "WB", wb);
     def_uint(&mut s, "HD", head_dim);
     let bits: Vec<String> = inv_freq.iter().map(|f| format!("0x{:08x}u", f.to_bits())).collect();
     let _ = writeln!(s, "const uint INV_FREQ[{}] = uint[]({});", bits.len().max(1), bits.join(", "));
+    s.push_str("void main() {\n");
+    s.push_str(SET_POS);
     s.push_str(
-        "void main() {
-           uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y, half_ = HD / 2u;
+        "  uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y, half_ = HD / 2u;
            if (i >= (WA + WB) / 2u) return;
            bool second = i >= WA / 2u;
            uint w = second ? WB : WA, j = second ? i - WA / 2u : i;
            uint head = j / half_, f = j % half_;
            uint a = r * w + head * HD + f;
-           float angle = float(pc.pos + r) * uintBitsToFloat(INV_FREQ[f]);
+           float angle = float(POS + r) * uintBitsToFloat(INV_FREQ[f]);
            float c = cos(angle), sn = sin(angle);
            float x0 = second ? xb[pc.base[2] + a] : xa[pc.base[0] + a];
            float x1 = second ? xb[pc.base[2] + a + half_] : xa[pc.base[0] + a + half_];
@@ -1058,48 +1077,77 @@ pub fn elementwise(op: Elementwise, width: u64, c: f32) -> String {
     s
 }
 
-/// Threads of the argmax workgroup.
+/// Threads of an argmax workgroup.
 pub const ARGMAX_THREADS: u32 = 256;
 
 /// `argmax`: row `r`'s greedy token, the index of its largest of `V` logits (the first of equals; NaNs are
-/// never picked), into `ids[r]`. Each thread scans every 256th logit, keeping its first largest, and the
-/// threads' picks meet in a tree that prefers the smaller index on a tie. Bindings [logits, ids]. Work:
-/// `[rows, 1, 1]`.
+/// never picked), into `ids[r]`, in one launch of [`ARGMAX_GROUPS`] workgroups per row, each over its own
+/// stretch of the row (a single workgroup would read a large vocabulary a few loads at a time). Each thread
+/// scans every 256th logit of its workgroup's stretch, keeping its first largest, and the threads' picks meet
+/// in a tree that prefers the smaller index on a tie; the workgroup writes its pick to the row's partials in
+/// `ids` (from word `pc.cap`: per row `2 * ARGMAX_GROUPS` words, then its counter), and the last workgroup of
+/// the row to finish (the counter says which) folds the partials the same way, writes the id, and resets the
+/// counter to zero for the next launch. Bindings [logits, ids]. Work: `[ARGMAX_GROUPS, rows, 1]`.
 pub fn argmax(v: u64) -> String {
     let mut s = String::new();
     header(&mut s, ARGMAX_THREADS, 1);
     f32_buffer(&mut s, 0, "logits", "readonly");
-    u32_buffer(&mut s, 1, "ids", "");
+    // Coherent: the last workgroup reads the partials the others wrote in this launch.
+    buffer(&mut s, 1, "uint", "ids", "coherent");
     def_uint(&mut s, "V", v);
+    def_uint(&mut s, "GROUPS", ARGMAX_GROUPS as u64);
     let _ = write!(
         s,
         "shared float bv[{ARGMAX_THREADS}];\n\
          shared uint bi[{ARGMAX_THREADS}];\n\
-         void main() {{\n\
-         \x20 uint r = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, at = pc.base[0] + r * V;\n\
-         \x20 float best = 0.0;\n\
-         \x20 uint pick = 0xffffffffu; // none yet\n\
-         \x20 // Eight loads in flight before the compares (a loop of one load at a time waits on each).\n\
-         \x20 for (uint i0 = t; i0 < V; i0 += 8u * {ARGMAX_THREADS}u) {{\n\
-         \x20   float x[8];\n\
-         \x20   for (uint u = 0u; u < 8u; u++) {{ uint i = i0 + u * {ARGMAX_THREADS}u; x[u] = i < V ? logits[at + i] : 0.0; }}\n\
-         \x20   for (uint u = 0u; u < 8u; u++) {{\n\
-         \x20     uint i = i0 + u * {ARGMAX_THREADS}u;\n\
-         \x20     if (i < V && !isnan(x[u]) && (pick == 0xffffffffu || x[u] > best)) {{ best = x[u]; pick = i; }}\n\
-         \x20   }}\n\
-         \x20 }}\n\
-         \x20 bv[t] = best;\n\
-         \x20 bi[t] = pick;\n\
+         shared bool last;\n\
+         const uint NONE = 0xffffffffu;\n\
+         // The picks of threads 0..{ARGMAX_THREADS} in bv / bi folded into bv[0] / bi[0].\n\
+         void fold(uint t) {{\n\
          \x20 barrier();\n\
          \x20 for (uint h = {half}u; h > 0u; h >>= 1u) {{\n\
          \x20   if (t < h) {{\n\
          \x20     float o = bv[t + h];\n\
          \x20     uint oi = bi[t + h];\n\
-         \x20     if (oi != 0xffffffffu && (bi[t] == 0xffffffffu || o > bv[t] || (o == bv[t] && oi < bi[t]))) {{ bv[t] = o; bi[t] = oi; }}\n\
+         \x20     if (oi != NONE && (bi[t] == NONE || o > bv[t] || (o == bv[t] && oi < bi[t]))) {{ bv[t] = o; bi[t] = oi; }}\n\
          \x20   }}\n\
          \x20   barrier();\n\
          \x20 }}\n\
-         \x20 if (t == 0u) ids[pc.base[1] + r] = bi[0] == 0xffffffffu ? 0u : bi[0];\n\
+         }}\n\
+         void main() {{\n\
+         \x20 uint g = gl_WorkGroupID.x, r = gl_WorkGroupID.y, t = gl_LocalInvocationID.x, at = pc.base[0] + r * V;\n\
+         \x20 uint span = (V + GROUPS - 1u) / GROUPS, lo = g * span, hi = min(lo + span, V);\n\
+         \x20 uint part = pc.base[1] + pc.cap + r * (2u * GROUPS + 1u), counter = part + 2u * GROUPS;\n\
+         \x20 float best = 0.0;\n\
+         \x20 uint pick = NONE;\n\
+         \x20 // Eight loads in flight before the compares (a loop of one load at a time waits on each).\n\
+         \x20 for (uint i0 = lo + t; i0 < hi; i0 += 8u * {ARGMAX_THREADS}u) {{\n\
+         \x20   float x[8];\n\
+         \x20   for (uint u = 0u; u < 8u; u++) {{ uint i = i0 + u * {ARGMAX_THREADS}u; x[u] = i < hi ? logits[at + i] : 0.0; }}\n\
+         \x20   for (uint u = 0u; u < 8u; u++) {{\n\
+         \x20     uint i = i0 + u * {ARGMAX_THREADS}u;\n\
+         \x20     if (i < hi && !isnan(x[u]) && (pick == NONE || x[u] > best)) {{ best = x[u]; pick = i; }}\n\
+         \x20   }}\n\
+         \x20 }}\n\
+         \x20 bv[t] = best;\n\
+         \x20 bi[t] = pick;\n\
+         \x20 fold(t);\n\
+         \x20 if (t == 0u) {{\n\
+         \x20   ids[part + 2u * g] = floatBitsToUint(bv[0]);\n\
+         \x20   ids[part + 2u * g + 1u] = bi[0];\n\
+         \x20   memoryBarrierBuffer();\n\
+         \x20   last = atomicAdd(ids[counter], 1u) == GROUPS - 1u;\n\
+         \x20 }}\n\
+         \x20 barrier();\n\
+         \x20 if (!last) return;\n\
+         \x20 memoryBarrierBuffer();\n\
+         \x20 bv[t] = t < GROUPS ? uintBitsToFloat(ids[part + 2u * t]) : 0.0;\n\
+         \x20 bi[t] = t < GROUPS ? ids[part + 2u * t + 1u] : NONE;\n\
+         \x20 fold(t);\n\
+         \x20 if (t == 0u) {{\n\
+         \x20   ids[pc.base[1] + r] = bi[0] == NONE ? 0u : bi[0];\n\
+         \x20   ids[counter] = 0u;\n\
+         \x20 }}\n\
          }}\n",
         half = ARGMAX_THREADS / 2
     );
@@ -1144,7 +1192,7 @@ pub struct AttentionShape {
 }
 
 /// `attention[_windowed]_<kv dtype>`: causal grouped-query attention of each query head over the positions it
-/// sees — the cache's before `pc.pos`, this execution's `k`/`v` rows from `pc.pos` on — with an online softmax
+/// sees — the cache's before `POS`, this execution's `k`/`v` rows from `POS` on — with an online softmax
 /// over chunks of keys: in prefill a workgroup takes 16 rows of a head ([`ATTN_TILE_ROWS`]) and chunks of 16
 /// keys (`TILED_ATTENTION`), in decode a row's keys split into ranges (`SPLIT_ATTENTION`).
 ///
@@ -1154,8 +1202,8 @@ pub struct AttentionShape {
 /// appends the execution's keys and values to the cache (work `[ceil(KVH * HD / 2 / 64), rows, 1]`), so no
 /// workgroup of pass 0 reads a slot another overwrites; of `pc.rows` rows that land on one ring slot (a window
 /// shorter than the execution) only the last is written. A launch of one row (a decode step) runs pass 2
-/// instead, over `[H, 1, splits]` with `pc.keep` = splits: it attends in key ranges and appends the row (see
-/// `SPLIT_ATTENTION`); with more than one range, pass 3 over `[H, 1, 1]` then combines them.
+/// instead, over `[H, 1, splits]` with `pc.keep` = splits: it attends in key ranges, appends the row and
+/// combines the ranges (see `SPLIT_ATTENTION`).
 pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     let mut s = String::new();
     header(&mut s, ATTN_THREADS, 1);
@@ -1164,6 +1212,7 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     f32_buffer(&mut s, 2, "v", "readonly");
     u32_buffer(&mut s, 3, "kv", "");
     f32_buffer(&mut s, 4, "y", "");
+    position(&mut s);
     def_uint(&mut s, "H", shape.heads);
     def_uint(&mut s, "KVH", shape.kv_heads);
     def_uint(&mut s, "HD", shape.head_dim);
@@ -1185,6 +1234,8 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
     }
     assert!(attention_head_fits(shape.head_dim), "attention heads of an even dimension up to {MAX_HEAD_DIM}");
     def_uint(&mut s, "SPLIT_KEYS", ATTN_SPLIT_KEYS);
+    def_uint(&mut s, "SPLIT_ROWS", ATTN_SPLIT_ROWS);
+    def_uint(&mut s, "MAX_SPLITS", ATTN_MAX_SPLITS);
     // Words of the keys and values before the split partials.
     def_uint(
         &mut s,
@@ -1205,21 +1256,21 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          void append() {{\n\
          \x20 uint i = gl_GlobalInvocationID.x, r = gl_WorkGroupID.y;\n\
          \x20 if (i >= KVH * HD / 2u || r + pc.cap < pc.rows) return; // a row a later one of the ring overwrites\n\
-         \x20 uint g = (2u * i) / HD, d = (2u * i) % HD, p = pc.pos + r;\n\
+         \x20 uint g = (2u * i) / HD, d = (2u * i) % HD, p = POS + r;\n\
          \x20 uint src = r * KVH * HD + g * HD + d;\n\
          \x20 uint dst = (g * pc.cap + p % pc.cap) * HD + d, vals = KVH * pc.cap * HD;\n\
          \x20 kv_put2(dst, k[pc.base[1] + src], k[pc.base[1] + src + 1u]);\n\
          \x20 kv_put2(vals + dst, v[pc.base[2] + src], v[pc.base[2] + src + 1u]);\n\
          }}\n\
-         // Value `d` of position `j`: from the cache before pc.pos, from this execution's rows after.\n\
+         // Value `d` of position `j`: from the cache before POS, from this execution's rows after.\n\
          float value(uint g, uint j, uint d) {{\n\
-         \x20 return j < pc.pos ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[2] + (j - pc.pos) * KVH * HD + g * HD + d];\n\
+         \x20 return j < POS ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[2] + (j - POS) * KVH * HD + g * HD + d];\n\
          }}\n\
          {TILED_ATTENTION}\
          void main() {{\n\
+         {SET_POS}\
          \x20 if (pc.pass == 1u) {{ append(); return; }}\n\
          \x20 if (pc.pass == 2u) {{ attend_split(); return; }}\n\
-         \x20 if (pc.pass == 3u) {{ combine_splits(); return; }}\n\
          \x20 attend_tiled();\n\
          }}\n"
     );
@@ -1242,9 +1293,9 @@ void attend_tiled() {
   uint r = r0 + qi, last = min(r0 + QT, pc.rows) - 1u;
   bool live = r < pc.rows;
   // This row's visible keys (a row past the launch's takes the last one's), and the tile's.
-  uint p = pc.pos + min(r, last);
+  uint p = POS + min(r, last);
   uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;
-  uint p0 = pc.pos + r0, plast = pc.pos + last;
+  uint p0 = POS + r0, plast = POS + last;
   uint lo = (WINDOW != 0u && p0 + 1u > WINDOW) ? p0 + 1u - WINDOW : 0u;
   uint qa = pc.base[0] + min(r, last) * H * HD + h * HD;
   float m = uintBitsToFloat(0xff7fffffu), l = 0.0;
@@ -1290,33 +1341,46 @@ void attend_tiled() {
 }
 ";
 
-/// The split-key passes of [`attention`] (pass 2 attends one key range per workgroup along z and appends the
-/// row to the cache, pass 3 folds the ranges together), for launches of one row ([`ATTN_SPLIT_ROWS`]). A workgroup takes chunks of
-/// `SPLIT_KEYS` keys of its range: four threads score each key (every fourth dimension pair), and each thread
-/// then folds one dimension pair of every `SUBSETS`-th key's value into its sums. With one split it writes the
-/// result; otherwise it writes its maximum, its sum of exponentials and its weighted values to the partials
-/// after the cache's keys and values (row, head, split) for pass 3, which rescales them to their common
-/// maximum. An empty range writes a maximum of -FLT_MAX and zero sums, which pass 3 weighs by exp(-huge) = 0.
+/// The split-key pass of [`attention`] (pass 2: one key range per workgroup along z, which also appends the
+/// row to the cache), for launches of one row ([`ATTN_SPLIT_ROWS`]). A workgroup takes chunks of `SPLIT_KEYS`
+/// keys of its range: four threads score each key (every fourth dimension pair), and each thread then folds
+/// one dimension pair of every `SUBSETS`-th key's value into its sums. With one split it writes the result;
+/// otherwise it writes its maximum, its sum of exponentials and its weighted values to the partials after the
+/// cache's keys and values (row, head, split) and counts itself done on the head's counter after them; the
+/// last range of a head to finish rescales all the head's partials to their common maximum and writes the
+/// result (no second launch). An empty range writes a maximum of -FLT_MAX and zero sums, which the combining
+/// weighs by exp(-huge) = 0.
 const SPLIT_ATTENTION: &str = "\
 #define PAIRS (HD / 2u)
 #define SUBSETS (256u / PAIRS)
 shared float vpart[512];
+shared bool last_range;
+shared float zw[MAX_SPLITS], zl[MAX_SPLITS];
 uint split_at(uint r, uint h, uint z, uint splits) {
   return pc.base[3] + KV_WORDS_PER_SLOT * pc.cap + ((r * H + h) * splits + z) * (HD + 2u);
 }
+// The count of a head's ranges done, after the largest launch's partials.
+uint split_counter(uint r, uint h) {
+  return pc.base[3] + KV_WORDS_PER_SLOT * pc.cap + SPLIT_ROWS * H * MAX_SPLITS * (HD + 2u) + r * H + h;
+}
+void combine_splits(uint r, uint h, uint splits);
+// The partials one workgroup writes and another reads within a launch, through atomics (which every device
+// keeps coherent; the cache itself is read plainly, through whatever caches the device has).
+void put_part(uint at, uint v) { atomicExchange(kv[at], v); }
+uint get_part(uint at) { return atomicAdd(kv[at], 0u); }
 vec2 key2(uint g, uint j, uint d) {
-  if (j < pc.pos) return kv_get2((g * pc.cap + j % pc.cap) * HD + d);
-  uint ra = pc.base[1] + (j - pc.pos) * KVH * HD + g * HD + d;
+  if (j < POS) return kv_get2((g * pc.cap + j % pc.cap) * HD + d);
+  uint ra = pc.base[1] + (j - POS) * KVH * HD + g * HD + d;
   return vec2(k[ra], k[ra + 1u]);
 }
 vec2 value2(uint g, uint j, uint d) {
-  if (j < pc.pos) return kv_get2(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d);
-  uint ra = pc.base[2] + (j - pc.pos) * KVH * HD + g * HD + d;
+  if (j < POS) return kv_get2(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d);
+  uint ra = pc.base[2] + (j - POS) * KVH * HD + g * HD + d;
   return vec2(v[ra], v[ra + 1u]);
 }
 void attend_split() {
   uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, z = gl_WorkGroupID.z, splits = gl_NumWorkGroups.z;
-  uint lane = gl_LocalInvocationID.x, g = h / (H / KVH), p = pc.pos + r;
+  uint lane = gl_LocalInvocationID.x, g = h / (H / KVH), p = POS + r;
   uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;
   uint per = (p + 1u - first + splits - 1u) / splits;
   uint lo = first + z * per, hi = min(lo + per, p + 1u);
@@ -1362,35 +1426,49 @@ void attend_split() {
   }
   if (sub < SUBSETS) { vpart[2u * (sub * PAIRS + pair)] = acc.x; vpart[2u * (sub * PAIRS + pair) + 1u] = acc.y; }
   barrier();
-  if (lane >= PAIRS) return;
   vec2 o = vec2(0.0);
-  for (uint t = 0u; t < SUBSETS; t++) o += vec2(vpart[2u * (t * PAIRS + lane)], vpart[2u * (t * PAIRS + lane) + 1u]);
+  if (lane < PAIRS)
+    for (uint t = 0u; t < SUBSETS; t++) o += vec2(vpart[2u * (t * PAIRS + lane)], vpart[2u * (t * PAIRS + lane) + 1u]);
   if (splits == 1u) {
+    if (lane >= PAIRS) return;
     uint ya = pc.base[4] + r * H * HD + h * HD + 2u * lane;
     y[ya] = o.x / l;
     y[ya + 1u] = o.y / l;
     return;
   }
   uint at = split_at(r, h, z, splits);
-  if (lane == 0u) { kv[at] = floatBitsToUint(m); kv[at + 1u] = floatBitsToUint(l); }
-  kv[at + 2u + 2u * lane] = floatBitsToUint(o.x);
-  kv[at + 3u + 2u * lane] = floatBitsToUint(o.y);
+  if (lane == 0u) { put_part(at, floatBitsToUint(m)); put_part(at + 1u, floatBitsToUint(l)); }
+  if (lane < PAIRS) { put_part(at + 2u + 2u * lane, floatBitsToUint(o.x)); put_part(at + 3u + 2u * lane, floatBitsToUint(o.y)); }
+  // The last range of the head to finish (its counter says which) combines them all, and leaves the counter
+  // at zero for the next launch.
+  memoryBarrierBuffer();
+  barrier();
+  uint counter = split_counter(r, h);
+  if (lane == 0u) last_range = atomicAdd(kv[counter], 1u) == splits - 1u;
+  barrier();
+  if (!last_range) return;
+  memoryBarrierBuffer();
+  combine_splits(r, h, splits);
+  if (lane == 0u) atomicExchange(kv[counter], 0u);
 }
-void combine_splits() {
-  uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, lane = gl_LocalInvocationID.x, splits = pc.keep;
+void combine_splits(uint r, uint h, uint splits) {
+  uint lane = gl_LocalInvocationID.x;
+  // Thread z < splits takes range z's maximum, then its weight exp(max_z - max) and weighted sum.
+  if (lane < splits) zw[lane] = uintBitsToFloat(get_part(split_at(r, h, lane, splits)));
+  barrier();
   float mx = uintBitsToFloat(0xff7fffffu), l = 0.0;
-  for (uint z = 0u; z < splits; z++) mx = max(mx, uintBitsToFloat(kv[split_at(r, h, z, splits)]));
-  for (uint z = 0u; z < splits; z++) {
-    uint at = split_at(r, h, z, splits);
-    l += exp(uintBitsToFloat(kv[at]) - mx) * uintBitsToFloat(kv[at + 1u]);
+  for (uint z = 0u; z < splits; z++) mx = max(mx, zw[z]);
+  barrier();
+  if (lane < splits) {
+    zw[lane] = exp(zw[lane] - mx);
+    zl[lane] = zw[lane] * uintBitsToFloat(get_part(split_at(r, h, lane, splits) + 1u));
   }
+  barrier();
+  for (uint z = 0u; z < splits; z++) l += zl[z];
   uint ya = pc.base[4] + r * H * HD + h * HD;
   for (uint d = lane; d < HD; d += 256u) {
     float o = 0.0;
-    for (uint z = 0u; z < splits; z++) {
-      uint at = split_at(r, h, z, splits);
-      o += exp(uintBitsToFloat(kv[at]) - mx) * uintBitsToFloat(kv[at + 2u + d]);
-    }
+    for (uint z = 0u; z < splits; z++) o += zw[z] * uintBitsToFloat(get_part(split_at(r, h, z, splits) + 2u + d));
     y[ya + d] = o / l;
   }
 }

@@ -291,7 +291,7 @@ pub fn argmax_kernel(module: &Module, kernels: &mut KernelTable) -> Result<Kerne
         buffers: 2,
         writes: vec![1],
         workgroup: [glsl::ARGMAX_THREADS, 1, 1],
-        work: [Expr::R, Expr::Const(1), Expr::Const(1)],
+        work: [Expr::Const(glsl::ARGMAX_GROUPS as u64), Expr::R, Expr::Const(1)],
     })
 }
 
