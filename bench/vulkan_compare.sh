@@ -4,6 +4,7 @@
 #
 #   bench/vulkan_compare.sh KIT_DIR OUT_DIR [MODELS] [QUANTS] [PROMPT_LEN] [GEN] [ROUNDS]
 #     defaults: llama-3.2-1b  q4_0,q8_0  512  128  3
+#     QUANTS: q4_0, q8_0, f16 (llama.cpp: the bf16 GGUF quantized with llama-quantize --pure to that type)
 #     MODELS: names bench/make_checkpoints.py knows, or checkpoint directories (tests/fixtures/llama_gqa)
 #
 # KIT_DIR holds (bench/vulkan_kit.sh makes it on the build machine):
@@ -48,7 +49,7 @@ run() {
 }
 
 declare -A pre=([qwen3-0.6b]=qwen2 [llama-3.2-1b]=llama-bpe [gemma-3-1b]=llama-bpe [llama-3.1-8b]=llama-bpe)
-declare -A qtype=([q4_0]=Q4_0 [q8_0]=Q8_0)
+declare -A qtype=([q4_0]=Q4_0 [q8_0]=Q8_0 [f16]=F16)
 
 [ -x "$work/peer/llama-bench" ] || tar xJf "$kit/peer.tar.xz" -C "$work/peer"
 [ -f "$work/conv/convert_hf_to_gguf.py" ] || tar xJf "$kit/convert.tar.xz" -C "$work/conv"

@@ -24,6 +24,9 @@ pub struct DeviceProfile {
     /// VK_KHR_cooperative_matrix shapes at subgroup scope, `MxNxK:A/C` (`16x16x16:f16/f32`).
     #[serde(default)]
     pub cooperative_matrix: Vec<String>,
+    /// Whether shaders have packed 4x8-bit integer dot products (VK_KHR_shader_integer_dot_product).
+    #[serde(default)]
+    pub integer_dot: bool,
 }
 
 /// The cooperative-matrix shape the prefill GEMM is written for: f16 operands, f32 accumulators.
@@ -39,6 +42,8 @@ pub enum Feature {
     CooperativeMatrix(String),
     /// Shared memory per workgroup beyond the 16 KiB every device has, in bytes.
     SharedMemory(u32),
+    /// Packed 4x8-bit integer dot products in shaders (VK_KHR_shader_integer_dot_product).
+    IntegerDot,
 }
 
 impl std::fmt::Display for Feature {
@@ -47,6 +52,7 @@ impl std::fmt::Display for Feature {
             Feature::SubgroupShuffle => write!(f, "subgroup shuffles in compute shaders"),
             Feature::CooperativeMatrix(s) => write!(f, "cooperative matrices of {s}"),
             Feature::SharedMemory(b) => write!(f, "{b} bytes of shared memory per workgroup"),
+            Feature::IntegerDot => write!(f, "integer dot products (VK_KHR_shader_integer_dot_product)"),
         }
     }
 }
@@ -63,6 +69,7 @@ impl DeviceProfile {
             subgroup_size: 0,
             max_shared_bytes: MIN_SHARED_BYTES,
             cooperative_matrix: Vec::new(),
+            integer_dot: false,
         }
     }
 
@@ -71,6 +78,7 @@ impl DeviceProfile {
             Feature::SubgroupShuffle => self.subgroup_shuffle,
             Feature::CooperativeMatrix(s) => self.cooperative_matrix.iter().any(|c| c == s),
             Feature::SharedMemory(b) => *b <= self.max_shared_bytes,
+            Feature::IntegerDot => self.integer_dot,
         }
     }
 
@@ -118,6 +126,8 @@ mod probe {
         pub subgroup_shuffle: bool,
         /// `maxComputeSharedMemorySize`.
         pub max_shared_bytes: u32,
+        /// VK_KHR_shader_integer_dot_product with its `shaderIntegerDotProduct` feature.
+        pub integer_dot: bool,
     }
 
     impl DeviceInfo {
@@ -129,6 +139,7 @@ mod probe {
                 subgroup_size: self.subgroup_size,
                 max_shared_bytes: self.max_shared_bytes,
                 cooperative_matrix: self.cooperative_matrix.clone(),
+                integer_dot: self.integer_dot,
             }
         }
     }
@@ -227,7 +238,22 @@ mod probe {
                     .supported_operations
                     .contains(vk::SubgroupFeatureFlags::BASIC | vk::SubgroupFeatureFlags::SHUFFLE),
             max_shared_bytes: p.limits.max_compute_shared_memory_size,
+            integer_dot: integer_dot(instance, pd),
         }
+    }
+
+    /// Whether the device has VK_KHR_shader_integer_dot_product and its feature.
+    fn integer_dot(instance: &ash::Instance, pd: vk::PhysicalDevice) -> bool {
+        // SAFETY: `pd` came from this instance.
+        let exts = unsafe { instance.enumerate_device_extension_properties(pd) }.unwrap_or_default();
+        if !exts.iter().any(|e| e.extension_name_as_c_str() == Ok(vk::KHR_SHADER_INTEGER_DOT_PRODUCT_NAME)) {
+            return false;
+        }
+        let mut dot = vk::PhysicalDeviceShaderIntegerDotProductFeatures::default();
+        let mut query = vk::PhysicalDeviceFeatures2::default().push_next(&mut dot);
+        // SAFETY: the device has the extension, so the chained structure is known to it; both are writable.
+        unsafe { instance.get_physical_device_features2(pd, &mut query) };
+        dot.shader_integer_dot_product == vk::TRUE
     }
 
     /// Every Vulkan device of this machine, in the loader's order (what `vulkan:N` counts).

@@ -204,8 +204,9 @@ pub fn list_devices() -> Vec<String> {
             } else {
                 format!("cooperative matrices {}", d.cooperative_matrix.join(" "))
             };
+            let dot = if d.integer_dot { "integer dot products" } else { "no integer dot products" };
             format!(
-                "{:<10} {} ({}, Vulkan {ma}.{mi}.{pa}), {:.1} GiB device-local, subgroup {}, binds up to {} MiB, {coop}",
+                "{:<10} {} ({}, Vulkan {ma}.{mi}.{pa}), {:.1} GiB device-local, subgroup {}, binds up to {} MiB, {coop}, {dot}",
                 format!("vulkan:{i}"),
                 d.name,
                 d.kind,

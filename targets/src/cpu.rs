@@ -82,6 +82,7 @@ pub fn lower_phase(module: &Module, g: &Graph, kernels: &mut KernelTable) -> Pla
             fuse_norm: false,
             fuse_residual: false,
             pair_ropes: false,
+            rope_attention: false,
             glu_columns: None,
         },
         |ops, cols, rows| {

@@ -40,6 +40,9 @@ pub(crate) struct Lowering {
     pub fuse_residual: bool,
     /// Two RoPEs of one table side by side (a layer's q and k) share a launch.
     pub pair_ropes: bool,
+    /// Such a pair fuses into the launch of the attention right after it that alone reads them, as its q and
+    /// k (with [`Lowering::pair_ropes`]).
+    pub rope_attention: bool,
     /// A GLU fuses behind the two matmuls (gate, up; one format) that alone feed it, when their operand's
     /// columns are a multiple of this; `None` never.
     pub glu_columns: Option<u64>,
@@ -169,6 +172,24 @@ pub(crate) fn lower_steps(
             _ => false,
         }
     };
+    // Whether the paired ropes at order[i] and order[i + 1] fuse into the attention at order[i + 2]: its q and
+    // k, in that order, read by it alone, within the binding limit (two ropes' four buffers, attention's five),
+    // and its result on neither rope's operand (the fused kernel reads them while other workgroups write it).
+    let fuses_rope_attention = |i: usize| -> bool {
+        let (Some(&a), Some(&b), Some(&n)) = (order.get(i), order.get(i + 1), order.get(i + 2)) else {
+            return false;
+        };
+        let Op::Attention { .. } = g.g[n].op else { return false };
+        let y = slot(n);
+        how.rope_attention
+            && pairs_ropes(i)
+            && g.inputs(n)[..2] == [a, b]
+            && g.users(a) == [n]
+            && g.users(b) == [n]
+            && !overlaps(&y, &slot(g.inputs(a)[0]))
+            && !overlaps(&y, &slot(g.inputs(b)[0]))
+            && how.group.is_some_and(|most| 4 + 5 <= most)
+    };
     // Whether the GLU at order[i] fuses behind the two matmuls before it (with a norm in front of them when
     // `norm`): its operands are their results, gate first, it is their only reader, they are of one format,
     // the operand's columns suit the kernel, the bindings fit, and its result does not land on what the
@@ -203,7 +224,12 @@ pub(crate) fn lower_steps(
             units.push(&order[i..i + 1]);
             i += 1;
         }
-        let group = if units.is_empty() && pairs_ropes(i) {
+        let group = if units.is_empty() && fuses_rope_attention(i) {
+            units.push(&order[i..i + 1]);
+            units.push(&order[i + 1..i + 2]);
+            i += 2;
+            1
+        } else if units.is_empty() && pairs_ropes(i) {
             units.push(&order[i..i + 1]);
             i += 1;
             1

@@ -50,7 +50,7 @@ fn decode_vs_prefill(plan: &Path, ids: &[u32], vocab: usize, device: DeviceKind)
 
 #[test]
 fn decoding_through_the_cache_equals_one_prefill_pass() {
-    decode_equals_prefill(Target::Cpu, DeviceKind::Cpu, &fixtures(), &WeightFormat::ALL, STEPS);
+    decode_equals_prefill(Target::Cpu, DeviceKind::Cpu, &fixtures(), &WeightFormat::ALL, STEPS, tolerance);
 }
 
 /// On the GPU: the fixtures with sliding windows (Mistral, Gemma 3's mixed layers) and grouped and multi-head
@@ -59,10 +59,17 @@ fn decoding_through_the_cache_equals_one_prefill_pass() {
 fn decoding_on_the_gpu_equals_one_prefill_pass() {
     let names: Vec<String> =
         ["mistral_sliding", "gemma3_layer_types", "llama_mha", "qwen3_qknorm"].map(String::from).to_vec();
-    decode_equals_prefill(Target::Vulkan, DeviceKind::Vulkan(0), &names, &WeightFormat::ALL, GPU_STEPS);
+    decode_equals_prefill(Target::Vulkan, DeviceKind::Vulkan(0), &names, &WeightFormat::ALL, GPU_STEPS, gpu_tolerance);
 }
 
-fn decode_equals_prefill(target: Target, device: DeviceKind, names: &[String], formats: &[WeightFormat], steps: usize) {
+fn decode_equals_prefill(
+    target: Target,
+    device: DeviceKind,
+    names: &[String],
+    formats: &[WeightFormat],
+    steps: usize,
+    tolerance: fn(WeightFormat, DType) -> f32,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut report = Vec::new();
     for name in names {
@@ -115,5 +122,18 @@ fn tolerance(weights: WeightFormat, kv: DType) -> f32 {
         (false, _) => 1e-2,
         (true, DType::F32) => 3e-2,
         (true, _) => 0.25,
+    }
+}
+
+/// [`tolerance`] on the GPU, where a device with integer dot products (lavapipe has them) runs decode's
+/// q8_0/q4_0 matmuls on int8 activations, as the CPU does in both phases, while the GPU's prefill GEMM keeps f32
+/// activations: the two passes then differ by the activations' quantization on one side, which these tiny
+/// random models amplify as they do an f16 cache's rounding — measured 5.4e-2 to 8.7e-2 with either cache
+/// (the kernels themselves are held to 1e-5 of an int8-activation reference in `vulkan_kernels`).
+fn gpu_tolerance(weights: WeightFormat, kv: DType) -> f32 {
+    if weights.is_quantized() {
+        0.25
+    } else {
+        tolerance(weights, kv)
     }
 }

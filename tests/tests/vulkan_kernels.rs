@@ -95,18 +95,53 @@ fn encode_matrix(format: WeightFormat, w: &[f32], rows: usize, k: usize) -> (Vec
 }
 
 /// Every way a matmul kernel walks its rows that this device runs: tiled (prefill), with cooperative matrices
-/// where the device has them, and row by row (decode), with subgroup shuffles where it has them.
+/// where the device has them, and row by row (decode), with subgroup shuffles and integer dot products where
+/// it has them.
 fn paths(gpu: &Gpu) -> Vec<MatPath> {
     let profile = gpu.info().profile();
     let mut v = vec![MatPath::Tiled, MatPath::RowByRow];
-    for (path, needs) in
-        [(MatPath::TiledCoop, MatPath::TiledCoop.requires()), (MatPath::RowByRowSg, MatPath::RowByRowSg.requires())]
-    {
-        if profile.missing(&needs).is_none() {
+    for path in [MatPath::TiledCoop, MatPath::RowByRowSg, MatPath::RowByRowDot] {
+        if profile.missing(&path.requires()).is_none() {
             v.push(path);
         }
     }
     v
+}
+
+/// Whether a kernel of `path` multiplies `format` weights by int8 activations: the integer-dot path's
+/// quantized matrices (every shape these tests use fits its staging).
+fn int8_acts(path: MatPath, format: WeightFormat) -> bool {
+    path == MatPath::RowByRowDot && format.is_quantized()
+}
+
+/// The operand a launch's matrices see, in f64: rows of `k` of `x` itself, or normalized by an RMSNorm of
+/// (eps, unit offset) with weight `gain`; with `int8`, what the integer-dot path multiplies instead — each
+/// row (times the norm's weight) quantized to int8 blocks of 32 as the CPU's q8_0 activations are (`amax`,
+/// `q = round_ties_even(v * 127 / amax)`, scale `amax / 127`, in f32), the norm's 1 / rms applied after.
+fn operand(x: &[f32], gain: &[f32], k: usize, norm: Option<(f32, bool)>, int8: bool) -> Vec<f64> {
+    if !int8 {
+        return normed(x, gain, k, norm);
+    }
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(k) {
+        let v: Vec<f32> = match norm {
+            Some((_, unit)) => row.iter().zip(gain).map(|(&a, &g)| a * (g + if unit { 1.0 } else { 0.0 })).collect(),
+            None => row.to_vec(),
+        };
+        let inv_rms = match norm {
+            Some((eps, _)) => {
+                1.0 / (row.iter().map(|&a| a as f64 * a as f64).sum::<f64>() / k as f64 + eps as f64).sqrt()
+            }
+            None => 1.0,
+        };
+        for block in v.chunks(32) {
+            let amax = block.iter().fold(0f32, |m, a| m.max(a.abs()));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let d = amax / 127.0;
+            out.extend(block.iter().map(|&a| (a * id).round_ties_even() as f64 * d as f64 * inv_rms));
+        }
+    }
+    out
 }
 
 /// The tolerance of a matmul path for weights of `format`, relative to max |y|: the cooperative-matrix GEMM
@@ -156,10 +191,11 @@ fn matmul_per_format_with_and_without_bias() {
         for (bias, path) in [false, true].into_iter().flat_map(|b| paths.iter().map(move |&p| (b, p))) {
             let (x, w, b) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n));
             let (wbytes, wd) = encode_matrix(format, &w, n, k);
+            let xs = operand(&x, &[], k, None, int8_acts(path, format) && k.is_multiple_of(32));
             let want: Vec<f64> = (0..rows * n)
                 .map(|e| {
                     let (r, o) = (e / n, e % n);
-                    let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * wd[o * k + i] as f64).sum();
+                    let dot: f64 = (0..k).map(|i| xs[r * k + i] * wd[o * k + i] as f64).sum();
                     dot + if bias { b[o] as f64 } else { 0.0 }
                 })
                 .collect();
@@ -217,7 +253,7 @@ fn matmul_group_computes_each_member() {
             [(20usize, false), (9, true), (16, false)].map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
         let x = rng.vec(rows * k);
         let gain = rng.vec(k);
-        let xs = normed(&x, &gain, k, norm);
+        let xs = operand(&x, &gain, k, norm, int8_acts(path, format));
         let mut bufs = vec![buffer_at(&gpu, 2, &words(&x))];
         let mut pads = vec![2u32];
         if norm.is_some() {
@@ -282,10 +318,11 @@ fn matmul_with_a_residual_epilogue() {
     {
         let (x, w, b, res) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n), rng.vec(rows * n));
         let (wbytes, wd) = encode_matrix(format, &w, n, k);
+        let xs = operand(&x, &[], k, None, int8_acts(path, format));
         let want: Vec<f64> = (0..rows * n)
             .map(|e| {
                 let (r, o) = (e / n, e % n);
-                let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * wd[o * k + i] as f64).sum();
+                let dot: f64 = (0..k).map(|i| xs[r * k + i] * wd[o * k + i] as f64).sum();
                 dot + if bias { b[o] as f64 } else { 0.0 } + res[e] as f64
             })
             .collect();
@@ -327,8 +364,10 @@ fn gate_and_up_with_the_glu_fused_behind_them() {
         (9, 11, Some((1e-5, false)), false),
         (33, 3, None, true),
     ];
-    let rows_paths: Vec<MatPath> =
-        paths(&gpu).into_iter().filter(|p| matches!(p, MatPath::RowByRow | MatPath::RowByRowSg)).collect();
+    let rows_paths: Vec<MatPath> = paths(&gpu)
+        .into_iter()
+        .filter(|p| matches!(p, MatPath::RowByRow | MatPath::RowByRowSg | MatPath::RowByRowDot))
+        .collect();
     for (path, format, act, (n, rows, norm, bias)) in FORMATS
         .into_iter()
         .flat_map(|f| [Activation::Silu, Activation::GeluTanh].map(|a| (f, a)))
@@ -337,7 +376,7 @@ fn gate_and_up_with_the_glu_fused_behind_them() {
     {
         let x = rng.vec(rows * k);
         let gain = rng.vec(k);
-        let xs = normed(&x, &gain, k, norm);
+        let xs = operand(&x, &gain, k, norm, int8_acts(path, format));
         let mut bufs = vec![buffer_at(&gpu, 2, &words(&x))];
         let mut pads = vec![2u32];
         let poison = |len: usize| words(&vec![f32::NAN; len]);
@@ -605,9 +644,6 @@ fn check_attention(kv_f16: bool, shape: AttentionShape, rows: usize, pos: usize,
     check_attention_split(kv_f16, shape, rows, pos, cap, 0, seed)
 }
 
-/// [`check_attention`] of one row through the split passes when `splits > 0`: pass 2 over `splits` key ranges
-/// (appending the row), which with more than one range also combines them (the partials after the cache in
-/// its binding).
 fn check_attention_split(
     kv_f16: bool,
     shape: AttentionShape,
@@ -617,11 +653,52 @@ fn check_attention_split(
     splits: u32,
     seed: u64,
 ) {
+    check_attention_with(kv_f16, shape, rows, pos, cap, splits, None, seed)
+}
+
+/// Rows of `width` rotate-half rotated to positions `pos..`, in f32 as the reference (and the kernels) do.
+fn rotate(x: &[f32], width: usize, hd: usize, pos: usize, inv: &[f32]) -> Vec<f32> {
+    let mut y = x.to_vec();
+    for (r, row) in y.chunks_mut(width).enumerate() {
+        let src = &x[r * width..(r + 1) * width];
+        for h in (0..width).step_by(hd) {
+            for f in 0..hd / 2 {
+                let angle = (pos + r) as f32 * inv[f];
+                let (c, sn) = (angle.cos(), angle.sin());
+                let (a, b) = (src[h + f], src[h + f + hd / 2]);
+                row[h + f] = a * c - b * sn;
+                row[h + f + hd / 2] = b * c + a * sn;
+            }
+        }
+    }
+    y
+}
+
+/// [`check_attention`] of one row through the split passes when `splits > 0`: pass 2 over `splits` key ranges
+/// (appending the row), which with more than one range also combines them (the partials after the cache in
+/// its binding). With `rope` (an inverse-frequency table), the RoPE-fused kernel gets q and k unrotated, and
+/// the reference rotates them first (the cache must hold the rotated key).
+#[allow(clippy::too_many_arguments)]
+fn check_attention_with(
+    kv_f16: bool,
+    shape: AttentionShape,
+    rows: usize,
+    pos: usize,
+    cap: usize,
+    splits: u32,
+    rope: Option<&[f32]>,
+    seed: u64,
+) {
     let gpu = gpu();
     let mut rng = Rng(seed);
     let (h, kvh, hd) = (shape.heads as usize, shape.kv_heads as usize, shape.head_dim as usize);
-    let q = rng.vec(rows * h * hd);
-    let (k, v) = (rng.vec(rows * kvh * hd), rng.vec(rows * kvh * hd));
+    let q_in = rng.vec(rows * h * hd);
+    let (k_in, v) = (rng.vec(rows * kvh * hd), rng.vec(rows * kvh * hd));
+    // What attention itself sees: q and k rotated where the kernel rotates them.
+    let (q, k) = match rope {
+        Some(inv) => (rotate(&q_in, h * hd, hd, pos, inv), rotate(&k_in, kvh * hd, hd, pos, inv)),
+        None => (q_in.clone(), k_in.clone()),
+    };
     // The cache as stored, and as the kernel reads it back (f16 rounds each value).
     let round = |x: f32| if kv_f16 { half_round(x) } else { x };
     let cache: Vec<f32> = rng.vec(2 * kvh * cap * hd).into_iter().map(round).collect();
@@ -656,7 +733,8 @@ fn check_attention_split(
             }
         }
     }
-    let (qb, kb, vb) = (buffer_at(&gpu, 1, &words(&q)), buffer_at(&gpu, 2, &words(&k)), buffer_at(&gpu, 3, &words(&v)));
+    let (qb, kb, vb) =
+        (buffer_at(&gpu, 1, &words(&q_in)), buffer_at(&gpu, 2, &words(&k_in)), buffer_at(&gpu, 3, &words(&v)));
     // Room for the split partials after the cache, poisoned so that a partial read before it is written shows.
     let mut with_scratch = cache_bytes.clone();
     // The partials of the largest launch, then the heads' counters (zero, as the cache is allocated).
@@ -664,10 +742,16 @@ fn check_attention_split(
     with_scratch.extend(vec![0u8; rows * h * 4]);
     let cb = buffer_at(&gpu, 4, &with_scratch);
     let yb = buffer_at(&gpu, 5, &words(&vec![f32::NAN; rows * h * hd]));
-    let src = glsl::attention(kv_f16, shape);
-    let bufs = [&qb, &kb, &vb, &cb, &yb];
-    let pads = [1, 2, 3, 4, 5];
-    let name = format!("attention kv_f16={kv_f16} window={:?} splits={splits}", shape.window);
+    let unused = buffer_at(&gpu, 0, &[0; 4]);
+    let (src, bufs, pads) = match rope {
+        Some(inv) => (
+            glsl::rope_attention(kv_f16, shape, inv),
+            vec![&qb, &unused, &kb, &unused, &unused, &unused, &vb, &cb, &yb],
+            vec![1, 0, 2, 0, 0, 0, 3, 4, 5],
+        ),
+        None => (glsl::attention(kv_f16, shape), vec![&qb, &kb, &vb, &cb, &yb], vec![1, 2, 3, 4, 5]),
+    };
+    let name = format!("attention kv_f16={kv_f16} window={:?} splits={splits} rope={}", shape.window, rope.is_some());
     let (r32, p32, c32) = (rows as u32, pos as u32, cap as u32);
     if splits > 0 {
         // One row: the ranges' pass appends it too.
@@ -699,7 +783,14 @@ fn check_attention_split(
             for d in 0..hd {
                 let at = (g * cap + slot) * hd + d;
                 let src_at = r * kvh * hd + g * hd + d;
-                assert_eq!(stored[at], round(k[src_at]), "{name}: key of row {r}, kv head {g}, dim {d}");
+                if rope.is_some() {
+                    // The key rotated on the GPU: its cos and sin may differ from the host's in the last bits.
+                    let tol = if kv_f16 { 2e-3 } else { 2e-6 } * (1.0 + k[src_at].abs());
+                    let err = (stored[at] - k[src_at]).abs();
+                    assert!(err <= tol, "{name}: rotated key of row {r}, kv head {g}, dim {d}: off by {err}");
+                } else {
+                    assert_eq!(stored[at], round(k[src_at]), "{name}: key of row {r}, kv head {g}, dim {d}");
+                }
                 assert_eq!(stored[vals + at], round(v[src_at]), "{name}: value of row {r}, kv head {g}, dim {d}");
             }
         }
@@ -773,6 +864,20 @@ fn split_key_attention_of_decode_rows() {
     // One range: the split pass writes the result itself; and the first position of a sequence.
     check_attention_split(false, GQA, 1, 40, 48, 1, 27);
     check_attention_split(true, GQA, 1, 0, 8, 1, 28);
+}
+
+#[test]
+fn rope_fused_decode_attention_rotates_q_and_k_as_it_reads_them() {
+    let inv = |hd: usize| -> Vec<f32> { (0..hd / 2).map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32)).collect() };
+    // Several ranges and one, f32 and f16 caches, a far position (large angles), a head of 256 dimensions, a
+    // window over a wrapped ring, and position 0 (the row's own key alone).
+    check_attention_with(false, GQA, 1, 600, 640, 10, Some(&inv(16)), 30);
+    check_attention_with(true, GQA, 1, 5000, 5008, 4, Some(&inv(16)), 31);
+    check_attention_with(false, GQA, 1, 40, 48, 1, Some(&inv(16)), 32);
+    let wide = AttentionShape { head_dim: 256, heads: 2, kv_heads: 2, ..GQA };
+    check_attention_with(true, wide, 1, 200, 210, 2, Some(&inv(256)), 33);
+    check_attention_with(false, AttentionShape { window: Some(6), ..GQA }, 1, 30, 6, 2, Some(&inv(16)), 34);
+    check_attention_with(true, GQA, 1, 0, 8, 1, Some(&inv(16)), 35);
 }
 
 #[test]

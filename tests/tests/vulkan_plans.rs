@@ -42,7 +42,8 @@ fn every_launch_of_a_vulkan_plan_is_a_spirv_kernel_of_its_section() {
     for p in &h.phases {
         for s in &p.steps {
             // One op, a group of matmuls of one operand, a norm fused in front of such a group, a residual add
-            // behind one matmul, or two ropes side by side.
+            // behind one matmul, two ropes side by side, or (in decode) two ropes fused into the attention
+            // that reads them.
             use unicorn_ir::Op;
             let units: Vec<_> = s.units().collect();
             let matmuls = |ops: &[Op]| ops.iter().all(|o| matches!(o, Op::MatMul { .. }));
@@ -55,6 +56,9 @@ fn every_launch_of_a_vulkan_plan_is_a_spirv_kernel_of_its_section() {
                 (2, Op::MatMul { .. }, Some(Op::Add)) => unit(0).len() == 1 && unit(1).len() == 1,
                 (2, Op::MatMul { .. }, Some(Op::Glu { .. })) => unit(0).len() == 2 && glu(1),
                 (2, Op::Rope { .. }, Some(Op::Rope { .. })) => s.ops.len() == 2,
+                (3, Op::Rope { .. }, Some(Op::Attention { .. })) => {
+                    p.phase == unicorn_ir::Phase::Decode && matches!(unit(1), [Op::Rope { .. }]) && s.ops.len() == 3
+                }
                 _ => false,
             };
             assert!(units.len() == 1 || fused, "{}: an unexpected fusion", s.label);
@@ -67,8 +71,10 @@ fn every_launch_of_a_vulkan_plan_is_a_spirv_kernel_of_its_section() {
 
 /// Launches per layer. Llama: the norm fused into q/k/v, the two ropes in one, attention, o_proj with the
 /// residual add, the norm fused into gate/up, the GLU, down with the second add (7); Gemma 3 adds its q/k
-/// norms and the norms after attention and after the MLP, and its adds follow those norms (13). Then the embedding, the final norm and the LM head, and in prefill
-/// the selection of the kept rows, and Gemma's final logit softcap: at most 5 more.
+/// norms and the norms after attention and after the MLP, and its adds follow those norms (13). In decode the
+/// GLU fuses behind gate and up, and the ropes into attention: two launches fewer. Then the embedding, the
+/// final norm and the LM head, the selection of the kept rows, and Gemma's final logit softcap: at most 5
+/// more.
 #[test]
 fn norms_and_residual_adds_fuse_into_the_projections_beside_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,7 +88,8 @@ fn norms_and_residual_adds_fuse_into_the_projections_beside_them() {
         let h = model.header();
         for p in &h.phases {
             // The final norm fuses into the LM head too where the memory plan lets it (not over its operand).
-            let per_layer = per_layer - (p.phase == unicorn_ir::Phase::Decode) as usize;
+            let decode = p.phase == unicorn_ir::Phase::Decode;
+            let per_layer = per_layer - 2 * decode as usize;
             let most = per_layer * h.spec.num_layers + 5;
             assert!(p.steps.len() <= most, "{name} {}: {} launches, expected at most {most}", p.phase, p.steps.len());
             let fused = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.starts_with("rms_norm+")).count();
@@ -94,7 +101,17 @@ fn norms_and_residual_adds_fuse_into_the_projections_beside_them() {
             let want = if p.phase == unicorn_ir::Phase::Decode { h.spec.num_layers } else { 0 };
             assert_eq!(glus, want, "{name} {}: GLUs fused behind gate and up", p.phase);
             let ropes = p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name == "rope+rope").count();
-            assert_eq!(ropes, h.spec.num_layers, "{name} {}: q and k rotated in one launch per layer", p.phase);
+            let fused =
+                p.steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].name.starts_with("rope+rope+attention"));
+            let (ropes, fused) = (ropes, fused.count());
+            let n = h.spec.num_layers;
+            let want = if decode { (0, n) } else { (n, 0) };
+            assert_eq!(
+                (ropes, fused),
+                want,
+                "{name} {}: q and k rotated in one launch per layer (decode: in attention)",
+                p.phase
+            );
         }
     }
 }

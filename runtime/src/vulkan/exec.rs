@@ -365,7 +365,9 @@ impl<'m> VulkanExecutor<'m> {
         let stream = gpu.stream(launches as u32).map_err(|e| dev_err("a command stream", e))?;
         let mut split_bytes = vec![0u64; h.kv_caches.len()];
         for st in h.phases.iter().flat_map(|p| &p.steps) {
-            if let Op::Attention { layer, num_heads, head_dim, .. } = &st.ops[0] {
+            if let Some(Op::Attention { layer, num_heads, head_dim, .. }) =
+                st.ops.iter().find(|o| matches!(o, Op::Attention { .. }))
+            {
                 if let Some(b) = split_bytes.get_mut(*layer) {
                     *b = (*b).max(4 * attention_scratch_words(*num_heads as u64, *head_dim as u64));
                 }
@@ -641,7 +643,9 @@ impl VulkanExecutor<'_> {
                         seq.sets[pi].sets[k]
                     }
                 };
-                if let Op::Attention { layer, num_kv_heads, head_dim, window, .. } = op {
+                // The attention of the step (after the ropes fused into it, where they are).
+                let attention = step.ops.iter().find(|o| matches!(o, Op::Attention { .. }));
+                if let Some(Op::Attention { layer, num_kv_heads, head_dim, window, .. }) = attention {
                     let seq = self.seqs[runs[seg.unwrap_or(0)].seq.0].as_ref().expect("checked above");
                     push[3] = seq.caps[*layer];
                     if let Some(splits) = attention_splits(rows, pos as u64, window.map(|w| w as u64)) {

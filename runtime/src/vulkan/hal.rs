@@ -93,7 +93,8 @@ fn open_on(
     let priorities = [1.0];
     let queues = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&priorities)];
     // The optional features the generated kernels may use, each enabled where the device has it: f16
-    // arithmetic and the Vulkan memory model (cooperative-matrix kernels use both) and cooperative matrices.
+    // arithmetic and the Vulkan memory model (cooperative-matrix kernels use both), cooperative matrices and
+    // integer dot products.
     let mut has12 = vk::PhysicalDeviceVulkan12Features::default();
     let mut has_coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
     let mut info = describe(entry, instance, pd);
@@ -112,11 +113,19 @@ fn open_on(
         .vulkan_memory_model_device_scope(has12.vulkan_memory_model_device_scope == vk::TRUE);
     let mut want_coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default()
         .cooperative_matrix(has_coop.cooperative_matrix == vk::TRUE);
-    let exts = [vk::KHR_COOPERATIVE_MATRIX_NAME.as_ptr()];
+    let mut want_dot = vk::PhysicalDeviceShaderIntegerDotProductFeatures::default().shader_integer_dot_product(true);
+    let mut exts = Vec::new();
     let mut create = vk::DeviceCreateInfo::default().queue_create_infos(&queues).push_next(&mut want12);
     if coop_ext && has_coop.cooperative_matrix == vk::TRUE {
-        create = create.enabled_extension_names(&exts).push_next(&mut want_coop);
+        exts.push(vk::KHR_COOPERATIVE_MATRIX_NAME.as_ptr());
+        create = create.push_next(&mut want_coop);
     }
+    // Integer dot products (the decode matmuls of quantized weights use them), where the device has them.
+    if info.integer_dot {
+        exts.push(vk::KHR_SHADER_INTEGER_DOT_PRODUCT_NAME.as_ptr());
+        create = create.push_next(&mut want_dot);
+    }
+    create = create.enabled_extension_names(&exts);
     // SAFETY: the create info and what it points to live across the call.
     let device = unsafe { instance.create_device(pd, &create, None) }.map_err(vk_err("creating the device"))?;
     // SAFETY: the family was requested with one queue.

@@ -342,17 +342,134 @@ pub enum MatPath {
     /// [`MatPath::RowByRow`] with each group's sums added by subgroup shuffles (needs
     /// [`unicorn_ir::device::Feature::SubgroupShuffle`]).
     RowByRowSg,
+    /// [`MatPath::RowByRowSg`] with quantized weights multiplied by packed int8 dot products: each workgroup
+    /// first quantizes its row of `x` to int8 blocks of 32 in shared memory, as the CPU's q8_0 / q4_0 matmuls
+    /// quantize their activations (needs [`unicorn_ir::device::Feature::IntegerDot`] and [`DOT_SHARED_BYTES`]
+    /// of shared memory; matrices of float weights, and rows too long for the staging, keep the float path).
+    RowByRowDot,
+}
+
+/// Shared memory the integer-dot path may use: the staged row of `x` beside the reductions' scratch (32 KiB:
+/// lavapipe's limit, and at most what GPUs with integer dot products give a workgroup).
+pub const DOT_SHARED_BYTES: u32 = 32768;
+
+/// Shared bytes of an integer-dot kernel over `k` columns with `sums` sums per thread: the staged row (a byte
+/// per column, a scale per block of 32), its sum of squares' per-subgroup partials, and the reduction scratch.
+fn dot_shared_bytes(k: u64, sums: u32) -> u64 {
+    k + 4 * (k / 32) + 4 * 64 + 4 * sums as u64 * MATMUL_THREADS as u64
+}
+
+/// Whether a row-by-row launch of these members over `k` columns takes the integer-dot path.
+fn takes_dot(members: &[MatMember], k: u64, sums: u32, path: MatPath) -> bool {
+    path == MatPath::RowByRowDot
+        && k.is_multiple_of(32)
+        && members.iter().all(|m| m.format.is_quantized())
+        && dot_shared_bytes(k, sums) <= DOT_SHARED_BYTES as u64
+}
+
+/// The extensions of the integer-dot path: subgroup shuffles (its reductions and the staging's block maxima)
+/// and the dot products.
+const DOT_EXTENSIONS: [&str; 3] =
+    ["GL_KHR_shader_subgroup_basic", "GL_KHR_shader_subgroup_shuffle", "GL_EXT_integer_dot_product"];
+
+/// The integer-dot path's staging of a row of `x` ([`MatPath::RowByRowDot`]): `float stage_x(uint xr, uint t)`
+/// quantizes the row at word `xr` (times the fused norm's weight, with `norm`) to int8 blocks of 32 — `amax` =
+/// the block's largest magnitude, `q = roundEven(v * 127 / amax)`, scale `amax / 127`, as the CPU's q8_0
+/// activations — into `xq` (four quants a word) and `xd`, thread `t` taking eight columns at a time (four
+/// threads a block, their maxima met by shuffles), and returns the row's sum of squares (0 without `norm`)
+/// after the barrier that makes the staging visible.
+fn dot_stage(norm: bool) -> String {
+    let (scale, square) = if norm { (" * (g[pc.base[1] + c + e] + UNIT)", " ss += xe * xe;") } else { ("", "") };
+    format!(
+        "shared uint xq[K / 4u];\n\
+         shared float xd[K / 32u];\n\
+         shared float xss[64];\n\
+         float stage_x(uint xr, uint t) {{\n\
+         \x20 float ss = 0.0;\n\
+         \x20 for (uint c = 8u * t; c < K; c += 8u * {threads}u) {{\n\
+         \x20   float v[8], amax = 0.0;\n\
+         \x20   for (uint e = 0u; e < 8u; e++) {{ float xe = x[xr + c + e];{square} v[e] = xe{scale}; amax = max(amax, abs(v[e])); }}\n\
+         \x20   amax = max(amax, subgroupShuffleXor(amax, 1u));\n\
+         \x20   amax = max(amax, subgroupShuffleXor(amax, 2u));\n\
+         \x20   float id = amax != 0.0 ? 127.0 / amax : 0.0;\n\
+         \x20   uint w0 = 0u, w1 = 0u;\n\
+         \x20   for (uint e = 0u; e < 4u; e++) {{\n\
+         \x20     w0 |= (uint(int(roundEven(v[e] * id))) & 0xffu) << (8u * e);\n\
+         \x20     w1 |= (uint(int(roundEven(v[4u + e] * id))) & 0xffu) << (8u * e);\n\
+         \x20   }}\n\
+         \x20   xq[c / 4u] = w0;\n\
+         \x20   xq[c / 4u + 1u] = w1;\n\
+         \x20   if (c % 32u == 0u) xd[c / 32u] = amax / 127.0;\n\
+         \x20 }}\n\
+         \x20 for (uint h = 1u; h < gl_SubgroupSize; h <<= 1u) ss += subgroupShuffleXor(ss, h);\n\
+         \x20 if (gl_SubgroupInvocationID == 0u) xss[gl_SubgroupID] = ss;\n\
+         \x20 barrier();\n\
+         \x20 float total = 0.0;\n\
+         \x20 for (uint i = 0u; i < gl_NumSubgroups; i++) total += xss[i];\n\
+         \x20 return total;\n\
+         }}\n",
+        threads = MATMUL_THREADS
+    )
+}
+
+/// `void gemv_dot_step(uint n0, uint i, inout float acc[8])`: [`gemv_step`] of a quantized matrix against
+/// the staged row ([`dot_stage`]): the same weight words, each row's quants multiplied by the staged quants
+/// four at a time (`dotPacked4x8EXT`), the integer sum scaled by the row's and the block's scales. q4_0's
+/// nibbles enter unsigned and `8 * sum(x quants)` comes off the sum, exactly as on the CPU.
+fn gemv_dot_step(out: &mut String, format: WeightFormat, arg: usize) {
+    let b = format!("pc.base[{arg}]");
+    let scale = "uint at = BASE + ((n0 / 8u) * (K / 32u) + i / 4u) * BW;\n\
+                 \x20 uvec4 sc = w4[at / 4u];\n\
+                 \x20 float dx = xd[i / 4u];\n"
+        .replace("BASE", &b)
+        .replace("BW", &quant_words(format).to_string());
+    let row_scale = "vec2 d2 = unpackHalf2x16(sc[r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;";
+    let body = match format {
+        WeightFormat::Q4_0 => format!(
+            "{scale}\
+             \x20 uint qw = (at + 4u + (i % 4u) * 8u) / 4u;\n\
+             \x20 uvec4 qa = w4[qw], qb = w4[qw + 1u];\n\
+             \x20 // Columns 4c..4c + 4 (the low nibbles) and 16 + 4c.. (the high ones) of block i / 4.\n\
+             \x20 uint xb = (i / 4u) * 8u + i % 4u;\n\
+             \x20 int xl = int(xq[xb]), xh = int(xq[xb + 4u]);\n\
+             \x20 int xs = dotPacked4x8EXT(0x01010101, xl) + dotPacked4x8EXT(0x01010101, xh);\n\
+             \x20 for (uint r = 0u; r < 8u; r++) {{\n\
+             \x20   {row_scale}\n\
+             \x20   uint word = r < 4u ? qa[r] : qb[r - 4u];\n\
+             \x20   int q = dotPacked4x8EXT(int(word & 0x0f0f0f0fu), xl) + dotPacked4x8EXT(int((word >> 4) & 0x0f0f0f0fu), xh) - 8 * xs;\n\
+             \x20   acc[r] += float(q) * (d * dx);\n\
+             \x20 }}\n"
+        ),
+        WeightFormat::Q8_0 => format!(
+            "{scale}\
+             \x20 uint qw = (at + 4u + (i % 4u) * 16u) / 4u;\n\
+             \x20 uvec4 qa0 = w4[qw], qa1 = w4[qw + 1u], qb0 = w4[qw + 2u], qb1 = w4[qw + 3u];\n\
+             \x20 // Columns 8i..8i + 8.\n\
+             \x20 int x0 = int(xq[2u * i]), x1 = int(xq[2u * i + 1u]);\n\
+             \x20 for (uint r = 0u; r < 8u; r++) {{\n\
+             \x20   {row_scale}\n\
+             \x20   int qa = int(r < 4u ? qa0[r] : qa1[r - 4u]), qb = int(r < 4u ? qb0[r] : qb1[r - 4u]);\n\
+             \x20   int q = dotPacked4x8EXT(qa, x0) + dotPacked4x8EXT(qb, x1);\n\
+             \x20   acc[r] += float(q) * (d * dx);\n\
+             \x20 }}\n"
+        ),
+        _ => unreachable!("the integer-dot path takes quantized weights"),
+    };
+    let _ = write!(out, "void gemv_dot_step(uint n0, uint i, inout float acc[8]) {{\n\x20 {body}}}\n");
 }
 
 impl MatPath {
     fn rows_one_by_one(self) -> bool {
-        matches!(self, MatPath::RowByRow | MatPath::RowByRowSg)
+        matches!(self, MatPath::RowByRow | MatPath::RowByRowSg | MatPath::RowByRowDot)
     }
 
     /// The device features the path's kernels need.
     pub fn requires(self) -> Vec<Feature> {
         match self {
             MatPath::RowByRowSg => vec![Feature::SubgroupShuffle],
+            MatPath::RowByRowDot => {
+                vec![Feature::SubgroupShuffle, Feature::IntegerDot, Feature::SharedMemory(DOT_SHARED_BYTES)]
+            }
             MatPath::TiledCoop => {
                 vec![Feature::CooperativeMatrix(COOPMAT_F16_F32.into()), Feature::SharedMemory(COOP_SHARED_BYTES)]
             }
@@ -658,10 +775,13 @@ pub fn matmul_group(
     assert!(!residual || (members.len() == 1 && norm.is_none()), "a residual epilogue follows one matmul alone");
     let mut s = String::new();
     let gemv = takes_rows(k, path);
-    let sg = gemv && path == MatPath::RowByRowSg;
+    let dot = gemv && takes_dot(members, k, 9, path);
+    let sg = gemv && matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot);
     // f32 weights keep f32 products (an f32 plan is the reference the others are judged by).
     let coop = !gemv && path == MatPath::TiledCoop && members.iter().all(|m| m.format != WeightFormat::F32);
-    let extensions: &[&str] = if sg {
+    let extensions: &[&str] = if dot {
+        &DOT_EXTENSIONS
+    } else if sg {
         &SUBGROUP_EXTENSIONS
     } else if coop {
         &COOP_EXTENSIONS
@@ -679,6 +799,9 @@ pub fn matmul_group(
         def_uint(&mut s, "OUTS", 8 * groups);
         let _ = writeln!(s, "shared float gpart[{}];", 9 * MATMUL_THREADS);
         s.push_str(gemv_sum(sg));
+        if dot {
+            def_uint(&mut s, "SHARED_BYTES", dot_shared_bytes(k, 9));
+        }
     } else {
         if coop {
             s.push_str(COOP_SHARED);
@@ -688,9 +811,15 @@ pub fn matmul_group(
         }
     }
     let mut binding = norm_bindings(&mut s, norm);
+    if dot {
+        s.push_str(&dot_stage(norm.is_some()));
+    }
     // Reading element c of a row of x at xr: scaled by its norm weight (its square summed) where a norm is
-    // fused; and the factor 1 / rms of a row from the sum of its squares.
-    let (read_x, gemv_inv) = if norm.is_some() {
+    // fused; and the factor 1 / rms of a row from the sum of its squares (the staging's, on the integer-dot
+    // path).
+    let (read_x, gemv_inv) = if dot && norm.is_some() {
+        ("", " * (1.0 / sqrt(xsum / float(K) + EPS))".to_string())
+    } else if norm.is_some() {
         (
             "float xe = x[xr + c]; ss += xe * xe; XV = xe * (g[pc.base[1] + c] + UNIT);",
             " * (1.0 / sqrt(gsum(at, 8u) / float(K) + EPS))".to_string(),
@@ -726,9 +855,23 @@ pub fn matmul_group(
             f32_buffer(&mut s, y + 3, "sum", "");
         }
         def_uint(&mut s, &format!("N{m}"), mm.n);
-        member_readers(&mut s, m, mm, w, k, gemv);
+        member_readers(&mut s, m, mm, w, k, gemv, dot);
         if gemv {
             let col = gemv_column(mm.format);
+            // The row staged (and its sum of squares taken) by the whole workgroup, or read column by column.
+            let (stage, step) = if dot {
+                ("  float xsum = stage_x(xr, t);\n".to_string(), format!("gemv_dot_step{m}(n0, i, acc);"))
+            } else {
+                (
+                    String::new(),
+                    format!(
+                        "float xv[8];\n\
+                         \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
+                         \x20   gemv_step{m}(n0, i, xv, acc);",
+                        read_x = read_x.replace("XV", "xv[e]")
+                    ),
+                )
+            };
             let gemv_store = store(&format!("j * N{m} + n"), &format!("gsum(at, l){gemv_inv}{add_bias}"));
             let (thread, reduce) = gemv_reduce(sums, sg);
             let _ = write!(
@@ -739,15 +882,14 @@ pub fn matmul_group(
                  \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
                  \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
                  \x20 uint xr = pc.base[0] + j * K;\n\
+                 {stage}\
                  \x20 float acc[8], ss = 0.0;\n\
                  \x20 for (uint r = 0u; r < 8u; r++) acc[r] = 0.0;\n\
                  \x20 // A constant trip count, so that the compiler can unroll it and put every step's loads in flight.\n\
                  \x20 for (uint s = 0u; s < {steps}u && n0 < N{m}; s++) {{\n\
                  \x20   uint i = l + s * LANES;\n\
                  \x20   if (i >= K / 8u) break;\n\
-                 \x20   float xv[8];\n\
-                 \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
-                 \x20   gemv_step{m}(n0, i, xv, acc);\n\
+                 \x20   {step}\n\
                  \x20 }}\n\
                  \x20 float part[9];\n\
                  \x20 for (uint r = 0u; r < 8u; r++) part[r] = acc[r];\n\
@@ -759,7 +901,6 @@ pub fn matmul_group(
                  \x20 }}\n\
                  }}\n",
                 steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
-                read_x = read_x.replace("XV", "xv[e]"),
             );
         } else {
             let sum = if coop { "cs[rr * 68u + oc]" } else { "acc[i][j]" };
@@ -792,14 +933,16 @@ fn norm_bindings(s: &mut String, norm: Option<NormPrologue>) -> usize {
 
 /// The member readers [`matmul_group`] and [`matmul_glu`] generate for matrix `m` bound at `w`: the
 /// single-matrix templates' functions, renamed for it.
-fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, gemv: bool) {
+fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, gemv: bool, dot: bool) {
     if gemv && mm.format.is_quantized() {
         // The same binding as 16-byte words, for the wide loads of `gemv_step`.
         let _ = writeln!(s, "layout(std430, binding = {w}) readonly buffer B{w}x16 {{ uvec4 w{m}_4[]; }};");
     }
     let mut f = String::new();
     weight_element(&mut f, mm.format, w);
-    if gemv {
+    if dot {
+        gemv_dot_step(&mut f, mm.format, w);
+    } else if gemv {
         gemv_step(&mut f, mm.format, w);
     } else {
         gemm_w_loader(&mut f, mm.format, w, k);
@@ -809,6 +952,7 @@ fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, ge
             .replace("w[", &format!("w{m}["))
             .replace("w_elem(", &format!("w{m}_elem("))
             .replace("gemv_step(", &format!("gemv_step{m}("))
+            .replace("gemv_dot_step(", &format!("gemv_dot_step{m}("))
             .replace("wload(", &format!("wload{m}("))
             .replace("wstore(", &format!("wstore{m}("))
             .replace("N_ROWS", &format!("N{m}")),
@@ -833,9 +977,17 @@ pub fn matmul_glu(
         has_gemv(k) && members[0].n == members[1].n && path.rows_one_by_one(),
         "a fused GLU takes two projections of one shape, row by row"
     );
-    let sg = path == MatPath::RowByRowSg;
+    let dot = takes_dot(&members, k, 17, path);
+    let sg = matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot);
     let mut s = String::new();
-    header_with(&mut s, MATMUL_THREADS, 1, if sg { &SUBGROUP_EXTENSIONS } else { &[] });
+    let extensions: &[&str] = if dot {
+        &DOT_EXTENSIONS
+    } else if sg {
+        &SUBGROUP_EXTENSIONS
+    } else {
+        &[]
+    };
+    header_with(&mut s, MATMUL_THREADS, 1, extensions);
     f32_buffer(&mut s, 0, "x", "readonly");
     def_uint(&mut s, "K", k);
     def_uint(&mut s, "TILE", MATMUL_TILE as u64);
@@ -846,6 +998,10 @@ pub fn matmul_glu(
     let (thread, reduce) = gemv_reduce(17, sg);
     s.push_str(gemv_sum(sg));
     let mut binding = norm_bindings(&mut s, norm);
+    if dot {
+        def_uint(&mut s, "SHARED_BYTES", dot_shared_bytes(k, 17));
+        s.push_str(&dot_stage(norm.is_some()));
+    }
     let mut bias = [String::new(), String::new()];
     for (m, mm) in members.iter().enumerate() {
         let (w, y) = (binding, binding + 1 + mm.bias as usize);
@@ -857,13 +1013,15 @@ pub fn matmul_glu(
         f32_buffer(&mut s, y, &format!("y{m}"), "readonly");
         binding = y + 1;
         def_uint(&mut s, &format!("N{m}"), mm.n);
-        member_readers(&mut s, m, mm, w, k, true);
+        member_readers(&mut s, m, mm, w, k, true, dot);
     }
     f32_buffer(&mut s, binding, "ga", "readonly");
     f32_buffer(&mut s, binding + 1, "ua", "readonly");
     f32_buffer(&mut s, binding + 2, "glu_out", "");
     let out = binding + 2;
-    let (read_x, inv) = if norm.is_some() {
+    let (read_x, inv) = if dot && norm.is_some() {
+        ("", " * (1.0 / sqrt(xsum / float(K) + EPS))")
+    } else if norm.is_some() {
         (
             "float xe = x[xr + c]; ss += xe * xe; xv[e] = xe * (g[pc.base[1] + c] + UNIT);",
             " * (1.0 / sqrt(gsum(at, 16u) / float(K) + EPS))",
@@ -876,6 +1034,23 @@ pub fn matmul_glu(
         Activation::GeluTanh => "0.5 * u * (1.0 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))) * v",
     };
     let (b0, b1) = (&bias[0], &bias[1]);
+    let col = gemv_column(members[0].format);
+    let (stage, step) = if dot {
+        (
+            "  float xsum = stage_x(xr, t);\n",
+            "gemv_dot_step0(n0, i, a0);\n\x20   gemv_dot_step1(n0, i, a1);".to_string(),
+        )
+    } else {
+        (
+            "",
+            format!(
+                "float xv[8];\n\
+                 \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
+                 \x20   gemv_step0(n0, i, xv, a0);\n\
+                 \x20   gemv_step1(n0, i, xv, a1);"
+            ),
+        )
+    };
     let _ = write!(
         s,
         "void main() {{\n\
@@ -883,15 +1058,13 @@ pub fn matmul_glu(
          \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
          \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
          \x20 uint xr = pc.base[0] + j * K;\n\
+         {stage}\
          \x20 float a0[8], a1[8], ss = 0.0;\n\
          \x20 for (uint r = 0u; r < 8u; r++) {{ a0[r] = 0.0; a1[r] = 0.0; }}\n\
          \x20 for (uint s = 0u; s < {steps}u && n0 < N0; s++) {{\n\
          \x20   uint i = l + s * LANES;\n\
          \x20   if (i >= K / 8u) break;\n\
-         \x20   float xv[8];\n\
-         \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
-         \x20   gemv_step0(n0, i, xv, a0);\n\
-         \x20   gemv_step1(n0, i, xv, a1);\n\
+         \x20   {step}\n\
          \x20 }}\n\
          \x20 float part[17];\n\
          \x20 for (uint r = 0u; r < 8u; r++) {{ part[r] = a0[r]; part[8u + r] = a1[r]; }}\n\
@@ -906,7 +1079,6 @@ pub fn matmul_glu(
          \x20 }}\n\
          }}\n",
         steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
-        col = gemv_column(members[0].format),
     );
     s
 }
@@ -1205,31 +1377,55 @@ pub struct AttentionShape {
 /// instead, over `[H, 1, splits]` with `pc.keep` = splits: it attends in key ranges, appends the row and
 /// combines the ranges (see `SPLIT_ATTENTION`).
 pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
+    attention_with(kv_f16, shape, None)
+}
+
+/// `rope+rope+attention[_windowed]_<kv dtype>` (decode): [`attention`]'s split pass with the RoPE of its q
+/// and k fused in (`inv_freq`, the table of both) — each workgroup rotates its head's query and the row's key
+/// as it reads them, and the key goes into the cache rotated, so that neither rotated tensor is written.
+/// Bindings: the two ropes' [x_q, y_q, x_k, y_k], then attention's [q, k, v, kv cache, out], of which it reads
+/// x_q, x_k, v and the cache (y_q, y_k and attention's q and k are the values it fuses away) and writes the
+/// cache and out. Only the split pass (2): a launch of another pass does nothing.
+pub fn rope_attention(kv_f16: bool, shape: AttentionShape, inv_freq: &[f32]) -> String {
+    attention_with(kv_f16, shape, Some(inv_freq))
+}
+
+fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>) -> String {
     let mut s = String::new();
     header(&mut s, ATTN_THREADS, 1);
-    f32_buffer(&mut s, 0, "q", "readonly");
-    f32_buffer(&mut s, 1, "k", "readonly");
-    f32_buffer(&mut s, 2, "v", "readonly");
-    u32_buffer(&mut s, 3, "kv", "");
-    f32_buffer(&mut s, 4, "y", "");
+    // The bindings of q, k, v, the cache and the result.
+    let at: [usize; 5] = if rope.is_some() { [0, 2, 6, 7, 8] } else { [0, 1, 2, 3, 4] };
+    f32_buffer(&mut s, at[0], "q", "readonly");
+    f32_buffer(&mut s, at[1], "k", "readonly");
+    f32_buffer(&mut s, at[2], "v", "readonly");
+    u32_buffer(&mut s, at[3], "kv", "");
+    f32_buffer(&mut s, at[4], "y", "");
+    for (name, b) in ["QB", "KB", "VB", "KVB", "YB"].iter().zip(at) {
+        def_uint(&mut s, name, b as u64);
+    }
     position(&mut s);
     def_uint(&mut s, "H", shape.heads);
     def_uint(&mut s, "KVH", shape.kv_heads);
     def_uint(&mut s, "HD", shape.head_dim);
     def_uint(&mut s, "WINDOW", shape.window.unwrap_or(0));
     def_float(&mut s, "SCALE", shape.scale);
+    let _ = writeln!(s, "#define ROPE {}", rope.is_some() as u32);
+    if let Some(inv) = rope {
+        let bits: Vec<String> = inv.iter().map(|f| format!("0x{:08x}u", f.to_bits())).collect();
+        let _ = writeln!(s, "const uint INV_FREQ[{}] = uint[]({});", bits.len().max(1), bits.join(", "));
+    }
     // Element `e` of the cache (keys from 0, values from KVH * cap * HD), and a pair store for the append.
     if kv_f16 {
         s.push_str(
-            "float kv_get(uint e) { vec2 h = unpackHalf2x16(kv[pc.base[3] + e / 2u]); return (e & 1u) == 0u ? h.x : h.y; }\n\
-             vec2 kv_get2(uint e) { return unpackHalf2x16(kv[pc.base[3] + e / 2u]); }\n\
-             void kv_put2(uint e, float a, float b) { kv[pc.base[3] + e / 2u] = packHalf2x16(vec2(a, b)); }\n",
+            "float kv_get(uint e) { vec2 h = unpackHalf2x16(kv[pc.base[KVB] + e / 2u]); return (e & 1u) == 0u ? h.x : h.y; }\n\
+             vec2 kv_get2(uint e) { return unpackHalf2x16(kv[pc.base[KVB] + e / 2u]); }\n\
+             void kv_put2(uint e, float a, float b) { kv[pc.base[KVB] + e / 2u] = packHalf2x16(vec2(a, b)); }\n",
         );
     } else {
         s.push_str(
-            "float kv_get(uint e) { return uintBitsToFloat(kv[pc.base[3] + e]); }\n\
-             vec2 kv_get2(uint e) { return vec2(uintBitsToFloat(kv[pc.base[3] + e]), uintBitsToFloat(kv[pc.base[3] + e + 1u])); }\n\
-             void kv_put2(uint e, float a, float b) { kv[pc.base[3] + e] = floatBitsToUint(a); kv[pc.base[3] + e + 1u] = floatBitsToUint(b); }\n",
+            "float kv_get(uint e) { return uintBitsToFloat(kv[pc.base[KVB] + e]); }\n\
+             vec2 kv_get2(uint e) { return vec2(uintBitsToFloat(kv[pc.base[KVB] + e]), uintBitsToFloat(kv[pc.base[KVB] + e + 1u])); }\n\
+             void kv_put2(uint e, float a, float b) { kv[pc.base[KVB] + e] = floatBitsToUint(a); kv[pc.base[KVB] + e + 1u] = floatBitsToUint(b); }\n",
         );
     }
     assert!(attention_head_fits(shape.head_dim), "attention heads of an even dimension up to {MAX_HEAD_DIM}");
@@ -1250,6 +1446,10 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          shared float ps[{ATTN_THREADS}];\n"
     );
     s.push_str(SPLIT_ATTENTION);
+    if rope.is_some() {
+        let _ = write!(s, "void main() {{\n{SET_POS}\x20 if (pc.pass == 2u) attend_split();\n}}\n");
+        return s;
+    }
     let _ = write!(
         s,
         "\
@@ -1259,12 +1459,12 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
          \x20 uint g = (2u * i) / HD, d = (2u * i) % HD, p = POS + r;\n\
          \x20 uint src = r * KVH * HD + g * HD + d;\n\
          \x20 uint dst = (g * pc.cap + p % pc.cap) * HD + d, vals = KVH * pc.cap * HD;\n\
-         \x20 kv_put2(dst, k[pc.base[1] + src], k[pc.base[1] + src + 1u]);\n\
-         \x20 kv_put2(vals + dst, v[pc.base[2] + src], v[pc.base[2] + src + 1u]);\n\
+         \x20 kv_put2(dst, k[pc.base[KB] + src], k[pc.base[KB] + src + 1u]);\n\
+         \x20 kv_put2(vals + dst, v[pc.base[VB] + src], v[pc.base[VB] + src + 1u]);\n\
          }}\n\
          // Value `d` of position `j`: from the cache before POS, from this execution's rows after.\n\
          float value(uint g, uint j, uint d) {{\n\
-         \x20 return j < POS ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[2] + (j - POS) * KVH * HD + g * HD + d];\n\
+         \x20 return j < POS ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[VB] + (j - POS) * KVH * HD + g * HD + d];\n\
          }}\n\
          {TILED_ATTENTION}\
          void main() {{\n\
@@ -1297,7 +1497,7 @@ void attend_tiled() {
   uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;
   uint p0 = POS + r0, plast = POS + last;
   uint lo = (WINDOW != 0u && p0 + 1u > WINDOW) ? p0 + 1u - WINDOW : 0u;
-  uint qa = pc.base[0] + min(r, last) * H * HD + h * HD;
+  uint qa = pc.base[QB] + min(r, last) * H * HD + h * HD;
   float m = uintBitsToFloat(0xff7fffffu), l = 0.0;
   float o[DPL];
   for (uint i = 0u; i < DPL; i++) o[i] = 0.0;
@@ -1333,7 +1533,7 @@ void attend_tiled() {
     barrier();
   }
   if (!live) return;
-  uint ya = pc.base[4] + r * H * HD + h * HD;
+  uint ya = pc.base[YB] + r * H * HD + h * HD;
   for (uint i = 0u; i < DPL; i++) {
     uint d = kj + i * KC;
     if (d < HD) y[ya + d] = o[i] / l;
@@ -1357,25 +1557,32 @@ shared float vpart[512];
 shared bool last_range;
 shared float zw[MAX_SPLITS], zl[MAX_SPLITS];
 uint split_at(uint r, uint h, uint z, uint splits) {
-  return pc.base[3] + KV_WORDS_PER_SLOT * pc.cap + ((r * H + h) * splits + z) * (HD + 2u);
+  return pc.base[KVB] + KV_WORDS_PER_SLOT * pc.cap + ((r * H + h) * splits + z) * (HD + 2u);
 }
 // The count of a head's ranges done, after the largest launch's partials.
 uint split_counter(uint r, uint h) {
-  return pc.base[3] + KV_WORDS_PER_SLOT * pc.cap + SPLIT_ROWS * H * MAX_SPLITS * (HD + 2u) + r * H + h;
+  return pc.base[KVB] + KV_WORDS_PER_SLOT * pc.cap + SPLIT_ROWS * H * MAX_SPLITS * (HD + 2u) + r * H + h;
 }
 void combine_splits(uint r, uint h, uint splits);
 // The partials one workgroup writes and another reads within a launch, through atomics (which every device
 // keeps coherent; the cache itself is read plainly, through whatever caches the device has).
 void put_part(uint at, uint v) { atomicExchange(kv[at], v); }
 uint get_part(uint at) { return atomicAdd(kv[at], 0u); }
+#if ROPE
+shared float ks[512];
+#endif
 vec2 key2(uint g, uint j, uint d) {
   if (j < POS) return kv_get2((g * pc.cap + j % pc.cap) * HD + d);
-  uint ra = pc.base[1] + (j - POS) * KVH * HD + g * HD + d;
+#if ROPE
+  // A one-row launch: the row's own key, rotated.
+  return vec2(ks[d], ks[d + 1u]);
+#endif
+  uint ra = pc.base[KB] + (j - POS) * KVH * HD + g * HD + d;
   return vec2(k[ra], k[ra + 1u]);
 }
 vec2 value2(uint g, uint j, uint d) {
   if (j < POS) return kv_get2(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d);
-  uint ra = pc.base[2] + (j - POS) * KVH * HD + g * HD + d;
+  uint ra = pc.base[VB] + (j - POS) * KVH * HD + g * HD + d;
   return vec2(v[ra], v[ra + 1u]);
 }
 void attend_split() {
@@ -1384,15 +1591,33 @@ void attend_split() {
   uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;
   uint per = (p + 1u - first + splits - 1u) / splits;
   uint lo = first + z * per, hi = min(lo + per, p + 1u);
-  uint qa = pc.base[0] + r * H * HD + h * HD;
+  uint qa = pc.base[QB] + r * H * HD + h * HD;
+#if ROPE
+  // The head's query and the row's key rotated to position p (rotate-half: dimension f < HD / 2 pairs with
+  // f + HD / 2), the key kept in ks for the row's own score and the append.
+  uint ka = pc.base[KB] + r * KVH * HD + g * HD;
+  for (uint d = lane; d < HD; d += 256u) {
+    uint f = d % (HD / 2u);
+    float angle = float(p) * uintBitsToFloat(INV_FREQ[f]), c = cos(angle), sn = sin(angle);
+    float q0 = q[qa + f], q1 = q[qa + f + HD / 2u], k0 = k[ka + f], k1 = k[ka + f + HD / 2u];
+    qs[d] = d < HD / 2u ? q0 * c - q1 * sn : q1 * c + q0 * sn;
+    ks[d] = d < HD / 2u ? k0 * c - k1 * sn : k1 * c + k0 * sn;
+  }
+  barrier();
+#else
   for (uint d = lane; d < HD; d += 256u) qs[d] = q[qa + d];
+#endif
   // The row's key and value into the cache, by the first range of the group's first head: the slot it takes
   // holds no position any row of a one-row launch sees.
   if (z == 0u && h % (H / KVH) == 0u)
     for (uint d = 2u * lane; d < HD; d += 512u) {
       uint src = r * KVH * HD + g * HD + d, dst = (g * pc.cap + p % pc.cap) * HD + d;
-      kv_put2(dst, k[pc.base[1] + src], k[pc.base[1] + src + 1u]);
-      kv_put2(KVH * pc.cap * HD + dst, v[pc.base[2] + src], v[pc.base[2] + src + 1u]);
+#if ROPE
+      kv_put2(dst, ks[d], ks[d + 1u]);
+#else
+      kv_put2(dst, k[pc.base[KB] + src], k[pc.base[KB] + src + 1u]);
+#endif
+      kv_put2(KVH * pc.cap * HD + dst, v[pc.base[VB] + src], v[pc.base[VB] + src + 1u]);
     }
   uint key = lane / 4u, quarter = lane % 4u, pair = lane % PAIRS, sub = lane / PAIRS;
   float m = uintBitsToFloat(0xff7fffffu), l = 0.0;
@@ -1431,7 +1656,7 @@ void attend_split() {
     for (uint t = 0u; t < SUBSETS; t++) o += vec2(vpart[2u * (t * PAIRS + lane)], vpart[2u * (t * PAIRS + lane) + 1u]);
   if (splits == 1u) {
     if (lane >= PAIRS) return;
-    uint ya = pc.base[4] + r * H * HD + h * HD + 2u * lane;
+    uint ya = pc.base[YB] + r * H * HD + h * HD + 2u * lane;
     y[ya] = o.x / l;
     y[ya + 1u] = o.y / l;
     return;
@@ -1465,7 +1690,7 @@ void combine_splits(uint r, uint h, uint splits) {
   }
   barrier();
   for (uint z = 0u; z < splits; z++) l += zl[z];
-  uint ya = pc.base[4] + r * H * HD + h * HD;
+  uint ya = pc.base[YB] + r * H * HD + h * HD;
   for (uint d = lane; d < HD; d += 256u) {
     float o = 0.0;
     for (uint z = 0u; z < splits; z++) o += zw[z] * uintBitsToFloat(get_part(split_at(r, h, z, splits) + 2u + d));

@@ -106,12 +106,14 @@ pub fn matmul_path(phase: Phase, profile: &DeviceProfile) -> MatPath {
     match phase {
         Phase::Prefill if profile.missing(&MatPath::TiledCoop.requires()).is_none() => MatPath::TiledCoop,
         Phase::Prefill => MatPath::Tiled,
+        Phase::Decode if profile.missing(&MatPath::RowByRowDot.requires()).is_none() => MatPath::RowByRowDot,
         Phase::Decode if profile.missing(&MatPath::RowByRowSg.requires()).is_none() => MatPath::RowByRowSg,
         Phase::Decode => MatPath::RowByRow,
     }
 }
 
-/// What a kernel needs of the device, from the extensions its source enables.
+/// What a kernel needs of the device, from the extensions its source enables (and the shared memory an
+/// integer-dot kernel declares).
 fn requirements(source: &str) -> Vec<Feature> {
     let mut v = Vec::new();
     if source.contains("#extension GL_KHR_shader_subgroup_shuffle") {
@@ -119,6 +121,16 @@ fn requirements(source: &str) -> Vec<Feature> {
     }
     if source.contains("#extension GL_KHR_cooperative_matrix") {
         v.extend(MatPath::TiledCoop.requires());
+    }
+    if source.contains("#extension GL_EXT_integer_dot_product") {
+        v.push(Feature::IntegerDot);
+        // The kernel's own shared memory (its `SHARED_BYTES`), where it is more than every device has.
+        let bytes = source
+            .lines()
+            .find_map(|l| l.strip_prefix("#define SHARED_BYTES ")?.trim_end_matches('u').parse::<u32>().ok());
+        if let Some(b) = bytes.filter(|&b| b > unicorn_ir::device::MIN_SHARED_BYTES) {
+            v.push(Feature::SharedMemory(b));
+        }
     }
     v
 }
@@ -223,6 +235,27 @@ fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u6
                 work: [Expr::Const(cols / group), rows, one],
             }
         }
+        Op::Rope { rope, .. } if matches!(ops.last(), Some(Op::Attention { .. })) => {
+            // Both ropes fused into decode attention ([x_q, y_q, x_k, y_k], then attention's [q, k, v, kv,
+            // out]): the attention kernel's split pass, rotating as it reads.
+            let inv = module.spec.ropes[*rope].inv_freq(module.spec.head_dim);
+            let mut k = kernel_for(module, g, path, &ops[2..], &units[2..], rows, kv);
+            let Some(Op::Attention { num_heads, num_kv_heads, head_dim, window, scale, .. }) = ops.last() else {
+                unreachable!("matched")
+            };
+            let shape = AttentionShape {
+                heads: *num_heads as u64,
+                kv_heads: *num_kv_heads as u64,
+                head_dim: *head_dim as u64,
+                window: window.map(|w| w as u64),
+                scale: *scale,
+            };
+            k.name = format!("rope+rope+{}", k.name);
+            k.source = glsl::rope_attention(kv == DType::F16, shape, &inv);
+            k.buffers += 4;
+            k.writes.iter_mut().for_each(|w| *w += 4);
+            k
+        }
         Op::Rope { rope, head_dim } if ops.len() == 2 => {
             // Two ropes of one table in one launch (a layer's q and k): [x_a, y_a, x_b, y_b].
             let inv = module.spec.ropes[*rope].inv_freq(module.spec.head_dim);
@@ -322,6 +355,8 @@ pub fn lower_phase(
         fuse_norm: true,
         fuse_residual: true,
         pair_ropes: true,
+        // Decode's attention (the split pass) rotates q and k itself; prefill's takes them rotated.
+        rope_attention: g.phase == Phase::Decode,
         // The fused GLU exists on the row-by-row path, whose steps take eight columns.
         glu_columns: if g.phase == Phase::Decode { Some(8) } else { None },
     };

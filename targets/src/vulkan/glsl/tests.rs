@@ -16,6 +16,7 @@ fn all_kernels() -> Vec<(String, String)> {
             ("_coop", MatPath::TiledCoop),
             ("_rows", MatPath::RowByRow),
             ("_rows_sg", MatPath::RowByRowSg),
+            ("_rows_dot", MatPath::RowByRowDot),
         ];
         for (tag, path) in paths {
             v.push((format!("matmul_{f}{tag}"), matmul(f, false, 96, 20, path)));
@@ -46,6 +47,12 @@ fn all_kernels() -> Vec<(String, String)> {
     v.push(("argmax".into(), argmax(1000)));
     v.push(("attention_f32".into(), attention(false, SHAPE)));
     v.push(("attention_windowed_f16".into(), attention(true, AttentionShape { window: Some(8), ..SHAPE })));
+    let inv: Vec<f32> = (0..8).map(|i| 0.5f32.powi(i)).collect();
+    v.push(("rope+rope+attention_f32".into(), rope_attention(false, SHAPE, &inv)));
+    v.push((
+        "rope+rope+attention_windowed_f16".into(),
+        rope_attention(true, AttentionShape { window: Some(8), ..SHAPE }, &inv),
+    ));
     v
 }
 
@@ -93,7 +100,8 @@ fn spirv_val_for_coopmat() -> String {
 fn every_kernel_compiles_and_validates() {
     for (name, src) in all_kernels() {
         let words = spirv::compile(&name, &src).unwrap_or_else(|e| panic!("{e}\n{src}"));
-        if src.contains("GL_KHR_cooperative_matrix") {
+        // naga takes neither cooperative matrices nor integer dot products; the vendored spirv-val does.
+        if src.contains("GL_KHR_cooperative_matrix") || src.contains("GL_EXT_integer_dot_product") {
             spirv_tool(&spirv_val_for_coopmat(), &["--target-env", "vulkan1.3"], &name, &words);
         } else {
             validate(&name, &words);
@@ -172,6 +180,17 @@ fn snapshots() {
     insta::assert_snapshot!("matmul_q8_0+add_rows_sg", matmul_group(&down, 8192, None, true, MatPath::RowByRowSg));
     insta::assert_snapshot!("rms_norm_matmul3_q4_0_coop", matmul_group(&qkv, 2048, norm, false, MatPath::TiledCoop));
     insta::assert_snapshot!("matmul_q8_0+add_coop", matmul_group(&down, 8192, None, true, MatPath::TiledCoop));
+    // Decode's integer-dot path: the norm and q/k/v (q4_0), the MLP's norm, gate/up and GLU (q8_0).
+    insta::assert_snapshot!("rms_norm_matmul3_q4_0_dot", matmul_group(&qkv, 2048, norm, false, MatPath::RowByRowDot));
+    let gate_up8 = [MatMember { format: WeightFormat::Q8_0, bias: false, n: 8192 }; 2];
+    insta::assert_snapshot!(
+        "rms_norm_matmul2_q8_0_glu_silu_dot",
+        matmul_glu(gate_up8, 2048, norm, silu, MatPath::RowByRowDot)
+    );
+    // Decode attention with the q and k RoPE fused in (Llama 3.2 1B).
+    let inv: Vec<f32> = (0..32).map(|i| 500000f32.powf(-(2.0 * i as f32) / 64.0)).collect();
+    let shape = AttentionShape { heads: 32, kv_heads: 8, head_dim: 64, window: None, scale: 0.125 };
+    insta::assert_snapshot!("rope_rope_attention_f16", rope_attention(true, shape, &inv));
 }
 
 #[test]
