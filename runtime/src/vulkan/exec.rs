@@ -20,7 +20,7 @@ use super::hal::{Buffer, Gpu, Kernel, Place, Replay, SetRef, Sets, Stream};
 use crate::executor::{kernel_runs_op, Executor, SeqId, SeqRun, MAX_BATCH};
 use crate::model::Model;
 use crate::Error;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use unicorn_ir::container::SectionKind;
 use unicorn_ir::plan::vulkan_abi::{
     argmax_scratch_words, attention_scratch_words, attention_splits, ARGMAX_GROUPS, ATTN_MAX_SPLITS, MAX_BUFFERS,
@@ -107,7 +107,7 @@ struct GpuSeq {
 }
 
 /// One launch of an execution as it is recorded: everything but its position (a launch values word).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Planned {
     kernel: u32,
     set: SetRef,
@@ -117,21 +117,22 @@ struct Planned {
 
 /// What follows an execution's launches: the kept rows' logits copied to the readback buffer, or the argmax
 /// kernel's launch.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Tail {
     Logits { arena: usize, offset: u64, len: u64 },
     Argmax(Planned),
 }
 
 /// An execution as recorded; equal executions replay one recording.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 struct Recording {
     launches: Vec<Planned>,
     tail: Tail,
 }
 
-/// Recordings kept at most; past it they are all dropped and recorded again as they recur (a long prompt's
-/// last chunk and every decode batch shape each make one).
+/// Recordings kept at most, the most recently used first (an execution is compared with them in turn, which
+/// for the usual case — the next decode step — is one comparison); past it the least recently used goes. A
+/// long prompt's last chunk, each decode batch shape and each power of two of attention ranges make one.
 const MAX_REPLAYS: usize = 64;
 
 /// A run's rows in one arena, with the position of its first row.
@@ -168,7 +169,7 @@ pub struct VulkanExecutor<'m> {
     rec: Recording,
     positions: Vec<u32>,
     values: Buffer,
-    replays: HashMap<Recording, Replay>,
+    replays: Vec<(Recording, Replay)>,
     /// Executions run, and recordings made for them.
     executions: u64,
     recorded: u64,
@@ -394,7 +395,7 @@ impl<'m> VulkanExecutor<'m> {
             rec: Recording { launches: Vec::new(), tail: Tail::Logits { arena: 0, offset: 0, len: 0 } },
             positions: Vec::new(),
             values,
-            replays: HashMap::new(),
+            replays: Vec::new(),
             executions: 0,
             recorded: 0,
             segs: [Vec::new(), Vec::new()],
@@ -655,16 +656,16 @@ impl VulkanExecutor<'_> {
                         // range past the keys is empty: it adds nothing).
                         let splits = splits.next_power_of_two().min(ATTN_MAX_SPLITS) as u32;
                         (push[2], push[4]) = (splits, 2);
-                        self.plan(step.kernel.0, set, &push, pos, [groups[0], groups[1], splits], &step.label)?;
+                        self.add_launch(step.kernel.0, set, &push, pos, [groups[0], groups[1], splits], &step.label)?;
                     } else {
-                        self.plan(step.kernel.0, set, &push, pos, groups, &step.label)?;
+                        self.add_launch(step.kernel.0, set, &push, pos, groups, &step.label)?;
                         push[4] = 1;
                         let append = [((num_kv_heads * head_dim / 2) as u32).div_ceil(WIDE), rows as u32, 1];
-                        self.plan(step.kernel.0, set, &push, pos, append, &step.label)?;
+                        self.add_launch(step.kernel.0, set, &push, pos, append, &step.label)?;
                     }
                 } else {
                     push[3] = 0;
-                    self.plan(step.kernel.0, set, &push, pos, groups, &step.label)?;
+                    self.add_launch(step.kernel.0, set, &push, pos, groups, &step.label)?;
                 }
             }
         }
@@ -673,7 +674,7 @@ impl VulkanExecutor<'_> {
     }
 
     /// Add a launch at position `pos` to the execution (none for an empty work size).
-    fn plan(
+    fn add_launch(
         &mut self,
         kernel: u32,
         set: SetRef,
@@ -729,17 +730,16 @@ impl VulkanExecutor<'_> {
             }
             return Ok(());
         }
-        if let Some(r) = self.replays.get(&self.rec) {
-            return self.stream.replay(r).map_err(|e| err(&self.name, e));
+        if let Some(i) = self.replays.iter().position(|(rec, _)| *rec == self.rec) {
+            self.replays[..=i].rotate_right(1);
+            return self.stream.replay(&self.replays[0].1).map_err(|e| err(&self.name, e));
         }
         self.record(false).map_err(|e| err(&self.name, e))?;
         self.recorded += 1;
         let r = self.stream.keep().map_err(|e| err(&self.name, e))?;
         self.stream.replay(&r).map_err(|e| err(&self.name, e))?;
-        if self.replays.len() >= MAX_REPLAYS {
-            self.replays.clear();
-        }
-        self.replays.insert(self.rec.clone(), r);
+        self.replays.truncate(MAX_REPLAYS - 1);
+        self.replays.insert(0, (self.rec.clone(), r));
         Ok(())
     }
 

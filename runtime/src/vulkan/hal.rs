@@ -548,7 +548,7 @@ impl Drop for Kernel {
 }
 
 /// A descriptor set of a [`Sets`]; valid while the `Sets` lives and its buffers do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetRef(vk::DescriptorSet);
 
 /// Descriptor sets allocated and written together, freed together.
