@@ -829,7 +829,10 @@ fn check_attention_with(
         let tiles = r32.div_ceil(glsl::ATTN_TILE_ROWS);
         dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, 0, c32, 0], [h as u32, tiles, 1]);
     }
-    assert_close(&name, &read_floats(&yb, 5, rows * h * hd), &want, 1e-5);
+    // Rotating on the GPU, q and k carry its cos and sin of angles up to the position in radians (5000 below),
+    // whose error grows with the angle on NVIDIA's driver (6e-5 of max |y| measured there at position 5000).
+    let tol = if rope.is_some() { 2e-4 } else { 1e-5 };
+    assert_close(&name, &read_floats(&yb, 5, rows * h * hd), &want, tol);
     if splits == 0 {
         let groups = [((kvh * hd / 2) as u32).div_ceil(glsl::WIDE), rows as u32, 1];
         dispatch(&gpu, &name, &src, &bufs, &pads, [rows as u32, pos as u32, 0, cap as u32, 1], groups);
