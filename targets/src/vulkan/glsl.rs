@@ -182,7 +182,7 @@ pub fn has_gemv(k: u64) -> bool {
 /// sums of rows `n0..n0 + 8`. A quantized step is one quant word of each of the group's eight rows (q4_0: a
 /// word holds columns `4c..4c + 4` and `16 + 4c..`; q8_0: two words, eight neighbouring columns), so the
 /// threads of a workgroup read the group's blocks front to back; a float step is eight neighbouring columns
-/// of each row.
+/// of each row (f16 / bf16: one 16-byte load a row).
 fn gemv_step(out: &mut String, format: WeightFormat, arg: usize) {
     let b = format!("pc.base[{arg}]");
     // A group's scales are one 16-byte word; its quants for this step one (q4_0) or two (q8_0) pairs of them,
@@ -236,8 +236,9 @@ fn gemv_step(out: &mut String, format: WeightFormat, arg: usize) {
             };
             format!(
                 "for (uint r = 0u; r < 8u && n0 + r < N_ROWS; r++) {{\n\
-                 \x20   uint a = {b} + ((n0 + r) * K + i * 8u) / 2u;\n\
-                 \x20   for (uint e = 0u; e < 4u; e++) {{ uint word = w[a + e]; {pair} acc[r] += h.x * xv[2u * e] + h.y * xv[2u * e + 1u]; }}\n\
+                 \x20   // The row's eight columns, one 16-byte word (K is a multiple of 8, the weight 16-byte aligned).\n\
+                 \x20   uvec4 q = w4[({b} + ((n0 + r) * K + i * 8u) / 2u) / 4u];\n\
+                 \x20   for (uint e = 0u; e < 4u; e++) {{ uint word = q[e]; {pair} acc[r] += h.x * xv[2u * e] + h.y * xv[2u * e + 1u]; }}\n\
                  \x20 }}\n"
             )
         }
@@ -934,7 +935,7 @@ fn norm_bindings(s: &mut String, norm: Option<NormPrologue>) -> usize {
 /// The member readers [`matmul_group`] and [`matmul_glu`] generate for matrix `m` bound at `w`: the
 /// single-matrix templates' functions, renamed for it.
 fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, gemv: bool, dot: bool) {
-    if gemv && mm.format.is_quantized() {
+    if gemv && mm.format != WeightFormat::F32 {
         // The same binding as 16-byte words, for the wide loads of `gemv_step`.
         let _ = writeln!(s, "layout(std430, binding = {w}) readonly buffer B{w}x16 {{ uvec4 w{m}_4[]; }};");
     }
