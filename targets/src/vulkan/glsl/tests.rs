@@ -84,15 +84,16 @@ fn spirv_tool(tool: &str, args: &[&str], name: &str, words: &[u32]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A spirv-val that knows SPV_KHR_cooperative_matrix (Debian's SPIRV-Tools 2023.1 does not): `$SPIRV_VAL`, or
-/// the one `.ci/deps` builds from the SPIRV-Tools shaderc vendors.
-fn spirv_val_for_coopmat() -> String {
-    if let Ok(p) = std::env::var("SPIRV_VAL") {
-        return p;
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let p = format!("{home}/.cache/unicorn/spirv-tools-{}/bin/spirv-val", spirv::VENDORED_SPIRV_TOOLS);
-    assert!(std::path::Path::new(&p).exists(), "{p} is missing: run bash .ci/deps, or set SPIRV_VAL");
+/// A SPIRV-Tools binary (`spirv-val`, `spirv-dis`) that knows SPV_KHR_cooperative_matrix and the integer-dot
+/// forms (Debian's SPIRV-Tools 2023.1 does not): `$SPIRV_TOOLS/<tool>`, or the one `.ci/deps` builds from the
+/// SPIRV-Tools shaderc vendors.
+fn vendored(tool: &str) -> String {
+    let dir = std::env::var("SPIRV_TOOLS").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/unicorn/spirv-tools-{}/bin", spirv::VENDORED_SPIRV_TOOLS)
+    });
+    let p = format!("{dir}/{tool}");
+    assert!(std::path::Path::new(&p).exists(), "{p} is missing: run bash .ci/deps, or set SPIRV_TOOLS");
     p
 }
 
@@ -102,7 +103,7 @@ fn every_kernel_compiles_and_validates() {
         let words = spirv::compile(&name, &src).unwrap_or_else(|e| panic!("{e}\n{src}"));
         // naga takes neither cooperative matrices nor integer dot products; the vendored spirv-val does.
         if src.contains("GL_KHR_cooperative_matrix") || src.contains("GL_EXT_integer_dot_product") {
-            spirv_tool(&spirv_val_for_coopmat(), &["--target-env", "vulkan1.3"], &name, &words);
+            spirv_tool(&vendored("spirv-val"), &["--target-env", "vulkan1.3"], &name, &words);
         } else {
             validate(&name, &words);
             spirv_tool("spirv-val", &["--target-env", "vulkan1.2"], &name, &words);
@@ -110,29 +111,58 @@ fn every_kernel_compiles_and_validates() {
     }
 }
 
-/// The SPIR-V of a representative set at two model shapes (Llama 3.2 1B: hidden 2048, 32 heads of 64 over 8
-/// kv heads; Qwen3 0.6B: hidden 1024, 16 heads of 128 over 8), disassembled by spirv-dis, so that a change in
-/// what the shader compiler makes of a template shows in review too.
-#[test]
-fn spirv_snapshots() {
-    let dis = |name: &str, src: String| {
-        let words = spirv::compile(name, &src).unwrap();
-        spirv_tool("spirv-dis", &["--no-header", "--no-color"], name, &words)
-    };
-    for (tag, hidden, heads, head_dim, ffn) in [("llama1b", 2048, 32, 64, 8192), ("qwen06b", 1024, 16, 128, 3072)] {
-        let shape = AttentionShape { heads, kv_heads: 8, head_dim, window: None, scale: (head_dim as f32).powf(-0.5) };
-        for f in [WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::F16] {
-            insta::assert_snapshot!(
-                format!("spirv_matmul_{f}_{tag}"),
-                dis("matmul", matmul(f, false, hidden, ffn, MatPath::Tiled))
-            );
+/// The representative set of kernels at one model shape: the decode GEMV per weight format (subgroup
+/// reductions; integer dot products for the quantized formats), the prefill GEMM on both paths (portable and
+/// cooperative-matrix), a layer's norm fused into its q/k/v projections (both phases), the MLP's norm, gate/up
+/// and GLU (decode), a residual add as an epilogue, attention (prefill and decode passes) and decode attention
+/// with the RoPE of q and k fused in, the plain RoPE and the norm.
+fn representative(hidden: u64, heads: u64, head_dim: u64, ffn: u64) -> Vec<(String, String)> {
+    let kv = 8 * head_dim;
+    let shape = AttentionShape { heads, kv_heads: 8, head_dim, window: None, scale: (head_dim as f32).powf(-0.5) };
+    let inv: Vec<f32> = (0..head_dim / 2).map(|i| 500000f32.powf(-(2.0 * i as f32) / head_dim as f32)).collect();
+    let norm = Some(NormPrologue { eps: 1e-5, unit_offset: false });
+    let mut v = Vec::new();
+    for f in [WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        v.push((format!("gemv_{f}_sg"), matmul(f, false, hidden, hidden, MatPath::RowByRowSg)));
+        if matches!(f, WeightFormat::Q8_0 | WeightFormat::Q4_0) {
+            v.push((format!("gemv_{f}_dot"), matmul(f, false, hidden, hidden, MatPath::RowByRowDot)));
         }
-        insta::assert_snapshot!(format!("spirv_attention_f16_{tag}"), dis("attention", attention(true, shape)));
-        insta::assert_snapshot!(format!("spirv_rms_norm_{tag}"), dis("rms_norm", rms_norm(hidden, 1e-6, false)));
-        insta::assert_snapshot!(
-            format!("spirv_rope_{tag}"),
-            dis("rope", rope(&vec![0.5; head_dim as usize / 2], hidden, head_dim))
-        );
+    }
+    for f in [WeightFormat::F16, WeightFormat::Q4_0] {
+        v.push((format!("gemm_{f}"), matmul(f, false, hidden, ffn, MatPath::Tiled)));
+        v.push((format!("gemm_{f}_coop"), matmul(f, false, hidden, ffn, MatPath::TiledCoop)));
+    }
+    let qkv = [hidden, kv, kv].map(|n| MatMember { format: WeightFormat::Q4_0, bias: false, n });
+    v.push(("rms_norm+matmul3_q4_0_coop".into(), matmul_group(&qkv, hidden, norm, false, MatPath::TiledCoop)));
+    v.push(("rms_norm+matmul3_q4_0_dot".into(), matmul_group(&qkv, hidden, norm, false, MatPath::RowByRowDot)));
+    let gate_up = [MatMember { format: WeightFormat::Q4_0, bias: false, n: ffn }; 2];
+    let silu = Activation::Silu;
+    v.push((
+        "rms_norm+matmul2_q4_0+glu_silu_dot".into(),
+        matmul_glu(gate_up, hidden, norm, silu, MatPath::RowByRowDot),
+    ));
+    let down = [MatMember { format: WeightFormat::Q8_0, bias: false, n: hidden }];
+    v.push(("matmul_q8_0+add_dot".into(), matmul_group(&down, ffn, None, true, MatPath::RowByRowDot)));
+    v.push(("attention_f16".into(), attention(true, shape)));
+    v.push(("rope+rope+attention_f16".into(), rope_attention(true, shape, &inv)));
+    v.push(("rope".into(), rope(&inv, hidden, head_dim)));
+    v.push(("rms_norm".into(), rms_norm(hidden, 1e-6, false)));
+    v
+}
+
+/// The GLSL of the representative set and its SPIR-V as spirv-dis disassembles it, at two model shapes (Llama
+/// 3.2 1B: hidden 2048, 32 heads of 64 over 8 kv heads, MLP 8192; Qwen3 0.6B: hidden 1024, 16 heads of 128 over
+/// 8, MLP 3072), so that a change to a template, or in what the shader compiler makes of one, shows in review.
+#[test]
+fn representative_snapshots() {
+    for (tag, hidden, heads, head_dim, ffn) in [("llama1b", 2048, 32, 64, 8192), ("qwen06b", 1024, 16, 128, 3072)] {
+        for (name, src) in representative(hidden, heads, head_dim, ffn) {
+            let words = spirv::compile(&name, &src).unwrap_or_else(|e| panic!("{e}"));
+            let dis = spirv_tool(&vendored("spirv-dis"), &["--no-header", "--no-color"], &name, &words);
+            let key = name.replace('+', "_");
+            insta::assert_snapshot!(format!("glsl_{key}_{tag}"), src);
+            insta::assert_snapshot!(format!("spirv_{key}_{tag}"), dis);
+        }
     }
 }
 
@@ -157,10 +187,6 @@ fn snapshots() {
     insta::assert_snapshot!("matmul_q8_0+add_rows", matmul_group(&down, 8192, None, true, MatPath::RowByRow));
     insta::assert_snapshot!("embed_bf16", embed(WeightFormat::Bf16, 2048, 1.0));
     insta::assert_snapshot!("rms_norm", rms_norm(128, 1e-6, false));
-    insta::assert_snapshot!(
-        "attention_f16",
-        attention(true, AttentionShape { heads: 32, kv_heads: 8, head_dim: 64, window: None, scale: 0.125 })
-    );
     insta::assert_snapshot!("glu_silu", elementwise(Elementwise::GluSilu, 8192, 0.0));
     insta::assert_snapshot!("argmax", argmax(128256));
     // A layer's input norm fused in front of its q/k/v projections (Llama 3.2 1B).
@@ -172,25 +198,19 @@ fn snapshots() {
     let gate_up = [MatMember { format: WeightFormat::Q4_0, bias: false, n: 8192 }; 2];
     let silu = Activation::Silu;
     insta::assert_snapshot!("rms_norm_matmul2_q4_0_glu_silu", matmul_glu(gate_up, 2048, norm, silu, MatPath::RowByRow));
-    // The same with subgroup reductions, and the cooperative-matrix GEMM of prefill.
+    // The same with subgroup reductions, and a residual add behind the cooperative-matrix GEMM of prefill.
     insta::assert_snapshot!(
         "rms_norm_matmul2_q4_0_glu_silu_sg",
         matmul_glu(gate_up, 2048, norm, silu, MatPath::RowByRowSg)
     );
     insta::assert_snapshot!("matmul_q8_0+add_rows_sg", matmul_group(&down, 8192, None, true, MatPath::RowByRowSg));
-    insta::assert_snapshot!("rms_norm_matmul3_q4_0_coop", matmul_group(&qkv, 2048, norm, false, MatPath::TiledCoop));
     insta::assert_snapshot!("matmul_q8_0+add_coop", matmul_group(&down, 8192, None, true, MatPath::TiledCoop));
-    // Decode's integer-dot path: the norm and q/k/v (q4_0), the MLP's norm, gate/up and GLU (q8_0).
-    insta::assert_snapshot!("rms_norm_matmul3_q4_0_dot", matmul_group(&qkv, 2048, norm, false, MatPath::RowByRowDot));
+    // Decode's integer-dot path: the MLP's norm, gate/up and GLU (q8_0).
     let gate_up8 = [MatMember { format: WeightFormat::Q8_0, bias: false, n: 8192 }; 2];
     insta::assert_snapshot!(
         "rms_norm_matmul2_q8_0_glu_silu_dot",
         matmul_glu(gate_up8, 2048, norm, silu, MatPath::RowByRowDot)
     );
-    // Decode attention with the q and k RoPE fused in (Llama 3.2 1B).
-    let inv: Vec<f32> = (0..32).map(|i| 500000f32.powf(-(2.0 * i as f32) / 64.0)).collect();
-    let shape = AttentionShape { heads: 32, kv_heads: 8, head_dim: 64, window: None, scale: 0.125 };
-    insta::assert_snapshot!("rope_rope_attention_f16", rope_attention(true, shape, &inv));
 }
 
 #[test]
