@@ -1399,7 +1399,8 @@ fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>) -> 
     f32_buffer(&mut s, at[0], "q", "readonly");
     f32_buffer(&mut s, at[1], "k", "readonly");
     f32_buffer(&mut s, at[2], "v", "readonly");
-    u32_buffer(&mut s, at[3], "kv", "");
+    // Coherent: the split partials that workgroups of one launch exchange live after the cache's keys and values.
+    u32_buffer(&mut s, at[3], "kv", "coherent");
     f32_buffer(&mut s, at[4], "y", "");
     for (name, b) in ["QB", "KB", "VB", "KVB", "YB"].iter().zip(at) {
         def_uint(&mut s, name, b as u64);
@@ -1565,10 +1566,10 @@ uint split_counter(uint r, uint h) {
   return pc.base[KVB] + KV_WORDS_PER_SLOT * pc.cap + SPLIT_ROWS * H * MAX_SPLITS * (HD + 2u) + r * H + h;
 }
 void combine_splits(uint r, uint h, uint splits);
-// The partials one workgroup writes and another reads within a launch, through atomics (which every device
-// keeps coherent; the cache itself is read plainly, through whatever caches the device has).
-void put_part(uint at, uint v) { atomicExchange(kv[at], v); }
-uint get_part(uint at) { return atomicAdd(kv[at], 0u); }
+// The partials one workgroup writes and another reads within a launch: plain loads and stores of the coherent
+// buffer, ordered by the counter's atomic.
+void put_part(uint at, uint v) { kv[at] = v; }
+uint get_part(uint at) { return kv[at]; }
 #if ROPE
 shared float ks[512];
 #endif
@@ -1645,8 +1646,10 @@ void attend_split() {
     l = l * corr + sum;
     acc *= corr;
     uint count = min(SPLIT_KEYS, hi - j0);
+    // A constant trip count, so that the compiler can put every value's load in flight at once.
     if (sub < SUBSETS)
-      for (uint t = sub; t < count; t += SUBSETS) acc += ps[t] * value2(g, j0 + t, 2u * pair);
+      for (uint t = sub; t < SPLIT_KEYS; t += SUBSETS)
+        if (t < count) acc += ps[t] * value2(g, j0 + t, 2u * pair);
     m = mn;
     barrier();
   }
@@ -1679,23 +1682,41 @@ void attend_split() {
 }
 void combine_splits(uint r, uint h, uint splits) {
   uint lane = gl_LocalInvocationID.x;
-  // Thread z < splits takes range z's maximum, then its weight exp(max_z - max) and weighted sum.
-  if (lane < splits) zw[lane] = uintBitsToFloat(get_part(split_at(r, h, lane, splits)));
+  // Thread z < splits takes range z's maximum and sum, then its weight exp(max_z - max) and weighted sum.
+  if (lane < splits) {
+    uint at = split_at(r, h, lane, splits);
+    zw[lane] = uintBitsToFloat(get_part(at));
+    zl[lane] = uintBitsToFloat(get_part(at + 1u));
+  }
   barrier();
   float mx = uintBitsToFloat(0xff7fffffu), l = 0.0;
   for (uint z = 0u; z < splits; z++) mx = max(mx, zw[z]);
   barrier();
   if (lane < splits) {
     zw[lane] = exp(zw[lane] - mx);
-    zl[lane] = zw[lane] * uintBitsToFloat(get_part(split_at(r, h, lane, splits) + 1u));
+    zl[lane] *= zw[lane];
   }
   barrier();
   for (uint z = 0u; z < splits; z++) l += zl[z];
-  uint ya = pc.base[YB] + r * H * HD + h * HD;
-  for (uint d = lane; d < HD; d += 256u) {
+  // Thread (lane / DL, lane % DL) sums dimension d of every ZS-th range from lane / DL, all its loads in flight
+  // at once (a constant trip count), and the ZS sums of a dimension meet in shared memory.
+  const uint DL = HD < 256u ? HD : 256u, ZS = 256u / DL;
+  uint ya = pc.base[YB] + r * H * HD + h * HD, zq = lane / DL;
+  for (uint d0 = 0u; d0 < HD; d0 += DL) {
+    uint d = d0 + lane % DL;
     float o = 0.0;
-    for (uint z = 0u; z < splits; z++) o += zw[z] * uintBitsToFloat(get_part(split_at(r, h, z, splits) + 2u + d));
-    y[ya + d] = o / l;
+    for (uint i = 0u; i < (MAX_SPLITS + ZS - 1u) / ZS; i++) {
+      uint z = zq + i * ZS;
+      if (zq < ZS && z < splits && d < HD) o += zw[z] * uintBitsToFloat(get_part(split_at(r, h, z, splits) + 2u + d));
+    }
+    vpart[lane] = o;
+    barrier();
+    if (lane < DL && d < HD) {
+      float sum = 0.0;
+      for (uint q = 0u; q < ZS; q++) sum += vpart[q * DL + lane];
+      y[ya + d] = sum / l;
+    }
+    barrier();
   }
 }
 ";
