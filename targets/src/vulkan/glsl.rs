@@ -333,8 +333,9 @@ pub enum MatPath {
     /// Tiles of 64 outputs by 64 rows through shared memory, each dequantized weight block multiplied into all
     /// the rows (prefill).
     Tiled,
-    /// [`MatPath::Tiled`] multiplied by cooperative matrices (f16 operands, f32 sums: needs
-    /// [`unicorn_ir::device::COOPMAT_F16_F32`] and [`COOP_SHARED_BYTES`] of shared memory).
+    /// [`MatPath::Tiled`] multiplied by cooperative matrices, in tiles of [`COOP_TILE_ROWS`] rows (f16
+    /// operands, f32 sums: needs [`unicorn_ir::device::COOPMAT_F16_F32`] and [`COOP_SHARED_BYTES`] of shared
+    /// memory).
     TiledCoop,
     /// Row after row, each weight step multiplied into one row (decode, where a launch has a row per sequence):
     /// a row's arithmetic is then the same however many sequences the launch holds. Matrices whose columns
@@ -484,11 +485,23 @@ pub const GEMM_TILE: u64 = 64;
 
 /// A matmul launch's workgroups: along x, each member's tiles of outputs one after the other (64 for the tiled
 /// path, `8 * gemv_groups` for the row-by-row path); along y, tiles of this many rows of `x`: 64 for the
-/// tiled path, 8 (one after another) for the row-by-row path.
+/// tiled path, [`COOP_TILE_ROWS`] for its cooperative-matrix form, 8 (one after another) for the row-by-row
+/// path.
 pub fn matmul_work(members: &[MatMember], k: u64, path: MatPath) -> (u64, u64) {
-    let (outs, rows) =
-        if takes_rows(k, path) { (8 * gemv_groups(members), MATMUL_TILE as u64) } else { (GEMM_TILE, GEMM_TILE) };
+    let (outs, rows) = if takes_rows(k, path) {
+        (8 * gemv_groups(members), MATMUL_TILE as u64)
+    } else if takes_coop(members, k, path) {
+        (GEMM_TILE, COOP_TILE_ROWS)
+    } else {
+        (GEMM_TILE, GEMM_TILE)
+    };
     (members.iter().map(|m| m.n.div_ceil(outs)).sum(), rows)
+}
+
+/// Whether a tiled launch multiplies by cooperative matrices: on that path, unless a matrix holds f32 weights
+/// (an f32 plan is the reference the others are judged by, so it keeps f32 products).
+fn takes_coop(members: &[MatMember], k: u64, path: MatPath) -> bool {
+    path == MatPath::TiledCoop && !takes_rows(k, path) && members.iter().all(|m| m.format != WeightFormat::F32)
 }
 
 /// Interleaved groups of 8 outputs one workgroup of the row-by-row path makes: as many as keep at least 256
@@ -597,86 +610,114 @@ const COOP_EXTENSIONS: [&str; 4] = [
     "GL_KHR_shader_subgroup_basic",
 ];
 
-/// Shared memory of the cooperative-matrix GEMM: the f16 tiles of `x` (64 rows x 32 columns, row-major,
+/// Rows of `x` one tile of the cooperative-matrix GEMM takes (by [`GEMM_TILE`] outputs): each dequantized weight
+/// serves twice the rows of the portable tile, and each subgroup multiplies a 32 x 32 block of the tile.
+pub const COOP_TILE_ROWS: u64 = 128;
+
+/// Shared memory of the cooperative-matrix GEMM: the f16 tiles of `x` (128 rows x 32 columns, row-major,
 /// stride 40) and of the weights (32 columns x 64 outputs, stride 72: every row of both starts on a 16-byte
 /// boundary, as cooperative-matrix loads want, and neighbouring rows fall in different banks), the f32
-/// results of the 64 x 64 tile (stride 68) for the epilogue, and the rows' sums of squares.
-const COOP_SHARED: &str = "shared float16_t xs[64 * 40];\n\
+/// results of half the tile (64 rows, stride 68) at a time for the epilogue, and the rows' sums of squares.
+const COOP_SHARED: &str = "shared float16_t xs[128 * 40];\n\
                            shared float16_t ws[32 * 72];\n\
                            shared float cs[64 * 68];\n\
-                           shared float rs[64 * 4];\n\
+                           shared float rs[128 * 2];\n\
                            #define WS(c, v) ws[(c) * 72u + o] = float16_t(v)\n";
 
 /// Bytes of [`COOP_SHARED`].
-pub const COOP_SHARED_BYTES: u32 = (64 * 40 + 32 * 72) * 2 + (64 * 68 + 64 * 4) * 4;
+pub const COOP_SHARED_BYTES: u32 = (128 * 40 + 32 * 72) * 2 + (64 * 68 + 128 * 2) * 4;
 
-/// Cooperative-matrix accumulators one subgroup holds: the tile's sixteen 16 x 16 blocks over the
-/// workgroup's subgroups, at most four each (subgroups of 64 invocations: four subgroups); with more
-/// subgroups, the later accumulators of each go unused.
-const COOP_ACC: u32 = 4;
+/// 32 x 32 blocks of a cooperative-matrix tile one subgroup multiplies, at most: the tile's eight over the
+/// workgroup's subgroups (with subgroups of up to 64 invocations, at least four of them); with more subgroups
+/// than blocks, the later subgroups only stage.
+const COOP_BLOCKS: u32 = 2;
 
-/// Member `m` of a tiled launch: a `64 x 64` tile of its `y` (64 rows of `x` by 64 outputs), walking `K` in
-/// blocks of 32 columns. Each block of the 64 rows of `x` (scaled by the norm weight where a norm is fused,
-/// its squares summed on the way) and of the 64 outputs' dequantized weights goes to shared memory, and the
-/// next block's loads are issued before this one is multiplied, so they are in flight meanwhile. The
-/// portable path multiplies in f32, each thread its `4 x 4` outputs (rows `t / 16 + 16i`, outputs
-/// `t % 16 + 16j`); the cooperative-matrix path stores the blocks in f16 and multiplies the tile as sixteen
-/// `16 x 16` blocks by `coopMatMulAdd` in f32 (block `b` is subgroup `b % subgroups`' accumulator
-/// `b / subgroups`), staged through shared memory (`cs`) for the same epilogue: `store`, with `row`, `n`,
+/// Member `m` of a tiled launch: a tile of its `y` (`rows` rows of `x` by 64 outputs), walking `K` in blocks
+/// of 32 columns. Each block of the rows of `x` (scaled by the norm weight where a norm is fused, its squares
+/// summed on the way) and of the 64 outputs' dequantized weights goes to shared memory, and the next block's
+/// loads are issued before this one is multiplied, so they are in flight meanwhile; thread `t` stages row
+/// `t / (256 / rows)` of `x`, `32 * rows / 256` of its columns. The portable path (64 rows) multiplies in
+/// f32, each thread its `4 x 4` outputs (rows `t / 16 + 16i`, outputs `t % 16 + 16j`); the cooperative-matrix
+/// path (128 rows) stores the blocks in f16 and multiplies the tile as eight 32 x 32 blocks, each four
+/// `16 x 16` accumulators in f32 by `coopMatMulAdd` (block `b`, rows `32 (b / 2)`, outputs `32 (b % 2)`, is
+/// subgroup `b % subgroups`' block `b / subgroups`: two A and two B loads serve its four products), staged
+/// through shared memory (`cs`, half the tile at a time) for the same epilogue: `store`, with `row`, `n`,
 /// `inv` (the row's `1 / rms`, or 1), and `acc[i][j]` or `cs[rr * 68 + oc]`.
 fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
-    let inv = if norm {
-        "float(1.0 / sqrt((rs[rr * 4u] + rs[rr * 4u + 1u] + rs[rr * 4u + 2u] + rs[rr * 4u + 3u]) / float(K) + EPS))"
-    } else {
-        "1.0"
+    let rows: u32 = if coop { COOP_TILE_ROWS as u32 } else { GEMM_TILE as u32 };
+    // Threads staging one row of x, and the columns each stages.
+    let (xp, xc) = (MATMUL_THREADS / rows, 32 * rows / MATMUL_THREADS);
+    let rs_sum = (0..xp).map(|p| format!("rs[rq * {xp}u + {p}u]")).collect::<Vec<_>>().join(" + ");
+    let inv = |rq: &str| {
+        if norm {
+            format!("float(1.0 / sqrt(({}) / float(K) + EPS))", rs_sum.replace("rq", rq))
+        } else {
+            "1.0".to_string()
+        }
     };
     let (gload, gdecl, scaled) = if norm {
-        (" gv[e] = c < K ? g[pc.base[1] + c] : 0.0;", " float gv[8];", " ss += v * v; v *= gv[e] + UNIT;")
+        (" gv[e] = c < K ? g[pc.base[1] + c] : 0.0;", format!(" float gv[{xc}];"), " ss += v * v; v *= gv[e] + UNIT;")
     } else {
-        ("", "", "")
+        ("", String::new(), "")
     };
     let xload = |kb: &str| {
         format!(
-            "for (uint e = 0u; e < 8u; e++) {{ uint c = {kb} * 32u + part * 8u + e; \
+            "for (uint e = 0u; e < {xc}u; e++) {{ uint c = {kb} * 32u + part * {xc}u + e; \
              xv[e] = live && c < K ? x[xr + c] : 0.0;{gload} }}\n"
         )
     };
     let acc_ty = "coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>";
     let (decl, xs_store, multiply, epilogue) = if coop {
+        let accs = 4 * COOP_BLOCKS;
         (
             format!(
-                "{acc_ty} acc[{COOP_ACC}];\n\
-                 \x20 for (uint a = 0u; a < {COOP_ACC}u; a++) acc[a] = {acc_ty}(0.0);\n"
+                "{acc_ty} acc[{accs}];\n\
+                 \x20 for (uint a = 0u; a < {accs}u; a++) acc[a] = {acc_ty}(0.0);\n"
             ),
-            "xs[lr * 40u + part * 8u + e] = float16_t(v);",
+            "xs[lr * 40u + part * 16u + e] = float16_t(v);".to_string(),
             format!(
-                "for (uint a = 0u; a < {COOP_ACC}u; a++) {{\n\
-                 \x20     uint b = gl_SubgroupID + a * gl_NumSubgroups;\n\
-                 \x20     if (b >= 16u) break;\n\
+                "for (uint i = 0u; i < {COOP_BLOCKS}u; i++) {{\n\
+                 \x20     uint b = gl_SubgroupID + i * gl_NumSubgroups;\n\
+                 \x20     if (b >= 8u) break;\n\
+                 \x20     uint br = (b / 2u) * 32u, bc = (b % 2u) * 32u;\n\
                  \x20     for (uint kk = 0u; kk < 32u; kk += 16u) {{\n\
-                 \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma;\n\
-                 \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb;\n\
-                 \x20       coopMatLoad(ma, xs, (b / 4u) * 16u * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                 \x20       coopMatLoad(mb, ws, kk * 72u + (b % 4u) * 16u, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                 \x20       acc[a] = coopMatMulAdd(ma, mb, acc[a]);\n\
+                 \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma0, ma1;\n\
+                 \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb0, mb1;\n\
+                 \x20       coopMatLoad(ma0, xs, br * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                 \x20       coopMatLoad(ma1, xs, (br + 16u) * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                 \x20       coopMatLoad(mb0, ws, kk * 72u + bc, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                 \x20       coopMatLoad(mb1, ws, kk * 72u + bc + 16u, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                 \x20       acc[4u * i] = coopMatMulAdd(ma0, mb0, acc[4u * i]);\n\
+                 \x20       acc[4u * i + 1u] = coopMatMulAdd(ma0, mb1, acc[4u * i + 1u]);\n\
+                 \x20       acc[4u * i + 2u] = coopMatMulAdd(ma1, mb0, acc[4u * i + 2u]);\n\
+                 \x20       acc[4u * i + 3u] = coopMatMulAdd(ma1, mb1, acc[4u * i + 3u]);\n\
                  \x20     }}\n\
                  \x20   }}\n"
             ),
             format!(
-                "for (uint a = 0u; a < {COOP_ACC}u; a++) {{\n\
-                 \x20   uint b = gl_SubgroupID + a * gl_NumSubgroups;\n\
-                 \x20   if (b >= 16u) break;\n\
-                 \x20   coopMatStore(acc[a], cs, (b / 4u) * 16u * 68u + (b % 4u) * 16u, 68u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                 \x20 }}\n\
-                 \x20 rs[lr * 4u + part] = ss;\n\
-                 \x20 barrier();\n\
-                 \x20 uint oc = t % 64u, n = n0 + oc;\n\
-                 \x20 for (uint i = 0u; i < 16u; i++) {{\n\
-                 \x20   uint rr = t / 64u + 4u * i, row = row0 + rr;\n\
-                 \x20   if (row >= pc.rows || n >= N{m}) continue;\n\
-                 \x20   float inv = {inv};\n\
-                 \x20   {store}\n\
-                 \x20 }}\n"
+                "rs[lr * {xp}u + part] = ss;\n\
+                 \x20 // The tile's results in two halves of 64 rows: each block's accumulators into cs, then the\n\
+                 \x20 // epilogue of the half's rows.\n\
+                 \x20 for (uint hh = 0u; hh < 2u; hh++) {{\n\
+                 \x20   for (uint i = 0u; i < {COOP_BLOCKS}u; i++) {{\n\
+                 \x20     uint b = gl_SubgroupID + i * gl_NumSubgroups;\n\
+                 \x20     if (b >= 8u) break;\n\
+                 \x20     uint br = (b / 2u) * 32u, bc = (b % 2u) * 32u;\n\
+                 \x20     if (br / 64u != hh) continue;\n\
+                 \x20     for (uint q = 0u; q < 4u; q++)\n\
+                 \x20       coopMatStore(acc[4u * i + q], cs, (br % 64u + (q / 2u) * 16u) * 68u + bc + (q % 2u) * 16u, 68u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                 \x20   }}\n\
+                 \x20   barrier();\n\
+                 \x20   uint oc = t % 64u, n = n0 + oc;\n\
+                 \x20   for (uint i = 0u; i < 16u; i++) {{\n\
+                 \x20     uint rr = t / 64u + 4u * i, rq = hh * 64u + rr, row = row0 + rq;\n\
+                 \x20     if (row >= pc.rows || n >= N{m}) continue;\n\
+                 \x20     float inv = {inv};\n\
+                 \x20     {store}\n\
+                 \x20   }}\n\
+                 \x20   barrier();\n\
+                 \x20 }}\n",
+                inv = inv("rq"),
             ),
         )
     } else {
@@ -684,7 +725,7 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
             "float acc[4][4];\n\
              \x20 for (uint i = 0u; i < 4u; i++) for (uint j = 0u; j < 4u; j++) acc[i][j] = 0.0;\n"
                 .to_string(),
-            "xs[(part * 8u + e) * 65u + lr] = v;",
+            "xs[(part * 8u + e) * 65u + lr] = v;".to_string(),
             "for (uint kk = 0u; kk < 32u; kk++) {\n\
              \x20     float a[4], b[4];\n\
              \x20     for (uint i = 0u; i < 4u; i++) a[i] = xs[kk * 65u + tr + 16u * i];\n\
@@ -693,7 +734,7 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
              \x20   }\n"
                 .to_string(),
             format!(
-                "rs[lr * 4u + part] = ss;\n\
+                "rs[lr * {xp}u + part] = ss;\n\
                  \x20 barrier();\n\
                  \x20 for (uint i = 0u; i < 4u; i++) {{\n\
                  \x20   uint rr = tr + 16u * i, row = row0 + rr;\n\
@@ -703,23 +744,24 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
                  \x20     uint n = n0 + tc + 16u * j;\n\
                  \x20     if (n < N{m}) {store}\n\
                  \x20   }}\n\
-                 \x20 }}\n"
+                 \x20 }}\n",
+                inv = inv("rr"),
             ),
         )
     };
     format!(
         "void member{m}(uint tile_x) {{\n\
-         \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, lr = t / 4u, part = t % 4u;\n\
-         \x20 uint n0 = tile_x * 64u, row0 = gl_WorkGroupID.y * 64u;\n\
+         \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, lr = t / {xp}u, part = t % {xp}u;\n\
+         \x20 uint n0 = tile_x * 64u, row0 = gl_WorkGroupID.y * {rows}u;\n\
          \x20 uint xr = pc.base[0] + (row0 + lr) * K;\n\
          \x20 bool live = row0 + lr < pc.rows;\n\
-         \x20 float ss = 0.0, xv[8];{gdecl}\n\
+         \x20 float ss = 0.0, xv[{xc}];{gdecl}\n\
          \x20 uint raw[8];\n\
          \x20 {decl}\
          \x20 {first}\
          \x20 wload{m}(n0, 0u, raw);\n\
          \x20 for (uint kb = 0u; kb < (K + 31u) / 32u; kb++) {{\n\
-         \x20   for (uint e = 0u; e < 8u; e++) {{ float v = xv[e];{scaled} {xs_store} }}\n\
+         \x20   for (uint e = 0u; e < {xc}u; e++) {{ float v = xv[e];{scaled} {xs_store} }}\n\
          \x20   wstore{m}(n0, raw);\n\
          \x20   barrier();\n\
          \x20   // The next block's loads, in flight while this one is multiplied.\n\
@@ -745,7 +787,8 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
 /// (64 rows of `x` by 64 outputs), walking `K` in blocks of 32 columns: the block of the 64 rows of `x` and
 /// the dequantized block of the 64 outputs' weights go to shared memory, and each thread multiplies them into
 /// its `4 x 4` outputs (rows `t / 16 + 16i`, outputs `t % 16 + 16j`), so each weight read from memory serves
-/// 64 rows and each value of `x` 64 outputs.
+/// 64 rows and each value of `x` 64 outputs. [`MatPath::TiledCoop`] takes tiles of [`COOP_TILE_ROWS`] rows by
+/// 64 outputs and multiplies them by cooperative matrices (see `tiled_member`).
 ///
 /// [`MatPath::RowByRow`] (decode) with `K` a multiple of eight: the workgroup takes its 8 rows one by one, so
 /// each row's arithmetic is the same whatever else the launch holds. Its outputs are 1 to 8 interleaved groups
@@ -778,8 +821,7 @@ pub fn matmul_group(
     let gemv = takes_rows(k, path);
     let dot = gemv && takes_dot(members, k, 9, path);
     let sg = gemv && matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot);
-    // f32 weights keep f32 products (an f32 plan is the reference the others are judged by).
-    let coop = !gemv && path == MatPath::TiledCoop && members.iter().all(|m| m.format != WeightFormat::F32);
+    let coop = takes_coop(members, k, path);
     let extensions: &[&str] = if dot {
         &DOT_EXTENSIONS
     } else if sg {
