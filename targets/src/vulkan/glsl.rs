@@ -1387,6 +1387,10 @@ pub fn select_rows(width: u64) -> String {
     s
 }
 
+/// The largest head whose keys prefill attention stages in shared memory, a chunk at a time (16 keys of 129
+/// floats beside the split pass's arrays: within the 16 KiB every device has).
+const ATTN_STAGED_HEAD_DIM: u64 = 128;
+
 /// The largest attention head the kernel takes (eight dimensions per thread of a 64-thread group).
 pub const MAX_HEAD_DIM: u64 = 512;
 
@@ -1454,6 +1458,9 @@ fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>) -> 
     def_uint(&mut s, "WINDOW", shape.window.unwrap_or(0));
     def_float(&mut s, "SCALE", shape.scale);
     let _ = writeln!(s, "#define ROPE {}", rope.is_some() as u32);
+    // Prefill stages each chunk's keys in shared memory where they fit beside the split pass's arrays in the
+    // 16 KiB every device has.
+    let _ = writeln!(s, "#define STAGE_KEYS {}", (shape.head_dim <= ATTN_STAGED_HEAD_DIM) as u32);
     if let Some(inv) = rope {
         let bits: Vec<String> = inv.iter().map(|f| format!("0x{:08x}u", f.to_bits())).collect();
         let _ = writeln!(s, "const uint INV_FREQ[{}] = uint[]({});", bits.len().max(1), bits.join(", "));
@@ -1525,12 +1532,16 @@ fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>) -> 
 /// key `t % KC` of each chunk of `KC` keys: the chunk's scores, the rows' online softmax over them, and each
 /// thread's share of its row's output dimensions (`t % KC`, then every `KC`-th). The keys and values of a chunk
 /// are read by the workgroup once for all its rows, which see the keys from the first one any of them sees to
-/// the last row's own.
+/// the last row's own; heads of up to [`ATTN_STAGED_HEAD_DIM`] dimensions stage the chunk's keys in shared
+/// memory first, read pair by pair across the threads.
 const TILED_ATTENTION: &str = "\
 #define QT 16u // ATTN_TILE_ROWS
 #define KC 16u
 #define DPL ((HD + KC - 1u) / KC)
 shared float tp[QT * KC];
+#if STAGE_KEYS
+shared float ksh[KC * (HD + 1u)];
+#endif
 void attend_tiled() {
   uint h = gl_WorkGroupID.x, r0 = gl_WorkGroupID.y * QT, t = gl_LocalInvocationID.x;
   uint qi = t / KC, kj = t % KC, g = h / (H / KVH);
@@ -1549,11 +1560,28 @@ void attend_tiled() {
     uint j = j0 + kj;
     bool vis = live && j >= first && j <= p;
     float sc = uintBitsToFloat(0xff7fffffu);
+#if STAGE_KEYS
+    // The chunk's keys into shared memory, neighbouring threads reading neighbouring pairs of one key (a
+    // thread reading its own key's dimensions would make every load touch KC keys' lines).
+    for (uint e = t; e < KC * (HD / 2u); e += 256u) {
+      uint c = e / (HD / 2u), d = 2u * (e % (HD / 2u));
+      vec2 kk = j0 + c <= plast ? key2(g, j0 + c, d) : vec2(0.0);
+      ksh[c * (HD + 1u) + d] = kk.x;
+      ksh[c * (HD + 1u) + d + 1u] = kk.y;
+    }
+    barrier();
+    if (vis) {
+      float acc = 0.0;
+      for (uint d = 0u; d < HD; d += 2u) acc += q[qa + d] * ksh[kj * (HD + 1u) + d] + q[qa + d + 1u] * ksh[kj * (HD + 1u) + d + 1u];
+      sc = acc * SCALE;
+    }
+#else
     if (vis) {
       float acc = 0.0;
       for (uint d = 0u; d < HD; d += 2u) { vec2 kk = key2(g, j, d); acc += q[qa + d] * kk.x + q[qa + d + 1u] * kk.y; }
       sc = acc * SCALE;
     }
+#endif
     tp[t] = sc;
     barrier();
     float mx = m;
