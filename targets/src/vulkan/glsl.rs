@@ -1598,7 +1598,9 @@ void attend_tiled() {
       uint d = kj + i * KC;
       if (d >= HD) break;
       float a = o[i] * corr;
-      for (uint c = 0u; c < count; c++) a += tp[qi * KC + c] * value(g, j0 + c, d);
+      // A constant trip count, so that the compiler can put the chunk's loads in flight at once.
+      for (uint c = 0u; c < KC; c++)
+        if (c < count) a += tp[qi * KC + c] * value(g, j0 + c, d);
       o[i] = a;
     }
     m = mx;
