@@ -668,45 +668,83 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
     };
     let acc_ty = "coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>";
     let (decl, xs_store, multiply, epilogue) = if coop {
-        let accs = 4 * COOP_BLOCKS;
+        // Every accumulator a variable of its own and every block's code spelled out: an array of cooperative
+        // matrices indexed in a loop the compiler does not unroll lives in local memory, and each product
+        // then loads and stores its accumulator there.
+        let blocks = 0..COOP_BLOCKS;
+        let decl = blocks
+            .clone()
+            .map(|i| format!("{acc_ty} acc{i}_0 = {acc_ty}(0.0), acc{i}_1 = acc{i}_0, acc{i}_2 = acc{i}_0, acc{i}_3 = acc{i}_0;\n"))
+            .collect::<Vec<_>>()
+            .join("\x20 ");
+        let decl = format!(
+            "// This subgroup's blocks (rows 32 (b / 2), outputs 32 (b % 2)); past the tile's eight, none.\n\
+             \x20 uint blk0 = gl_SubgroupID{};\n\
+             \x20 {decl}",
+            blocks
+                .clone()
+                .skip(1)
+                .map(|i| format!(", blk{i} = gl_SubgroupID + {i}u * gl_NumSubgroups"))
+                .collect::<String>()
+        );
+        let multiply = blocks
+            .clone()
+            .map(|i| {
+                format!(
+                    "if (blk{i} < 8u) {{\n\
+                     \x20     uint br = (blk{i} / 2u) * 32u, bc = (blk{i} % 2u) * 32u;\n\
+                     \x20     for (uint kk = 0u; kk < 32u; kk += 16u) {{\n\
+                     \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma0, ma1;\n\
+                     \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb0, mb1;\n\
+                     \x20       coopMatLoad(ma0, xs, br * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                     \x20       coopMatLoad(ma1, xs, (br + 16u) * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                     \x20       coopMatLoad(mb0, ws, kk * 72u + bc, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                     \x20       coopMatLoad(mb1, ws, kk * 72u + bc + 16u, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
+                     \x20       acc{i}_0 = coopMatMulAdd(ma0, mb0, acc{i}_0);\n\
+                     \x20       acc{i}_1 = coopMatMulAdd(ma0, mb1, acc{i}_1);\n\
+                     \x20       acc{i}_2 = coopMatMulAdd(ma1, mb0, acc{i}_2);\n\
+                     \x20       acc{i}_3 = coopMatMulAdd(ma1, mb1, acc{i}_3);\n\
+                     \x20     }}\n\
+                     \x20   }}\n"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\x20   ");
+        let stores = blocks
+            .map(|i| {
+                let one = |q: u32| {
+                    format!(
+                        "coopMatStore(acc{i}_{q}, cs, (br % 64u + {}u) * 68u + bc + {}u, 68u, gl_CooperativeMatrixLayoutRowMajor);",
+                        (q / 2) * 16,
+                        (q % 2) * 16
+                    )
+                };
+                format!(
+                    "if (blk{i} < 8u && (blk{i} / 2u) * 32u / 64u == hh) {{\n\
+                     \x20     uint br = (blk{i} / 2u) * 32u, bc = (blk{i} % 2u) * 32u;\n\
+                     \x20     {}\n\
+                     \x20     {}\n\
+                     \x20     {}\n\
+                     \x20     {}\n\
+                     \x20   }}\n",
+                    one(0),
+                    one(1),
+                    one(2),
+                    one(3)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\x20   ");
         (
-            format!(
-                "{acc_ty} acc[{accs}];\n\
-                 \x20 for (uint a = 0u; a < {accs}u; a++) acc[a] = {acc_ty}(0.0);\n"
-            ),
+            decl,
             "xs[lr * 40u + part * 16u + e] = float16_t(v);".to_string(),
-            format!(
-                "for (uint i = 0u; i < {COOP_BLOCKS}u; i++) {{\n\
-                 \x20     uint b = gl_SubgroupID + i * gl_NumSubgroups;\n\
-                 \x20     if (b >= 8u) break;\n\
-                 \x20     uint br = (b / 2u) * 32u, bc = (b % 2u) * 32u;\n\
-                 \x20     for (uint kk = 0u; kk < 32u; kk += 16u) {{\n\
-                 \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma0, ma1;\n\
-                 \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb0, mb1;\n\
-                 \x20       coopMatLoad(ma0, xs, br * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                 \x20       coopMatLoad(ma1, xs, (br + 16u) * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                 \x20       coopMatLoad(mb0, ws, kk * 72u + bc, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                 \x20       coopMatLoad(mb1, ws, kk * 72u + bc + 16u, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                 \x20       acc[4u * i] = coopMatMulAdd(ma0, mb0, acc[4u * i]);\n\
-                 \x20       acc[4u * i + 1u] = coopMatMulAdd(ma0, mb1, acc[4u * i + 1u]);\n\
-                 \x20       acc[4u * i + 2u] = coopMatMulAdd(ma1, mb0, acc[4u * i + 2u]);\n\
-                 \x20       acc[4u * i + 3u] = coopMatMulAdd(ma1, mb1, acc[4u * i + 3u]);\n\
-                 \x20     }}\n\
-                 \x20   }}\n"
-            ),
+            multiply,
             format!(
                 "rs[lr * {xp}u + part] = ss;\n\
                  \x20 // The tile's results in two halves of 64 rows: each block's accumulators into cs, then the\n\
                  \x20 // epilogue of the half's rows.\n\
                  \x20 for (uint hh = 0u; hh < 2u; hh++) {{\n\
-                 \x20   for (uint i = 0u; i < {COOP_BLOCKS}u; i++) {{\n\
-                 \x20     uint b = gl_SubgroupID + i * gl_NumSubgroups;\n\
-                 \x20     if (b >= 8u) break;\n\
-                 \x20     uint br = (b / 2u) * 32u, bc = (b % 2u) * 32u;\n\
-                 \x20     if (br / 64u != hh) continue;\n\
-                 \x20     for (uint q = 0u; q < 4u; q++)\n\
-                 \x20       coopMatStore(acc[4u * i + q], cs, (br % 64u + (q / 2u) * 16u) * 68u + bc + (q % 2u) * 16u, 68u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                 \x20   }}\n\
+                 \x20   {stores}\
                  \x20   barrier();\n\
                  \x20   uint oc = t % 64u, n = n0 + oc;\n\
                  \x20   for (uint i = 0u; i < 16u; i++) {{\n\
