@@ -48,7 +48,8 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
         })
         .collect();
     PlanHeader::assign_weight_offsets(&mut weights);
-    let (entries, section, phases, argmax) = match options.target {
+    // The Vulkan plans' argmax and top-k kernels, which pick tokens where the logits are.
+    let (entries, section, phases, pickers) = match options.target {
         Target::Cpu => {
             let mut kernels = cpu::KernelTable::default();
             let phases: Vec<_> = module.graphs.iter().map(|g| cpu::lower_phase(module, g, &mut kernels)).collect();
@@ -62,7 +63,8 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
                 .map(|g| vulkan::lower_phase(module, g, options.kv_cache, &options.profile, &mut kernels))
                 .collect::<Result<Vec<_>, _>>()?;
             let argmax = vulkan::argmax_kernel(module, &mut kernels)?;
-            (kernels.entries, kernels.section, phases, Some(argmax))
+            let top_k = vulkan::top_k_kernel(module, &mut kernels)?;
+            (kernels.entries, kernels.section, phases, Some((argmax, top_k)))
         }
     };
     let device = match options.target {
@@ -105,7 +107,8 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
         prefill_chunk,
         phases,
         peak_activation_bytes: peak,
-        argmax,
+        argmax: pickers.map(|p| p.0),
+        top_k: pickers.map(|p| p.1),
     };
     Ok((header, section))
 }

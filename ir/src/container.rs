@@ -25,7 +25,7 @@ use thiserror::Error;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 pub const MAGIC: [u8; 8] = *b"UCPLAN\r\n";
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 pub const SECTION_ALIGN: u64 = 4096;
 const PROLOGUE: usize = 40;
 

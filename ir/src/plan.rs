@@ -394,6 +394,14 @@ pub struct PlanHeader {
     /// it take the argmax of the logits on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argmax: Option<KernelId>,
+    /// A kernel that writes each kept row's `k` largest logits (`k` in push word `keep`, at most
+    /// [`vulkan_abi::MAX_TOP_K`]) with their indices, largest first (of equals the smaller index first; NaNs
+    /// never), so that a sampling step reads back a few hundred bytes a row instead of its logits. Bindings
+    /// [the phase's result slot, the results (per row [`vulkan_abi::TOP_K_WORDS`] words), the scratch
+    /// ([`vulkan_abi::top_k_scratch_words`] per row, zero before the first launch)]; work
+    /// `[top_k_groups(vocab), rows, 1]`. Executors without it pick on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<KernelId>,
 }
 
 impl PlanHeader {
@@ -440,6 +448,25 @@ pub mod vulkan_abi {
     /// Words of argmax scratch per row: each workgroup's pick (its value and index), then a counter.
     pub const fn argmax_scratch_words() -> u64 {
         2 * ARGMAX_GROUPS as u64 + 1
+    }
+
+    /// Most candidates the top-k kernel (`PlanHeader::top_k`) keeps per row; a sampler that wants more (or no
+    /// limit) takes the logits.
+    pub const MAX_TOP_K: u64 = 64;
+    /// Logits each thread of the top-k kernel's 256 holds, so a workgroup takes 4096 of a row.
+    pub const TOP_K_PER_THREAD: u64 = 16;
+
+    /// Workgroups per row of the top-k kernel over a vocabulary of `vocab`: one per 4096 logits.
+    pub const fn top_k_groups(vocab: u64) -> u64 {
+        vocab.div_ceil(256 * TOP_K_PER_THREAD)
+    }
+
+    /// Words of the top-k kernel's results per row: [`MAX_TOP_K`] pairs (the logit's bits, its index).
+    pub const TOP_K_WORDS: u64 = 2 * MAX_TOP_K;
+
+    /// Words of top-k scratch per row: each workgroup's sorted picks ([`TOP_K_WORDS`]), then a counter.
+    pub const fn top_k_scratch_words(vocab: u64) -> u64 {
+        top_k_groups(vocab) * TOP_K_WORDS + 1
     }
     /// Words of the push block: five scalars, then a base per buffer.
     pub const PUSH_WORDS: usize = 5 + MAX_BUFFERS;

@@ -133,11 +133,15 @@ impl PlanHeader {
                 return fail(field, "a workgroup dimension is 0");
             }
         }
-        if let Some(id) = self.argmax {
+        for (field, id, bindings) in [("argmax", self.argmax, 2), ("top_k", self.top_k, 3)] {
+            let Some(id) = id else { continue };
             match self.kernels.get(id.0 as usize) {
-                None => return fail("argmax", format!("kernel {} is not in the kernel table", id.0)),
-                Some(k) if k.bindings.len() != 2 => {
-                    return fail("argmax", format!("kernel {} has {} bindings, expected 2", k.name, k.bindings.len()))
+                None => return fail(field, format!("kernel {} is not in the kernel table", id.0)),
+                Some(k) if k.bindings.len() != bindings => {
+                    return fail(
+                        field,
+                        format!("kernel {} has {} bindings, expected {bindings}", k.name, k.bindings.len()),
+                    )
                 }
                 Some(_) => {}
             }

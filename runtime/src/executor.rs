@@ -52,6 +52,21 @@ pub trait Executor {
         greedy_on_host(self, phase, runs, ids)
     }
 
+    /// [`Executor::execute`] keeping only each kept row's `k` largest logits with their tokens, as
+    /// [`crate::sampler::top_k`] orders them (largest first, of equals the smaller token first, no NaNs), `k`
+    /// per row run after run in `cands`; a row with fewer than `k` numbers is padded with token `u32::MAX`. An
+    /// executor that can pick them where the logits are reads back `8k` bytes a row; this default takes the
+    /// logits and picks on the host.
+    fn execute_top_k(
+        &mut self,
+        phase: Phase,
+        runs: &[SeqRun],
+        k: usize,
+        cands: &mut Vec<(f32, u32)>,
+    ) -> Result<(), Error> {
+        top_k_on_host(self, phase, runs, k, cands)
+    }
+
     /// Record the time spent in each kernel from now on.
     fn enable_profile(&mut self);
 
@@ -78,6 +93,29 @@ pub fn greedy_on_host<E: Executor + ?Sized>(
     ids.clear();
     if let Some(vocab) = logits.len().checked_div(rows) {
         ids.extend(logits.chunks(vocab).map(crate::sampler::argmax));
+    }
+    Ok(())
+}
+
+/// [`Executor::execute_top_k`] by way of the logits: each kept row's `k` largest, picked on the host.
+pub fn top_k_on_host<E: Executor + ?Sized>(
+    exec: &mut E,
+    phase: Phase,
+    runs: &[SeqRun],
+    k: usize,
+    cands: &mut Vec<(f32, u32)>,
+) -> Result<(), Error> {
+    let mut logits = Vec::new();
+    exec.execute(phase, runs, &mut logits)?;
+    let rows: usize = runs.iter().map(|r| r.keep).sum();
+    cands.clear();
+    let mut row = Vec::new();
+    if let Some(vocab) = logits.len().checked_div(rows) {
+        for l in logits.chunks(vocab) {
+            crate::sampler::top_k(l, k, &mut row);
+            row.resize(k, (f32::NEG_INFINITY, u32::MAX));
+            cands.extend_from_slice(&row);
+        }
     }
     Ok(())
 }

@@ -52,10 +52,13 @@ pub fn generate(
     mut emit: impl FnMut(u32) -> Result<(), Error>,
 ) -> Result<Stats, Error> {
     let t0 = Instant::now();
-    // Greedy decoding leaves the pick to the executor (a GPU reads back a token instead of the logits).
+    // Greedy decoding, and sampling from the k largest, leave the pick to the executor (a GPU reads back a
+    // token, or k candidates, instead of the logits).
     let mut step = |s: &mut Session, tokens: &[u32]| -> Result<u32, Error> {
         if sampler.is_greedy() {
             s.forward_greedy(tokens)
+        } else if let Some(k) = sampler.candidates() {
+            Ok(sampler.sample_top(s.forward_top_k(tokens, k)?))
         } else {
             Ok(sampler.sample(s.forward(tokens, false)?))
         }

@@ -39,23 +39,41 @@ impl Sampler {
         self.o.temperature <= 0.0
     }
 
+    /// How many of the largest logits a sampled step needs (`Some(k)`: the sampler limits itself to them, so
+    /// an executor can pick them where the logits are); `None` when greedy or unlimited.
+    pub fn candidates(&self) -> Option<usize> {
+        (!self.is_greedy() && self.o.top_k > 0).then_some(self.o.top_k)
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.o.temperature <= 0.0 {
+        if self.is_greedy() {
             return argmax(logits);
         }
-        let t = self.o.temperature;
-        self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (l / t, i as u32)));
-        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
-        if self.o.top_k > 0 && self.o.top_k < self.cand.len() {
-            self.cand.select_nth_unstable_by(self.o.top_k - 1, by_logit_desc);
-            self.cand.truncate(self.o.top_k);
+        let k = if self.o.top_k > 0 { self.o.top_k } else { logits.len() };
+        top_k(logits, k, &mut self.cand);
+        self.pick()
+    }
+
+    /// [`Sampler::sample`] from the `k` largest logits of a row ([`Sampler::candidates`]) as (logit, token),
+    /// largest first and of equals the smaller token first, as [`top_k`] orders them (past the row's numbers,
+    /// token `u32::MAX`): the same token `sample` picks from the whole row.
+    pub fn sample_top(&mut self, cands: &[(f32, u32)]) -> u32 {
+        if self.is_greedy() {
+            return cands.first().map_or(0, |c| c.1);
         }
-        self.cand.sort_unstable_by(by_logit_desc);
-        let max = self.cand[0].0;
+        self.cand.clear();
+        // An executor pads a row of fewer numbers than k with token u32::MAX.
+        self.cand.extend(cands.iter().take(self.o.top_k.max(1)).take_while(|c| c.1 != u32::MAX));
+        self.pick()
+    }
+
+    /// Temperature, then top-p, then a draw, over the ordered candidates in `cand`.
+    fn pick(&mut self) -> u32 {
+        let Some(&(max, _)) = self.cand.first() else { return 0 };
+        let t = self.o.temperature;
         let mut sum = 0.0;
         for c in &mut self.cand {
-            c.0 = (c.0 - max).exp();
+            c.0 = ((c.0 - max) / t).exp();
             sum += c.0;
         }
         let mut keep = self.cand.len();
@@ -79,6 +97,25 @@ impl Sampler {
         }
         self.cand[keep - 1].1
     }
+}
+
+/// The order of candidates: a larger logit first, of equals the smaller token first (a total order, so the
+/// `k` largest are one set however they are found).
+fn first_largest(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// The `k` largest of `logits` as (logit, token), in [`Sampler::sample_top`]'s order; NaNs are never picked.
+pub fn top_k(logits: &[f32], k: usize, out: &mut Vec<(f32, u32)>) {
+    out.clear();
+    out.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l, i as u32)));
+    if k < out.len() {
+        if k > 0 {
+            out.select_nth_unstable_by(k - 1, first_largest);
+        }
+        out.truncate(k);
+    }
+    out.sort_unstable_by(first_largest);
 }
 
 /// Index of the largest logit (the first one on ties, as torch.argmax).
@@ -229,6 +266,45 @@ mod tests {
         for want in [0xe220_a839_7b1d_cdafu64, 0x6e78_9e6a_a1b9_65f4, 0x06c4_5d18_8009_454f] {
             assert_eq!(s.next_f64(), (want >> 11) as f64 / (1u64 << 53) as f64);
         }
+    }
+
+    #[test]
+    fn the_k_largest_come_largest_first_and_of_equals_the_smaller_token_first() {
+        let logits = [1.0, 3.0, f32::NAN, 3.0, -1.0, 2.0, 3.0, f32::INFINITY];
+        let mut out = Vec::new();
+        top_k(&logits, 4, &mut out);
+        assert_eq!(out, vec![(f32::INFINITY, 7), (3.0, 1), (3.0, 3), (3.0, 6)]);
+        // Ties across the cut keep the smaller tokens; NaNs are never candidates, even when k asks for all.
+        top_k(&logits, 3, &mut out);
+        assert_eq!(out, vec![(f32::INFINITY, 7), (3.0, 1), (3.0, 3)]);
+        top_k(&logits, 100, &mut out);
+        assert_eq!(out.len(), 7);
+        assert!(out.iter().all(|c| !c.0.is_nan()));
+        top_k(&logits, 0, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn sampling_from_the_k_largest_picks_what_sampling_the_row_picks() {
+        // Rows with many ties (values on a coarse grid) and a NaN, over seeds and settings: an executor that
+        // hands over only the k largest must not change a single draw.
+        let mut rng = Sampler::new(opts(1.0, 0, 1.0));
+        for seed in 0..200u64 {
+            let row: Vec<f32> = (0..300)
+                .map(|i| if i == 17 { f32::NAN } else { (rng.next_f64() * 12.0).floor() as f32 * 0.5 })
+                .collect();
+            let (t, k, p) = [(0.7, 5, 1.0), (1.3, 40, 0.9), (0.2, 1, 1.0), (1.0, 64, 0.5)][seed as usize % 4];
+            let o = SamplerOptions { temperature: t, top_k: k, top_p: p, seed };
+            let (mut whole, mut top) = (Sampler::new(o), Sampler::new(o));
+            assert_eq!(top.candidates(), Some(k));
+            let mut cands = Vec::new();
+            for _ in 0..5 {
+                top_k(&row, k, &mut cands);
+                assert_eq!(whole.sample(&row), top.sample_top(&cands), "seed {seed}");
+            }
+        }
+        assert_eq!(Sampler::new(opts(0.0, 5, 1.0)).candidates(), None);
+        assert_eq!(Sampler::new(opts(1.0, 0, 1.0)).candidates(), None);
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub struct Session<'m> {
     part: Vec<f32>,
     /// The greedy tokens of the last [`Session::forward_greedy`].
     ids: Vec<u32>,
+    /// The candidates of the last [`Session::forward_top_k`].
+    cands: Vec<(f32, u32)>,
+}
+
+/// What the last chunk of a forward pass hands back.
+enum Pick {
+    Greedy,
+    TopK(usize),
 }
 
 impl<'m> Session<'m> {
@@ -33,7 +41,18 @@ impl<'m> Session<'m> {
         let ctx = ctx.clamp(1, h.spec.max_context);
         let seq = exec.add_sequence(ctx)?;
         let chunk = h.prefill_chunk as usize;
-        Ok(Self { model, exec, seq, pos: 0, ctx, chunk, logits: Vec::new(), part: Vec::new(), ids: Vec::new() })
+        Ok(Self {
+            model,
+            exec,
+            seq,
+            pos: 0,
+            ctx,
+            chunk,
+            logits: Vec::new(),
+            part: Vec::new(),
+            ids: Vec::new(),
+            cands: Vec::new(),
+        })
     }
 
     /// Run prefills in chunks of at most `chunk` tokens (1 ..= the plan's `prefill_chunk`).
@@ -98,22 +117,33 @@ impl<'m> Session<'m> {
     /// largest logit, the first of equals): the executor picks it, so a device reads back 4 bytes instead of
     /// the logits.
     pub fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32, Error> {
+        self.forward_pick(tokens, Pick::Greedy)?;
+        Ok(self.ids[0])
+    }
+
+    /// Run `tokens` as [`Session::forward`] does and return the last one's `k` largest logits with their
+    /// tokens, in [`crate::sampler::Sampler::sample_top`]'s order (past the row's numbers, token `u32::MAX`):
+    /// the executor picks them, so a device reads back `8k` bytes instead of the logits.
+    pub fn forward_top_k(&mut self, tokens: &[u32], k: usize) -> Result<&[(f32, u32)], Error> {
+        self.forward_pick(tokens, Pick::TopK(k))?;
+        Ok(&self.cands)
+    }
+
+    fn forward_pick(&mut self, tokens: &[u32], pick: Pick) -> Result<(), Error> {
         self.check(tokens)?;
         let chunks = tokens.len().div_ceil(self.chunk);
-        let mut next = 0;
         for (i, part) in tokens.chunks(self.chunk).enumerate() {
             let phase = self.phase_of(part);
             let last = i + 1 == chunks;
             let run = SeqRun { seq: self.seq, tokens: part, pos: self.pos, keep: usize::from(last) };
-            if last {
-                self.exec.execute_greedy(phase, &[run], &mut self.ids)?;
-                next = self.ids[0];
-            } else {
-                self.exec.execute(phase, &[run], &mut self.part)?;
+            match pick {
+                _ if !last => self.exec.execute(phase, &[run], &mut self.part)?,
+                Pick::Greedy => self.exec.execute_greedy(phase, &[run], &mut self.ids)?,
+                Pick::TopK(k) => self.exec.execute_top_k(phase, &[run], k, &mut self.cands)?,
             }
             self.pos += part.len();
         }
-        Ok(next)
+        Ok(())
     }
 
     /// A chunk of one token after the first position is a decode step.

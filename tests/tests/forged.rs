@@ -325,3 +325,18 @@ fn random_header_edits_are_refused_or_run() {
     println!("300 random edits: {refused_n} refused, {accepted} ran");
     assert!(refused_n > 150, "most structural edits must be refused ({refused_n} were)");
 }
+
+/// A Vulkan plan's picking kernels (argmax, top-k) named by index: one outside the kernel table, or one with
+/// another kernel's bindings, is refused before anything runs.
+#[test]
+fn picking_kernels_out_of_the_table_or_of_the_wrong_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = fixtures_dir().join("mistral_sliding");
+    let plan = compile_for(unicorn_passes::Target::Vulkan, &fixture, dir.path(), WeightFormat::Q8_0, None);
+    let seed = Seed { _dir: dir, plan };
+    refused(&seed, "argmax", |h| h["argmax"] = json!(100000));
+    refused(&seed, "top_k", |h| h["top_k"] = json!(100000));
+    // Each with the other's kernel: two bindings where three are wanted, and three where two.
+    refused(&seed, "top_k", |h| h["top_k"] = h["argmax"].clone());
+    refused(&seed, "argmax", |h| h["argmax"] = h["top_k"].clone());
+}

@@ -701,6 +701,73 @@ fn argmax_picks_the_first_largest_logit_of_each_row() {
     assert_eq!(ids(&ib)[..n], want2);
 }
 
+/// The top-k kernel against the host's selection (`sampler::top_k`, the order the sampler relies on), exactly:
+/// rows of many ties (values on a coarse grid, so equal logits straddle workgroups and the cut at k), NaNs
+/// (never picked), a row of fewer numbers than k (the rest none), and the largest k, over a vocabulary of
+/// several workgroups that is no multiple of one, at row and buffer offsets; then a second launch, every
+/// counter having been reset.
+#[test]
+fn top_k_picks_what_the_sampler_would_pick_from_the_row() {
+    use unicorn_runtime::sampler::top_k;
+    let gpu = gpu();
+    let v = 9000usize;
+    let mut rng = Rng(41);
+    let mut rows: Vec<Vec<f32>> =
+        (0..3).map(|_| rng.vec(v).iter().map(|x| (x * 8.0).round() / 4.0).collect()).collect();
+    rows[1][5] = f32::NAN;
+    rows[1][4100] = f32::INFINITY;
+    rows[2][8999] = 9.0;
+    let mut few = vec![f32::NAN; v];
+    for i in [3, 4095, 4096, 8191, 8192] {
+        few[i] = i as f32;
+    }
+    rows.push(few);
+    rows.push(rng.vec(v));
+    let n = rows.len();
+    let flat: Vec<f32> = rows.concat();
+    let mut xb = buffer_at(&gpu, 3, &words(&flat));
+    let res_words = glsl::TOP_K_WORDS as usize;
+    let scratch_words = glsl::top_k_scratch_words(v as u64) as usize;
+    let rb = buffer_at(&gpu, 5, &vec![0u8; n * res_words * 4]);
+    let sb = buffer_at(&gpu, 7, &vec![0u8; n * scratch_words * 4]);
+    let src = glsl::top_k(v as u64);
+    let groups = [glsl::top_k_groups(v as u64) as u32, n as u32, 1];
+    assert_eq!(groups[0], 3);
+    let check = |xb: &Buffer, rows: &[Vec<f32>], k: usize| {
+        dispatch(&gpu, "top_k", &src, &[xb, &rb, &sb], &[3, 5, 7], [n as u32, 0, k as u32, 0, 0], groups);
+        let got: Vec<u32> = rb
+            .read(5 * 4, (n * res_words) as u64 * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let mut want = Vec::new();
+        for (r, row) in rows.iter().enumerate() {
+            top_k(row, k, &mut want);
+            let picks: Vec<(u32, u32)> = got[r * res_words..][..2 * k].chunks(2).map(|p| (p[0], p[1])).collect();
+            for (i, p) in picks.iter().enumerate() {
+                match want.get(i) {
+                    Some(&(l, id)) => assert_eq!(*p, (l.to_bits(), id), "row {r}, k {k}, pick {i}"),
+                    None => assert_eq!(p.1, u32::MAX, "row {r}, k {k}, pick {i}: past the row's numbers"),
+                }
+            }
+        }
+        let counters: Vec<u32> = sb
+            .read(7 * 4, (n * scratch_words) as u64 * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .skip(scratch_words - 1)
+            .step_by(scratch_words)
+            .collect();
+        assert_eq!(counters, vec![0; n], "counters left at zero");
+    };
+    for k in [1, 7, 40, glsl::MAX_TOP_K as usize] {
+        check(&xb, &rows, k);
+    }
+    rows.rotate_left(1);
+    xb.write(3 * 4, &words(&rows.concat())).unwrap();
+    check(&xb, &rows, 40);
+}
+
 /// Attention of `rows` new rows at `pos` over a ring cache of `cap` slots holding positions `..pos`, then the
 /// append pass: the outputs against an f64 softmax over the visible positions, and the cache's new slots
 /// against the rows' keys and values.

@@ -136,3 +136,35 @@ fn a_vulkan_plan_on_the_gpu_matches_transformers() {
         assert_eq!(a.argmax, 1.0, "{name}: argmax differs from transformers'");
     }
 }
+
+/// Sampling from the k largest logits, which the GPU picks where the logits are (the plan's top-k kernel),
+/// hands the sampler exactly the candidates it would take from the logits themselves: after the prompt and
+/// at each decode step of a q8_0 plan, for a k inside the kernel's limit and the largest it takes; a k
+/// beyond it falls back to the host, with the same result.
+#[test]
+fn the_gpu_picks_the_same_sampling_candidates_as_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = &fixtures()[0];
+    let exp = expected(name);
+    let plan = compile_for(Target::Vulkan, &fixtures_dir().join(name), dir.path(), WeightFormat::Q8_0, None);
+    let model = Model::load_with(&plan, Residency::Resident, DeviceKind::Vulkan(0)).unwrap();
+    assert!(model.header().top_k.is_some(), "a Vulkan plan carries the top-k kernel");
+    let vocab = exp.vocab;
+    for k in [1, 40, 64, 100] {
+        let mut on_gpu = unicorn_runtime::Session::new(&model, 64).unwrap();
+        let mut on_host = unicorn_runtime::Session::new(&model, 64).unwrap();
+        let mut tokens = exp.prompt_ids.clone();
+        let mut want = Vec::new();
+        for step in 0..4 {
+            let got = on_gpu.forward_top_k(&tokens, k).unwrap().to_vec();
+            let logits = on_host.forward(&tokens, false).unwrap();
+            assert_eq!(logits.len(), vocab);
+            unicorn_runtime::sampler::top_k(logits, k, &mut want);
+            assert_eq!(got.len(), k.min(vocab), "k {k}, step {step}");
+            let bits = |v: &[(f32, u32)]| v.iter().map(|c| (c.0.to_bits(), c.1)).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "k {k}, step {step}");
+            // The next step feeds the third candidate (or the last), so the steps differ from greedy ones.
+            tokens = vec![got[2.min(got.len() - 1)].1];
+        }
+    }
+}

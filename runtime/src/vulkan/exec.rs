@@ -23,8 +23,8 @@ use crate::Error;
 use std::collections::BTreeMap;
 use unicorn_ir::container::SectionKind;
 use unicorn_ir::plan::vulkan_abi::{
-    argmax_scratch_words, attention_scratch_words, attention_splits, ARGMAX_GROUPS, ATTN_MAX_SPLITS, MAX_BUFFERS,
-    PUSH_WORDS, WIDE,
+    argmax_scratch_words, attention_scratch_words, attention_splits, top_k_groups, top_k_scratch_words, ARGMAX_GROUPS,
+    ATTN_MAX_SPLITS, MAX_BUFFERS, MAX_TOP_K, PUSH_WORDS, TOP_K_WORDS, WIDE,
 };
 use unicorn_ir::plan::{ActSlot, Arg, Backend, Expr, KernelEntry, Vars};
 use unicorn_ir::quant::WeightLayout;
@@ -115,12 +115,12 @@ struct Planned {
     groups: [u32; 3],
 }
 
-/// What follows an execution's launches: the kept rows' logits copied to the readback buffer, or the argmax
-/// kernel's launch.
+/// What follows an execution's launches: the kept rows' logits copied to the readback buffer, or the launch of
+/// the argmax or top-k kernel that picks from them.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tail {
     Logits { arena: usize, offset: u64, len: u64 },
-    Argmax(Planned),
+    Pick(Planned),
 }
 
 /// An execution as recorded; equal executions replay one recording.
@@ -162,6 +162,10 @@ pub struct VulkanExecutor<'m> {
     ids: Buffer,
     /// The plan's argmax kernel and its set per phase (binding that phase's result arena and `ids`).
     argmax: Option<(u32, Sets)>,
+    /// The candidates the plan's top-k kernel writes ([`TOP_K_WORDS`] a kept row), its scratch, and the kernel
+    /// with its set per phase (binding that phase's result arena, the candidates and the scratch).
+    cands: Buffer,
+    top_k: Option<(u32, Sets, Buffer)>,
     phases: [PhaseSets; 2],
     seqs: Vec<Option<GpuSeq>>,
     stream: Stream,
@@ -362,6 +366,26 @@ impl<'m> VulkanExecutor<'m> {
             }
             None => None,
         };
+        // The sampling candidates (read back), and the top-k kernel's scratch (zero, as buffers begin).
+        let cands = gpu
+            .buffer_in(4 * arena_rows[1] * TOP_K_WORDS, Place::Host)
+            .map_err(|e| dev_err("the sampling candidates", e))?;
+        let top_k = match h.top_k {
+            Some(id) => {
+                let scratch_bytes = 4 * arena_rows[1] * top_k_scratch_words(h.spec.vocab_size as u64);
+                let scratch =
+                    gpu.buffer_in(scratch_bytes, Place::Device).map_err(|e| dev_err("the top-k scratch", e))?;
+                let k = &kernels[id.0 as usize];
+                let per_phase: Vec<[&Buffer; 3]> = [Phase::Prefill, Phase::Decode]
+                    .iter()
+                    .map(|&ph| [&arenas[model.plan().phase(ph).result.arena.0 as usize], &cands, &scratch])
+                    .collect();
+                let list: Vec<(&Kernel, &[&Buffer])> = per_phase.iter().map(|b| (k, &b[..])).collect();
+                let sets = gpu.sets(&list, &values).map_err(|e| dev_err("descriptor sets", e))?;
+                Some((id.0, sets, scratch))
+            }
+            None => None,
+        };
         // Room for a timestamp per launch of the largest execution.
         let stream = gpu.stream(launches as u32).map_err(|e| dev_err("a command stream", e))?;
         let mut split_bytes = vec![0u64; h.kv_caches.len()];
@@ -389,6 +413,8 @@ impl<'m> VulkanExecutor<'m> {
             readback,
             ids,
             argmax,
+            cands,
+            top_k,
             phases,
             seqs: Vec::new(),
             stream,
@@ -507,11 +533,46 @@ impl Executor for VulkanExecutor<'_> {
         push[3] = self.arena_rows[1] as u32;
         push[5] = u32::try_from(at).map_err(|_| Error::Input("the logits' offset overflows 32 bits".into()))?;
         self.positions.push(0);
-        self.rec.tail = Tail::Argmax(Planned { kernel, set, push, groups: [ARGMAX_GROUPS, keep as u32, 1] });
+        self.rec.tail = Tail::Pick(Planned { kernel, set, push, groups: [ARGMAX_GROUPS, keep as u32, 1] });
         self.submit()?;
         ids.resize(keep as usize, 0);
         let bytes: &mut [u8] = bytemuck_u32_mut(ids);
         self.ids.read_into(0, bytes);
+        Ok(())
+    }
+
+    fn execute_top_k(
+        &mut self,
+        phase: Phase,
+        runs: &[SeqRun],
+        k: usize,
+        cands: &mut Vec<(f32, u32)>,
+    ) -> Result<(), Error> {
+        let Some((kernel, sets, _)) = self.top_k.as_ref().filter(|_| (1..=MAX_TOP_K as usize).contains(&k)) else {
+            return crate::executor::top_k_on_host(self, phase, runs, k, cands);
+        };
+        let (kernel, set) = (*kernel, sets.sets[phase_index(phase)]);
+        let (keep, at) = self.plan_launches(phase, runs)?;
+        // Each kept row's k largest logits, picked where they are: 8k bytes a row come back.
+        let mut push = [0u32; PUSH_WORDS];
+        push[0] = keep as u32;
+        push[1] = self.positions.len() as u32;
+        push[2] = k as u32;
+        push[5] = u32::try_from(at).map_err(|_| Error::Input("the logits' offset overflows 32 bits".into()))?;
+        self.positions.push(0);
+        let groups = [top_k_groups(self.model.header().spec.vocab_size as u64) as u32, keep as u32, 1];
+        self.rec.tail = Tail::Pick(Planned { kernel, set, push, groups });
+        self.submit()?;
+        let words = keep as usize * TOP_K_WORDS as usize;
+        let mut raw = vec![0u32; words];
+        self.cands.read_into(0, bytemuck_u32_mut(&mut raw));
+        cands.clear();
+        for row in raw.chunks(TOP_K_WORDS as usize) {
+            cands.extend(row.chunks(2).take(k).map(|p| match p[1] {
+                u32::MAX => (f32::NEG_INFINITY, u32::MAX),
+                id => (f32::from_bits(p[0]), id),
+            }));
+        }
         Ok(())
     }
 
@@ -720,7 +781,7 @@ impl VulkanExecutor<'_> {
             let times = self.stream.launch_seconds();
             let p = self.profile.as_mut().expect("profiling");
             let kernels = self.rec.launches.iter().chain(match &self.rec.tail {
-                Tail::Argmax(a) => Some(a),
+                Tail::Pick(a) => Some(a),
                 Tail::Logits { .. } => None,
             });
             for (l, t) in kernels.zip(times) {
@@ -755,8 +816,8 @@ impl VulkanExecutor<'_> {
             Tail::Logits { arena, offset, len } => {
                 self.stream.copy(&self.arenas[arena], offset, &self.readback, 0, len)
             }
-            Tail::Argmax(l) if l.groups.contains(&0) => {}
-            Tail::Argmax(l) => self.stream.dispatch(&self.kernels[l.kernel as usize], l.set, &l.push, l.groups),
+            Tail::Pick(l) if l.groups.contains(&0) => {}
+            Tail::Pick(l) => self.stream.dispatch(&self.kernels[l.kernel as usize], l.set, &l.push, l.groups),
         }
         Ok(())
     }

@@ -27,8 +27,8 @@ use unicorn_ir::spec::Activation;
 use unicorn_ir::WeightFormat;
 
 pub use unicorn_ir::plan::vulkan_abi::{
-    argmax_scratch_words, ARGMAX_GROUPS, ATTN_MAX_SPLITS, ATTN_SPLIT_KEYS, ATTN_SPLIT_ROWS, MAX_BUFFERS,
-    VALUES_BINDING, WIDE,
+    argmax_scratch_words, top_k_groups, top_k_scratch_words, ARGMAX_GROUPS, ATTN_MAX_SPLITS, ATTN_SPLIT_KEYS,
+    ATTN_SPLIT_ROWS, MAX_BUFFERS, MAX_TOP_K, TOP_K_PER_THREAD, TOP_K_WORDS, VALUES_BINDING, WIDE,
 };
 
 /// Threads of a matmul workgroup: a 16 x 16 grid of 4 x 4 outputs in the tiled path, 256 column steps at a time
@@ -1403,6 +1403,105 @@ pub fn argmax(v: u64) -> String {
          \x20 }}\n\
          }}\n",
         half = ARGMAX_THREADS / 2
+    );
+    s
+}
+
+/// `top_k`: row `r`'s `k = pc.keep` largest logits and their indices (largest first; of equals the smaller
+/// index first; NaNs never picked), `k` at most [`MAX_TOP_K`], into the results binding at
+/// `r * TOP_K_WORDS` as pairs (the logit's bits, its index; index `0xffffffff` past the row's last number),
+/// in one launch of [`top_k_groups`] workgroups per row. Each thread holds 16 logits of its workgroup's 4096
+/// in registers and its best one not yet taken; `k` rounds each fold the threads' bests in a tree (as
+/// [`argmax`] does) and the winner's thread takes it and finds its next best, so the workgroup's picks come out
+/// in order into its list in the scratch binding. The last workgroup of the row to finish (its counter says
+/// which) merges the sorted lists the same way, a thread per list advancing its head, writes the results and
+/// resets the counter to zero for the next launch. Bindings [logits, results, scratch]. Work:
+/// `[top_k_groups(V), rows, 1]`.
+pub fn top_k(v: u64) -> String {
+    let mut s = String::new();
+    header(&mut s, ARGMAX_THREADS, 1);
+    f32_buffer(&mut s, 0, "logits", "readonly");
+    u32_buffer(&mut s, 1, "res", "");
+    // Coherent: the last workgroup reads the lists the others wrote in this launch.
+    u32_buffer(&mut s, 2, "scratch", "coherent");
+    def_uint(&mut s, "V", v);
+    def_uint(&mut s, "GROUPS", top_k_groups(v));
+    def_uint(&mut s, "E", TOP_K_PER_THREAD);
+    def_uint(&mut s, "MAXK", MAX_TOP_K);
+    def_uint(&mut s, "LIST", TOP_K_WORDS);
+    assert!(
+        top_k_groups(v) <= ARGMAX_THREADS as u64,
+        "a vocabulary of at most {} logits",
+        256 * 256 * TOP_K_PER_THREAD
+    );
+    let _ = write!(
+        s,
+        "shared float bv[{ARGMAX_THREADS}];\n\
+         shared uint bi[{ARGMAX_THREADS}];\n\
+         shared bool last;\n\
+         const uint NONE = 0xffffffffu;\n\
+         // Whether (o, oi) comes before (b, bi): a number before none, a larger value first, then a smaller index.\n\
+         bool before(float o, uint oi, float b, uint bi) {{\n\
+         \x20 return oi != NONE && (bi == NONE || o > b || (o == b && oi < bi));\n\
+         }}\n\
+         // The candidates of threads 0..2h0 in bv / bi folded into bv[0] / bi[0] (read by all after it returns).\n\
+         void fold(uint t, uint h0) {{\n\
+         \x20 barrier();\n\
+         \x20 for (uint h = h0; h > 0u; h >>= 1u) {{\n\
+         \x20   if (t < h && before(bv[t + h], bi[t + h], bv[t], bi[t])) {{ bv[t] = bv[t + h]; bi[t] = bi[t + h]; }}\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         }}\n\
+         void main() {{\n\
+         \x20 uint g = gl_WorkGroupID.x, r = gl_WorkGroupID.y, t = gl_LocalInvocationID.x, k = min(pc.keep, MAXK);\n\
+         \x20 uint at = pc.base[0] + r * V, lo = g * E * {ARGMAX_THREADS}u;\n\
+         \x20 uint rows = pc.base[2] + r * (GROUPS * LIST + 1u), counter = rows + GROUPS * LIST;\n\
+         \x20 // This thread's logits (lo + t + 256e), those taken or past the row (or NaN) marked in `gone`.\n\
+         \x20 float x[E];\n\
+         \x20 uint gone = 0u;\n\
+         \x20 for (uint e = 0u; e < E; e++) {{\n\
+         \x20   uint i = lo + t + e * {ARGMAX_THREADS}u;\n\
+         \x20   x[e] = i < V ? logits[at + i] : 0.0;\n\
+         \x20   if (i >= V || isnan(x[e])) gone |= 1u << e;\n\
+         \x20 }}\n\
+         \x20 for (uint rd = 0u; rd < k; rd++) {{\n\
+         \x20   // This thread's best left: the first of its largest (its indices rise with e).\n\
+         \x20   float best = 0.0;\n\
+         \x20   uint pick = NONE, slot = 0u;\n\
+         \x20   for (uint e = 0u; e < E; e++)\n\
+         \x20     if ((gone & (1u << e)) == 0u && (pick == NONE || x[e] > best)) {{ best = x[e]; pick = lo + t + e * {ARGMAX_THREADS}u; slot = e; }}\n\
+         \x20   bv[t] = best;\n\
+         \x20   bi[t] = pick;\n\
+         \x20   fold(t, {half}u);\n\
+         \x20   if (pick != NONE && bi[0] == pick) gone |= 1u << slot;\n\
+         \x20   if (t == 0u) {{ scratch[rows + g * LIST + 2u * rd] = floatBitsToUint(bv[0]); scratch[rows + g * LIST + 2u * rd + 1u] = bi[0]; }}\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         \x20 if (t == 0u) {{\n\
+         \x20   memoryBarrierBuffer();\n\
+         \x20   last = atomicAdd(scratch[counter], 1u) == GROUPS - 1u;\n\
+         \x20 }}\n\
+         \x20 barrier();\n\
+         \x20 if (!last) return;\n\
+         \x20 memoryBarrierBuffer();\n\
+         \x20 // Merge: thread t < GROUPS walks workgroup t's list, its head the next pick not yet taken.\n\
+         \x20 uint head = 0u, dst = pc.base[1] + r * LIST;\n\
+         \x20 for (uint rd = 0u; rd < k; rd++) {{\n\
+         \x20   uint pick = NONE;\n\
+         \x20   float best = 0.0;\n\
+         \x20   if (t < GROUPS && head < k) {{ best = uintBitsToFloat(scratch[rows + t * LIST + 2u * head]); pick = scratch[rows + t * LIST + 2u * head + 1u]; }}\n\
+         \x20   bv[t] = best;\n\
+         \x20   bi[t] = pick;\n\
+         \x20   fold(t, {merge}u);\n\
+         \x20   if (pick != NONE && bi[0] == pick) head++;\n\
+         \x20   if (t == 0u) {{ res[dst + 2u * rd] = floatBitsToUint(bv[0]); res[dst + 2u * rd + 1u] = bi[0]; }}\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         \x20 if (t == 0u) scratch[counter] = 0u;\n\
+         }}\n",
+        half = ARGMAX_THREADS / 2,
+        // The merge folds the lists' heads alone: a tree over the next power of two of them.
+        merge = (top_k_groups(v).next_power_of_two() / 2).max(1),
     );
     s
 }

@@ -328,6 +328,19 @@ pub fn argmax_kernel(module: &Module, kernels: &mut KernelTable) -> Result<Kerne
     })
 }
 
+/// The sampling kernel of the plan ([`unicorn_ir::plan::PlanHeader::top_k`]).
+pub fn top_k_kernel(module: &Module, kernels: &mut KernelTable) -> Result<KernelId, String> {
+    let vocab = module.spec.vocab_size as u64;
+    kernels.add(Kernel {
+        name: "top_k".into(),
+        source: glsl::top_k(vocab),
+        buffers: 3,
+        writes: vec![1, 2],
+        workgroup: [glsl::ARGMAX_THREADS, 1, 1],
+        work: [Expr::Const(glsl::top_k_groups(vocab)), Expr::R, Expr::Const(1)],
+    })
+}
+
 /// Lower one planned graph to launches of generated kernels with a KV cache of `kv`: one op each, or one fused
 /// region each (see the module doc).
 pub fn lower_phase(

@@ -45,6 +45,8 @@ fn all_kernels() -> Vec<(String, String)> {
     }
     v.push(("select_rows".into(), select_rows(96)));
     v.push(("argmax".into(), argmax(1000)));
+    v.push(("top_k".into(), top_k(1000)));
+    v.push(("top_k_gemma".into(), top_k(262144)));
     v.push(("attention_f32".into(), attention(false, SHAPE)));
     v.push(("attention_windowed_f16".into(), attention(true, AttentionShape { window: Some(8), ..SHAPE })));
     let inv: Vec<f32> = (0..8).map(|i| 0.5f32.powi(i)).collect();
@@ -189,6 +191,7 @@ fn snapshots() {
     insta::assert_snapshot!("rms_norm", rms_norm(128, 1e-6, false));
     insta::assert_snapshot!("glu_silu", elementwise(Elementwise::GluSilu, 8192, 0.0));
     insta::assert_snapshot!("argmax", argmax(128256));
+    insta::assert_snapshot!("top_k", top_k(128256));
     // A layer's input norm fused in front of its q/k/v projections (Llama 3.2 1B).
     let qkv = [2048, 512, 512].map(|n| MatMember { format: WeightFormat::Q4_0, bias: false, n });
     let norm = Some(NormPrologue { eps: 1e-5, unit_offset: false });
