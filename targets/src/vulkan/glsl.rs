@@ -621,11 +621,11 @@ pub const COOP_TILE_ROWS: u64 = 128;
 const COOP_SHARED: &str = "shared float16_t xs[128 * 40];\n\
                            shared float16_t ws[32 * 72];\n\
                            shared float cs[64 * 68];\n\
-                           shared float rs[128 * 2];\n\
+                           shared float rs[128];\n\
                            #define WS(c, v) ws[(c) * 72u + o] = float16_t(v)\n";
 
 /// Bytes of [`COOP_SHARED`].
-pub const COOP_SHARED_BYTES: u32 = (128 * 40 + 32 * 72) * 2 + (64 * 68 + 128 * 2) * 4;
+pub const COOP_SHARED_BYTES: u32 = (128 * 40 + 32 * 72) * 2 + (64 * 68 + 128) * 4;
 
 /// 32 x 32 blocks of a cooperative-matrix tile one subgroup multiplies, at most: the tile's eight over the
 /// workgroup's subgroups (with subgroups of up to 64 invocations, at least four of them); with more subgroups
@@ -645,26 +645,42 @@ const COOP_BLOCKS: u32 = 2;
 /// `inv` (the row's `1 / rms`, or 1), and `acc[i][j]` or `cs[rr * 68 + oc]`.
 fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
     let rows: u32 = if coop { COOP_TILE_ROWS as u32 } else { GEMM_TILE as u32 };
-    // Threads staging one row of x, and the columns each stages.
-    let (xp, xc) = (MATMUL_THREADS / rows, 32 * rows / MATMUL_THREADS);
-    let rs_sum = (0..xp).map(|p| format!("rs[rq * {xp}u + {p}u]")).collect::<Vec<_>>().join(" + ");
-    let inv = |rq: &str| {
-        if norm {
-            format!("float(1.0 / sqrt(({}) / float(K) + EPS))", rs_sum.replace("rq", rq))
-        } else {
-            "1.0".to_string()
-        }
-    };
+    // Values of x each thread stages per block: thread t's e-th is row 8e + t / 32, column t % 32, so that a
+    // subgroup's load reads 32 neighbouring columns of one row.
+    let xe = rows / 8;
+    let inv = |rq: &str| if norm { format!("float(1.0 / sqrt(rs[{rq}] / float(K) + EPS))") } else { "1.0".to_string() };
     let (gload, gdecl, scaled) = if norm {
-        (" gv[e] = c < K ? g[pc.base[1] + c] : 0.0;", format!(" float gv[{xc}];"), " ss += v * v; v *= gv[e] + UNIT;")
+        (
+            " gv = c < K ? g[pc.base[1] + c] : 0.0;",
+            format!(" float gv, ss[{xe}];\n\x20 for (uint e = 0u; e < {xe}u; e++) ss[e] = 0.0;"),
+            " ss[e] += v * v; v *= gv + UNIT;",
+        )
     } else {
         ("", String::new(), "")
     };
     let xload = |kb: &str| {
         format!(
-            "for (uint e = 0u; e < {xc}u; e++) {{ uint c = {kb} * 32u + part * {xc}u + e; \
-             xv[e] = live && c < K ? x[xr + c] : 0.0;{gload} }}\n"
+            "{{ uint c = {kb} * 32u + col;{gload}\n\
+             \x20   for (uint e = 0u; e < {xe}u; e++) {{ uint row = row0 + 8u * e + sub; \
+             xv[e] = row < pc.rows && c < K ? x[pc.base[0] + row * K + c] : 0.0; }} }}\n"
         )
+    };
+    // With a norm, each row's sum of squares: the 32 threads of its columns meet in `scr` (free after the
+    // products), each row's sum then taken by one thread starting at its own bank.
+    let (scr, rs_len) = if coop { ("cs", COOP_TILE_ROWS) } else { ("xs", GEMM_TILE) };
+    let row_sums = if norm {
+        format!(
+            "for (uint e = 0u; e < {xe}u; e++) {scr}[(8u * e + sub) * 32u + col] = ss[e];\n\
+             \x20 barrier();\n\
+             \x20 if (t < {rs_len}u) {{\n\
+             \x20   float a = 0.0;\n\
+             \x20   for (uint j = 0u; j < 32u; j++) a += {scr}[t * 32u + (j + t) % 32u];\n\
+             \x20   rs[t] = a;\n\
+             \x20 }}\n\
+             \x20 barrier();\n"
+        )
+    } else {
+        String::new()
     };
     let acc_ty = "coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>";
     let (decl, xs_store, multiply, epilogue) = if coop {
@@ -737,10 +753,10 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
             .join("\x20   ");
         (
             decl,
-            "xs[lr * 40u + part * 16u + e] = float16_t(v);".to_string(),
+            "xs[(8u * e + sub) * 40u + col] = float16_t(v);".to_string(),
             multiply,
             format!(
-                "rs[lr * {xp}u + part] = ss;\n\
+                "{row_sums}\
                  \x20 // The tile's results in two halves of 64 rows: each block's accumulators into cs, then the\n\
                  \x20 // epilogue of the half's rows.\n\
                  \x20 for (uint hh = 0u; hh < 2u; hh++) {{\n\
@@ -763,7 +779,7 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
             "float acc[4][4];\n\
              \x20 for (uint i = 0u; i < 4u; i++) for (uint j = 0u; j < 4u; j++) acc[i][j] = 0.0;\n"
                 .to_string(),
-            "xs[(part * 8u + e) * 65u + lr] = v;".to_string(),
+            "xs[col * 65u + 8u * e + sub] = v;".to_string(),
             "for (uint kk = 0u; kk < 32u; kk++) {\n\
              \x20     float a[4], b[4];\n\
              \x20     for (uint i = 0u; i < 4u; i++) a[i] = xs[kk * 65u + tr + 16u * i];\n\
@@ -772,8 +788,7 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
              \x20   }\n"
                 .to_string(),
             format!(
-                "rs[lr * {xp}u + part] = ss;\n\
-                 \x20 barrier();\n\
+                "{row_sums}\
                  \x20 for (uint i = 0u; i < 4u; i++) {{\n\
                  \x20   uint rr = tr + 16u * i, row = row0 + rr;\n\
                  \x20   if (row >= pc.rows) continue;\n\
@@ -789,17 +804,15 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
     };
     format!(
         "void member{m}(uint tile_x) {{\n\
-         \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, lr = t / {xp}u, part = t % {xp}u;\n\
+         \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, col = t % 32u, sub = t / 32u;\n\
          \x20 uint n0 = tile_x * 64u, row0 = gl_WorkGroupID.y * {rows}u;\n\
-         \x20 uint xr = pc.base[0] + (row0 + lr) * K;\n\
-         \x20 bool live = row0 + lr < pc.rows;\n\
-         \x20 float ss = 0.0, xv[{xc}];{gdecl}\n\
+         \x20 float xv[{xe}];{gdecl}\n\
          \x20 uint raw[8];\n\
          \x20 {decl}\
          \x20 {first}\
          \x20 wload{m}(n0, 0u, raw);\n\
          \x20 for (uint kb = 0u; kb < (K + 31u) / 32u; kb++) {{\n\
-         \x20   for (uint e = 0u; e < {xc}u; e++) {{ float v = xv[e];{scaled} {xs_store} }}\n\
+         \x20   for (uint e = 0u; e < {xe}u; e++) {{ float v = xv[e];{scaled} {xs_store} }}\n\
          \x20   wstore{m}(n0, raw);\n\
          \x20   barrier();\n\
          \x20   // The next block's loads, in flight while this one is multiplied.\n\
@@ -887,7 +900,7 @@ pub fn matmul_group(
         if coop {
             s.push_str(COOP_SHARED);
         } else {
-            let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64 * 4];");
+            let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64];");
             s.push_str("#define WS(c, v) ws[(c) * 65u + o] = (v)\n");
         }
     }
