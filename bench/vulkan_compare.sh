@@ -25,6 +25,8 @@
 # unicorn-rt --profile run per plan shows where the GPU time goes (timestamp queries).
 # Results: OUT_DIR/results.jsonl (one JSON object per measurement), OUT_DIR/summary.md (medians, min, max),
 # OUT_DIR/log.txt (every command and its output).
+# With PRUNE=1 each quantization's GGUF is deleted after its rounds (an 8B model's checkpoint, bf16 GGUF, one
+# quantized GGUF and one plan fit a 64 GB disk; two of each do not).
 set -uo pipefail
 kit="$(cd "$1" && pwd)"
 out="$(mkdir -p "$2" && cd "$2" && pwd)"
@@ -102,6 +104,7 @@ for m in ${models//,/ }; do
         "$kit/unicorn-rt" "$plan" --device vulkan --bench --prompt-len "$plen" --gen "$gen" --repeat 1 --profile \
             >"$out/profile-$m-$q.txt" 2>>"$log" || say "profile FAILED"
         rm -f "$plan"
+        [ -n "${PRUNE:-}" ] && rm -f "$gguf"
     done
 done
 
