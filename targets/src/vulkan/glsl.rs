@@ -1346,6 +1346,28 @@ pub fn elementwise(op: Elementwise, width: u64, c: f32) -> String {
 /// Threads of an argmax workgroup.
 pub const ARGMAX_THREADS: u32 = 256;
 
+/// What [`argmax`] and [`top_k`] pick with: each thread's candidate (a logit and its index, `NONE` for none)
+/// in `bv` / `bi`, and `fold(t, h0)`, a tree over threads `0..2 h0` that leaves the first in the pickers'
+/// order in `bv[0]` / `bi[0]` (read by every thread after it returns): a number before none, a larger value
+/// first, of equals the smaller index.
+const PICK_FOLD: &str = "\
+shared float bv[256];
+shared uint bi[256];
+shared bool last;
+const uint NONE = 0xffffffffu;
+bool before(float o, uint oi, float b, uint bi) {
+  return oi != NONE && (bi == NONE || o > b || (o == b && oi < bi));
+}
+void fold(uint t, uint h0) {
+  barrier();
+  for (uint h = h0; h > 0u; h >>= 1u) {
+    if (t < h && before(bv[t + h], bi[t + h], bv[t], bi[t])) { bv[t] = bv[t + h]; bi[t] = bi[t + h]; }
+    barrier();
+  }
+}
+";
+const _: () = assert!(ARGMAX_THREADS == 256);
+
 /// `argmax`: row `r`'s greedy token, the index of its largest of `V` logits (the first of equals; NaNs are
 /// never picked), into `ids[r]`, in one launch of [`ARGMAX_GROUPS`] workgroups per row, each over its own
 /// stretch of the row (a single workgroup would read a large vocabulary a few loads at a time). Each thread
@@ -1364,22 +1386,7 @@ pub fn argmax(v: u64) -> String {
     def_uint(&mut s, "GROUPS", ARGMAX_GROUPS as u64);
     let _ = write!(
         s,
-        "shared float bv[{ARGMAX_THREADS}];\n\
-         shared uint bi[{ARGMAX_THREADS}];\n\
-         shared bool last;\n\
-         const uint NONE = 0xffffffffu;\n\
-         // The picks of threads 0..{ARGMAX_THREADS} in bv / bi folded into bv[0] / bi[0].\n\
-         void fold(uint t) {{\n\
-         \x20 barrier();\n\
-         \x20 for (uint h = {half}u; h > 0u; h >>= 1u) {{\n\
-         \x20   if (t < h) {{\n\
-         \x20     float o = bv[t + h];\n\
-         \x20     uint oi = bi[t + h];\n\
-         \x20     if (oi != NONE && (bi[t] == NONE || o > bv[t] || (o == bv[t] && oi < bi[t]))) {{ bv[t] = o; bi[t] = oi; }}\n\
-         \x20   }}\n\
-         \x20   barrier();\n\
-         \x20 }}\n\
-         }}\n\
+        "{PICK_FOLD}\
          void main() {{\n\
          \x20 uint g = gl_WorkGroupID.x, r = gl_WorkGroupID.y, t = gl_LocalInvocationID.x, at = pc.base[0] + r * V;\n\
          \x20 uint span = (V + GROUPS - 1u) / GROUPS, lo = g * span, hi = min(lo + span, V);\n\
@@ -1397,7 +1404,7 @@ pub fn argmax(v: u64) -> String {
          \x20 }}\n\
          \x20 bv[t] = best;\n\
          \x20 bi[t] = pick;\n\
-         \x20 fold(t);\n\
+         \x20 fold(t, {half}u);\n\
          \x20 if (t == 0u) {{\n\
          \x20   ids[part + 2u * g] = floatBitsToUint(bv[0]);\n\
          \x20   ids[part + 2u * g + 1u] = bi[0];\n\
@@ -1409,7 +1416,7 @@ pub fn argmax(v: u64) -> String {
          \x20 memoryBarrierBuffer();\n\
          \x20 bv[t] = t < GROUPS ? uintBitsToFloat(ids[part + 2u * t]) : 0.0;\n\
          \x20 bi[t] = t < GROUPS ? ids[part + 2u * t + 1u] : NONE;\n\
-         \x20 fold(t);\n\
+         \x20 fold(t, {half}u);\n\
          \x20 if (t == 0u) {{\n\
          \x20   ids[pc.base[1] + r] = bi[0] == NONE ? 0u : bi[0];\n\
          \x20   ids[counter] = 0u;\n\
@@ -1449,22 +1456,7 @@ pub fn top_k(v: u64) -> String {
     );
     let _ = write!(
         s,
-        "shared float bv[{ARGMAX_THREADS}];\n\
-         shared uint bi[{ARGMAX_THREADS}];\n\
-         shared bool last;\n\
-         const uint NONE = 0xffffffffu;\n\
-         // Whether (o, oi) comes before (b, bi): a number before none, a larger value first, then a smaller index.\n\
-         bool before(float o, uint oi, float b, uint bi) {{\n\
-         \x20 return oi != NONE && (bi == NONE || o > b || (o == b && oi < bi));\n\
-         }}\n\
-         // The candidates of threads 0..2h0 in bv / bi folded into bv[0] / bi[0] (read by all after it returns).\n\
-         void fold(uint t, uint h0) {{\n\
-         \x20 barrier();\n\
-         \x20 for (uint h = h0; h > 0u; h >>= 1u) {{\n\
-         \x20   if (t < h && before(bv[t + h], bi[t + h], bv[t], bi[t])) {{ bv[t] = bv[t + h]; bi[t] = bi[t + h]; }}\n\
-         \x20   barrier();\n\
-         \x20 }}\n\
-         }}\n\
+        "{PICK_FOLD}\
          void main() {{\n\
          \x20 uint g = gl_WorkGroupID.x, r = gl_WorkGroupID.y, t = gl_LocalInvocationID.x, k = min(pc.keep, MAXK);\n\
          \x20 uint at = pc.base[0] + r * V, lo = g * E * {ARGMAX_THREADS}u;\n\
