@@ -1,8 +1,10 @@
 //! Lowering of placed graph regions to kernels. Each target is a capability description plus a lowering
 //! function: the CPU target lowers every op to one of the runtime's built-in kernels, named here; the Vulkan
-//! target generates a compute shader per kernel and compiles it to SPIR-V.
+//! target generates a compute shader per kernel and compiles it to SPIR-V; the NPU target (`npu`: so far its
+//! device model, design data and AIE2 rules) will generate AIE2 designs.
 
 pub mod cpu;
+pub mod npu;
 pub mod vulkan;
 
 use unicorn_ir::memory::Slot;

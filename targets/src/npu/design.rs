@@ -1,0 +1,125 @@
+//! An AIE2 design as data: the tiles it places work on, the objectfifos between them (with their re-layouts),
+//! the memtile links, each core's use of its fifos, and the runtime sequence of host transfers. The design
+//! generators build this; the MLIR emitter prints it in the pinned mlir-aie release's syntax; the verifier
+//! ([`super::verify`]) and the emulator read it.
+
+/// A tile's place in the array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Coord {
+    pub col: u32,
+    pub row: u32,
+}
+
+impl std::fmt::Display for Coord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tile({}, {})", self.col, self.row)
+    }
+}
+
+/// Element types of the buffers a design moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    Bf16,
+    F32,
+    I8,
+    I32,
+}
+
+impl Elem {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Elem::I8 => 1,
+            Elem::Bf16 => 2,
+            Elem::F32 | Elem::I32 => 4,
+        }
+    }
+}
+
+/// One `(size, stride)` level of a DMA access pattern, in elements, outermost first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dim {
+    pub size: u64,
+    pub stride: u64,
+}
+
+/// An `aie.objectfifo`: `depth` buffers of `shape` elements produced on one tile and consumed on others,
+/// each buffer streamed in the order of `to_stream` where it is set (`dimensionsToStream`, the re-layout an
+/// operand takes on its way out of the producer's memory).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectFifo {
+    pub name: String,
+    pub producer: Coord,
+    pub consumers: Vec<Coord>,
+    pub depth: u32,
+    pub shape: Vec<u64>,
+    pub elem: Elem,
+    pub to_stream: Vec<Dim>,
+}
+
+impl ObjectFifo {
+    /// Bytes of one of its buffers.
+    pub fn buffer_bytes(&self) -> u64 {
+        self.shape.iter().product::<u64>() * self.elem.bytes()
+    }
+}
+
+/// `aie.objectfifo.link [from] -> [to]`: a memtile that consumes the `from` fifos and produces the `to`
+/// ones (a join, a split or a pass-through with a re-layout).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+}
+
+/// Which end of a fifo a core uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Produce,
+    Consume,
+}
+
+/// A core's use of one fifo: it acquires `acquire` buffers at a time (and releases them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FifoUse {
+    pub fifo: String,
+    pub port: Port,
+    pub acquire: u32,
+}
+
+/// An `aie.core`: the program of one compute tile, with the data memory it needs beside its fifos' buffers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Core {
+    pub tile: Coord,
+    /// Local buffers (accumulators, scratch), in bytes.
+    pub locals_bytes: u64,
+    /// Its stack; `None` takes the array's default.
+    pub stack_bytes: Option<u64>,
+    pub uses: Vec<FifoUse>,
+}
+
+/// One host <-> array operation of the runtime sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeqOp {
+    /// `aiex.npu.dma_memcpy_nd`: a transfer between runtime argument `arg` (elements of `elem`) and the shim
+    /// end of `fifo`, through buffer descriptor `bd`, with up to four `(size, stride)` levels outermost first
+    /// and an element offset.
+    Memcpy { arg: usize, elem: Elem, offset: u64, dims: Vec<Dim>, fifo: String, bd: u32 },
+    /// `aiex.npu.dma_wait` on a fifo's transfers.
+    Wait { fifo: String },
+}
+
+/// A design: everything one dispatch of it runs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Design {
+    pub name: String,
+    pub fifos: Vec<ObjectFifo>,
+    pub links: Vec<Link>,
+    pub cores: Vec<Core>,
+    pub sequence: Vec<SeqOp>,
+}
+
+impl Design {
+    pub fn fifo(&self, name: &str) -> Option<&ObjectFifo> {
+        self.fifos.iter().find(|f| f.name == name)
+    }
+}

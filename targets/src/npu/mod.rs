@@ -1,0 +1,9 @@
+//! The NPU target (AIE2, the Phoenix / Hawk Point "npu1"): the device model the designs are generated for,
+//! the design data structure, and the project's own AIE2 rules every design is checked against before its MLIR
+//! is emitted. No Phoenix NPU exists on any machine this project is built and tested on: what is checked here is
+//! checked by these rules (and, as the target grows, by the MLIR verifier, JIT-run core bodies and an emulator
+//! of the dataflow), not on the chip.
+
+pub mod design;
+pub mod model;
+pub mod verify;
