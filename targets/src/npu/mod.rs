@@ -5,5 +5,6 @@
 //! of the dataflow), not on the chip.
 
 pub mod design;
+pub mod gemm;
 pub mod model;
 pub mod verify;

@@ -1,0 +1,220 @@
+//! The whole-array bf16 GEMM design, `C[M x N] (f32) = A[M x K] B[K x N]` (bf16 operands, f32 accumulation),
+//! generated for any shape: the 4 x 4 compute tiles each make an `m x n` tile of `C`, core `(col j, row 2 + r)`
+//! rows `r m ..` and columns `j n ..` of a `4m x 4n` block of the output. Column `c`'s shim streams A's rows for
+//! core row `c` and B's columns for core column `c` into its memtile, which re-lays them into the mmul shapes'
+//! blocks (A in 4 x 8, B in 8 x 4: `dimensionsToStream`) and broadcasts them, A along core row `c`, B down core
+//! column `c`; the four tiles of C of a column are joined in its memtile and go back through its shim. Every
+//! fifo is double-buffered, so a tile's next operands arrive while it multiplies. The tile sizes are the largest
+//! that fit a core's 64 KiB; a shape that does not divide evenly is padded (the host pads A and B with zeros and
+//! drops C's padding), never rejected. One dispatch runs the whole GEMM: the runtime sequence walks the output
+//! blocks, a wait on a block's transfers freeing its buffer descriptors for the next.
+
+use super::design::{Coord, Core, Design, Dim, Elem, FifoUse, Link, ObjectFifo, Port, SeqOp};
+use super::model::ArrayModel;
+
+/// The AIE2 bf16 mmul shape the core bodies multiply in (`aie::mmul<4, 8, 4>`): tiles are multiples of it.
+pub const MMUL: (u64, u64, u64) = (4, 8, 4);
+
+/// One core's tile of the product: `m x k` of A by `k x n` of B into `m x n` of C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiles {
+    pub m: u64,
+    pub k: u64,
+    pub n: u64,
+}
+
+impl Tiles {
+    /// A core's data memory for its double-buffered A, B and C tiles.
+    pub fn core_bytes(&self) -> u64 {
+        2 * (self.m * self.k * 2 + self.k * self.n * 2 + self.m * self.n * 4)
+    }
+}
+
+/// A generated GEMM design with the shape it was made for.
+#[derive(Debug, Clone)]
+pub struct Gemm {
+    pub design: Design,
+    pub tiles: Tiles,
+    /// `(M, K, N)` as asked, and padded to whole blocks (`4m`, `k`, `4n`).
+    pub shape: (u64, u64, u64),
+    pub padded: (u64, u64, u64),
+}
+
+impl Gemm {
+    /// Multiply-accumulates the array performs (padding included).
+    pub fn macs(&self) -> u64 {
+        self.padded.0 * self.padded.1 * self.padded.2
+    }
+
+    /// Seconds one dispatch takes at best: the host's dispatch overhead plus the MACs at the vector units'
+    /// peak. An ESTIMATE and a lower bound (whole-array GEMMs measured elsewhere reach about half the peak).
+    pub fn estimate_seconds(&self, array: &ArrayModel) -> f64 {
+        let per_s = array.compute_tiles() as f64 * array.macs.bf16 as f64 * array.clock_hz;
+        array.dispatch_overhead_s + self.macs() as f64 / per_s
+    }
+}
+
+/// The tiles a core takes: of the power-of-two sizes (`k` also K itself, rounded up to the mmul's, where that is
+/// shorter), those whose double buffers and the core's stack fit its data memory, the one that moves the fewest
+/// operand bytes per MAC (`1/m + 1/n`: A is streamed once per column of tiles, B once per row), then the one of
+/// the longest `k` (fewer fifo handshakes per MAC).
+pub fn choose_tiles(array: &ArrayModel, k_total: u64) -> Tiles {
+    let budget = array.compute.memory_bytes - array.default_stack_bytes;
+    let k_need = k_total.next_multiple_of(MMUL.1);
+    let sizes = |min: u64| (0..).map(move |i| min << i).take_while(|&s| s <= 256);
+    let ks: Vec<u64> = sizes(MMUL.1).filter(|&k| k <= k_need).chain((k_need <= 256).then_some(k_need)).collect();
+    let mut best: Option<Tiles> = None;
+    for m in sizes(MMUL.0) {
+        for n in sizes(MMUL.2) {
+            for &k in &ks {
+                let t = Tiles { m, k, n };
+                if t.core_bytes() > budget {
+                    continue;
+                }
+                // Fewer bytes per MAC is a larger m n / (m + n); compare exactly, across multiplied fractions.
+                let better = best.is_none_or(|b| {
+                    let (x, y) = (m * n * (b.m + b.n), b.m * b.n * (m + n));
+                    x > y || (x == y && (k, m) > (b.k, b.m))
+                });
+                if better {
+                    best = Some(t);
+                }
+            }
+        }
+    }
+    best.expect("the mmul shape's own tile fits any core")
+}
+
+fn at(col: u32, row: u32) -> Coord {
+    Coord { col, row }
+}
+
+fn dims(v: &[(u64, u64)]) -> Vec<Dim> {
+    v.iter().map(|&(size, stride)| Dim { size, stride }).collect()
+}
+
+/// The GEMM design for `M x K` by `K x N` on the whole array.
+pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gemm {
+    assert!(m_total > 0 && k_total > 0 && n_total > 0, "a GEMM of a zero dimension");
+    let t = choose_tiles(array, k_total);
+    let (cols, rows) = (array.columns as u64, (array.rows - 2) as u64);
+    let padded =
+        (m_total.next_multiple_of(rows * t.m), k_total.next_multiple_of(t.k), n_total.next_multiple_of(cols * t.n));
+    let (pm, pk, pn) = padded;
+    let fifo = |name: String, producer: Coord, consumers: Vec<Coord>, shape: Vec<u64>, elem, to_stream| ObjectFifo {
+        name,
+        producer,
+        consumers,
+        depth: 2,
+        shape,
+        elem,
+        to_stream,
+    };
+    let mut d = Design { name: format!("gemm_{m_total}x{k_total}x{n_total}"), ..Default::default() };
+    for c in 0..array.columns {
+        let (shim, mem) = (at(c, 0), at(c, 1));
+        let core_row: Vec<Coord> = (0..array.columns).map(|j| at(j, 2 + c)).collect();
+        let core_col: Vec<Coord> = (2..array.rows).map(|r| at(c, r)).collect();
+        // A's m x k tile in 4 x 8 blocks, row after row of blocks; B's k x n tile in 8 x 4 blocks.
+        let a_blocks = dims(&[(t.m / 4, 4 * t.k), (t.k / 8, 8), (4, t.k), (8, 1)]);
+        let b_blocks = dims(&[(t.k / 8, 8 * t.n), (t.n / 4, 4), (8, t.n), (4, 1)]);
+        d.fifos.push(fifo(format!("a{c}_in"), shim, vec![mem], vec![t.m, t.k], Elem::Bf16, Vec::new()));
+        d.fifos.push(fifo(format!("a{c}"), mem, core_row, vec![t.m, t.k], Elem::Bf16, a_blocks));
+        d.fifos.push(fifo(format!("b{c}_in"), shim, vec![mem], vec![t.k, t.n], Elem::Bf16, Vec::new()));
+        d.fifos.push(fifo(format!("b{c}"), mem, core_col.clone(), vec![t.k, t.n], Elem::Bf16, b_blocks));
+        for (r, &core) in core_col.iter().enumerate() {
+            d.fifos.push(fifo(format!("c{c}_{r}"), core, vec![mem], vec![t.m, t.n], Elem::F32, Vec::new()));
+        }
+        d.fifos.push(fifo(format!("c{c}"), mem, vec![shim], vec![rows * t.m, t.n], Elem::F32, Vec::new()));
+        d.links.push(Link { from: vec![format!("a{c}_in")], to: vec![format!("a{c}")] });
+        d.links.push(Link { from: vec![format!("b{c}_in")], to: vec![format!("b{c}")] });
+        d.links.push(Link { from: (0..rows).map(|r| format!("c{c}_{r}")).collect(), to: vec![format!("c{c}")] });
+    }
+    for j in 0..array.columns {
+        for r in 0..rows as u32 {
+            let uses = vec![
+                FifoUse { fifo: format!("a{r}"), port: Port::Consume, acquire: 1 },
+                FifoUse { fifo: format!("b{j}"), port: Port::Consume, acquire: 1 },
+                FifoUse { fifo: format!("c{j}_{r}"), port: Port::Produce, acquire: 1 },
+            ];
+            d.cores.push(Core { tile: at(j, 2 + r), locals_bytes: 0, stack_bytes: None, uses });
+        }
+    }
+    // Runtime arguments: 0 = A (pm x pk bf16, row-major), 1 = B (pk x pn bf16), 2 = C (pm x pn f32).
+    for bi in 0..pm / (rows * t.m) {
+        for bj in 0..pn / (cols * t.n) {
+            let mut bd = 0;
+            for c in 0..cols {
+                let row0 = (bi * rows + c) * t.m;
+                let col0 = (bj * cols + c) * t.n;
+                // A's rows for core row c, k columns at a time; B's columns for core column c, k rows at a time.
+                let a = dims(&[(1, 0), (pk / t.k, t.k), (t.m, pk), (t.k, 1)]);
+                let b = dims(&[(1, 0), (pk / t.k, t.k * pn), (t.k, pn), (t.n, 1)]);
+                let out = dims(&[(1, 0), (1, 0), (rows * t.m, pn), (t.n, 1)]);
+                let c_row0 = bi * rows * t.m;
+                for (arg, elem, offset, dims, fifo) in [
+                    (0, Elem::Bf16, row0 * pk, a, format!("a{c}_in")),
+                    (1, Elem::Bf16, col0, b, format!("b{c}_in")),
+                    (2, Elem::F32, c_row0 * pn + col0, out, format!("c{c}")),
+                ] {
+                    d.sequence.push(SeqOp::Memcpy { arg, elem, offset, dims, fifo, bd });
+                    bd += 1;
+                }
+            }
+            for c in 0..cols {
+                for f in [format!("c{c}"), format!("a{c}_in"), format!("b{c}_in")] {
+                    d.sequence.push(SeqOp::Wait { fifo: f });
+                }
+            }
+        }
+    }
+    Gemm { design: d, tiles: t, shape: (m_total, k_total, n_total), padded }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::NPU1;
+    use super::super::verify::verify;
+    use super::*;
+
+    #[test]
+    fn tiles_move_the_fewest_bytes_per_mac_that_fit_a_core() {
+        // 64 x 64 of C in f32, double-buffered, is 32 KiB; A and B tiles of k = 32 take 16 KiB more. A k of 64
+        // (64 KiB in all) does not fit beside the stack, nor do 128 x 64 outputs.
+        let t = choose_tiles(&NPU1, 2048);
+        assert_eq!(t, Tiles { m: 64, k: 32, n: 64 });
+        assert_eq!(t.core_bytes(), 48 * 1024);
+        assert!(Tiles { k: 64, ..t }.core_bytes() + NPU1.default_stack_bytes > NPU1.compute.memory_bytes);
+        assert!(Tiles { m: 128, ..t }.core_bytes() + NPU1.default_stack_bytes > NPU1.compute.memory_bytes);
+        // A short K takes a k of K itself, rounded up to the mmul's 8.
+        assert_eq!(choose_tiles(&NPU1, 20).k, 24);
+        assert_eq!(choose_tiles(&NPU1, 8).k, 8);
+    }
+
+    /// The Llama-3.2-1B prefill projections (512 tokens) and shapes that divide nothing: every design passes
+    /// the AIE2 rules, pads only up to whole blocks, and moves A, B and C once per output block.
+    #[test]
+    fn designs_for_the_llama_1b_shapes_and_ragged_ones_pass_the_rules() {
+        for (m, k, n) in
+            [(512, 2048, 2048), (512, 2048, 512), (512, 2048, 8192), (512, 8192, 2048), (23, 100, 300), (1, 8, 4)]
+        {
+            let g = gemm(&NPU1, m, k, n);
+            let usage = verify(&g.design, &NPU1).unwrap_or_else(|e| panic!("{m}x{k}x{n}: {e:?}"));
+            let t = g.tiles;
+            let (pm, pk, pn) = g.padded;
+            assert!(pm >= m && pm - m < 4 * t.m && pm % (4 * t.m) == 0, "{m}x{k}x{n}: M padded to {pm}");
+            assert!(pk >= k && pk - k < t.k && pn >= n && pn - n < 4 * t.n, "{m}x{k}x{n}: {:?}", g.padded);
+            let blocks = (pm / (4 * t.m)) * (pn / (4 * t.n));
+            // Per block: A's 4m rows and B's 4n columns over all of K in bf16, C's 4m x 4n in f32.
+            let want = blocks * (4 * t.m * pk * 2 + pk * 4 * t.n * 2 + 16 * t.m * t.n * 4);
+            assert_eq!(usage.host_bytes, want, "{m}x{k}x{n}");
+            for (at, u) in &usage.tiles {
+                assert!(u.memory_bytes <= 512 * 1024, "{at}: {u:?}");
+            }
+        }
+        // The 1B shapes divide into whole blocks: no padding.
+        let g = gemm(&NPU1, 512, 2048, 8192);
+        assert_eq!(g.padded, g.shape);
+        assert!(g.estimate_seconds(&NPU1) > NPU1.dispatch_overhead_s);
+    }
+}
