@@ -95,6 +95,16 @@ pub struct Core {
     /// Its stack; `None` takes the array's default.
     pub stack_bytes: Option<u64>,
     pub uses: Vec<FifoUse>,
+    pub body: CoreBody,
+}
+
+/// What a core computes on the buffers it acquires, in the layouts they arrive in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoreBody {
+    /// `C += A B` over `k_tiles` pairs of A and B (its first and second fifo uses), then C (its third) released:
+    /// A is `m x k` in the bf16 mmul's 4 x 8 blocks (row after row of blocks, each row-major), B `k x n` in its
+    /// 8 x 4 blocks, C `m x n` row-major f32; bf16 operands, f32 accumulation in the order of `k`.
+    MatMul { m: u64, k: u64, n: u64, k_tiles: u64 },
 }
 
 /// One host <-> array operation of the runtime sequence.

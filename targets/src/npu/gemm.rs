@@ -9,7 +9,7 @@
 //! drops C's padding), never rejected. One dispatch runs the whole GEMM: the runtime sequence walks the output
 //! blocks, a wait on a block's transfers freeing its buffer descriptors for the next.
 
-use super::design::{Coord, Core, Design, Dim, Elem, FifoUse, Link, ObjectFifo, Port, SeqOp};
+use super::design::{Coord, Core, CoreBody, Design, Dim, Elem, FifoUse, Link, ObjectFifo, Port, SeqOp};
 use super::model::ArrayModel;
 
 /// The AIE2 bf16 mmul shape the core bodies multiply in (`aie::mmul<4, 8, 4>`): tiles are multiples of it.
@@ -137,7 +137,8 @@ pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gem
                 FifoUse { fifo: format!("b{j}"), port: Port::Consume, acquire: 1 },
                 FifoUse { fifo: format!("c{j}_{r}"), port: Port::Produce, acquire: 1 },
             ];
-            d.cores.push(Core { tile: at(j, 2 + r), locals_bytes: 0, stack_bytes: None, uses });
+            let body = CoreBody::MatMul { m: t.m, k: t.k, n: t.n, k_tiles: pk / t.k };
+            d.cores.push(Core { tile: at(j, 2 + r), locals_bytes: 0, stack_bytes: None, uses, body });
         }
     }
     // Runtime arguments: 0 = A (pm x pk bf16, row-major), 1 = B (pk x pn bf16), 2 = C (pm x pn f32).

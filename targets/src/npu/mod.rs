@@ -5,6 +5,7 @@
 //! of the dataflow), not on the chip.
 
 pub mod design;
+pub mod emu;
 pub mod gemm;
 pub mod model;
 pub mod verify;

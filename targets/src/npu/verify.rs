@@ -449,6 +449,7 @@ mod tests {
                     FifoUse { fifo: "a_mem".into(), port: Port::Consume, acquire: 1 },
                     FifoUse { fifo: "c_out".into(), port: Port::Produce, acquire: 1 },
                 ],
+                body: CoreBody::MatMul { m: 64, k: 64, n: 64, k_tiles: 1 },
             }],
             sequence: vec![
                 SeqOp::Memcpy {
