@@ -10,6 +10,16 @@ pub struct Coord {
     pub row: u32,
 }
 
+/// The tile at `(col, row)`.
+pub fn tile(col: u32, row: u32) -> Coord {
+    Coord { col, row }
+}
+
+/// Access levels from `(size, stride)` pairs, outermost first.
+pub fn dims(v: &[(u64, u64)]) -> Vec<Dim> {
+    v.iter().map(|&(size, stride)| Dim { size, stride }).collect()
+}
+
 impl std::fmt::Display for Coord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "tile({}, {})", self.col, self.row)
@@ -57,6 +67,11 @@ pub struct ObjectFifo {
 }
 
 impl ObjectFifo {
+    /// A double-buffered fifo, streamed as laid out.
+    pub fn double(name: String, producer: Coord, consumers: Vec<Coord>, shape: Vec<u64>, elem: Elem) -> Self {
+        ObjectFifo { name, producer, consumers, depth: 2, shape, elem, to_stream: Vec::new() }
+    }
+
     /// Bytes of one of its buffers.
     pub fn buffer_bytes(&self) -> u64 {
         self.shape.iter().product::<u64>() * self.elem.bytes()
@@ -105,6 +120,9 @@ pub enum CoreBody {
     /// A is `m x k` in the bf16 mmul's 4 x 8 blocks (row after row of blocks, each row-major), B `k x n` in its
     /// 8 x 4 blocks, C `m x n` row-major f32; bf16 operands, f32 accumulation in the order of `k`.
     MatMul { m: u64, k: u64, n: u64, k_tiles: u64 },
+    /// `y += W x` over `k_tiles` pairs of W (its first fifo use, `rows x k` row-major bf16) and x (its second, `k`
+    /// bf16), then y (its third, `rows` f32) released; f32 accumulation in the order of `k`.
+    MatVec { rows: u64, k: u64, k_tiles: u64 },
 }
 
 /// One host <-> array operation of the runtime sequence.

@@ -95,39 +95,33 @@ impl<'d> Emu<'d> {
                 }
             }
             for core in &self.design.cores {
-                let CoreBody::MatMul { m, k, n, k_tiles } = core.body;
                 let [a, b, c] = &core.uses[..] else {
-                    return Err(format!("core at {}: a matmul body uses three fifos (A, B, C)", core.tile));
+                    return Err(format!("core at {}: a body uses three fifos (two in, one out)", core.tile));
                 };
                 if a.port != Port::Consume || b.port != Port::Consume || c.port != Port::Produce {
-                    return Err(format!("core at {}: a matmul consumes A and B and produces C", core.tile));
+                    return Err(format!("core at {}: a body consumes two fifos and produces the third", core.tile));
                 }
+                // Output elements, the two operands' sizes and the pairs that make one output.
+                let (outs, sizes, k_tiles) = match core.body {
+                    CoreBody::MatMul { m, k, n, k_tiles } => (m * n, (m * k, k * n), k_tiles),
+                    CoreBody::MatVec { rows, k, k_tiles } => (rows, (rows * k, k), k_tiles),
+                };
                 while self.ready(&a.fifo, core.tile) && self.ready(&b.fifo, core.tile) {
-                    let (ta, tb) =
-                        (self.take(&a.fifo, core.tile).expect("ready"), self.take(&b.fifo, core.tile).expect("ready"));
-                    let (m, k, n) = (m as usize, k as usize, n as usize);
-                    if ta.len() != m * k || tb.len() != k * n {
+                    let ta = self.take(&a.fifo, core.tile).expect("ready");
+                    let tb = self.take(&b.fifo, core.tile).expect("ready");
+                    if (ta.len() as u64, tb.len() as u64) != sizes {
                         return Err(format!(
-                            "core at {}: buffers of {} and {} elements for a {m}x{k}x{n} tile",
+                            "core at {}: buffers of {} and {} elements where its body takes {} and {}",
                             core.tile,
                             ta.len(),
-                            tb.len()
+                            tb.len(),
+                            sizes.0,
+                            sizes.1
                         ));
                     }
-                    let entry = self.acc.entry(core.tile).or_insert_with(|| (vec![0.0; m * n], 0));
-                    for r in 0..m {
-                        for col in 0..n {
-                            let mut s = entry.0[r * n + col];
-                            for kk in 0..k {
-                                let ai = ((r / 4) * (k / 8) + kk / 8) * 32 + (r % 4) * 8 + kk % 8;
-                                let bi = ((kk / 8) * (n / 4) + col / 4) * 32 + (kk % 8) * 4 + col % 4;
-                                s += ta[ai] * tb[bi];
-                            }
-                            entry.0[r * n + col] = s;
-                        }
-                    }
+                    let entry = self.acc.entry(core.tile).or_insert_with(|| (vec![0.0; outs as usize], 0));
+                    self.stats.macs += body(core.body, &ta, &tb, &mut entry.0);
                     entry.1 += 1;
-                    self.stats.macs += (m * n * k) as u64;
                     if entry.1 == k_tiles {
                         let (out, _) = self.acc.remove(&core.tile).expect("accumulating");
                         let f = self.fifo(&c.fifo)?;
@@ -139,6 +133,39 @@ impl<'d> Emu<'d> {
             if !moved {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// One step of a core's body: its two operand buffers folded into its accumulator; the MACs it took.
+fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
+    match b {
+        CoreBody::MatMul { m, k, n, .. } => {
+            let (m, k, n) = (m as usize, k as usize, n as usize);
+            for r in 0..m {
+                for col in 0..n {
+                    let mut s = acc[r * n + col];
+                    for kk in 0..k {
+                        // A in 4 x 8 blocks, B in 8 x 4 blocks, each block row-major, blocks row after row.
+                        let ai = ((r / 4) * (k / 8) + kk / 8) * 32 + (r % 4) * 8 + kk % 8;
+                        let bi = ((kk / 8) * (n / 4) + col / 4) * 32 + (kk % 8) * 4 + col % 4;
+                        s += ta[ai] * tb[bi];
+                    }
+                    acc[r * n + col] = s;
+                }
+            }
+            (m * n * k) as u64
+        }
+        CoreBody::MatVec { rows, k, .. } => {
+            let (rows, k) = (rows as usize, k as usize);
+            for (r, y) in acc.iter_mut().enumerate().take(rows) {
+                let mut s = *y;
+                for (w, x) in ta[r * k..][..k].iter().zip(tb) {
+                    s += w * x;
+                }
+                *y = s;
+            }
+            (rows * k) as u64
         }
     }
 }

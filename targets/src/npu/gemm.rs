@@ -9,7 +9,7 @@
 //! drops C's padding), never rejected. One dispatch runs the whole GEMM: the runtime sequence walks the output
 //! blocks, a wait on a block's transfers freeing its buffer descriptors for the next.
 
-use super::design::{Coord, Core, CoreBody, Design, Dim, Elem, FifoUse, Link, ObjectFifo, Port, SeqOp};
+use super::design::{dims, tile, Coord, Core, CoreBody, Design, Elem, FifoUse, Link, ObjectFifo, Port, SeqOp};
 use super::model::ArrayModel;
 
 /// The AIE2 bf16 mmul shape the core bodies multiply in (`aie::mmul<4, 8, 4>`): tiles are multiples of it.
@@ -85,14 +85,6 @@ pub fn choose_tiles(array: &ArrayModel, k_total: u64) -> Tiles {
     best.expect("the mmul shape's own tile fits any core")
 }
 
-fn at(col: u32, row: u32) -> Coord {
-    Coord { col, row }
-}
-
-fn dims(v: &[(u64, u64)]) -> Vec<Dim> {
-    v.iter().map(|&(size, stride)| Dim { size, stride }).collect()
-}
-
 /// The GEMM design for `M x K` by `K x N` on the whole array.
 pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gemm {
     assert!(m_total > 0 && k_total > 0 && n_total > 0, "a GEMM of a zero dimension");
@@ -101,31 +93,28 @@ pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gem
     let padded =
         (m_total.next_multiple_of(rows * t.m), k_total.next_multiple_of(t.k), n_total.next_multiple_of(cols * t.n));
     let (pm, pk, pn) = padded;
-    let fifo = |name: String, producer: Coord, consumers: Vec<Coord>, shape: Vec<u64>, elem, to_stream| ObjectFifo {
-        name,
-        producer,
-        consumers,
-        depth: 2,
-        shape,
-        elem,
-        to_stream,
-    };
     let mut d = Design { name: format!("gemm_{m_total}x{k_total}x{n_total}"), ..Default::default() };
     for c in 0..array.columns {
-        let (shim, mem) = (at(c, 0), at(c, 1));
-        let core_row: Vec<Coord> = (0..array.columns).map(|j| at(j, 2 + c)).collect();
-        let core_col: Vec<Coord> = (2..array.rows).map(|r| at(c, r)).collect();
+        let (shim, mem) = (tile(c, 0), tile(c, 1));
+        let core_row: Vec<Coord> = (0..array.columns).map(|j| tile(j, 2 + c)).collect();
+        let core_col: Vec<Coord> = (2..array.rows).map(|r| tile(c, r)).collect();
         // A's m x k tile in 4 x 8 blocks, row after row of blocks; B's k x n tile in 8 x 4 blocks.
         let a_blocks = dims(&[(t.m / 4, 4 * t.k), (t.k / 8, 8), (4, t.k), (8, 1)]);
         let b_blocks = dims(&[(t.k / 8, 8 * t.n), (t.n / 4, 4), (8, t.n), (4, 1)]);
-        d.fifos.push(fifo(format!("a{c}_in"), shim, vec![mem], vec![t.m, t.k], Elem::Bf16, Vec::new()));
-        d.fifos.push(fifo(format!("a{c}"), mem, core_row, vec![t.m, t.k], Elem::Bf16, a_blocks));
-        d.fifos.push(fifo(format!("b{c}_in"), shim, vec![mem], vec![t.k, t.n], Elem::Bf16, Vec::new()));
-        d.fifos.push(fifo(format!("b{c}"), mem, core_col.clone(), vec![t.k, t.n], Elem::Bf16, b_blocks));
+        d.fifos.push(ObjectFifo::double(format!("a{c}_in"), shim, vec![mem], vec![t.m, t.k], Elem::Bf16));
+        d.fifos.push(ObjectFifo {
+            to_stream: a_blocks,
+            ..ObjectFifo::double(format!("a{c}"), mem, core_row, vec![t.m, t.k], Elem::Bf16)
+        });
+        d.fifos.push(ObjectFifo::double(format!("b{c}_in"), shim, vec![mem], vec![t.k, t.n], Elem::Bf16));
+        d.fifos.push(ObjectFifo {
+            to_stream: b_blocks,
+            ..ObjectFifo::double(format!("b{c}"), mem, core_col.clone(), vec![t.k, t.n], Elem::Bf16)
+        });
         for (r, &core) in core_col.iter().enumerate() {
-            d.fifos.push(fifo(format!("c{c}_{r}"), core, vec![mem], vec![t.m, t.n], Elem::F32, Vec::new()));
+            d.fifos.push(ObjectFifo::double(format!("c{c}_{r}"), core, vec![mem], vec![t.m, t.n], Elem::F32));
         }
-        d.fifos.push(fifo(format!("c{c}"), mem, vec![shim], vec![rows * t.m, t.n], Elem::F32, Vec::new()));
+        d.fifos.push(ObjectFifo::double(format!("c{c}"), mem, vec![shim], vec![rows * t.m, t.n], Elem::F32));
         d.links.push(Link { from: vec![format!("a{c}_in")], to: vec![format!("a{c}")] });
         d.links.push(Link { from: vec![format!("b{c}_in")], to: vec![format!("b{c}")] });
         d.links.push(Link { from: (0..rows).map(|r| format!("c{c}_{r}")).collect(), to: vec![format!("c{c}")] });
@@ -138,7 +127,7 @@ pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gem
                 FifoUse { fifo: format!("c{j}_{r}"), port: Port::Produce, acquire: 1 },
             ];
             let body = CoreBody::MatMul { m: t.m, k: t.k, n: t.n, k_tiles: pk / t.k };
-            d.cores.push(Core { tile: at(j, 2 + r), locals_bytes: 0, stack_bytes: None, uses, body });
+            d.cores.push(Core { tile: tile(j, 2 + r), locals_bytes: 0, stack_bytes: None, uses, body });
         }
     }
     // Runtime arguments: 0 = A (pm x pk bf16, row-major), 1 = B (pk x pn bf16), 2 = C (pm x pn f32).

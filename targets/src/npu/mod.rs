@@ -7,5 +7,6 @@
 pub mod design;
 pub mod emu;
 pub mod gemm;
+pub mod gemv;
 pub mod model;
 pub mod verify;
