@@ -114,7 +114,7 @@ pub struct Core {
 }
 
 /// What a core computes on the buffers it acquires, in the layouts they arrive in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CoreBody {
     /// `C += A B` over `k_tiles` pairs of A and B (its first and second fifo uses), then C (its third) released:
     /// A is `m x k` in the bf16 mmul's 4 x 8 blocks (row after row of blocks, each row-major), B `k x n` in its
@@ -123,6 +123,18 @@ pub enum CoreBody {
     /// `y += W x` over `k_tiles` pairs of W (its first fifo use, `rows x k` row-major bf16) and x (its second, `k`
     /// bf16), then y (its third, `rows` f32) released; f32 accumulation in the order of `k`.
     MatVec { rows: u64, k: u64, k_tiles: u64 },
+    /// A row-wise op on `rows x width` of its first fifo use (row-major) with its second, into its third
+    /// (f32), one buffer of each at a time.
+    Rows { op: RowOp, rows: u64, width: u64 },
+}
+
+/// The row-wise ops of [`CoreBody::Rows`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowOp {
+    /// `x / sqrt(mean(x^2) + eps) * w` per row, the second operand the `width` weights.
+    RmsNorm { eps: f32 },
+    /// `silu(g) * u` element by element, the second operand `u` of the first's shape.
+    SiluGlu,
 }
 
 /// One host <-> array operation of the runtime sequence.

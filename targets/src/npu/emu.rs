@@ -9,7 +9,7 @@
 //! the emulator checks what reaches where and what is computed from it, not timing or back-pressure (the AIE2
 //! rules bound the buffers).
 
-use super::design::{Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, SeqOp};
+use super::design::{Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RowOp, SeqOp};
 use std::collections::{HashMap, VecDeque};
 
 /// What one dispatch of a design did.
@@ -105,6 +105,12 @@ impl<'d> Emu<'d> {
                 let (outs, sizes, k_tiles) = match core.body {
                     CoreBody::MatMul { m, k, n, k_tiles } => (m * n, (m * k, k * n), k_tiles),
                     CoreBody::MatVec { rows, k, k_tiles } => (rows, (rows * k, k), k_tiles),
+                    CoreBody::Rows { op: RowOp::RmsNorm { .. }, rows, width } => {
+                        (rows * width, (rows * width, width), 1)
+                    }
+                    CoreBody::Rows { op: RowOp::SiluGlu, rows, width } => {
+                        (rows * width, (rows * width, rows * width), 1)
+                    }
                 };
                 while self.ready(&a.fifo, core.tile) && self.ready(&b.fifo, core.tile) {
                     let ta = self.take(&a.fifo, core.tile).expect("ready");
@@ -166,6 +172,27 @@ fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
                 *y = s;
             }
             (rows * k) as u64
+        }
+        CoreBody::Rows { op, rows, width } => {
+            let w = width as usize;
+            for r in 0..rows as usize {
+                let (x, y) = (&ta[r * w..][..w], &mut acc[r * w..][..w]);
+                match op {
+                    RowOp::RmsNorm { eps } => {
+                        let ss: f32 = x.iter().map(|v| v * v).sum();
+                        let inv = 1.0 / (ss / width as f32 + eps).sqrt();
+                        for ((o, v), g) in y.iter_mut().zip(x).zip(tb) {
+                            *o = v * inv * g;
+                        }
+                    }
+                    RowOp::SiluGlu => {
+                        for ((o, g), u) in y.iter_mut().zip(x).zip(&tb[r * w..][..w]) {
+                            *o = g / (1.0 + (-g).exp()) * u;
+                        }
+                    }
+                }
+            }
+            0
         }
     }
 }
@@ -265,14 +292,7 @@ mod tests {
     use super::*;
 
     fn rand(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 7;
-                *seed ^= *seed << 17;
-                (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
+        super::super::random(n as u64, seed, 1.0)
     }
 
     #[test]

@@ -165,12 +165,9 @@ mod tests {
             let u = verify(&g.design, &NPU1).unwrap_or_else(|e| panic!("{n}x{k}: {e:?}"));
             let (pn, pk) = g.padded;
             let mut seed = n * 7 + k;
-            let mut r = || {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            };
+            let vals = super::super::random(n * k + k, &mut seed, 1.0);
+            let mut r = vals.into_iter();
+            let mut r = move || r.next().expect("enough values");
             let mut w = vec![0.0f32; (pn * pk) as usize];
             for i in 0..n as usize {
                 for j in 0..k as usize {

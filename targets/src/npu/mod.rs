@@ -9,4 +9,18 @@ pub mod emu;
 pub mod gemm;
 pub mod gemv;
 pub mod model;
+pub mod rows;
 pub mod verify;
+
+/// `n` pseudo-random values in `(-scale, scale)` from `seed` (xorshift), for the designs' tests.
+#[cfg(test)]
+fn random(n: u64, seed: &mut u64, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}

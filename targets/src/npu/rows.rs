@@ -1,0 +1,187 @@
+//! Row-wise designs over the array — RMSNorm (rows of x with the norm's weights, on all 16 cores) and the SiLU
+//! GLU (gate and up, element by element, on two cores a column: see `rows`): each core takes `r` whole rows of
+//! `width` at a time; each column's shim streams its cores' rows as one buffer that its memtile splits among
+//! them, the second operand either broadcast
+//! to every core from column 0's memtile (the norm's weights, once per block) or split like the first (up);
+//! the results are joined per column and go back through its shim. Rows are padded to whole blocks of the
+//! cores' rows (the host pads with zeros and drops them). One dispatch per launch.
+
+use super::design::{dims, tile, Core, CoreBody, Design, Elem, FifoUse, Link, ObjectFifo, Port, RowOp, SeqOp};
+use super::model::ArrayModel;
+
+/// A generated row-wise design.
+#[derive(Debug, Clone)]
+pub struct RowsDesign {
+    pub design: Design,
+    /// Rows each core takes per buffer.
+    pub rows_per_core: u64,
+    /// `(rows, width)` as asked, and rows padded.
+    pub shape: (u64, u64),
+    pub padded_rows: u64,
+}
+
+/// Rows a core takes per buffer: the most (a power of two up to 64) whose double-buffered input (bf16), second
+/// operand and f32 output fit its memory, and that keep a block of the `cores`' rows within the rows there are.
+fn rows_per_core(array: &ArrayModel, op: RowOp, rows: u64, width: u64, cores: u64) -> Option<u64> {
+    let budget = array.compute.memory_bytes - array.default_stack_bytes;
+    let bytes = |r: u64| {
+        let second = match op {
+            RowOp::RmsNorm { .. } => width * 2,
+            RowOp::SiluGlu => r * width * 2,
+        };
+        2 * (r * width * 2 + second + r * width * 4)
+    };
+    let cap = (1u64 << (rows / cores).max(1).ilog2()).min(64);
+    (0..=cap.ilog2()).rev().map(|i| 1u64 << i).find(|&r| bytes(r) <= budget)
+}
+
+/// The design of `op` over `rows x width` (row-major bf16, the second operand as `op` says; f32 out), whose
+/// `shape` is the rows and width it takes them as; `None` where not even one row fits a core (an RMSNorm
+/// row of more than 4,032 elements, whose design must split the row's sum of squares across cores: still to
+/// come).
+pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<RowsDesign> {
+    assert!(rows > 0 && width > 0, "a row-wise op over nothing");
+    // The GLU is element by element: rows too long for a core are taken as more, shorter ones (the same
+    // row-major data), at the fewest pieces a row that fit.
+    let (rows, width) = match op {
+        RowOp::SiluGlu => (1..=width)
+            .filter(|&s| width.is_multiple_of(s))
+            .map(|s| (rows * s, width / s))
+            .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some())?,
+        RowOp::RmsNorm { .. } => (rows, width),
+    };
+    // The GLU's two split operands and the joined result take 2 n + 1 of a memtile's 6 outgoing channels for
+    // n cores a column: two cores a column for it, all four for the norm (whose weights are broadcast).
+    let per_col = match op {
+        RowOp::SiluGlu => 2,
+        RowOp::RmsNorm { .. } => (array.rows - 2) as u64,
+    };
+    let cols = array.columns as u64;
+    let cores = cols * per_col;
+    let r = rows_per_core(array, op, rows, width, cores)?;
+    let padded_rows = rows.next_multiple_of(cores * r);
+    let mut d = Design { name: format!("{op:?}_{rows}x{width}"), ..Default::default() };
+    let broadcast = matches!(op, RowOp::RmsNorm { .. });
+    if broadcast {
+        let everyone = (0..array.columns).flat_map(|c| (2..array.rows).map(move |q| tile(c, q))).collect();
+        d.fifos.push(ObjectFifo::double("w_in".into(), tile(0, 0), vec![tile(0, 1)], vec![width], Elem::Bf16));
+        d.fifos.push(ObjectFifo::double("w".into(), tile(0, 1), everyone, vec![width], Elem::Bf16));
+        d.links.push(Link { from: vec!["w_in".into()], to: vec!["w".into()] });
+    }
+    for c in 0..array.columns {
+        let (shim, mem) = (tile(c, 0), tile(c, 1));
+        let operands: &[&str] = if broadcast { &["x"] } else { &["x", "u"] };
+        for name in operands {
+            d.fifos.push(ObjectFifo::double(
+                format!("{name}{c}_in"),
+                shim,
+                vec![mem],
+                vec![per_col * r, width],
+                Elem::Bf16,
+            ));
+            for q in 0..per_col as u32 {
+                let f =
+                    ObjectFifo::double(format!("{name}{c}_{q}"), mem, vec![tile(c, 2 + q)], vec![r, width], Elem::Bf16);
+                d.fifos.push(f);
+            }
+            let to = (0..per_col).map(|q| format!("{name}{c}_{q}")).collect();
+            d.links.push(Link { from: vec![format!("{name}{c}_in")], to });
+        }
+        for q in 0..per_col as u32 {
+            d.fifos.push(ObjectFifo::double(format!("y{c}_{q}"), tile(c, 2 + q), vec![mem], vec![r, width], Elem::F32));
+            let second = if broadcast { "w".to_string() } else { format!("u{c}_{q}") };
+            let uses = vec![
+                FifoUse { fifo: format!("x{c}_{q}"), port: Port::Consume, acquire: 1 },
+                FifoUse { fifo: second, port: Port::Consume, acquire: 1 },
+                FifoUse { fifo: format!("y{c}_{q}"), port: Port::Produce, acquire: 1 },
+            ];
+            let body = CoreBody::Rows { op, rows: r, width };
+            d.cores.push(Core { tile: tile(c, 2 + q), locals_bytes: 0, stack_bytes: None, uses, body });
+        }
+        d.fifos.push(ObjectFifo::double(format!("y{c}"), mem, vec![shim], vec![per_col * r, width], Elem::F32));
+        d.links.push(Link { from: (0..per_col).map(|q| format!("y{c}_{q}")).collect(), to: vec![format!("y{c}")] });
+    }
+    // Arguments: 0 = x, 1 = the weights (RMSNorm) or up (GLU), 2 = out. Per block, one buffer of each
+    // column's rows in and out (and the weights once, to every core).
+    for blk in 0..padded_rows / (cores * r) {
+        let mut bd = 0;
+        let mut push = |d: &mut Design, arg, elem, offset, fifo: String, n: u64| {
+            let dims = dims(&[(1, 0), (1, 0), (1, 0), (n, 1)]);
+            d.sequence.push(SeqOp::Memcpy { arg, elem, offset, dims, fifo, bd });
+            bd += 1;
+        };
+        if broadcast {
+            push(&mut d, 1, Elem::Bf16, 0, "w_in".into(), width);
+        }
+        let n = per_col * r * width;
+        for c in 0..cols {
+            let at = (blk * cores + c * per_col) * r * width;
+            push(&mut d, 0, Elem::Bf16, at, format!("x{c}_in"), n);
+            if !broadcast {
+                push(&mut d, 1, Elem::Bf16, at, format!("u{c}_in"), n);
+            }
+            push(&mut d, 2, Elem::F32, at, format!("y{c}"), n);
+        }
+        let mut waits: Vec<String> = (0..cols).flat_map(|c| [format!("y{c}"), format!("x{c}_in")]).collect();
+        if broadcast {
+            waits.push("w_in".into());
+        } else {
+            waits.extend((0..cols).map(|c| format!("u{c}_in")));
+        }
+        d.sequence.extend(waits.into_iter().map(|fifo| SeqOp::Wait { fifo }));
+    }
+    Some(RowsDesign { design: d, rows_per_core: r, shape: (rows, width), padded_rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::emu::{bf16, run};
+    use super::super::model::NPU1;
+    use super::super::verify::verify;
+    use super::*;
+
+    fn rand(n: u64, seed: &mut u64) -> Vec<f32> {
+        super::super::random(n, seed, 2.0)
+    }
+
+    /// RMSNorm and the SiLU GLU at the Llama-3.2-1B prefill shapes pass the rules; on ragged shapes the
+    /// emulated results match an f64 computation from the bf16-rounded inputs.
+    #[test]
+    fn row_wise_designs_pass_the_rules_and_compute_their_op() {
+        let norm = RowOp::RmsNorm { eps: 1e-5 };
+        for (op, rows_n, width) in [(norm, 512, 2048), (RowOp::SiluGlu, 512, 8192), (norm, 1, 2048)] {
+            let g = rows(&NPU1, op, rows_n, width).unwrap();
+            verify(&g.design, &NPU1).unwrap_or_else(|e| panic!("{op:?} {rows_n}x{width}: {e:?}"));
+        }
+        for (op, rows_n, width) in [(norm, 37, 96), (RowOp::SiluGlu, 70, 40)] {
+            let g = rows(&NPU1, op, rows_n, width).unwrap();
+            verify(&g.design, &NPU1).unwrap();
+            let mut seed = rows_n * 3 + width;
+            let pr = g.padded_rows;
+            let x = rand(pr * width, &mut seed);
+            let second = match op {
+                RowOp::RmsNorm { .. } => rand(width, &mut seed),
+                RowOp::SiluGlu => rand(pr * width, &mut seed),
+            };
+            let mut args = vec![x.clone(), second.clone(), vec![f32::NAN; (pr * width) as usize]];
+            run(&g.design, &mut args).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+            let w = width as usize;
+            for r in 0..rows_n as usize {
+                let xr: Vec<f64> = x[r * w..][..w].iter().map(|&v| bf16(v) as f64).collect();
+                let inv = 1.0 / (xr.iter().map(|v| v * v).sum::<f64>() / width as f64 + 1e-5).sqrt();
+                for i in 0..w {
+                    let want = match op {
+                        RowOp::RmsNorm { .. } => xr[i] * inv * bf16(second[i]) as f64,
+                        RowOp::SiluGlu => xr[i] / (1.0 + (-xr[i]).exp()) * bf16(second[r * w + i]) as f64,
+                    };
+                    let got = args[2][r * w + i] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{op:?} row {r} [{i}]: {got} vs {want}");
+                }
+            }
+        }
+        // The 1B MLP's 8192-wide GLU rows are taken as 2048-wide ones; an 8192-wide RMSNorm row has no design
+        // yet (and says so by None).
+        assert_eq!(rows(&NPU1, RowOp::SiluGlu, 512, 8192).unwrap().shape, (2048, 2048));
+        assert!(rows(&NPU1, norm, 16, 8192).is_none());
+    }
+}
