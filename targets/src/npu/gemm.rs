@@ -46,11 +46,17 @@ impl Gemm {
         self.padded.0 * self.padded.1 * self.padded.2
     }
 
-    /// Seconds one dispatch takes at best: the host's dispatch overhead plus the MACs at the vector units'
-    /// peak. An ESTIMATE and a lower bound (whole-array GEMMs measured elsewhere reach about half the peak).
+    /// Bytes the dispatch moves between host and array: per output block A's rows and B's columns over all of K
+    /// in bf16, and C's block in f32.
+    pub fn host_bytes(&self) -> u64 {
+        let (pm, pk, pn) = self.padded;
+        let (bm, bn) = (4 * self.tiles.m, 4 * self.tiles.n);
+        (pm / bm) * (pn / bn) * (bm * pk * 2 + pk * bn * 2 + bm * bn * 4)
+    }
+
+    /// [`ArrayModel::estimate_seconds`] of the dispatch: an ESTIMATE and a lower bound.
     pub fn estimate_seconds(&self, array: &ArrayModel) -> f64 {
-        let per_s = array.compute_tiles() as f64 * array.macs.bf16 as f64 * array.clock_hz;
-        array.dispatch_overhead_s + self.macs() as f64 / per_s
+        array.estimate_seconds(self.host_bytes(), self.macs())
     }
 }
 
@@ -198,6 +204,7 @@ mod tests {
             // Per block: A's 4m rows and B's 4n columns over all of K in bf16, C's 4m x 4n in f32.
             let want = blocks * (4 * t.m * pk * 2 + pk * 4 * t.n * 2 + 16 * t.m * t.n * 4);
             assert_eq!(usage.host_bytes, want, "{m}x{k}x{n}");
+            assert_eq!(g.host_bytes(), want, "{m}x{k}x{n}");
             for (at, u) in &usage.tiles {
                 assert!(u.memory_bytes <= 512 * 1024, "{at}: {u:?}");
             }

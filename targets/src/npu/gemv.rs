@@ -33,40 +33,52 @@ pub struct Gemv {
     pub padded: (u64, u64),
 }
 
-/// Bytes a second the array's DMA reads from host memory at best: an ASSUMPTION (no figure for the NPU's
-/// DDR bandwidth is published; mlir-aie's memcpy example measures it), four shims at about 30 GB/s of reads
-/// together, to be replaced by a measurement.
-pub const ASSUMED_HOST_READ_BYTES_S: f64 = 30e9;
-
 impl Gemv {
     pub fn macs(&self) -> u64 {
         self.padded.0 * self.padded.1
     }
 
-    /// Seconds one dispatch takes at best: the dispatch overhead plus the larger of the weights' transfer at
-    /// [`ASSUMED_HOST_READ_BYTES_S`] and the MACs at the vector units' peak. An ESTIMATE and a lower bound.
+    /// Bytes the dispatch moves between host and array: the weights and x once per block, y.
+    pub fn host_bytes(&self) -> u64 {
+        let (pn, pk) = self.padded;
+        let blocks = pn / (16 * self.tiles.rows);
+        pn * pk * 2 + blocks * pk * 2 + pn * 4
+    }
+
+    /// [`ArrayModel::estimate_seconds`] of the dispatch: an ESTIMATE and a lower bound.
     pub fn estimate_seconds(&self, array: &ArrayModel) -> f64 {
-        let dma = (self.padded.0 * self.padded.1 * 2) as f64 / ASSUMED_HOST_READ_BYTES_S;
-        let mac = self.macs() as f64 / (array.compute_tiles() as f64 * array.macs.bf16 as f64 * array.clock_hz);
-        array.dispatch_overhead_s + dma.max(mac)
+        array.estimate_seconds(self.host_bytes(), self.macs())
     }
 }
 
-/// A core's buffers: as many rows as keep a block of 16 cores' rows within N (a power of two, 4 to 128, so
-/// little of a small N is padding), then the longest `k` that fits the core beside them (a power of two up
-/// to 512, or K itself rounded up to 32 where that is shorter; 512 bf16 keep the transfers' innermost wrap
-/// far below its 10-bit limit).
+/// What a buffer handed from a memtile to a core costs beside the elements it carries, in elements: an
+/// ASSUMPTION of the model (a lock handshake and a BD reload are worth about a kilobyte of transfer), which
+/// only steers the choice of buffers.
+const HANDOFF_ELEMS: u64 = 512;
+
+/// A core's buffers that fit it: the least padded work (N to whole blocks of 16 cores' rows times K to whole
+/// buffers) plus [`HANDOFF_ELEMS`] per buffer a core takes, then the most rows, then the longest `k` — rows a
+/// power of two from 4 to 128, `k` one up to 512 or K itself rounded up to 32 where that is shorter (512 bf16
+/// keep the transfers' innermost wrap far below its 10-bit limit).
 pub fn choose_tiles(array: &ArrayModel, n_total: u64, k_total: u64) -> GemvTiles {
     let budget = array.compute.memory_bytes - array.default_stack_bytes;
-    let per_block = n_total / array.compute_tiles() as u64;
-    let rows = (1u64 << per_block.max(1).ilog2()).clamp(4, 128);
+    let cores = array.compute_tiles() as u64;
     let k_need = k_total.next_multiple_of(32);
-    let ks = (5..=9).map(|i| 1u64 << i).filter(|&k| k <= k_need).chain((k_need <= 512).then_some(k_need));
-    let k = ks
-        .filter(|&k| GemvTiles { rows, k }.core_bytes() <= budget)
-        .max()
-        .expect("32 columns of 128 rows fit any core");
-    GemvTiles { rows, k }
+    let ks: Vec<u64> =
+        (5..=9).map(|i| 1u64 << i).filter(|&k| k <= k_need).chain((k_need <= 512).then_some(k_need)).collect();
+    let mut best: Option<(u64, GemvTiles)> = None;
+    for rows in (2..=7).map(|i| 1u64 << i) {
+        for &k in &ks {
+            let t = GemvTiles { rows, k };
+            let (pn, pk) = (n_total.next_multiple_of(cores * rows), k_total.next_multiple_of(k));
+            let cost = pn * pk + cores * (pn / (cores * rows)) * (pk / k) * HANDOFF_ELEMS;
+            let key = (cost, u64::MAX - rows, u64::MAX - k);
+            if t.core_bytes() <= budget && best.is_none_or(|(c, b)| key < (c, u64::MAX - b.rows, u64::MAX - b.k)) {
+                best = Some((cost, t));
+            }
+        }
+    }
+    best.expect("32 columns of 4 rows fit any core").1
 }
 
 /// The GEMV design for `N x K` by `K` on the whole array.
@@ -143,6 +155,8 @@ mod tests {
         assert_eq!(choose_tiles(&NPU1, 2048, 8192), GemvTiles { rows: 128, k: 64 });
         assert_eq!(choose_tiles(&NPU1, 512, 2048), GemvTiles { rows: 32, k: 256 });
         assert_eq!(choose_tiles(&NPU1, 8192, 2048), GemvTiles { rows: 128, k: 64 });
+        // q, k and v together (3072 rows): blocks of 1024 rows, none padded.
+        assert_eq!(choose_tiles(&NPU1, 3072, 2048), GemvTiles { rows: 64, k: 128 });
         // Few rows take the fewest; a short K is taken whole.
         assert_eq!(choose_tiles(&NPU1, 37, 5000), GemvTiles { rows: 4, k: 512 });
         assert_eq!(choose_tiles(&NPU1, 1000, 300), GemvTiles { rows: 32, k: 320 });
@@ -189,9 +203,11 @@ mod tests {
                 assert!((got - want).abs() < 2e-4, "{n}x{k} row {i}: {got} vs {want}");
             }
         }
-        // Decode is bound by the weights' transfer, not the MACs (an estimate on stated assumptions).
+        // Decode is bound by the weights' transfer, not the MACs (an estimate on stated assumptions), and the
+        // bytes counted are those the sequence moves.
         let g = gemv(&NPU1, 8192, 2048);
-        let dma = (8192 * 2048 * 2) as f64 / ASSUMED_HOST_READ_BYTES_S;
+        assert_eq!(g.host_bytes(), verify(&g.design, &NPU1).unwrap().host_bytes);
+        let dma = g.host_bytes() as f64 / NPU1.host_bytes_s;
         assert!((g.estimate_seconds(&NPU1) - NPU1.dispatch_overhead_s - dma).abs() < 1e-12);
     }
 }

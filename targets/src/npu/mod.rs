@@ -6,6 +6,7 @@
 
 pub mod design;
 pub mod emu;
+pub mod estimate;
 pub mod gemm;
 pub mod gemv;
 pub mod model;

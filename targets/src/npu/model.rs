@@ -78,6 +78,11 @@ pub struct ArrayModel {
     /// wait), in seconds. An ESTIMATE, not a measurement: the order of magnitude published runs of XRT on
     /// these NPUs suggest, to be replaced by a measurement on a Phoenix laptop.
     pub dispatch_overhead_s: f64,
+    /// Bytes a second the array's shims move between host memory and the array, all four together. An
+    /// ASSUMPTION, not a measurement (no figure for the NPU's DDR bandwidth is published; mlir-aie's memcpy
+    /// example measures it): about 30 GB/s, the order of one memtile's stream rate, to be replaced by a
+    /// measurement on a Phoenix laptop.
+    pub host_bytes_s: f64,
 }
 
 /// The Phoenix / Hawk Point NPU (Ryzen 7040 / 8040): 4 usable columns of a shim, a memtile and 4 compute tiles.
@@ -93,6 +98,7 @@ pub const NPU1: ArrayModel = ArrayModel {
     macs: MacRates { bf16: 128, int8: 256, int16: 64 },
     clock_hz: 1.6e9,
     dispatch_overhead_s: 100e-6,
+    host_bytes_s: 30e9,
 };
 
 impl ArrayModel {
@@ -119,6 +125,15 @@ impl ArrayModel {
     /// Compute tiles of the array.
     pub fn compute_tiles(&self) -> u32 {
         self.columns * (self.rows - 2)
+    }
+
+    /// Seconds a dispatch that moves `bytes` between host and array and performs `macs` bf16 MACs takes at
+    /// best: the dispatch overhead plus the larger of the transfer at [`ArrayModel::host_bytes_s`] and the MACs
+    /// at the vector units' peak. An ESTIMATE and a lower bound (whole-array GEMMs measured elsewhere reach
+    /// about half the peak).
+    pub fn estimate_seconds(&self, bytes: u64, macs: u64) -> f64 {
+        let mac_s = self.compute_tiles() as f64 * self.macs.bf16 as f64 * self.clock_hz;
+        self.dispatch_overhead_s + (bytes as f64 / self.host_bytes_s).max(macs as f64 / mac_s)
     }
 
     /// The whole array's peak bf16 rate in FLOP/s (a MAC is two FLOPs): about 6.5 TFLOP/s on npu1 (derived).

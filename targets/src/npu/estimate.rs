@@ -1,0 +1,102 @@
+//! What one token (decode) or one prompt (prefill) of a Llama-shaped model would cost on the NPU with the
+//! designs that exist: each layer's projections as GEMMs (prefill) or GEMVs (decode), its two RMSNorms and its
+//! GLU, every design built, checked by the AIE2 rules, and counted — dispatches, bytes moved between host and
+//! array, MACs — with the designs' time estimates summed. ESTIMATES on stated assumptions (the dispatch overhead
+//! and the host bandwidth of [`super::model`]); attention, RoPE and the LM head are not
+//! NPU work in this count (no designs yet), so they are left out, and said to be.
+
+use super::design::RowOp;
+use super::gemm::gemm;
+use super::gemv::gemv;
+use super::model::ArrayModel;
+use super::rows::rows;
+use super::verify::verify;
+
+/// A Llama-shaped decoder's dimensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub layers: u64,
+    pub hidden: u64,
+    pub ffn: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+}
+
+/// Llama-3.2-1B.
+pub const LLAMA_3_2_1B: Shape = Shape { layers: 16, hidden: 2048, ffn: 8192, heads: 32, kv_heads: 8, head_dim: 64 };
+
+/// The sums over a phase's NPU designs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Estimate {
+    pub dispatches: u64,
+    pub host_bytes: u64,
+    pub macs: u64,
+    /// Seconds, from each design's estimate (a lower bound: each at its best).
+    pub seconds: f64,
+}
+
+/// The NPU part of one execution of `tokens` rows (1: a decode step) through every layer of `s`, or the first
+/// design that breaks a rule.
+pub fn phase(array: &ArrayModel, s: &Shape, tokens: u64) -> Result<Estimate, String> {
+    let mut e = Estimate::default();
+    let mut add = |name: &str, design: &super::design::Design, macs: u64| -> Result<(), String> {
+        let u = verify(design, array).map_err(|v| format!("{name}: {}", v[0]))?;
+        e.dispatches += 1;
+        e.host_bytes += u.host_bytes;
+        e.macs += macs;
+        e.seconds += array.estimate_seconds(u.host_bytes, macs);
+        Ok(())
+    };
+    let q = s.heads * s.head_dim;
+    let kv = s.kv_heads * s.head_dim;
+    // q, k and v as one projection of their outputs together, o, gate and up together, down.
+    let projections = [
+        ("qkv", q + 2 * kv, s.hidden),
+        ("o", s.hidden, q),
+        ("gate_up", 2 * s.ffn, s.hidden),
+        ("down", s.hidden, s.ffn),
+    ];
+    for _ in 0..s.layers {
+        for (name, n, k) in projections {
+            if tokens == 1 {
+                let g = gemv(array, n, k);
+                add(name, &g.design, g.macs())?;
+            } else {
+                let g = gemm(array, tokens, k, n);
+                add(name, &g.design, g.macs())?;
+            }
+        }
+        for (name, op, width) in [
+            ("input norm", RowOp::RmsNorm { eps: 1e-5 }, s.hidden),
+            ("post-attention norm", RowOp::RmsNorm { eps: 1e-5 }, s.hidden),
+            ("glu", RowOp::SiluGlu, s.ffn),
+        ] {
+            let r = rows(array, op, tokens, width).ok_or_else(|| format!("{name}: no design for rows of {width}"))?;
+            add(name, &r.design, 0)?;
+        }
+    }
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::NPU1;
+    use super::*;
+
+    /// Every NPU design of the Llama-3.2-1B shape passes the rules in both phases; the counts follow from the
+    /// shape (7 dispatches a layer), and decode moves every weight once in bf16.
+    #[test]
+    fn the_llama_1b_designs_pass_and_are_counted() {
+        let s = LLAMA_3_2_1B;
+        let decode = phase(&NPU1, &s, 1).unwrap();
+        let prefill = phase(&NPU1, &s, 512).unwrap();
+        assert_eq!(decode.dispatches, 7 * 16);
+        assert_eq!(prefill.dispatches, 7 * 16);
+        let weights = s.layers * (s.hidden * (2048 + 2 * 512) + 2048 * s.hidden + 3 * s.ffn * s.hidden);
+        assert_eq!(decode.macs, weights);
+        assert!(decode.host_bytes >= 2 * weights && decode.host_bytes < 2 * weights + weights / 10);
+        assert_eq!(prefill.macs, 512 * weights);
+        println!("Llama-3.2-1B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
+    }
+}
