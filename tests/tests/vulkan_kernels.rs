@@ -1040,3 +1040,51 @@ fn windowed_attention_over_a_wrapped_ring() {
     // A window shorter than a tile: each of its 16 rows sees its own 6 keys, the tile together 21.
     check_attention(true, w, 19, 3, 6, 15);
 }
+
+/// A row's result does not depend on the rows launched with it: every row of a launch of one repeated row has
+/// the bits of that row launched alone, on every path, with and without a fused norm, across tiles. (A batch
+/// of sequences must give each the bits it gets alone: one flipped int8 quant moves a logit by 1%.)
+#[test]
+fn a_row_gets_the_same_bits_wherever_it_sits_in_the_launch() {
+    let gpu = gpu();
+    let paths = paths(&gpu);
+    let mut rng = Rng(0x1234_5679);
+    let (k, n) = (96usize, 20usize);
+    for (format, path) in FORMATS.into_iter().flat_map(|f| paths.iter().map(move |&p| (f, p))) {
+        for prologue in [None, Some(glsl::NormPrologue { eps: 1e-6, unit_offset: false })] {
+            let (x1, gain, w) = (rng.vec(k), rng.vec(k), rng.vec(n * k));
+            let (wbytes, _) = encode_matrix(format, &w, n, k);
+            let members = [glsl::MatMember { format, bias: false, n: n as u64 }];
+            let src = glsl::matmul_group(&members, k as u64, prologue, false, path);
+            let run = |rows: usize| {
+                let x: Vec<f32> = (0..rows).flat_map(|_| x1.iter().copied()).collect();
+                let mut bufs = vec![buffer_at(&gpu, 2, &words(&x))];
+                if prologue.is_some() {
+                    bufs.push(buffer_at(&gpu, 5, &words(&gain)));
+                    bufs.push(buffer_at(&gpu, 0, &words(&vec![f32::NAN; rows * k])));
+                    bufs.push(buffer_at(&gpu, 0, &words(&vec![f32::NAN; rows * k])));
+                }
+                bufs.push(buffer_at(&gpu, 4, &wbytes));
+                bufs.push(buffer_at(&gpu, 6, &words(&vec![f32::NAN; rows * n])));
+                let pads: &[u32] = if prologue.is_some() { &[2, 5, 0, 0, 4, 6] } else { &[2, 4, 6] };
+                let refs: Vec<&Buffer> = bufs.iter().collect();
+                let groups = work(&members, k, rows, path);
+                dispatch(&gpu, "matmul_group", &src, &refs, pads, [rows as u32, 0, 0, 0, 0], groups);
+                read_floats(bufs.last().unwrap(), 6, rows * n)
+            };
+            let alone = run(1);
+            assert!(alone.iter().all(|v| v.is_finite()), "{format} {path:?}: unwritten outputs");
+            for rows in [3, 137] {
+                let got = run(rows);
+                for (r, row) in got.chunks(n).enumerate() {
+                    let same = row.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{format} {path:?} norm {}: row {r} of {rows} differs from the row alone",
+                        prologue.is_some()
+                    );
+                }
+            }
+        }
+    }
+}

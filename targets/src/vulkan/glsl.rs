@@ -627,6 +627,10 @@ const COOP_SHARED: &str = "shared float16_t xs[128 * 40];\n\
 /// Bytes of [`COOP_SHARED`].
 pub const COOP_SHARED_BYTES: u32 = (128 * 40 + 32 * 72) * 2 + (64 * 68 + 128) * 4;
 
+// The norm's partial sums of squares (32 columns of a tile's rows, at a stride of rows + 1) fit the scratch
+// they borrow: `cs` for the cooperative-matrix GEMM, `xs` (32 x 65) for the portable one.
+const _: () = assert!(32 * (COOP_TILE_ROWS + 1) <= 64 * 68 && 32 * (GEMM_TILE + 1) <= 32 * 65);
+
 /// 32 x 32 blocks of a cooperative-matrix tile one subgroup multiplies, at most: the tile's eight over the
 /// workgroup's subgroups (with subgroups of up to 64 invocations, at least four of them); with more subgroups
 /// than blocks, the later subgroups only stage.
@@ -666,15 +670,17 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
         )
     };
     // With a norm, each row's sum of squares: the 32 threads of its columns meet in `scr` (free after the
-    // products), each row's sum then taken by one thread starting at its own bank.
-    let (scr, rs_len) = if coop { ("cs", COOP_TILE_ROWS) } else { ("xs", GEMM_TILE) };
+    // products), column-major with an odd stride so that neither the stores nor the reads meet in a bank; one
+    // thread per row then adds them in column order, the same order wherever the row sits in the tile (a row's
+    // result must not depend on the rows launched with it: a batched sequence gets the bits it gets alone).
+    let (scr, stride) = if coop { ("cs", COOP_TILE_ROWS + 1) } else { ("xs", GEMM_TILE + 1) };
     let row_sums = if norm {
         format!(
-            "for (uint e = 0u; e < {xe}u; e++) {scr}[(8u * e + sub) * 32u + col] = ss[e];\n\
+            "for (uint e = 0u; e < {xe}u; e++) {scr}[col * {stride}u + 8u * e + sub] = ss[e];\n\
              \x20 barrier();\n\
-             \x20 if (t < {rs_len}u) {{\n\
+             \x20 if (t < {rows}u) {{\n\
              \x20   float a = 0.0;\n\
-             \x20   for (uint j = 0u; j < 32u; j++) a += {scr}[t * 32u + (j + t) % 32u];\n\
+             \x20   for (uint j = 0u; j < 32u; j++) a += {scr}[j * {stride}u + t];\n\
              \x20   rs[t] = a;\n\
              \x20 }}\n\
              \x20 barrier();\n"
