@@ -784,7 +784,13 @@ fn check_attention_split(
     splits: u32,
     seed: u64,
 ) {
-    check_attention_with(kv_f16, shape, rows, pos, cap, splits, None, seed)
+    // Prefill's pass 0 both ways where the device has subgroup shuffles: portable, and blocked over them.
+    let profile = gpu().info().profile();
+    let sg = if profile.subgroup_shuffle { profile.subgroup_size } else { 0 };
+    let variants = if splits == 0 && sg > 0 { vec![0, sg] } else { vec![0] };
+    for subgroup in variants {
+        check_attention_with(kv_f16, shape, rows, pos, cap, splits, None, subgroup, seed)
+    }
 }
 
 /// Rows of `width` rotate-half rotated to positions `pos..`, in f32 as the reference (and the kernels) do.
@@ -808,7 +814,8 @@ fn rotate(x: &[f32], width: usize, hd: usize, pos: usize, inv: &[f32]) -> Vec<f3
 /// [`check_attention`] of one row through the split passes when `splits > 0`: pass 2 over `splits` key ranges
 /// (appending the row), which with more than one range also combines them (the partials after the cache in
 /// its binding). With `rope` (an inverse-frequency table), the RoPE-fused kernel gets q and k unrotated, and
-/// the reference rotates them first (the cache must hold the rotated key).
+/// the reference rotates them first (the cache must hold the rotated key). `subgroup` is the subgroup size the
+/// kernel is generated for (0: no shuffles).
 #[allow(clippy::too_many_arguments)]
 fn check_attention_with(
     kv_f16: bool,
@@ -818,6 +825,7 @@ fn check_attention_with(
     cap: usize,
     splits: u32,
     rope: Option<&[f32]>,
+    subgroup: u32,
     seed: u64,
 ) {
     let gpu = gpu();
@@ -880,9 +888,14 @@ fn check_attention_with(
             vec![&qb, &unused, &kb, &unused, &unused, &unused, &vb, &cb, &yb],
             vec![1, 0, 2, 0, 0, 0, 3, 4, 5],
         ),
-        None => (glsl::attention(kv_f16, shape), vec![&qb, &kb, &vb, &cb, &yb], vec![1, 2, 3, 4, 5]),
+        None => (glsl::attention(kv_f16, shape, subgroup), vec![&qb, &kb, &vb, &cb, &yb], vec![1, 2, 3, 4, 5]),
     };
-    let name = format!("attention kv_f16={kv_f16} window={:?} splits={splits} rope={}", shape.window, rope.is_some());
+    let name = format!(
+        "attention {h}x{hd} over {kvh} kv_f16={kv_f16} window={:?} splits={splits} rope={} subgroup={subgroup} \
+         rows={rows} pos={pos}",
+        shape.window,
+        rope.is_some()
+    );
     let (r32, p32, c32) = (rows as u32, pos as u32, cap as u32);
     if splits > 0 {
         // One row: the ranges' pass appends it too.
@@ -893,7 +906,7 @@ fn check_attention_with(
         let counters = cb.read(at, (rows * h * 4) as u64);
         assert!(counters.iter().all(|&b| b == 0), "{name}: a head's range counter is left nonzero");
     } else {
-        let tiles = r32.div_ceil(glsl::ATTN_TILE_ROWS);
+        let tiles = r32.div_ceil(glsl::attention_tile_rows(shape, subgroup));
         dispatch(&gpu, &name, &src, &bufs, &pads, [r32, p32, 0, c32, 0], [h as u32, tiles, 1]);
     }
     // Rotating on the GPU, q and k carry its cos and sin of angles up to the position in radians (5000 below),
@@ -983,6 +996,13 @@ fn attention_over_cache_and_rows_then_append() {
     check_attention(true, GQA, 20, 7, 40, 12);
     check_attention(false, GQA, 40, 0, 48, 13);
     check_attention(false, AttentionShape { head_dim: 80, heads: 2, kv_heads: 1, ..GQA }, 17, 3, 24, 14);
+    // Tiles of the blocked pass (64 rows of a 64-dimension head, 32 of a 128, 128 of a 16): several, the
+    // last partial, and a window shorter than a tile over a wrapped ring.
+    let hd64 = AttentionShape { head_dim: 64, heads: 4, kv_heads: 2, scale: 0.125, window: None };
+    check_attention(true, hd64, 70, 5, 80, 16);
+    check_attention(false, AttentionShape { head_dim: 128, heads: 2, kv_heads: 1, ..hd64 }, 40, 0, 48, 17);
+    check_attention(false, GQA, 130, 0, 136, 18);
+    check_attention(true, AttentionShape { window: Some(20), ..hd64 }, 70, 10, 20, 19);
 }
 
 #[test]
@@ -1007,13 +1027,13 @@ fn rope_fused_decode_attention_rotates_q_and_k_as_it_reads_them() {
     let inv = |hd: usize| -> Vec<f32> { (0..hd / 2).map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32)).collect() };
     // Several ranges and one, f32 and f16 caches, a far position (large angles), a head of 256 dimensions, a
     // window over a wrapped ring, and position 0 (the row's own key alone).
-    check_attention_with(false, GQA, 1, 600, 640, 10, Some(&inv(16)), 30);
-    check_attention_with(true, GQA, 1, 5000, 5008, 4, Some(&inv(16)), 31);
-    check_attention_with(false, GQA, 1, 40, 48, 1, Some(&inv(16)), 32);
+    check_attention_with(false, GQA, 1, 600, 640, 10, Some(&inv(16)), 0, 30);
+    check_attention_with(true, GQA, 1, 5000, 5008, 4, Some(&inv(16)), 0, 31);
+    check_attention_with(false, GQA, 1, 40, 48, 1, Some(&inv(16)), 0, 32);
     let wide = AttentionShape { head_dim: 256, heads: 2, kv_heads: 2, ..GQA };
-    check_attention_with(true, wide, 1, 200, 210, 2, Some(&inv(256)), 33);
-    check_attention_with(false, AttentionShape { window: Some(6), ..GQA }, 1, 30, 6, 2, Some(&inv(16)), 34);
-    check_attention_with(true, GQA, 1, 0, 8, 1, Some(&inv(16)), 35);
+    check_attention_with(true, wide, 1, 200, 210, 2, Some(&inv(256)), 0, 33);
+    check_attention_with(false, AttentionShape { window: Some(6), ..GQA }, 1, 30, 6, 2, Some(&inv(16)), 0, 34);
+    check_attention_with(true, GQA, 1, 0, 8, 1, Some(&inv(16)), 0, 35);
 }
 
 #[test]

@@ -1571,8 +1571,12 @@ pub struct AttentionShape {
 /// shorter than the execution) only the last is written. A launch of one row (a decode step) runs pass 2
 /// instead, over `[H, 1, splits]` with `pc.keep` = splits: it attends in key ranges, appends the row and
 /// combines the ranges (see `SPLIT_ATTENTION`).
-pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
-    attention_with(kv_f16, shape, None)
+///
+/// `subgroup` is the device's subgroup size where it has subgroup shuffles (0 where not): with one at least
+/// [`attention_lanes`], heads of up to [`ATTN_BLOCKED_HEAD_DIM`] dimensions (a multiple of four) take the
+/// blocked pass 0 instead (see [`attention_tile_rows`]).
+pub fn attention(kv_f16: bool, shape: AttentionShape, subgroup: u32) -> String {
+    attention_with(kv_f16, shape, None, subgroup)
 }
 
 /// `rope+rope+attention[_windowed]_<kv dtype>` (decode): [`attention`]'s split pass with the RoPE of its q
@@ -1582,12 +1586,44 @@ pub fn attention(kv_f16: bool, shape: AttentionShape) -> String {
 /// x_q, x_k, v and the cache (y_q, y_k and attention's q and k are the values it fuses away) and writes the
 /// cache and out. Only the split pass (2): a launch of another pass does nothing.
 pub fn rope_attention(kv_f16: bool, shape: AttentionShape, inv_freq: &[f32]) -> String {
-    attention_with(kv_f16, shape, Some(inv_freq))
+    attention_with(kv_f16, shape, Some(inv_freq), 0)
 }
 
-fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>) -> String {
+/// The largest head the blocked prefill pass takes: a row's query and output spread over at most 8 lanes of
+/// [`ATTN_BLOCK_DIMS`] dimensions.
+pub const ATTN_BLOCKED_HEAD_DIM: u64 = 128;
+
+/// Dimensions of a head that one thread of the blocked prefill pass holds, of its row's query and output (four
+/// vec4s each, in registers).
+const ATTN_BLOCK_DIMS: u64 = 16;
+
+/// Threads a query row takes in the blocked prefill pass: its head's dimensions in [`ATTN_BLOCK_DIMS`]
+/// shares, a power of two of at least two (a head of 96 takes 8, the last two holding zeros).
+pub fn attention_lanes(head_dim: u64) -> u64 {
+    head_dim.div_ceil(ATTN_BLOCK_DIMS).next_power_of_two().max(2)
+}
+
+/// Whether [`attention`] with this `subgroup` (0: no shuffles) takes the blocked prefill pass for `shape`.
+fn attention_blocked(shape: AttentionShape, subgroup: u32) -> bool {
+    shape.head_dim.is_multiple_of(4)
+        && shape.head_dim <= ATTN_BLOCKED_HEAD_DIM
+        && subgroup as u64 >= attention_lanes(shape.head_dim)
+}
+
+/// Query rows one workgroup of [`attention`]'s pass 0 takes: [`ATTN_TILE_ROWS`], or in the blocked pass
+/// its threads over [`attention_lanes`] (64 rows of a 64-dimension head, 32 of a 128).
+pub fn attention_tile_rows(shape: AttentionShape, subgroup: u32) -> u32 {
+    if attention_blocked(shape, subgroup) {
+        ATTN_THREADS / attention_lanes(shape.head_dim) as u32
+    } else {
+        ATTN_TILE_ROWS
+    }
+}
+
+fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>, subgroup: u32) -> String {
     let mut s = String::new();
-    header(&mut s, ATTN_THREADS, 1);
+    let blocked = rope.is_none() && attention_blocked(shape, subgroup);
+    header_with(&mut s, ATTN_THREADS, 1, if blocked { &SUBGROUP_EXTENSIONS } else { &[] });
     // The bindings of q, k, v, the cache and the result.
     let at: [usize; 5] = if rope.is_some() { [0, 2, 6, 7, 8] } else { [0, 1, 2, 3, 4] };
     f32_buffer(&mut s, at[0], "q", "readonly");
@@ -1665,13 +1701,155 @@ fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>) -> 
          float value(uint g, uint j, uint d) {{\n\
          \x20 return j < POS ? kv_get(KVH * pc.cap * HD + (g * pc.cap + j % pc.cap) * HD + d) : v[pc.base[VB] + (j - POS) * KVH * HD + g * HD + d];\n\
          }}\n\
-         {TILED_ATTENTION}\
+         {tiled}\
          void main() {{\n\
          {SET_POS}\
          \x20 if (pc.pass == 1u) {{ append(); return; }}\n\
          \x20 if (pc.pass == 2u) {{ attend_split(); return; }}\n\
          \x20 attend_tiled();\n\
-         }}\n"
+         }}\n",
+        tiled = if blocked { blocked_attention(shape.head_dim) } else { TILED_ATTENTION.to_string() }
+    );
+    s
+}
+
+/// Pass 0 of [`attention`] on devices with subgroup shuffles, for heads up to [`ATTN_BLOCKED_HEAD_DIM`]:
+/// thread `t` holds [`ATTN_BLOCK_DIMS`] dimensions (lane `t % LANES`) of query row `t / LANES`'s q and
+/// output in registers, and the workgroup walks the keys in chunks of `KC` (`64 / LANES`: 16 for a head of
+/// 64), staged in shared memory as vec4s, the next chunk's loads in flight while one is used. Each thread
+/// scores every key of the chunk over its dimensions, the row's lanes add their shares by shuffles, and each
+/// then keeps the row's online softmax itself and folds the chunk's values into its dimensions: no barrier
+/// but the two a chunk's staging needs, and sixteen multiply-adds per shared load. A row's lane `l` reads its
+/// vec4 `i` of a key at `i ^ ((l >> 1) & 3)` within its share, so that the lanes of a load fall in distinct
+/// banks.
+fn blocked_attention(head_dim: u64) -> String {
+    let lanes = attention_lanes(head_dim);
+    let kc = 64 / lanes;
+    let vecs = ATTN_BLOCK_DIMS / 4;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "#define LANES {lanes}u\n\
+         #define KC {kc}u\n\
+         #define QT {qt}u\n\
+         shared vec4 kb4[KC * LANES * 4u];\n\
+         shared vec4 vb4[KC * LANES * 4u];\n",
+        qt = ATTN_THREADS as u64 / lanes
+    );
+    // Four consecutive elements of key / value `j` of kv head `g` from dimension `d` (a multiple of 4).
+    // (`kv_get2` reads either cache dtype.)
+    let cached = "vec4(kv_get2(e), kv_get2(e + 2u))";
+    for (name, buf, off) in [("key4", "k", ""), ("value4", "v", "KVH * pc.cap * HD + ")] {
+        let bind = if buf == "k" { "KB" } else { "VB" };
+        let _ = write!(
+            s,
+            "vec4 {name}(uint g, uint j, uint d) {{\n\
+             \x20 if (j < POS) {{ uint e = {off}(g * pc.cap + j % pc.cap) * HD + d; return {cached}; }}\n\
+             \x20 uint ra = pc.base[{bind}] + (j - POS) * KVH * HD + g * HD + d;\n\
+             \x20 return vec4({buf}[ra], {buf}[ra + 1u], {buf}[ra + 2u], {buf}[ra + 3u]);\n\
+             }}\n"
+        );
+    }
+    let vs = |f: &dyn Fn(u64) -> String, sep: &str| (0..vecs).map(f).collect::<Vec<_>>().join(sep);
+    let ks = |f: &dyn Fn(u64) -> String, sep: &str| (0..kc).map(f).collect::<Vec<_>>().join(sep);
+    let q_load = vs(
+        &|i| {
+            format!(
+                "vec4 q{i} = {i}u * 4u + d0 < HD ? vec4(q[qa + {i}u * 4u], q[qa + {i}u * 4u + 1u], q[qa + {i}u * 4u + 2u], \
+                 q[qa + {i}u * 4u + 3u]) : vec4(0.0);"
+            )
+        },
+        "\n  ",
+    );
+    let o_decl = vs(&|i| format!("o{i} = vec4(0.0)"), ", ");
+    let scores = ks(
+        &|c| {
+            let terms = vs(&|i| format!("dot(q{i}, kb4[{c}u * LANES * 4u + kl + ({i}u ^ sw)])"), " + ");
+            format!("float s{c} = {terms};")
+        },
+        "\n    ",
+    );
+    let mut shuffles = String::new();
+    let mut w = 1;
+    while w < lanes {
+        let _ = write!(shuffles, "{}\n    ", ks(&|c| format!("s{c} += subgroupShuffleXor(s{c}, {w}u);"), " "));
+        w *= 2;
+    }
+    let mask = ks(&|c| format!("bool v{c} = j0 + {c}u >= first && j0 + {c}u <= p;"), "\n    ");
+    let scaled = ks(&|c| format!("s{c} = v{c} ? s{c} * SCALE : uintBitsToFloat(0xff7fffffu);"), "\n    ");
+    // The chunk's largest score, as a tree of pairs.
+    let mut max: Vec<String> = (0..kc).map(|c| format!("s{c}")).collect();
+    while max.len() > 1 {
+        max = max
+            .chunks(2)
+            .map(|p| if p.len() == 2 { format!("max({}, {})", p[0], p[1]) } else { p[0].clone() })
+            .collect();
+    }
+    let max = &max[0];
+    let exps = ks(&|c| format!("s{c} = v{c} ? exp(s{c} - mn) : 0.0;"), "\n    ");
+    let sum = ks(&|c| format!("s{c}"), " + ");
+    let fold = vs(
+        &|i| {
+            let terms = ks(&|c| format!("s{c} * vb4[{c}u * LANES * 4u + kl + ({i}u ^ sw)]"), " + ");
+            format!("o{i} = o{i} * corr + {terms};")
+        },
+        "\n    ",
+    );
+    let store = vs(
+        &|i| {
+            format!(
+                "if ({i}u * 4u + d0 < HD) {{ y[ya + {i}u * 4u] = o{i}.x / l; y[ya + {i}u * 4u + 1u] = o{i}.y / l; \
+                 y[ya + {i}u * 4u + 2u] = o{i}.z / l; y[ya + {i}u * 4u + 3u] = o{i}.w / l; }}"
+            )
+        },
+        "\n  ",
+    );
+    let _ = write!(
+        s,
+        "void attend_tiled() {{\n\
+         \x20 uint h = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, lane = t % LANES, qi = t / LANES;\n\
+         \x20 uint g = h / (H / KVH), r0 = gl_WorkGroupID.y * QT, r = r0 + qi, last = min(r0 + QT, pc.rows) - 1u;\n\
+         \x20 bool live = r < pc.rows;\n\
+         \x20 // This row's visible keys (a row past the launch's takes the last one's), and the tile's.\n\
+         \x20 uint p = POS + min(r, last);\n\
+         \x20 uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;\n\
+         \x20 uint p0 = POS + r0, plast = POS + last;\n\
+         \x20 uint lo = (WINDOW != 0u && p0 + 1u > WINDOW) ? p0 + 1u - WINDOW : 0u;\n\
+         \x20 uint d0 = lane * {dims}u, qa = pc.base[QB] + min(r, last) * H * HD + h * HD + d0;\n\
+         \x20 {q_load}\n\
+         \x20 vec4 {o_decl};\n\
+         \x20 float m = uintBitsToFloat(0xff7fffffu), l = 0.0;\n\
+         \x20 // The vec4 of a chunk this thread stages: key sc, lane share sl, vec4 si of it.\n\
+         \x20 uint sc = t / (LANES * 4u), sl = (t / 4u) % LANES, si = t % 4u, sd = sl * {dims}u + si * 4u;\n\
+         \x20 uint sat = (sc * LANES + sl) * 4u + (si ^ ((sl >> 1u) & 3u));\n\
+         \x20 uint kl = lane * 4u, sw = (lane >> 1u) & 3u;\n\
+         \x20 bool sok = lo + sc <= plast && sd < HD;\n\
+         \x20 vec4 nk = sok ? key4(g, lo + sc, sd) : vec4(0.0), nv = sok ? value4(g, lo + sc, sd) : vec4(0.0);\n\
+         \x20 for (uint j0 = lo; j0 <= plast; j0 += KC) {{\n\
+         \x20   kb4[sat] = nk;\n\
+         \x20   vb4[sat] = nv;\n\
+         \x20   barrier();\n\
+         \x20   // The next chunk's loads, in flight while this one is used.\n\
+         \x20   uint jn = j0 + KC + sc;\n\
+         \x20   sok = jn <= plast && sd < HD;\n\
+         \x20   nk = sok ? key4(g, jn, sd) : vec4(0.0);\n\
+         \x20   nv = sok ? value4(g, jn, sd) : vec4(0.0);\n\
+         \x20   {scores}\n\
+         \x20   {shuffles}{mask}\n\
+         \x20   {scaled}\n\
+         \x20   float mn = max(m, {max});\n\
+         \x20   float corr = exp(m - mn);\n\
+         \x20   {exps}\n\
+         \x20   l = l * corr + {sum};\n\
+         \x20   {fold}\n\
+         \x20   m = mn;\n\
+         \x20   barrier();\n\
+         \x20 }}\n\
+         \x20 if (!live) return;\n\
+         \x20 uint ya = pc.base[YB] + r * H * HD + h * HD + d0;\n\
+         \x20 {store}\n\
+         }}\n",
+        dims = ATTN_BLOCK_DIMS,
     );
     s
 }

@@ -136,7 +136,17 @@ fn requirements(source: &str) -> Vec<Feature> {
 }
 
 /// The kernel of a launch's ops, given each unit's output columns (`cols`: the last unit's).
-fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u64], rows: Expr, kv: DType) -> Kernel {
+/// What a phase's kernels are generated for, beside their ops: the matmuls' path, the KV cache's dtype, and
+/// the device's subgroup size where it has subgroup shuffles (0 where not).
+#[derive(Clone, Copy)]
+struct Choices {
+    path: MatPath,
+    kv: DType,
+    subgroup: u32,
+}
+
+fn kernel_for(module: &Module, g: &Graph, how: Choices, ops: &[Op], units: &[u64], rows: Expr) -> Kernel {
+    let Choices { path, kv, subgroup } = how;
     let cols = units[units.len() - 1];
     let wide = [WIDE, 1, 1];
     let one = Expr::Const(1);
@@ -162,7 +172,7 @@ fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u6
         }
         Op::RmsNorm { eps, unit_offset, .. } if ops.len() > 1 => {
             // A norm fused in front of the matmuls that read it: its operand, weight and result come first.
-            let mut k = kernel_for(module, g, path, &ops[1..], &units[1..], rows, kv);
+            let mut k = kernel_for(module, g, how, &ops[1..], &units[1..], rows);
             k.name = format!("rms_norm+{}", k.name);
             let norm = Some(NormPrologue { eps: *eps, unit_offset: *unit_offset });
             k.source = match ops.last() {
@@ -178,7 +188,7 @@ fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u6
             // the kernel writes only the result.
             let Some(Op::Glu { activation }) = ops.last() else { unreachable!("matched") };
             let mm = &ops[..ops.len() - 1];
-            let mut k = kernel_for(module, g, path, mm, &units[..units.len() - 1], rows, kv);
+            let mut k = kernel_for(module, g, how, mm, &units[..units.len() - 1], rows);
             let glu = match activation {
                 Activation::Silu => Elementwise::GluSilu,
                 Activation::GeluTanh => Elementwise::GluGeluTanh,
@@ -194,7 +204,7 @@ fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u6
         Op::MatMul { .. } if matches!(ops.last(), Some(Op::Add)) => {
             // A residual add fused behind one matmul: the matmul's units, then the add's [a, b, sum], of which
             // the kernel reads the input that is not the matmul's result and writes the sum.
-            let mut k = kernel_for(module, g, path, &ops[..1], &units[..1], rows, kv);
+            let mut k = kernel_for(module, g, how, &ops[..1], &units[..1], rows);
             k.name = format!("{}+add", k.name);
             k.source = matmul_source(module, path, &ops[..1], None, true);
             k.writes = vec![k.buffers + 2];
@@ -239,7 +249,7 @@ fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u6
             // Both ropes fused into decode attention ([x_q, y_q, x_k, y_k], then attention's [q, k, v, kv,
             // out]): the attention kernel's split pass, rotating as it reads.
             let inv = module.spec.ropes[*rope].inv_freq(module.spec.head_dim);
-            let mut k = kernel_for(module, g, path, &ops[2..], &units[2..], rows, kv);
+            let mut k = kernel_for(module, g, how, &ops[2..], &units[2..], rows);
             let Some(Op::Attention { num_heads, num_kv_heads, head_dim, window, scale, .. }) = ops.last() else {
                 unreachable!("matched")
             };
@@ -291,12 +301,16 @@ fn kernel_for(module: &Module, g: &Graph, path: MatPath, ops: &[Op], units: &[u6
             let windowed = if window.is_some() { "_windowed" } else { "" };
             Kernel {
                 name: format!("attention{windowed}_{}", kv.name()),
-                source: glsl::attention(kv == DType::F16, shape),
+                source: glsl::attention(kv == DType::F16, shape, subgroup),
                 buffers: 5,
                 // The KV cache and the result.
                 writes: vec![3, 4],
                 workgroup: [glsl::ATTN_THREADS, 1, 1],
-                work: [Expr::Const(shape.heads), Expr::CeilDiv(Box::new(rows), glsl::ATTN_TILE_ROWS as u64), one],
+                work: [
+                    Expr::Const(shape.heads),
+                    Expr::CeilDiv(Box::new(rows), glsl::attention_tile_rows(shape, subgroup) as u64),
+                    one,
+                ],
             }
         }
         Op::Glu { activation: Activation::Silu } => elementwise(Elementwise::GluSilu, 0.0, 3),
@@ -350,7 +364,8 @@ pub fn lower_phase(
     profile: &DeviceProfile,
     kernels: &mut KernelTable,
 ) -> Result<PlanPhase, String> {
-    let path = matmul_path(g.phase, profile);
+    let subgroup = if profile.subgroup_shuffle { profile.subgroup_size } else { 0 };
+    let choices = Choices { path: matmul_path(g.phase, profile), kv, subgroup };
     for op in g.g.node_weights().map(|n| &n.op) {
         if let Op::Attention { layer, head_dim, .. } = op {
             if !glsl::attention_head_fits(*head_dim as u64) {
@@ -374,7 +389,7 @@ pub fn lower_phase(
         glu_columns: if g.phase == Phase::Decode { Some(8) } else { None },
     };
     let phase = crate::lower_steps(module, g, how, |ops, units, rows| {
-        let k = kernel_for(module, g, path, ops, units, rows, kv);
+        let k = kernel_for(module, g, choices, ops, units, rows);
         let work = k.work.clone();
         let id = kernels.add(k).unwrap_or_else(|e| {
             failed.get_or_insert(e);

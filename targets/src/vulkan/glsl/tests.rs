@@ -47,8 +47,8 @@ fn all_kernels() -> Vec<(String, String)> {
     v.push(("argmax".into(), argmax(1000)));
     v.push(("top_k".into(), top_k(1000)));
     v.push(("top_k_gemma".into(), top_k(262144)));
-    v.push(("attention_f32".into(), attention(false, SHAPE)));
-    v.push(("attention_windowed_f16".into(), attention(true, AttentionShape { window: Some(8), ..SHAPE })));
+    v.push(("attention_f32".into(), attention(false, SHAPE, 0)));
+    v.push(("attention_windowed_f16".into(), attention(true, AttentionShape { window: Some(8), ..SHAPE }, 0)));
     let inv: Vec<f32> = (0..8).map(|i| 0.5f32.powi(i)).collect();
     v.push(("rope+rope+attention_f32".into(), rope_attention(false, SHAPE, &inv)));
     v.push((
@@ -116,7 +116,8 @@ fn every_kernel_compiles_and_validates() {
 /// The representative set of kernels at one model shape: the decode GEMV per weight format (subgroup
 /// reductions; integer dot products for the quantized formats), the prefill GEMM on both paths (portable and
 /// cooperative-matrix), a layer's norm fused into its q/k/v projections (both phases), the MLP's norm, gate/up
-/// and GLU (decode), a residual add as an epilogue, attention (prefill and decode passes) and decode attention
+/// and GLU (decode), a residual add as an epilogue, attention (prefill and decode passes; prefill's portable and
+/// blocked over subgroups) and decode attention
 /// with the RoPE of q and k fused in, the plain RoPE and the norm.
 fn representative(hidden: u64, heads: u64, head_dim: u64, ffn: u64) -> Vec<(String, String)> {
     let kv = 8 * head_dim;
@@ -145,7 +146,8 @@ fn representative(hidden: u64, heads: u64, head_dim: u64, ffn: u64) -> Vec<(Stri
     ));
     let down = [MatMember { format: WeightFormat::Q8_0, bias: false, n: hidden }];
     v.push(("matmul_q8_0+add_dot".into(), matmul_group(&down, ffn, None, true, MatPath::RowByRowDot)));
-    v.push(("attention_f16".into(), attention(true, shape)));
+    v.push(("attention_f16".into(), attention(true, shape, 0)));
+    v.push(("attention_f16_sg".into(), attention(true, shape, 32)));
     v.push(("rope+rope+attention_f16".into(), rope_attention(true, shape, &inv)));
     v.push(("rope".into(), rope(&inv, hidden, head_dim)));
     v.push(("rms_norm".into(), rms_norm(hidden, 1e-6, false)));
