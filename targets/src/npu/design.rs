@@ -135,6 +135,24 @@ pub enum RowOp {
     RmsNorm { eps: f32 },
     /// `silu(g) * u` element by element, the second operand `u` of the first's shape.
     SiluGlu,
+    /// Rotate-half RoPE of every `head_dim` head of a row, the second operand one f32 row per row of the
+    /// rotation's cosines then sines (`head_dim / 2` of each: the row's position, the table's frequencies).
+    Rope { head_dim: u64 },
+    /// `softmax(x * scale + mask)` per row, the second operand the additive mask of the first's shape (0 where
+    /// a key is visible, -inf where not: causal, sliding-window and padding masks alike). A row masked
+    /// entirely gives zeros.
+    Softmax { scale: f32 },
+}
+
+impl RowOp {
+    /// Elements and type of the second operand for `rows` rows of `width`.
+    pub fn second(self, rows: u64, width: u64) -> (u64, Elem) {
+        match self {
+            RowOp::RmsNorm { .. } => (width, Elem::Bf16),
+            RowOp::SiluGlu | RowOp::Softmax { .. } => (rows * width, Elem::Bf16),
+            RowOp::Rope { head_dim } => (rows * head_dim, Elem::F32),
+        }
+    }
 }
 
 /// One host <-> array operation of the runtime sequence.

@@ -105,12 +105,7 @@ impl<'d> Emu<'d> {
                 let (outs, sizes, k_tiles) = match core.body {
                     CoreBody::MatMul { m, k, n, k_tiles } => (m * n, (m * k, k * n), k_tiles),
                     CoreBody::MatVec { rows, k, k_tiles } => (rows, (rows * k, k), k_tiles),
-                    CoreBody::Rows { op: RowOp::RmsNorm { .. }, rows, width } => {
-                        (rows * width, (rows * width, width), 1)
-                    }
-                    CoreBody::Rows { op: RowOp::SiluGlu, rows, width } => {
-                        (rows * width, (rows * width, rows * width), 1)
-                    }
+                    CoreBody::Rows { op, rows, width } => (rows * width, (rows * width, op.second(rows, width).0), 1),
                 };
                 while self.ready(&a.fifo, core.tile) && self.ready(&b.fifo, core.tile) {
                     let ta = self.take(&a.fifo, core.tile).expect("ready");
@@ -189,6 +184,32 @@ fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
                         for ((o, g), u) in y.iter_mut().zip(x).zip(&tb[r * w..][..w]) {
                             *o = g / (1.0 + (-g).exp()) * u;
                         }
+                    }
+                    RowOp::Rope { head_dim } => {
+                        let (hd, half) = (head_dim as usize, head_dim as usize / 2);
+                        let (cos, sin) = tb[r * hd..][..hd].split_at(half);
+                        for (yh, xh) in y.chunks_mut(hd).zip(x.chunks(hd)) {
+                            for f in 0..half {
+                                let (a, b) = (xh[f], xh[f + half]);
+                                yh[f] = a * cos[f] - b * sin[f];
+                                yh[f + half] = b * cos[f] + a * sin[f];
+                            }
+                        }
+                    }
+                    RowOp::Softmax { scale } => {
+                        let mask = &tb[r * w..][..w];
+                        let z: Vec<f32> = x.iter().zip(mask).map(|(v, m)| v * scale + m).collect();
+                        let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        if mx == f32::NEG_INFINITY {
+                            y.fill(0.0);
+                            continue;
+                        }
+                        let mut sum = 0.0f32;
+                        for (o, v) in y.iter_mut().zip(&z) {
+                            *o = (v - mx).exp();
+                            sum += *o;
+                        }
+                        y.iter_mut().for_each(|o| *o /= sum);
                     }
                 }
             }

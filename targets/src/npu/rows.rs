@@ -1,10 +1,11 @@
-//! Row-wise designs over the array — RMSNorm (rows of x with the norm's weights, on all 16 cores) and the SiLU
-//! GLU (gate and up, element by element, on two cores a column: see `rows`): each core takes `r` whole rows of
-//! `width` at a time; each column's shim streams its cores' rows as one buffer that its memtile splits among
-//! them, the second operand either broadcast
-//! to every core from column 0's memtile (the norm's weights, once per block) or split like the first (up);
-//! the results are joined per column and go back through its shim. Rows are padded to whole blocks of the
-//! cores' rows (the host pads with zeros and drops them). One dispatch per launch.
+//! Row-wise designs over the array — RMSNorm (rows of x with the norm's weights, on all 16 cores), and on two
+//! cores a column the SiLU GLU (gate and up, element by element), RoPE (rows of heads with each row's cosines
+//! and sines) and the masked softmax (rows of scores with their additive mask): each core takes `r` whole rows
+//! of `width` at a time; each column's shim streams its cores' rows as one buffer that its memtile splits among
+//! them, the second operand either broadcast to every core from column 0's memtile (the norm's weights, once
+//! per block) or split like the first; the results are joined per column and go back through its shim. Rows
+//! are padded to whole blocks of the cores' rows (the host pads with zeros and drops them). One dispatch per
+//! launch.
 
 use super::design::{dims, tile, Core, CoreBody, Design, Elem, FifoUse, Link, ObjectFifo, Port, RowOp, SeqOp};
 use super::model::ArrayModel;
@@ -25,11 +26,8 @@ pub struct RowsDesign {
 fn rows_per_core(array: &ArrayModel, op: RowOp, rows: u64, width: u64, cores: u64) -> Option<u64> {
     let budget = array.compute.memory_bytes - array.default_stack_bytes;
     let bytes = |r: u64| {
-        let second = match op {
-            RowOp::RmsNorm { .. } => width * 2,
-            RowOp::SiluGlu => r * width * 2,
-        };
-        2 * (r * width * 2 + second + r * width * 4)
+        let (n, elem) = op.second(r, width);
+        2 * (r * width * 2 + n * elem.bytes() + r * width * 4)
     };
     let cap = (1u64 << (rows / cores).max(1).ilog2()).min(64);
     (0..=cap.ilog2()).rev().map(|i| 1u64 << i).find(|&r| bytes(r) <= budget)
@@ -48,20 +46,29 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
             .filter(|&s| width.is_multiple_of(s))
             .map(|s| (rows * s, width / s))
             .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some())?,
-        RowOp::RmsNorm { .. } => (rows, width),
+        RowOp::RmsNorm { .. } | RowOp::Softmax { .. } => (rows, width),
+        RowOp::Rope { head_dim } => {
+            assert!(
+                head_dim.is_multiple_of(2) && width.is_multiple_of(head_dim),
+                "RoPE of whole heads of an even dimension"
+            );
+            (rows, width)
+        }
     };
-    // The GLU's two split operands and the joined result take 2 n + 1 of a memtile's 6 outgoing channels for
-    // n cores a column: two cores a column for it, all four for the norm (whose weights are broadcast).
-    let per_col = match op {
-        RowOp::SiluGlu => 2,
-        RowOp::RmsNorm { .. } => (array.rows - 2) as u64,
+    // Two split operands and the joined result take 2 n + 1 of a memtile's 6 outgoing channels for n cores a
+    // column: two cores a column for those, all four for the norm (whose weights are broadcast).
+    let broadcast = matches!(op, RowOp::RmsNorm { .. });
+    let per_col = if broadcast { (array.rows - 2) as u64 } else { 2 };
+    // The second operand's row (a core's share of it is `r` of them) and type; the norm's is its weights.
+    let (second_width, second_elem) = match op {
+        RowOp::Rope { head_dim } => (head_dim, Elem::F32),
+        _ => (width, op.second(1, width).1),
     };
     let cols = array.columns as u64;
     let cores = cols * per_col;
     let r = rows_per_core(array, op, rows, width, cores)?;
     let padded_rows = rows.next_multiple_of(cores * r);
     let mut d = Design { name: format!("{op:?}_{rows}x{width}"), ..Default::default() };
-    let broadcast = matches!(op, RowOp::RmsNorm { .. });
     if broadcast {
         let everyone = (0..array.columns).flat_map(|c| (2..array.rows).map(move |q| tile(c, q))).collect();
         d.fifos.push(ObjectFifo::double("w_in".into(), tile(0, 0), vec![tile(0, 1)], vec![width], Elem::Bf16));
@@ -70,18 +77,15 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
     }
     for c in 0..array.columns {
         let (shim, mem) = (tile(c, 0), tile(c, 1));
-        let operands: &[&str] = if broadcast { &["x"] } else { &["x", "u"] };
-        for name in operands {
-            d.fifos.push(ObjectFifo::double(
-                format!("{name}{c}_in"),
-                shim,
-                vec![mem],
-                vec![per_col * r, width],
-                Elem::Bf16,
-            ));
+        let operands: &[(&str, u64, Elem)] = if broadcast {
+            &[("x", width, Elem::Bf16)]
+        } else {
+            &[("x", width, Elem::Bf16), ("u", second_width, second_elem)]
+        };
+        for &(name, w, elem) in operands {
+            d.fifos.push(ObjectFifo::double(format!("{name}{c}_in"), shim, vec![mem], vec![per_col * r, w], elem));
             for q in 0..per_col as u32 {
-                let f =
-                    ObjectFifo::double(format!("{name}{c}_{q}"), mem, vec![tile(c, 2 + q)], vec![r, width], Elem::Bf16);
+                let f = ObjectFifo::double(format!("{name}{c}_{q}"), mem, vec![tile(c, 2 + q)], vec![r, w], elem);
                 d.fifos.push(f);
             }
             let to = (0..per_col).map(|q| format!("{name}{c}_{q}")).collect();
@@ -101,8 +105,8 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
         d.fifos.push(ObjectFifo::double(format!("y{c}"), mem, vec![shim], vec![per_col * r, width], Elem::F32));
         d.links.push(Link { from: (0..per_col).map(|q| format!("y{c}_{q}")).collect(), to: vec![format!("y{c}")] });
     }
-    // Arguments: 0 = x, 1 = the weights (RMSNorm) or up (GLU), 2 = out. Per block, one buffer of each
-    // column's rows in and out (and the weights once, to every core).
+    // Arguments: 0 = x, 1 = the second operand (the norm's weights, up, the RoPE table or the mask), 2 = out.
+    // Per block, one buffer of each column's rows in and out (and the weights once, to every core).
     for blk in 0..padded_rows / (cores * r) {
         let mut bd = 0;
         let mut push = |d: &mut Design, arg, elem, offset, fifo: String, n: u64| {
@@ -118,7 +122,8 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
             let at = (blk * cores + c * per_col) * r * width;
             push(&mut d, 0, Elem::Bf16, at, format!("x{c}_in"), n);
             if !broadcast {
-                push(&mut d, 1, Elem::Bf16, at, format!("u{c}_in"), n);
+                let at2 = (blk * cores + c * per_col) * r * second_width;
+                push(&mut d, 1, second_elem, at2, format!("u{c}_in"), per_col * r * second_width);
             }
             push(&mut d, 2, Elem::F32, at, format!("y{c}"), n);
         }
@@ -144,8 +149,8 @@ mod tests {
         super::super::random(n, seed, 2.0)
     }
 
-    /// RMSNorm and the SiLU GLU at the Llama-3.2-1B prefill shapes pass the rules; on ragged shapes the
-    /// emulated results match an f64 computation from the bf16-rounded inputs.
+    /// RMSNorm, the SiLU GLU, RoPE and the masked softmax at the Llama-3.2-1B prefill shapes pass the rules; on
+    /// ragged shapes the emulated results match an f64 computation from the bf16-rounded inputs.
     #[test]
     fn row_wise_designs_pass_the_rules_and_compute_their_op() {
         let norm = RowOp::RmsNorm { eps: 1e-5 };
@@ -161,7 +166,7 @@ mod tests {
             let x = rand(pr * width, &mut seed);
             let second = match op {
                 RowOp::RmsNorm { .. } => rand(width, &mut seed),
-                RowOp::SiluGlu => rand(pr * width, &mut seed),
+                _ => rand(pr * width, &mut seed),
             };
             let mut args = vec![x.clone(), second.clone(), vec![f32::NAN; (pr * width) as usize]];
             run(&g.design, &mut args).unwrap_or_else(|e| panic!("{op:?}: {e}"));
@@ -172,8 +177,70 @@ mod tests {
                 for i in 0..w {
                     let want = match op {
                         RowOp::RmsNorm { .. } => xr[i] * inv * bf16(second[i]) as f64,
-                        RowOp::SiluGlu => xr[i] / (1.0 + (-xr[i]).exp()) * bf16(second[r * w + i]) as f64,
+                        _ => xr[i] / (1.0 + (-xr[i]).exp()) * bf16(second[r * w + i]) as f64,
                     };
+                    let got = args[2][r * w + i] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{op:?} row {r} [{i}]: {got} vs {want}");
+                }
+            }
+        }
+        // RoPE of 64-dimension heads and the masked softmax: at the 1B prefill shapes (q rows of 32 heads, the
+        // scores of 512 keys), and ragged ones against f64.
+        let rope = RowOp::Rope { head_dim: 64 };
+        let softmax = RowOp::Softmax { scale: 0.125 };
+        for (op, rows_n, width) in [(rope, 512, 2048), (softmax, 16384, 512)] {
+            let g = rows(&NPU1, op, rows_n, width).unwrap();
+            verify(&g.design, &NPU1).unwrap_or_else(|e| panic!("{op:?} {rows_n}x{width}: {e:?}"));
+        }
+        for (op, rows_n, width) in [(RowOp::Rope { head_dim: 16 }, 21, 48), (softmax, 19, 40)] {
+            let g = rows(&NPU1, op, rows_n, width).unwrap();
+            verify(&g.design, &NPU1).unwrap();
+            let mut seed = rows_n * 5 + width;
+            let (pr, w) = (g.padded_rows as usize, width as usize);
+            let x = rand(pr as u64 * width, &mut seed);
+            let second: Vec<f32> = match op {
+                // Each row's cosines and sines at its position (row r at position 3 r) of the table's frequencies.
+                RowOp::Rope { head_dim } => (0..pr)
+                    .flat_map(|r| {
+                        let half = head_dim as usize / 2;
+                        let angle = move |f: usize| (3 * r) as f32 * 10000f32.powf(-(f as f32) / half as f32);
+                        (0..half).map(angle).map(f32::cos).chain((0..half).map(angle).map(f32::sin)).collect::<Vec<_>>()
+                    })
+                    .collect(),
+                // Causal over a chunk at position 10: row r sees keys up to 10 + r (of 40); some rows see none.
+                _ => (0..pr * w)
+                    .map(|e| if e % w <= 10 + e / w && e / w != 4 { 0.0 } else { f32::NEG_INFINITY })
+                    .collect(),
+            };
+            let mut args = vec![x.clone(), second.clone(), vec![f32::NAN; pr * w]];
+            run(&g.design, &mut args).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+            for r in 0..rows_n as usize {
+                let xr: Vec<f64> = x[r * w..][..w].iter().map(|&v| bf16(v) as f64).collect();
+                let want: Vec<f64> = match op {
+                    RowOp::Rope { head_dim } => {
+                        let (hd, half) = (head_dim as usize, head_dim as usize / 2);
+                        let t = &second[r * hd..][..hd];
+                        (0..w)
+                            .map(|i| {
+                                let (h, f) = (i / hd * hd, i % hd);
+                                let (c, sn) = (t[f % half] as f64, t[half + f % half] as f64);
+                                if f < half {
+                                    xr[h + f] * c - xr[h + f + half] * sn
+                                } else {
+                                    xr[h + f] * c + xr[h + f - half] * sn
+                                }
+                            })
+                            .collect()
+                    }
+                    _ => {
+                        let z: Vec<f64> = (0..w).map(|i| xr[i] * 0.125 + bf16(second[r * w + i]) as f64).collect();
+                        let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = z.iter().map(|v| if mx.is_finite() { (v - mx).exp() } else { 0.0 }).collect();
+                        let sum: f64 = e.iter().sum();
+                        e.iter().map(|v| if sum > 0.0 { v / sum } else { 0.0 }).collect()
+                    }
+                };
+                for (i, want) in want.iter().enumerate() {
                     let got = args[2][r * w + i] as f64;
                     assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{op:?} row {r} [{i}]: {got} vs {want}");
                 }
