@@ -126,6 +126,61 @@ pub enum CoreBody {
     /// A row-wise op on `rows x width` of its first fifo use (row-major) with its second, into its third
     /// (f32), one buffer of each at a time.
     Rows { op: RowOp, rows: u64, width: u64 },
+    /// Causal (or sliding-window) attention of a block of query rows, round after round of
+    /// [`AttentionRounds`]: a round acquires its first fifo's Q block (`q_rows x head_dim` row-major bf16),
+    /// then the round's tiles of its second (`keys` keys of K then the same keys of V, each `keys x
+    /// head_dim` row-major bf16), keeping the rows' online softmax — scores QK^T in f32 (bf16 operands), the
+    /// running maximum and sum, the probabilities rounded to bf16 for PV with f32 sums — and releases the
+    /// rows' output (`q_rows x head_dim` f32) into its third.
+    Attention { q_rows: u64, keys: u64, head_dim: u64, rounds: AttentionRounds, slot: u64 },
+}
+
+/// The rounds an attention design's cores take, the same on every core of a column (a column's cores take
+/// one head's consecutive query blocks together, slot `s` the `s`-th, and see the same key tiles).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionRounds {
+    /// Query rows and the position of the first (the keys are positions `0..pos + rows`).
+    pub rows: u64,
+    pub pos: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    /// Columns, and cores a column (the query blocks a round takes).
+    pub columns: u64,
+    pub per_col: u64,
+    /// 0: none.
+    pub window: u64,
+    pub scale: f32,
+    /// This core's column.
+    pub column: u64,
+}
+
+/// One round of a column: its head, the first query row of its blocks, and the key tiles it walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionRound {
+    pub head: u64,
+    pub row0: u64,
+    /// The first key of its first tile, and its tiles.
+    pub key0: u64,
+    pub tiles: u64,
+}
+
+impl AttentionRounds {
+    /// The rounds of this column for query blocks of `q_rows` and key tiles of `keys`, in order: the
+    /// column's heads (`column`, `column + columns`, ...), each over its groups of `per_col` blocks; a group's
+    /// tiles run from the first key its first row sees to the last its last real row sees.
+    pub fn of(&self, q_rows: u64, keys: u64) -> Vec<AttentionRound> {
+        let group = self.per_col * q_rows;
+        let mut v = Vec::new();
+        for head in (self.column..self.heads).step_by(self.columns as usize) {
+            for row0 in (0..self.rows).step_by(group as usize) {
+                let first = self.pos + row0;
+                let key0 = if self.window > 0 { (first + 1).saturating_sub(self.window) } else { 0 };
+                let end = self.pos + (row0 + group).min(self.rows);
+                v.push(AttentionRound { head, row0, key0, tiles: (end - key0).div_ceil(keys) });
+            }
+        }
+        v
+    }
 }
 
 /// The row-wise ops of [`CoreBody::Rows`].

@@ -46,6 +46,8 @@ struct Emu<'d> {
     queues: HashMap<(String, Coord), VecDeque<Vec<f32>>>,
     /// Per core: its accumulator and the pairs folded into it so far.
     acc: HashMap<Coord, (Vec<f32>, u64)>,
+    /// Per attention core: where it is in its rounds.
+    attn: HashMap<Coord, AttnState>,
     /// Elements of a partly filled buffer streamed in from the host, per fifo.
     partial: HashMap<String, Vec<f32>>,
     stats: EmuStats,
@@ -95,6 +97,10 @@ impl<'d> Emu<'d> {
                 }
             }
             for core in &self.design.cores {
+                if let CoreBody::Attention { .. } = core.body {
+                    moved |= self.attend(core)?;
+                    continue;
+                }
                 let [a, b, c] = &core.uses[..] else {
                     return Err(format!("core at {}: a body uses three fifos (two in, one out)", core.tile));
                 };
@@ -106,6 +112,7 @@ impl<'d> Emu<'d> {
                     CoreBody::MatMul { m, k, n, k_tiles } => (m * n, (m * k, k * n), k_tiles),
                     CoreBody::MatVec { rows, k, k_tiles } => (rows, (rows * k, k), k_tiles),
                     CoreBody::Rows { op, rows, width } => (rows * width, (rows * width, op.second(rows, width).0), 1),
+                    CoreBody::Attention { .. } => unreachable!("attention cores are run by attend"),
                 };
                 while self.ready(&a.fifo, core.tile) && self.ready(&b.fifo, core.tile) {
                     let ta = self.take(&a.fifo, core.tile).expect("ready");
@@ -138,6 +145,97 @@ impl<'d> Emu<'d> {
     }
 }
 
+impl Emu<'_> {
+    /// Advance an attention core as far as its buffers allow: a round takes its Q block, then its tiles one
+    /// by one into the rows' online softmax, then releases the rows' output. Whether anything moved.
+    fn attend(&mut self, core: &super::design::Core) -> Result<bool, String> {
+        let CoreBody::Attention { q_rows, keys, head_dim, rounds, slot } = core.body else { unreachable!() };
+        let (qf, kvf, of) = (&core.uses[0].fifo, &core.uses[1].fifo, &core.uses[2].fifo);
+        let schedule = rounds.of(q_rows, keys);
+        let (qn, kn, hd) = (q_rows as usize, keys as usize, head_dim as usize);
+        let mut moved = false;
+        loop {
+            let st = self.attn.entry(core.tile).or_default();
+            let Some(round) = schedule.get(st.round).copied() else { return Ok(moved) };
+            if st.q.is_empty() {
+                let Some(q) = self.take(qf, core.tile) else { return Ok(moved) };
+                if q.len() != qn * hd {
+                    return Err(format!("core at {}: a Q buffer of {} elements, not {}", core.tile, q.len(), qn * hd));
+                }
+                let st = self.attn.get_mut(&core.tile).expect("entered");
+                st.q = q;
+                st.m = vec![f32::NEG_INFINITY; qn];
+                st.l = vec![0.0; qn];
+                st.o = vec![0.0; qn * hd];
+                st.tiles = 0;
+                moved = true;
+                continue;
+            }
+            if st.tiles == round.tiles {
+                let st = self.attn.get_mut(&core.tile).expect("entered");
+                let out: Vec<f32> =
+                    (0..qn * hd).map(|e| if st.l[e / hd] > 0.0 { st.o[e] / st.l[e / hd] } else { 0.0 }).collect();
+                st.q.clear();
+                st.round += 1;
+                let f = self.fifo(of)?;
+                self.produce(f, out);
+                moved = true;
+                continue;
+            }
+            let Some(kv) = self.take(kvf, core.tile) else { return Ok(moved) };
+            if kv.len() != 2 * kn * hd {
+                return Err(format!("core at {}: a K/V tile of {} elements, not {}", core.tile, kv.len(), 2 * kn * hd));
+            }
+            let st = self.attn.get_mut(&core.tile).expect("entered");
+            let key0 = round.key0 + st.tiles * keys;
+            let (k, v) = kv.split_at(kn * hd);
+            for r in 0..qn {
+                let p = rounds.pos + round.row0 + slot * q_rows + r as u64;
+                let first = if rounds.window > 0 { (p + 1).saturating_sub(rounds.window) } else { 0 };
+                let qr = &st.q[r * hd..][..hd];
+                let s: Vec<f32> = (0..kn)
+                    .map(|j| {
+                        let key = key0 + j as u64;
+                        if key < first || key > p {
+                            return f32::NEG_INFINITY;
+                        }
+                        qr.iter().zip(&k[j * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() * rounds.scale
+                    })
+                    .collect();
+                let mx = s.iter().copied().fold(st.m[r], f32::max);
+                if mx == f32::NEG_INFINITY {
+                    continue;
+                }
+                let corr = (st.m[r] - mx).exp();
+                let pr: Vec<f32> = s.iter().map(|&x| (x - mx).exp()).collect();
+                st.l[r] = st.l[r] * corr + pr.iter().sum::<f32>();
+                let o = &mut st.o[r * hd..][..hd];
+                for (d, od) in o.iter_mut().enumerate() {
+                    // The probabilities go into the PV product as bf16, as the mmul takes them.
+                    *od = *od * corr + pr.iter().enumerate().map(|(j, &pj)| bf16(pj) * v[j * hd + d]).sum::<f32>();
+                }
+                st.m[r] = mx;
+            }
+            st.tiles += 1;
+            self.stats.macs += 2 * q_rows * keys * head_dim;
+            moved = true;
+        }
+    }
+}
+
+/// An attention core's state within its rounds.
+#[derive(Default)]
+struct AttnState {
+    round: usize,
+    /// The round's Q block (empty before it is taken), its rows' running maximum, sum and output.
+    q: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    o: Vec<f32>,
+    /// Tiles of the round folded in.
+    tiles: u64,
+}
+
 /// One step of a core's body: its two operand buffers folded into its accumulator; the MACs it took.
 fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
     match b {
@@ -168,6 +266,7 @@ fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
             }
             (rows * k) as u64
         }
+        CoreBody::Attention { .. } => unreachable!("attention cores are run by attend"),
         CoreBody::Rows { op, rows, width } => {
             let w = width as usize;
             for r in 0..rows as usize {
@@ -225,6 +324,7 @@ pub fn run(design: &Design, args: &mut [Vec<f32>]) -> Result<EmuStats, String> {
         design,
         queues: HashMap::new(),
         acc: HashMap::new(),
+        attn: HashMap::new(),
         partial: HashMap::new(),
         stats: EmuStats::default(),
     };

@@ -1,10 +1,12 @@
 //! What one token (decode) or one prompt (prefill) of a Llama-shaped model would cost on the NPU with the
 //! designs that exist: each layer's projections as GEMMs (prefill) or GEMVs (decode), its two RMSNorms and its
 //! GLU, every design built, checked by the AIE2 rules, and counted — dispatches, bytes moved between host and
-//! array, MACs — with the designs' time estimates summed. ESTIMATES on stated assumptions (the dispatch overhead
-//! and the host bandwidth of [`super::model`]); attention, RoPE and the LM head are not
-//! NPU work in this count (no designs yet), so they are left out, and said to be.
+//! array, MACs — with the designs' time estimates summed; in prefill also RoPE of q and k and the attention.
+//! ESTIMATES on stated assumptions (the dispatch overhead and the host bandwidth of [`super::model`]); decode's
+//! attention and RoPE and the LM head are not NPU work in this count (no designs for them yet), so they are
+//! left out, and said to be.
 
+use super::attention::{attention, PrefillShape};
 use super::design::RowOp;
 use super::gemm::gemm;
 use super::gemv::gemv;
@@ -75,6 +77,26 @@ pub fn phase(array: &ArrayModel, s: &Shape, tokens: u64) -> Result<Estimate, Str
             let r = rows(array, op, tokens, width).ok_or_else(|| format!("{name}: no design for rows of {width}"))?;
             add(name, &r.design, 0)?;
         }
+        if tokens > 1 {
+            // A prompt from position 0: q and k rotated, then causal attention over the prompt.
+            for (name, width) in [("q rope", q), ("k rope", kv)] {
+                let op = RowOp::Rope { head_dim: s.head_dim };
+                let r =
+                    rows(array, op, tokens, width).ok_or_else(|| format!("{name}: no design for rows of {width}"))?;
+                add(name, &r.design, 0)?;
+            }
+            let shape = PrefillShape {
+                rows: tokens,
+                pos: 0,
+                heads: s.heads,
+                kv_heads: s.kv_heads,
+                head_dim: s.head_dim,
+                window: None,
+                scale: (s.head_dim as f32).powf(-0.5),
+            };
+            let a = attention(array, shape);
+            add("attention", &a.design, a.macs())?;
+        }
     }
     Ok(e)
 }
@@ -92,11 +114,15 @@ mod tests {
         let decode = phase(&NPU1, &s, 1).unwrap();
         let prefill = phase(&NPU1, &s, 512).unwrap();
         assert_eq!(decode.dispatches, 7 * 16);
-        assert_eq!(prefill.dispatches, 7 * 16);
+        assert_eq!(prefill.dispatches, 10 * 16);
         let weights = s.layers * (s.hidden * (2048 + 2 * 512) + 2048 * s.hidden + 3 * s.ffn * s.hidden);
         assert_eq!(decode.macs, weights);
         assert!(decode.host_bytes >= 2 * weights && decode.host_bytes < 2 * weights + weights / 10);
-        assert_eq!(prefill.macs, 512 * weights);
+        // The projections' MACs, and the attention's: per head, a round of four 32-row blocks walks the keys
+        // up to its last row in tiles of 32 (QK^T and PV, 64 dimensions).
+        let rounds: u64 = (0..512u64 / 128).map(|g| (g + 1) * 128 / 32).sum();
+        let attention = s.layers * s.heads * rounds * 4 * 2 * 32 * 32 * 64;
+        assert_eq!(prefill.macs, 512 * weights + attention);
         println!("Llama-3.2-1B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
     }
 }

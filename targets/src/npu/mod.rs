@@ -4,6 +4,7 @@
 //! checked by these rules (and, as the target grows, by the MLIR verifier, JIT-run core bodies and an emulator
 //! of the dataflow), not on the chip.
 
+pub mod attention;
 pub mod design;
 pub mod emu;
 pub mod estimate;
