@@ -28,6 +28,9 @@ pub struct Shape {
 /// Llama-3.2-1B.
 pub const LLAMA_3_2_1B: Shape = Shape { layers: 16, hidden: 2048, ffn: 8192, heads: 32, kv_heads: 8, head_dim: 64 };
 
+/// Llama-3.1-8B.
+pub const LLAMA_3_1_8B: Shape = Shape { layers: 32, hidden: 4096, ffn: 14336, heads: 32, kv_heads: 8, head_dim: 128 };
+
 /// The sums over a phase's NPU designs.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Estimate {
@@ -124,5 +127,18 @@ mod tests {
         let attention = s.layers * s.heads * rounds * 4 * 2 * 32 * 32 * 64;
         assert_eq!(prefill.macs, 512 * weights + attention);
         println!("Llama-3.2-1B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
+    }
+
+    /// Every NPU design of the Llama-3.1-8B shape passes the rules too (4096-wide norm rows, 14,336-wide GLU
+    /// rows taken in four pieces, 128-dimension heads); decode moves every weight once in bf16.
+    #[test]
+    fn the_llama_8b_designs_pass_and_are_counted() {
+        let s = LLAMA_3_1_8B;
+        let decode = phase(&NPU1, &s, 1).unwrap();
+        let prefill = phase(&NPU1, &s, 512).unwrap();
+        assert_eq!((decode.dispatches, prefill.dispatches), (7 * 32, 10 * 32));
+        let weights = s.layers * (s.hidden * (4096 + 2 * 1024) + 4096 * s.hidden + 3 * s.ffn * s.hidden);
+        assert_eq!(decode.macs, weights);
+        println!("Llama-3.1-8B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
     }
 }

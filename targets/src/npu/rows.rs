@@ -21,21 +21,29 @@ pub struct RowsDesign {
     pub padded_rows: u64,
 }
 
-/// Rows a core takes per buffer: the most (a power of two up to 64) whose double-buffered input (bf16), second
-/// operand and f32 output fit its memory, and that keep a block of the `cores`' rows within the rows there are.
-fn rows_per_core(array: &ArrayModel, op: RowOp, rows: u64, width: u64, cores: u64) -> Option<u64> {
+/// Rows a core takes per buffer and its output fifo's depth: the most rows (a power of two up to 64) whose
+/// double-buffered input (bf16), second operand and f32 output fit its memory, and that keep a block of the
+/// `cores`' rows within the rows there are; where not even one row fits so, one row with the output
+/// single-buffered (the core then waits for each row's result to leave before it writes the next: an RMSNorm
+/// row of 4,096, Llama-3.1-8B's).
+fn rows_per_core(array: &ArrayModel, op: RowOp, rows: u64, width: u64, cores: u64) -> Option<(u64, u32)> {
     let budget = array.compute.memory_bytes - array.default_stack_bytes;
-    let bytes = |r: u64| {
+    let bytes = |r: u64, out_depth: u64| {
         let (n, elem) = op.second(r, width);
-        2 * (r * width * 2 + n * elem.bytes() + r * width * 4)
+        2 * (r * width * 2 + n * elem.bytes()) + out_depth * r * width * 4
     };
     let cap = (1u64 << (rows / cores).max(1).ilog2()).min(64);
-    (0..=cap.ilog2()).rev().map(|i| 1u64 << i).find(|&r| bytes(r) <= budget)
+    (0..=cap.ilog2())
+        .rev()
+        .map(|i| 1u64 << i)
+        .find(|&r| bytes(r, 2) <= budget)
+        .map(|r| (r, 2))
+        .or_else(|| (bytes(1, 1) <= budget).then_some((1, 1)))
 }
 
 /// The design of `op` over `rows x width` (row-major bf16, the second operand as `op` says; f32 out), whose
-/// `shape` is the rows and width it takes them as; `None` where not even one row fits a core (an RMSNorm
-/// row of more than 4,032 elements, whose design must split the row's sum of squares across cores: still to
+/// `shape` is the rows and width it takes them as; `None` where not even one row fits a core (an RMSNorm,
+/// RoPE or softmax row of more than 5,376 elements, whose design must split a row across cores: still to
 /// come).
 pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<RowsDesign> {
     assert!(rows > 0 && width > 0, "a row-wise op over nothing");
@@ -45,7 +53,7 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
         RowOp::SiluGlu => (1..=width)
             .filter(|&s| width.is_multiple_of(s))
             .map(|s| (rows * s, width / s))
-            .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some())?,
+            .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some_and(|(_, depth)| depth == 2))?,
         RowOp::RmsNorm { .. } | RowOp::Softmax { .. } => (rows, width),
         RowOp::Rope { head_dim } => {
             assert!(
@@ -66,7 +74,7 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
     };
     let cols = array.columns as u64;
     let cores = cols * per_col;
-    let r = rows_per_core(array, op, rows, width, cores)?;
+    let (r, out_depth) = rows_per_core(array, op, rows, width, cores)?;
     let padded_rows = rows.next_multiple_of(cores * r);
     let mut d = Design { name: format!("{op:?}_{rows}x{width}"), ..Default::default() };
     if broadcast {
@@ -92,7 +100,8 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
             d.links.push(Link { from: vec![format!("{name}{c}_in")], to });
         }
         for q in 0..per_col as u32 {
-            d.fifos.push(ObjectFifo::double(format!("y{c}_{q}"), tile(c, 2 + q), vec![mem], vec![r, width], Elem::F32));
+            let y = ObjectFifo::double(format!("y{c}_{q}"), tile(c, 2 + q), vec![mem], vec![r, width], Elem::F32);
+            d.fifos.push(ObjectFifo { depth: out_depth, ..y });
             let second = if broadcast { "w".to_string() } else { format!("u{c}_{q}") };
             let uses = vec![
                 FifoUse { fifo: format!("x{c}_{q}"), port: Port::Consume, acquire: 1 },
@@ -158,7 +167,11 @@ mod tests {
             let g = rows(&NPU1, op, rows_n, width).unwrap();
             verify(&g.design, &NPU1).unwrap_or_else(|e| panic!("{op:?} {rows_n}x{width}: {e:?}"));
         }
-        for (op, rows_n, width) in [(norm, 37, 96), (RowOp::SiluGlu, 70, 40)] {
+        // Llama-3.1-8B's 4096-wide norm rows take one row a core with its output single-buffered.
+        let wide = rows(&NPU1, norm, 512, 4096).unwrap();
+        verify(&wide.design, &NPU1).unwrap();
+        assert_eq!((wide.rows_per_core, wide.design.fifos.iter().find(|f| f.name == "y0_0").unwrap().depth), (1, 1));
+        for (op, rows_n, width) in [(norm, 37, 96), (RowOp::SiluGlu, 70, 40), (norm, 19, 4096)] {
             let g = rows(&NPU1, op, rows_n, width).unwrap();
             verify(&g.design, &NPU1).unwrap();
             let mut seed = rows_n * 3 + width;
