@@ -237,7 +237,7 @@ struct AttnState {
 }
 
 /// One step of a core's body: its two operand buffers folded into its accumulator; the MACs it took.
-fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
+pub(crate) fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
     match b {
         CoreBody::MatMul { m, k, n, .. } => {
             let (m, k, n) = (m as usize, k as usize, n as usize);

@@ -10,6 +10,7 @@ pub mod emu;
 pub mod estimate;
 pub mod gemm;
 pub mod gemv;
+pub mod mlir;
 pub mod model;
 pub mod rows;
 pub mod verify;
