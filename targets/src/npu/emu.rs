@@ -173,8 +173,7 @@ impl Emu<'_> {
             }
             if st.tiles == round.tiles {
                 let st = self.attn.get_mut(&core.tile).expect("entered");
-                let out: Vec<f32> =
-                    (0..qn * hd).map(|e| if st.l[e / hd] > 0.0 { st.o[e] / st.l[e / hd] } else { 0.0 }).collect();
+                let out = attention_finish(&st.o, &st.l, hd);
                 st.q.clear();
                 st.round += 1;
                 let f = self.fifo(of)?;
@@ -188,39 +187,70 @@ impl Emu<'_> {
             }
             let st = self.attn.get_mut(&core.tile).expect("entered");
             let key0 = round.key0 + st.tiles * keys;
-            let (k, v) = kv.split_at(kn * hd);
-            for r in 0..qn {
-                let p = rounds.pos + round.row0 + slot * q_rows + r as u64;
-                let first = if rounds.window > 0 { (p + 1).saturating_sub(rounds.window) } else { 0 };
-                let qr = &st.q[r * hd..][..hd];
-                let s: Vec<f32> = (0..kn)
-                    .map(|j| {
-                        let key = key0 + j as u64;
-                        if key < first || key > p {
-                            return f32::NEG_INFINITY;
-                        }
-                        qr.iter().zip(&k[j * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() * rounds.scale
-                    })
-                    .collect();
-                let mx = s.iter().copied().fold(st.m[r], f32::max);
-                if mx == f32::NEG_INFINITY {
-                    continue;
-                }
-                let corr = (st.m[r] - mx).exp();
-                let pr: Vec<f32> = s.iter().map(|&x| (x - mx).exp()).collect();
-                st.l[r] = st.l[r] * corr + pr.iter().sum::<f32>();
-                let o = &mut st.o[r * hd..][..hd];
-                for (d, od) in o.iter_mut().enumerate() {
-                    // The probabilities go into the PV product as bf16, as the mmul takes them.
-                    *od = *od * corr + pr.iter().enumerate().map(|(j, &pj)| bf16(pj) * v[j * hd + d]).sum::<f32>();
-                }
-                st.m[r] = mx;
-            }
+            let pos0 = rounds.pos + round.row0 + slot * q_rows;
+            let tile = AttentionTile { q_rows, keys, head_dim, window: rounds.window, scale: rounds.scale };
+            tile.fold(&st.q, &kv, &mut st.m, &mut st.l, &mut st.o, key0, pos0);
             st.tiles += 1;
             self.stats.macs += 2 * q_rows * keys * head_dim;
             moved = true;
         }
     }
+}
+
+/// One K/V tile of an attention core's round: the shape and mask it folds a tile with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttentionTile {
+    pub q_rows: u64,
+    pub keys: u64,
+    pub head_dim: u64,
+    /// 0: none.
+    pub window: u64,
+    pub scale: f32,
+}
+
+impl AttentionTile {
+    /// Fold one tile (`kv`: `keys` keys of K, then the same keys of V) into the block's online softmax — each
+    /// row's running maximum `m`, sum `l` and output `o` — for the block's rows at positions `pos0..` and the
+    /// tile's keys at `key0..`: scores in f32 over bf16 operands (sums in order), masked causally and by the
+    /// window; a row that sees none of the tile's keys is left as it was; the probabilities rounded to bf16 for
+    /// PV.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fold(&self, q: &[f32], kv: &[f32], m: &mut [f32], l: &mut [f32], o: &mut [f32], key0: u64, pos0: u64) {
+        let (qn, kn, hd) = (self.q_rows as usize, self.keys as usize, self.head_dim as usize);
+        let (k, v) = kv.split_at(kn * hd);
+        for r in 0..qn {
+            let p = pos0 + r as u64;
+            let first = if self.window > 0 { (p + 1).saturating_sub(self.window) } else { 0 };
+            let qr = &q[r * hd..][..hd];
+            let s: Vec<f32> = (0..kn)
+                .map(|j| {
+                    let key = key0 + j as u64;
+                    if key < first || key > p {
+                        return f32::NEG_INFINITY;
+                    }
+                    qr.iter().zip(&k[j * hd..][..hd]).fold(0.0f32, |acc, (a, b)| acc + a * b) * self.scale
+                })
+                .collect();
+            let mx = s.iter().copied().fold(m[r], f32::max);
+            if mx == f32::NEG_INFINITY {
+                continue;
+            }
+            let corr = (m[r] - mx).exp();
+            let pr: Vec<f32> = s.iter().map(|&x| (x - mx).exp()).collect();
+            l[r] = l[r] * corr + pr.iter().fold(0.0f32, |acc, p| acc + p);
+            for (d, od) in o[r * hd..][..hd].iter_mut().enumerate() {
+                // The probabilities go into the PV product as bf16, as the mmul takes them.
+                let pv = pr.iter().enumerate().fold(0.0f32, |acc, (j, &pj)| acc + bf16(pj) * v[j * hd + d]);
+                *od = *od * corr + pv;
+            }
+            m[r] = mx;
+        }
+    }
+}
+
+/// The rows' outputs at the end of a round: `o / l` per row, zeros for a row that saw no key.
+pub(crate) fn attention_finish(o: &[f32], l: &[f32], head_dim: usize) -> Vec<f32> {
+    o.iter().enumerate().map(|(e, &v)| if l[e / head_dim] > 0.0 { v / l[e / head_dim] } else { 0.0 }).collect()
 }
 
 /// An attention core's state within its rounds.
