@@ -148,36 +148,15 @@ pub fn attention(array: &ArrayModel, shape: PrefillShape) -> AttentionDesign {
             let Some(r) = sched.get(i) else { continue };
             let g = r.head / (heads / kv_heads);
             let rows_at = (r.row0 * heads + r.head) * hd;
-            let q = dims(&[(group, row_stride), (hd, 1)]);
-            d.sequence.push(SeqOp::Memcpy {
-                arg: 0,
-                elem: Elem::Bf16,
-                offset: rows_at,
-                dims: q,
-                fifo: format!("q{c}_in"),
-                bd,
-            });
+            let mut push = |arg, elem, offset, dims, fifo: String| {
+                d.sequence.push(SeqOp::Memcpy { arg, elem, offset, dims, fifo, bd });
+                bd += 1;
+            };
+            push(0, Elem::Bf16, rows_at, dims(&[(group, row_stride), (hd, 1)]), format!("q{c}_in"));
             // Tile after tile, its K then the same keys' V.
             let kv = dims(&[(r.tiles, keys * key_stride), (2, values), (keys, key_stride), (hd, 1)]);
-            let at = r.key0 * key_stride + g * hd;
-            d.sequence.push(SeqOp::Memcpy {
-                arg: 1,
-                elem: Elem::Bf16,
-                offset: at,
-                dims: kv,
-                fifo: format!("kv{c}_in"),
-                bd: bd + 1,
-            });
-            let o = dims(&[(group, row_stride), (hd, 1)]);
-            d.sequence.push(SeqOp::Memcpy {
-                arg: 2,
-                elem: Elem::F32,
-                offset: rows_at,
-                dims: o,
-                fifo: format!("o{c}"),
-                bd: bd + 2,
-            });
-            bd += 3;
+            push(1, Elem::Bf16, r.key0 * key_stride + g * hd, kv, format!("kv{c}_in"));
+            push(2, Elem::F32, rows_at, dims(&[(group, row_stride), (hd, 1)]), format!("o{c}"));
             waits.extend([format!("o{c}"), format!("q{c}_in"), format!("kv{c}_in")]);
         }
         d.sequence.extend(waits.into_iter().map(|fifo| SeqOp::Wait { fifo }));
