@@ -81,15 +81,19 @@ pub fn attention(array: &ArrayModel, shape: PrefillShape) -> AttentionDesign {
     assert!(rows > 0 && heads > 0 && kv_heads > 0 && heads.is_multiple_of(kv_heads), "an attention of {shape:?}");
     assert!(hd.is_multiple_of(2) && hd <= 1022, "heads of an even dimension within a DMA wrap");
     let budget = array.compute.memory_bytes - array.default_stack_bytes;
-    // The largest blocks (rows) and tiles (keys) that fit, rows first: each round then walks fewer tiles.
-    let (q_rows, keys) = [(32u64, 32u64), (32, 16), (16, 16), (16, 8), (8, 8), (4, 8), (4, 4)]
-        .into_iter()
-        .find(|&(q, k)| {
-            let (b, l) = core_bytes(q, k, hd);
-            b + l <= budget
-        })
-        .unwrap_or_else(|| panic!("no attention tile of a {hd}-dimension head fits a core"));
     let (cols, per_col) = (array.columns as u64, (array.rows - 2) as u64);
+    // The largest blocks (rows) and tiles (keys) that fit, rows first (each round then walks fewer tiles), but
+    // no more rows a block than a column's cores share (a decode step's one row takes blocks of 4, not 32).
+    let most_rows = rows.div_ceil(per_col).next_power_of_two().max(4);
+    let (q_rows, keys) =
+        [(32u64, 32u64), (32, 16), (16, 32), (16, 16), (16, 8), (8, 32), (8, 8), (4, 32), (4, 8), (4, 4)]
+            .into_iter()
+            .filter(|&(q, _)| q <= most_rows)
+            .find(|&(q, k)| {
+                let (b, l) = core_bytes(q, k, hd);
+                b + l <= budget
+            })
+            .unwrap_or_else(|| panic!("no attention tile of a {hd}-dimension head fits a core"));
     let group = per_col * q_rows;
     let padded_rows = rows.next_multiple_of(group);
     let key_rows = pos + rows + keys;
@@ -237,6 +241,11 @@ mod tests {
             PrefillShape { rows: 50, pos: 5, heads: 6, kv_heads: 6, head_dim: 32, window: Some(12), scale: 0.2 };
         let (err, _) = check(windowed, |_| {});
         assert!(err < 3e-3, "{windowed:?}: max |error| {err} of max |V|");
+        // A decode step: one row after 70 cached positions, in blocks of 4 rows.
+        let decode = PrefillShape { rows: 1, pos: 70, heads: 8, kv_heads: 2, head_dim: 64, window: None, scale: 0.125 };
+        let (err, g) = check(decode, |_| {});
+        assert!(err < 3e-3, "{decode:?}: max |error| {err} of max |V|");
+        assert_eq!((g.q_rows, g.keys), (4, 32));
     }
 
     /// A key tile read at the wrong kv head (one head's offset further): the rules pass, the numbers must not.
