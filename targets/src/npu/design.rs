@@ -191,7 +191,8 @@ pub enum RowOp {
     /// `silu(g) * u` element by element, the second operand `u` of the first's shape.
     SiluGlu,
     /// Rotate-half RoPE of every `head_dim` head of a row, the second operand one f32 row per row of the
-    /// rotation's cosines then sines (`head_dim / 2` of each: the row's position, the table's frequencies).
+    /// rotation's cosines then sines (`head_dim / 2` of each: the row's position, the table's frequencies;
+    /// a long row taken as several rows has its table row repeated for each).
     Rope { head_dim: u64 },
     /// `softmax(x * scale + mask)` per row, the second operand the additive mask of the first's shape (0 where
     /// a key is visible, -inf where not: causal, sliding-window and padding masks alike). A row masked

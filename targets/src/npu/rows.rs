@@ -42,9 +42,9 @@ fn rows_per_core(array: &ArrayModel, op: RowOp, rows: u64, width: u64, cores: u6
 }
 
 /// The design of `op` over `rows x width` (row-major bf16, the second operand as `op` says; f32 out), whose
-/// `shape` is the rows and width it takes them as; `None` where not even one row fits a core (an RMSNorm,
-/// RoPE or softmax row of more than 5,376 elements, whose design must split a row across cores: still to
-/// come).
+/// `shape` is the rows and width it takes them as (the GLU's and RoPE's long rows as more, shorter ones);
+/// `None` where not even one row fits a core (an RMSNorm or softmax row of more than 5,376 elements, whose
+/// design must split a row's sums across cores: still to come).
 pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<RowsDesign> {
     assert!(rows > 0 && width > 0, "a row-wise op over nothing");
     // The GLU is element by element: rows too long for a core are taken as more, shorter ones (the same
@@ -55,12 +55,18 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
             .map(|s| (rows * s, width / s))
             .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some_and(|(_, depth)| depth == 2))?,
         RowOp::RmsNorm { .. } | RowOp::Softmax { .. } => (rows, width),
+        // RoPE rotates each head by itself: rows too long for a core are taken as more rows of fewer whole
+        // heads, each with its own table row (the host repeats a row's cosines and sines for its pieces).
         RowOp::Rope { head_dim } => {
             assert!(
                 head_dim.is_multiple_of(2) && width.is_multiple_of(head_dim),
                 "RoPE of whole heads of an even dimension"
             );
-            (rows, width)
+            let heads = width / head_dim;
+            (1..=heads)
+                .filter(|&s| heads.is_multiple_of(s))
+                .map(|s| (rows * s, width / s))
+                .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some_and(|(_, depth)| depth == 2))?
         }
     };
     // Two split operands and the joined result take 2 n + 1 of a memtile's 6 outgoing channels for n cores a
@@ -259,6 +265,11 @@ mod tests {
                 }
             }
         }
+        // A 70B-class q row (64 heads of 128) is rotated as two rows of 32 heads, each piece with its row's table.
+        let wide_rope = RowOp::Rope { head_dim: 128 };
+        let g = rows(&NPU1, wide_rope, 512, 8192).unwrap();
+        assert_eq!(g.shape, (1024, 4096));
+        verify(&g.design, &NPU1).unwrap();
         // The 1B MLP's 8192-wide GLU rows are taken as 2048-wide ones; an 8192-wide RMSNorm row has no design
         // yet (and says so by None).
         assert_eq!(rows(&NPU1, RowOp::SiluGlu, 512, 8192).unwrap().shape, (2048, 2048));
