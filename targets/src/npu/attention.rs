@@ -46,22 +46,13 @@ pub struct AttentionDesign {
 impl AttentionDesign {
     /// Multiply-accumulates one dispatch takes: per round and core, QK^T and PV over the round's tiles.
     pub fn macs(&self) -> u64 {
-        let rounds: u64 = self
-            .design
-            .cores
-            .iter()
-            .filter_map(|c| match c.body {
-                CoreBody::Attention { rounds, .. } => Some(rounds.of(self.q_rows, self.keys)),
-                _ => None,
-            })
-            .flatten()
-            .map(|r| r.tiles)
-            .sum();
-        let hd = match self.design.cores[0].body {
-            CoreBody::Attention { head_dim, .. } => head_dim,
+        let per_core = |b: CoreBody| match b {
+            CoreBody::Attention { q_rows, keys, head_dim, rounds, .. } => {
+                rounds.of(q_rows, keys).iter().map(|r| r.tiles).sum::<u64>() * 2 * q_rows * keys * head_dim
+            }
             _ => 0,
         };
-        rounds * 2 * self.q_rows * self.keys * hd
+        self.design.cores.iter().map(|c| per_core(c.body)).sum()
     }
 }
 

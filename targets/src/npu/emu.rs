@@ -151,12 +151,15 @@ impl Emu<'_> {
     fn attend(&mut self, core: &super::design::Core) -> Result<bool, String> {
         let CoreBody::Attention { q_rows, keys, head_dim, rounds, slot } = core.body else { unreachable!() };
         let (qf, kvf, of) = (&core.uses[0].fifo, &core.uses[1].fifo, &core.uses[2].fifo);
-        let schedule = rounds.of(q_rows, keys);
         let (qn, kn, hd) = (q_rows as usize, keys as usize, head_dim as usize);
         let mut moved = false;
         loop {
-            let st = self.attn.entry(core.tile).or_default();
-            let Some(round) = schedule.get(st.round).copied() else { return Ok(moved) };
+            // The core's rounds, worked out the first time it is pumped.
+            let st = self
+                .attn
+                .entry(core.tile)
+                .or_insert_with(|| AttnState { schedule: rounds.of(q_rows, keys), ..Default::default() });
+            let Some(round) = st.schedule.get(st.round).copied() else { return Ok(moved) };
             if st.q.is_empty() {
                 let Some(q) = self.take(qf, core.tile) else { return Ok(moved) };
                 if q.len() != qn * hd {
@@ -256,6 +259,7 @@ pub(crate) fn attention_finish(o: &[f32], l: &[f32], head_dim: usize) -> Vec<f32
 /// An attention core's state within its rounds.
 #[derive(Default)]
 struct AttnState {
+    schedule: Vec<super::design::AttentionRound>,
     round: usize,
     /// The round's Q block (empty before it is taken), its rows' running maximum, sum and output.
     q: Vec<f32>,

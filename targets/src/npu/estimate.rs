@@ -78,31 +78,24 @@ pub fn phase(array: &ArrayModel, s: &Shape, tokens: u64) -> Result<Estimate, Str
             ("input norm", RowOp::RmsNorm { eps: 1e-5 }, s.hidden),
             ("post-attention norm", RowOp::RmsNorm { eps: 1e-5 }, s.hidden),
             ("glu", RowOp::SiluGlu, s.ffn),
+            ("q rope", RowOp::Rope { head_dim: s.head_dim }, q),
+            ("k rope", RowOp::Rope { head_dim: s.head_dim }, kv),
         ] {
             let r = rows(array, op, tokens, width).ok_or_else(|| format!("{name}: no design for rows of {width}"))?;
             add(name, &r.design, 0)?;
         }
-        {
-            // q and k rotated, then attention: a prompt from position 0 over itself, or a decode step at depth
-            // DECODE_DEPTH over the cache.
-            for (name, width) in [("q rope", q), ("k rope", kv)] {
-                let op = RowOp::Rope { head_dim: s.head_dim };
-                let r =
-                    rows(array, op, tokens, width).ok_or_else(|| format!("{name}: no design for rows of {width}"))?;
-                add(name, &r.design, 0)?;
-            }
-            let shape = PrefillShape {
-                rows: tokens,
-                pos: if tokens == 1 { DECODE_DEPTH } else { 0 },
-                heads: s.heads,
-                kv_heads: s.kv_heads,
-                head_dim: s.head_dim,
-                window: None,
-                scale: (s.head_dim as f32).powf(-0.5),
-            };
-            let a = attention(array, shape);
-            add("attention", &a.design, a.macs())?;
-        }
+        // Attention: a prompt from position 0 over itself, or a decode step at depth DECODE_DEPTH over the cache.
+        let shape = PrefillShape {
+            rows: tokens,
+            pos: if tokens == 1 { DECODE_DEPTH } else { 0 },
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            head_dim: s.head_dim,
+            window: None,
+            scale: (s.head_dim as f32).powf(-0.5),
+        };
+        let a = attention(array, shape);
+        add("attention", &a.design, a.macs())?;
     }
     Ok(e)
 }

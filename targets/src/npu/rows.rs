@@ -47,26 +47,27 @@ fn rows_per_core(array: &ArrayModel, op: RowOp, rows: u64, width: u64, cores: u6
 /// design must split a row's sums across cores: still to come).
 pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<RowsDesign> {
     assert!(rows > 0 && width > 0, "a row-wise op over nothing");
-    // The GLU is element by element: rows too long for a core are taken as more, shorter ones (the same
-    // row-major data), at the fewest pieces a row that fit.
-    let (rows, width) = match op {
-        RowOp::SiluGlu => (1..=width)
-            .filter(|&s| width.is_multiple_of(s))
+    // Rows too long for a core (double-buffered) are taken as more, shorter ones of the same row-major data,
+    // at the fewest pieces a row that fit, each piece a whole number of `unit`s.
+    let split = |unit: u64| {
+        let units = width / unit;
+        (1..=units)
+            .filter(|&s| units.is_multiple_of(s))
             .map(|s| (rows * s, width / s))
-            .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some_and(|(_, depth)| depth == 2))?,
+            .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some_and(|(_, depth)| depth == 2))
+    };
+    let (rows, width) = match op {
+        // The GLU is element by element.
+        RowOp::SiluGlu => split(1)?,
         RowOp::RmsNorm { .. } | RowOp::Softmax { .. } => (rows, width),
-        // RoPE rotates each head by itself: rows too long for a core are taken as more rows of fewer whole
-        // heads, each with its own table row (the host repeats a row's cosines and sines for its pieces).
+        // RoPE rotates each head by itself: pieces of whole heads, each with its own table row (the host
+        // repeats a row's cosines and sines for its pieces).
         RowOp::Rope { head_dim } => {
             assert!(
                 head_dim.is_multiple_of(2) && width.is_multiple_of(head_dim),
                 "RoPE of whole heads of an even dimension"
             );
-            let heads = width / head_dim;
-            (1..=heads)
-                .filter(|&s| heads.is_multiple_of(s))
-                .map(|s| (rows * s, width / s))
-                .find(|&(r, w)| rows_per_core(array, op, r, w, 8).is_some_and(|(_, depth)| depth == 2))?
+            split(head_dim)?
         }
     };
     // Two split operands and the joined result take 2 n + 1 of a memtile's 6 outgoing channels for n cores a

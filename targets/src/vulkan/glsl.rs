@@ -1736,20 +1736,12 @@ fn blocked_attention(head_dim: u64) -> String {
          shared vec4 vb4[KC * LANES * 4u];\n",
         qt = ATTN_THREADS as u64 / lanes
     );
-    // Four consecutive elements of key / value `j` of kv head `g` from dimension `d` (a multiple of 4).
-    // (`kv_get2` reads either cache dtype.)
-    let cached = "vec4(kv_get2(e), kv_get2(e + 2u))";
-    for (name, buf, off) in [("key4", "k", ""), ("value4", "v", "KVH * pc.cap * HD + ")] {
-        let bind = if buf == "k" { "KB" } else { "VB" };
-        let _ = write!(
-            s,
-            "vec4 {name}(uint g, uint j, uint d) {{\n\
-             \x20 if (j < POS) {{ uint e = {off}(g * pc.cap + j % pc.cap) * HD + d; return {cached}; }}\n\
-             \x20 uint ra = pc.base[{bind}] + (j - POS) * KVH * HD + g * HD + d;\n\
-             \x20 return vec4({buf}[ra], {buf}[ra + 1u], {buf}[ra + 2u], {buf}[ra + 3u]);\n\
-             }}\n"
-        );
-    }
+    // Four consecutive elements of key / value `j` of kv head `g` from dimension `d` (a multiple of 4): two
+    // of the split pass's pair reads, from the cache or this execution's rows.
+    s.push_str(
+        "vec4 key4(uint g, uint j, uint d) { return vec4(key2(g, j, d), key2(g, j, d + 2u)); }\n\
+         vec4 value4(uint g, uint j, uint d) { return vec4(value2(g, j, d), value2(g, j, d + 2u)); }\n",
+    );
     let vs = |f: &dyn Fn(u64) -> String, sep: &str| (0..vecs).map(f).collect::<Vec<_>>().join(sep);
     let ks = |f: &dyn Fn(u64) -> String, sep: &str| (0..kc).map(f).collect::<Vec<_>>().join(sep);
     let q_load = vs(
