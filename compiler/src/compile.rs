@@ -24,6 +24,8 @@ pub struct CompileOptions {
     pub device_profile: ProfileChoice,
     /// Print progress to stderr.
     pub progress: bool,
+    /// Write each NPU design's MLIR into this folder (`--emit-mlir`).
+    pub emit_mlir: Option<std::path::PathBuf>,
 }
 
 pub struct CompileSummary {
@@ -124,6 +126,16 @@ fn write_weight(ck: &Checkpoint, w: &PlanWeight, out: &mut PlanWriter, progress:
     Ok(())
 }
 
+/// Write each NPU design's MLIR to `dir/<design>.mlir`.
+fn emit_mlir(header: &PlanHeader, kernels: &[u8], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("--emit-mlir: creating {}", dir.display()))?;
+    for (_, k) in crate::npu_build::npu_kernels(header, kernels)? {
+        let path = dir.join(format!("{}.mlir", k.design.name));
+        std::fs::write(&path, &k.mlir).with_context(|| format!("--emit-mlir: writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Result<CompileSummary> {
     let start = Instant::now();
     let ck = Checkpoint::open(model, options.max_context)?;
@@ -135,12 +147,31 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
             let (profile, from) = options.device_profile.resolve().map_err(|e| anyhow::anyhow!(e))?;
             (profile, Some(from))
         }
-        Target::Cpu => (DeviceProfile::generic(), None),
+        Target::Cpu | Target::Phoenix => (DeviceProfile::generic(), None),
     };
-    let (header, kernels) = lower(&module, LowerOptions { target: options.passes.target, kv_cache, profile })
+    let (mut header, mut kernels) = lower(&module, LowerOptions { target: options.passes.target, kv_cache, profile })
         .map_err(|e| anyhow::anyhow!("generating kernels: {e}"))?;
     if let (Some(from), true) = (from, options.progress) {
         eprintln!("kernels for {from}");
+    }
+    let designs = header.kernels.iter().filter(|k| k.backend == unicorn_ir::plan::Backend::Npu).count();
+    if options.passes.target == Target::Phoenix {
+        if designs == 0 && options.progress {
+            eprintln!(
+                "note: no NPU designs: the NPU takes prefill's bf16 projections, and these weights are {}",
+                options.passes.weights
+            );
+        } else if let Some(aiecc) = crate::npu_build::find_aiecc() {
+            let (section, built) = crate::npu_build::build_all(&aiecc, &mut header, &kernels, options.progress)?;
+            kernels = section;
+            if options.progress {
+                eprintln!("built {built} NPU designs with {}", aiecc.display());
+            }
+        } else if options.progress {
+            eprintln!(
+                "note: aiecc not found: the plan carries its {designs} NPU designs as MLIR; `unicornc build-npu PLAN` builds them where mlir-aie is installed"
+            );
+        }
     }
 
     let mut out = PlanWriter::create(plan_path, &ck.input_files())?;
@@ -177,5 +208,8 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     });
     out.section(SectionKind::Metadata, &serde_json::to_vec_pretty(&metadata)?)?;
     let plan_bytes = out.finish(header.clone())?;
+    if let Some(dir) = &options.emit_mlir {
+        emit_mlir(&header, &kernels, dir)?;
+    }
     Ok(CompileSummary { header, reports, plan_bytes, seconds: start.elapsed().as_secs_f64() })
 }

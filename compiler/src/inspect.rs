@@ -8,6 +8,77 @@ fn mib(b: u64) -> String {
     format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
+/// A Phoenix plan's NPU designs: what each dispatch moves and computes, per phase, the time the device model
+/// estimates for them, and the level of each claim about them (docs/npu.md's scale).
+fn describe_npu(plan: &PlanFile, o: &mut String) {
+    use unicorn_ir::plan::Backend;
+    let h = &plan.header;
+    if !h.kernels.iter().any(|k| k.backend == Backend::Npu) {
+        return;
+    }
+    let section = plan.section(unicorn_ir::container::SectionKind::Kernels).unwrap_or(&[]);
+    let kernels = match crate::npu_build::npu_kernels(h, section) {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = writeln!(o, "npu:          its designs do not check: {e:#}");
+            return;
+        }
+    };
+    let array = &unicorn_targets::npu::model::NPU1;
+    let built = kernels.iter().filter(|(_, k)| k.built.is_some()).count();
+    let _ =
+        writeln!(o, "npu:          {} designs for {} (nothing here is measured on an NPU)", kernels.len(), array.name);
+    for p in &h.phases {
+        let (mut dispatches, mut bytes, mut macs, mut seconds) = (0u64, 0u64, 0u64, 0f64);
+        for st in &p.steps {
+            let Some((_, k)) = kernels.iter().find(|(i, _)| *i == st.kernel.0 as usize) else { continue };
+            let b: u64 = k
+                .design
+                .sequence
+                .iter()
+                .map(|op| match op {
+                    unicorn_aie::design::SeqOp::Memcpy { elem, dims, .. } => {
+                        dims.iter().map(|d| d.size).product::<u64>() * elem.bytes()
+                    }
+                    _ => 0,
+                })
+                .sum();
+            let unicorn_ir::npu::NpuOp::GemmBt { padded: (pm, pk, pn), .. } = k.op;
+            dispatches += 1;
+            bytes += b;
+            macs += pm * pk * pn;
+            seconds += array.estimate_seconds(b, pm * pk * pn);
+        }
+        if dispatches == 0 {
+            let _ = writeln!(o, "  {:8} no NPU steps (on the {})", p.phase.to_string(), h.target);
+            continue;
+        }
+        let rows = if p.phase == unicorn_ir::Phase::Prefill { h.prefill_chunk } else { 1 };
+        let _ = writeln!(
+            o,
+            "  {:8} {dispatches} dispatches per execution of up to {rows} rows: {:.1} MB host<->array, {:.2} GMAC;              ESTIMATE >= {:.2} ms ({} us a dispatch, {:.0} GB/s host transfers, the bf16 peak: all assumed)",
+            p.phase.to_string(),
+            bytes as f64 / 1e6,
+            macs as f64 / 1e9,
+            seconds * 1e3,
+            array.dispatch_overhead_s * 1e6,
+            array.host_bytes_s / 1e9,
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  levels   (a) MLIR: each design's module is in the plan (the tests re-parse such modules with mlir-opt)"
+    );
+    let _ = writeln!(o, "           (b) AIE2 rules: every design passes (checked just now)");
+    let _ = writeln!(o, "           (c) core bodies JIT-run on the CPU: in the tests, per body kind");
+    let _ = writeln!(o, "           (d) dataflow emulated: unicorn-rt --device npu-emu runs these designs");
+    let _ = match built {
+        0 => writeln!(o, "           (e) built to an xclbin: no (no aiecc when compiled; `unicornc build-npu`)"),
+        n => writeln!(o, "           (e) built to an xclbin: {n} of {} designs, by aiecc", kernels.len()),
+    };
+    let _ = writeln!(o, "           (f) ran on a Phoenix NPU: not on any machine this was tested on");
+}
+
 pub fn describe(plan: &PlanFile, steps: bool) -> String {
     let h = &plan.header;
     let s = &h.spec;
@@ -66,6 +137,7 @@ pub fn describe(plan: &PlanFile, steps: bool) -> String {
             }
         }
     }
+    describe_npu(plan, &mut o);
     let mut per_format: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
     for w in &h.weights {
         let e = per_format.entry(w.format.name()).or_default();

@@ -5,4 +5,5 @@ pub mod compile;
 pub mod frontend;
 pub mod inspect;
 pub mod lower;
+pub mod npu_build;
 pub mod profile;

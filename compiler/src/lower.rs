@@ -6,7 +6,7 @@ use unicorn_ir::plan::{KvCacheDecl, KvCapacity, KvLayout, PlanHeader, PlanWeight
 use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::{DType, Device, Module, Phase};
 use unicorn_passes::Target;
-use unicorn_targets::{cpu, vulkan};
+use unicorn_targets::{cpu, npu, vulkan};
 
 /// Rows of one prefill execution unless the context is shorter: long enough that the matmuls run at full
 /// speed, short enough that the activations of a full-context prompt stay small.
@@ -16,6 +16,11 @@ pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 pub fn weight_bytes(w: &unicorn_ir::WeightInfo, layout: WeightLayout) -> u64 {
     let row = w.format.row_bytes(w.cols()).expect("precision pass chose a format that fits the rows");
     (layout.stored_rows(w.rows()) * row) as u64
+}
+
+/// Rows of one prefill execution of a model: [`DEFAULT_PREFILL_CHUNK`], or the context where that is shorter.
+fn prefill_chunk(spec: &unicorn_ir::ModelSpec) -> u64 {
+    DEFAULT_PREFILL_CHUNK.min(spec.max_context) as u64
 }
 
 /// What the plan asks of the executor beyond the graph.
@@ -29,7 +34,8 @@ pub struct LowerOptions {
 
 /// The plan header and its kernels section (SPIR-V for the Vulkan target; empty for the CPU's built-in kernels).
 pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<u8>), String> {
-    // Both targets lay the weights out as the CPU kernels read them; the GPU kernels read the same layout.
+    // Every target lays the weights out as the CPU kernels read them; the GPU kernels read the same layout, and
+    // the NPU designs read a bf16 matrix's rows as they are (the host pads them to the design's shape).
     let mut weights: Vec<PlanWeight> = module
         .weights
         .iter()
@@ -66,9 +72,19 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
             let top_k = vulkan::top_k_kernel(module, &mut kernels)?;
             (kernels.entries, kernels.section, phases, Some((argmax, top_k)))
         }
+        Target::Phoenix => {
+            let mut kernels = npu::lower::KernelTable::default();
+            let chunk = prefill_chunk(&module.spec);
+            let phases = module
+                .graphs
+                .iter()
+                .map(|g| npu::lower::lower_phase(module, g, chunk, &mut kernels))
+                .collect::<Result<Vec<_>, _>>()?;
+            (kernels.cpu.entries, kernels.section, phases, None)
+        }
     };
     let device = match options.target {
-        Target::Cpu => Device::Cpu,
+        Target::Cpu | Target::Phoenix => Device::Cpu,
         Target::Vulkan => Device::Igpu,
     };
     let spec = module.spec.clone();
@@ -86,7 +102,7 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
             device,
         })
         .collect();
-    let prefill_chunk = DEFAULT_PREFILL_CHUNK.min(spec.max_context) as u64;
+    let prefill_chunk = prefill_chunk(&spec);
     let peak = phases
         .iter()
         .map(|p| {

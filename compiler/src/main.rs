@@ -26,13 +26,14 @@ enum Command {
         /// Where to write the plan.
         #[arg(short = 'o', long = "output", value_name = "PLAN")]
         output: PathBuf,
-        /// The device the plan runs on: cpu or vulkan.
+        /// The device the plan runs on: cpu, vulkan (any Vulkan GPU) or phoenix (a Ryzen 7040/8040: prefill's
+        /// projections on the NPU, the rest on the CPU).
         #[arg(long, default_value = "cpu", value_parser = Target::parse)]
         target: Target,
         /// Storage format of the projection and embedding weights (norms and biases stay f32): f32, f16, bf16,
-        /// q8_0 or q4_0.
-        #[arg(long, value_name = "FORMAT", default_value = "q8_0", value_parser = WeightFormat::parse)]
-        weights: WeightFormat,
+        /// q8_0 or q4_0; default q8_0, bf16 with --target phoenix (the NPU designs' format).
+        #[arg(long, value_name = "FORMAT", value_parser = WeightFormat::parse)]
+        weights: Option<WeightFormat>,
         /// Element type of the KV cache: f32, or f16 (half the memory); default f16, f32 with --weights f32.
         #[arg(long, value_name = "TYPE", value_parser = parse_kv_cache)]
         kv_cache: Option<DType>,
@@ -43,9 +44,23 @@ enum Command {
         /// when there is none), generic (any Vulkan 1.2 device), vulkan:N, or a .json device profile.
         #[arg(long, value_name = "PROFILE", value_parser = ProfileChoice::parse)]
         device_profile: Option<ProfileChoice>,
+        /// Also write each NPU design's MLIR (aie / aiex dialects) into DIR (with --target phoenix).
+        #[arg(long, value_name = "DIR")]
+        emit_mlir: Option<PathBuf>,
         /// Print what each pass did.
         #[arg(short, long)]
         verbose: bool,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Build a --target phoenix plan's NPU designs to xclbins with mlir-aie's aiecc (on PATH or in
+    /// $MLIR_AIE_INSTALL_DIR/bin; Peano from $PEANO_INSTALL_DIR), storing them in the plan.
+    BuildNpu {
+        plan: PathBuf,
+        /// Write the finished plan here instead of replacing PLAN.
+        #[arg(short = 'o', long = "output", value_name = "PLAN")]
+        output: Option<PathBuf>,
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
@@ -69,16 +84,35 @@ fn parse_kv_cache(s: &str) -> Result<DType, String> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compile { model, output, target, weights, kv_cache, max_context, device_profile, verbose, quiet } => {
+        Command::Compile {
+            model,
+            output,
+            target,
+            weights,
+            kv_cache,
+            max_context,
+            device_profile,
+            emit_mlir,
+            verbose,
+            quiet,
+        } => {
             if device_profile.is_some() && target != Target::Vulkan {
                 anyhow::bail!("--device-profile: applies to --target vulkan only");
             }
+            if emit_mlir.is_some() && target != Target::Phoenix {
+                anyhow::bail!("--emit-mlir: applies to --target phoenix only (the NPU designs' MLIR)");
+            }
+            let weights = weights.unwrap_or(match target {
+                Target::Phoenix => WeightFormat::Bf16,
+                Target::Cpu | Target::Vulkan => WeightFormat::Q8_0,
+            });
             let options = CompileOptions {
                 passes: Options { target, weights },
                 kv_cache,
                 max_context: max_context.map(|m| m as usize),
                 device_profile: device_profile.unwrap_or_default(),
                 progress: !quiet,
+                emit_mlir,
             };
             let s = compile(&model, &output, &options)?;
             if verbose {
@@ -96,6 +130,13 @@ fn run(cli: Cli) -> Result<()> {
                     s.plan_bytes as f64 / (1u64 << 20) as f64,
                     s.seconds
                 );
+            }
+        }
+        Command::BuildNpu { plan, output, quiet } => {
+            let out = output.unwrap_or_else(|| plan.clone());
+            let built = unicorn_compiler::npu_build::build_npu(&plan, &out, !quiet)?;
+            if !quiet {
+                eprintln!("built {built} NPU designs into {}", out.display());
             }
         }
         Command::Inspect { plan, steps } => {

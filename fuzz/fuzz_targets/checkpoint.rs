@@ -103,6 +103,7 @@ fuzz_target!(|data: &[u8]| {
         kv_cache: input.kv_cache,
         max_context: input.max_context,
         progress: false,
+        emit_mlir: None,
     };
     // A refused checkpoint is fine; only a crash, a hang or runaway memory is a finding.
     let _ = compile(dir, &dir.join("plan.ucp"), &options);

@@ -102,6 +102,7 @@ fn state() -> &'static State {
                     max_context: None,
                     device_profile: Default::default(),
                     progress: false,
+                    emit_mlir: None,
                 };
                 compile(&fixtures.join(name), &plan, &options).unwrap_or_else(|e| panic!("seed {name}: {e:#}"));
                 let seed = load_seed(format!("{name} {format}"), &plan);

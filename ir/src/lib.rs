@@ -21,6 +21,7 @@ pub mod container;
 pub mod device;
 pub mod graph;
 pub mod memory;
+pub mod npu;
 pub mod output;
 pub mod plan;
 pub mod print;

@@ -1,24 +1,28 @@
 //! Placement: assign every node a device. The CPU target puts everything on the CPU and the Vulkan target
-//! everything on the GPU (its kernels cover every op); the Phoenix target will place by the cost model over
-//! device profiles.
+//! everything on the GPU (its kernels cover every op). The Phoenix target (Ryzen 7040/8040: the npu1 NPU, the
+//! Radeon 780M and Zen 4 cores) places by [`phoenix_device`], a plain rule over what the NPU designs cover; the
+//! cost-model partitioner over device profiles will replace that one function.
 
 use crate::PassError;
-use unicorn_ir::{Device, Module};
+use unicorn_ir::{Device, Dim, Graph, Module, NodeId, Op, Phase, WeightFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Cpu,
     /// Any Vulkan 1.2 GPU: every op as a generated compute shader.
     Vulkan,
+    /// A Ryzen 7040/8040 laptop: prefill's matrix work on the NPU (AIE2 designs), the rest on the CPU.
+    Phoenix,
 }
 
 impl Target {
-    pub const ALL: [Target; 2] = [Target::Cpu, Target::Vulkan];
+    pub const ALL: [Target; 3] = [Target::Cpu, Target::Vulkan, Target::Phoenix];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Cpu => "cpu",
             Target::Vulkan => "vulkan",
+            Target::Phoenix => "phoenix",
         }
     }
 
@@ -31,17 +35,52 @@ impl Target {
     }
 }
 
+/// The Phoenix target's placement rule, in one place: a prefill projection (a matmul over the execution's rows,
+/// bf16 weights, no bias) runs on the NPU's whole-array GEMM design; everything else runs on the CPU.
+///
+/// Why this split: prefill's projections are compute-bound GEMMs, the work the array's 16 bf16 cores are for.
+/// Decode's projections are GEMVs, bound by host transfers on the NPU: the design estimates put a Llama-3.2-1B
+/// step at >= 84 ms there (docs/npu.md), several times what the 780M's memory bandwidth allows, so decode stays
+/// off the NPU. The NPU designs take bf16 weights (int8 GEMV / GEMM designs are still to come) and add no bias,
+/// and the LM head over the kept rows (usually one) is a GEMV too. The attention, norms, RoPE and GLU have NPU
+/// designs, but each would be a dispatch of its own between the CPU's steps; they move to the NPU once a design
+/// covers a whole layer per dispatch.
+pub fn phoenix_device(module: &Module, g: &Graph, n: NodeId) -> Device {
+    let node = &g.g[n];
+    match &node.op {
+        Op::MatMul { weight, bias: None }
+            if g.phase == Phase::Prefill
+                && node.ty.row_dim() == Dim::Seq
+                && module.weight(*weight).format == WeightFormat::Bf16 =>
+        {
+            Device::Npu
+        }
+        _ => Device::Cpu,
+    }
+}
+
 pub fn place(module: &mut Module, target: Target) -> Result<String, PassError> {
-    let device = match target {
-        Target::Cpu => Device::Cpu,
-        Target::Vulkan => Device::Igpu,
-    };
-    let mut n = 0;
-    for g in &mut module.graphs {
-        for node in g.g.node_weights_mut() {
-            node.device = device;
-            n += 1;
+    let mut counts = [0usize; 3];
+    for gi in 0..module.graphs.len() {
+        let nodes: Vec<NodeId> = module.graphs[gi].g.node_indices().collect();
+        for n in nodes {
+            let device = match target {
+                Target::Cpu => Device::Cpu,
+                Target::Vulkan => Device::Igpu,
+                Target::Phoenix => phoenix_device(module, &module.graphs[gi], n),
+            };
+            module.graphs[gi].g[n].device = device;
+            counts[match device {
+                Device::Npu => 1,
+                Device::Igpu => 2,
+                _ => 0,
+            }] += 1;
         }
     }
-    Ok(format!("{n} nodes on {device}"))
+    let [cpu, npu, igpu] = counts;
+    Ok(match target {
+        Target::Cpu => format!("{cpu} nodes on cpu"),
+        Target::Vulkan => format!("{igpu} nodes on igpu"),
+        Target::Phoenix => format!("{npu} nodes on npu, {cpu} on cpu"),
+    })
 }

@@ -216,7 +216,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         crate::executor::DeviceKind::Vulkan(i) => {
             crate::vulkan::hal::Gpu::open(i as usize).and_then(|g| g.copy_gb_s(256 << 20)).ok()
         }
-        crate::executor::DeviceKind::Cpu => None,
+        _ => None,
     };
     Ok(BenchResult {
         options: o,

@@ -78,6 +78,11 @@ pub trait Executor {
     fn recordings(&self) -> Option<(u64, u64)> {
         None
     }
+
+    /// What the plan's NPU launches did so far, prefill then decode, where an NPU device runs them.
+    fn npu_counts(&self) -> Option<[crate::npu::NpuCounts; 2]> {
+        None
+    }
 }
 
 /// [`Executor::execute_greedy`] by way of the logits: each kept row's argmax, picked on the host.
@@ -193,36 +198,55 @@ pub fn kernel_runs_op(name: &str, op: &Op) -> bool {
 /// The executors this build has, as `--device` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
+    /// What the plan was made for, where this machine has it: a Phoenix plan's NPU (through XRT), or its
+    /// emulator with a one-line note when there is none; the CPU for every other plan.
+    Auto,
     Cpu,
     /// Vulkan device `N` in the loader's order (`vulkan` is `vulkan:0`).
     Vulkan(u32),
+    /// A Phoenix plan's NPU launches on the NPU through XRT, the rest on the CPU.
+    Npu,
+    /// A Phoenix plan's NPU launches on the emulator of their designs, the rest on the CPU.
+    NpuEmu,
 }
 
 impl DeviceKind {
     pub fn name(self) -> String {
         match self {
+            DeviceKind::Auto => "auto".into(),
             DeviceKind::Cpu => "cpu".into(),
             DeviceKind::Vulkan(i) => format!("vulkan:{i}"),
+            DeviceKind::Npu => "npu".into(),
+            DeviceKind::NpuEmu => "npu-emu".into(),
         }
     }
 
-    /// Parse a `--device` value: `cpu`, `vulkan` or `vulkan:N`.
+    /// Parse a `--device` value: `auto`, `cpu`, `vulkan`, `vulkan:N`, `npu` or `npu-emu`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(DeviceKind::Auto),
             "cpu" => Ok(DeviceKind::Cpu),
             "vulkan" => Ok(DeviceKind::Vulkan(0)),
+            "npu" => Ok(DeviceKind::Npu),
+            "npu-emu" => Ok(DeviceKind::NpuEmu),
             _ => match s.strip_prefix("vulkan:").map(str::parse::<u32>) {
                 Some(Ok(i)) => Ok(DeviceKind::Vulkan(i)),
                 Some(Err(_)) => Err(format!("'{s}': expected vulkan:N with N a device number (see --list-devices)")),
-                None => Err(format!("unknown device '{s}' (this build has: cpu, vulkan, vulkan:N)")),
+                None => {
+                    Err(format!("unknown device '{s}' (this build has: auto, cpu, vulkan, vulkan:N, npu, npu-emu)"))
+                }
             },
         }
     }
 
     /// What the device's executor runs, to validate a plan against.
     pub fn capabilities(self) -> &'static dyn Capabilities {
+        use crate::cpu::exec::CpuCapabilities;
         match self {
-            DeviceKind::Cpu => &crate::cpu::exec::CpuCapabilities,
+            DeviceKind::Auto => &CpuCapabilities("auto"),
+            DeviceKind::Cpu => &CpuCapabilities("cpu"),
+            DeviceKind::Npu => &CpuCapabilities("npu"),
+            DeviceKind::NpuEmu => &CpuCapabilities("npu-emu"),
             DeviceKind::Vulkan(_) => &crate::vulkan::exec::VulkanCapabilities,
         }
     }
@@ -255,14 +279,48 @@ pub fn list_devices() -> Vec<String> {
         })),
         Err(e) => v.push(format!("vulkan     none: {}", e.strip_prefix("vulkan: ").unwrap_or(&e))),
     }
+    v.push(crate::npu::xrt::describe());
+    v.push(
+        "npu-emu    the emulator of the NPU designs' dataflow (Phoenix plans' NPU steps; for checking, not speed)"
+            .into(),
+    );
     v
 }
 
 /// A validated plan's executor on `device`; fails with a one-line error when the device cannot be opened or
-/// cannot hold the plan.
+/// cannot hold the plan. `auto` on a Phoenix plan takes the NPU, or says in one line on stderr why not and takes
+/// the emulator.
 pub fn executor_for<'m>(device: DeviceKind, model: &'m crate::Model) -> Result<Box<dyn Executor + 'm>, Error> {
+    use crate::cpu::exec::CpuExecutor;
+    let phoenix = model.header().kernels.iter().any(|k| k.backend == unicorn_ir::plan::Backend::Npu);
     Ok(match device {
-        DeviceKind::Cpu => Box::new(crate::cpu::exec::CpuExecutor::new(model)),
+        DeviceKind::Auto if phoenix => {
+            let kernels = crate::npu::plan_kernels(model)?;
+            match crate::npu::xrt::Npu::open(model, &kernels) {
+                Ok(npu) => Box::new(CpuExecutor::with_npu(model, Box::new(npu), kernels)),
+                Err(e) => {
+                    eprintln!("note: {e}; running the NPU steps on the emulator (--device npu-emu)");
+                    Box::new(CpuExecutor::with_npu(model, Box::new(crate::npu::emu::Emulator), kernels))
+                }
+            }
+        }
+        DeviceKind::Auto | DeviceKind::Cpu => Box::new(CpuExecutor::new(model)),
+        DeviceKind::Npu | DeviceKind::NpuEmu if !phoenix => {
+            return Err(Error::Input(format!(
+                "--device {}: the plan has no NPU steps (compile it with --target phoenix)",
+                device.name()
+            )))
+        }
+        DeviceKind::Npu => {
+            let kernels = crate::npu::plan_kernels(model)?;
+            let npu = crate::npu::xrt::Npu::open(model, &kernels)?;
+            Box::new(CpuExecutor::with_npu(model, Box::new(npu), kernels))
+        }
+        DeviceKind::NpuEmu => Box::new(CpuExecutor::with_npu(
+            model,
+            Box::new(crate::npu::emu::Emulator),
+            crate::npu::plan_kernels(model)?,
+        )),
         DeviceKind::Vulkan(i) => {
             Box::new(crate::vulkan::exec::VulkanExecutor::new(model, i, crate::vulkan::exec::VulkanOptions::default())?)
         }

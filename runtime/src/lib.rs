@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod executor;
 pub mod generate;
 pub mod model;
+pub mod npu;
 pub mod npy;
 pub mod sampler;
 pub mod session;

@@ -23,7 +23,7 @@ struct Cli {
     #[arg(required_unless_present = "list_devices")]
     plan: Option<PathBuf>,
     /// The device to run on (see --list-devices).
-    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = DeviceKind::parse)]
+    #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = DeviceKind::parse)]
     device: DeviceKind,
     /// List the devices this machine offers and exit.
     #[arg(long, conflicts_with = "plan")]

@@ -80,6 +80,11 @@ impl<'m> Session<'m> {
         self.exec.recordings()
     }
 
+    /// What the plan's NPU launches did so far ([`crate::executor::Executor::npu_counts`]).
+    pub fn npu_counts(&self) -> Option<[crate::npu::NpuCounts; 2]> {
+        self.exec.npu_counts()
+    }
+
     pub fn position(&self) -> usize {
         self.pos
     }

@@ -53,7 +53,7 @@ pub struct KernelTable {
 }
 
 impl KernelTable {
-    fn builtin(&mut self, name: String) -> KernelId {
+    pub(crate) fn builtin(&mut self, name: String) -> KernelId {
         let i = self.entries.iter().position(|k| k.name == name).unwrap_or_else(|| {
             self.entries.push(KernelEntry {
                 entry: name.clone(),
@@ -85,7 +85,7 @@ pub fn lower_phase(module: &Module, g: &Graph, kernels: &mut KernelTable) -> Pla
             rope_attention: false,
             glu_columns: None,
         },
-        |ops, cols, rows| {
+        |ops, cols, rows, _| {
             (kernels.builtin(kernel_name(module, ops)), [rows, Expr::Const(cols[cols.len() - 1]), Expr::Const(1)])
         },
     )

@@ -10,7 +10,7 @@ pub mod vulkan;
 use unicorn_ir::memory::Slot;
 use unicorn_ir::plan::{ActSlot, ArenaDecl, ArenaId, Arg, Expr, KernelId, PlanPhase, Step};
 use unicorn_ir::validate::limits::MAX_GROUP;
-use unicorn_ir::{DType, Dim, Graph, Module, NodeId, Op};
+use unicorn_ir::{DType, Device, Dim, Graph, Module, NodeId, Op};
 
 /// Whether two slots share bytes.
 fn overlaps(a: &ActSlot, b: &ActSlot) -> bool {
@@ -51,13 +51,13 @@ pub(crate) struct Lowering {
 }
 
 /// Lower one planned graph to its launches, in the memory plan's order, grouped and fused as `how` says.
-/// `kernel` names the kernel of a launch's ops and its work size, given each unit's output columns and the
-/// launch's rows (`S` or `R`).
+/// `kernel` names the kernel of a launch's ops and its work size, given each unit's output columns, the
+/// launch's rows (`S` or `R`) and the device its ops were placed on.
 pub(crate) fn lower_steps(
     module: &Module,
     g: &Graph,
     how: Lowering,
-    mut kernel: impl FnMut(&[Op], &[u64], Expr) -> (KernelId, [Expr; 3]),
+    mut kernel: impl FnMut(&[Op], &[u64], Expr, Device) -> (KernelId, [Expr; 3]),
 ) -> PlanPhase {
     let mem = g.memory.as_ref().expect("memory planned");
     let slot = |n: NodeId| act(mem.slot(n).expect("every value has a slot"));
@@ -273,7 +273,7 @@ pub(crate) fn lower_steps(
         // Each unit's output columns (a matmul group's summed).
         let cols: Vec<u64> = units.iter().map(|u| u.iter().map(|&m| g.g[m].ty.row_width() as u64).sum()).collect();
         let label = members.iter().map(|&m| g.g[m].label.as_str()).collect::<Vec<_>>().join(" + ");
-        let (kernel, work) = kernel(&ops, &cols, rows);
+        let (kernel, work) = kernel(&ops, &cols, rows, node.device);
         steps.push(Step { kernel, device: node.device, args, work, ops, label });
     }
     let result = g.output().and_then(|o| mem.slot(o)).map(act).expect("an output with a slot");

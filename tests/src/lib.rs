@@ -140,6 +140,7 @@ pub fn compile_for(
         max_context,
         device_profile: Default::default(),
         progress: false,
+        emit_mlir: None,
     };
     compile(model, &plan, &options).unwrap_or_else(|e| panic!("compiling {name} to {format}: {e:#}"));
     plan

@@ -17,6 +17,7 @@ fn plan(name: &str, dir: &Path, weights: WeightFormat, kv: Option<DType>, ctx: O
         max_context: ctx,
         device_profile: Default::default(),
         progress: false,
+        emit_mlir: None,
     };
     compile(&fixtures_dir().join(name), &out, &options).unwrap();
     out

@@ -85,6 +85,7 @@ fn decode_equals_prefill(
                     max_context: None,
                     device_profile: Default::default(),
                     progress: false,
+                    emit_mlir: None,
                 };
                 compile(&fixtures_dir().join(name), &plan, &options).unwrap();
                 let err = decode_vs_prefill(&plan, &ids, exp.vocab, device);

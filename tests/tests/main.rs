@@ -7,6 +7,8 @@ mod cli;
 mod decode;
 mod forged;
 mod generation;
+mod npu;
+mod npu_cli;
 mod outputs;
 mod parity;
 mod rope;

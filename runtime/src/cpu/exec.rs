@@ -1,6 +1,8 @@
 //! The CPU executor: one activation arena in host memory, a KV cache per layer per sequence, and a loop over the
 //! plan's launches that binds each argument to its buffer. It runs the built-in kernel a CPU plan names, and any
-//! other plan's launches through the reference kernel of their IR ops.
+//! other plan's launches through the reference kernel of their IR ops — or, made with an NPU device
+//! ([`CpuExecutor::with_npu`]), a Phoenix plan's NPU launches on that device, their operands taken from and
+//! their results put back into its arena.
 
 use super::attention::{attention, AttnShape};
 use super::elementwise::{add, glu_gelu_tanh, glu_silu, scale, softcap};
@@ -10,6 +12,7 @@ use super::norm::rms_norm;
 use super::rope;
 use crate::executor::{kernel_runs_op, Executor, SeqId, SeqRun};
 use crate::model::Model;
+use crate::npu::{gemm_rows, NpuCounts, NpuDevice, PlanGemm};
 use crate::Error;
 use unicorn_ir::plan::{ActSlot, Arg, Backend, KernelEntry, Step};
 use unicorn_ir::quant::WeightLayout;
@@ -19,12 +22,13 @@ use unicorn_ir::{DType, Op, Phase, WeightFormat};
 
 /// What the CPU executor runs: every format in row order, q4_0 / q8_0 also interleaved; f32 activations; f32 or
 /// f16 KV caches; its built-in kernels by name, and every other backend's kernels through the ops' reference
-/// kernels.
-pub struct CpuCapabilities;
+/// kernels. The executors that hand a Phoenix plan's NPU launches to an NPU device (`npu`, `npu-emu`) are CPU
+/// executors too, and read what it reads.
+pub struct CpuCapabilities(pub &'static str);
 
 impl Capabilities for CpuCapabilities {
     fn name(&self) -> &str {
-        "cpu"
+        self.0
     }
 
     fn reads_weight(&self, format: WeightFormat, layout: WeightLayout) -> bool {
@@ -45,6 +49,9 @@ impl Capabilities for CpuCapabilities {
     }
 }
 
+/// An NPU device and the plan's NPU kernels, by kernel-table index.
+type NpuSide = (Box<dyn NpuDevice>, Vec<Option<PlanGemm>>);
+
 struct Sequence {
     caches: Vec<KvCache>,
     ctx: usize,
@@ -61,6 +68,10 @@ pub struct CpuExecutor<'m> {
     segs: [Vec<Segment>; 2],
     /// Time spent per kernel name, when profiling.
     profile: Option<std::collections::BTreeMap<String, (std::time::Duration, usize)>>,
+    /// The device that runs the plan's NPU kernels, and those kernels by kernel-table index.
+    npu: Option<NpuSide>,
+    /// What the NPU launches did: prefill, then decode.
+    npu_counts: [NpuCounts; 2],
 }
 
 impl<'m> CpuExecutor<'m> {
@@ -72,7 +83,15 @@ impl<'m> CpuExecutor<'m> {
             scratch: Scratch::default(),
             segs: [Vec::new(), Vec::new()],
             profile: None,
+            npu: None,
+            npu_counts: Default::default(),
         }
+    }
+
+    /// A CPU executor that runs the plan's NPU launches on `device`: `kernels` are the plan's NPU kernels as
+    /// [`crate::npu::plan_kernels`] decoded and checked them.
+    pub fn with_npu(model: &'m Model, device: Box<dyn NpuDevice>, kernels: Vec<Option<PlanGemm>>) -> Self {
+        Self { npu: Some((device, kernels)), ..Self::new(model) }
     }
 }
 
@@ -102,7 +121,7 @@ fn act(arg: &Arg) -> &ActSlot {
 
 impl Executor for CpuExecutor<'_> {
     fn name(&self) -> String {
-        "cpu".into()
+        self.npu.as_ref().map_or("cpu", |(d, _)| d.name()).into()
     }
 
     fn add_sequence(&mut self, ctx: usize) -> Result<SeqId, Error> {
@@ -188,8 +207,23 @@ impl Executor for CpuExecutor<'_> {
         let view_mut = |slot: &ActSlot| unsafe {
             std::slice::from_raw_parts_mut(base.add(start(slot)), slot.width as usize * rows_of(slot))
         };
+        let counts = &mut self.npu_counts[(phase == Phase::Decode) as usize];
+        counts.tokens += s as u64;
         for step in &plan.steps {
             let started = self.profile.is_some().then(std::time::Instant::now);
+            if let Some((dev, Some(Some(g)))) = self.npu.as_mut().map(|(d, k)| (d, k.get(step.kernel.0 as usize))) {
+                // A launch the plan placed on the NPU (checked in `with_npu`: [x, weight, y] of one matmul).
+                let (Arg::Act(x), Arg::Weight(w), Arg::Act(y)) = (&step.args[0], &step.args[1], &step.args[2]) else {
+                    unreachable!("an NPU launch's arguments were checked")
+                };
+                gemm_rows(dev.as_mut(), g, view(x), model.matrix(*w), view_mut(y), counts)?;
+                if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
+                    let e = p.entry(g.name.clone()).or_default();
+                    e.0 += t.elapsed();
+                    e.1 += 1;
+                }
+                continue;
+            }
             // A fused launch runs here unit by unit (each unit's results are in its own slots).
             for unit in step.units() {
                 let (ops, a) = (&step.ops[unit.ops], &step.args[unit.args]);
@@ -298,6 +332,10 @@ impl Executor for CpuExecutor<'_> {
 
     fn enable_profile(&mut self) {
         self.profile.get_or_insert_with(Default::default);
+    }
+
+    fn npu_counts(&self) -> Option<[NpuCounts; 2]> {
+        self.npu.is_some().then_some(self.npu_counts)
     }
 
     fn profile(&self) -> Vec<(String, f64, usize)> {

@@ -7,7 +7,7 @@
 
 use super::attention::{attention, PrefillShape};
 use super::design::RowOp;
-use super::gemm::gemm;
+use super::gemm::{gemm, gemm_bt};
 use super::gemv::gemv;
 use super::model::ArrayModel;
 use super::rows::rows;
@@ -100,6 +100,26 @@ pub fn phase(array: &ArrayModel, s: &Shape, tokens: u64) -> Result<Estimate, Str
     Ok(e)
 }
 
+/// The NPU part of a `--target phoenix` plan's prefill chunk of `chunk` rows: each layer's seven projections
+/// (q, k, v, o, gate, up, down) as the weight-transposed GEMM designs the plan carries, one dispatch each; the
+/// rest of the plan runs on the CPU and is not counted.
+pub fn plan_prefill(array: &ArrayModel, s: &Shape, chunk: u64) -> Result<Estimate, String> {
+    let mut e = Estimate::default();
+    let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    for (name, n, k) in [("q", q, s.hidden), ("k", kv, s.hidden), ("v", kv, s.hidden), ("o", s.hidden, q)]
+        .into_iter()
+        .chain([("gate", s.ffn, s.hidden), ("up", s.ffn, s.hidden), ("down", s.hidden, s.ffn)])
+    {
+        let g = gemm_bt(array, chunk, k, n);
+        let u = verify(&g.design, array).map_err(|v| format!("{name}: {}", v[0]))?;
+        e.dispatches += s.layers;
+        e.host_bytes += s.layers * u.host_bytes;
+        e.macs += s.layers * g.macs();
+        e.seconds += s.layers as f64 * array.estimate_seconds(u.host_bytes, g.macs());
+    }
+    Ok(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::model::NPU1;
@@ -143,5 +163,26 @@ mod tests {
         let weights = s.layers * (s.hidden * (4096 + 2 * 1024) + 4096 * s.hidden + 3 * s.ffn * s.hidden);
         assert_eq!(decode.macs, weights + decode_attention(&s));
         println!("Llama-3.1-8B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
+    }
+
+    /// What a Phoenix plan puts on the NPU at the 1B and 8B shapes: seven dispatches a layer per prefill chunk,
+    /// every design within the rules, the MACs those of the projections.
+    #[test]
+    fn the_phoenix_plans_npu_work_is_counted() {
+        for (s, name) in [(LLAMA_3_2_1B, "Llama-3.2-1B"), (LLAMA_3_1_8B, "Llama-3.1-8B")] {
+            let e = plan_prefill(&NPU1, &s, 512).unwrap();
+            assert_eq!(e.dispatches, 7 * s.layers);
+            let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+            let per_row = s.layers * (s.hidden * (2 * q + 2 * kv) + 3 * s.ffn * s.hidden);
+            assert_eq!(e.macs, 512 * per_row, "{name}: the shapes divide into whole blocks");
+            println!(
+                "{name} phoenix plan, prefill chunk of 512 on npu1 (estimates): {} dispatches, {:.2} GB host<->array, \
+                 {:.0} GMAC, >= {:.0} ms",
+                e.dispatches,
+                e.host_bytes as f64 / 1e9,
+                e.macs as f64 / 1e9,
+                e.seconds * 1e3
+            );
+        }
     }
 }

@@ -38,6 +38,8 @@ pub struct Gemm {
     /// `(M, K, N)` as asked, and padded to whole blocks (`4m`, `k`, `4n`).
     pub shape: (u64, u64, u64),
     pub padded: (u64, u64, u64),
+    /// B is given transposed (runtime argument 1 is `N x K`, see [`gemm_bt`]).
+    pub bt: bool,
 }
 
 impl Gemm {
@@ -93,13 +95,26 @@ pub fn choose_tiles(array: &ArrayModel, k_total: u64) -> Tiles {
 
 /// The GEMM design for `M x K` by `K x N` on the whole array.
 pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gemm {
+    build(array, m_total, k_total, n_total, false)
+}
+
+/// The GEMM design for `M x K` by the transpose of an `N x K` matrix — `x W^T`, a projection by a weight
+/// stored as a checkpoint stores it, `out x in` — on the whole array. Each column's shim reads `n` whole rows
+/// of W (`k` contiguous elements each: the shim's innermost stride stays 1, as a bf16 transfer needs), and its
+/// memtile re-lays them into the mmul's blocks as it does A's; the cores multiply by the blocks transposed.
+pub fn gemm_bt(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gemm {
+    build(array, m_total, k_total, n_total, true)
+}
+
+fn build(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64, bt: bool) -> Gemm {
     assert!(m_total > 0 && k_total > 0 && n_total > 0, "a GEMM of a zero dimension");
     let t = choose_tiles(array, k_total);
     let (cols, rows) = (array.columns as u64, (array.rows - 2) as u64);
     let padded =
         (m_total.next_multiple_of(rows * t.m), k_total.next_multiple_of(t.k), n_total.next_multiple_of(cols * t.n));
     let (pm, pk, pn) = padded;
-    let mut d = Design { name: format!("gemm_{m_total}x{k_total}x{n_total}"), ..Default::default() };
+    let name = format!("gemm{}_{m_total}x{k_total}x{n_total}", if bt { "_bt" } else { "" });
+    let mut d = Design { name, ..Default::default() };
     for c in 0..array.columns {
         let (shim, mem) = (tile(c, 0), tile(c, 1));
         let core_row: Vec<Coord> = (0..array.columns).map(|j| tile(j, 2 + c)).collect();
@@ -107,15 +122,18 @@ pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gem
         // A's m x k tile in 4 x 8 blocks, row after row of blocks; B's k x n tile in 8 x 4 blocks.
         let a_blocks = dims(&[(t.m / 4, 4 * t.k), (t.k / 8, 8), (4, t.k), (8, 1)]);
         let b_blocks = dims(&[(t.k / 8, 8 * t.n), (t.n / 4, 4), (8, t.n), (4, 1)]);
+        // W's n x k tile (B transposed) in 4 x 8 blocks, as A's.
+        let w_blocks = dims(&[(t.n / 4, 4 * t.k), (t.k / 8, 8), (4, t.k), (8, 1)]);
+        let (b_shape, b_blocks) = if bt { (vec![t.n, t.k], w_blocks) } else { (vec![t.k, t.n], b_blocks) };
         d.fifos.push(ObjectFifo::double(format!("a{c}_in"), shim, vec![mem], vec![t.m, t.k], Elem::Bf16));
         d.fifos.push(ObjectFifo {
             to_stream: a_blocks,
             ..ObjectFifo::double(format!("a{c}"), mem, core_row, vec![t.m, t.k], Elem::Bf16)
         });
-        d.fifos.push(ObjectFifo::double(format!("b{c}_in"), shim, vec![mem], vec![t.k, t.n], Elem::Bf16));
+        d.fifos.push(ObjectFifo::double(format!("b{c}_in"), shim, vec![mem], b_shape.clone(), Elem::Bf16));
         d.fifos.push(ObjectFifo {
             to_stream: b_blocks,
-            ..ObjectFifo::double(format!("b{c}"), mem, core_col.clone(), vec![t.k, t.n], Elem::Bf16)
+            ..ObjectFifo::double(format!("b{c}"), mem, core_col.clone(), b_shape, Elem::Bf16)
         });
         for (r, &core) in core_col.iter().enumerate() {
             d.fifos.push(ObjectFifo::double(format!("c{c}_{r}"), core, vec![mem], vec![t.m, t.n], Elem::F32));
@@ -132,11 +150,12 @@ pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gem
                 FifoUse { fifo: format!("b{j}"), port: Port::Consume, acquire: 1 },
                 FifoUse { fifo: format!("c{j}_{r}"), port: Port::Produce, acquire: 1 },
             ];
-            let body = CoreBody::MatMul { m: t.m, k: t.k, n: t.n, k_tiles: pk / t.k };
+            let body = CoreBody::MatMul { m: t.m, k: t.k, n: t.n, k_tiles: pk / t.k, bt };
             d.cores.push(Core { tile: tile(j, 2 + r), locals_bytes: 0, stack_bytes: None, uses, body });
         }
     }
-    // Runtime arguments: 0 = A (pm x pk bf16, row-major), 1 = B (pk x pn bf16), 2 = C (pm x pn f32).
+    // Runtime arguments: 0 = A (pm x pk bf16, row-major), 1 = B (pk x pn bf16; with `bt` W, pn x pk), 2 = C
+    // (pm x pn f32).
     for bi in 0..pm / (rows * t.m) {
         for bj in 0..pn / (cols * t.n) {
             let mut bd = 0;
@@ -145,12 +164,16 @@ pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gem
                 let col0 = (bj * cols + c) * t.n;
                 // A's rows for core row c, k columns at a time; B's columns for core column c, k rows at a time.
                 let a = dims(&[(1, 0), (pk / t.k, t.k), (t.m, pk), (t.k, 1)]);
-                let b = dims(&[(1, 0), (pk / t.k, t.k * pn), (t.k, pn), (t.n, 1)]);
+                let b = if bt {
+                    dims(&[(1, 0), (pk / t.k, t.k), (t.n, pk), (t.k, 1)])
+                } else {
+                    dims(&[(1, 0), (pk / t.k, t.k * pn), (t.k, pn), (t.n, 1)])
+                };
                 let out = dims(&[(1, 0), (1, 0), (rows * t.m, pn), (t.n, 1)]);
                 let c_row0 = bi * rows * t.m;
                 for (arg, elem, offset, dims, fifo) in [
                     (0, Elem::Bf16, row0 * pk, a, format!("a{c}_in")),
-                    (1, Elem::Bf16, col0, b, format!("b{c}_in")),
+                    (1, Elem::Bf16, if bt { col0 * pk } else { col0 }, b, format!("b{c}_in")),
                     (2, Elem::F32, c_row0 * pn + col0, out, format!("c{c}")),
                 ] {
                     d.sequence.push(SeqOp::Memcpy { arg, elem, offset, dims, fifo, bd });
@@ -164,7 +187,7 @@ pub fn gemm(array: &ArrayModel, m_total: u64, k_total: u64, n_total: u64) -> Gem
             }
         }
     }
-    Gemm { design: d, tiles: t, shape: (m_total, k_total, n_total), padded }
+    Gemm { design: d, tiles: t, shape: (m_total, k_total, n_total), padded, bt }
 }
 
 #[cfg(test)]
@@ -172,6 +195,7 @@ mod tests {
     use super::super::model::NPU1;
     use super::super::verify::verify;
     use super::*;
+    use unicorn_aie::emu::{bf16, run, EmuStats};
 
     #[test]
     fn tiles_move_the_fewest_bytes_per_mac_that_fit_a_core() {
@@ -194,24 +218,101 @@ mod tests {
         for (m, k, n) in
             [(512, 2048, 2048), (512, 2048, 512), (512, 2048, 8192), (512, 8192, 2048), (23, 100, 300), (1, 8, 4)]
         {
-            let g = gemm(&NPU1, m, k, n);
-            let usage = verify(&g.design, &NPU1).unwrap_or_else(|e| panic!("{m}x{k}x{n}: {e:?}"));
-            let t = g.tiles;
-            let (pm, pk, pn) = g.padded;
-            assert!(pm >= m && pm - m < 4 * t.m && pm % (4 * t.m) == 0, "{m}x{k}x{n}: M padded to {pm}");
-            assert!(pk >= k && pk - k < t.k && pn >= n && pn - n < 4 * t.n, "{m}x{k}x{n}: {:?}", g.padded);
-            let blocks = (pm / (4 * t.m)) * (pn / (4 * t.n));
-            // Per block: A's 4m rows and B's 4n columns over all of K in bf16, C's 4m x 4n in f32.
-            let want = blocks * (4 * t.m * pk * 2 + pk * 4 * t.n * 2 + 16 * t.m * t.n * 4);
-            assert_eq!(usage.host_bytes, want, "{m}x{k}x{n}");
-            assert_eq!(g.host_bytes(), want, "{m}x{k}x{n}");
-            for (at, u) in &usage.tiles {
-                assert!(u.memory_bytes <= 512 * 1024, "{at}: {u:?}");
+            for g in [gemm(&NPU1, m, k, n), gemm_bt(&NPU1, m, k, n)] {
+                let usage = verify(&g.design, &NPU1).unwrap_or_else(|e| panic!("{m}x{k}x{n}: {e:?}"));
+                let t = g.tiles;
+                let (pm, pk, pn) = g.padded;
+                assert!(pm >= m && pm - m < 4 * t.m && pm % (4 * t.m) == 0, "{m}x{k}x{n}: M padded to {pm}");
+                assert!(pk >= k && pk - k < t.k && pn >= n && pn - n < 4 * t.n, "{m}x{k}x{n}: {:?}", g.padded);
+                let blocks = (pm / (4 * t.m)) * (pn / (4 * t.n));
+                // Per block: A's 4m rows and B's 4n columns over all of K in bf16, C's 4m x 4n in f32.
+                let want = blocks * (4 * t.m * pk * 2 + pk * 4 * t.n * 2 + 16 * t.m * t.n * 4);
+                assert_eq!(usage.host_bytes, want, "{m}x{k}x{n}");
+                assert_eq!(g.host_bytes(), want, "{m}x{k}x{n}");
+                for (at, u) in &usage.tiles {
+                    assert!(u.memory_bytes <= 512 * 1024, "{at}: {u:?}");
+                }
             }
         }
         // The 1B shapes divide into whole blocks: no padding.
         let g = gemm(&NPU1, 512, 2048, 8192);
         assert_eq!(g.padded, g.shape);
         assert!(g.estimate_seconds(&NPU1) > NPU1.dispatch_overhead_s);
+    }
+
+    fn rand(n: usize, seed: &mut u64) -> Vec<f32> {
+        unicorn_aie::random(n as u64, seed, 1.0)
+    }
+
+    /// Run the GEMM design of `(m, k, n)` on random A and B (padded by the host with zeros; with `bt`, B given
+    /// as its transpose) and compare C with an f64 product of the bf16-rounded operands.
+    fn check(m: u64, k: u64, n: u64, bt: bool) -> (f64, EmuStats) {
+        let g = if bt { gemm_bt(&NPU1, m, k, n) } else { gemm(&NPU1, m, k, n) };
+        let (pm, pk, pn) = g.padded;
+        let mut seed = 7 + m * 31 + k * 17 + n;
+        let (a, b) = (rand((m * k) as usize, &mut seed), rand((k * n) as usize, &mut seed));
+        let mut pa = vec![0.0f32; (pm * pk) as usize];
+        let mut pb = vec![0.0f32; (pk * pn) as usize];
+        for r in 0..m as usize {
+            pa[r * pk as usize..][..k as usize].copy_from_slice(&a[r * k as usize..][..k as usize]);
+        }
+        for r in 0..k as usize {
+            for c in 0..n as usize {
+                let at = if bt { c * pk as usize + r } else { r * pn as usize + c };
+                pb[at] = b[r * n as usize + c];
+            }
+        }
+        let mut args = vec![pa, pb, vec![f32::NAN; (pm * pn) as usize]];
+        let stats = run(&g.design, &mut args).unwrap_or_else(|e| panic!("{m}x{k}x{n}: {e}"));
+        let mut worst = 0.0f64;
+        for r in 0..m as usize {
+            for c in 0..n as usize {
+                let want: f64 = (0..k as usize)
+                    .map(|i| bf16(a[r * k as usize + i]) as f64 * bf16(b[i * n as usize + c]) as f64)
+                    .sum();
+                let got = args[2][r * pn as usize + c] as f64;
+                worst = worst.max((got - want).abs());
+            }
+        }
+        (worst, stats)
+    }
+
+    #[test]
+    fn the_gemm_design_computes_the_product_through_its_own_transfers_and_relayouts() {
+        // A ragged shape (every dimension padded) and one of two output blocks in each direction.
+        for (m, k, n, bt) in [(23, 100, 300, false), (512, 64, 512, false), (23, 100, 300, true), (300, 72, 264, true)]
+        {
+            let (err, stats) = check(m, k, n, bt);
+            // f32 sums of at most 100 products of bf16 numbers below 1 (|sum| < 100): within 100 roundings of
+            // 2^-24 relative each, against the exact f64 sum.
+            assert!(err < 2e-5, "{m}x{k}x{n}: max |error| {err}");
+            let g = gemm(&NPU1, m, k, n);
+            assert_eq!(stats.macs, g.macs(), "{m}x{k}x{n}: every padded MAC once");
+            assert_eq!(stats.dispatches, 1);
+        }
+    }
+
+    #[test]
+    fn a_wrong_relayout_gives_wrong_numbers() {
+        // A's 4 x 8 blocks streamed column by column instead of row by row (the two inner levels swapped): the
+        // rules still pass (the pattern covers the buffer exactly once), the numbers must not.
+        let mut g = gemm(&NPU1, 64, 64, 64);
+        let f = g.design.fifos.iter_mut().find(|f| f.name == "a0").unwrap();
+        f.to_stream.swap(2, 3);
+        verify(&g.design, &NPU1).unwrap();
+        let (pm, pk, pn) = g.padded;
+        let mut seed = 3;
+        let mut args = vec![
+            rand((pm * pk) as usize, &mut seed),
+            rand((pk * pn) as usize, &mut seed),
+            vec![0.0; (pm * pn) as usize],
+        ];
+        let (a, b) = (args[0].clone(), args[1].clone());
+        run(&g.design, &mut args).unwrap();
+        let c00: f64 = (0..pk as usize).map(|i| bf16(a[i]) as f64 * bf16(b[i * pn as usize]) as f64).sum();
+        let c10: f64 =
+            (0..pk as usize).map(|i| bf16(a[pk as usize + i]) as f64 * bf16(b[i * pn as usize]) as f64).sum();
+        let (g00, g10) = (args[2][0] as f64, args[2][pn as usize] as f64);
+        assert!((g00 - c00).abs() > 1e-3 || (g10 - c10).abs() > 1e-3, "the emulator did not notice the re-layout");
     }
 }

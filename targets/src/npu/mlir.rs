@@ -4,7 +4,7 @@
 //! widened to f32. The functions verify as standalone MLIR (LLVM 19's), and the tests lower them to LLVM and
 //! run them on the CPU against the emulator's arithmetic.
 //!
-//! Not yet: the aie / aiex structure around them (tiles, objectfifos, links, cores, the runtime sequence).
+//! The aie / aiex structure around them (tiles, objectfifos, links, cores, the runtime sequence) is [`super::aie`].
 
 use super::design::{CoreBody, RowOp};
 use std::fmt::Write;
@@ -12,7 +12,7 @@ use std::fmt::Write;
 /// The name of a body's function: the op and its shape (`matmul_64x32x64`, `rms_norm_4x2048`).
 pub fn body_name(body: CoreBody) -> String {
     match body {
-        CoreBody::MatMul { m, k, n, .. } => format!("matmul_{m}x{k}x{n}"),
+        CoreBody::MatMul { m, k, n, bt, .. } => format!("matmul_{m}x{k}x{n}{}", if bt { "_bt" } else { "" }),
         CoreBody::MatVec { rows, k, .. } => format!("matvec_{rows}x{k}"),
         CoreBody::Rows { op, rows, width } => {
             let op = match op {
@@ -81,9 +81,10 @@ pub fn core_body(body: CoreBody) -> Option<String> {
         }
     };
     match body {
-        CoreBody::MatMul { m, k, n, .. } => {
+        CoreBody::MatMul { m, k, n, bt, .. } => {
             // C[r][col] += sum over kk of A[r][kk] B[kk][col], A in 4 x 8 blocks and B in 8 x 4 blocks (each
-            // row-major, blocks row after row), the sum in the order of kk.
+            // row-major, blocks row after row), the sum in the order of kk; with `bt`, B transposed in 4 x 8
+            // blocks like A.
             for (v, x) in [("m", m), ("k", k), ("n", n), ("kb", k / 8), ("nb", n / 4)] {
                 idx(&mut s, v, x);
             }
@@ -110,13 +111,21 @@ pub fn core_body(body: CoreBody) -> Option<String> {
                  \x20       %ab2 = arith.muli %ab1, %i32 : index\n\
                  \x20       %ar0 = arith.muli %rr, %i8 : index\n\
                  \x20       %ar1 = arith.addi %ab2, %ar0 : index\n\
-                 \x20       %ai = arith.addi %ar1, %kr : index\n\
-                 \x20       %bb0 = arith.muli %kq, %nb : index\n\
-                 \x20       %bb1 = arith.addi %bb0, %cq : index\n\
+                 \x20       %ai = arith.addi %ar1, %kr : index\n",
+            );
+            // B's block and the element in it: (kk / 8, col / 4) and (kk % 8, col % 4), or with `bt`
+            // (col / 4, kk / 8) and (col % 4, kk % 8).
+            let (outer, inner, row, width, lane) =
+                if bt { ("%cq", "%kq", "%cr", "%i8", "%kr") } else { ("%kq", "%cq", "%kr", "%i4", "%cr") };
+            let blocks = if bt { "%kb" } else { "%nb" };
+            let _ = write!(
+                s,
+                "        %bb0 = arith.muli {outer}, {blocks} : index\n\
+                 \x20       %bb1 = arith.addi %bb0, {inner} : index\n\
                  \x20       %bb2 = arith.muli %bb1, %i32 : index\n\
-                 \x20       %br0 = arith.muli %kr, %i4 : index\n\
+                 \x20       %br0 = arith.muli {row}, {width} : index\n\
                  \x20       %br1 = arith.addi %bb2, %br0 : index\n\
-                 \x20       %bi = arith.addi %br1, %cr : index\n",
+                 \x20       %bi = arith.addi %br1, {lane} : index\n"
             );
             load(&mut s, "        %x", "a", "%ai", na, "bf16");
             load(&mut s, "        %y", "b", "%bi", nb, "bf16");
@@ -419,17 +428,15 @@ fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64,
     }
 }
 
+/// LLVM 19's MLIR tools, run as processes by the NPU target's tests.
 #[cfg(test)]
-mod tests {
-    use super::super::design::RowOp;
-    use super::super::emu::{bf16, body};
-    use super::*;
+pub(crate) mod llvm {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
 
     /// An LLVM 19 MLIR tool: `$UNICORN_MLIR_TOOLS/NAME`, Debian's `/usr/lib/llvm-19/bin/NAME`, or `NAME-19` on
     /// the PATH (`mlir-19-tools`, which `.ci/deps` installs).
-    fn tool(name: &str) -> std::path::PathBuf {
+    pub(crate) fn tool(name: &str) -> std::path::PathBuf {
         if let Some(dir) = std::env::var_os("UNICORN_MLIR_TOOLS") {
             return std::path::Path::new(&dir).join(name);
         }
@@ -446,7 +453,7 @@ mod tests {
     }
 
     /// Run `tool` with `args` on `input`; its stdout, or a panic with its stderr.
-    fn pipe(tool_path: &std::path::Path, args: &[&str], input: &str, what: &str) -> String {
+    pub(crate) fn pipe(tool_path: &std::path::Path, args: &[&str], input: &str, what: &str) -> String {
         let mut child = Command::new(tool_path)
             .args(args)
             .stdin(Stdio::piped())
@@ -464,6 +471,14 @@ mod tests {
         );
         String::from_utf8(out.stdout).unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::design::RowOp;
+    use super::super::emu::{bf16, body};
+    use super::llvm::{pipe, tool};
+    use super::*;
 
     /// A mutable global holding `v` as `ty` (bf16 values must already be bf16), by its raw bytes.
     fn global(name: &str, v: &[f32], ty: &str) -> String {
@@ -552,8 +567,9 @@ mod tests {
     #[test]
     fn core_bodies_run_on_the_cpu_as_the_emulator_computes_them() {
         let bodies = [
-            CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1 },
-            CoreBody::MatMul { m: 64, k: 32, n: 64, k_tiles: 4 },
+            CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1, bt: false },
+            CoreBody::MatMul { m: 64, k: 32, n: 64, k_tiles: 4, bt: false },
+            CoreBody::MatMul { m: 8, k: 16, n: 12, k_tiles: 1, bt: true },
             CoreBody::MatVec { rows: 6, k: 40, k_tiles: 1 },
             CoreBody::Rows { op: RowOp::RmsNorm { eps: 1e-5 }, rows: 3, width: 40 },
             CoreBody::Rows { op: RowOp::SiluGlu, rows: 2, width: 24 },
@@ -710,7 +726,7 @@ mod tests {
     /// shows in review.
     #[test]
     fn core_body_snapshots() {
-        for b in model_bodies().into_iter().chain([CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1 }]) {
+        for b in model_bodies().into_iter().chain([CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1, bt: false }]) {
             if let (CoreBody::MatMul { .. } | CoreBody::MatVec { .. } | CoreBody::Attention { .. }, Some(f)) =
                 (b, core_body(b))
             {

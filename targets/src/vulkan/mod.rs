@@ -388,7 +388,7 @@ pub fn lower_phase(
         // The fused GLU exists on the row-by-row path, whose steps take eight columns.
         glu_columns: if g.phase == Phase::Decode { Some(8) } else { None },
     };
-    let phase = crate::lower_steps(module, g, how, |ops, units, rows| {
+    let phase = crate::lower_steps(module, g, how, |ops, units, rows, _| {
         let k = kernel_for(module, g, choices, ops, units, rows);
         let work = k.work.clone();
         let id = kernels.add(k).unwrap_or_else(|e| {

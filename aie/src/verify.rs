@@ -8,8 +8,8 @@
 //! descriptors are the runtime sequence's own. (A fifo between neighbouring compute tiles that share memory can
 //! need less; counting it as a DMA fifo only overestimates.)
 
-use super::design::{Coord, Design, Dim, Elem, ObjectFifo, Port, SeqOp};
-use super::model::{ArrayModel, TileKind};
+use crate::design::{Coord, Design, Dim, Elem, ObjectFifo, Port, SeqOp};
+use crate::model::{ArrayModel, TileKind};
 use std::collections::{BTreeMap, HashMap};
 
 /// The rule a violation breaks.
@@ -241,7 +241,7 @@ impl Checker<'_> {
         }
     }
 
-    fn link(&mut self, l: &super::design::Link, names: &HashMap<&str, &ObjectFifo>) {
+    fn link(&mut self, l: &crate::design::Link, names: &HashMap<&str, &ObjectFifo>) {
         let what = format!("link {:?} -> {:?}", l.from, l.to);
         let mut tiles = Vec::new();
         for (name, from) in l.from.iter().map(|n| (n, true)).chain(l.to.iter().map(|n| (n, false))) {
@@ -403,9 +403,9 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::design::*;
-    use super::super::model::NPU1;
     use super::*;
+    use crate::design::*;
+    use crate::model::NPU1;
 
     fn at(col: u32, row: u32) -> Coord {
         Coord { col, row }
@@ -449,7 +449,7 @@ mod tests {
                     FifoUse { fifo: "a_mem".into(), port: Port::Consume, acquire: 1 },
                     FifoUse { fifo: "c_out".into(), port: Port::Produce, acquire: 1 },
                 ],
-                body: CoreBody::MatMul { m: 64, k: 64, n: 64, k_tiles: 1 },
+                body: CoreBody::MatMul { m: 64, k: 64, n: 64, k_tiles: 1, bt: false },
             }],
             sequence: vec![
                 SeqOp::Memcpy {

@@ -1,10 +1,12 @@
 //! An AIE2 design as data: the tiles it places work on, the objectfifos between them (with their re-layouts),
 //! the memtile links, each core's use of its fifos, and the runtime sequence of host transfers. The design
 //! generators build this; the MLIR emitter prints it in the pinned mlir-aie release's syntax; the verifier
-//! ([`super::verify`]) and the emulator read it.
+//! ([`crate::verify`]) and the emulator read it.
+
+use serde::{Deserialize, Serialize};
 
 /// A tile's place in the array.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Coord {
     pub col: u32,
     pub row: u32,
@@ -27,7 +29,7 @@ impl std::fmt::Display for Coord {
 }
 
 /// Element types of the buffers a design moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Elem {
     Bf16,
     F32,
@@ -46,7 +48,7 @@ impl Elem {
 }
 
 /// One `(size, stride)` level of a DMA access pattern, in elements, outermost first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dim {
     pub size: u64,
     pub stride: u64,
@@ -55,7 +57,7 @@ pub struct Dim {
 /// An `aie.objectfifo`: `depth` buffers of `shape` elements produced on one tile and consumed on others,
 /// each buffer streamed in the order of `to_stream` where it is set (`dimensionsToStream`, the re-layout an
 /// operand takes on its way out of the producer's memory).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectFifo {
     pub name: String,
     pub producer: Coord,
@@ -80,21 +82,21 @@ impl ObjectFifo {
 
 /// `aie.objectfifo.link [from] -> [to]`: a memtile that consumes the `from` fifos and produces the `to`
 /// ones (a join, a split or a pass-through with a re-layout).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Link {
     pub from: Vec<String>,
     pub to: Vec<String>,
 }
 
 /// Which end of a fifo a core uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Port {
     Produce,
     Consume,
 }
 
 /// A core's use of one fifo: it acquires `acquire` buffers at a time (and releases them).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FifoUse {
     pub fifo: String,
     pub port: Port,
@@ -102,7 +104,7 @@ pub struct FifoUse {
 }
 
 /// An `aie.core`: the program of one compute tile, with the data memory it needs beside its fifos' buffers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Core {
     pub tile: Coord,
     /// Local buffers (accumulators, scratch), in bytes.
@@ -114,12 +116,14 @@ pub struct Core {
 }
 
 /// What a core computes on the buffers it acquires, in the layouts they arrive in.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum CoreBody {
     /// `C += A B` over `k_tiles` pairs of A and B (its first and second fifo uses), then C (its third) released:
     /// A is `m x k` in the bf16 mmul's 4 x 8 blocks (row after row of blocks, each row-major), B `k x n` in its
-    /// 8 x 4 blocks, C `m x n` row-major f32; bf16 operands, f32 accumulation in the order of `k`.
-    MatMul { m: u64, k: u64, n: u64, k_tiles: u64 },
+    /// 8 x 4 blocks, C `m x n` row-major f32; bf16 operands, f32 accumulation in the order of `k`. With `bt`,
+    /// the second operand is B transposed — `n x k`, a weight matrix's rows as a checkpoint stores them — in
+    /// A's 4 x 8 blocks, so that a plan keeps one copy of each weight for every device.
+    MatMul { m: u64, k: u64, n: u64, k_tiles: u64, bt: bool },
     /// `y += W x` over `k_tiles` pairs of W (its first fifo use, `rows x k` row-major bf16) and x (its second, `k`
     /// bf16), then y (its third, `rows` f32) released; f32 accumulation in the order of `k`.
     MatVec { rows: u64, k: u64, k_tiles: u64 },
@@ -137,7 +141,7 @@ pub enum CoreBody {
 
 /// The rounds an attention design's cores take, the same on every core of a column (a column's cores take
 /// one head's consecutive query blocks together, slot `s` the `s`-th, and see the same key tiles).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AttentionRounds {
     /// Query rows and the position of the first (the keys are positions `0..pos + rows`).
     pub rows: u64,
@@ -155,7 +159,7 @@ pub struct AttentionRounds {
 }
 
 /// One round of a column: its head, the first query row of its blocks, and the key tiles it walks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttentionRound {
     pub head: u64,
     pub row0: u64,
@@ -184,7 +188,7 @@ impl AttentionRounds {
 }
 
 /// The row-wise ops of [`CoreBody::Rows`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum RowOp {
     /// `x / sqrt(mean(x^2) + eps) * w` per row, the second operand the `width` weights.
     RmsNorm { eps: f32 },
@@ -212,7 +216,7 @@ impl RowOp {
 }
 
 /// One host <-> array operation of the runtime sequence.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SeqOp {
     /// `aiex.npu.dma_memcpy_nd`: a transfer between runtime argument `arg` (elements of `elem`) and the shim
     /// end of `fifo`, through buffer descriptor `bd`, with up to four `(size, stride)` levels outermost first
@@ -223,7 +227,7 @@ pub enum SeqOp {
 }
 
 /// A design: everything one dispatch of it runs.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Design {
     pub name: String,
     pub fifos: Vec<ObjectFifo>,

@@ -1,5 +1,5 @@
 //! The Phoenix / Hawk Point NPU ("npu1", AIE2 / XDNA1) as data: what the designs are generated for and what the
-//! AIE2 verifier ([`super::verify`]) checks them against.
+//! AIE2 verifier ([`crate::verify`]) checks them against.
 //!
 //! Sources (read, not copied): mlir-aie's `include/aie/Dialect/AIE/IR/AIETargetModel.h` (the npu1 array's
 //! columns and rows, which row holds which tile kind, data memory sizes, buffer descriptors and locks per

@@ -1,0 +1,260 @@
+//! Phoenix plans (`--target phoenix`) end to end on the NPU emulator: prefill's projections as AIE2 GEMM designs
+//! executed by the emulator of their dataflow (transfers, fifos, re-layouts, bf16 tile math), the rest on the
+//! CPU. No NPU exists here; what these tests prove is what the emulator proves (docs/npu.md).
+//!
+//! The fixtures' weights are exact in bf16 (tests/fixtures/README.md), so an NPU projection differs from
+//! transformers' float32 one only by its operand rounded to bf16 (and f32 sums in another order). Two checks:
+//! - against transformers: within the error transformers itself makes run entirely in bf16
+//!   (`stats.bf16_compute` of each fixture's expected.json, which rounds far more: every activation, every op),
+//!   and the same argmax at >= 90% of the positions;
+//! - against a reference NPU device that computes each projection directly from the bf16-rounded operand and
+//!   weight, summing in the cores' order: the emulator, which gets there through the design's own transfers and
+//!   re-layouts, must give the same bits (a looser bound would not do: one bf16 rounding moved by a last-bit
+//!   difference grows to ~1e-3 of the logits through the layers), so a wrong access pattern cannot hide inside
+//!   the bf16 tolerance.
+
+use unicorn_ir::container::Residency;
+use unicorn_ir::plan::Backend;
+use unicorn_ir::{Phase, WeightFormat};
+use unicorn_passes::Target;
+use unicorn_runtime::cpu::exec::CpuExecutor;
+use unicorn_runtime::cpu::matmul::{dequant_row, WeightRef};
+use unicorn_runtime::executor::{DeviceKind, Executor, SeqRun};
+use unicorn_runtime::npu::{emu::Emulator, NpuCounts, NpuDevice, PlanGemm};
+use unicorn_runtime::{Error, Model};
+use unicorn_tests::*;
+
+/// Prefill logits of every position through `exec`.
+fn prefill(exec: &mut dyn Executor, ids: &[u32]) -> Vec<f32> {
+    let seq = exec.add_sequence(ids.len()).expect("sequence");
+    let mut logits = Vec::new();
+    let run = SeqRun { seq, tokens: ids, pos: 0, keep: ids.len() };
+    exec.execute(Phase::Prefill, &[run], &mut logits).expect("prefill");
+    logits
+}
+
+fn bf16(x: f32) -> f32 {
+    unicorn_aie::emu::bf16(x)
+}
+
+/// An NPU that multiplies without a design: each projection straight from the bf16-rounded operand and weight,
+/// summed in f32 in the order of k — the order the design's cores sum in (the k tiles in turn, each in order),
+/// so the emulator must give these bits exactly.
+struct Reference;
+
+impl NpuDevice for Reference {
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+
+    fn gemm(&mut self, g: &PlanGemm, x: &[f32], w: WeightRef, y: &mut [f32], c: &mut NpuCounts) -> Result<(), Error> {
+        let (k, n) = (g.shape.1 as usize, g.shape.2 as usize);
+        let mut row = vec![0.0f32; k];
+        let weights: Vec<Vec<f32>> = (0..n)
+            .map(|j| {
+                dequant_row(w, j, &mut row);
+                row.clone()
+            })
+            .collect();
+        for (xr, yr) in x.chunks(k).zip(y.chunks_mut(n)) {
+            for (yv, wr) in yr.iter_mut().zip(&weights) {
+                *yv = xr.iter().zip(wr).fold(0.0f32, |acc, (a, b)| acc + bf16(*a) * b);
+            }
+        }
+        c.dispatches += 1;
+        Ok(())
+    }
+}
+
+fn phoenix_plan(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    compile_for(Target::Phoenix, &fixtures_dir().join(name), dir, WeightFormat::Bf16, None)
+}
+
+#[test]
+fn phoenix_plans_match_transformers_on_the_npu_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in fixtures() {
+        let exp = expected(&name);
+        let plan = phoenix_plan(&name, dir.path());
+        let model = Model::load_with(&plan, Residency::Resident, DeviceKind::NpuEmu).expect("plan loads");
+        let kernels = || unicorn_runtime::npu::plan_kernels(&model).expect("NPU kernels check");
+        let mut emu = CpuExecutor::with_npu(&model, Box::new(Emulator), kernels());
+        let got = prefill(&mut emu, &exp.prompt_ids);
+        let counts = emu.npu_counts().expect("an NPU device")[0];
+        let mut reference = CpuExecutor::with_npu(&model, Box::new(Reference), kernels());
+        let want = prefill(&mut reference, &exp.prompt_ids);
+
+        let to_tf = compare(&got, &exp.logits, exp.vocab);
+        let to_ref = compare(&got, &want, exp.vocab);
+        let bf16_tf = &exp.json["stats"]["bf16_compute"];
+        let (tf_err, tf_argmax) =
+            (bf16_tf["rel_err"].as_f64().unwrap() as f32, bf16_tf["argmax_agree"].as_f64().unwrap());
+        println!(
+            "{name:32} npu-emu: {} NPU dispatches; to transformers f32 {:.2e} (transformers in bf16: {tf_err:.2e}), \
+             argmax {:.0}% (bf16: {:.0}%); to the bf16 reference {:.2e}",
+            counts.dispatches,
+            to_tf.rel_err,
+            to_tf.argmax * 100.0,
+            tf_argmax * 100.0,
+            to_ref.rel_err
+        );
+        let layers = model.header().spec.num_layers as u64;
+        assert!(counts.dispatches >= 4 * layers, "{name}: {} NPU dispatches for {layers} layers", counts.dispatches);
+        assert!(to_ref.rel_err == 0.0, "{name}: the emulator is {:.2e} from the bf16 reference", to_ref.rel_err);
+        assert!(to_tf.rel_err <= tf_err, "{name}: {:.2e} from transformers, more than its own bf16 run", to_tf.rel_err);
+        assert!(to_tf.argmax >= 0.9, "{name}: argmax agreement {:.0}%", to_tf.argmax * 100.0);
+    }
+}
+
+/// A phoenix plan's layout: every bias-free projection of prefill is an NPU launch of a design for the plan's
+/// prefill chunk; decode and the LM head stay on the CPU; the NPU kernels carry MLIR, no xclbin.
+#[test]
+fn phoenix_plans_put_prefill_projections_on_the_npu() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, per_layer) in [("llama_gqa", 7), ("qwen2_bias", 4)] {
+        let plan = phoenix_plan(name, dir.path());
+        let model = Model::load(&plan).unwrap();
+        let h = model.header();
+        let npu_steps = |phase: Phase| {
+            h.phase(phase)
+                .unwrap()
+                .steps
+                .iter()
+                .filter(|s| h.kernels[s.kernel.0 as usize].backend == Backend::Npu)
+                .count()
+        };
+        // Qwen2's q, k and v carry biases: they stay on the CPU, o / gate / up / down go to the NPU.
+        assert_eq!(npu_steps(Phase::Prefill), per_layer * h.spec.num_layers, "{name}");
+        assert_eq!(npu_steps(Phase::Decode), 0, "{name}");
+        let kernels = unicorn_runtime::npu::plan_kernels(&model).unwrap();
+        for g in kernels.iter().flatten() {
+            assert!(g.shape.0 >= h.prefill_chunk, "{name}: {} made for {} rows", g.name, g.shape.0);
+            assert!(g.kernel.built.is_none(), "{name}: built without aiecc");
+            assert!(g.kernel.mlir.contains("aie.device") && g.kernel.mlir.contains("func.func"), "{name}: {}", g.name);
+        }
+        // The same plan runs on the CPU alone, through the ops' reference kernels.
+        let exp = expected(name);
+        let cpu = prefill_logits(&plan, &exp.prompt_ids);
+        assert!(compare(&cpu, &exp.logits, exp.vocab).rel_err <= 1e-5, "{name} on the cpu");
+    }
+}
+
+/// Decoding after a prefill on the emulator: the runtime's own generation loop gives transformers' greedy
+/// tokens (the decode steps run on the CPU over a KV cache the NPU's projections filled).
+#[test]
+fn greedy_generation_after_an_emulated_prefill_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["llama_gqa", "mistral_sliding", "gemma3_text"] {
+        let exp = expected(name);
+        let plan = phoenix_plan(name, dir.path());
+        let model = Model::load_with(&plan, Residency::Resident, DeviceKind::NpuEmu).unwrap();
+        let mut session = unicorn_runtime::Session::new(&model, 64).expect("session");
+        let mut sampler = unicorn_runtime::sampler::Sampler::new(unicorn_runtime::sampler::SamplerOptions {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        });
+        let eos = model.header().spec.eos_token_ids.clone();
+        let mut ids = Vec::new();
+        unicorn_runtime::generate::generate(&mut session, &exp.prompt_ids, 8, &mut sampler, &eos, |t| {
+            ids.push(t);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ids, exp.greedy_ids, "{name}");
+    }
+}
+
+/// Write `src` to `dst` with its kernels section and header as `edit` leaves them (the sections' checksums
+/// recomputed, as a forger would).
+fn forge(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    edit: impl FnOnce(&mut Vec<u8>, &mut unicorn_ir::plan::PlanHeader),
+) {
+    use unicorn_ir::container::{PlanFile, PlanWriter, SectionKind};
+    let file = PlanFile::open(src).unwrap();
+    let mut header = file.header.clone();
+    let mut kernels = file.section(SectionKind::Kernels).unwrap().to_vec();
+    edit(&mut kernels, &mut header);
+    let mut w = PlanWriter::create(dst, &[]).unwrap();
+    for s in file.sections() {
+        let bytes = if s.kind == SectionKind::Kernels { &kernels[..] } else { file.section(s.kind).unwrap() };
+        w.section(s.kind, bytes).unwrap();
+    }
+    w.finish(header).unwrap();
+}
+
+/// Re-encode NPU kernel `i` of a plan after `edit`, in place of its artifact (the section grows at its end).
+fn edit_kernel(
+    section: &mut Vec<u8>,
+    h: &mut unicorn_ir::plan::PlanHeader,
+    i: usize,
+    edit: impl FnOnce(&mut unicorn_ir::npu::NpuKernel),
+) {
+    let a = h.kernels[i].artifact.unwrap();
+    let bytes = &section[a.offset as usize..(a.offset + a.len) as usize];
+    let mut k = unicorn_ir::npu::NpuKernel::decode(bytes, &unicorn_aie::model::NPU1).unwrap();
+    edit(&mut k);
+    let new = k.encode();
+    h.kernels[i].artifact =
+        Some(unicorn_ir::plan::ArtifactRange { offset: section.len() as u64, len: new.len() as u64 });
+    section.extend_from_slice(&new);
+}
+
+/// A forged NPU kernel or launch is refused in one line before anything runs: bytes that are no design, a
+/// design that breaks the AIE2 rules, a transfer past its buffer, a launch of a kernel made for another shape.
+#[test]
+fn forged_npu_kernels_and_launches_are_refused_in_one_line() {
+    use unicorn_aie::design::SeqOp;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = phoenix_plan("llama_gqa", dir.path());
+    let h = unicorn_ir::container::PlanFile::open(&plan).unwrap().header;
+    let npu: Vec<usize> = (0..h.kernels.len()).filter(|&i| h.kernels[i].backend == Backend::Npu).collect();
+    assert!(npu.len() >= 2, "llama_gqa has NPU kernels of several shapes");
+    let i = npu[0];
+    type Forgery = Box<dyn FnOnce(&mut Vec<u8>, &mut unicorn_ir::plan::PlanHeader)>;
+    let cases: Vec<(&str, Forgery)> = vec![
+        (
+            "no UNPU magic",
+            Box::new(move |s, h| {
+                let a = h.kernels[i].artifact.unwrap();
+                s[a.offset as usize] ^= 0xff;
+            }),
+        ),
+        ("breaks the AIE2 rules", Box::new(move |s, h| edit_kernel(s, h, i, |k| k.design.fifos[0].depth = 64))),
+        (
+            "reaches past argument",
+            Box::new(move |s, h| {
+                edit_kernel(s, h, i, |k| {
+                    let Some(SeqOp::Memcpy { offset, .. }) =
+                        k.design.sequence.iter_mut().find(|o| matches!(o, SeqOp::Memcpy { arg: 1, .. }))
+                    else {
+                        unreachable!()
+                    };
+                    *offset += 1 << 20;
+                })
+            }),
+        ),
+        (
+            "for what it does not compute",
+            Box::new(move |_, h| {
+                // The first NPU launch pointed at an NPU kernel of another shape.
+                let other = npu.iter().copied().find(|&j| h.kernels[j].name != h.kernels[i].name).unwrap();
+                let p = h.phases.iter_mut().find(|p| p.phase == Phase::Prefill).unwrap();
+                let st = p.steps.iter_mut().find(|s| s.kernel.0 as usize == i).unwrap();
+                st.kernel = unicorn_ir::plan::KernelId(other as u32);
+            }),
+        ),
+    ];
+    for (n, (want, forgery)) in cases.into_iter().enumerate() {
+        let bad = dir.path().join(format!("forged{n}.ucp"));
+        forge(&plan, &bad, forgery);
+        for device in ["npu-emu", "auto"] {
+            let out = run("unicorn-rt", &[bad.to_str().unwrap(), "--device", device, "--tokens", "1,2,3"]);
+            let err = assert_one_line_error(&out, want);
+            assert!(err.contains("forged"), "names the plan: {err}");
+        }
+    }
+}

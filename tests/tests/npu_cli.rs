@@ -1,0 +1,190 @@
+//! The NPU's command line, through the real binaries: `unicornc compile --target phoenix` (and `--emit-mlir`),
+//! `unicornc build-npu` with and without mlir-aie's `aiecc` (a stand-in script here: no machine we test on has
+//! mlir-aie), and `unicorn-rt` on a machine with no NPU: the automatic fallback to the emulator, and one-line
+//! refusals where a device was asked for by name.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use unicorn_tests::*;
+
+/// Run a binary with `dirs` as its whole PATH (plus the system's, for the stand-in's shell tools).
+fn run_with_path(name: &str, args: &[&str], dirs: &[&Path]) -> Output {
+    let mut path: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    path.extend(["/usr/bin", "/bin"].map(PathBuf::from));
+    Command::new(bin(name))
+        .args(args)
+        .env("PATH", std::env::join_paths(path).unwrap())
+        .env_remove("MLIR_AIE_INSTALL_DIR")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("binary runs")
+}
+
+/// A stand-in `aiecc` in `dir`: it checks the flags a real build needs and writes an xclbin and an instruction
+/// stream (or fails as aiecc does, with its error last on stderr).
+fn fake_aiecc(dir: &Path, fail: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    let body = if fail {
+        "echo 'error: design.mlir:3:5: unknown objectfifo' >&2; exit 1".to_string()
+    } else {
+        [
+            "for a in --aie-generate-xclbin --xclbin-name=design.xclbin --aie-generate-npu-insts \
+             --npu-insts-name=insts.bin design.mlir; do",
+            "  case \" $* \" in *\" $a \"*) ;; *) echo \"missing $a\" >&2; exit 2;; esac",
+            "done",
+            "grep -q aie.device design.mlir || { echo 'no aie.device' >&2; exit 3; }",
+            "printf 'xclbin2-of-%s' \"$(wc -c < design.mlir)\" > design.xclbin",
+            "printf '\\001\\000\\000\\000\\002\\000\\000\\000' > insts.bin",
+        ]
+        .join("\n")
+    };
+    let path = dir.join("aiecc");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn compile_for_phoenix_says_where_the_designs_stand_and_emits_their_mlir() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures_dir().join("llama_gqa");
+    let (plan, mlir) = (dir.path().join("p.ucp"), dir.path().join("mlir"));
+    let args = ["compile", model.to_str().unwrap(), "-o", plan.to_str().unwrap(), "--target", "phoenix"];
+    let mut with_emit = args.to_vec();
+    with_emit.extend(["--emit-mlir", mlir.to_str().unwrap()]);
+    let out = run_with_path("unicornc", &with_emit, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let note: Vec<&str> = err.lines().filter(|l| l.contains("aiecc not found")).collect();
+    assert_eq!(note.len(), 1, "one line says the designs stay MLIR: {err}");
+    assert!(note[0].contains("build-npu"), "{}", note[0]);
+    // One file per distinct design, each a whole module (the designs' own tests re-parse them with mlir-opt).
+    let files: Vec<_> = std::fs::read_dir(&mlir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!files.is_empty());
+    for f in &files {
+        assert_eq!(f.extension().unwrap(), "mlir");
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(text.contains("aie.device") && text.contains("aie.objectfifo"), "{}", f.display());
+    }
+    // --emit-mlir belongs to the NPU target.
+    let out = run(
+        "unicornc",
+        &[
+            "compile",
+            model.to_str().unwrap(),
+            "-o",
+            dir.path().join("q.ucp").to_str().unwrap(),
+            "--emit-mlir",
+            mlir.to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(&out, "--emit-mlir");
+    assert!(!dir.path().join("q.ucp").exists());
+}
+
+#[test]
+fn build_npu_builds_with_aiecc_and_refuses_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures_dir().join("llama_gqa");
+    let plan = dir.path().join("p.ucp");
+    let out = run_with_path(
+        "unicornc",
+        &["compile", model.to_str().unwrap(), "-o", plan.to_str().unwrap(), "--target", "phoenix", "-q"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = std::fs::read(&plan).unwrap();
+
+    // No aiecc: one line, the plan untouched.
+    let out = run_with_path("unicornc", &["build-npu", plan.to_str().unwrap()], &[]);
+    assert_one_line_error(&out, "aiecc not found");
+    assert_eq!(std::fs::read(&plan).unwrap(), before);
+
+    // An aiecc that fails: its last line, the plan untouched.
+    let failing = dir.path().join("failing");
+    fake_aiecc(&failing, true);
+    let out = run_with_path("unicornc", &["build-npu", plan.to_str().unwrap(), "-q"], &[&failing]);
+    assert_one_line_error(&out, "unknown objectfifo");
+    assert_eq!(std::fs::read(&plan).unwrap(), before);
+
+    // A working one: every design built and stored, into a new file first, then in place.
+    let good = dir.path().join("good");
+    fake_aiecc(&good, false);
+    let built = dir.path().join("built.ucp");
+    let out =
+        run_with_path("unicornc", &["build-npu", plan.to_str().unwrap(), "-o", built.to_str().unwrap()], &[&good]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&plan).unwrap(), before, "-o leaves the plan as it was");
+    let m = unicorn_runtime::Model::load(&built).unwrap();
+    let kernels = unicorn_runtime::npu::plan_kernels(&m).unwrap();
+    assert!(!kernels.iter().flatten().collect::<Vec<_>>().is_empty());
+    for g in kernels.iter().flatten() {
+        let b = g.kernel.built.as_ref().unwrap_or_else(|| panic!("{} not built", g.name));
+        assert_eq!(b.insts, [1, 2]);
+        assert_eq!(b.xclbin, format!("xclbin2-of-{}", g.kernel.mlir.len()).into_bytes(), "{}", g.name);
+    }
+    let out = run_with_path("unicornc", &["build-npu", plan.to_str().unwrap(), "-q"], &[&good]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&plan).unwrap(), std::fs::read(&built).unwrap());
+    // A built plan still runs on the emulator, and says what it holds.
+    let out = run("unicornc", &["inspect", plan.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("designs, by aiecc"), "{text}");
+
+    // A plan with nothing for the NPU.
+    let cpu = compile_to(&model, dir.path(), unicorn_ir::WeightFormat::Q8_0, None);
+    let out = run_with_path("unicornc", &["build-npu", cpu.to_str().unwrap()], &[&good]);
+    assert_one_line_error(&out, "no NPU designs");
+}
+
+#[test]
+fn the_runtime_falls_back_to_the_emulator_and_refuses_missing_npus_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "llama_gqa";
+    let exp = expected(name);
+    let plan = compile_for(
+        unicorn_passes::Target::Phoenix,
+        &fixtures_dir().join(name),
+        dir.path(),
+        unicorn_ir::WeightFormat::Bf16,
+        None,
+    );
+    let p = plan.to_str().unwrap();
+    let tokens = exp.prompt_ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    let n = exp.greedy_ids.len().to_string();
+    let want = exp.greedy_ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    // No NPU here: the default device says so in one line and runs the NPU steps on the emulator.
+    let out = run("unicorn-rt", &[p, "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), 1, "{err}");
+    assert!(notes[0].contains("XRT not found") && notes[0].contains("npu-emu"), "{}", notes[0]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    // Asked for by name, a missing NPU is an error, never a quiet fallback.
+    let out = run("unicorn-rt", &[p, "--device", "npu", "--tokens", &tokens, "-n", "1"]);
+    assert_one_line_error(&out, "XRT not found");
+    // The emulator by name, and the CPU alone, give transformers' tokens too.
+    for device in ["npu-emu", "cpu"] {
+        let out = run(
+            "unicorn-rt",
+            &[p, "--device", device, "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"],
+        );
+        assert!(out.status.success(), "{device}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("note:"), "{device}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{device}");
+    }
+    // The NPU devices on a plan with no NPU steps.
+    let cpu = compile_to(&fixtures_dir().join(name), dir.path(), unicorn_ir::WeightFormat::Q8_0, None);
+    let out = run("unicorn-rt", &[cpu.to_str().unwrap(), "--device", "npu-emu", "--tokens", &tokens]);
+    assert_one_line_error(&out, "--device npu-emu");
+    // --list-devices names both.
+    let out = run("unicorn-rt", &["--list-devices"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.lines().any(|l| l.starts_with("npu ") && l.contains("XRT not found")), "{list}");
+    assert!(list.lines().any(|l| l.starts_with("npu-emu ")), "{list}");
+}
