@@ -12,7 +12,8 @@ paths="$("$here/llama_cpp_prebuilt.sh" paths)"
 bin_dir="$(sed -n 's/^lib_dir=//p' <<<"$paths")"
 src_dir="$(sed -n 's/^src=//p' <<<"$paths")"
 [ -d "$bin_dir" ] && [ -d "$src_dir" ] || { echo "vulkan_kit.sh: run bench/llama_cpp_prebuilt.sh build first" >&2; exit 1; }
-(cd "$repo" && cargo build --release --bins)
+# unicornc without its NPU MLIR verification (the default `npu-mlir` feature links all of LLVM, ~170 MB).
+(cd "$repo" && cargo build --release -p unicorn-runtime --bins && cargo build --release -p unicorn-compiler --no-default-features --bins)
 cp "$repo/target/release/unicorn-rt" "$repo/target/release/unicornc" "$kit/"
 strip "$kit/unicorn-rt" "$kit/unicornc"
 # The Vulkan backend, the CPU variants ggml may pick on an x86 host, the tools and what the build was.

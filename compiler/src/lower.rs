@@ -80,6 +80,19 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
                 .iter()
                 .map(|g| npu::lower::lower_phase(module, g, chunk, &mut kernels))
                 .collect::<Result<Vec<_>, _>>()?;
+            // Each NPU kernel's core bodies verified by LLVM 19's MLIR, in-process (feature `npu-mlir`), from
+            // the artifact as the plan will hold it.
+            #[cfg(feature = "npu-mlir")]
+            for e in kernels.cpu.entries.iter().filter(|e| e.backend == unicorn_ir::plan::Backend::Npu) {
+                let Some(r) = e.artifact else { continue };
+                let end = r.offset.checked_add(r.len);
+                let bytes = end
+                    .and_then(|end| kernels.section.get(r.offset as usize..end as usize))
+                    .ok_or_else(|| format!("NPU kernel {}: its artifact runs past the kernels section", e.name))?;
+                let kernel = unicorn_ir::npu::NpuKernel::decode(bytes, &unicorn_aie::model::NPU1)
+                    .map_err(|err| format!("NPU kernel {}: {err}", e.name))?;
+                npu::melior::verify_design_bodies(&kernel.design)?;
+            }
             (kernels.cpu.entries, kernels.section, phases, None)
         }
     };

@@ -10,6 +10,8 @@ pub mod estimate;
 pub mod gemm;
 pub mod gemv;
 pub mod lower;
+#[cfg(feature = "mlir")]
+pub mod melior;
 pub mod mlir;
 pub mod rows;
 
