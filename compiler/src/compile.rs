@@ -4,9 +4,9 @@ use crate::build::build_module;
 use crate::frontend::Checkpoint;
 use crate::lower::{lower, LowerOptions};
 use crate::profile::ProfileChoice;
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 use unicorn_ir::container::{PlanWriter, SectionKind};
@@ -42,42 +42,8 @@ fn source_size(d: SourceDType) -> usize {
     }
 }
 
-/// Progress on stderr for checkpoints big enough to wait for: a line rewritten in place on a terminal, a few
-/// lines otherwise.
-struct Progress {
-    enabled: bool,
-    tty: bool,
-    total: u64,
-    done: u64,
-    shown: u64,
-}
-
-impl Progress {
-    fn advance(&mut self, bytes: u64) {
-        self.done += bytes;
-        if !self.enabled || self.total == 0 {
-            return;
-        }
-        let pct = self.done * 100 / self.total;
-        let step = if self.tty { 1 } else { 10 };
-        if pct >= self.shown + step || self.done == self.total {
-            self.shown = pct;
-            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-            let line = format!("writing weights {pct:3}% ({:.0} / {:.0} MiB)", mib(self.done), mib(self.total));
-            if self.tty {
-                eprint!("\r{line}");
-                if self.done == self.total {
-                    eprintln!();
-                }
-            } else {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 /// Convert one weight from the checkpoint into its plan format, in parallel row blocks, writing in order.
-fn write_weight(ck: &Checkpoint, w: &PlanWeight, out: &mut PlanWriter, progress: &mut Progress) -> Result<()> {
+fn write_weight(ck: &Checkpoint, w: &PlanWeight, out: &mut PlanWriter, progress: &Progress) -> Result<()> {
     let t = ck.get(&w.name).expect("the builder required every weight");
     let src = ck.bytes(t);
     let cols = *w.shape.last().expect("weights have a shape");
@@ -138,8 +104,11 @@ fn emit_mlir(header: &PlanHeader, kernels: &[u8], dir: &Path) -> Result<()> {
 
 pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Result<CompileSummary> {
     let start = Instant::now();
+    let mut progress = Progress::new(options.progress);
+    progress.stage("reading the checkpoint");
     let ck = Checkpoint::open(model, options.max_context)?;
     let mut module = build_module(&ck)?;
+    progress.stage("running the passes");
     let reports = pipeline(&mut module, &options.passes)?;
     let kv_cache = options.kv_cache.unwrap_or_else(|| unicorn_passes::default_kv_cache(options.passes.weights));
     let (profile, from) = match options.passes.target {
@@ -149,8 +118,10 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
         }
         Target::Cpu | Target::Phoenix => (DeviceProfile::generic(), None),
     };
+    progress.stage("generating kernels");
     let (mut header, mut kernels) = lower(&module, LowerOptions { target: options.passes.target, kv_cache, profile })
         .map_err(|e| anyhow::anyhow!("generating kernels: {e}"))?;
+    progress.finish();
     if let (Some(from), true) = (from, options.progress) {
         eprintln!("kernels for {from}");
     }
@@ -162,8 +133,10 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
                 options.passes.weights
             );
         } else if let Some(aiecc) = crate::npu_build::find_aiecc() {
-            let (section, built) = crate::npu_build::build_all(&aiecc, &mut header, &kernels, options.progress)?;
+            progress.stage("building the NPU designs with aiecc");
+            let (section, built) = crate::npu_build::build_all(&aiecc, &mut header, &kernels, &progress)?;
             kernels = section;
+            progress.finish();
             if options.progress {
                 eprintln!("built {built} NPU designs with {}", aiecc.display());
             }
@@ -176,17 +149,12 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
 
     let mut out = PlanWriter::create(plan_path, &ck.input_files())?;
     let total: u64 = header.weights.iter().map(|w| ck.get(&w.name).map_or(0, |t| ck.bytes(t).len() as u64)).sum();
-    let mut progress = Progress {
-        enabled: options.progress && total >= 64 << 20,
-        tty: std::io::stderr().is_terminal(),
-        total,
-        done: 0,
-        shown: 0,
-    };
+    progress.bytes("writing weights", total);
     out.begin_section(SectionKind::Weights)?;
     for w in &header.weights {
         out.pad_section_to(w.offset)?;
-        write_weight(&ck, w, &mut out, &mut progress).with_context(|| format!("writing weight {}", w.name))?;
+        progress.item(&w.name);
+        write_weight(&ck, w, &mut out, &progress).with_context(|| format!("writing weight {}", w.name))?;
     }
     out.end_section()?;
     // CPU plans use the runtime's built-in kernels; GPU and NPU targets store their binaries here.
@@ -208,6 +176,7 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     });
     out.section(SectionKind::Metadata, &serde_json::to_vec_pretty(&metadata)?)?;
     let plan_bytes = out.finish(header.clone())?;
+    progress.finish();
     if let Some(dir) = &options.emit_mlir {
         emit_mlir(&header, &kernels, dir)?;
     }

@@ -7,3 +7,4 @@ pub mod inspect;
 pub mod lower;
 pub mod npu_build;
 pub mod profile;
+pub mod progress;

@@ -103,7 +103,12 @@ pub fn npu_kernels(header: &PlanHeader, section: &[u8]) -> Result<Vec<(usize, Np
 
 /// Build every NPU design of a plan that is not built yet, and lay out a new kernels section with the built
 /// artifacts (other kernels' bytes kept as they are). Returns the section and how many designs were built.
-pub fn build_all(aiecc: &Path, header: &mut PlanHeader, section: &[u8], progress: bool) -> Result<(Vec<u8>, usize)> {
+pub fn build_all(
+    aiecc: &Path,
+    header: &mut PlanHeader,
+    section: &[u8],
+    progress: &crate::progress::Progress,
+) -> Result<(Vec<u8>, usize)> {
     let kernels = npu_kernels(header, section)?;
     let total = kernels.iter().filter(|(_, k)| k.built.is_none()).count();
     let mut out = Vec::with_capacity(section.len());
@@ -115,9 +120,7 @@ pub fn build_all(aiecc: &Path, header: &mut PlanHeader, section: &[u8], progress
         let bytes = if npu.peek().is_some_and(|(j, _)| *j == i) {
             let (_, mut k) = npu.next().expect("peeked");
             if k.built.is_none() {
-                if progress {
-                    eprintln!("aiecc: design {} ({}/{total})", k.design.name, built + 1);
-                }
+                progress.item(&format!("{} ({}/{total})", k.design.name, built + 1));
                 k.built = Some(build_design(aiecc, &k.design.name, &k.mlir)?);
                 built += 1;
             }
@@ -146,7 +149,10 @@ pub fn build_npu(plan: &Path, out: &Path, progress: bool) -> Result<usize> {
         bail!("aiecc not found (on PATH or in $MLIR_AIE_INSTALL_DIR/bin): install mlir-aie to build NPU designs");
     };
     let kernels = file.section(SectionKind::Kernels)?;
-    let (section, built) = build_all(&aiecc, &mut header, kernels, progress).context(plan.display().to_string())?;
+    let mut bar = crate::progress::Progress::new(progress);
+    bar.stage("building the NPU designs with aiecc");
+    let (section, built) = build_all(&aiecc, &mut header, kernels, &bar).context(plan.display().to_string())?;
+    bar.finish();
     let inputs: Vec<&Path> = if out == plan { Vec::new() } else { vec![plan] };
     let mut w = PlanWriter::create(out, &inputs)?;
     for s in file.sections() {

@@ -162,6 +162,9 @@ impl PlanWriter {
     }
 }
 
+/// Bytes read at a time when a plan is read into memory (progress is told between them).
+const READ_CHUNK: usize = 64 << 20;
+
 /// How [`PlanFile::open_with`] brings a plan's bytes into memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Residency {
@@ -204,6 +207,16 @@ impl PlanFile {
     }
 
     pub fn open_with(path: &Path, residency: Residency) -> Result<Self, ContainerError> {
+        Self::open_observed(path, residency, &mut |_, _| {})
+    }
+
+    /// [`Self::open_with`], telling `seen(done, total)` how far it is: the bytes read into memory (where the plan
+    /// is read rather than mapped) and checked against their checksums, of `total`.
+    pub fn open_observed(
+        path: &Path,
+        residency: Residency,
+        seen: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self, ContainerError> {
         let p = || path.to_path_buf();
         let io = |error| ContainerError::Io { path: p(), error };
         let mut file = File::open(path).map_err(io)?;
@@ -225,7 +238,12 @@ impl PlanFile {
                 // Only a hint: without transparent huge pages the buffer is ordinary memory.
                 #[cfg(target_os = "linux")]
                 let _ = buf.advise(memmap2::Advice::HugePage);
-                std::io::Read::read_exact(&mut file, &mut buf).map_err(io)?;
+                // Read and checksummed: twice the file, about.
+                let total = 2 * len as u64;
+                for (i, chunk) in buf.chunks_mut(READ_CHUNK).enumerate() {
+                    std::io::Read::read_exact(&mut file, chunk).map_err(io)?;
+                    seen((i * READ_CHUNK + chunk.len()) as u64, total);
+                }
                 buf.make_read_only().map_err(io)?
             }
         };
@@ -247,13 +265,17 @@ impl PlanFile {
         }
         let header: FileHeader =
             serde_json::from_slice(json).map_err(|e| corrupt(&format!("header does not parse: {e}")))?;
+        let read = if residency == Residency::Resident { map.len() as u64 } else { 0 };
+        let total = read + map.len() as u64;
         for s in &header.sections {
             let end =
                 s.offset.checked_add(s.len).filter(|&e| e <= off).ok_or_else(|| corrupt("section out of range"))?;
+            seen(read + s.offset, total);
             if xxh3_64(&map[s.offset as usize..end as usize]) != s.checksum {
                 return Err(ContainerError::Checksum { path: p(), kind: s.kind });
             }
         }
+        seen(total, total);
         Ok(Self { path: p(), header: header.plan, sections: header.sections, map, residency })
     }
 

@@ -10,6 +10,29 @@ use unicorn_ir::plan::PlanHeader;
 use unicorn_ir::validate::{SectionSizes, ValidPlan};
 use unicorn_ir::WeightId;
 
+/// Open a plan, with a progress bar on a terminal for plans large enough to wait for (reading and checking a
+/// few GB takes seconds); nothing when stderr is not a terminal.
+fn open_showing_progress(path: &Path, residency: Residency) -> Result<PlanFile, Error> {
+    use std::io::IsTerminal;
+    let large = std::fs::metadata(path).is_ok_and(|m| m.len() >= 256 << 20);
+    if !large || !std::io::stderr().is_terminal() {
+        return Ok(PlanFile::open_with(path, residency)?);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {percent}% ({eta} left)")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(path.display().to_string());
+    let file = PlanFile::open_observed(path, residency, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    Ok(file?)
+}
+
 pub struct Model {
     file: PlanFile,
     plan: ValidPlan,
@@ -26,7 +49,7 @@ impl Model {
 
     /// Load a plan and validate it for `device`: nothing of an invalid plan reaches an executor.
     pub fn load_with(path: &Path, residency: Residency, device: DeviceKind) -> Result<Self, Error> {
-        let file = PlanFile::open_with(path, residency)?;
+        let file = open_showing_progress(path, residency)?;
         let len = |kind| file.section(kind).map_or(0, |s| s.len() as u64);
         let sizes = SectionSizes { weights: len(SectionKind::Weights), kernels: len(SectionKind::Kernels) };
         let target = file.header.target.clone();

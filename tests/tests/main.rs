@@ -11,6 +11,7 @@ mod npu;
 mod npu_cli;
 mod outputs;
 mod parity;
+mod progress;
 mod rope;
 mod session;
 mod streaming;
