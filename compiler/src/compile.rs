@@ -162,6 +162,9 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     if let Some(tok) = &ck.tokenizer_json {
         out.section(SectionKind::Tokenizer, tok)?;
     }
+    if let Some(chat) = &ck.chat {
+        out.section(SectionKind::Chat, &serde_json::to_vec(chat)?)?;
+    }
     let config: serde_json::Value = serde_json::from_str(&ck.config_json).unwrap_or(serde_json::Value::Null);
     let generation: serde_json::Value =
         ck.generation_config_json.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();

@@ -36,6 +36,8 @@ pub enum SectionKind {
     Kernels,
     Tokenizer,
     Metadata,
+    /// JSON [`crate::chat::ChatSection`]: the checkpoint's chat template (absent if it had none).
+    Chat,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@
 //! [`verify()`] function states the invariants every pass preserves. [`plan`] holds the executable form and
 //! [`container`] the `.ucp` file that stores it.
 
+pub mod chat;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod container;

@@ -4,13 +4,16 @@
 //! [`executor::Executor`] of that device (today the CPU's, [`cpu::exec`]).
 
 pub mod bench;
+pub mod chat;
 pub mod cpu;
+pub mod detokenize;
 pub mod executor;
 pub mod generate;
 pub mod model;
 pub mod npu;
 pub mod npy;
 pub mod sampler;
+pub mod server;
 pub mod session;
 pub mod vulkan;
 

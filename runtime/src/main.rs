@@ -8,10 +8,13 @@ use std::process::ExitCode;
 use unicorn_ir::cli::print;
 use unicorn_ir::container::Residency;
 use unicorn_runtime::bench::BenchOptions;
+use unicorn_runtime::detokenize::Detokenizer;
 use unicorn_runtime::executor::{list_devices, DeviceKind};
 use unicorn_runtime::generate::{generate, StopReason};
 use unicorn_runtime::sampler::{Sampler, SamplerOptions};
 use unicorn_runtime::{Model, Session};
+
+mod chat_cli;
 
 /// The most worker threads `--threads` takes.
 const MAX_THREADS: u64 = 1024;
@@ -83,43 +86,32 @@ struct Cli {
     /// --bench: also show where the time goes, per kernel.
     #[arg(long, requires = "bench")]
     profile: bool,
-}
-
-/// Streaming detokenization: decode a short window of recent tokens with and without the newest ones and
-/// print the difference, so pieces whose text depends on their neighbours (leading spaces, multi-token
-/// characters) come out right; text is held back while it ends in an incomplete character.
-struct Detokenizer {
-    ids: Vec<u32>,
-    /// Start of the context window decoded with the new tokens.
-    prefix: usize,
-    /// End of what has been printed.
-    read: usize,
-}
-
-impl Detokenizer {
-    fn new(prompt: &[u32]) -> Self {
-        let read = prompt.len();
-        Self { ids: prompt.to_vec(), prefix: read.saturating_sub(4), read }
-    }
-
-    fn push(&mut self, tok: &tokenizers::Tokenizer, id: u32) -> Option<String> {
-        self.ids.push(id);
-        let before = tok.decode(&self.ids[self.prefix..self.read], true).ok()?;
-        let after = tok.decode(&self.ids[self.prefix..], true).ok()?;
-        if after.len() <= before.len() || after.ends_with('\u{fffd}') || !after.is_char_boundary(before.len()) {
-            return None;
-        }
-        self.prefix = self.read;
-        self.read = self.ids.len();
-        Some(after[before.len()..].to_string())
-    }
-
-    /// Whatever is still held back at the end (an incomplete character prints as U+FFFD).
-    fn finish(&self, tok: &tokenizers::Tokenizer) -> String {
-        let before = tok.decode(&self.ids[self.prefix..self.read], true).unwrap_or_default();
-        let after = tok.decode(&self.ids[self.prefix..], true).unwrap_or_default();
-        after.get(before.len()..).unwrap_or_default().to_string()
-    }
+    /// Chat in the terminal: each line of stdin is a user's turn, rendered with the plan's chat template; the
+    /// answer streams until the template's end of turn or -n tokens. Ctrl-C stops an answer (twice: ends the
+    /// chat); Ctrl-C at the prompt, or the end of stdin, ends the chat.
+    #[arg(long, conflicts_with_all = ["prompt", "tokens", "logits_out", "print_ids", "bench", "serve"])]
+    chat: bool,
+    /// --chat: a system message opening the conversation.
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    system: Option<String>,
+    /// --chat: after each answer, a stats line on stderr (prompt tokens new and reused from the KV cache,
+    /// prefill and decode speed).
+    #[arg(long, requires = "chat")]
+    verbose: bool,
+    /// Serve an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health,
+    /// /openapi.json) instead of generating once.
+    #[arg(long, conflicts_with_all = ["prompt", "tokens", "logits_out", "print_ids", "bench"])]
+    serve: bool,
+    /// --serve: the address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1", requires = "serve")]
+    host: String,
+    /// --serve: the port to listen on (0: any free one; the address is printed on stderr).
+    #[arg(long, value_name = "PORT", default_value_t = 8080, requires = "serve")]
+    port: u16,
+    /// --serve: requests generated at once, each in its own slot (KV cache of the plan's context), 1 to 64.
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "serve",
+          value_parser = clap::value_parser!(u64).range(1..=unicorn_runtime::server::MOST_SLOTS as u64))]
+    parallel: u64,
 }
 
 fn parse_tokens(s: &str) -> Result<Vec<u32>> {
@@ -160,6 +152,29 @@ fn run(cli: Cli) -> Result<()> {
         Ok(s)
     };
     let spec = &model.header().spec;
+    if cli.chat {
+        let seed = cli.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        });
+        let sampler = SamplerOptions { temperature: cli.temperature, top_k: cli.top_k, top_p: cli.top_p, seed };
+        let o = chat_cli::ChatOptions {
+            system: cli.system.clone(),
+            max_tokens: cli.n,
+            sampler,
+            prefill_chunk: cli.prefill_chunk,
+            verbose: cli.verbose,
+        };
+        return chat_cli::run(&model, o);
+    }
+    if cli.serve {
+        let o = unicorn_runtime::server::ServeOptions {
+            host: cli.host.clone(),
+            port: cli.port,
+            parallel: cli.parallel as usize,
+            prefill_chunk: cli.prefill_chunk,
+        };
+        return Ok(unicorn_runtime::server::serve(&model, o)?);
+    }
     if cli.bench {
         let o = BenchOptions {
             prompt_len: cli.prompt_len,

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod batch;
+mod chat;
 mod chunks;
 mod cli;
 mod decode;
@@ -13,6 +14,7 @@ mod outputs;
 mod parity;
 mod progress;
 mod rope;
+mod server;
 mod session;
 mod streaming;
 mod threads;

@@ -10,6 +10,7 @@
 //! [`Checkpoint::open`] checks every tensor the text model reads (present, F32/F16/BF16, the shape the config
 //! implies) before returning, so a broken checkpoint fails before any work is done.
 
+mod chat;
 mod config;
 mod error;
 mod names;
@@ -67,6 +68,8 @@ pub struct Checkpoint {
     pub generation_config_json: Option<String>,
     /// tokenizer.json bytes, if present beside the weights.
     pub tokenizer_json: Option<Vec<u8>>,
+    /// The chat template (tokenizer_config.json, chat_template.jinja or chat_template.json), if any.
+    pub chat: Option<unicorn_ir::chat::ChatSection>,
     shards: Vec<Shard>,
     tensors: HashMap<String, TensorRef>,
     /// Text-model tensors whose dtype the frontend does not read: canonical name -> (shard, stored name, dtype).
@@ -178,6 +181,7 @@ impl Checkpoint {
             generation_config_json.as_deref().map(|text| config::GenerationConfig { path: &gen_path, text }),
             max_context,
         )?;
+        let chat = chat::read(&dir, &spec.eos_token_ids, &mut inputs)?;
 
         let mut ck = Checkpoint {
             spec,
@@ -185,6 +189,7 @@ impl Checkpoint {
             config_json,
             generation_config_json,
             tokenizer_json,
+            chat,
             shards: Vec::new(),
             tensors: HashMap::new(),
             unsupported: HashMap::new(),
