@@ -16,12 +16,5 @@ echo "--- $prompt"
 ./target/release/unicorn-rt out/demo.ucp --prompt "$prompt" -n 80 --temperature 0.7 --seed 1
 if grep -q '"chat_template"' examples/demo/tokenizer_config.json 2>/dev/null; then
   echo "--- user: $question"
-  if [[ "$(./target/release/unicorn-rt --help)" == *--chat* ]]; then
-    printf '%s\n' "$question" | ./target/release/unicorn-rt out/demo.ucp --chat -n 80 --temperature 0.7 --seed 1
-  else
-    # The template by hand: <bos> (the tokenizer adds it), the user's turn, the assistant's turn opened; the
-    # answer ends at <|end|>, one of generation_config.json's end-of-sequence ids.
-    ./target/release/unicorn-rt out/demo.ucp --prompt $'<|user|>\n'"$question"$'<|end|>\n<|assistant|>\n' \
-      -n 80 --temperature 0.7 --seed 1
-  fi
+  printf '%s\n' "$question" | ./target/release/unicorn-rt out/demo.ucp --chat -n 80 --temperature 0.7 --seed 1
 fi
