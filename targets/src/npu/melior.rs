@@ -331,23 +331,12 @@ pub fn bf16_bits(v: &[f32]) -> Result<Vec<u16>, String> {
 #[cfg(test)]
 mod tests {
     use super::super::design::{AttentionRounds, RowOp};
-    use super::super::emu::{attention_finish, bf16, body, AttentionTile};
+    use super::super::emu::{attention_finish, body, AttentionTile};
     use super::*;
 
     /// The bodies of [`super::super::mlir`]'s JIT test: GEMM tiles (B plain and transposed), a GEMV tile and
     /// each row-wise op.
-    fn bodies() -> Vec<CoreBody> {
-        vec![
-            CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1, bt: false },
-            CoreBody::MatMul { m: 64, k: 32, n: 64, k_tiles: 4, bt: false },
-            CoreBody::MatMul { m: 8, k: 16, n: 12, k_tiles: 1, bt: true },
-            CoreBody::MatVec { rows: 6, k: 40, k_tiles: 1 },
-            CoreBody::Rows { op: RowOp::RmsNorm { eps: 1e-5 }, rows: 3, width: 40 },
-            CoreBody::Rows { op: RowOp::SiluGlu, rows: 2, width: 24 },
-            CoreBody::Rows { op: RowOp::Rope { head_dim: 8 }, rows: 3, width: 16 },
-            CoreBody::Rows { op: RowOp::Softmax { scale: 0.3 }, rows: 3, width: 10 },
-        ]
-    }
+    use super::super::mlir::bodies::{rand, small as bodies, tiles};
 
     fn attention(window: u64) -> CoreBody {
         let rounds = AttentionRounds {
@@ -362,10 +351,6 @@ mod tests {
             column: 0,
         };
         CoreBody::Attention { q_rows: 4, keys: 8, head_dim: 16, rounds, slot: 0 }
-    }
-
-    fn rand(n: u64, seed: &mut u64) -> Vec<f32> {
-        super::super::random(n, seed, 2.0).into_iter().map(bf16).collect()
     }
 
     fn same_bits(got: &[f32], want: &[f32], what: &str) {
@@ -441,23 +426,7 @@ mod tests {
     fn core_bodies_run_in_process_as_the_emulator_computes_them() {
         let mut seed = 99;
         for b in bodies() {
-            let [(na, _), (nb, tb), (nc, _)] = super::super::mlir::body_buffers(b).unwrap();
-            let a = rand(na, &mut seed);
-            let mut bv = rand(nb, &mut seed);
-            if tb == "f32" {
-                // A RoPE table: cosines and sines of angles, full f32.
-                bv = (0..nb).map(|i| (i as f32 * 0.37).cos()).collect();
-            }
-            if let CoreBody::Rows { op: RowOp::Softmax { .. }, width, .. } = b {
-                // A causal mask, and a row masked entirely.
-                bv = (0..nb)
-                    .map(|e| if e % width <= e / width + 3 && e / width != 1 { 0.0 } else { f32::NEG_INFINITY })
-                    .collect();
-            }
-            let c: Vec<f32> = match b {
-                CoreBody::MatMul { .. } | CoreBody::MatVec { .. } => rand(nc, &mut seed),
-                _ => vec![0.0; nc as usize],
-            };
+            let (a, bv, c) = tiles(b, &mut seed);
             let mut want = c.clone();
             body(b, &a, &bv, &mut want);
             let jit = jit(b).unwrap_or_else(|e| panic!("{e}"));

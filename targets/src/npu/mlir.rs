@@ -428,6 +428,54 @@ fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64,
     }
 }
 
+/// What the NPU target's core-body tests share: the bodies every kind is tried at, and random tiles for one.
+#[cfg(test)]
+pub(crate) mod bodies {
+    use super::super::design::{CoreBody, RowOp};
+    use super::super::emu::bf16;
+    use super::body_buffers;
+
+    /// One body of every non-attention kind (both GEMM layouts), at small shapes.
+    pub(crate) fn small() -> Vec<CoreBody> {
+        vec![
+            CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1, bt: false },
+            CoreBody::MatMul { m: 64, k: 32, n: 64, k_tiles: 4, bt: false },
+            CoreBody::MatMul { m: 8, k: 16, n: 12, k_tiles: 1, bt: true },
+            CoreBody::MatVec { rows: 6, k: 40, k_tiles: 1 },
+            CoreBody::Rows { op: RowOp::RmsNorm { eps: 1e-5 }, rows: 3, width: 40 },
+            CoreBody::Rows { op: RowOp::SiluGlu, rows: 2, width: 24 },
+            CoreBody::Rows { op: RowOp::Rope { head_dim: 8 }, rows: 3, width: 16 },
+            CoreBody::Rows { op: RowOp::Softmax { scale: 0.3 }, rows: 3, width: 10 },
+        ]
+    }
+
+    /// `n` random bf16 values in (-2, 2).
+    pub(crate) fn rand(n: u64, seed: &mut u64) -> Vec<f32> {
+        super::super::random(n, seed, 2.0).into_iter().map(bf16).collect()
+    }
+
+    /// A body's operands and the result buffer it starts from: random bf16 tiles; a RoPE table of cosines and
+    /// sines; a causal mask with a row masked entirely; matrix bodies accumulating into what C held.
+    pub(crate) fn tiles(b: CoreBody, seed: &mut u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let [(na, _), (nb, tb), (nc, _)] = body_buffers(b).expect("not attention");
+        let a = rand(na, seed);
+        let mut bv = rand(nb, seed);
+        if tb == "f32" {
+            bv = (0..nb).map(|i| (i as f32 * 0.37).cos()).collect();
+        }
+        if let CoreBody::Rows { op: RowOp::Softmax { .. }, width, .. } = b {
+            bv = (0..nb)
+                .map(|e| if e % width <= e / width + 3 && e / width != 1 { 0.0 } else { f32::NEG_INFINITY })
+                .collect();
+        }
+        let c: Vec<f32> = match b {
+            CoreBody::MatMul { .. } | CoreBody::MatVec { .. } => rand(nc, seed),
+            _ => vec![0.0; nc as usize],
+        };
+        (a, bv, c)
+    }
+}
+
 /// LLVM 19's MLIR tools, run as processes by the NPU target's tests.
 #[cfg(test)]
 pub(crate) mod llvm {
@@ -476,7 +524,7 @@ pub(crate) mod llvm {
 #[cfg(test)]
 mod tests {
     use super::super::design::RowOp;
-    use super::super::emu::{bf16, body};
+    use super::super::emu::body;
     use super::llvm::{pipe, tool};
     use super::*;
 
@@ -557,45 +605,16 @@ mod tests {
         run_main(&core_body(b).unwrap(), &[("a", a, ta), ("b", bv, tb), ("c", c, tc)], &call, "c")
     }
 
-    fn rand(n: u64, seed: &mut u64) -> Vec<f32> {
-        super::super::random(n, seed, 2.0).into_iter().map(bf16).collect()
-    }
+    use super::bodies::rand;
 
     /// Each body JIT-run on random tiles gives the emulator's result bit for bit (the emulator's arithmetic is
     /// held to an f64 reference by the designs' tests): bf16 operands widened, f32 sums in the same order,
     /// accumulating into what the result buffer held.
     #[test]
     fn core_bodies_run_on_the_cpu_as_the_emulator_computes_them() {
-        let bodies = [
-            CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1, bt: false },
-            CoreBody::MatMul { m: 64, k: 32, n: 64, k_tiles: 4, bt: false },
-            CoreBody::MatMul { m: 8, k: 16, n: 12, k_tiles: 1, bt: true },
-            CoreBody::MatVec { rows: 6, k: 40, k_tiles: 1 },
-            CoreBody::Rows { op: RowOp::RmsNorm { eps: 1e-5 }, rows: 3, width: 40 },
-            CoreBody::Rows { op: RowOp::SiluGlu, rows: 2, width: 24 },
-            CoreBody::Rows { op: RowOp::Rope { head_dim: 8 }, rows: 3, width: 16 },
-            CoreBody::Rows { op: RowOp::Softmax { scale: 0.3 }, rows: 3, width: 10 },
-        ];
         let mut seed = 99;
-        for b in bodies {
-            let [(na, _), (nb, tb), (nc, _)] = body_buffers(b).unwrap();
-            let a = rand(na, &mut seed);
-            let mut bv = rand(nb, &mut seed);
-            if tb == "f32" {
-                // A RoPE table: cosines and sines of angles, full f32.
-                bv = (0..nb).map(|i| (i as f32 * 0.37).cos()).collect();
-            }
-            if let CoreBody::Rows { op: RowOp::Softmax { .. }, width, .. } = b {
-                // A causal mask, and a row masked entirely.
-                bv = (0..nb)
-                    .map(|e| if e % width <= e / width + 3 && e / width != 1 { 0.0 } else { f32::NEG_INFINITY })
-                    .collect();
-            }
-            // Matrix bodies accumulate into what C held.
-            let c: Vec<f32> = match b {
-                CoreBody::MatMul { .. } | CoreBody::MatVec { .. } => rand(nc, &mut seed),
-                _ => vec![0.0; nc as usize],
-            };
+        for b in super::bodies::small() {
+            let (a, bv, c) = super::bodies::tiles(b, &mut seed);
             let mut want = c.clone();
             body(b, &a, &bv, &mut want);
             let got = jit(b, &a, &bv, &c);
