@@ -12,16 +12,21 @@ pub enum Isa {
     /// AVX2 plus AVX-512 VNNI and VL (Ice Lake, Zen 4 and later): int8 dot products in one instruction, still on
     /// 256-bit vectors.
     Avx512Vnni,
+    /// AVX-512 F, BW, VL and VNNI on 512-bit vectors (Ice Lake, Zen 4 and later): the int8 kernels take 16
+    /// weight rows per vector. Zen 4 executes a 512-bit op as two 256-bit halves, so there the gain is fewer
+    /// instructions per multiply-add (broadcasts, loads, scale steps), not a wider datapath.
+    Avx512,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -40,8 +45,10 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512f")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Isa::Avx512Vnni.available() && is_x86_feature_detected!("avx512bw"),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512Vnni => false,
+            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 => false,
         }
     }
 
@@ -65,7 +72,7 @@ impl Isa {
         Isa::ALL.into_iter().filter(|i| i.available()).collect()
     }
 
-    /// The family `UNICORN_CPU_ISA` forces (`portable`, `avx2`, `avx512vnni`; for debugging and comparisons), or
+    /// The family `UNICORN_CPU_ISA` forces (`portable`, `avx2`, `avx512vnni`, `avx512`; for debugging and comparisons), or
     /// the best available one when it is unset or empty. A name that is unknown, or a family this CPU lacks, is an
     /// error: a forced choice never falls back quietly.
     pub fn from_env() -> Result<Isa, String> {
@@ -130,7 +137,7 @@ mod tests {
     #[test]
     fn a_forced_family_is_checked_never_ignored() {
         let e = Isa::parse("avx9000").unwrap_err();
-        assert!(e.contains("UNICORN_CPU_ISA=avx9000") && e.contains("portable, avx2, avx512vnni"), "{e}");
+        assert!(e.contains("UNICORN_CPU_ISA=avx9000") && e.contains("portable, avx2, avx512vnni, avx512"), "{e}");
         assert_eq!(Isa::parse("portable"), Ok(Isa::Portable));
         for isa in Isa::ALL {
             assert_eq!(Isa::parse(isa.name()).is_ok(), isa.available(), "{}", isa.name());

@@ -9,8 +9,8 @@
 //!
 //! q8_0/q4_0 quantize the activations to q8 blocks first ([`super::q8`], once per call, into the [`Scratch`]),
 //! then multiply int8 by int8 as llama.cpp does. Float formats convert the weights to f32 on the fly. Every sum
-//! accumulates in f32. Kernels are chosen per call from [`Isa`]: portable Rust, AVX2 + FMA + F16C, or AVX-512
-//! VNNI for the int8 formats.
+//! accumulates in f32. Kernels are chosen per call from [`Isa`]: portable Rust, AVX2 + FMA + F16C, or for the
+//! int8 formats AVX-512 VNNI on 256-bit vectors or on 512-bit ones.
 //!
 //! q4_0 / q8_0 matrices are always stored [`WeightLayout::Interleaved8`] (the compiler pads the rows to whole
 //! groups of 8 with zero rows) and go through the same driver with tiles 8 weight rows wide
@@ -109,8 +109,8 @@ pub fn matmul_with(
 }
 
 /// [`matmul_with`] with the tile shape fixed by the caller, for tuning (`runtime/benches/matmul.rs`):
-/// `(activation rows, weight rows)`, each 1..=4; for interleaved matrices the weight side counts groups of 8 and
-/// must be 1. Panics on other shapes.
+/// `(activation rows, weight rows)`, each 1..=4; for interleaved matrices the weight side counts groups of 8, up
+/// to what the family's tiles take (2 on 512-bit vectors, else 1). Panics on other shapes.
 pub fn matmul_with_tile(
     isa: Isa,
     tile: (usize, usize),
@@ -195,12 +195,13 @@ fn matmul_tiled(
             continue;
         }
         let interleave = if layout == WeightLayout::Interleaved8 { INTERLEAVE } else { 1 };
+        let groups = if interleave > 1 { super::matmul_x8::max_groups(isa) } else { 4 };
         let (rt, ct) = match tile {
             Some((rt, ct)) => (rt, ct * interleave),
-            None if interleave > 1 => (if rows == 1 { 1 } else { 4 }, interleave),
+            None if interleave > 1 => (if rows == 1 { 1 } else { 4 }, groups * interleave),
             None => default_tile(format, rows, k),
         };
-        assert!((1..=4).contains(&rt) && (1..=4).contains(&ct) || interleave > 1 && ct == interleave);
+        assert!((1..=4).contains(&rt) && (1..=groups).contains(&(ct / interleave)) && ct % interleave == 0);
         let job = Job {
             tiles: if interleave > 1 { super::matmul_x8::tiles(isa, format) } else { tiles(isa, format) },
             interleave,
@@ -325,7 +326,7 @@ fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => super::matmul_avx2::tiles(format),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => super::matmul_avx2::tiles(format),
+        Isa::Avx512Vnni | Isa::Avx512 => super::matmul_avx2::tiles(format),
         _ => portable_tiles(format),
     }
 }
@@ -727,31 +728,63 @@ mod tests {
     fn every_tile_shape_a_caller_can_choose_matches_f64_reference() {
         // `matmul_with_tile` (what the benchmarks tune with): every float tile of 1..=4 activation rows by
         // 1..=4 weight rows, most of which the default choice never takes, and the interleaved tiles of 1..=4
-        // rows by one group; ragged in rows and columns, with a scalar tail (k = 100) and, for floats, several
+        // rows by one group (or two on 512-bit vectors); ragged in rows and columns, with a scalar tail (k = 100) and, for floats, several
         // prefill k blocks (k = 1100).
         let mut rng = Rng(0x7117);
         let mut scratch = Scratch::default();
         for format in WeightFormat::ALL {
             let ks: &[usize] = if format.is_quantized() { &[96] } else { &[100, 1100] };
-            let cts: &[usize] = if format.is_quantized() { &[1] } else { &[1, 2, 3, 4] };
+            // n = 10: with 2-group tiles one ragged 16-row tile; n = 21: a whole one, then a lone ragged group.
             for &k in ks {
-                let (rows, n) = (7, 10);
-                let (data, deq) = weights(&mut rng, format, n, k);
-                let x = activations(&mut rng, rows, k);
-                for layout in layouts(format, n) {
-                    let data = pack(format, layout, k, &data);
-                    let w = WeightRef { format, layout, n, k, data: &data };
-                    for isa in isas() {
-                        for rt in 1..=4 {
-                            for &ct in cts {
-                                let mut y = vec![f32::NAN; rows * n];
-                                matmul_with_tile(isa, (rt, ct), &x, rows, w, &mut y, &mut scratch);
-                                let what = format!("{format} {} tile {rt}x{ct} {rows}x{n}x{k}", isa.name());
-                                check(&what, format, &x, rows, &deq, n, k, None, &y);
+                for n in [10, 21] {
+                    let rows = 7;
+                    let (data, deq) = weights(&mut rng, format, n, k);
+                    let x = activations(&mut rng, rows, k);
+                    for layout in layouts(format, n) {
+                        let data = pack(format, layout, k, &data);
+                        let w = WeightRef { format, layout, n, k, data: &data };
+                        for isa in isas() {
+                            let cts: Vec<usize> = match format.is_quantized() {
+                                true => (1..=super::super::matmul_x8::max_groups(isa)).collect(),
+                                false => vec![1, 2, 3, 4],
+                            };
+                            for rt in 1..=4 {
+                                for &ct in &cts {
+                                    let mut y = vec![f32::NAN; rows * n];
+                                    matmul_with_tile(isa, (rt, ct), &x, rows, w, &mut y, &mut scratch);
+                                    let what = format!("{format} {} tile {rt}x{ct} {rows}x{n}x{k}", isa.name());
+                                    check(&what, format, &x, rows, &deq, n, k, None, &y);
+                                }
                             }
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn wide_int8_tiles_are_bit_for_bit_the_256_bit_ones() {
+        // The 512-bit tiles compute the same i32 per block and apply the scales in the same order as the
+        // 256-bit VNNI tiles (matmul_x16's contract), so every output is identical, for decode and prefill,
+        // whole and ragged 16-row tiles, threaded and not.
+        if !Isa::Avx512.available() {
+            eprintln!("no AVX-512 BW/VNNI on this CPU: the 512-bit tiles were not run");
+            return;
+        }
+        let mut rng = Rng(0x16);
+        let mut scratch = Scratch::default();
+        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+            for (rows, n, k) in [(1, 2048, 2048), (1, 40, 96), (5, 301, 256), (17, 10, 1024), (64, 72, 512)] {
+                let (data, _) = weights(&mut rng, format, n, k);
+                let x = activations(&mut rng, rows, k);
+                let layout = WeightLayout::Interleaved8;
+                let data = pack(format, layout, k, &data);
+                let w = WeightRef { format, layout, n, k, data: &data };
+                let (mut want, mut got) = (vec![0.0; rows * n], vec![f32::NAN; rows * n]);
+                matmul_with(Isa::Avx512Vnni, &x, rows, w, None, &mut want, &mut scratch);
+                matmul_with(Isa::Avx512, &x, rows, w, None, &mut got, &mut scratch);
+                assert!(got == want, "{format} {rows}x{n}x{k}: the 512-bit tiles differ from the 256-bit ones");
             }
         }
     }

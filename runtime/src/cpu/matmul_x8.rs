@@ -13,32 +13,48 @@
 //!
 //! `TileArgs` as in [`super::matmul`]: `w` points at the group's first block of the k-stretch and `ldw` is
 //! unused. `cols` is 8, or fewer in the last group of a matrix whose rows were padded to whole groups: the tile
-//! computes all 8 lanes (the padding rows are zeros) and stores the first `cols`.
+//! computes all 8 lanes (the padding rows are zeros) and stores the first `cols`. The 512-bit family takes two
+//! groups per tile ([`super::matmul_x16`]) and this module's VNNI tile for a lone last group.
 
 use super::isa::Isa;
 use super::matmul::{TileArgs, TileFn};
 use unicorn_ir::types::{WeightFormat, QK};
 
-/// Tile functions indexed `[R - 1][_]` (every column entry is the same 8-row function).
+/// Tile functions indexed `[R - 1][groups - 1]`, for tiles of `R` activation rows by `groups` groups of 8
+/// weight rows, `groups` up to [`max_groups`] (entries past it repeat the last one and are never called).
 pub(crate) fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
     macro_rules! table {
         ($f:ident) => {
             [[$f::<1> as TileFn; 4], [$f::<2> as TileFn; 4], [$f::<3> as TileFn; 4], [$f::<4> as TileFn; 4]]
+        };
+        // One group on 256-bit vectors, two on 512-bit ones.
+        ($f:ident, $m:ident::$f2:ident) => {
+            [
+                [$f::<1> as TileFn, $m::$f2::<1>, $m::$f2::<1>, $m::$f2::<1>],
+                [$f::<2> as TileFn, $m::$f2::<2>, $m::$f2::<2>, $m::$f2::<2>],
+                [$f::<3> as TileFn, $m::$f2::<3>, $m::$f2::<3>, $m::$f2::<3>],
+                [$f::<4> as TileFn, $m::$f2::<4>, $m::$f2::<4>, $m::$f2::<4>],
+            ]
         };
     }
     static P4: [[TileFn; 4]; 4] = table!(portable_q4);
     static P8: [[TileFn; 4]; 4] = table!(portable_q8);
     #[cfg(target_arch = "x86_64")]
     {
+        use super::matmul_x16 as x16;
         static A4: [[TileFn; 4]; 4] = table!(avx2_q4);
         static A8: [[TileFn; 4]; 4] = table!(avx2_q8);
         static V4: [[TileFn; 4]; 4] = table!(vnni_q4);
         static V8: [[TileFn; 4]; 4] = table!(vnni_q8);
+        static Z4: [[TileFn; 4]; 4] = table!(vnni_q4, x16::q4);
+        static Z8: [[TileFn; 4]; 4] = table!(vnni_q8, x16::q8);
         match (isa, format) {
             (Isa::Avx2, WeightFormat::Q4_0) => return &A4,
             (Isa::Avx2, WeightFormat::Q8_0) => return &A8,
             (Isa::Avx512Vnni, WeightFormat::Q4_0) => return &V4,
             (Isa::Avx512Vnni, WeightFormat::Q8_0) => return &V8,
+            (Isa::Avx512, WeightFormat::Q4_0) => return &Z4,
+            (Isa::Avx512, WeightFormat::Q8_0) => return &Z8,
             _ => {}
         }
     }
@@ -46,6 +62,15 @@ pub(crate) fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4]
         WeightFormat::Q4_0 => &P4,
         WeightFormat::Q8_0 => &P8,
         _ => panic!("{format} has no interleaved layout"),
+    }
+}
+
+/// The most groups of 8 weight rows one tile of `isa` takes: 2 on 512-bit vectors ([`super::matmul_x16`]), else 1.
+pub(crate) fn max_groups(isa: Isa) -> usize {
+    if isa == Isa::Avx512 {
+        2
+    } else {
+        1
     }
 }
 

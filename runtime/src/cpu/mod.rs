@@ -1,4 +1,5 @@
-//! The CPU backend: kernels with AVX-512 VNNI, AVX2/FMA and portable paths, chosen at run time.
+//! The CPU backend: kernels with AVX-512 (512-bit), AVX-512 VNNI (256-bit), AVX2/FMA and portable paths,
+//! chosen at run time.
 
 pub mod attention;
 pub mod elementwise;
@@ -7,6 +8,7 @@ pub mod isa;
 pub mod kv;
 pub mod matmul;
 pub mod matmul_avx2;
+pub mod matmul_x16;
 pub mod matmul_x8;
 pub mod norm;
 pub mod pool;
