@@ -70,13 +70,14 @@ unsafe fn store<const R: usize>(a: &TileArgs, acc: &[__m512; R]) {
 }
 
 /// q4_0: the low nibbles of chunk `j` are elements `4j..4j+4`, the high ones `16+4j..`; they enter `dpbusd` as
-/// unsigned `q` and `8 * sum(x)` is subtracted from the block's i32 sum.
+/// unsigned `q` (the high ones as `16 q`, unshifted) and `8 * sum(x)` is subtracted from the block's i32 sum.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; the [`TileArgs`] pointers are valid as described there.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q4<const R: usize>(a: &TileArgs) {
     let (mask, zero) = (_mm512_set1_epi8(0x0f), _mm512_setzero_si512());
+    let mask_hi = _mm512_set1_epi8(0xf0u8 as i8);
     let (w0, w1) = (a.w, a.w.add(G * a.ldw));
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..a.k / QK {
@@ -87,7 +88,9 @@ pub(super) unsafe fn q4<const R: usize>(a: &TileArgs) {
         for j in 0..4 {
             let v = load_pair(p0.add(2 * G + 32 * j), p1.add(2 * G + 32 * j));
             lo[j] = _mm512_and_si512(v, mask);
-            hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+            // The high nibbles in place, as 16 q (up to 240: dpbusd's sums do not saturate); the block's
+            // sum shifts back once.
+            hi[j] = _mm512_and_si512(v, mask_hi);
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             let x = a.x.add(r * a.ldx + b * QK).cast::<i8>();
@@ -98,6 +101,8 @@ pub(super) unsafe fn q4<const R: usize>(a: &TileArgs) {
             }
             // sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32.
             let m8 = _mm512_slli_epi32(_mm512_set1_epi32(*a.xm.add(r * a.ldxd + b)), 3);
+            // 16 * sum(q_hi * x) is a multiple of 16: the arithmetic shift is exact.
+            let s1 = _mm512_srai_epi32(s1, 4);
             let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(s0, s1), m8));
             let dx = _mm512_set1_ps(*a.xd.add(r * a.ldxd + b));
             *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), s, *acc);
