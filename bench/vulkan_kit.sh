@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make the kit bench/vulkan_compare.sh runs from on a GPU machine without network or Rust: the release
-# binaries, the prebuilt llama.cpp (bench/llama_cpp_prebuilt.sh build, run first) and its GGUF converter.
+# Make the kit bench/vulkan_compare.sh and bench/vulkan_check.sh run from on a GPU machine without network or
+# Rust: the release binaries, the end-to-end test binary (for the GPU kernel tests), the prebuilt llama.cpp
+# (bench/llama_cpp_prebuilt.sh build, run first) and its GGUF converter.
 #
 #   bench/vulkan_kit.sh KIT_DIR        # about 12 MB (the llama.cpp libraries xz-compressed)
 set -euo pipefail
@@ -15,7 +16,16 @@ src_dir="$(sed -n 's/^src=//p' <<<"$paths")"
 # unicornc without its NPU MLIR verification (the default `npu-mlir` feature links all of LLVM, ~170 MB).
 (cd "$repo" && cargo build --release -p unicorn-runtime --bins && cargo build --release -p unicorn-compiler --no-default-features --bins)
 cp "$repo/target/release/unicorn-rt" "$repo/target/release/unicornc" "$kit/"
-strip "$kit/unicorn-rt" "$kit/unicornc"
+# The end-to-end tests without the compiler's MLIR (which links LLVM): bench/vulkan_check.sh runs its GPU
+# kernel tests.
+e2e="$(cd "$repo" && cargo test --release -p unicorn-tests --no-default-features --no-run --message-format=json |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    j = json.loads(line)
+    if j.get("executable") and j["target"]["name"] == "e2e":
+        print(j["executable"])')"
+cp "$e2e" "$kit/e2e"
+strip "$kit/unicorn-rt" "$kit/unicornc" "$kit/e2e"
 # The Vulkan backend, the CPU variants ggml may pick on an x86 host, the tools and what the build was.
 (cd "$bin_dir" && tar cJf "$kit/peer.tar.xz" libggml-base.so libggml-cpu-*.so libggml-vulkan.so libggml.vulkan.*.so \
     libllama-common.so libllama.vulkan.*.so llama-bench llama-quantize llama-sysinfo build-info.txt)
