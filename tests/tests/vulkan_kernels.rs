@@ -230,6 +230,9 @@ fn matmul_per_format_with_and_without_bias() {
         // Launches of many outputs, whose row-by-row workgroups make 2 and 8 groups of 8.
         (2, 64, 4100),
         (1, 64, 16392),
+        // Tiles of 128 outputs for the cooperative-matrix GEMM: two tiles of rows, the last tile of outputs
+        // partial.
+        (200, 64, 6200),
     ];
     for (format, (rows, k, n)) in FORMATS.into_iter().flat_map(|f| shapes.map(|s| (f, s))) {
         if format.is_quantized() && k % 32 != 0 {
@@ -290,16 +293,25 @@ fn matmul_group_computes_each_member() {
     let mut rng = Rng(0x51ed_2701);
     let k = 96usize;
     let norms = [None, Some((1e-5f32, false)), Some((1e-6, true))];
-    // Eleven rows and one, each path.
+    // Eleven rows and one, each path; and on the cooperative-matrix path 130 rows of a launch of enough outputs
+    // that it takes tiles of 128 outputs (`glsl::COOP_WIDE_OUTPUTS`), its members ending in partial tiles.
     let cases = FORMATS.into_iter().flat_map(|f| {
         let paths = paths.clone();
-        norms
-            .into_iter()
-            .flat_map(move |n| paths.clone().into_iter().flat_map(move |p| [(f, n, p, 11usize), (f, n, p, 1)]))
+        norms.into_iter().flat_map(move |n| {
+            paths.clone().into_iter().flat_map(move |p| [(f, n, p, 11usize), (f, n, p, 1), (f, n, p, 130)])
+        })
     });
     for (format, norm, path, rows) in cases {
-        let members =
-            [(20usize, false), (9, true), (16, false)].map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
+        if rows > 64 && path != MatPath::TiledCoop {
+            continue;
+        }
+        let sizes = if rows > 64 {
+            [(6000usize, false), (150, true), (40, false)]
+        } else {
+            [(20, false), (9, true), (16, false)]
+        };
+        assert_eq!(rows > 64, sizes.iter().map(|s| s.0 as u64).sum::<u64>() >= glsl::COOP_WIDE_OUTPUTS);
+        let members = sizes.map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
         let x = rng.vec(rows * k);
         let gain = rng.vec(k);
         let int8 = int8_acts(path, format);
@@ -784,12 +796,20 @@ fn check_attention_split(
     splits: u32,
     seed: u64,
 ) {
-    // Prefill's pass 0 both ways where the device has subgroup shuffles: portable, and blocked over them.
+    for subgroup in subgroup_variants() {
+        check_attention_with(kv_f16, shape, rows, pos, cap, splits, None, subgroup, seed)
+    }
+}
+
+/// Attention both ways where the device has subgroup shuffles: portable (0), and over subgroups of its size
+/// (prefill's blocked pass 0; the split pass's scores and maxima met by shuffles).
+fn subgroup_variants() -> Vec<u32> {
     let profile = gpu().info().profile();
     let sg = if profile.subgroup_shuffle { profile.subgroup_size } else { 0 };
-    let variants = if splits == 0 && sg > 0 { vec![0, sg] } else { vec![0] };
-    for subgroup in variants {
-        check_attention_with(kv_f16, shape, rows, pos, cap, splits, None, subgroup, seed)
+    if sg > 0 {
+        vec![0, sg]
+    } else {
+        vec![0]
     }
 }
 
@@ -884,7 +904,7 @@ fn check_attention_with(
     let unused = buffer_at(&gpu, 0, &[0; 4]);
     let (src, bufs, pads) = match rope {
         Some(inv) => (
-            glsl::rope_attention(kv_f16, shape, inv),
+            glsl::rope_attention(kv_f16, shape, inv, subgroup),
             vec![&qb, &unused, &kb, &unused, &unused, &unused, &vb, &cb, &yb],
             vec![1, 0, 2, 0, 0, 0, 3, 4, 5],
         ),
@@ -1025,15 +1045,21 @@ fn split_key_attention_of_decode_rows() {
 #[test]
 fn rope_fused_decode_attention_rotates_q_and_k_as_it_reads_them() {
     let inv = |hd: usize| -> Vec<f32> { (0..hd / 2).map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32)).collect() };
+    for sg in subgroup_variants() {
+        rope_fused_cases(&inv, sg);
+    }
+}
+
+fn rope_fused_cases(inv: &dyn Fn(usize) -> Vec<f32>, sg: u32) {
     // Several ranges and one, f32 and f16 caches, a far position (large angles), a head of 256 dimensions, a
     // window over a wrapped ring, and position 0 (the row's own key alone).
-    check_attention_with(false, GQA, 1, 600, 640, 10, Some(&inv(16)), 0, 30);
-    check_attention_with(true, GQA, 1, 5000, 5008, 4, Some(&inv(16)), 0, 31);
-    check_attention_with(false, GQA, 1, 40, 48, 1, Some(&inv(16)), 0, 32);
+    check_attention_with(false, GQA, 1, 600, 640, 10, Some(&inv(16)), sg, 30);
+    check_attention_with(true, GQA, 1, 5000, 5008, 4, Some(&inv(16)), sg, 31);
+    check_attention_with(false, GQA, 1, 40, 48, 1, Some(&inv(16)), sg, 32);
     let wide = AttentionShape { head_dim: 256, heads: 2, kv_heads: 2, ..GQA };
-    check_attention_with(true, wide, 1, 200, 210, 2, Some(&inv(256)), 0, 33);
-    check_attention_with(false, AttentionShape { window: Some(6), ..GQA }, 1, 30, 6, 2, Some(&inv(16)), 0, 34);
-    check_attention_with(true, GQA, 1, 0, 8, 1, Some(&inv(16)), 0, 35);
+    check_attention_with(true, wide, 1, 200, 210, 2, Some(&inv(256)), sg, 33);
+    check_attention_with(false, AttentionShape { window: Some(6), ..GQA }, 1, 30, 6, 2, Some(&inv(16)), sg, 34);
+    check_attention_with(true, GQA, 1, 0, 8, 1, Some(&inv(16)), sg, 35);
 }
 
 #[test]

@@ -491,7 +491,7 @@ pub fn matmul_work(members: &[MatMember], k: u64, path: MatPath) -> (u64, u64) {
     let (outs, rows) = if takes_rows(k, path) {
         (8 * gemv_groups(members), MATMUL_TILE as u64)
     } else if takes_coop(members, k, path) {
-        (GEMM_TILE, COOP_TILE_ROWS)
+        (coop_outs(members), COOP_TILE_ROWS)
     } else {
         (GEMM_TILE, GEMM_TILE)
     };
@@ -523,9 +523,10 @@ fn takes_rows(k: u64, path: MatPath) -> bool {
 /// The tiled paths' weight loader in two halves, so that a block's loads are in flight while the previous
 /// block is multiplied: `void wload(uint n0, uint kb, out uint raw[8])` reads block `kb` (columns
 /// `32kb..32kb + 32`) of outputs `n0..n0 + 64` of the matrix bound as `w` (binding `arg`) as raw words, and
-/// `void wstore(uint n0, uint raw[8])` dequantizes them into `ws` through the kernel's `WS(col, value)`,
-/// column-major (`ws[col * stride + output]`: f32 with a stride of 65 in the portable GEMM, f16 with 72 in
-/// the cooperative-matrix one), zero past `N` and `K`. Thread `t` takes output `t / 4` and a quarter of the
+/// `void wstore(uint n0, uint oo, uint raw[8])` dequantizes them into `ws` through the kernel's `WS(col, value)`,
+/// column-major (`ws[col * stride + output]`, output `oo + t / 4`: f32 with a stride of 65 in the portable
+/// GEMM, f16 with `WSTR` in the cooperative-matrix one, whose tiles of 128 outputs store two halves of 64),
+/// zero past `N` and `K`. Thread `t` takes output `t / 4` and a quarter of the
 /// block: a quant word of the row and its scale's word (q4_0: columns `4c..4c + 4` and `16 + 4c..`), two
 /// (q8_0: eight neighbouring columns), or eight values (four words of f16 / bf16 pairs where `K` is a
 /// multiple of eight; otherwise element by element).
@@ -595,11 +596,31 @@ fn gemm_w_loader(out: &mut String, format: WeightFormat, arg: usize, k: u64) {
          \x20 for (uint e = 0u; e < 8u; e++) raw[e] = 0u;\n\
          \x20 if (n < N_ROWS) {{ {load} }}\n\
          }}\n\
-         void wstore(uint n0, uint raw[8]) {{\n\
-         \x20 uint t = gl_LocalInvocationID.x, o = t / 4u, part = t % 4u, n = n0 + o;\n\
+         void wstore(uint n0, uint oo, uint raw[8]) {{\n\
+         \x20 uint t = gl_LocalInvocationID.x, o = oo + t / 4u, part = t % 4u, n = n0 + t / 4u;\n\
          \x20 {store}\n\
          }}\n"
     );
+}
+
+/// Rows of `x` one tile of the cooperative-matrix GEMM takes (by [`coop_outs`] outputs): each dequantized weight
+/// serves twice the rows of the portable tile.
+pub const COOP_TILE_ROWS: u64 = 128;
+
+/// Outputs of a launch (all members together) from which the cooperative-matrix GEMM takes tiles of 128 outputs
+/// rather than 64: at 128 rows by 128 outputs a 512-row prefill still makes 192 workgroups or more, enough to
+/// fill a large GPU, and each subgroup multiplies 32 x 64 blocks (six fragment loads per eight products, where
+/// a 32 x 32 block takes four per four).
+pub const COOP_WIDE_OUTPUTS: u64 = 6144;
+
+/// Outputs of one cooperative-matrix tile for a launch of these members: 128 from [`COOP_WIDE_OUTPUTS`] on,
+/// else 64.
+pub fn coop_outs(members: &[MatMember]) -> u64 {
+    if members.iter().map(|m| m.n).sum::<u64>() >= COOP_WIDE_OUTPUTS {
+        128
+    } else {
+        64
+    }
 }
 
 /// The extensions of the cooperative-matrix GEMM ([`MatPath::TiledCoop`]).
@@ -610,45 +631,60 @@ const COOP_EXTENSIONS: [&str; 4] = [
     "GL_KHR_shader_subgroup_basic",
 ];
 
-/// Rows of `x` one tile of the cooperative-matrix GEMM takes (by [`GEMM_TILE`] outputs): each dequantized weight
-/// serves twice the rows of the portable tile, and each subgroup multiplies a 32 x 32 block of the tile.
-pub const COOP_TILE_ROWS: u64 = 128;
+/// Floats of the cooperative-matrix GEMM's result staging (`cs`).
+const COOP_CS_FLOATS: u64 = 3328;
 
-/// Shared memory of the cooperative-matrix GEMM: the f16 tiles of `x` (128 rows x 32 columns, row-major,
-/// stride 40) and of the weights (32 columns x 64 outputs, stride 72: every row of both starts on a 16-byte
-/// boundary, as cooperative-matrix loads want, and neighbouring rows fall in different banks), the f32
-/// results of half the tile (64 rows, stride 68) at a time for the epilogue, and the rows' sums of squares.
+/// Shared memory of the cooperative-matrix GEMM, 32 KiB in all: the f16 tiles of `x` (128 rows x 32 columns,
+/// row-major, stride 40) and of the weights (32 columns x up to 128 outputs, stride `WSTR`, 72 or 136: every
+/// row of both starts on a 16-byte boundary, as cooperative-matrix loads want, and neighbouring rows fall in
+/// different banks), the f32 results of a part of the tile at a time for the epilogue (`cs`, also the
+/// scratch of the norm's row sums), and the rows' sums of squares.
 const COOP_SHARED: &str = "shared float16_t xs[128 * 40];\n\
-                           shared float16_t ws[32 * 72];\n\
-                           shared float cs[64 * 68];\n\
+                           shared float16_t ws[32 * 136];\n\
+                           shared float cs[3328];\n\
                            shared float rs[128];\n\
-                           #define WS(c, v) ws[(c) * 72u + o] = float16_t(v)\n";
+                           #define WS(c, v) ws[(c) * WSTR + o] = float16_t(v)\n";
 
 /// Bytes of [`COOP_SHARED`].
-pub const COOP_SHARED_BYTES: u32 = (128 * 40 + 32 * 72) * 2 + (64 * 68 + 128) * 4;
+pub const COOP_SHARED_BYTES: u32 = (128 * 40 + 32 * 136) * 2 + (COOP_CS_FLOATS as u32 + 128) * 4;
+const _: () = assert!(COOP_SHARED_BYTES == 32768);
 
-// The norm's partial sums of squares (32 columns of a tile's rows, at a stride of rows + 1) fit the scratch
-// they borrow: `cs` for the cooperative-matrix GEMM, `xs` (32 x 65) for the portable one.
-const _: () = assert!(32 * (COOP_TILE_ROWS + 1) <= 64 * 68 && 32 * (GEMM_TILE + 1) <= 32 * 65);
+/// The norm's partial sums of squares, half of a block's 32 columns at a time (16 columns of a tile's rows, at
+/// a stride of rows + 1), fit the scratch they borrow: `cs` for the cooperative-matrix GEMM, `xs` (32 x 65)
+/// for the portable one.
+const _: () = assert!(16 * (COOP_TILE_ROWS + 1) <= COOP_CS_FLOATS && 16 * (GEMM_TILE + 1) <= 32 * 65);
 
-/// 32 x 32 blocks of a cooperative-matrix tile one subgroup multiplies, at most: the tile's eight over the
+/// 32-row blocks of a cooperative-matrix tile one subgroup multiplies, at most: the tile's eight over the
 /// workgroup's subgroups (with subgroups of up to 64 invocations, at least four of them); with more subgroups
 /// than blocks, the later subgroups only stage.
 const COOP_BLOCKS: u32 = 2;
 
-/// Member `m` of a tiled launch: a tile of its `y` (`rows` rows of `x` by 64 outputs), walking `K` in blocks
+/// The cooperative-matrix tile's geometry for tiles of `outs` outputs (64 or 128): the outputs of one block
+/// (a tile is 4 x 2 blocks of 32 rows by `outs / 2` outputs), the stride of `ws` and of `cs`, and the rows of
+/// one part of the epilogue (whole 16-row fragments whose results fit `cs`).
+fn coop_geometry(outs: u64) -> (u64, u64, u64, u64) {
+    let bw = outs / 2;
+    let cstr = outs + 4;
+    let part = 16 * (COOP_CS_FLOATS / (16 * cstr));
+    (bw, outs + 8, cstr, part)
+}
+
+/// Member `m` of a tiled launch: a tile of its `y` (`rows` rows of `x` by `outs` outputs), walking `K` in blocks
 /// of 32 columns. Each block of the rows of `x` (scaled by the norm weight where a norm is fused, its squares
-/// summed on the way) and of the 64 outputs' dequantized weights goes to shared memory, and the next block's
+/// summed on the way) and of the outputs' dequantized weights goes to shared memory, and the next block's
 /// loads are issued before this one is multiplied, so they are in flight meanwhile; thread `t` stages row
-/// `t / (256 / rows)` of `x`, `32 * rows / 256` of its columns. The portable path (64 rows) multiplies in
+/// `t / (256 / rows)` of `x`, `32 * rows / 256` of its columns. The portable path (64 x 64) multiplies in
 /// f32, each thread its `4 x 4` outputs (rows `t / 16 + 16i`, outputs `t % 16 + 16j`); the cooperative-matrix
-/// path (128 rows) stores the blocks in f16 and multiplies the tile as eight 32 x 32 blocks, each four
-/// `16 x 16` accumulators in f32 by `coopMatMulAdd` (block `b`, rows `32 (b / 2)`, outputs `32 (b % 2)`, is
-/// subgroup `b % subgroups`' block `b / subgroups`: two A and two B loads serve its four products), staged
-/// through shared memory (`cs`, half the tile at a time) for the same epilogue: `store`, with `row`, `n`,
-/// `inv` (the row's `1 / rms`, or 1), and `acc[i][j]` or `cs[rr * 68 + oc]`.
-fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
-    let rows: u32 = if coop { COOP_TILE_ROWS as u32 } else { GEMM_TILE as u32 };
+/// path (128 rows by [`coop_outs`]) stores the blocks in f16 and multiplies the tile as eight blocks of 32 rows
+/// by `outs / 2` outputs, each `2 x outs / 32` accumulators of `16 x 16` in f32 by `coopMatMulAdd` (block `b`,
+/// rows `32 (b / 2)`, outputs `outs / 2 (b % 2)`, is subgroup `b % subgroups`' block `b / subgroups`: two A
+/// loads and `outs / 32` B loads serve its products), staged through shared memory (`cs`, a part of the tile's
+/// rows at a time) for the same epilogue: `store`, with `row`, `n`, `inv` (the row's `1 / rms`, or 1), and
+/// `acc[i][j]` or `cs[rr * CSTR + oc]`.
+fn tiled_member(m: usize, norm: bool, coop: Option<u64>, store: &str) -> String {
+    let rows: u32 = if coop.is_some() { COOP_TILE_ROWS as u32 } else { GEMM_TILE as u32 };
+    let outs = coop.unwrap_or(GEMM_TILE);
+    let wide = outs > 64;
     // Values of x each thread stages per block: thread t's e-th is row 8e + t / 32, column t % 32, so that a
     // subgroup's load reads 32 neighbouring columns of one row.
     let xe = rows / 8;
@@ -670,37 +706,48 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
         )
     };
     // With a norm, each row's sum of squares: the 32 threads of its columns meet in `scr` (free after the
-    // products), column-major with an odd stride so that neither the stores nor the reads meet in a bank; one
-    // thread per row then adds them in column order, the same order wherever the row sits in the tile (a row's
-    // result must not depend on the rows launched with it: a batched sequence gets the bits it gets alone).
-    let (scr, stride) = if coop { ("cs", COOP_TILE_ROWS + 1) } else { ("xs", GEMM_TILE + 1) };
+    // products), half of the columns at a time, column-major with an odd stride so that neither the stores nor
+    // the reads meet in a bank; one thread per row then adds them in column order, the same order wherever the
+    // row sits in the tile (a row's result must not depend on the rows launched with it: a batched sequence
+    // gets the bits it gets alone).
+    let (scr, stride) = if coop.is_some() { ("cs", COOP_TILE_ROWS + 1) } else { ("xs", GEMM_TILE + 1) };
     let row_sums = if norm {
         format!(
-            "for (uint e = 0u; e < {xe}u; e++) {scr}[col * {stride}u + 8u * e + sub] = ss[e];\n\
-             \x20 barrier();\n\
-             \x20 if (t < {rows}u) {{\n\
-             \x20   float a = 0.0;\n\
-             \x20   for (uint j = 0u; j < 32u; j++) a += {scr}[j * {stride}u + t];\n\
-             \x20   rs[t] = a;\n\
+            "float rsum = 0.0;\n\
+             \x20 for (uint half_ = 0u; half_ < 2u; half_++) {{\n\
+             \x20   if (col / 16u == half_) for (uint e = 0u; e < {xe}u; e++) {scr}[(col % 16u) * {stride}u + 8u * e + sub] = ss[e];\n\
+             \x20   barrier();\n\
+             \x20   if (t < {rows}u) for (uint j = 0u; j < 16u; j++) rsum += {scr}[j * {stride}u + t];\n\
+             \x20   barrier();\n\
              \x20 }}\n\
+             \x20 if (t < {rows}u) rs[t] = rsum;\n\
              \x20 barrier();\n"
         )
     } else {
         String::new()
     };
     let acc_ty = "coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>";
-    let (decl, xs_store, multiply, epilogue) = if coop {
+    let (decl, xs_store, multiply, epilogue) = if coop.is_some() {
+        let (bw, _, _, part) = coop_geometry(outs);
+        let nb = bw / 16;
         // Every accumulator a variable of its own and every block's code spelled out: an array of cooperative
         // matrices indexed in a loop the compiler does not unroll lives in local memory, and each product
         // then loads and stores its accumulator there.
         let blocks = 0..COOP_BLOCKS;
+        let frags = |i: u32| (0..2).flat_map(move |a| (0..nb).map(move |q| format!("acc{i}_{a}_{q}")));
         let decl = blocks
             .clone()
-            .map(|i| format!("{acc_ty} acc{i}_0 = {acc_ty}(0.0), acc{i}_1 = acc{i}_0, acc{i}_2 = acc{i}_0, acc{i}_3 = acc{i}_0;\n"))
+            .map(|i| {
+                let names: Vec<String> = frags(i).collect();
+                format!(
+                    "{acc_ty} {};\n",
+                    names.iter().map(|n| format!("{n} = {acc_ty}(0.0)")).collect::<Vec<_>>().join(", ")
+                )
+            })
             .collect::<Vec<_>>()
             .join("\x20 ");
         let decl = format!(
-            "// This subgroup's blocks (rows 32 (b / 2), outputs 32 (b % 2)); past the tile's eight, none.\n\
+            "// This subgroup's blocks (rows 32 (b / 2), outputs BW (b % 2)); past the tile's eight, none.\n\
              \x20 uint blk0 = gl_SubgroupID{};\n\
              \x20 {decl}",
             blocks
@@ -709,75 +756,81 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
                 .map(|i| format!(", blk{i} = gl_SubgroupID + {i}u * gl_NumSubgroups"))
                 .collect::<String>()
         );
+        let b_decl = (0..nb).map(|q| format!("mb{q}")).collect::<Vec<_>>().join(", ");
         let multiply = blocks
             .clone()
             .map(|i| {
+                let b_loads: String = (0..nb)
+                    .map(|q| {
+                        format!(
+                            "\x20       coopMatLoad(mb{q}, ws, kk * WSTR + bc + {}u, WSTR, gl_CooperativeMatrixLayoutRowMajor);\n",
+                            16 * q
+                        )
+                    })
+                    .collect();
+                let products: String = (0..2)
+                    .flat_map(|a| (0..nb).map(move |q| (a, q)))
+                    .map(|(a, q)| format!("\x20       acc{i}_{a}_{q} = coopMatMulAdd(ma{a}, mb{q}, acc{i}_{a}_{q});\n"))
+                    .collect();
                 format!(
                     "if (blk{i} < 8u) {{\n\
-                     \x20     uint br = (blk{i} / 2u) * 32u, bc = (blk{i} % 2u) * 32u;\n\
+                     \x20     uint br = (blk{i} / 2u) * 32u, bc = (blk{i} % 2u) * BW;\n\
                      \x20     for (uint kk = 0u; kk < 32u; kk += 16u) {{\n\
                      \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma0, ma1;\n\
-                     \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb0, mb1;\n\
+                     \x20       coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> {b_decl};\n\
                      \x20       coopMatLoad(ma0, xs, br * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
                      \x20       coopMatLoad(ma1, xs, (br + 16u) * 40u + kk, 40u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                     \x20       coopMatLoad(mb0, ws, kk * 72u + bc, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                     \x20       coopMatLoad(mb1, ws, kk * 72u + bc + 16u, 72u, gl_CooperativeMatrixLayoutRowMajor);\n\
-                     \x20       acc{i}_0 = coopMatMulAdd(ma0, mb0, acc{i}_0);\n\
-                     \x20       acc{i}_1 = coopMatMulAdd(ma0, mb1, acc{i}_1);\n\
-                     \x20       acc{i}_2 = coopMatMulAdd(ma1, mb0, acc{i}_2);\n\
-                     \x20       acc{i}_3 = coopMatMulAdd(ma1, mb1, acc{i}_3);\n\
+                     {b_loads}{products}\
                      \x20     }}\n\
                      \x20   }}\n"
                 )
             })
             .collect::<Vec<_>>()
             .join("\x20   ");
+        // Each block's fragments of the part's rows into cs: fragment (a, q) holds rows br + 16a.., outputs
+        // bc + 16q...
         let stores = blocks
             .map(|i| {
-                let one = |q: u32| {
+                let one = |a: u64, q: u64| {
                     format!(
-                        "coopMatStore(acc{i}_{q}, cs, (br % 64u + {}u) * 68u + bc + {}u, 68u, gl_CooperativeMatrixLayoutRowMajor);",
-                        (q / 2) * 16,
-                        (q % 2) * 16
+                        "\x20     if ((br + {r}u) / PART == hh) coopMatStore(acc{i}_{a}_{q}, cs, ((br + {r}u) % PART) * CSTR + bc + {c}u, CSTR, gl_CooperativeMatrixLayoutRowMajor);\n",
+                        r = 16 * a,
+                        c = 16 * q
                     )
                 };
+                let all: String = (0..2).flat_map(|a| (0..nb).map(move |q| (a, q))).map(|(a, q)| one(a, q)).collect();
                 format!(
-                    "if (blk{i} < 8u && (blk{i} / 2u) * 32u / 64u == hh) {{\n\
-                     \x20     uint br = (blk{i} / 2u) * 32u, bc = (blk{i} % 2u) * 32u;\n\
-                     \x20     {}\n\
-                     \x20     {}\n\
-                     \x20     {}\n\
-                     \x20     {}\n\
-                     \x20   }}\n",
-                    one(0),
-                    one(1),
-                    one(2),
-                    one(3)
+                    "if (blk{i} < 8u) {{\n\
+                     \x20     uint br = (blk{i} / 2u) * 32u, bc = (blk{i} % 2u) * BW;\n\
+                     {all}\
+                     \x20   }}\n"
                 )
             })
             .collect::<Vec<_>>()
             .join("\x20   ");
+        let per_thread = (part * outs).div_ceil(MATMUL_THREADS as u64);
         (
             decl,
             "xs[(8u * e + sub) * 40u + col] = float16_t(v);".to_string(),
             multiply,
             format!(
                 "{row_sums}\
-                 \x20 // The tile's results in two halves of 64 rows: each block's accumulators into cs, then the\n\
-                 \x20 // epilogue of the half's rows.\n\
-                 \x20 for (uint hh = 0u; hh < 2u; hh++) {{\n\
+                 \x20 // The tile's results a part of PART rows at a time: each block's accumulators of those rows into\n\
+                 \x20 // cs, then the epilogue of the part's rows.\n\
+                 \x20 for (uint hh = 0u; hh < (128u + PART - 1u) / PART; hh++) {{\n\
                  \x20   {stores}\
                  \x20   barrier();\n\
-                 \x20   uint oc = t % 64u, n = n0 + oc;\n\
-                 \x20   for (uint i = 0u; i < 16u; i++) {{\n\
-                 \x20     uint rr = t / 64u + 4u * i, rq = hh * 64u + rr, row = row0 + rq;\n\
-                 \x20     if (row >= pc.rows || n >= N{m}) continue;\n\
+                 \x20   uint oc = t % {outs}u, n = n0 + oc;\n\
+                 \x20   for (uint i = 0u; i < {per_thread}u; i++) {{\n\
+                 \x20     uint rr = t / {outs}u + {step}u * i, rq = hh * PART + rr, row = row0 + rq;\n\
+                 \x20     if (rr >= PART || rq >= 128u || row >= pc.rows || n >= N{m}) continue;\n\
                  \x20     float inv = {inv};\n\
                  \x20     {store}\n\
                  \x20   }}\n\
                  \x20   barrier();\n\
                  \x20 }}\n",
                 inv = inv("rq"),
+                step = MATMUL_THREADS as u64 / outs,
             ),
         )
     } else {
@@ -808,23 +861,36 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
             ),
         )
     };
+    // A tile of 128 outputs loads and stores its weights in two halves of 64.
+    let (raw_decl, store_w) = if wide {
+        ("uint raw[8], raw1[8];", format!("wstore{m}(n0, 0u, raw);\n\x20   wstore{m}(n0 + 64u, 64u, raw1);"))
+    } else {
+        ("uint raw[8];", format!("wstore{m}(n0, 0u, raw);"))
+    };
+    let load_w = |kb: &str| {
+        if wide {
+            format!("wload{m}(n0, {kb}, raw);\n\x20   wload{m}(n0 + 64u, {kb}, raw1);\n")
+        } else {
+            format!("wload{m}(n0, {kb}, raw);\n")
+        }
+    };
     format!(
         "void member{m}(uint tile_x) {{\n\
          \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, col = t % 32u, sub = t / 32u;\n\
-         \x20 uint n0 = tile_x * 64u, row0 = gl_WorkGroupID.y * {rows}u;\n\
+         \x20 uint n0 = tile_x * {outs}u, row0 = gl_WorkGroupID.y * {rows}u;\n\
          \x20 float xv[{xe}];{gdecl}\n\
-         \x20 uint raw[8];\n\
+         \x20 {raw_decl}\n\
          \x20 {decl}\
          \x20 {first}\
-         \x20 wload{m}(n0, 0u, raw);\n\
+         \x20 {first_w}\
          \x20 for (uint kb = 0u; kb < (K + 31u) / 32u; kb++) {{\n\
          \x20   for (uint e = 0u; e < {xe}u; e++) {{ float v = xv[e];{scaled} {xs_store} }}\n\
-         \x20   wstore{m}(n0, raw);\n\
+         \x20   {store_w}\n\
          \x20   barrier();\n\
          \x20   // The next block's loads, in flight while this one is multiplied.\n\
          \x20   if (kb + 1u < (K + 31u) / 32u) {{\n\
          \x20     {next}\
-         \x20     wload{m}(n0, kb + 1u, raw);\n\
+         \x20     {next_w}\
          \x20   }}\n\
          \x20   {multiply}\
          \x20   barrier();\n\
@@ -833,6 +899,8 @@ fn tiled_member(m: usize, norm: bool, coop: bool, store: &str) -> String {
          }}\n",
         first = xload("0u"),
         next = xload("(kb + 1u)"),
+        first_w = load_w("0u"),
+        next_w = load_w("kb + 1u"),
     )
 }
 
@@ -893,7 +961,13 @@ pub fn matmul_group(
     def_uint(&mut s, "K", k);
     def_uint(&mut s, "TILE", MATMUL_TILE as u64);
     let groups = gemv_groups(members);
-    let tile_n = if gemv { 8 * groups } else { GEMM_TILE };
+    let tile_n = if gemv {
+        8 * groups
+    } else if coop {
+        coop_outs(members)
+    } else {
+        GEMM_TILE
+    };
     if gemv {
         def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
         def_uint(&mut s, "OUTS", 8 * groups);
@@ -904,6 +978,10 @@ pub fn matmul_group(
         }
     } else {
         if coop {
+            let (bw, wstr, cstr, part) = coop_geometry(tile_n);
+            for (name, v) in [("BW", bw), ("WSTR", wstr), ("CSTR", cstr), ("PART", part)] {
+                def_uint(&mut s, name, v);
+            }
             s.push_str(COOP_SHARED);
         } else {
             let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64];");
@@ -1003,9 +1081,9 @@ pub fn matmul_group(
                 steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
             );
         } else {
-            let sum = if coop { "cs[rr * 68u + oc]" } else { "acc[i][j]" };
+            let sum = if coop { "cs[rr * CSTR + oc]" } else { "acc[i][j]" };
             let gemm_store = store(&format!("row * N{m} + n"), &format!("{sum} * inv{add_bias}"));
-            s.push_str(&tiled_member(m, norm.is_some(), coop, &gemm_store));
+            s.push_str(&tiled_member(m, norm.is_some(), coop.then_some(tile_n), &gemm_store));
         }
         let tiles = mm.n.div_ceil(tile_n);
         let _ = writeln!(
@@ -1585,8 +1663,8 @@ pub fn attention(kv_f16: bool, shape: AttentionShape, subgroup: u32) -> String {
 /// Bindings: the two ropes' [x_q, y_q, x_k, y_k], then attention's [q, k, v, kv cache, out], of which it reads
 /// x_q, x_k, v and the cache (y_q, y_k and attention's q and k are the values it fuses away) and writes the
 /// cache and out. Only the split pass (2): a launch of another pass does nothing.
-pub fn rope_attention(kv_f16: bool, shape: AttentionShape, inv_freq: &[f32]) -> String {
-    attention_with(kv_f16, shape, Some(inv_freq), 0)
+pub fn rope_attention(kv_f16: bool, shape: AttentionShape, inv_freq: &[f32], subgroup: u32) -> String {
+    attention_with(kv_f16, shape, Some(inv_freq), subgroup)
 }
 
 /// The largest head the blocked prefill pass takes: a row's query and output spread over at most 8 lanes of
@@ -1623,7 +1701,9 @@ pub fn attention_tile_rows(shape: AttentionShape, subgroup: u32) -> u32 {
 fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>, subgroup: u32) -> String {
     let mut s = String::new();
     let blocked = rope.is_none() && attention_blocked(shape, subgroup);
-    header_with(&mut s, ATTN_THREADS, 1, if blocked { &SUBGROUP_EXTENSIONS } else { &[] });
+    // The split pass meets each key's four score shares by shuffles where the device has them.
+    let sg_split = subgroup >= 4;
+    header_with(&mut s, ATTN_THREADS, 1, if blocked || sg_split { &SUBGROUP_EXTENSIONS } else { &[] });
     // The bindings of q, k, v, the cache and the result.
     let at: [usize; 5] = if rope.is_some() { [0, 2, 6, 7, 8] } else { [0, 1, 2, 3, 4] };
     f32_buffer(&mut s, at[0], "q", "readonly");
@@ -1642,6 +1722,7 @@ fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>, sub
     def_uint(&mut s, "WINDOW", shape.window.unwrap_or(0));
     def_float(&mut s, "SCALE", shape.scale);
     let _ = writeln!(s, "#define ROPE {}", rope.is_some() as u32);
+    let _ = writeln!(s, "#define SG_SPLIT {}", sg_split as u32);
     // Prefill stages each chunk's keys in shared memory where they fit beside the split pass's arrays in the
     // 16 KiB every device has.
     let _ = writeln!(s, "#define STAGE_KEYS {}", (shape.head_dim <= ATTN_STAGED_HEAD_DIM) as u32);
@@ -1948,6 +2029,9 @@ const SPLIT_ATTENTION: &str = "\
 shared float vpart[512];
 shared bool last_range;
 shared float zw[MAX_SPLITS], zl[MAX_SPLITS];
+#if SG_SPLIT
+shared float sps[2u * SPLIT_KEYS], smx[2u * 64u], lsub[SUBSETS];
+#endif
 uint split_at(uint r, uint h, uint z, uint splits) {
   return pc.base[KVB] + KV_WORDS_PER_SLOT * pc.cap + ((r * H + h) * splits + z) * (HD + 2u);
 }
@@ -1979,7 +2063,14 @@ vec2 value2(uint g, uint j, uint d) {
 }
 void attend_split() {
   uint h = gl_WorkGroupID.x, r = gl_WorkGroupID.y, z = gl_WorkGroupID.z, splits = gl_NumWorkGroups.z;
-  uint lane = gl_LocalInvocationID.x, g = h / (H / KVH), p = POS + r;
+#if SG_SPLIT
+  // Counted subgroup by subgroup, so that a key's four threads share a subgroup whatever order the device
+  // numbers its invocations in.
+  uint lane = gl_SubgroupID * gl_SubgroupSize + gl_SubgroupInvocationID;
+#else
+  uint lane = gl_LocalInvocationID.x;
+#endif
+  uint g = h / (H / KVH), p = POS + r;
   uint first = (WINDOW != 0u && p + 1u > WINDOW) ? p + 1u - WINDOW : 0u;
   uint per = (p + 1u - first + splits - 1u) / splits;
   uint lo = first + z * per, hi = min(lo + per, p + 1u);
@@ -2015,6 +2106,43 @@ void attend_split() {
   float m = uintBitsToFloat(0xff7fffffu), l = 0.0;
   vec2 acc = vec2(0.0);
   barrier();
+#if SG_SPLIT
+  // One barrier a chunk: a key's four threads add their score shares by shuffles, each subgroup takes the
+  // maximum of its keys by shuffles, and the scores and maxima go to shared memory in the buffers of the
+  // chunk's parity (a thread writes a buffer again only after the next chunk's barrier, which every reader of
+  // its previous contents has passed). Each thread then folds its keys' values with the weights it computes
+  // itself and keeps its own share `lp` of the sum of weights, rescaled with the values; the shares meet at
+  // the end.
+  float lp = 0.0;
+  uint par = 0u;
+  for (uint j0 = lo; j0 < hi; j0 += SPLIT_KEYS, par ^= 1u) {
+    uint j = j0 + key;
+    float s = 0.0;
+    if (j < hi)
+      for (uint d = 2u * quarter; d < HD; d += 8u) { vec2 kk = key2(g, j, d); s += qs[d] * kk.x + qs[d + 1u] * kk.y; }
+    s += subgroupShuffleXor(s, 1u);
+    s += subgroupShuffleXor(s, 2u);
+    s = j < hi ? s * SCALE : uintBitsToFloat(0xff7fffffu);
+    if (quarter == 0u) sps[par * SPLIT_KEYS + key] = s;
+    float mx = s;
+    for (uint h2 = 4u; h2 < gl_SubgroupSize; h2 <<= 1u) mx = max(mx, subgroupShuffleXor(mx, h2));
+    if (gl_SubgroupInvocationID == 0u) smx[par * 64u + gl_SubgroupID] = mx;
+    barrier();
+    float mn = m;
+    for (uint i = 0u; i < gl_NumSubgroups; i++) mn = max(mn, smx[par * 64u + i]);
+    float corr = exp(m - mn);
+    acc *= corr;
+    lp *= corr;
+    uint count = min(SPLIT_KEYS, hi - j0);
+    if (sub < SUBSETS)
+      for (uint t = sub; t < SPLIT_KEYS; t += SUBSETS)
+        if (t < count) { float p = exp(sps[par * SPLIT_KEYS + t] - mn); acc += p * value2(g, j0 + t, 2u * pair); lp += p; }
+    m = mn;
+  }
+  if (pair == 0u && sub < SUBSETS) lsub[sub] = lp;
+  barrier();
+  for (uint t = 0u; t < SUBSETS; t++) l += lsub[t];
+#else
   for (uint j0 = lo; j0 < hi; j0 += SPLIT_KEYS) {
     uint j = j0 + key;
     float s = 0.0;
@@ -2043,6 +2171,7 @@ void attend_split() {
     m = mn;
     barrier();
   }
+#endif
   if (sub < SUBSETS) { vpart[2u * (sub * PAIRS + pair)] = acc.x; vpart[2u * (sub * PAIRS + pair) + 1u] = acc.y; }
   barrier();
   vec2 o = vec2(0.0);

@@ -261,7 +261,7 @@ fn kernel_for(module: &Module, g: &Graph, how: Choices, ops: &[Op], units: &[u64
                 scale: *scale,
             };
             k.name = format!("rope+rope+{}", k.name);
-            k.source = glsl::rope_attention(kv == DType::F16, shape, &inv);
+            k.source = glsl::rope_attention(kv == DType::F16, shape, &inv, subgroup);
             k.buffers += 4;
             k.writes.iter_mut().for_each(|w| *w += 4);
             k

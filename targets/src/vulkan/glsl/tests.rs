@@ -21,6 +21,12 @@ fn all_kernels() -> Vec<(String, String)> {
         for (tag, path) in paths {
             v.push((format!("matmul_{f}{tag}"), matmul(f, false, 96, 20, path)));
             v.push((format!("matmul_bias_{f}{tag}"), matmul(f, true, 96, 20, path)));
+            if path == MatPath::TiledCoop {
+                // Tiles of 128 outputs, with a norm in front and a partial last tile of each member.
+                let wide = [(6000, false), (200, true)].map(|(n, bias)| MatMember { format: f, bias, n });
+                let norm = Some(NormPrologue { eps: 1e-6, unit_offset: false });
+                v.push((format!("rms_norm+matmul2_{f}{tag}_wide"), matmul_group(&wide, 96, norm, false, path)));
+            }
             let members = [(20, false), (8, true)].map(|(n, bias)| MatMember { format: f, bias, n });
             let norm = Some(NormPrologue { eps: 1e-6, unit_offset: true });
             v.push((format!("rms_norm+matmul2_{f}{tag}"), matmul_group(&members, 96, norm, false, path)));
@@ -50,10 +56,11 @@ fn all_kernels() -> Vec<(String, String)> {
     v.push(("attention_f32".into(), attention(false, SHAPE, 0)));
     v.push(("attention_windowed_f16".into(), attention(true, AttentionShape { window: Some(8), ..SHAPE }, 0)));
     let inv: Vec<f32> = (0..8).map(|i| 0.5f32.powi(i)).collect();
-    v.push(("rope+rope+attention_f32".into(), rope_attention(false, SHAPE, &inv)));
+    v.push(("rope+rope+attention_f32".into(), rope_attention(false, SHAPE, &inv, 0)));
+    v.push(("rope+rope+attention_f32_sg".into(), rope_attention(false, SHAPE, &inv, 32)));
     v.push((
         "rope+rope+attention_windowed_f16".into(),
-        rope_attention(true, AttentionShape { window: Some(8), ..SHAPE }, &inv),
+        rope_attention(true, AttentionShape { window: Some(8), ..SHAPE }, &inv, 8),
     ));
     v
 }
@@ -148,7 +155,8 @@ fn representative(hidden: u64, heads: u64, head_dim: u64, ffn: u64) -> Vec<(Stri
     v.push(("matmul_q8_0+add_dot".into(), matmul_group(&down, ffn, None, true, MatPath::RowByRowDot)));
     v.push(("attention_f16".into(), attention(true, shape, 0)));
     v.push(("attention_f16_sg".into(), attention(true, shape, 32)));
-    v.push(("rope+rope+attention_f16".into(), rope_attention(true, shape, &inv)));
+    v.push(("rope+rope+attention_f16".into(), rope_attention(true, shape, &inv, 0)));
+    v.push(("rope+rope+attention_f16_sg".into(), rope_attention(true, shape, &inv, 32)));
     v.push(("rope".into(), rope(&inv, hidden, head_dim)));
     v.push(("rms_norm".into(), rms_norm(hidden, 1e-6, false)));
     v
