@@ -16,10 +16,13 @@ pub enum Isa {
     /// weight rows per vector. Zen 4 executes a 512-bit op as two 256-bit halves, so there the gain is fewer
     /// instructions per multiply-add (broadcasts, loads, scale steps), not a wider datapath.
     Avx512,
+    /// [`Isa::Avx512`] plus AMX-INT8 tiles for prefill's q8_0/q4_0 matmuls (Sapphire Rapids and later Xeons),
+    /// where the kernel grants this process the tile state (see [`super::amx`]).
+    Amx,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512];
+    pub const ALL: [Isa; 5] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512, Isa::Amx];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -27,6 +30,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 
@@ -47,8 +51,10 @@ impl Isa {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Isa::Avx512Vnni.available() && is_x86_feature_detected!("avx512bw"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Isa::Avx512.available() && super::amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 => false,
+            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 | Isa::Amx => false,
         }
     }
 
@@ -72,7 +78,7 @@ impl Isa {
         Isa::ALL.into_iter().filter(|i| i.available()).collect()
     }
 
-    /// The family `UNICORN_CPU_ISA` forces (`portable`, `avx2`, `avx512vnni`, `avx512`; for debugging and comparisons), or
+    /// The family `UNICORN_CPU_ISA` forces (`portable`, `avx2`, `avx512vnni`, `avx512`, `amx`; for debugging and comparisons), or
     /// the best available one when it is unset or empty. A name that is unknown, or a family this CPU lacks, is an
     /// error: a forced choice never falls back quietly.
     pub fn from_env() -> Result<Isa, String> {
@@ -137,7 +143,7 @@ mod tests {
     #[test]
     fn a_forced_family_is_checked_never_ignored() {
         let e = Isa::parse("avx9000").unwrap_err();
-        assert!(e.contains("UNICORN_CPU_ISA=avx9000") && e.contains("portable, avx2, avx512vnni, avx512"), "{e}");
+        assert!(e.contains("UNICORN_CPU_ISA=avx9000") && e.contains("portable, avx2, avx512vnni, avx512, amx"), "{e}");
         assert_eq!(Isa::parse("portable"), Ok(Isa::Portable));
         for isa in Isa::ALL {
             assert_eq!(Isa::parse(isa.name()).is_ok(), isa.available(), "{}", isa.name());

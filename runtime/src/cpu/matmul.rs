@@ -196,14 +196,23 @@ fn matmul_tiled(
         }
         let interleave = if layout == WeightLayout::Interleaved8 { INTERLEAVE } else { 1 };
         let groups = if interleave > 1 { super::matmul_x8::max_groups(isa) } else { 4 };
+        let amx = amx_tile(isa, format, rows).filter(|_| tile.is_none());
         let (rt, ct) = match tile {
+            _ if amx.is_some() => (AMX_ROWS, AMX_COLS),
             Some((rt, ct)) => (rt, ct * interleave),
-            None if interleave > 1 => (if rows == 1 { 1 } else { 4 }, groups * interleave),
+            // Decode takes one group per tile, on 256-bit vectors: one sequential weight stream per task. Two
+            // groups' streams in 512-bit vectors measured slower on Zen 4 (q4_0 8192 x 2048 GEMV, one thread:
+            // 14 against 25 GB/s), and so did 64-byte loads of one group's chunk pairs against activation
+            // patterns made once per call (q4_0 10-14 against 18-20 GB/s, q8_0 11-13 against 17-19).
+            None if interleave > 1 && rows == 1 => (1, interleave),
+            None if interleave > 1 => (4, groups * interleave),
             None => default_tile(format, rows, k),
         };
-        assert!((1..=4).contains(&rt) && (1..=groups).contains(&(ct / interleave)) && ct % interleave == 0);
+        let fits = (1..=4).contains(&rt) && (1..=groups).contains(&(ct / interleave)) && ct % interleave == 0;
+        assert!(fits || amx.is_some(), "matmul: no {rt} x {ct} tile for {format} with {}", isa.name());
         let job = Job {
             tiles: if interleave > 1 { super::matmul_x8::tiles(isa, format) } else { tiles(isa, format) },
+            wide: amx,
             interleave,
             rt,
             ct,
@@ -262,6 +271,35 @@ struct Split {
     cols_per: usize,
     row_parts: usize,
     rows_per: usize,
+}
+
+/// Activation rows from which the AMX family multiplies q8_0 / q4_0 on tiles; fewer (decode, small batches) take
+/// the 512-bit VNNI tiles, which waste nothing on tile rows left empty.
+const AMX_MIN_ROWS: usize = 8;
+#[cfg(target_arch = "x86_64")]
+const AMX_ROWS: usize = super::amx::ROWS;
+#[cfg(target_arch = "x86_64")]
+const AMX_COLS: usize = super::amx::COLS;
+#[cfg(not(target_arch = "x86_64"))]
+const AMX_ROWS: usize = 0;
+#[cfg(not(target_arch = "x86_64"))]
+const AMX_COLS: usize = 0;
+
+/// The AMX tile function for a call of `rows` activation rows, where `isa` is [`Isa::Amx`] and `format` an
+/// int8 one.
+fn amx_tile(isa: Isa, format: WeightFormat, rows: usize) -> Option<TileFn> {
+    if isa != Isa::Amx || rows < AMX_MIN_ROWS {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        match format {
+            WeightFormat::Q8_0 => return Some(super::amx::tile::<false> as TileFn),
+            WeightFormat::Q4_0 => return Some(super::amx::tile::<true> as TileFn),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Tile shape (activation rows x weight rows), as measured on Zen 4 (the target machine).
@@ -326,7 +364,7 @@ fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => super::matmul_avx2::tiles(format),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni | Isa::Avx512 => super::matmul_avx2::tiles(format),
+        Isa::Avx512Vnni | Isa::Avx512 | Isa::Amx => super::matmul_avx2::tiles(format),
         _ => portable_tiles(format),
     }
 }
@@ -335,6 +373,8 @@ fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4] {
 #[derive(Clone, Copy)]
 struct Job {
     tiles: &'static [[TileFn; 4]; 4],
+    /// A tile function that takes any `rows <= rt` and `cols <= ct` (AMX prefill), used instead of `tiles`.
+    wide: Option<TileFn>,
     /// Weight rows per group of the layout (1, or 8 for [`WeightLayout::Interleaved8`], whose tiles are 8 wide).
     interleave: usize,
     /// Tile shape (activation rows x weight rows).
@@ -399,7 +439,10 @@ impl Job {
                             ldy: self.n,
                             bias: if self.bias.is_null() || k0 > 0 { std::ptr::null() } else { self.bias.add(j) },
                         };
-                        (self.tiles[rows - 1][cols.div_ceil(self.interleave) - 1])(&args);
+                        match self.wide {
+                            Some(f) => f(&args),
+                            None => (self.tiles[rows - 1][cols.div_ceil(self.interleave) - 1])(&args),
+                        }
                         r += rows;
                     }
                     j += cols;
@@ -761,6 +804,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn amx_tiles_are_bit_for_bit_the_512_bit_ones_and_match_f64_reference() {
+        // Prefill shapes through the AMX tiles: one and two row tiles, ragged in rows (17, 45, 203) and in
+        // weight groups (n = 8, 24, 40, 301), several k stretches (4192), threaded and not, with a bias.
+        #[cfg(target_arch = "x86_64")]
+        if !Isa::Amx.available() {
+            assert!(!super::super::amx::cpu_has_amx_int8(), "the CPU has AMX-INT8 but the kernel refused the tiles");
+            eprintln!("AMX: skipped, this CPU has no AMX-INT8; the AMX tiles were not run");
+            return;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        return;
+        let mut rng = Rng(0xa3);
+        let mut scratch = Scratch::default();
+        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+            let shapes = [(8, 8, 32), (16, 24, 96), (17, 40, 256), (32, 32, 2048), (45, 301, 1024), (100, 72, 4192)];
+            for (rows, n, k) in shapes.into_iter().chain([(203, 10, 512)]) {
+                let (data, deq) = weights(&mut rng, format, n, k);
+                let bias = rng.vec(n, 1.0);
+                let x = activations(&mut rng, rows, k);
+                let layout = WeightLayout::Interleaved8;
+                let data = pack(format, layout, k, &data);
+                let w = WeightRef { format, layout, n, k, data: &data };
+                let (mut want, mut got) = (vec![0.0; rows * n], vec![f32::NAN; rows * n]);
+                matmul_with(Isa::Avx512, &x, rows, w, Some(&bias), &mut want, &mut scratch);
+                matmul_with(Isa::Amx, &x, rows, w, Some(&bias), &mut got, &mut scratch);
+                let what = format!("{format} amx {rows}x{n}x{k}");
+                check(&what, format, &x, rows, &deq, n, k, Some(&bias), &got);
+                assert!(got == want, "{what}: the AMX tiles differ from the 512-bit ones");
+            }
+        }
+        eprintln!("AMX: the AMX tiles ran and matched");
     }
 
     #[test]

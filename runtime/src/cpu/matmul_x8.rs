@@ -53,8 +53,8 @@ pub(crate) fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4]
             (Isa::Avx2, WeightFormat::Q8_0) => return &A8,
             (Isa::Avx512Vnni, WeightFormat::Q4_0) => return &V4,
             (Isa::Avx512Vnni, WeightFormat::Q8_0) => return &V8,
-            (Isa::Avx512, WeightFormat::Q4_0) => return &Z4,
-            (Isa::Avx512, WeightFormat::Q8_0) => return &Z8,
+            (Isa::Avx512 | Isa::Amx, WeightFormat::Q4_0) => return &Z4,
+            (Isa::Avx512 | Isa::Amx, WeightFormat::Q8_0) => return &Z8,
             _ => {}
         }
     }
@@ -67,7 +67,7 @@ pub(crate) fn tiles(isa: Isa, format: WeightFormat) -> &'static [[TileFn; 4]; 4]
 
 /// The most groups of 8 weight rows one tile of `isa` takes: 2 on 512-bit vectors ([`super::matmul_x16`]), else 1.
 pub(crate) fn max_groups(isa: Isa) -> usize {
-    if isa == Isa::Avx512 {
+    if matches!(isa, Isa::Avx512 | Isa::Amx) {
         2
     } else {
         1
@@ -181,6 +181,7 @@ macro_rules! x8_tiles {
         #[target_feature(enable = $feat)]
         unsafe fn $q4<const R: usize>(a: &TileArgs) {
             let (mask, zero) = (_mm256_set1_epi8(0x0f), _mm256_setzero_si256());
+            let mask_hi = _mm256_set1_epi8(0xf0u8 as i8);
             let mut acc = [_mm256_setzero_ps(); R];
             for b in 0..a.k / QK {
                 let p = a.w.add(b * BG4);
@@ -190,7 +191,13 @@ macro_rules! x8_tiles {
                 for j in 0..4 {
                     let v = _mm256_loadu_si256(p.add(2 * G + 32 * j).cast());
                     lo[j] = _mm256_and_si256(v, mask);
-                    hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    // VNNI takes the high nibbles in place, as 16 q (up to 240: dpbusd's sums do not saturate),
+                    // and the block's sum shifts back once; AVX2's maddubs would saturate, so it shifts each.
+                    hi[j] = if $vnni {
+                        _mm256_and_si256(v, mask_hi)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(v, 4), mask)
+                    };
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let x = a.x.add(r * a.ldx + b * QK).cast::<i8>();
@@ -201,6 +208,8 @@ macro_rules! x8_tiles {
                     }
                     // sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32.
                     let m8 = _mm256_slli_epi32(_mm256_set1_epi32(*a.xm.add(r * a.ldxd + b)), 3);
+                    // 16 * sum(q_hi * x) is a multiple of 16: the arithmetic shift is exact.
+                    let s1 = if $vnni { _mm256_srai_epi32(s1, 4) } else { s1 };
                     let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_add_epi32(s0, s1), m8));
                     let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
                     *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), s, *acc);

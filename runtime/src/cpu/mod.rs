@@ -1,6 +1,7 @@
-//! The CPU backend: kernels with AVX-512 (512-bit), AVX-512 VNNI (256-bit), AVX2/FMA and portable paths,
-//! chosen at run time.
+//! The CPU backend: kernels with AMX tiles (prefill), AVX-512 (512-bit), AVX-512 VNNI (256-bit), AVX2/FMA and
+//! portable paths, chosen at run time.
 
+pub mod amx;
 pub mod attention;
 pub mod elementwise;
 pub mod exec;

@@ -63,7 +63,7 @@ impl Q8Acts {
 fn quantize_row(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], m: &mut [i32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 | Isa::Amx => {
             assert!(isa.available());
             // SAFETY: the CPU has AVX2/FMA/F16C (checked above); slice lengths are checked inside.
             unsafe { avx2::quantize_row(x, qs, d, m) }
