@@ -89,9 +89,11 @@ impl Isa {
         }
     }
 
-    /// The fastest family this CPU runs.
+    /// The fastest family this CPU runs that is chosen by default. [`Isa::Amx`] is not: its tiles have not yet
+    /// run on a CPU that has AMX (only the tests' reference comparison judges them, and no machine here has
+    /// AMX), so it is taken only when `UNICORN_CPU_ISA=amx` names it.
     pub fn best() -> Isa {
-        Isa::ALL.into_iter().rev().find(|i| i.available()).unwrap_or(Isa::Portable)
+        Isa::ALL.into_iter().rev().filter(|&i| i != Isa::Amx).find(|i| i.available()).unwrap_or(Isa::Portable)
     }
 
     /// The kernels in use: [`Isa::from_env`], decided on first use. Panics if `UNICORN_CPU_ISA` is invalid; the
@@ -153,7 +155,9 @@ mod tests {
             }
         }
         assert!(Isa::best().available());
-        assert_eq!(Isa::available_all().last(), Some(&Isa::best()));
+        // The default is the fastest family but AMX, which is opt-in until it has run on an AMX CPU.
+        let defaults: Vec<Isa> = Isa::available_all().into_iter().filter(|&i| i != Isa::Amx).collect();
+        assert_eq!(defaults.last(), Some(&Isa::best()));
         eprintln!("CPU kernel families here: {:?}, in use: {}", Isa::available_all(), Isa::detect().name());
     }
 }
