@@ -205,12 +205,15 @@ fn matmul_tiled(
             // 14 against 25 GB/s), and so did 64-byte loads of one group's chunk pairs against activation
             // patterns made once per call (q4_0 10-14 against 18-20 GB/s, q8_0 11-13 against 17-19).
             None if interleave > 1 && rows == 1 => (1, interleave),
-            // A few rows (a server's decode step over several sequences) whose q8 activations fit 8 KiB stay on
-            // one group per tile too: its one sequential weight stream beat the 512-bit tiles' two on Zen 4 (q4_0
-            // 8192 x 2048, 2 threads, cold: 2 rows 270-340 against 360-400 us, 4 rows 355-410 against 430-450;
-            // 4-sequence server decode 114-126 against 96-104 tok/s). With k = 8192 the 512-bit tiles' sharing
-            // of each activation load between two groups wins (4 x 2048 x 8192: 400-420 against 600-680 us).
-            None if interleave > 1 && rows <= 4 && rows * k <= SMALL_BATCH_X_BYTES => (4, interleave),
+            // A few rows of q4_0 (a server's decode step over several sequences) whose q8 activations fit 8 KiB
+            // stay on one group per tile too: its one sequential weight stream beat the 512-bit tiles' two on
+            // Zen 4 (q4_0 8192 x 2048, 2 threads, cold: 2 rows 270-340 against 360-400 us, 4 rows 355-410
+            // against 430-450; 4-sequence server decode 114-126 against 96-104 tok/s). With k = 8192 the 512-bit
+            // tiles' sharing of each activation load between two groups wins (4 x 2048 x 8192: 400-420 against
+            // 600-680 us); for q8_0 neither won clearly.
+            None if interleave > 1 && rows <= 4 && format == WeightFormat::Q4_0 && rows * k <= SMALL_BATCH_X_BYTES => {
+                (4, interleave)
+            }
             None if interleave > 1 => (4, groups * interleave),
             None => default_tile(format, rows, k),
         };
@@ -331,7 +334,7 @@ fn padded_stride(k: usize) -> usize {
 
 /// Below this many multiply-adds a matmul runs on the calling thread: waking the pool would cost more.
 const PAR_MIN_MACS: usize = 1 << 17;
-/// q8 activation bytes up to which a call of 2-4 rows on interleaved weights takes one group per tile.
+/// q8 activation bytes up to which a call of 2-4 rows on interleaved q4_0 weights takes one group per tile.
 const SMALL_BATCH_X_BYTES: usize = 8 << 10;
 const TASKS_PER_THREAD: usize = 4;
 /// Activation bytes per row of a prefill k-block.
