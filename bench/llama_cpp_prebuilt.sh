@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # llama.cpp as its users get it prebuilt: the shared libraries that the npm package @node-llama-cpp/linux-x64-vulkan
-# ships, with llama-bench and llama-quantize compiled from the exact llama.cpp source of that build.
+# ships, with llama-bench, llama-quantize and llama-server compiled from the exact llama.cpp source of that build.
 #
 #   bench/llama_cpp_prebuilt.sh build                       # fetch, build the tools, print what loads here; cached
 #   bench/llama_cpp_prebuilt.sh gguf CKPT_DIR NAME PRE [QUANTS]   # CKPT_DIR -> NAME-bf16.gguf -> NAME-{q8_0,q4_0}.gguf
@@ -17,6 +17,14 @@
 #   2. `git clone` the bundle and apply the patches.
 #   3. compile tools/llama-bench and tools/quantize of that source, and bench/llama_sysinfo.cpp, with g++
 #      against the package's libraries; the binaries go beside the libraries (rpath $ORIGIN).
+#      llama-server too: tools/server/*.cpp, plus what CMake would build beside it as static libraries (the
+#      package has none of them): tools/mtmd (the multimodal library the server links; its models/*.cpp) and
+#      vendor/hash. cpp-httplib is not compiled again: libllama-common.so carries it and exports its symbols.
+#      The web UI table that CMake generates (scripts/ui-assets.cmake -> ui.h, ui.cpp) is generated here as
+#      CMake does it offline: no assets (the UI is an npm build or a download; the API does not need it, the
+#      server just registers no page for /). LLAMA_SUBPROCESS (a public define of llama-common, which changes the layout of
+#      common_subproc) is set because the prebuilt libllama-common.so was built with it, checked by its
+#      subprocess_create symbol; MTMD_VIDEO follows it, as in CMake. Objects are cached in obj/llama-server.
 #   4. run llama_sysinfo: the llama.cpp build number and commit compiled into the libraries, the CPU backend
 #      variant that ggml picks on this CPU and its features, and the devices it sees; kept in bin/build-info.txt.
 # The GGUF conversion uses that source's convert_hf_to_gguf.py and gguf-py (through bench/convert_gguf.py), then
@@ -123,6 +131,72 @@ compile() {
     mv "$BIN/$out.part" "$BIN/$out"
 }
 
+# objects DIR FLAGS SOURCES...: compile each source to DIR/<its path, / as _>.o, nproc at a time, skipping one whose
+# object is newer than it (the headers are not tracked: delete DIR after changing the source); FLAGS is one
+# word-split string. The object paths end up in the array OBJS.
+OBJS=()
+objects() {
+    local dir="$1" flags="$2"; shift 2
+    local s o rel cc n=0
+    mkdir -p "$dir"
+    OBJS=()
+    for s in "$@"; do
+        rel="${s#"$SRC"/}"; rel="${rel#"$PDIR"/}"
+        o="$dir/${rel//\//_}.o"
+        OBJS+=("$o")
+        [ -f "$o" ] && [ "$o" -nt "$s" ] && continue
+        case "$s" in
+            */sha1/sha1.c) cc=(g++ -x c++ -std=c++17) ;;  # CMake compiles it as C++ (LANGUAGE CXX)
+            *.c) cc=(gcc -std=gnu11) ;;
+            *) cc=(g++ -std=c++17) ;;
+        esac
+        while [ "$(jobs -rp | wc -l)" -ge "$(nproc)" ]; do wait -n || true; done
+        # shellcheck disable=SC2086  # FLAGS is a list of words
+        (cd "$SRC" && nice -n 10 "${cc[@]}" -O3 -DNDEBUG $flags -c "$s" -o "$o.part" >"$o.log" 2>&1 && mv "$o.part" "$o") &
+        n=$((n + 1))
+    done
+    wait || true
+    for o in "${OBJS[@]}"; do
+        [ -f "$o" ] || { tail -30 "$o.log" >&2; die "compiling $(basename "$o" .o) failed (log: $o.log)"; }
+    done
+    [ "$n" = 0 ] || log "compiled $n object(s) into $dir"
+}
+
+# llama-server: see step 3 above.
+build_server() {
+    local od="$PDIR/obj/llama-server"
+    local gen="$od/gen"
+    [ -f "$SRC/tools/server/server.cpp" ] || die "the bundled source has no tools/server/server.cpp"
+    [ -f "$SRC/tools/ui/ui.h.in" ] && [ -f "$SRC/tools/ui/ui.cpp.in" ] || die "the bundled source has no tools/ui/ui.{h,cpp}.in"
+    nm -D --defined-only "$BIN/libllama-common.so" | grep ' subprocess_create$' >/dev/null \
+        || die "libllama-common.so was built without LLAMA_SUBPROCESS; compiling the server against it needs that define off"
+    nm -DC --defined-only "$BIN/libllama-common.so" | grep ' httplib::Server::listen(' >/dev/null \
+        || die "libllama-common.so does not export cpp-httplib's server; compile vendor/cpp-httplib/httplib.cpp too"
+    mkdir -p "$gen"
+    # scripts/ui-assets.cmake's emit_files with no dist/ (its offline fallback): an empty asset table.
+    sed -e 's/^#cmakedefine LLAMA_UI_HAS_ASSETS 1$/\/* #undef LLAMA_UI_HAS_ASSETS *\//' -e 's/@N_ASSETS@/0/g' \
+        "$SRC/tools/ui/ui.h.in" >"$gen/ui.h.part"
+    sed -e 's/@ASSET_ARRAYS@//' -e 's/@ASSET_TABLE@//' -e 's/@N_ASSETS@/0/g' -e 's/@USE_GZIP@/false/' \
+        "$SRC/tools/ui/ui.cpp.in" >"$gen/ui.cpp.part"
+    ! grep -q '@[A-Z_]*@\|cmakedefine' "$gen/ui.h.part" "$gen/ui.cpp.part" \
+        || die "tools/ui/ui.{h,cpp}.in has placeholders this script does not fill; see scripts/ui-assets.cmake"
+    local f
+    for f in ui.h ui.cpp; do  # keep the old file (and its object's time) when nothing changed
+        if cmp -s "$gen/$f.part" "$gen/$f"; then rm -f "$gen/$f.part"; else mv "$gen/$f.part" "$gen/$f"; fi
+    done
+    local common="-DLLAMA_SUBPROCESS -Iinclude -Iggml/include -Ivendor"
+    objects "$od/hash" "$common -Ivendor/hash -w" \
+        "$SRC"/vendor/hash/hash.cpp "$SRC"/vendor/hash/xxhash/xxhash.c "$SRC"/vendor/hash/sha1/sha1.c \
+        "$SRC"/vendor/hash/sha256/sha256.c
+    local hash_objs=("${OBJS[@]}")
+    objects "$od/mtmd" "$common -DMTMD_VIDEO -Itools/mtmd -Wno-cast-qual" \
+        "$SRC"/tools/mtmd/{mtmd,mtmd-audio,mtmd-image,mtmd-helper,mtmd-helper-gen,clip}.cpp "$SRC"/tools/mtmd/models/*.cpp
+    local mtmd_objs=("${OBJS[@]}")
+    objects "$od/server" "$common -Icommon -Itools/mtmd -Itools/server -I. -I$gen" \
+        "$SRC"/tools/server/*.cpp "$gen/ui.cpp"
+    compile llama-server "${OBJS[@]}" "${mtmd_objs[@]}" "${hash_objs[@]}"
+}
+
 cmd_build() {
     fetch
     need_tool g++ g++
@@ -136,6 +210,7 @@ cmd_build() {
     local t0; t0=$(date +%s)
     [ -x "$BIN/llama-bench" ] || { log "compiling llama-bench"; compile llama-bench "$SRC"/tools/llama-bench/*.cpp; }
     [ -x "$BIN/llama-quantize" ] || { log "compiling llama-quantize"; compile llama-quantize "$SRC"/tools/quantize/*.cpp; }
+    [ -x "$BIN/llama-server" ] || { log "compiling llama-server (about 70 files; minutes)"; build_server; }
     if [ ! -x "$BIN/llama-sysinfo" ] || [ "$HERE/llama_sysinfo.cpp" -nt "$BIN/llama-sysinfo" ]; then
         compile llama-sysinfo "$HERE/llama_sysinfo.cpp"
     fi
@@ -167,6 +242,7 @@ llama.cpp prebuilt ($(kv package), libraries built on $(kv built_on) with $(kv c
   devices:          $(kv devices)
   llama-bench:      $BIN/llama-bench
   llama-quantize:   $BIN/llama-quantize
+  llama-server:     $BIN/llama-server
   libraries:        $BIN
   source:           $SRC
   GGUF files:       $GGUF_DIR
@@ -221,6 +297,7 @@ cmd_paths() {
     echo "lib_dir=$BIN"
     echo "llama_bench=$BIN/llama-bench"
     echo "llama_quantize=$BIN/llama-quantize"
+    echo "llama_server=$BIN/llama-server"
     echo "gguf_dir=$GGUF_DIR"
     echo "version=$NODE_LLAMA_CPP_VERSION"
     if [ -f "$INFO" ]; then
