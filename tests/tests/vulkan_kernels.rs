@@ -239,6 +239,8 @@ fn matmul_per_format_with_and_without_bias() {
             continue;
         }
         for (bias, path) in [false, true].into_iter().flat_map(|b| paths.iter().map(move |&p| (b, p))) {
+            // x on a 16-byte boundary (the row-by-row path reads it in 16-byte words) and off one.
+            let pad_x = if bias { 8 } else { 5 };
             let (x, w, b) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n));
             let (wbytes, wd) = encode_matrix(format, &w, n, k);
             let int8 = int8_acts(path, format) && k.is_multiple_of(32);
@@ -251,21 +253,29 @@ fn matmul_per_format_with_and_without_bias() {
                     dot + if bias { b[o] as f64 } else { 0.0 }
                 })
                 .collect();
-            let xb = buffer_at(&gpu, 5, &words(&x));
+            let xb = buffer_at(&gpu, pad_x, &words(&x));
             let wb = buffer_at(&gpu, 12, &wbytes);
             let bb = buffer_at(&gpu, 3, &words(&b));
             let yb = buffer_at(&gpu, 7, &words(&vec![f32::NAN; rows * n]));
             let name = format!("matmul_{format}{} {path:?} {rows}x{k}x{n}", if bias { "_bias" } else { "" });
             let src = glsl::matmul(format, bias, k as u64, n as u64, path);
             let groups = work(&[glsl::MatMember { format, bias, n: n as u64 }], k, rows, path);
+            let push = [rows as u32, 0, 0, 0, 0];
             if bias {
-                dispatch(&gpu, &name, &src, &[&xb, &wb, &bb, &yb], &[5, 12, 3, 7], [rows as u32, 0, 0, 0, 0], groups);
+                dispatch(&gpu, &name, &src, &[&xb, &wb, &bb, &yb], &[pad_x, 12, 3, 7], push, groups);
             } else {
-                dispatch(&gpu, &name, &src, &[&xb, &wb, &yb], &[5, 12, 7], [rows as u32, 0, 0, 0, 0], groups);
+                dispatch(&gpu, &name, &src, &[&xb, &wb, &yb], &[pad_x, 12, 7], push, groups);
             }
             assert_close_slack(&name, &read_floats(&yb, 7, rows * n), &want, tolerance(path, format), slack);
         }
     }
+}
+
+/// Word offsets of a fused launch's operand `x` and its norm weight for case number `case`, turn about: both on
+/// 16-byte boundaries (the row-by-row path reads them in 16-byte words), neither, and only `x` (the path falls
+/// back to single words).
+fn operand_pads(case: usize) -> (u32, u32) {
+    [(4, 8), (2, 5), (4, 5)][case % 3]
 }
 
 /// The operand a fused launch's matrices see, in f64: rows of `k` of `x` itself, or normalized by an RMSNorm
@@ -301,10 +311,12 @@ fn matmul_group_computes_each_member() {
             paths.clone().into_iter().flat_map(move |p| [(f, n, p, 11usize), (f, n, p, 1), (f, n, p, 130)])
         })
     });
-    for (format, norm, path, rows) in cases {
+    for (case, (format, norm, path, rows)) in cases.enumerate() {
         if rows > 64 && path != MatPath::TiledCoop {
             continue;
         }
+        // (Three row counts a case: shifted, so that each row count meets each placement.)
+        let (pad_x, pad_g) = operand_pads(case + case / 3);
         let sizes = if rows > 64 {
             [(6000usize, false), (150, true), (40, false)]
         } else {
@@ -317,14 +329,14 @@ fn matmul_group_computes_each_member() {
         let int8 = int8_acts(path, format);
         let xs = operand(&x, &gain, k, norm, int8);
         let mut slacks = Vec::new();
-        let mut bufs = vec![buffer_at(&gpu, 2, &words(&x))];
-        let mut pads = vec![2u32];
+        let mut bufs = vec![buffer_at(&gpu, pad_x, &words(&x))];
+        let mut pads = vec![pad_x];
         if norm.is_some() {
             // The norm's weight, then its result twice (the norm unit's, and the matmuls' operand): unwritten.
-            bufs.push(buffer_at(&gpu, 5, &words(&gain)));
+            bufs.push(buffer_at(&gpu, pad_g, &words(&gain)));
             bufs.push(buffer_at(&gpu, 0, &words(&vec![f32::NAN; rows * k])));
             bufs.push(buffer_at(&gpu, 0, &words(&vec![f32::NAN; rows * k])));
-            pads.extend([5, 0, 0]);
+            pads.extend([pad_g, 0, 0]);
         }
         let first_member = bufs.len();
         let mut wants = Vec::new();
@@ -434,24 +446,26 @@ fn gate_and_up_with_the_glu_fused_behind_them() {
         .into_iter()
         .filter(|p| matches!(p, MatPath::RowByRow | MatPath::RowByRowSg | MatPath::RowByRowDot))
         .collect();
-    for (path, format, act, (n, rows, norm, bias)) in FORMATS
+    for (case, (path, format, act, (n, rows, norm, bias))) in FORMATS
         .into_iter()
         .flat_map(|f| [Activation::Silu, Activation::GeluTanh].map(|a| (f, a)))
         .flat_map(|(f, a)| cases.map(|c| (f, a, c)))
         .flat_map(|(f, a, c)| rows_paths.iter().map(move |&p| (p, f, a, c)))
+        .enumerate()
     {
+        let (pad_x, pad_g) = operand_pads(case);
         let x = rng.vec(rows * k);
         let gain = rng.vec(k);
         let int8 = int8_acts(path, format);
         let xs = operand(&x, &gain, k, norm, int8);
         let mut slacks = Vec::new();
-        let mut bufs = vec![buffer_at(&gpu, 2, &words(&x))];
-        let mut pads = vec![2u32];
+        let mut bufs = vec![buffer_at(&gpu, pad_x, &words(&x))];
+        let mut pads = vec![pad_x];
         let poison = |len: usize| words(&vec![f32::NAN; len]);
         if norm.is_some() {
-            bufs.extend([buffer_at(&gpu, 5, &words(&gain)), buffer_at(&gpu, 0, &poison(rows * k))]);
+            bufs.extend([buffer_at(&gpu, pad_g, &words(&gain)), buffer_at(&gpu, 0, &poison(rows * k))]);
             bufs.push(buffer_at(&gpu, 0, &poison(rows * k)));
-            pads.extend([5, 0, 0]);
+            pads.extend([pad_g, 0, 0]);
         }
         let mut proj = Vec::new();
         for m in 0..2 {

@@ -254,6 +254,64 @@ fn gemv_column(format: WeightFormat) -> &'static str {
     }
 }
 
+/// The first columns of the two runs of four neighbouring columns that single-row step `i` reads
+/// ([`gemv_column`]: elements 0..4 and 4..8).
+fn gemv_runs(format: WeightFormat) -> (&'static str, &'static str) {
+    match format {
+        WeightFormat::Q4_0 => ("(i / 4u) * 32u + (i % 4u) * 4u", "(i / 4u) * 32u + 16u + (i % 4u) * 4u"),
+        _ => ("i * 8u", "i * 8u + 4u"),
+    }
+}
+
+/// The aliases of the operand `x` (binding 0) and, with a fused norm, of its weight `g` (binding 1) as 16-byte
+/// words, for [`gemv_x`].
+fn gemv_x_aliases(out: &mut String, norm: bool) {
+    out.push_str("layout(std430, binding = 0) readonly buffer B0x16 { vec4 x4[]; };\n");
+    if norm {
+        out.push_str("layout(std430, binding = 1) readonly buffer B1x16 { vec4 g4[]; };\n");
+    }
+}
+
+/// The statements of a single-row step that fill `float xv[8]` with step `i`'s eight elements of the row of `x`
+/// at `xr` (scaled by the fused norm's weight, their squares summed into `ss`, where `norm`). Where the row
+/// and the norm weight start on 16-byte boundaries (`xw`, set once per row by [`gemv_x_aligned`]), as two
+/// 16-byte loads each: eight scalar loads whose threads sit 32 bytes apart cost the load unit four times the
+/// transactions of the weight loads they feed. Otherwise element by element. The same sums either way but
+/// for the order of `ss`'s additions.
+fn gemv_x(format: WeightFormat, norm: bool) -> String {
+    let (c0, c1) = gemv_runs(format);
+    let col = gemv_column(format);
+    let (wide, narrow) = if norm {
+        (
+            "\x20     ss += dot(xa, xa) + dot(xb, xb);\n\
+             \x20     xa *= g4[(pc.base[1] + c0) / 4u] + UNIT; xb *= g4[(pc.base[1] + c1) / 4u] + UNIT;\n",
+            "float xe = x[xr + c]; ss += xe * xe; xv[e] = xe * (g[pc.base[1] + c] + UNIT);",
+        )
+    } else {
+        ("", "xv[e] = x[xr + c];")
+    };
+    format!(
+        "float xv[8];\n\
+         \x20   if (xw) {{\n\
+         \x20     uint c0 = {c0}, c1 = {c1};\n\
+         \x20     vec4 xa = x4[(xr + c0) / 4u], xb = x4[(xr + c1) / 4u];\n\
+         {wide}\
+         \x20     for (uint e = 0u; e < 4u; e++) {{ xv[e] = xa[e]; xv[4u + e] = xb[e]; }}\n\
+         \x20   }} else {{\n\
+         \x20     for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {narrow} }}\n\
+         \x20   }}\n"
+    )
+}
+
+/// `bool xw`: whether [`gemv_x`] may read the row at `xr` (and the norm weight) as 16-byte words.
+fn gemv_x_aligned(norm: bool) -> &'static str {
+    if norm {
+        "  bool xw = ((xr | pc.base[1]) & 3u) == 0u;\n"
+    } else {
+        "  bool xw = (xr & 3u) == 0u;\n"
+    }
+}
+
 /// The subgroup extensions of the row-by-row path's reduction ([`MatPath::RowByRowSg`]).
 const SUBGROUP_EXTENSIONS: [&str; 2] = ["GL_KHR_shader_subgroup_basic", "GL_KHR_shader_subgroup_shuffle"];
 
@@ -995,16 +1053,16 @@ pub fn matmul_group(
     // Reading element c of a row of x at xr: scaled by its norm weight (its square summed) where a norm is
     // fused; and the factor 1 / rms of a row from the sum of its squares (the staging's, on the integer-dot
     // path).
-    let (read_x, gemv_inv) = if dot && norm.is_some() {
-        ("", " * (1.0 / sqrt(xsum / float(K) + EPS))".to_string())
+    let gemv_inv = if dot && norm.is_some() {
+        " * (1.0 / sqrt(xsum / float(K) + EPS))"
     } else if norm.is_some() {
-        (
-            "float xe = x[xr + c]; ss += xe * xe; XV = xe * (g[pc.base[1] + c] + UNIT);",
-            " * (1.0 / sqrt(gsum(at, 8u) / float(K) + EPS))".to_string(),
-        )
+        " * (1.0 / sqrt(gsum(at, 8u) / float(K) + EPS))"
     } else {
-        ("XV = x[xr + c];", String::new())
+        ""
     };
+    if gemv && !dot {
+        gemv_x_aliases(&mut s, norm.is_some());
+    }
     let sums = if norm.is_some() { 9 } else { 8 };
     let mut first_tile = 0;
     let mut dispatch = String::new();
@@ -1035,19 +1093,13 @@ pub fn matmul_group(
         def_uint(&mut s, &format!("N{m}"), mm.n);
         member_readers(&mut s, m, mm, w, k, gemv, dot);
         if gemv {
-            let col = gemv_column(mm.format);
-            // The row staged (and its sum of squares taken) by the whole workgroup, or read column by column.
+            // The row staged (and its sum of squares taken) by the whole workgroup, or read step by step.
             let (stage, step) = if dot {
-                ("  float xsum = stage_x(xr, t);\n".to_string(), format!("gemv_dot_step{m}(n0, i, acc);"))
+                ("  float xsum = stage_x(xr, t);\n", format!("gemv_dot_step{m}(n0, i, acc);"))
             } else {
                 (
-                    String::new(),
-                    format!(
-                        "float xv[8];\n\
-                         \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
-                         \x20   gemv_step{m}(n0, i, xv, acc);",
-                        read_x = read_x.replace("XV", "xv[e]")
-                    ),
+                    gemv_x_aligned(norm.is_some()),
+                    format!("{}\x20   gemv_step{m}(n0, i, xv, acc);", gemv_x(mm.format, norm.is_some())),
                 )
             };
             let gemv_store = store(&format!("j * N{m} + n"), &format!("gsum(at, l){gemv_inv}{add_bias}"));
@@ -1197,22 +1249,21 @@ pub fn matmul_glu(
     f32_buffer(&mut s, binding + 1, "ua", "readonly");
     f32_buffer(&mut s, binding + 2, "glu_out", "");
     let out = binding + 2;
-    let (read_x, inv) = if dot && norm.is_some() {
-        ("", " * (1.0 / sqrt(xsum / float(K) + EPS))")
+    let inv = if dot && norm.is_some() {
+        " * (1.0 / sqrt(xsum / float(K) + EPS))"
     } else if norm.is_some() {
-        (
-            "float xe = x[xr + c]; ss += xe * xe; xv[e] = xe * (g[pc.base[1] + c] + UNIT);",
-            " * (1.0 / sqrt(gsum(at, 16u) / float(K) + EPS))",
-        )
+        " * (1.0 / sqrt(gsum(at, 16u) / float(K) + EPS))"
     } else {
-        ("xv[e] = x[xr + c];", "")
+        ""
     };
+    if !dot {
+        gemv_x_aliases(&mut s, norm.is_some());
+    }
     let glu = match act {
         Activation::Silu => "u / (1.0 + exp(-u)) * v",
         Activation::GeluTanh => "0.5 * u * (1.0 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))) * v",
     };
     let (b0, b1) = (&bias[0], &bias[1]);
-    let col = gemv_column(members[0].format);
     let (stage, step) = if dot {
         (
             "  float xsum = stage_x(xr, t);\n",
@@ -1220,12 +1271,10 @@ pub fn matmul_glu(
         )
     } else {
         (
-            "",
+            gemv_x_aligned(norm.is_some()),
             format!(
-                "float xv[8];\n\
-                 \x20   for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {read_x} }}\n\
-                 \x20   gemv_step0(n0, i, xv, a0);\n\
-                 \x20   gemv_step1(n0, i, xv, a1);"
+                "{}\x20   gemv_step0(n0, i, xv, a0);\n\x20   gemv_step1(n0, i, xv, a1);",
+                gemv_x(members[0].format, norm.is_some())
             ),
         )
     };
