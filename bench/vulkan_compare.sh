@@ -27,6 +27,10 @@
 # OUT_DIR/log.txt (every command and its output).
 # With PRUNE=1 each quantization's GGUF is deleted after its rounds (an 8B model's checkpoint, bf16 GGUF, one
 # quantized GGUF and one plan fit a 64 GB disk; two of each do not).
+# With DEVICE=cpu both engines run on the machine's CPU instead (the GPU machine's host CPU, say): plans for
+# the CPU target, `unicorn-rt --device cpu`, llama-bench with `-dev none` (its CPU backend, the variant it picks
+# for the host, no -ngl / -fa); THREADS=T passes `--threads T` and `-t T` (default: each engine's own).
+# UNICORN_CPU_ISA passes through to unicorn-rt as usual.
 set -uo pipefail
 kit="$(cd "$1" && pwd)"
 out="$(mkdir -p "$2" && cd "$2" && pwd)"
@@ -49,6 +53,16 @@ run() {
     say "$label: $*"
     "$@" >>"$log" 2>&1 || { say "$label FAILED (exit $?)"; return 1; }
 }
+
+device="${DEVICE:-vulkan}"
+case "$device" in
+vulkan) target=(--target vulkan); rt_dev=(--device vulkan); peer_dev=(-ngl 99 -fa 1) ;;
+cpu)
+    target=(); rt_dev=(--device cpu); peer_dev=(-dev none)
+    [ -n "${THREADS:-}" ] && { rt_dev+=(--threads "$THREADS"); peer_dev+=(-t "$THREADS"); }
+    ;;
+*) echo "vulkan_compare.sh: DEVICE is vulkan or cpu, not '$device'" >&2; exit 2 ;;
+esac
 
 declare -A pre=([qwen3-0.6b]=qwen2 [llama-3.2-1b]=llama-bpe [gemma-3-1b]=llama-bpe [llama-3.1-8b]=llama-bpe)
 declare -A qtype=([q4_0]=Q4_0 [q8_0]=Q8_0 [f16]=F16)
@@ -77,7 +91,7 @@ for m in ${models//,/ }; do
         plan="$work/$m-$q.ucp"
         [ -f "$gguf" ] || run "quantize $m $q" "$work/peer/llama-quantize" --pure "$bf16" "$gguf" "${qtype[$q]}" || continue
         t0=$(date +%s%N)
-        run "compile $m $q" "$kit/unicornc" compile "$ckpt" --target vulkan --weights "$q" -o "$plan" || continue
+        run "compile $m $q" "$kit/unicornc" compile "$ckpt" "${target[@]}" --weights "$q" -o "$plan" || continue
         ms=$((($(date +%s%N) - t0) / 1000000))
         echo "{\"model\":\"$m\",\"quant\":\"$q\",\"engine\":\"unicornc\",\"compile_s\":$ms.0e-3}" >>"$results"
         for r in $(seq 1 "$rounds"); do
@@ -86,14 +100,14 @@ for m in ${models//,/ }; do
             for e in $order; do
                 if [ "$e" = unicorn ]; then
                     say "round $r $m $q unicorn"
-                    j=$("$kit/unicorn-rt" "$plan" --device vulkan --bench --prompt-len "$plen" --gen "$gen" \
+                    j=$("$kit/unicorn-rt" "$plan" "${rt_dev[@]}" --bench --prompt-len "$plen" --gen "$gen" \
                         --repeat 1 --json 2>>"$log") || { say "unicorn-rt FAILED"; continue; }
                     echo "{\"model\":\"$m\",\"quant\":\"$q\",\"round\":$r,\"engine\":\"unicorn\",\"result\":$j}" >>"$results"
                 else
                     say "round $r $m $q llama.cpp"
                     for args in "-p $plen -n 0" "-p 0 -n $gen -d $plen"; do
                         # shellcheck disable=SC2086
-                        j=$("$work/peer/llama-bench" -m "$gguf" -ngl 99 -fa 1 $args -r 1 -o json 2>>"$log") \
+                        j=$("$work/peer/llama-bench" -m "$gguf" "${peer_dev[@]}" $args -r 1 -o json 2>>"$log") \
                             || { say "llama-bench FAILED"; continue; }
                         echo "{\"model\":\"$m\",\"quant\":\"$q\",\"round\":$r,\"engine\":\"llama.cpp\",\"args\":\"$args\",\"result\":$(echo "$j" | tr -d '\n')}" >>"$results"
                     done
@@ -101,7 +115,7 @@ for m in ${models//,/ }; do
             done
         done
         say "profile $m $q"
-        "$kit/unicorn-rt" "$plan" --device vulkan --bench --prompt-len "$plen" --gen "$gen" --repeat 1 --profile \
+        "$kit/unicorn-rt" "$plan" "${rt_dev[@]}" --bench --prompt-len "$plen" --gen "$gen" --repeat 1 --profile \
             >"$out/profile-$m-$q.txt" 2>>"$log" || say "profile FAILED"
         rm -f "$plan"
         [ -n "${PRUNE:-}" ] && rm -f "$gguf"
