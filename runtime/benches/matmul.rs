@@ -82,6 +82,9 @@ fn throughput() {
         (1, 2048, 8192, false),
         (1, 2048, 8192, true),
         (1, 8192, 2048, true),
+        // A server's decode step over four sequences.
+        (4, 8192, 2048, true),
+        (4, 2048, 8192, true),
         (128, 2048, 2048, false),
     ];
     for isa in available_isas() {
