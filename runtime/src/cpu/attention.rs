@@ -2,7 +2,7 @@
 //! the vectorizable reductions it is built from. All arithmetic is f32, as in the float32 reference.
 
 use super::isa::vectorized_fn;
-use super::kv::KvCache;
+use super::kv::{KvCache, KvStore};
 use super::pool::parallel_chunks_mut;
 
 /// Geometry of one attention op.
@@ -15,19 +15,69 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-/// Dot product with eight independent partial sums, so the compiler can keep them in vector registers
-/// (a single running f32 sum is a serial dependency chain).
+/// Dot product with 32 independent partial sums (four 8-lane vectors, so that four fused multiply-adds are in
+/// flight where one running sum would wait on each add's latency), then eight: the compiler keeps them in
+/// vector registers.
 #[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len() / 8 * 8;
-    let mut acc = [0f32; 8];
-    for (x, y) in a[..n].chunks_exact(8).zip(b[..n].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+    let n32 = a.len() / 32 * 32;
+    let mut acc = [0f32; 32];
+    for (x, y) in a[..n32].chunks_exact(32).zip(b[..n32].chunks_exact(32)) {
+        for i in 0..32 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
         }
     }
-    let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
+    let n8 = a.len() / 8 * 8;
+    let mut acc8 = [0f32; 8];
+    for i in 0..8 {
+        acc8[i] = (acc[i] + acc[i + 8]) + (acc[i + 16] + acc[i + 24]);
+    }
+    for (x, y) in a[n32..n8].chunks_exact(8).zip(b[n32..n8].chunks_exact(8)) {
+        for i in 0..8 {
+            acc8[i] = x[i].mul_add(y[i], acc8[i]);
+        }
+    }
+    let tail: f32 = a[n8..].iter().zip(&b[n8..]).map(|(x, y)| x * y).sum();
+    acc8.iter().sum::<f32>() + tail
+}
+
+/// Keys whose values [`attend`] folds in at a time: each output chunk's sums stay in registers over them.
+const VALUE_BLOCK: usize = 32;
+/// Heads of scratch [`attend`] takes: a key, and a block of values.
+const TMP_HEADS: usize = 1 + VALUE_BLOCK;
+
+/// `o += sum over t of e[t] * v[t]` for the `e.len()` rows `v[t]` (each `o.len()` long, starting `ld` apart),
+/// in chunks of 64 outputs (then 32, then one by one) whose sums stay in vector registers across the rows: one
+/// load and store of `o` per chunk and call rather than per row, and eight independent chains of fused
+/// multiply-adds (enough to cover their latency). Row by row in order, so the sums do not depend on the chunk.
+#[inline(always)]
+fn fold_values(o: &mut [f32], e: &[f32], v: &[f32], ld: usize) {
+    #[inline(always)]
+    fn chunk<const W: usize>(o: &mut [f32], e: &[f32], v: &[f32], ld: usize, d0: usize) {
+        let mut acc: [f32; W] = o[d0..d0 + W].try_into().expect("a chunk of outputs");
+        for (t, &w) in e.iter().enumerate() {
+            let vt = &v[t * ld + d0..][..W];
+            for i in 0..W {
+                acc[i] = w.mul_add(vt[i], acc[i]);
+            }
+        }
+        o[d0..d0 + W].copy_from_slice(&acc);
+    }
+    let hd = o.len();
+    let mut d0 = 0;
+    while d0 + 64 <= hd {
+        chunk::<64>(o, e, v, ld, d0);
+        d0 += 64;
+    }
+    if d0 + 32 <= hd {
+        chunk::<32>(o, e, v, ld, d0);
+        d0 += 32;
+    }
+    for (t, &w) in e.iter().enumerate() {
+        for (a, &x) in o[d0..].iter_mut().zip(&v[t * ld + d0..t * ld + hd]) {
+            *a = w.mul_add(x, *a);
+        }
+    }
 }
 
 /// Maximum of a slice, in eight lanes (a fold over `f32::max` does not vectorize).
@@ -68,6 +118,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Partial results of split rows (see [`attention`]), reused likewise.
     static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This execution's values, head-major (see [`attention`]), reused likewise.
+    static VALUE_HEADS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where attention finds the keys and values of a position: the cache before `start`, this execution's rows
@@ -77,9 +129,29 @@ struct KvSource<'a> {
     k: &'a [f32],
     v: &'a [f32],
     start: usize,
+    /// This execution's values head-major (kv head `g`'s rows consecutive, `rows` per head), where it has
+    /// several rows.
+    v_heads: Option<&'a [f32]>,
 }
 
 impl KvSource<'_> {
+    /// The values of kv head `g` for positions `pos..pos + n` as consecutive rows, where they are so in memory:
+    /// this execution's (head-major), or an f32 cache's with no wrap of the ring between them; `None` otherwise.
+    #[inline(always)]
+    fn values_in_place(&self, pos: usize, n: usize, g: usize) -> Option<&[f32]> {
+        let hd = self.cache.head_dim;
+        if let Some(vh) = self.v_heads.filter(|_| pos >= self.start) {
+            let rows = vh.len() / (self.cache.kv_heads * hd);
+            let at = (g * rows + pos - self.start) * hd;
+            return Some(&vh[at..at + n * hd]);
+        }
+        let (first, last) = (self.cache.at(g, pos), self.cache.at(g, pos + n - 1));
+        match &self.cache.v {
+            KvStore::F32(v) if pos + n <= self.start && last == first + (n - 1) * hd => Some(&v[first..last + hd]),
+            _ => None,
+        }
+    }
+
     /// Key (`value` false) or value of kv head `g` for position `pos`; `tmp` is `head_dim` long.
     #[inline(always)]
     fn get<'s>(&'s self, pos: usize, g: usize, value: bool, tmp: &'s mut [f32]) -> &'s [f32] {
@@ -98,7 +170,7 @@ vectorized_fn! {
     /// The query heads `qg` (`m.len()` heads of `hd`, sharing kv head `g`) against the keys at
     /// `positions`: per head `h`, `m[h]` the largest score, `l[h]` the sum of `e^(score - m[h])`, and `o[h]` the
     /// sum of `e^(score - m[h]) v`, divided by `l[h]` when `normalize`. Each key and value is read once for the
-    /// group. `scores` holds at least `m.len() * positions.len()` values, `tmp` one head.
+    /// group. `scores` holds at least `m.len() * positions.len()` values, `tmp` [`TMP_HEADS`] heads.
     fn attend(
         qg: &[f32],
         kv: &KvSource<'_>,
@@ -123,7 +195,7 @@ vectorized_fn! {
         // scores[h * n + j]: query head h against key positions.start + j.
         let scores = &mut scores[..m.len() * n];
         for (j, pos) in positions.clone().enumerate() {
-            let kj = kv.get(pos, g, false, tmp);
+            let kj = kv.get(pos, g, false, &mut tmp[..hd]);
             for (h, qh) in qg.chunks_exact(hd).enumerate() {
                 scores[h * n + j] = dot(qh, kj) * scale;
             }
@@ -132,12 +204,26 @@ vectorized_fn! {
             m[h] = max_of(sc);
             l[h] = exp_shifted_sum(sc, m[h]);
         }
-        for (j, pos) in positions.enumerate() {
-            let vj = kv.get(pos, g, true, tmp);
+        // The values in blocks: gathered (and widened from f16) into `tmp`, then folded into each head's sums.
+        let mut j0 = 0;
+        while j0 < n {
+            let b = VALUE_BLOCK.min(n - j0);
+            let pos0 = positions.start + j0;
+            let block = match kv.values_in_place(pos0, b, g) {
+                Some(view) => view,
+                None => {
+                    for t in 0..b {
+                        let (vt, rest) = tmp.split_at_mut(hd);
+                        let row = kv.get(pos0 + t, g, true, vt);
+                        rest[t * hd..(t + 1) * hd].copy_from_slice(row);
+                    }
+                    &tmp[hd..hd + b * hd]
+                }
+            };
             for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
-                let e = scores[h * n + j];
-                oh.iter_mut().zip(vj).for_each(|(a, &b)| *a += e * b);
+                fold_values(oh, &scores[h * n + j0..h * n + j0 + b], block, hd);
             }
+            j0 += b;
         }
         if normalize {
             for (oh, &l) in o.chunks_exact_mut(hd).zip(l.iter()) {
@@ -189,15 +275,37 @@ pub fn key_parts(tasks: usize, keys: usize, group: usize, head_dim: usize) -> us
 /// row's keys are split into parts that run as separate tasks, each keeping its own maximum and sum, and the
 /// parts are merged after (rescaling each by `e^(m_part - m)`), which gives the same softmax. How many parts
 /// ([`key_parts`]) depends on the shape alone, so the result does not depend on the thread count.
+///
+/// A prefill's values are laid out head-major once per call (as the cache holds them), so that each task folds
+/// its kv head's values straight from consecutive rows rather than gathering its own copy of them.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize, s: AttnShape, out: &mut [f32]) {
+    let (hd, kvh) = (s.head_dim, s.kv_heads);
+    let rows = v.len() / (kvh * hd);
+    if rows < 2 {
+        return attend_rows(q, &KvSource { cache, k, v, start, v_heads: None }, s, out);
+    }
+    VALUE_HEADS.with_borrow_mut(|vh| {
+        vh.clear();
+        vh.resize(v.len(), 0.0);
+        for (r, row) in v.chunks_exact(kvh * hd).enumerate() {
+            for (g, head) in row.chunks_exact(hd).enumerate() {
+                vh[(g * rows + r) * hd..][..hd].copy_from_slice(head);
+            }
+        }
+        attend_rows(q, &KvSource { cache, k, v, start, v_heads: Some(vh) }, s, out)
+    })
+}
+
+/// [`attention`] over its source of keys and values.
+fn attend_rows(q: &[f32], kv: &KvSource<'_>, s: AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
     let qw = s.heads * hd;
     let group = s.heads / s.kv_heads;
     let rows = out.len() / qw;
+    let start = kv.start;
     if rows == 0 {
         return;
     }
-    let kv = KvSource { cache, k, v, start };
     let span = |r: usize| {
         let p = start + r;
         s.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
@@ -210,11 +318,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
             let qg = &q[r * qw + g * group * hd..][..group * hd];
             let keys = span(r);
             let n = keys.len();
-            with_scratch(group * (n + 2) + hd, |buf| {
+            with_scratch(group * (n + 2) + TMP_HEADS * hd, |buf| {
                 let (scores, ml) = buf.split_at_mut(group * n);
                 let (m, rest) = ml.split_at_mut(group);
                 let (l, tmp) = rest.split_at_mut(group);
-                attend(qg, &kv, g, keys, s.scale, scores, o, m, l, tmp, true)
+                attend(qg, kv, g, keys, s.scale, scores, o, m, l, tmp, true)
             });
         });
         return;
@@ -234,9 +342,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, start: usize,
             let qg = &q[r * qw + g * group * hd..][..group * hd];
             let (o, ml) = piece.split_at_mut(group * hd);
             let (m, l) = ml.split_at_mut(group);
-            with_scratch(group * (hi - lo) + hd, |buf| {
+            with_scratch(group * (hi - lo) + TMP_HEADS * hd, |buf| {
                 let (scores, tmp) = buf.split_at_mut(group * (hi - lo));
-                attend(qg, &kv, g, lo..hi, s.scale, scores, o, m, l, tmp, false)
+                attend(qg, kv, g, lo..hi, s.scale, scores, o, m, l, tmp, false)
             });
         });
         for (rg, pieces) in buf.chunks_exact(parts * width).enumerate() {
@@ -367,14 +475,19 @@ mod tests {
         // wrapped twice, and 3 rows of 2 kv heads (6 tasks) through a wrapped window of 800; and a short window,
         // whose keys are too few to split; and the smallest head there is (one of 2), whose parts need 16384
         // keys each, so that the split is decided on a single task's row of 40000 keys. Some parts are far
-        // larger in score than others (a ramp in q.k), which a wrong rescaling would show.
+        // larger in score than others (a ramp in q.k), which a wrong rescaling would show. Heads of 80 and 96
+        // dimensions fold their values in chunks of 32 (and a rest of 16), from an f32 and an f16 cache (keys
+        // and values taken at f16 precision there, so that the reference sees what the cache holds) whose ring
+        // wraps inside a block of values.
         let mut rnd = uniform(11);
-        for (heads, kv_heads, hd, rows, total, window, want_parts) in [
-            (4, 1, 16, 1, 6000, None, 11),
-            (4, 1, 16, 1, 6000, Some(2600), 5),
-            (6, 2, 64, 3, 2000, Some(800), 4),
-            (4, 1, 16, 1, 300, Some(77), 1),
-            (1, 1, 2, 1, 40000, None, 2),
+        for (heads, kv_heads, hd, rows, total, window, want_parts, f16) in [
+            (4, 1, 16, 1, 6000, None, 11, false),
+            (4, 1, 16, 1, 6000, Some(2600), 5, false),
+            (6, 2, 64, 3, 2000, Some(800), 4, false),
+            (4, 1, 16, 1, 300, Some(77), 1, false),
+            (1, 1, 2, 1, 40000, None, 2, false),
+            (2, 1, 80, 2, 700, Some(310), 1, false),
+            (4, 2, 96, 1, 900, Some(700), 4, true),
         ] {
             let s = AttnShape { heads, kv_heads, head_dim: hd, window, scale: 0.25 };
             let (kw, qw) = (kv_heads * hd, heads * hd);
@@ -382,11 +495,12 @@ mod tests {
             assert_eq!(parts, want_parts, "{rows} rows over {total} keys, window {window:?}");
             let what = format!("{heads}/{kv_heads}x{hd} heads, {rows} rows, {total} positions, window {window:?}");
             let ramp = |j: usize| j as f32 / total as f32 * 3.0;
-            let keys: Vec<Vec<f32>> = (0..total).map(|j| (0..kw).map(|_| rnd() + ramp(j)).collect()).collect();
-            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| rnd()).collect()).collect();
+            let at_f16 = |x: f32| if f16 { half::f16::from_f32(x).to_f32() } else { x };
+            let keys: Vec<Vec<f32>> = (0..total).map(|j| (0..kw).map(|_| at_f16(rnd() + ramp(j))).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| at_f16(rnd())).collect()).collect();
             let qs: Vec<Vec<f32>> = (0..total).map(|_| (0..qw).map(|_| rnd() + 0.5).collect()).collect();
             let start = total - rows;
-            let mut cache = KvCache::new(window.unwrap_or(total), kv_heads, hd);
+            let mut cache = KvCache::with_storage(window.unwrap_or(total), kv_heads, hd, f16).unwrap();
             cache.append(0, &keys[..start].concat(), &vals[..start].concat());
             let mut out = vec![f32::NAN; rows * qw];
             let q = qs[start..].concat();
