@@ -590,6 +590,27 @@ mod tests {
     }
 
     /// Activations with a different magnitude per 32-block, as real hidden states have.
+    /// Random `n x k` weights in `format` and `rows x k` activations; `f(x, w, decoded w, isa)` for every layout
+    /// the format is stored in and every kernel family this CPU runs.
+    fn each_layout_and_isa(
+        rng: &mut Rng,
+        format: WeightFormat,
+        rows: usize,
+        n: usize,
+        k: usize,
+        mut f: impl FnMut(&[f32], WeightRef, &[f32], Isa),
+    ) {
+        let (data, deq) = weights(rng, format, n, k);
+        let x = activations(rng, rows, k);
+        for layout in layouts(format, n) {
+            let data = pack(format, layout, k, &data);
+            let w = WeightRef { format, layout, n, k, data: &data };
+            for isa in isas() {
+                f(&x, w, &deq, isa);
+            }
+        }
+    }
+
     fn activations(rng: &mut Rng, rows: usize, k: usize) -> Vec<f32> {
         let mut x = rng.vec(rows * k, 1.0);
         for (i, blk) in x.chunks_mut(32).enumerate() {
@@ -706,18 +727,12 @@ mod tests {
             // at, and past it with a k that is not a multiple of the padding (16).
             let copies = [(31, 40, 2048), (32, 40, 2048), (65, 24, if format.is_quantized() { 1056 } else { 1040 })];
             for (rows, n, k) in shapes.into_iter().chain(x8).chain(long_gemv).chain(copies) {
-                let (data, deq) = weights(&mut rng, format, n, k);
-                let x = activations(&mut rng, rows, k);
-                for layout in layouts(format, n) {
-                    let data = pack(format, layout, k, &data);
-                    let w = WeightRef { format, layout, n, k, data: &data };
-                    for isa in isas() {
-                        let mut y = vec![f32::NAN; rows * n];
-                        matmul_with(isa, &x, rows, w, None, &mut y, &mut scratch);
-                        let what = format!("{format} {} {} {rows}x{n}x{k}", layout.name(), isa.name());
-                        check(&what, format, &x, rows, &deq, n, k, None, &y);
-                    }
-                }
+                each_layout_and_isa(&mut rng, format, rows, n, k, |x, w, deq, isa| {
+                    let mut y = vec![f32::NAN; rows * n];
+                    matmul_with(isa, x, rows, w, None, &mut y, &mut scratch);
+                    let what = format!("{format} {} {} {rows}x{n}x{k}", w.layout.name(), isa.name());
+                    check(&what, format, x, rows, deq, n, k, None, &y);
+                });
             }
         }
     }
@@ -802,26 +817,20 @@ mod tests {
             for &k in ks {
                 for n in [10, 21] {
                     let rows = 7;
-                    let (data, deq) = weights(&mut rng, format, n, k);
-                    let x = activations(&mut rng, rows, k);
-                    for layout in layouts(format, n) {
-                        let data = pack(format, layout, k, &data);
-                        let w = WeightRef { format, layout, n, k, data: &data };
-                        for isa in isas() {
-                            let cts: Vec<usize> = match format.is_quantized() {
-                                true => (1..=super::super::matmul_x8::max_groups(isa)).collect(),
-                                false => vec![1, 2, 3, 4],
-                            };
-                            for rt in 1..=4 {
-                                for &ct in &cts {
-                                    let mut y = vec![f32::NAN; rows * n];
-                                    matmul_with_tile(isa, (rt, ct), &x, rows, w, &mut y, &mut scratch);
-                                    let what = format!("{format} {} tile {rt}x{ct} {rows}x{n}x{k}", isa.name());
-                                    check(&what, format, &x, rows, &deq, n, k, None, &y);
-                                }
+                    each_layout_and_isa(&mut rng, format, rows, n, k, |x, w, deq, isa| {
+                        let cts: Vec<usize> = match format.is_quantized() {
+                            true => (1..=super::super::matmul_x8::max_groups(isa)).collect(),
+                            false => vec![1, 2, 3, 4],
+                        };
+                        for rt in 1..=4 {
+                            for &ct in &cts {
+                                let mut y = vec![f32::NAN; rows * n];
+                                matmul_with_tile(isa, (rt, ct), x, rows, w, &mut y, &mut scratch);
+                                let what = format!("{format} {} tile {rt}x{ct} {rows}x{n}x{k}", isa.name());
+                                check(&what, format, x, rows, deq, n, k, None, &y);
                             }
                         }
-                    }
+                    });
                 }
             }
         }
