@@ -15,16 +15,16 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-/// Dot product with 32 independent partial sums (four 8-lane vectors, so that four fused multiply-adds are in
-/// flight where one running sum would wait on each add's latency), then eight: the compiler keeps them in
-/// vector registers.
+/// Dot product with 32 independent partial sums (four 8-lane vectors, so that four multiply-adds are in flight
+/// where one running sum would wait on each add's latency), then eight: the compiler keeps them in vector
+/// registers. (Multiply, then add: `f32::mul_add` would be a libm call in `vectorized_fn!`'s portable instance.)
 #[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n32 = a.len() / 32 * 32;
     let mut acc = [0f32; 32];
     for (x, y) in a[..n32].chunks_exact(32).zip(b[..n32].chunks_exact(32)) {
         for i in 0..32 {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
+            acc[i] += x[i] * y[i];
         }
     }
     let n8 = a.len() / 8 * 8;
@@ -34,7 +34,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     for (x, y) in a[n32..n8].chunks_exact(8).zip(b[n32..n8].chunks_exact(8)) {
         for i in 0..8 {
-            acc8[i] = x[i].mul_add(y[i], acc8[i]);
+            acc8[i] += x[i] * y[i];
         }
     }
     let tail: f32 = a[n8..].iter().zip(&b[n8..]).map(|(x, y)| x * y).sum();
@@ -48,8 +48,8 @@ const TMP_HEADS: usize = 1 + VALUE_BLOCK;
 
 /// `o += sum over t of e[t] * v[t]` for the `e.len()` rows `v[t]` (each `o.len()` long, starting `ld` apart),
 /// in chunks of 64 outputs (then 32, then one by one) whose sums stay in vector registers across the rows: one
-/// load and store of `o` per chunk and call rather than per row, and eight independent chains of fused
-/// multiply-adds (enough to cover their latency). Row by row in order, so the sums do not depend on the chunk.
+/// load and store of `o` per chunk and call rather than per row, and eight independent chains of multiply-adds
+/// (enough to cover their latency). Row by row in order, so the sums do not depend on the chunk.
 #[inline(always)]
 fn fold_values(o: &mut [f32], e: &[f32], v: &[f32], ld: usize) {
     #[inline(always)]
@@ -58,7 +58,7 @@ fn fold_values(o: &mut [f32], e: &[f32], v: &[f32], ld: usize) {
         for (t, &w) in e.iter().enumerate() {
             let vt = &v[t * ld + d0..][..W];
             for i in 0..W {
-                acc[i] = w.mul_add(vt[i], acc[i]);
+                acc[i] += w * vt[i];
             }
         }
         o[d0..d0 + W].copy_from_slice(&acc);
@@ -75,7 +75,7 @@ fn fold_values(o: &mut [f32], e: &[f32], v: &[f32], ld: usize) {
     }
     for (t, &w) in e.iter().enumerate() {
         for (a, &x) in o[d0..].iter_mut().zip(&v[t * ld + d0..t * ld + hd]) {
-            *a = w.mul_add(x, *a);
+            *a += w * x;
         }
     }
 }
