@@ -137,6 +137,93 @@ pub enum CoreBody {
     /// running maximum and sum, the probabilities rounded to bf16 for PV with f32 sums — and releases the
     /// rows' output (`q_rows x head_dim` f32) into its third.
     Attention { q_rows: u64, keys: u64, head_dim: u64, rounds: AttentionRounds, slot: u64 },
+    /// RMSNorm or the masked softmax ([`RowOp`]) of rows too wide for a core, one row at a time in two passes
+    /// over its [`RowPieces::pieces`] pieces of `piece` elements (the row padded to whole pieces; `width` is
+    /// its true width, and the pad is ignored whatever it holds). Pass 1 acquires each piece of its first fifo
+    /// use (bf16; for the softmax with the same piece of its second, the mask) and folds it into the row's
+    /// statistics ([`RowPieces`]: RMSNorm's sum of squares, the softmax's running maximum and sum of
+    /// exponentials, online); pass 2 acquires the same pieces again with its second's (the norm's weights or
+    /// the mask) and releases each piece's output (`piece` f32, zeros in the pad) into its third.
+    RowPieces(RowPieces),
+}
+
+/// The shape of a [`CoreBody::RowPieces`] core: the op, a row's true width, and the piece it is streamed in.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RowPieces {
+    /// [`RowOp::RmsNorm`] or [`RowOp::Softmax`].
+    pub op: RowOp,
+    pub width: u64,
+    pub piece: u64,
+}
+
+impl RowPieces {
+    /// Pieces a row is taken in.
+    pub fn pieces(&self) -> u64 {
+        self.width.div_ceil(self.piece)
+    }
+
+    /// Elements of piece `j` within the row (the rest of it is pad).
+    pub fn valid(&self, j: u64) -> usize {
+        (self.width - j * self.piece).min(self.piece) as usize
+    }
+
+    /// Whether pass 1 reads the second operand too (the softmax's statistics are of the masked scores).
+    pub fn stats_read_second(&self) -> bool {
+        matches!(self.op, RowOp::Softmax { .. })
+    }
+
+    /// Pass 1 on piece `j` (`x`, and the mask for the softmax): folded into the row's statistics `s` — for
+    /// RMSNorm `s[0]` the sum of squares, in order from 0; for the softmax `s[0]` the running maximum of
+    /// `z = x scale + mask` (from -inf) and `s[1]` the sum of `exp(z - s[0])` (from 0), rescaled by `exp(old
+    /// max - new max)` where a piece raises the maximum; a piece all of whose `z` are -inf leaves them as they
+    /// were. Piece 0 starts them afresh.
+    pub fn stats(&self, j: u64, x: &[f32], second: &[f32], s: &mut [f32; 2]) {
+        let n = self.valid(j);
+        let (x, second) = (&x[..n], &second[..n.min(second.len())]);
+        match self.op {
+            RowOp::RmsNorm { .. } => {
+                let from = if j == 0 { 0.0 } else { s[0] };
+                s[0] = x.iter().fold(from, |acc, v| acc + v * v);
+            }
+            RowOp::Softmax { scale } => {
+                let (m, l) = if j == 0 { (f32::NEG_INFINITY, 0.0) } else { (s[0], s[1]) };
+                let z: Vec<f32> = x.iter().zip(second).map(|(v, mk)| v * scale + mk).collect();
+                let mx = z.iter().copied().fold(m, f32::max);
+                *s = if mx == f32::NEG_INFINITY {
+                    [m, l]
+                } else {
+                    let corr = (m - mx).exp();
+                    let sum = z.iter().fold(0.0f32, |acc, v| acc + (v - mx).exp());
+                    [mx, l * corr + sum]
+                };
+            }
+            RowOp::SiluGlu | RowOp::Rope { .. } => unreachable!("element-wise ops take whole rows"),
+        }
+    }
+
+    /// Pass 2 on piece `j` (`x` and the second operand's piece) with the row's statistics `s`: its output
+    /// `y` (`piece` elements, zeros in the pad) — RMSNorm `x / sqrt(s[0] / width + eps) * w`, the softmax
+    /// `exp(z - s[0]) / s[1]`, zeros for a row masked entirely.
+    pub fn out(&self, j: u64, x: &[f32], second: &[f32], s: &[f32; 2], y: &mut [f32]) {
+        let n = self.valid(j);
+        y[n..].fill(0.0);
+        let (x, second, y) = (&x[..n], &second[..n], &mut y[..n]);
+        match self.op {
+            RowOp::RmsNorm { eps } => {
+                let inv = 1.0 / (s[0] / self.width as f32 + eps).sqrt();
+                for ((o, v), g) in y.iter_mut().zip(x).zip(second) {
+                    *o = v * inv * g;
+                }
+            }
+            RowOp::Softmax { scale } => {
+                let (m, l) = (s[0], s[1]);
+                for ((o, v), mk) in y.iter_mut().zip(x).zip(second) {
+                    *o = if m == f32::NEG_INFINITY { 0.0 } else { (v * scale + mk - m).exp() / l };
+                }
+            }
+            RowOp::SiluGlu | RowOp::Rope { .. } => unreachable!("element-wise ops take whole rows"),
+        }
+    }
 }
 
 /// The rounds an attention design's cores take, the same on every core of a column (a column's cores take

@@ -9,7 +9,7 @@
 //! the emulator checks what reaches where and what is computed from it, not timing or back-pressure (the AIE2
 //! rules bound the buffers).
 
-use crate::design::{Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RowOp, SeqOp};
+use crate::design::{Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RowOp, RowPieces, SeqOp};
 use std::collections::{HashMap, VecDeque};
 
 /// What one dispatch of a design did.
@@ -48,6 +48,8 @@ struct Emu<'d> {
     acc: HashMap<Coord, (Vec<f32>, u64)>,
     /// Per attention core: where it is in its rounds.
     attn: HashMap<Coord, AttnState>,
+    /// Per core of rows in pieces: where it is in its row's two passes.
+    pieces: HashMap<Coord, PiecesState>,
     /// Elements of a partly filled buffer streamed in from the host, per fifo.
     partial: HashMap<String, Vec<f32>>,
     stats: EmuStats,
@@ -101,6 +103,10 @@ impl<'d> Emu<'d> {
                     moved |= self.attend(core)?;
                     continue;
                 }
+                if let CoreBody::RowPieces(rp) = core.body {
+                    moved |= self.row_pieces(core, rp)?;
+                    continue;
+                }
                 let [a, b, c] = &core.uses[..] else {
                     return Err(format!("core at {}: a body uses three fifos (two in, one out)", core.tile));
                 };
@@ -112,7 +118,7 @@ impl<'d> Emu<'d> {
                     CoreBody::MatMul { m, k, n, k_tiles, .. } => (m * n, (m * k, k * n), k_tiles),
                     CoreBody::MatVec { rows, k, k_tiles } => (rows, (rows * k, k), k_tiles),
                     CoreBody::Rows { op, rows, width } => (rows * width, (rows * width, op.second(rows, width).0), 1),
-                    CoreBody::Attention { .. } => unreachable!("attention cores are run by attend"),
+                    CoreBody::Attention { .. } | CoreBody::RowPieces(_) => unreachable!("run by their own steps"),
                 };
                 while self.ready(&a.fifo, core.tile) && self.ready(&b.fifo, core.tile) {
                     let ta = self.take(&a.fifo, core.tile).expect("ready");
@@ -198,6 +204,64 @@ impl Emu<'_> {
             moved = true;
         }
     }
+}
+
+impl Emu<'_> {
+    /// Advance a core of rows in pieces as far as its buffers allow: pass 1 takes a row's pieces one by one
+    /// (with the mask's for the softmax) into its statistics, pass 2 takes them again with the second
+    /// operand's and releases each piece's output. Whether anything moved.
+    fn row_pieces(&mut self, core: &crate::design::Core, rp: RowPieces) -> Result<bool, String> {
+        let [a, b, c] = &core.uses[..] else {
+            return Err(format!("core at {}: a body uses three fifos (two in, one out)", core.tile));
+        };
+        if a.port != Port::Consume || b.port != Port::Consume || c.port != Port::Produce {
+            return Err(format!("core at {}: a body consumes two fifos and produces the third", core.tile));
+        }
+        let p = rp.piece as usize;
+        let mut moved = false;
+        loop {
+            let st = *self.pieces.entry(core.tile).or_default();
+            let reads_b = st.out || rp.stats_read_second();
+            if !self.ready(&a.fifo, core.tile) || (reads_b && !self.ready(&b.fifo, core.tile)) {
+                return Ok(moved);
+            }
+            let x = self.take(&a.fifo, core.tile).expect("ready");
+            let sb = if reads_b { self.take(&b.fifo, core.tile).expect("ready") } else { Vec::new() };
+            if x.len() != p || (reads_b && sb.len() != p) {
+                return Err(format!(
+                    "core at {}: pieces of {} and {} elements where its body takes {p}",
+                    core.tile,
+                    x.len(),
+                    sb.len()
+                ));
+            }
+            let st = self.pieces.get_mut(&core.tile).expect("entered");
+            if st.out {
+                let mut y = vec![0.0; p];
+                rp.out(st.piece, &x, &sb, &st.stats, &mut y);
+                let f = self.fifo(&c.fifo)?;
+                self.produce(f, y);
+            } else {
+                rp.stats(st.piece, &x, &sb, &mut st.stats);
+            }
+            let st = self.pieces.get_mut(&core.tile).expect("entered");
+            st.piece += 1;
+            if st.piece == rp.pieces() {
+                st.piece = 0;
+                st.out = !st.out;
+            }
+            moved = true;
+        }
+    }
+}
+
+/// A core of rows in pieces: in which pass (`out`: the second) and at which piece of its row it is, and the
+/// row's statistics.
+#[derive(Debug, Clone, Copy, Default)]
+struct PiecesState {
+    out: bool,
+    piece: u64,
+    stats: [f32; 2],
 }
 
 /// One K/V tile of an attention core's round: the shape and mask it folds a tile with.
@@ -306,6 +370,7 @@ pub fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
             (rows * k) as u64
         }
         CoreBody::Attention { .. } => unreachable!("attention cores are run by attend"),
+        CoreBody::RowPieces(_) => unreachable!("cores of rows in pieces are run by row_pieces"),
         CoreBody::Rows { op, rows, width } => {
             let w = width as usize;
             for r in 0..rows as usize {
@@ -364,6 +429,7 @@ pub fn run(design: &Design, args: &mut [Vec<f32>]) -> Result<EmuStats, String> {
         queues: HashMap::new(),
         acc: HashMap::new(),
         attn: HashMap::new(),
+        pieces: HashMap::new(),
         partial: HashMap::new(),
         stats: EmuStats::default(),
     };

@@ -34,7 +34,8 @@
 //! Each core loops forever (mlir-aie's `while_true` idiom, `sys.maxsize` iterations), one pass of its loop being
 //! what it does in one dispatch: a matrix core acquires its output buffer, zeroes it, folds `k_tiles` pairs of
 //! operand buffers into it and releases it; a row-wise core takes one buffer of each operand per output buffer;
-//! an attention core walks its rounds (a round's Q block, its K/V tiles folded one by one into the rows'
+//! a core of rows in pieces takes a row's pieces twice, once for the row's statistics (kept in an `aie.buffer`
+//! of its tile) and once for its outputs; an attention core walks its rounds (a round's Q block, its K/V tiles folded one by one into the rows'
 //! running maximum, sum and output kept in `aie.buffer`s of its tile, then the rows' output), the rounds of
 //! each of its column's heads alike taken as a loop over the heads. That is the order the emulator
 //! ([`super::emu`]) runs the bodies in.
@@ -253,7 +254,7 @@ fn functions(design: &Design) -> Functions {
             CoreBody::Attention { q_rows, head_dim, .. } => {
                 fs.add(&format!("{name}_start"), attention_start(&name, q_rows, head_dim));
             }
-            CoreBody::Rows { .. } => {}
+            CoreBody::Rows { .. } | CoreBody::RowPieces(_) => {}
         }
         fs.body.push(name);
     }
@@ -356,6 +357,43 @@ impl CoreWriter<'_> {
         self.release(1, c);
     }
 
+    /// One pass of a core of rows in pieces: a row's two passes over its `%pieces` pieces, the first folding
+    /// each piece (and the softmax's mask's) into the row's statistics in its tile's buffer, the second taking
+    /// the same pieces again with the second operand's into one output piece each.
+    fn row_pieces(&mut self, name: &str, body: CoreBody, [a, b, c]: [&FifoUse; 3]) {
+        let CoreBody::RowPieces(rp) = body else { return };
+        let stats = format!("%{}", stats_buffer(self.core.tile));
+        let ts = flat(2, Elem::F32);
+        self.line(1, "scf.for %j = %c0 to %pieces step %c1 {");
+        let ta = self.acquire(2, "x1", a);
+        let mut args = vec![("%x1".to_string(), ta)];
+        if rp.stats_read_second() {
+            let tb = self.acquire(2, "m1", b);
+            args.push(("%m1".to_string(), tb));
+        }
+        args.extend([(stats.clone(), ts.clone()), ("%j".to_string(), "index".to_string())]);
+        let refs: Vec<(&str, &str)> = args.iter().map(|(v, t)| (v.as_str(), t.as_str())).collect();
+        self.call(2, &format!("{name}_stats"), &refs);
+        self.release(2, a);
+        if rp.stats_read_second() {
+            self.release(2, b);
+        }
+        self.line(1, "}");
+        self.line(1, "scf.for %k = %c0 to %pieces step %c1 {");
+        let ta = self.acquire(2, "x2", a);
+        let tb = self.acquire(2, "b2", b);
+        let tc = self.acquire(2, "y2", c);
+        self.call(
+            2,
+            &format!("{name}_out"),
+            &[("%x2", &ta), ("%b2", &tb), (&stats, &ts), ("%y2", &tc), ("%k", "index")],
+        );
+        self.release(2, a);
+        self.release(2, b);
+        self.release(2, c);
+        self.line(1, "}");
+    }
+
     /// One pass of an attention core: the rounds of [`attention_plan`], repeated over the heads.
     fn attention(&mut self, name: &str, body: CoreBody, [q, kv, o]: [&FifoUse; 3]) {
         let CoreBody::Attention { q_rows, keys: _, head_dim, rounds, slot } = body else { return };
@@ -420,6 +458,11 @@ fn attention_buffer(at: Coord, part: &str) -> String {
     format!("attn_{}_{}_{part}", at.col, at.row)
 }
 
+/// The name of a core of rows in pieces' buffer of its row's statistics.
+fn stats_buffer(at: Coord) -> String {
+    format!("rows_{}_{}_stats", at.col, at.row)
+}
+
 /// Whether a core of `body` runs anything in a dispatch (an attention core of a column without heads does
 /// not).
 fn has_work(body: CoreBody) -> bool {
@@ -444,12 +487,14 @@ fn core_op(design: &Design, core: &Core, name: &str) -> String {
                 w.constant(0, "heads", attention_plan(core.body).1);
                 w.constant(0, "keys", keys);
             }
+            CoreBody::RowPieces(rp) => w.constant(0, "pieces", rp.pieces()),
             CoreBody::Rows { .. } => {}
         }
         w.line(0, "scf.for %pass = %c0 to %forever step %c1 {");
         match core.body {
             CoreBody::MatMul { .. } | CoreBody::MatVec { .. } => w.matrix(name, [a, b, c]),
             CoreBody::Rows { .. } => w.rows(name, [a, b, c]),
+            CoreBody::RowPieces(_) => w.row_pieces(name, core.body, [a, b, c]),
             CoreBody::Attention { .. } => w.attention(name, core.body, [a, b, c]),
         }
         w.line(0, "}");
@@ -503,6 +548,19 @@ pub fn module(design: &Design) -> String {
                     flat(n, Elem::F32)
                 );
             }
+        }
+    }
+    // A core of rows in pieces' row statistics, in its tile's memory.
+    for core in &design.cores {
+        if let CoreBody::RowPieces(_) = core.body {
+            let name = stats_buffer(core.tile);
+            let _ = writeln!(
+                s,
+                "    %{name} = \"aie.buffer\"({}) {{sym_name = {}}} : (index) -> {}",
+                tile_value(core.tile),
+                quoted(&name),
+                flat(2, Elem::F32)
+            );
         }
     }
     // Objectfifos.
@@ -611,7 +669,7 @@ mod tests {
     use super::super::gemv::gemv;
     use super::super::mlir::llvm::{pipe, tool};
     use super::super::model::NPU1;
-    use super::super::rows::rows;
+    use super::super::rows::{rows, rows_in_pieces};
     use super::*;
 
     /// A `func.call` line's callee, operands and operand types.
@@ -740,10 +798,39 @@ mod tests {
         }
     }
 
-    /// The small designs of the snapshots, by name: GEMM, GEMV and attention at two shapes each.
+    /// Designs of rows in pieces: RMSNorm of Llama-3.1-70B's 8,192-wide rows and of ragged ones, the
+    /// softmax over 16,384 scores.
+    fn designs_in_pieces() -> Vec<Design> {
+        let (norm, softmax) = (RowOp::RmsNorm { eps: 1e-5 }, RowOp::Softmax { scale: 0.125 });
+        [(norm, 512, 8192), (norm, 19, 12000), (softmax, 512, 16384)]
+            .into_iter()
+            .map(|(op, rows_n, width)| rows(&NPU1, op, rows_n, width).unwrap().design)
+            .collect()
+    }
+
+    /// The designs of rows in pieces emit modules LLVM 19 re-parses (see [`check_reparses`]), each core's
+    /// two passes calling the body's two functions, and its statistics in a buffer of its tile.
+    #[test]
+    fn designs_in_pieces_emit_modules_llvm_19_reparses() {
+        for d in designs_in_pieces() {
+            check_reparses(&d);
+            let text = module(&d);
+            let name = body_name(d.cores[0].body);
+            for f in ["stats", "out"] {
+                let calls = text.matches(&format!("func.call @{name}_{f}(")).count();
+                assert_eq!(calls, d.cores.len(), "{}: calls of {name}_{f}", d.name);
+            }
+            assert_eq!(text.matches("= \"aie.buffer\"(").count(), d.cores.len(), "{}", d.name);
+        }
+    }
+
+    /// The small designs of the snapshots, by name: GEMM, GEMV and attention at two shapes each, and the
+    /// softmax in pieces (rows of 40 in pieces of 16).
     fn small_designs() -> Vec<(&'static str, Design)> {
         let small = PrefillShape { rows: 8, pos: 0, heads: 4, kv_heads: 2, head_dim: 16, window: None, scale: 0.25 };
+        let softmax = RowOp::Softmax { scale: 0.25 };
         vec![
+            ("softmax_8x40_in_16", rows_in_pieces(&NPU1, softmax, 8, 40, 16).unwrap().design),
             ("gemm_64x64x64", gemm(&NPU1, 64, 64, 64).design),
             ("gemm_23x100x300", gemm(&NPU1, 23, 100, 300).design),
             ("gemv_64x64", gemv(&NPU1, 64, 64).design),
@@ -760,8 +847,8 @@ mod tests {
         ]
     }
 
-    /// The whole module of GEMM, GEMV and attention at two small shapes each, so that a change to what is
-    /// emitted shows in review; each re-parses.
+    /// The whole module of GEMM, GEMV and attention at two small shapes each and of the softmax in pieces, so
+    /// that a change to what is emitted shows in review; each re-parses.
     #[test]
     fn module_snapshots() {
         for (name, d) in small_designs() {
@@ -786,6 +873,7 @@ mod tests {
     fn the_module_says_what_the_design_says() {
         let mut designs: Vec<Design> = small_designs().into_iter().map(|(_, d)| d).collect();
         designs.extend(llama_1b_designs());
+        designs.extend(designs_in_pieces());
         designs.push(rows(&NPU1, RowOp::Rope { head_dim: 8 }, 6, 32).unwrap().design);
         for d in &designs {
             let text = module(d);

@@ -336,7 +336,7 @@ mod tests {
 
     /// The bodies of [`super::super::mlir`]'s JIT test: GEMM tiles (B plain and transposed), a GEMV tile and
     /// each row-wise op.
-    use super::super::mlir::bodies::{rand, small as bodies, tiles};
+    use super::super::mlir::bodies::{in_pieces, piece_outputs, piece_tiles, rand, small as bodies, tiles};
 
     fn attention(window: u64) -> CoreBody {
         let rounds = AttentionRounds {
@@ -363,11 +363,70 @@ mod tests {
     /// Every body kind verifies in-process, and a design's distinct bodies are counted once each.
     #[test]
     fn every_body_kind_verifies_in_process() {
-        for b in bodies().into_iter().chain([attention(0), attention(6)]) {
+        let pieces = in_pieces().into_iter().map(CoreBody::RowPieces);
+        for b in bodies().into_iter().chain([attention(0), attention(6)]).chain(pieces) {
             verify_body(b).unwrap_or_else(|e| panic!("{e}"));
         }
         let g = super::super::gemm::gemm(&super::super::model::NPU1, 128, 256, 256);
         assert_eq!(verify_design_bodies(&g.design), Ok(1), "a GEMM's cores share one body");
+        // Rows too wide for a core, in pieces: Llama-3.1-70B's norm, a softmax over 16,384 scores.
+        for (op, width) in [(RowOp::RmsNorm { eps: 1e-5 }, 8192), (RowOp::Softmax { scale: 0.125 }, 16384)] {
+            let g = super::super::rows::rows(&super::super::model::NPU1, op, 512, width).unwrap();
+            assert_eq!(verify_design_bodies(&g.design), Ok(1), "{op:?} {width}: one body in pieces");
+        }
+    }
+
+    /// The two functions of rows in pieces JIT-run in-process over a row's pieces (pass 1 over every piece,
+    /// then pass 2) give the emulator's statistics and outputs bit for bit: RMSNorm, and the softmax with its
+    /// first piece masked, some keys of the others masked, and a row masked entirely (zeros); the ragged last
+    /// piece's pad NaN on the way in and zeros on the way out.
+    #[test]
+    fn the_bodies_of_rows_in_pieces_run_in_process_as_the_emulator_computes_them() {
+        let mut seed = 31;
+        for rp in in_pieces() {
+            for hidden in [false, true] {
+                if hidden && !rp.stats_read_second() {
+                    continue;
+                }
+                let (xs, bs) = piece_tiles(rp, hidden, &mut seed);
+                let (want, want_stats) = piece_outputs(rp, &xs, &bs);
+                let b = CoreBody::RowPieces(rp);
+                let name = body_name(b);
+                let jit = jit(b).unwrap_or_else(|e| panic!("{e}"));
+                let mut fns: Vec<&str> = jit.functions().collect();
+                fns.sort();
+                assert_eq!(fns, [format!("{name}_out"), format!("{name}_stats")]);
+                // The statistics start as NaN: piece 0 must start them afresh.
+                let mut stats = [f32::NAN; 2];
+                let bits = |v: &[f32]| bf16_bits(v).unwrap();
+                for (j, (x, m)) in xs.iter().zip(&bs).enumerate() {
+                    let (mut xh, mut mh) = (bits(x), bits(m));
+                    let mut args = vec![Arg::Bf16(&mut xh)];
+                    if rp.stats_read_second() {
+                        args.push(Arg::Bf16(&mut mh));
+                    }
+                    args.extend([Arg::F32(&mut stats), Arg::Index(j as u64)]);
+                    jit.call(&format!("{name}_stats"), &mut args).unwrap_or_else(|e| panic!("{e}"));
+                }
+                same_bits(&stats, &want_stats, &format!("{name}: the row's statistics"));
+                for (j, (x, m)) in xs.iter().zip(&bs).enumerate() {
+                    let (mut xh, mut mh) = (bits(x), bits(m));
+                    let mut y = vec![f32::NAN; rp.piece as usize];
+                    let mut args = [
+                        Arg::Bf16(&mut xh),
+                        Arg::Bf16(&mut mh),
+                        Arg::F32(&mut stats),
+                        Arg::F32(&mut y),
+                        Arg::Index(j as u64),
+                    ];
+                    jit.call(&format!("{name}_out"), &mut args).unwrap_or_else(|e| panic!("{e}"));
+                    same_bits(&y, &want[j], &format!("{name}: piece {j}"));
+                }
+                if hidden {
+                    assert!(want.concat().iter().all(|&v| v == 0.0), "{name}: a row masked entirely");
+                }
+            }
+        }
     }
 
     /// Every design at the Llama-3.2-1B and Llama-3.1-8B shapes (prefill 512 and decode: the GEMMs and GEMVs of

@@ -6,23 +6,27 @@
 //!
 //! The aie / aiex structure around them (tiles, objectfifos, links, cores, the runtime sequence) is [`super::aie`].
 
-use super::design::{CoreBody, RowOp};
+use super::design::{CoreBody, RowOp, RowPieces};
 use std::fmt::Write;
 
-/// The name of a body's function: the op and its shape (`matmul_64x32x64`, `rms_norm_4x2048`).
+/// The MLIR name of a row-wise op.
+fn row_op_name(op: RowOp) -> &'static str {
+    match op {
+        RowOp::RmsNorm { .. } => "rms_norm",
+        RowOp::SiluGlu => "silu_glu",
+        RowOp::Rope { .. } => "rope",
+        RowOp::Softmax { .. } => "softmax",
+    }
+}
+
+/// The name of a body's function: the op and its shape (`matmul_64x32x64`, `rms_norm_4x2048`; for rows in
+/// pieces the prefix of its two functions, `rms_norm_8192_in_512`).
 pub fn body_name(body: CoreBody) -> String {
     match body {
         CoreBody::MatMul { m, k, n, bt, .. } => format!("matmul_{m}x{k}x{n}{}", if bt { "_bt" } else { "" }),
         CoreBody::MatVec { rows, k, .. } => format!("matvec_{rows}x{k}"),
-        CoreBody::Rows { op, rows, width } => {
-            let op = match op {
-                RowOp::RmsNorm { .. } => "rms_norm",
-                RowOp::SiluGlu => "silu_glu",
-                RowOp::Rope { .. } => "rope",
-                RowOp::Softmax { .. } => "softmax",
-            };
-            format!("{op}_{rows}x{width}")
-        }
+        CoreBody::Rows { op, rows, width } => format!("{}_{rows}x{width}", row_op_name(op)),
+        CoreBody::RowPieces(RowPieces { op, width, piece }) => format!("{}_{width}_in_{piece}", row_op_name(op)),
         CoreBody::Attention { q_rows, keys, head_dim, rounds, .. } => {
             let w = if rounds.window > 0 { format!("_w{}", rounds.window) } else { String::new() };
             format!("attention_{q_rows}x{keys}x{head_dim}{w}")
@@ -40,7 +44,7 @@ pub fn body_buffers(body: CoreBody) -> Option<[(u64, &'static str); 3]> {
             let elem = if elem == super::design::Elem::F32 { "f32" } else { "bf16" };
             [(rows * width, "bf16"), (n, elem), (rows * width, "f32")]
         }
-        CoreBody::Attention { .. } => return None,
+        CoreBody::Attention { .. } | CoreBody::RowPieces(_) => return None,
     })
 }
 
@@ -50,11 +54,14 @@ fn f32_const(out: &mut String, name: &str, v: f32) {
 }
 
 /// The `func.func` of one step of `body`: arguments `%a`, `%b` (the operands) and `%c` (the result,
-/// accumulated into where the body accumulates), flat memrefs. For attention, two functions (see
-/// [`attention_body`]).
+/// accumulated into where the body accumulates), flat memrefs. For attention and rows in pieces, two
+/// functions (see [`attention_body`] and [`row_pieces_body`]).
 pub fn core_body(body: CoreBody) -> Option<String> {
     if let CoreBody::Attention { q_rows, keys, head_dim, rounds, .. } = body {
         return Some(attention_body(&body_name(body), q_rows, keys, head_dim, rounds.window, rounds.scale));
+    }
+    if let CoreBody::RowPieces(rp) = body {
+        return Some(row_pieces_body(&body_name(body), rp));
     }
     let [(na, ta), (nb, tb), (nc, tc)] = body_buffers(body)?;
     let mut s = String::new();
@@ -170,7 +177,7 @@ pub fn core_body(body: CoreBody) -> Option<String> {
             rows_body(&mut s, op, width, (na, nb, nc, tb), &load);
             s.push_str("    }\n");
         }
-        CoreBody::Attention { .. } => unreachable!("refused above"),
+        CoreBody::Attention { .. } | CoreBody::RowPieces(_) => unreachable!("refused above"),
     }
     s.push_str("    return\n}\n");
     Some(s)
@@ -292,6 +299,164 @@ fn attention_body(name: &str, q_rows: u64, keys: u64, hd: u64, window: u64, scal
          }}",
         keys * hd,
         scale.to_bits()
+    );
+    s
+}
+
+/// The two functions of a core of rows in pieces ([`RowPieces`], computing what its `stats` and `out` compute,
+/// in the same order): `@NAME_stats(%a, [%b,] %s, %j)` folds piece `%j` of the row (`%a`, bf16; the softmax's
+/// mask `%b` too) into the row's statistics `%s` (two f32, started afresh at piece 0), and `@NAME_out(%a, %b,
+/// %s, %c, %j)` writes piece `%j`'s output `%c` (f32) from the row's piece, the second operand's and the
+/// statistics. Both work on the first `width - j piece` elements of a piece only; `out` writes zeros to the
+/// rest.
+fn row_pieces_body(name: &str, rp: RowPieces) -> String {
+    let RowPieces { op, width, piece: p } = rp;
+    let (tx, ts) = (format!("memref<{p}xbf16>"), "memref<2xf32>");
+    let softmax = matches!(op, RowOp::Softmax { .. });
+    let mut s = String::new();
+    // The constants, and `%n`: the piece's elements within the row.
+    let prologue = |s: &mut String| {
+        let _ = writeln!(
+            s,
+            "    %i0 = arith.constant 0 : index\n\
+             \x20   %i1 = arith.constant 1 : index\n\
+             \x20   %p = arith.constant {p} : index\n\
+             \x20   %w = arith.constant {width} : index\n\
+             \x20   %zero = arith.constant 0x00000000 : f32\n\
+             \x20   %skip = arith.muli %j, %p : index\n\
+             \x20   %rest = arith.subi %w, %skip : index\n\
+             \x20   %short = arith.cmpi ult, %rest, %p : index\n\
+             \x20   %n = arith.select %short, %rest, %p : index"
+        );
+    };
+    // `%v` (and for the softmax `%z = %v scale + %mk`) of element `%i`, at `indent`.
+    let element = |s: &mut String, indent: &str| {
+        let _ = writeln!(s, "{indent}%h = memref.load %a[%i] : {tx}\n{indent}%v = arith.extf %h : bf16 to f32");
+        if softmax {
+            let _ = writeln!(
+                s,
+                "{indent}%mh = memref.load %b[%i] : {tx}\n\
+                 {indent}%mk = arith.extf %mh : bf16 to f32\n\
+                 {indent}%vs = arith.mulf %v, %scale : f32\n\
+                 {indent}%z = arith.addf %vs, %mk : f32"
+            );
+        }
+    };
+    // The op's constants (RMSNorm's for its second pass only).
+    let constants = |s: &mut String, pass: u32| match op {
+        RowOp::Softmax { scale } => {
+            f32_const(s, "ninf", f32::NEG_INFINITY);
+            f32_const(s, "scale", scale);
+        }
+        RowOp::RmsNorm { .. } if pass == 1 => {}
+        RowOp::RmsNorm { eps } => {
+            f32_const(s, "one", 1.0);
+            f32_const(s, "wf", width as f32);
+            f32_const(s, "eps", eps);
+        }
+        RowOp::SiluGlu | RowOp::Rope { .. } => unreachable!("element-wise ops take whole rows"),
+    };
+    // Pass 1.
+    let b = if softmax { format!("%b: {tx}, ") } else { String::new() };
+    let _ = writeln!(s, "func.func @{name}_stats(%a: {tx}, {b}%s: {ts}, %j: index) {{");
+    prologue(&mut s);
+    constants(&mut s, 1);
+    let _ = writeln!(s, "    %first = arith.cmpi eq, %j, %i0 : index\n    %s0 = memref.load %s[%i0] : {ts}");
+    if softmax {
+        let _ = writeln!(
+            s,
+            "    %s1 = memref.load %s[%i1] : {ts}\n\
+             \x20   %m0 = arith.select %first, %ninf, %s0 : f32\n\
+             \x20   %l0 = arith.select %first, %zero, %s1 : f32\n\
+             \x20   %mx = scf.for %i = %i0 to %n step %i1 iter_args(%acc = %m0) -> (f32) {{"
+        );
+        element(&mut s, "      ");
+        let _ = writeln!(
+            s,
+            "      %next = arith.maximumf %acc, %z : f32\n\
+             \x20     scf.yield %next : f32\n\
+             \x20   }}\n\
+             \x20   %live = arith.cmpf one, %mx, %ninf : f32\n\
+             \x20   %ml:2 = scf.if %live -> (f32, f32) {{\n\
+             \x20     %dm = arith.subf %m0, %mx : f32\n\
+             \x20     %corr = math.exp %dm : f32\n\
+             \x20     %sum = scf.for %i = %i0 to %n step %i1 iter_args(%acc = %zero) -> (f32) {{"
+        );
+        element(&mut s, "        ");
+        let _ = writeln!(
+            s,
+            "        %d = arith.subf %z, %mx : f32\n\
+             \x20       %e = math.exp %d : f32\n\
+             \x20       %next = arith.addf %acc, %e : f32\n\
+             \x20       scf.yield %next : f32\n\
+             \x20     }}\n\
+             \x20     %lc = arith.mulf %l0, %corr : f32\n\
+             \x20     %ln = arith.addf %lc, %sum : f32\n\
+             \x20     scf.yield %mx, %ln : f32, f32\n\
+             \x20   }} else {{\n\
+             \x20     scf.yield %m0, %l0 : f32, f32\n\
+             \x20   }}\n\
+             \x20   memref.store %ml#0, %s[%i0] : {ts}\n\
+             \x20   memref.store %ml#1, %s[%i1] : {ts}"
+        );
+    } else {
+        s.push_str(
+            "    %from = arith.select %first, %zero, %s0 : f32\n\
+             \x20   %ss = scf.for %i = %i0 to %n step %i1 iter_args(%acc = %from) -> (f32) {\n",
+        );
+        element(&mut s, "      ");
+        let _ = writeln!(
+            s,
+            "      %sq = arith.mulf %v, %v : f32\n\
+             \x20     %next = arith.addf %acc, %sq : f32\n\
+             \x20     scf.yield %next : f32\n\
+             \x20   }}\n\
+             \x20   memref.store %ss, %s[%i0] : {ts}"
+        );
+    }
+    s.push_str("    return\n}\n");
+    // Pass 2.
+    let _ = writeln!(s, "func.func @{name}_out(%a: {tx}, %b: {tx}, %s: {ts}, %c: memref<{p}xf32>, %j: index) {{");
+    prologue(&mut s);
+    constants(&mut s, 2);
+    let _ = writeln!(s, "    %s0 = memref.load %s[%i0] : {ts}");
+    if softmax {
+        let _ = writeln!(s, "    %s1 = memref.load %s[%i1] : {ts}\n    %dead = arith.cmpf oeq, %s0, %ninf : f32");
+    } else {
+        s.push_str(
+            "    %mean = arith.divf %s0, %wf : f32\n\
+             \x20   %t = arith.addf %mean, %eps : f32\n\
+             \x20   %rt = math.sqrt %t : f32\n\
+             \x20   %inv = arith.divf %one, %rt : f32\n",
+        );
+    }
+    s.push_str("    scf.for %i = %i0 to %n step %i1 {\n");
+    element(&mut s, "      ");
+    if softmax {
+        s.push_str(
+            "      %d = arith.subf %z, %s0 : f32\n\
+             \x20     %e = math.exp %d : f32\n\
+             \x20     %q = arith.divf %e, %s1 : f32\n\
+             \x20     %y = arith.select %dead, %zero, %q : f32\n",
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "      %gh = memref.load %b[%i] : {tx}\n\
+             \x20     %g = arith.extf %gh : bf16 to f32\n\
+             \x20     %vi = arith.mulf %v, %inv : f32\n\
+             \x20     %y = arith.mulf %vi, %g : f32"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "      memref.store %y, %c[%i] : memref<{p}xf32>\n\
+         \x20   }}\n\
+         \x20   scf.for %i = %n to %p step %i1 {{\n\
+         \x20     memref.store %zero, %c[%i] : memref<{p}xf32>\n\
+         \x20   }}\n\
+         \x20   return\n\
+         }}"
     );
     s
 }
@@ -431,7 +596,7 @@ fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64,
 /// What the NPU target's core-body tests share: the bodies every kind is tried at, and random tiles for one.
 #[cfg(test)]
 pub(crate) mod bodies {
-    use super::super::design::{CoreBody, RowOp};
+    use super::super::design::{CoreBody, RowOp, RowPieces};
     use super::super::emu::bf16;
     use super::body_buffers;
 
@@ -473,6 +638,57 @@ pub(crate) mod bodies {
             _ => vec![0.0; nc as usize],
         };
         (a, bv, c)
+    }
+
+    /// Bodies of rows in pieces at a small shape: RMSNorm and the softmax over rows of 40 in pieces of 16 (the
+    /// last piece ragged: 8 of its 16 elements in the row).
+    pub(crate) fn in_pieces() -> Vec<RowPieces> {
+        vec![
+            RowPieces { op: RowOp::RmsNorm { eps: 1e-5 }, width: 40, piece: 16 },
+            RowPieces { op: RowOp::Softmax { scale: 0.3 }, width: 40, piece: 16 },
+        ]
+    }
+
+    /// A row of `rp` as its pieces of x and of the second operand — the weights, or the mask: every key hidden
+    /// where `hidden`, else the whole first piece and every third key after it — with NaN in the pad, which
+    /// the bodies must not read. The row's largest x is in its last piece (its last key but one), so that the
+    /// softmax's running maximum rises after its sum has begun.
+    pub(crate) fn piece_tiles(rp: RowPieces, hidden: bool, seed: &mut u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let (p, w) = (rp.piece as usize, rp.width as usize);
+        let pad = |v: Vec<f32>| -> Vec<f32> {
+            v.into_iter().enumerate().map(|(i, x)| if i < w { x } else { f32::NAN }).collect()
+        };
+        let n = rp.pieces() as usize * p;
+        let mut x = pad(rand(n as u64, seed));
+        x[w - 2] = 3.0;
+        let b = match rp.op {
+            RowOp::Softmax { .. } => {
+                pad((0..n).map(|i| if hidden || i < p || i % 3 == 0 { f32::NEG_INFINITY } else { 0.0 }).collect())
+            }
+            _ => pad(rand(n as u64, seed)),
+        };
+        (x.chunks(p).map(<[f32]>::to_vec).collect(), b.chunks(p).map(<[f32]>::to_vec).collect())
+    }
+
+    /// What the emulator computes for a row of `rp` from its pieces: each piece's output, and the row's
+    /// statistics after pass 1.
+    pub(crate) fn piece_outputs(rp: RowPieces, xs: &[Vec<f32>], bs: &[Vec<f32>]) -> (Vec<Vec<f32>>, [f32; 2]) {
+        let mut stats = [f32::NAN; 2];
+        for (j, (x, b)) in xs.iter().zip(bs).enumerate() {
+            let second: &[f32] = if rp.stats_read_second() { b } else { &[] };
+            rp.stats(j as u64, x, second, &mut stats);
+        }
+        let outs = xs
+            .iter()
+            .zip(bs)
+            .enumerate()
+            .map(|(j, (x, b))| {
+                let mut y = vec![f32::NAN; rp.piece as usize];
+                rp.out(j as u64, x, b, &stats, &mut y);
+                y
+            })
+            .collect();
+        (outs, stats)
     }
 }
 
@@ -750,6 +966,119 @@ mod tests {
                 (b, core_body(b))
             {
                 insta::assert_snapshot!(format!("npu_{}", body_name(b)), f);
+            }
+        }
+    }
+
+    /// The bodies of rows in pieces — RMSNorm of Llama-3.1-70B's 8,192-wide rows and of ragged 12,000-wide
+    /// ones, the softmax over 16,384 scores — verify as standalone MLIR (LLVM 19's verifier, through
+    /// mlir-opt); the 8,192 and 16,384 ones are snapshots.
+    #[test]
+    fn the_bodies_of_rows_in_pieces_verify() {
+        use super::super::{model::NPU1, rows::rows};
+        let mut module = String::from("module {\n");
+        let mut names = Vec::new();
+        for (op, width) in [
+            (RowOp::RmsNorm { eps: 1e-5 }, 8192),
+            (RowOp::RmsNorm { eps: 1e-5 }, 12000),
+            (RowOp::Softmax { scale: 0.125 }, 16384),
+        ] {
+            let g = rows(&NPU1, op, 512, width).unwrap();
+            let b = g.design.cores[0].body;
+            assert!(matches!(b, CoreBody::RowPieces(_)), "{op:?} {width}: {b:?}");
+            let f = core_body(b).unwrap();
+            module.push_str(&f);
+            names.push(body_name(b));
+            if width != 12000 {
+                insta::assert_snapshot!(format!("npu_{}", body_name(b)), f);
+            }
+        }
+        module.push_str("}\n");
+        let printed = pipe(&tool("mlir-opt"), &[], &module, "the bodies of rows in pieces");
+        for n in &names {
+            for f in ["stats", "out"] {
+                assert!(printed.contains(&format!("func.func @{n}_{f}(")), "{n}_{f} lost");
+            }
+        }
+    }
+
+    /// The two functions of rows in pieces, JIT-run on the CPU over a row's pieces (pass 1 over every piece,
+    /// then pass 2), give the emulator's statistics and outputs bit for bit: RMSNorm, and the softmax with its
+    /// first piece masked, some keys of the others masked, and a row masked entirely (zeros); the ragged last
+    /// piece's pad NaN on the way in and zeros on the way out.
+    #[test]
+    fn the_bodies_of_rows_in_pieces_run_on_the_cpu_as_the_emulator_computes_them() {
+        let mut seed = 31;
+        for rp in super::bodies::in_pieces() {
+            for hidden in [false, true] {
+                if hidden && !rp.stats_read_second() {
+                    continue;
+                }
+                let (xs, bs) = super::bodies::piece_tiles(rp, hidden, &mut seed);
+                let (outs, stats) = super::bodies::piece_outputs(rp, &xs, &bs);
+                let b = CoreBody::RowPieces(rp);
+                let name = body_name(b);
+                let (p, n) = (rp.piece, rp.pieces());
+                let (tx, ts, ty) = (format!("memref<{p}xbf16>"), "memref<2xf32>", format!("memref<{p}xf32>"));
+                let mut globals: Vec<(String, Vec<f32>, &str)> = Vec::new();
+                for j in 0..n as usize {
+                    globals.push((format!("x{j}"), xs[j].clone(), "bf16"));
+                    globals.push((format!("b{j}"), bs[j].clone(), "bf16"));
+                    globals.push((format!("y{j}"), vec![f32::NAN; p as usize], "f32"));
+                }
+                // The statistics start as NaN: piece 0 must start them afresh.
+                globals.push(("s".into(), vec![f32::NAN; 2], "f32"));
+                // Every output piece and then the statistics, to print.
+                globals.push(("all".into(), vec![f32::NAN; (n * p + 2) as usize], "f32"));
+                let mut calls = String::from(
+                    "  %z0 = arith.constant 0 : index\n  %o1 = arith.constant 1 : index\n  %two = arith.constant 2 : index\n",
+                );
+                let _ = writeln!(calls, "  %pc = arith.constant {p} : index");
+                let second = if rp.stats_read_second() { format!(", {tx}") } else { String::new() };
+                for j in 0..n {
+                    let b = if rp.stats_read_second() { format!("%b{j}, ") } else { String::new() };
+                    let _ = writeln!(
+                        calls,
+                        "  %j{j} = arith.constant {j} : index\n\
+                         \x20 call @{name}_stats(%x{j}, {b}%s, %j{j}) : ({tx}{second}, {ts}, index) -> ()"
+                    );
+                }
+                for j in 0..n {
+                    let _ = writeln!(
+                        calls,
+                        "  call @{name}_out(%x{j}, %b{j}, %s, %y{j}, %j{j}) : ({tx}, {tx}, {ts}, {ty}, index) -> ()\n\
+                         \x20 %at{j} = arith.constant {} : index\n\
+                         \x20 scf.for %t = %z0 to %pc step %o1 {{\n\
+                         \x20   %v = memref.load %y{j}[%t] : {ty}\n\
+                         \x20   %e = arith.addi %t, %at{j} : index\n\
+                         \x20   memref.store %v, %all[%e] : memref<{}xf32>\n\
+                         \x20 }}",
+                        j * p,
+                        n * p + 2
+                    );
+                }
+                let _ = writeln!(
+                    calls,
+                    "  %sat = arith.constant {} : index\n\
+                     \x20 scf.for %t = %z0 to %two step %o1 {{\n\
+                     \x20   %v = memref.load %s[%t] : {ts}\n\
+                     \x20   %e = arith.addi %t, %sat : index\n\
+                     \x20   memref.store %v, %all[%e] : memref<{}xf32>\n\
+                     \x20 }}",
+                    n * p,
+                    n * p + 2
+                );
+                let refs: Vec<(&str, &[f32], &str)> =
+                    globals.iter().map(|(n, v, t)| (n.as_str(), &v[..], *t)).collect();
+                let got = run_main(&core_body(b).unwrap(), &refs, &calls, "all");
+                let want: Vec<f32> = outs.concat().into_iter().chain(stats).collect();
+                assert_eq!(got.len(), want.len(), "{name}");
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(g.to_bits() == w.to_bits(), "{name} [{i}]: the JIT gives {g}, the emulator {w}");
+                }
+                if hidden {
+                    assert!(want[..(n * p) as usize].iter().all(|&v| v == 0.0), "{name}: a row masked entirely");
+                }
             }
         }
     }
