@@ -4,10 +4,11 @@
 //! Per 32-element block: the activation quants load straight into two A tiles (16 rows x 32 bytes, rows `ldx`
 //! apart); the weight quants of the four groups are re-laid into two B tiles (8 rows of 4-byte `k` quads x 16
 //! columns, which is the [`WeightLayout::Interleaved8`](unicorn_ir::quant::WeightLayout) chunk order with two
-//! groups side by side, q4_0 nibbles unpacked); four `tdpbssd` (q8_0: signed by signed, no offset) or
-//! `tdpbsud` (q4_0: signed activations by unsigned nibbles, `8 * sum(x)` subtracted after) give each output's
-//! i32 block sum, which the AVX-512 code then scales and accumulates in f32 as the 512-bit tiles do
-//! (`(dw * dx) * s + acc`, blocks in order). Every output is therefore bit for bit that of the VNNI families.
+//! groups side by side, q4_0 nibbles unpacked to the signed `q - 8` while they are re-laid); four `tdpbssd`
+//! (signed by signed) give each output's i32 block sum, `sum((q - 8) * x)` exactly, with no correction left for
+//! the vector code, which then scales and accumulates in f32 as the 512-bit tiles do (`(dw * dx) * s + acc`,
+//! blocks in order). Every output is therefore bit for bit that of the VNNI families (whose i32 sums are the
+//! same integers, made as `sum(q * x) - 8 * sum(x)`).
 //!
 //! A block's integer products are one AMX instruction per 16 x 16 outputs; what is left on the vector units is
 //! one conversion and one multiply-add per 16 outputs per block, where the VNNI tiles also spend a broadcast and
@@ -101,7 +102,7 @@ struct Work {
 /// Tiles configured by [`config`] for the row counts `m`; `x` valid for `m` rows of `ldx` bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
-unsafe fn block_product<const Q4: bool>(x: *const u8, ldx: usize, m: [usize; 2], work: &mut Work) {
+unsafe fn block_product(x: *const u8, ldx: usize, m: [usize; 2], work: &mut Work) {
     // Row tile i: A[i] in tmm(4 + i), C[i][0..2] in tmm(2i), tmm(2i + 1).
     macro_rules! product {
         ($i:literal, $a:literal, $c0:literal, $c1:literal, $op:literal) => {
@@ -132,13 +133,8 @@ unsafe fn block_product<const Q4: bool>(x: *const u8, ldx: usize, m: [usize; 2],
         s = in(reg) 64usize,
         options(nostack, readonly),
     );
-    if Q4 {
-        product!(0, "tmm4", "tmm0", "tmm1", "tdpbsud");
-        product!(1, "tmm5", "tmm2", "tmm3", "tdpbsud");
-    } else {
-        product!(0, "tmm4", "tmm0", "tmm1", "tdpbssd");
-        product!(1, "tmm5", "tmm2", "tmm3", "tdpbssd");
-    }
+    product!(0, "tmm4", "tmm0", "tmm1", "tdpbssd");
+    product!(1, "tmm5", "tmm2", "tmm3", "tdpbssd");
 }
 
 /// The tile function: `a.rows <= ROWS`, `a.cols <= COLS` (see [`TileArgs`]); the weight groups a tile covers
@@ -157,7 +153,7 @@ pub(crate) unsafe fn tile<const Q4: bool>(a: &TileArgs) {
     let cfg = config(m);
     asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
     let mut work = Work { b: [[0; 8 * 64]; 2], c: [[0; 256]; 4], acc: [[0.0; COLS]; ROWS] };
-    let mask = _mm256_set1_epi8(0x0f);
+    let (mask, eight) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(8));
     for b in 0..a.k / QK {
         // B[j] row t (k quad t of the block) = group 2j's 8 columns' quad t, then group 2j+1's. A group past
         // the matrix stays zeros.
@@ -168,8 +164,9 @@ pub(crate) unsafe fn tile<const Q4: bool>(a: &TileArgs) {
             if Q4 {
                 for t in 0..4 {
                     let v = _mm256_loadu_si256(p.add(2 * G + 32 * t).cast());
-                    _mm256_storeu_si256(dst.add(64 * t).cast(), _mm256_and_si256(v, mask));
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    let lo = _mm256_sub_epi8(_mm256_and_si256(v, mask), eight);
+                    let hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), eight);
+                    _mm256_storeu_si256(dst.add(64 * t).cast(), lo);
                     _mm256_storeu_si256(dst.add(64 * (4 + t)).cast(), hi);
                 }
             } else {
@@ -182,17 +179,14 @@ pub(crate) unsafe fn tile<const Q4: bool>(a: &TileArgs) {
             let hi = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(dw[g / 2]), _mm256_castps_pd(s), 1));
             dw[g / 2] = if half == 0 { _mm512_castps256_ps512(s) } else { hi };
         }
-        block_product::<Q4>(a.x.add(b * QK), a.ldx, m, &mut work);
+        block_product(a.x.add(b * QK), a.ldx, m, &mut work);
         for (i, &mi) in m.iter().enumerate() {
             for rr in 0..mi {
                 let r = 16 * i + rr;
                 let xi = r * a.ldxd + b;
                 let dx = _mm512_set1_ps(*a.xd.add(xi));
-                // q4_0: sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32.
-                let corr = _mm512_set1_epi32(if Q4 { 8 * *a.xm.add(xi) } else { 0 });
                 for (j, &dw) in dw.iter().enumerate().take(halves) {
-                    let s = _mm512_loadu_si512(work.c[2 * i + j].as_ptr().add(16 * rr).cast());
-                    let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(s, corr));
+                    let s = _mm512_cvtepi32_ps(_mm512_loadu_si512(work.c[2 * i + j].as_ptr().add(16 * rr).cast()));
                     let acc = work.acc[r].as_mut_ptr().add(16 * j);
                     _mm512_storeu_ps(acc, _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), s, _mm512_loadu_ps(acc)));
                 }
