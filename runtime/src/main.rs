@@ -122,6 +122,7 @@ fn parse_tokens(s: &str) -> Result<Vec<u32>> {
 
 fn run(cli: Cli) -> Result<()> {
     unicorn_runtime::cpu::isa::Isa::from_env().map_err(anyhow::Error::msg)?;
+    unicorn_runtime::cpu::isa::DecodeStreams::from_env().map_err(anyhow::Error::msg)?;
     if cli.temperature.is_nan() || cli.temperature < 0.0 {
         bail!("--temperature must be >= 0");
     }

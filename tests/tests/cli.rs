@@ -210,4 +210,33 @@ fn every_kernel_family_matches_transformers() {
         let err = assert_one_line_error(&out, "UNICORN_CPU_ISA");
         assert!(err.contains(isa), "{err}");
     }
+    // How decode streams its weights (UNICORN_CPU_DECODE; by CPU vendor when unset) changes the order of loads,
+    // never a sum: one stream and two streams prefetched ahead give the same logits, bit for bit. A one-token
+    // prompt takes the decode GEMV (one activation row) through every matmul.
+    let first = exp.prompt_ids[0].to_string();
+    let plan = compile_to(&fixtures_dir().join(name), dir.path(), WeightFormat::Q4_0, None);
+    let p = plan.to_str().unwrap();
+    let logits_with = |streams: &str| {
+        let npy = dir.path().join(format!("decode-{}.npy", streams.replace(':', "-")));
+        let out = std::process::Command::new(bin("unicorn-rt"))
+            .env("UNICORN_CPU_DECODE", streams)
+            .args([p, "--tokens", &first, "--logits-out", npy.to_str().unwrap()])
+            .output()
+            .expect("unicorn-rt runs");
+        assert!(out.status.success(), "{streams}: {}", String::from_utf8_lossy(&out.stderr));
+        read_npy_f32(&npy).1
+    };
+    let one = logits_with("1:0");
+    for streams in ["2:3072", "1:4096", "2:0"] {
+        assert!(logits_with(streams) == one, "UNICORN_CPU_DECODE={streams} changed the logits");
+    }
+    for bad in ["3", "2:x", "1:1000000"] {
+        let out = std::process::Command::new(bin("unicorn-rt"))
+            .env("UNICORN_CPU_DECODE", bad)
+            .args([p, "--tokens", &tokens, "-n", "1"])
+            .output()
+            .expect("unicorn-rt runs");
+        let err = assert_one_line_error(&out, "UNICORN_CPU_DECODE");
+        assert!(err.contains(bad), "{err}");
+    }
 }

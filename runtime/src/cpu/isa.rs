@@ -104,6 +104,76 @@ impl Isa {
     }
 }
 
+/// How a decode GEMV (one activation row of int8 weights, read once per token) streams its weights. The memory
+/// systems differ: on Zen 4 one sequential stream per thread, left to the hardware prefetchers, reads at 84-98%
+/// of the machine's bandwidth, and a second stream or software prefetch only slowed it (Llama-3.2-1B q4_0, one
+/// thread: 26.4 GB/s against 15.5 with two streams, 22.5 with prefetch 1 KiB ahead); on a Sapphire Rapids Xeon
+/// one stream per thread is latency-bound (11.6 GB/s a thread), and two streams a tile (the 512-bit tiles' two
+/// groups of 8 rows) with each stream prefetched 3 KiB ahead read 1.4x as fast (16.4 GB/s; q8_0 1.3x).
+/// docs/benchmarks.md has the runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeStreams {
+    /// Groups of 8 weight rows one tile reads at once (each group a stream of its own): 1, or 2 where the kernel
+    /// family has 512-bit tiles (others take 1).
+    pub groups: usize,
+    /// How far ahead of each stream a tile prefetches, in bytes; 0 for none.
+    pub prefetch: usize,
+}
+
+impl DecodeStreams {
+    /// One stream a tile, no software prefetch: AMD's cores, and any CPU not measured.
+    pub const ONE: DecodeStreams = DecodeStreams { groups: 1, prefetch: 0 };
+    /// Two streams a tile, each prefetched 3 KiB ahead: Intel's cores.
+    pub const INTEL: DecodeStreams = DecodeStreams { groups: 2, prefetch: 3 << 10 };
+    /// Where a prefetch distance stops making sense (a stream is one matrix's group: tens of KiB).
+    pub const MOST_PREFETCH: usize = 1 << 16;
+
+    /// The default for this CPU, by its vendor (CPUID leaf 0).
+    pub fn for_this_cpu() -> DecodeStreams {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let id = std::arch::x86_64::__cpuid(0);
+            // "GenuineIntel" is EBX, EDX, ECX.
+            if (id.ebx, id.edx, id.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e) {
+                return DecodeStreams::INTEL;
+            }
+        }
+        DecodeStreams::ONE
+    }
+
+    /// `UNICORN_CPU_DECODE=GROUPS[:PREFETCH]` (say `2:3072`, or `1:0`; for tuning and comparisons), or this CPU's
+    /// default where it is unset or empty. Anything else is an error naming the variable.
+    pub fn from_env() -> Result<DecodeStreams, String> {
+        match std::env::var("UNICORN_CPU_DECODE") {
+            Ok(v) if !v.is_empty() => DecodeStreams::parse(&v),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(DecodeStreams::for_this_cpu()),
+            Err(std::env::VarError::NotUnicode(_)) => Err("UNICORN_CPU_DECODE is not valid UTF-8".into()),
+        }
+    }
+
+    /// `GROUPS[:PREFETCH]`: groups 1 or 2, prefetch bytes up to [`Self::MOST_PREFETCH`].
+    pub fn parse(v: &str) -> Result<DecodeStreams, String> {
+        let bad = |why: &str| format!("UNICORN_CPU_DECODE={v}: {why} (expected GROUPS[:PREFETCH_BYTES], say 2:3072)");
+        let (g, p) = v.split_once(':').unwrap_or((v, "0"));
+        let groups = match g.trim().parse::<usize>() {
+            Ok(g @ 1..=2) => g,
+            _ => return Err(bad("groups must be 1 or 2")),
+        };
+        let prefetch = match p.trim().parse::<usize>() {
+            Ok(p) if p <= Self::MOST_PREFETCH => p,
+            _ => return Err(bad(&format!("prefetch must be 0 to {} bytes", Self::MOST_PREFETCH))),
+        };
+        Ok(DecodeStreams { groups, prefetch })
+    }
+
+    /// The streams in use: [`DecodeStreams::from_env`], decided on first use. Panics if `UNICORN_CPU_DECODE` is
+    /// invalid; the binaries call [`DecodeStreams::from_env`] first and report that as an error.
+    pub fn detect() -> DecodeStreams {
+        static STREAMS: OnceLock<DecodeStreams> = OnceLock::new();
+        *STREAMS.get_or_init(|| DecodeStreams::from_env().unwrap_or_else(|e| panic!("{e}")))
+    }
+}
+
 /// Defines a function whose body is compiled twice: for baseline x86-64 (SSE2, which the crate targets) and
 /// with AVX2 and FMA enabled, the second chosen at run time when the CPU has them ([`Isa::detect`] is not
 /// `Portable`).
@@ -158,5 +228,21 @@ mod tests {
         // The default is the fastest family the CPU has.
         assert_eq!(Isa::available_all().last(), Some(&Isa::best()));
         eprintln!("CPU kernel families here: {:?}, in use: {}", Isa::available_all(), Isa::detect().name());
+    }
+
+    #[test]
+    fn decode_streams_are_parsed_and_checked() {
+        assert_eq!(DecodeStreams::parse("2:3072"), Ok(DecodeStreams { groups: 2, prefetch: 3072 }));
+        assert_eq!(DecodeStreams::parse("1"), Ok(DecodeStreams::ONE));
+        assert_eq!(DecodeStreams::parse("2:0"), Ok(DecodeStreams { groups: 2, prefetch: 0 }));
+        for (v, why) in
+            [("3:0", "groups"), ("0", "groups"), ("x", "groups"), ("1:70000", "prefetch"), ("2:-1", "prefetch")]
+        {
+            let e = DecodeStreams::parse(v).unwrap_err();
+            assert!(e.contains(&format!("UNICORN_CPU_DECODE={v}")) && e.contains(why), "{e}");
+        }
+        let here = DecodeStreams::for_this_cpu();
+        assert!(here == DecodeStreams::ONE || here == DecodeStreams::INTEL, "{here:?}");
+        eprintln!("decode streams here: {here:?}");
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The work is cut into tiles of `R` activation rows by `C` weight rows; a tile computes its `R x C` dot products
 //! along a stretch of `k` (see [`super::matmul_avx2`]). Decode (`rows == 1`) is a memory-bound GEMV: tiles are
-//! single weight rows (one sequential stream), and `n` is split into contiguous column chunks, a few per thread,
-//! so each weight byte is streamed once. Prefill uses `4 x 3` tiles, so every weight vector loaded serves four
+//! one or two groups of weight rows, as many sequential streams, prefetched ahead or not, by the CPU's vendor
+//! ([`DecodeStreams`]), and `n` is split into contiguous column chunks, a few per thread, so each weight byte is
+//! streamed once. Prefill uses `4 x 3` tiles, so every weight vector loaded serves four
 //! tokens; a task walks `k` in blocks (a tile's operands stay in L1) and its activation rows in blocks sized for
 //! L2, so its weights are read from memory once per call, not once per token.
 //!
@@ -19,7 +20,7 @@
 //!
 //! Weight data needs no alignment (q8_0 blocks are 34 bytes, so nothing inside a tensor is aligned anyway).
 
-use super::isa::Isa;
+use super::isa::{DecodeStreams, Isa};
 use super::pool;
 use super::q8::Q8Acts;
 use unicorn_ir::quant::{decode_row, deinterleave_row, source_to_f32, SourceDType, WeightLayout, INTERLEAVE};
@@ -91,7 +92,7 @@ pub const MAX_FUSED: usize = 4;
 /// instead of once per matrix, and none waits at the end of one matrix while another finishes its last chunk.
 /// The matrices must agree on `k` and on whether their format is quantized. At most [`MAX_FUSED`] matrices.
 pub fn matmul_many(x: &[f32], rows: usize, outs: &mut [MatMulOut], scratch: &mut Scratch) {
-    matmul_tiled(Isa::detect(), None, x, rows, outs, scratch)
+    matmul_tiled(Isa::detect(), DecodeStreams::detect(), None, x, rows, outs, scratch)
 }
 
 /// [`matmul`] with the kernel family chosen by the caller (tests and benchmarks compare them).
@@ -105,7 +106,22 @@ pub fn matmul_with(
     y: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    matmul_tiled(isa, None, x, rows, &mut [MatMulOut { w, bias, y }], scratch)
+    matmul_tiled(isa, DecodeStreams::detect(), None, x, rows, &mut [MatMulOut { w, bias, y }], scratch)
+}
+
+/// [`matmul_with`] with how a decode GEMV streams its weights chosen by the caller too (tests compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with_streams(
+    isa: Isa,
+    streams: DecodeStreams,
+    x: &[f32],
+    rows: usize,
+    w: WeightRef,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    matmul_tiled(isa, streams, None, x, rows, &mut [MatMulOut { w, bias, y }], scratch)
 }
 
 /// [`matmul_with`] with the tile shape fixed by the caller, for tuning (`runtime/benches/matmul.rs`):
@@ -120,13 +136,14 @@ pub fn matmul_with_tile(
     y: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    matmul_tiled(isa, Some(tile), x, rows, &mut [MatMulOut { w, bias: None, y }], scratch)
+    matmul_tiled(isa, DecodeStreams::detect(), Some(tile), x, rows, &mut [MatMulOut { w, bias: None, y }], scratch)
 }
 
 /// The driver behind every matmul entry point, with the tile shape (activation rows x weight rows, each 1..=4)
 /// optionally chosen by the caller.
 fn matmul_tiled(
     isa: Isa,
+    streams: DecodeStreams,
     tile: Option<(usize, usize)>,
     x: &[f32],
     rows: usize,
@@ -187,7 +204,7 @@ fn matmul_tiled(
     // k = 8192, which L2 holds), read each group of weight rows front to back, one sequential stream, where
     // blocks of k would revisit every group once per block (4 x 2048 x 8192 q4_0 on Zen 4, 2 threads, cold,
     // five interleaved pairs: 412-448 against 432-544 us; q8_0 588-710 against 688-755).
-    let kc = if rows == 1 || (quantized && rows <= 4) {
+    let kc = if rows == 1 || (quantized && rows <= DECODE_ROWS) {
         k
     } else {
         K_BLOCK_BYTES.div_ceil(x_elem).next_multiple_of(QK).min(k)
@@ -208,18 +225,23 @@ fn matmul_tiled(
         let (rt, ct) = match tile {
             _ if amx.is_some() => (AMX_ROWS, AMX_COLS),
             Some((rt, ct)) => (rt, ct * interleave),
-            // Decode takes one group per tile, on 256-bit vectors: one sequential weight stream per task. Two
-            // groups' streams in 512-bit vectors measured slower on Zen 4 (q4_0 8192 x 2048 GEMV, one thread:
-            // 14 against 25 GB/s), and so did 64-byte loads of one group's chunk pairs against activation
-            // patterns made once per call (q4_0 10-14 against 18-20 GB/s, q8_0 11-13 against 17-19).
-            None if interleave > 1 && rows == 1 => (1, interleave),
+            // Decode takes `streams.groups` groups per tile (see [`DecodeStreams`]): one on Zen 4, on 256-bit
+            // vectors, one sequential weight stream per task. Two groups' streams in 512-bit vectors measured
+            // slower there (q4_0 8192 x 2048 GEMV, one thread: 14 against 25 GB/s), and so did 64-byte loads of
+            // one group's chunk pairs against activation patterns made once per call (q4_0 10-14 against 18-20
+            // GB/s, q8_0 11-13 against 17-19); on Intel's cores two streams read faster.
+            None if interleave > 1 && rows == 1 => (1, streams.groups.min(groups) * interleave),
             // A few rows of q4_0 (a server's decode step over several sequences) whose q8 activations fit 8 KiB
             // stay on one group per tile too: its one sequential weight stream beat the 512-bit tiles' two on
             // Zen 4 (q4_0 8192 x 2048, 2 threads, cold: 2 rows 270-340 against 360-400 us, 4 rows 355-410
             // against 430-450; 4-sequence server decode 114-126 against 96-104 tok/s). With k = 8192 the 512-bit
             // tiles' sharing of each activation load between two groups wins (4 x 2048 x 8192: 400-420 against
             // 600-680 us); for q8_0 neither won clearly.
-            None if interleave > 1 && rows <= 4 && format == WeightFormat::Q4_0 && rows * k <= SMALL_BATCH_X_BYTES => {
+            None if interleave > 1
+                && rows <= DECODE_ROWS
+                && format == WeightFormat::Q4_0
+                && rows * k <= SMALL_BATCH_X_BYTES =>
+            {
                 (4, interleave)
             }
             None if interleave > 1 => (4, groups * interleave),
@@ -235,6 +257,8 @@ fn matmul_tiled(
             ct,
             k,
             kc,
+            // Software prefetch is for the one-row GEMV's streams, where it was measured (see DecodeStreams).
+            prefetch: if interleave > 1 && rows == 1 { streams.prefetch } else { 0 },
             n,
             row_block: (L2_BYTES / (kc * x_elem)).max(rt).next_multiple_of(rt),
             format,
@@ -342,6 +366,9 @@ fn padded_stride(k: usize) -> usize {
 
 /// Below this many multiply-adds a matmul runs on the calling thread: waking the pool would cost more.
 const PAR_MIN_MACS: usize = 1 << 17;
+/// Activation rows up to which an int8 call is a decode step (one sequence's, or a server's over several
+/// sequences): it reads each group of weight rows front to back over the whole of `k`.
+const DECODE_ROWS: usize = 4;
 /// q8 activation bytes up to which a call of 2-4 rows on interleaved q4_0 weights takes one group per tile.
 const SMALL_BATCH_X_BYTES: usize = 8 << 10;
 const TASKS_PER_THREAD: usize = 4;
@@ -372,6 +399,21 @@ pub(crate) struct TileArgs {
     pub y: *mut f32,
     pub ldy: usize,
     pub bias: *const f32,
+    /// Bytes ahead of each weight stream (group) that an interleaved int8 tile prefetches, or 0 (see
+    /// [`DecodeStreams`]); never read past the matrix's end, a prefetch does not fault.
+    pub prefetch: usize,
+}
+
+/// Prefetches (into L1) the cache lines of `bytes` bytes from `p`, where `p` may point past the weights (a
+/// prefetch never faults, so the address is only computed, with wrapping arithmetic).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_block(p: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: prefetching an address has no architectural effect and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line).cast()) };
+    }
 }
 
 /// Computes one tile. Safety: every pointer in the [`TileArgs`] is valid for the extent it describes.
@@ -402,6 +444,8 @@ struct Job {
     k: usize,
     /// Elements of `k` per pass (a multiple of 32, or `k`).
     kc: usize,
+    /// [`TileArgs::prefetch`].
+    prefetch: usize,
     n: usize,
     row_block: usize,
     format: WeightFormat,
@@ -457,6 +501,7 @@ impl Job {
                             y: self.y.add(r * self.n + j),
                             ldy: self.n,
                             bias: if self.bias.is_null() || k0 > 0 { std::ptr::null() } else { self.bias.add(j) },
+                            prefetch: self.prefetch,
                         };
                         match self.wide {
                             Some(f) => f(&args),
@@ -868,6 +913,36 @@ mod tests {
             }
         }
         eprintln!("AMX: the AMX tiles ran and matched");
+    }
+
+    #[test]
+    fn decode_streams_change_no_output() {
+        // One stream or two a tile, prefetched or not (DecodeStreams): the same tiles' arithmetic in another
+        // order of loads, so the same bits, for every int8 family; ragged groups (n = 40, 301: a lone last
+        // group, a partial one), threaded (2048 outputs) and not, with a bias.
+        let mut rng = Rng(0xd5);
+        let mut scratch = Scratch::default();
+        let streams = [
+            DecodeStreams::ONE,
+            DecodeStreams::INTEL,
+            DecodeStreams { groups: 2, prefetch: 0 },
+            DecodeStreams { groups: 1, prefetch: 64 },
+        ];
+        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+            for (n, k) in [(2048, 2048), (40, 96), (301, 4160)] {
+                let bias = rng.vec(n, 1.0);
+                each_layout_and_isa(&mut rng, format, 1, n, k, |x, w, deq, isa| {
+                    let mut want = vec![f32::NAN; n];
+                    matmul_with_streams(isa, DecodeStreams::ONE, x, 1, w, Some(&bias), &mut want, &mut scratch);
+                    check(&format!("{format} {} 1x{n}x{k}", isa.name()), format, x, 1, deq, n, k, Some(&bias), &want);
+                    for s in streams {
+                        let mut got = vec![f32::NAN; n];
+                        matmul_with_streams(isa, s, x, 1, w, Some(&bias), &mut got, &mut scratch);
+                        assert!(got == want, "{format} {} 1x{n}x{k} {s:?}: differs from one stream", isa.name());
+                    }
+                });
+            }
+        }
     }
 
     #[test]

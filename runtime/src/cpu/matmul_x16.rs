@@ -12,13 +12,16 @@
 //! The integers and the order of the f32 operations are those of the 8-row VNNI tiles (`(dw * dx) * s + acc`
 //! with `s` the block's corrected i32 sum), so a lane's result is bit for bit that of the 256-bit VNNI family.
 //!
+//! A decode step on Intel's cores takes these tiles for its two streams ([`super::isa::DecodeStreams`]), each
+//! prefetched `TileArgs::prefetch` bytes ahead where that is set.
+//!
 //! `TileArgs`: `w` points at group A's first block of the k-stretch, `ldw` is the bytes of one stored row, and
 //! `cols` is 9..=16 (a tile of 8 or fewer columns runs the 8-row tile instead); group B exists (the compiler
 //! pads the rows to whole groups), and only the first `cols` outputs are stored.
 
 #![cfg(target_arch = "x86_64")]
 
-use super::matmul::TileArgs;
+use super::matmul::{prefetch_block, TileArgs};
 use std::arch::x86_64::*;
 use unicorn_ir::types::QK;
 
@@ -82,6 +85,10 @@ pub(super) unsafe fn q4<const R: usize>(a: &TileArgs) {
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..a.k / QK {
         let (p0, p1) = (w0.add(b * BG4), w1.add(b * BG4));
+        if a.prefetch != 0 {
+            prefetch_block(p0.wrapping_add(a.prefetch), BG4);
+            prefetch_block(p1.wrapping_add(a.prefetch), BG4);
+        }
         let dw = scales(p0, p1);
         let mut lo = [zero; 4];
         let mut hi = [zero; 4];
@@ -124,6 +131,10 @@ pub(super) unsafe fn q8<const R: usize>(a: &TileArgs) {
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..a.k / QK {
         let (p0, p1) = (w0.add(b * BG8), w1.add(b * BG8));
+        if a.prefetch != 0 {
+            prefetch_block(p0.wrapping_add(a.prefetch), BG8);
+            prefetch_block(p1.wrapping_add(a.prefetch), BG8);
+        }
         let dw = scales(p0, p1);
         let mut wq = [zero; 8];
         for (j, w) in wq.iter_mut().enumerate() {

@@ -135,6 +135,8 @@ unsafe fn portable_q8<const R: usize>(a: &TileArgs) {
 }
 
 #[cfg(target_arch = "x86_64")]
+use super::matmul::prefetch_block;
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Writes the tile's `R` vectors of 8 outputs (plus bias).
@@ -185,6 +187,9 @@ macro_rules! x8_tiles {
             let mut acc = [_mm256_setzero_ps(); R];
             for b in 0..a.k / QK {
                 let p = a.w.add(b * BG4);
+                if a.prefetch != 0 {
+                    prefetch_block(p.wrapping_add(a.prefetch), BG4);
+                }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
                 let mut lo = [zero; 4];
                 let mut hi = [zero; 4];
@@ -225,6 +230,9 @@ macro_rules! x8_tiles {
             let mut acc = [_mm256_setzero_ps(); R];
             for b in 0..a.k / QK {
                 let p = a.w.add(b * BG8);
+                if a.prefetch != 0 {
+                    prefetch_block(p.wrapping_add(a.prefetch), BG8);
+                }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
                 let mut wq = [zero; 8];
                 for (j, w) in wq.iter_mut().enumerate() {
