@@ -127,6 +127,13 @@ pub enum CoreBody {
     /// `y += W x` over `k_tiles` pairs of W (its first fifo use, `rows x k` row-major bf16) and x (its second, `k`
     /// bf16), then y (its third, `rows` f32) released; f32 accumulation in the order of `k`.
     MatVec { rows: u64, k: u64, k_tiles: u64 },
+    /// `y += W x` as [`CoreBody::MatVec`], W stored in int8 blocks ([`q8`]): its first fifo use is `rows` rows of
+    /// `k / 32` blocks (`rows x q8::row_bytes(k)` bytes, i8), each block its bf16 scale `d` then its 32 int8
+    /// quants `q`. Per row, per block in order: `p = sum over j of f32(q_j) * x_j` (x bf16 widened; each product
+    /// exact in f32; summed in order from 0), then `acc = acc + d * p` (a rounded product, then a rounded sum),
+    /// the row's `acc` starting from what y held. The quants are widened, not x quantized: int8 -> bf16 is exact,
+    /// so AIE2's bf16 MACs with f32 accumulators compute these very products.
+    MatVecQ8 { rows: u64, k: u64, k_tiles: u64 },
     /// A row-wise op on `rows x width` of its first fifo use (row-major) with its second, into its third
     /// (f32), one buffer of each at a time.
     Rows { op: RowOp, rows: u64, width: u64 },
@@ -145,6 +152,67 @@ pub enum CoreBody {
     /// exponentials, online); pass 2 acquires the same pieces again with its second's (the norm's weights or
     /// the mask) and releases each piece's output (`piece` f32, zeros in the pad) into its third.
     RowPieces(RowPieces),
+}
+
+/// The int8 weight format of [`CoreBody::MatVecQ8`]: GGML's q8_0 block with a bf16 scale in place of its f16
+/// one. A row's 32 consecutive elements are one block of [`BLOCK_BYTES`](q8::BLOCK_BYTES): their scale `d`
+/// (bf16, two bytes, little-endian), then their 32 quants `q` (int8, -127..=127), each element `d q`. A row
+/// of `k` (a multiple of 32) is `k / 32` blocks, row after row. The scale is bf16 because AIE2 computes in
+/// bf16 (it has no f16, and f32 is emulated), and two bytes keep a block at 34 bytes (1.0625 bytes an element;
+/// an f32 scale would make it 36). Bytes are carried as the emulator carries every element: one f32 each,
+/// holding the signed value of the byte.
+pub mod q8 {
+    use crate::emu::bf16;
+
+    /// Elements of a block.
+    pub const BLOCK: u64 = 32;
+    /// Bytes of a block: the scale's two, then the quants.
+    pub const BLOCK_BYTES: u64 = 34;
+
+    /// Bytes of a row of `k` elements (a multiple of [`BLOCK`]).
+    pub fn row_bytes(k: u64) -> u64 {
+        k / BLOCK * BLOCK_BYTES
+    }
+
+    /// A byte (its signed value) as the bits it holds.
+    fn bits(b: f32) -> u16 {
+        b as i8 as u8 as u16
+    }
+
+    /// A block's scale from its first two bytes (signed values): the bf16 of those bits, little-endian.
+    pub fn scale(lo: f32, hi: f32) -> f32 {
+        f32::from_bits((((bits(hi) << 8) | bits(lo)) as u32) << 16)
+    }
+
+    /// The bytes of a block's scale `d` (a bf16 value), as signed values.
+    pub fn scale_bytes(d: f32) -> [f32; 2] {
+        let h = (d.to_bits() >> 16) as u16;
+        [h as u8 as i8 as f32, (h >> 8) as u8 as i8 as f32]
+    }
+
+    /// A row quantized (its length a multiple of [`BLOCK`]): each block's scale `d = bf16(amax / 127)`, its
+    /// quants `round(w / d)` (half away from zero) held to -127..=127, or all 0 where `d` is 0. Its bytes.
+    pub fn quantize_row(w: &[f32]) -> Vec<f32> {
+        assert!(w.len().is_multiple_of(BLOCK as usize), "a q8 row of {} elements", w.len());
+        let mut out = Vec::with_capacity(w.len() / BLOCK as usize * BLOCK_BYTES as usize);
+        for b in w.chunks(BLOCK as usize) {
+            let d = bf16(b.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0);
+            out.extend(scale_bytes(d));
+            out.extend(b.iter().map(|&v| if d == 0.0 { 0.0 } else { (v / d).round().clamp(-127.0, 127.0) }));
+        }
+        out
+    }
+
+    /// A row's elements from its bytes: `d q` each (exact in f32).
+    pub fn dequantize_row(bytes: &[f32]) -> Vec<f32> {
+        bytes
+            .chunks(BLOCK_BYTES as usize)
+            .flat_map(|b| {
+                let d = scale(b[0], b[1]);
+                b[2..].iter().map(move |q| d * q)
+            })
+            .collect()
+    }
 }
 
 /// The shape of a [`CoreBody::RowPieces`] core: the op, a row's true width, and the piece it is streamed in.
@@ -326,5 +394,33 @@ pub struct Design {
 impl Design {
     pub fn fifo(&self, name: &str) -> Option<&ObjectFifo> {
         self.fifos.iter().find(|f| f.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::q8;
+
+    /// A q8 block is its bf16 scale (little-endian) then its 32 quants, each `round(w / d)`; the values come
+    /// back within half a scale step, the largest exactly; a zero block is all zero bytes.
+    #[test]
+    fn q8_blocks_hold_a_bf16_scale_then_the_quants() {
+        let mut w: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        w[5] = -3.5;
+        w[32..].fill(0.0);
+        let b = q8::quantize_row(&w);
+        assert_eq!(b.len() as u64, q8::row_bytes(64));
+        // d = bf16(3.5 / 127) = 0x3CE2 (0.0275878...): its low byte first, as signed bytes.
+        assert_eq!((b[0], b[1]), (0xE2u8 as i8 as f32, 0x3C as f32));
+        let d = q8::scale(b[0], b[1]);
+        assert_eq!(d.to_bits(), 0x3CE2_0000);
+        assert_eq!(b[2 + 5], -127.0);
+        assert_eq!(b[2 + 1], (w[1] / d).round());
+        let back = q8::dequantize_row(&b);
+        for (v, x) in back.iter().zip(&w) {
+            assert!((v - x).abs() <= d / 2.0, "{v} vs {x}");
+        }
+        assert!(b[34..].iter().all(|&x| x == 0.0), "a zero block");
+        assert_eq!(q8::scale_bytes(-d), [b[0], (0x3C | 0x80) as u8 as i8 as f32]);
     }
 }

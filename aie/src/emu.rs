@@ -2,14 +2,14 @@
 //! walked level by level over its host argument (offset, sizes, strides), the stream cut into its fifo's
 //! buffers, the memtile links joining or passing them on, each `dimensionsToStream` re-layout applied as the
 //! producer's DMA would, and each core's body run on the buffers in the layout they arrive in, with bf16
-//! operands and f32 accumulation — so that a wrong access pattern gives wrong numbers here, not only on a chip.
+//! operands (int8 weights widened, with their blocks' scales) and f32 accumulation — so that a wrong access pattern gives wrong numbers here, not only on a chip.
 //! It counts dispatches, bytes moved between host and array, and MACs.
 //!
 //! Fifos are modelled as queues per consumer (a broadcast gives each consumer its copy) without their depth:
 //! the emulator checks what reaches where and what is computed from it, not timing or back-pressure (the AIE2
 //! rules bound the buffers).
 
-use crate::design::{Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RowOp, RowPieces, SeqOp};
+use crate::design::{q8, Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RowOp, RowPieces, SeqOp};
 use std::collections::{HashMap, VecDeque};
 
 /// What one dispatch of a design did.
@@ -117,6 +117,7 @@ impl<'d> Emu<'d> {
                 let (outs, sizes, k_tiles) = match core.body {
                     CoreBody::MatMul { m, k, n, k_tiles, .. } => (m * n, (m * k, k * n), k_tiles),
                     CoreBody::MatVec { rows, k, k_tiles } => (rows, (rows * k, k), k_tiles),
+                    CoreBody::MatVecQ8 { rows, k, k_tiles } => (rows, (rows * q8::row_bytes(k), k), k_tiles),
                     CoreBody::Rows { op, rows, width } => (rows * width, (rows * width, op.second(rows, width).0), 1),
                     CoreBody::Attention { .. } | CoreBody::RowPieces(_) => unreachable!("run by their own steps"),
                 };
@@ -369,6 +370,19 @@ pub fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
             }
             (rows * k) as u64
         }
+        CoreBody::MatVecQ8 { rows, k, .. } => {
+            let (rows, rb, bb, bk) = (rows as usize, q8::row_bytes(k) as usize, q8::BLOCK_BYTES as usize, q8::BLOCK);
+            for (r, y) in acc.iter_mut().enumerate().take(rows) {
+                let mut s = *y;
+                for (blk, xs) in ta[r * rb..][..rb].chunks(bb).zip(tb.chunks(bk as usize)) {
+                    let d = q8::scale(blk[0], blk[1]);
+                    let p = blk[2..].iter().zip(xs).fold(0.0f32, |acc, (q, x)| acc + q * x);
+                    s += d * p;
+                }
+                *y = s;
+            }
+            (rows as u64) * k
+        }
         CoreBody::Attention { .. } => unreachable!("attention cores are run by attend"),
         CoreBody::RowPieces(_) => unreachable!("cores of rows in pieces are run by row_pieces"),
         CoreBody::Rows { op, rows, width } => {
@@ -422,7 +436,8 @@ pub fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
 }
 
 /// Run one dispatch of `design` over its runtime arguments (`args[i]` holds argument `i` as f32; a bf16
-/// argument's values are rounded to bf16 as they are read). Results are written into the arguments.
+/// argument's values are rounded to bf16 as they are read; an i8 argument holds bytes, each the signed value
+/// -128..=127 of the byte, and anything else in it is an error). Results are written into the arguments.
 pub fn run(design: &Design, args: &mut [Vec<f32>]) -> Result<EmuStats, String> {
     let mut e = Emu {
         design,
@@ -453,6 +468,13 @@ pub fn run(design: &Design, args: &mut [Vec<f32>]) -> Result<EmuStats, String> {
                 let to_array = design_is_shim(&f.producer);
                 if to_array {
                     let round = *elem == Elem::Bf16;
+                    let byte = |v: f32| v.fract() == 0.0 && (-128.0..=127.0).contains(&v);
+                    if let Some(&i) = at.iter().find(|&&i| *elem == Elem::I8 && !byte(host[i as usize])) {
+                        return Err(format!(
+                            "{}: transfer of fifo {fifo} reads {} at element {i} of argument {arg}, which holds bytes",
+                            design.name, host[i as usize]
+                        ));
+                    }
                     let part = e.partial.entry(fifo.clone()).or_default();
                     part.extend(at.iter().map(|&i| if round { bf16(host[i as usize]) } else { host[i as usize] }));
                     // Each whole buffer of the stream goes into the fifo as it completes.

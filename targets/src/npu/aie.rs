@@ -245,7 +245,7 @@ fn functions(design: &Design) -> Functions {
             }
         };
         match core.body {
-            CoreBody::MatMul { .. } | CoreBody::MatVec { .. } => {
+            CoreBody::MatMul { .. } | CoreBody::MatVec { .. } | CoreBody::MatVecQ8 { .. } => {
                 if let Some(out) = core.uses.get(2).and_then(|u| design.fifo(&u.fifo)) {
                     let (zname, ztext) = zero_fn(elements(out), out.elem);
                     fs.add(&zname, ztext);
@@ -482,7 +482,9 @@ fn core_op(design: &Design, core: &Core, name: &str) -> String {
         w.constant(0, "c1", 1);
         w.constant(0, "forever", FOREVER);
         match core.body {
-            CoreBody::MatMul { k_tiles, .. } | CoreBody::MatVec { k_tiles, .. } => w.constant(0, "k_tiles", k_tiles),
+            CoreBody::MatMul { k_tiles, .. }
+            | CoreBody::MatVec { k_tiles, .. }
+            | CoreBody::MatVecQ8 { k_tiles, .. } => w.constant(0, "k_tiles", k_tiles),
             CoreBody::Attention { keys, .. } => {
                 w.constant(0, "heads", attention_plan(core.body).1);
                 w.constant(0, "keys", keys);
@@ -492,7 +494,7 @@ fn core_op(design: &Design, core: &Core, name: &str) -> String {
         }
         w.line(0, "scf.for %pass = %c0 to %forever step %c1 {");
         match core.body {
-            CoreBody::MatMul { .. } | CoreBody::MatVec { .. } => w.matrix(name, [a, b, c]),
+            CoreBody::MatMul { .. } | CoreBody::MatVec { .. } | CoreBody::MatVecQ8 { .. } => w.matrix(name, [a, b, c]),
             CoreBody::Rows { .. } => w.rows(name, [a, b, c]),
             CoreBody::RowPieces(_) => w.row_pieces(name, core.body, [a, b, c]),
             CoreBody::Attention { .. } => w.attention(name, core.body, [a, b, c]),
@@ -666,7 +668,7 @@ mod tests {
     use super::super::attention::{attention, PrefillShape};
     use super::super::design::RowOp;
     use super::super::gemm::{gemm, gemm_bt};
-    use super::super::gemv::gemv;
+    use super::super::gemv::{gemv, gemv_q8};
     use super::super::mlir::llvm::{pipe, tool};
     use super::super::model::NPU1;
     use super::super::rows::{rows, rows_in_pieces};
@@ -761,7 +763,7 @@ mod tests {
     }
 
     /// The designs the compiler builds at the Llama-3.2-1B shapes (prefill 512 rows and decode): the GEMMs
-    /// (and their transposed-weight forms) of the four projections, the GEMVs, the row-wise designs and the
+    /// (and their transposed-weight forms) of the four projections, the GEMVs (bf16 and int8), the row-wise designs and the
     /// prefill attention.
     fn llama_1b_designs() -> Vec<Design> {
         let (hidden, ffn, q, kv, hd) = (2048u64, 8192u64, 2048u64, 512u64, 64u64);
@@ -770,6 +772,7 @@ mod tests {
             designs.push(gemm(&NPU1, 512, k, n).design);
             designs.push(gemm_bt(&NPU1, 512, k, n).design);
             designs.push(gemv(&NPU1, n, k).design);
+            designs.push(gemv_q8(&NPU1, n, k).design);
         }
         for (op, width) in [
             (RowOp::RmsNorm { eps: 1e-5 }, hidden),
@@ -792,7 +795,7 @@ mod tests {
     #[test]
     fn every_llama_1b_design_emits_a_module_llvm_19_reparses() {
         let designs = llama_1b_designs();
-        assert!(designs.len() >= 19, "{} designs", designs.len());
+        assert!(designs.len() >= 23, "{} designs", designs.len());
         for d in &designs {
             check_reparses(d);
         }
@@ -824,7 +827,7 @@ mod tests {
         }
     }
 
-    /// The small designs of the snapshots, by name: GEMM, GEMV and attention at two shapes each, and the
+    /// The small designs of the snapshots, by name: GEMM, GEMV (bf16 and int8) and attention at two shapes each, and the
     /// softmax in pieces (rows of 40 in pieces of 16).
     fn small_designs() -> Vec<(&'static str, Design)> {
         let small = PrefillShape { rows: 8, pos: 0, heads: 4, kv_heads: 2, head_dim: 16, window: None, scale: 0.25 };
@@ -835,6 +838,8 @@ mod tests {
             ("gemm_23x100x300", gemm(&NPU1, 23, 100, 300).design),
             ("gemv_64x64", gemv(&NPU1, 64, 64).design),
             ("gemv_37x100", gemv(&NPU1, 37, 100).design),
+            ("gemv_q8_64x64", gemv_q8(&NPU1, 64, 64).design),
+            ("gemv_q8_37x100", gemv_q8(&NPU1, 37, 100).design),
             ("attention_8x4x16", attention(&NPU1, small).design),
             (
                 "attention_5at7_2x8_w6",
@@ -847,7 +852,7 @@ mod tests {
         ]
     }
 
-    /// The whole module of GEMM, GEMV and attention at two small shapes each and of the softmax in pieces, so
+    /// The whole module of GEMM, GEMV (bf16 and int8) and attention at two small shapes each and of the softmax in pieces, so
     /// that a change to what is emitted shows in review; each re-parses.
     #[test]
     fn module_snapshots() {

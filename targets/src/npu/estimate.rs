@@ -1,5 +1,6 @@
 //! What one token (decode) or one prompt (prefill) of a Llama-shaped model would cost on the NPU with the
-//! designs that exist: each layer's projections as GEMMs (prefill) or GEMVs (decode), its two RMSNorms and its
+//! designs that exist: each layer's projections as GEMMs (prefill) or GEMVs (decode; bf16 weights, or int8 ones
+//! with a bf16 scale per block of 32: [`decode_q8`]), its two RMSNorms and its
 //! GLU, every design built, checked by the AIE2 rules, and counted — dispatches, bytes moved between host and
 //! array, MACs — with the designs' time estimates summed, RoPE of q and k and the attention included (decode's
 //! at [`DECODE_DEPTH`] cached positions). ESTIMATES on stated assumptions (the dispatch overhead and the host
@@ -8,7 +9,7 @@
 use super::attention::{attention, PrefillShape};
 use super::design::RowOp;
 use super::gemm::{gemm, gemm_bt};
-use super::gemv::gemv;
+use super::gemv::{gemv_of, GemvWeights};
 use super::model::ArrayModel;
 use super::rows::rows;
 use super::verify::verify;
@@ -43,9 +44,20 @@ pub struct Estimate {
     pub seconds: f64,
 }
 
-/// The NPU part of one execution of `tokens` rows (1: a decode step) through every layer of `s`, or the first
-/// design that breaks a rule.
+/// The NPU part of one execution of `tokens` rows (1: a decode step, its GEMVs reading bf16 weights) through
+/// every layer of `s`, or the first design that breaks a rule.
 pub fn phase(array: &ArrayModel, s: &Shape, tokens: u64) -> Result<Estimate, String> {
+    layers(array, s, tokens, GemvWeights::Bf16)
+}
+
+/// The NPU part of a decode step through every layer of `s` with the projections' weights in int8 with a bf16
+/// scale per block of 32 (the int8 GEMVs; the rest as [`phase`]), or the first design that breaks a rule.
+pub fn decode_q8(array: &ArrayModel, s: &Shape) -> Result<Estimate, String> {
+    layers(array, s, 1, GemvWeights::Q8)
+}
+
+/// [`phase`], a decode step's GEMVs reading weights stored as `weights`.
+fn layers(array: &ArrayModel, s: &Shape, tokens: u64, weights: GemvWeights) -> Result<Estimate, String> {
     let mut e = Estimate::default();
     let mut add = |name: &str, design: &super::design::Design, macs: u64| -> Result<(), String> {
         let u = verify(design, array).map_err(|v| format!("{name}: {}", v[0]))?;
@@ -67,7 +79,7 @@ pub fn phase(array: &ArrayModel, s: &Shape, tokens: u64) -> Result<Estimate, Str
     for _ in 0..s.layers {
         for (name, n, k) in projections {
             if tokens == 1 {
-                let g = gemv(array, n, k);
+                let g = gemv_of(array, weights, n, k);
                 add(name, &g.design, g.macs())?;
             } else {
                 let g = gemm(array, tokens, k, n);
@@ -150,6 +162,38 @@ mod tests {
         let attention = s.layers * s.heads * rounds * 4 * 2 * 32 * 32 * 64;
         assert_eq!(prefill.macs, 512 * weights + attention);
         println!("Llama-3.2-1B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
+    }
+
+    /// The int8 decode step at the Llama-3.2-1B and Llama-3.1-8B shapes: every design passes the rules, the
+    /// dispatches and MACs are the bf16 step's, and the weights move at 34 bytes per 32 elements, so the step
+    /// moves a little over half the bf16 step's bytes (the weights are almost all of them) and its estimate,
+    /// less the dispatches' overhead, falls about as much.
+    #[test]
+    fn the_int8_decode_step_moves_half_the_bytes() {
+        for (s, name) in [(LLAMA_3_2_1B, "Llama-3.2-1B"), (LLAMA_3_1_8B, "Llama-3.1-8B")] {
+            let bf = phase(&NPU1, &s, 1).unwrap();
+            let q = decode_q8(&NPU1, &s).unwrap();
+            assert_eq!((q.dispatches, q.macs), (bf.dispatches, bf.macs), "{name}");
+            let (qd, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+            let weights = s.layers * (s.hidden * (qd + 2 * kv) + qd * s.hidden + 3 * s.ffn * s.hidden);
+            // The bf16 step less half its weights' bytes, plus the scales (2 bytes per 32), give or take the x
+            // each block of rows takes (its tiles differ).
+            let want = bf.host_bytes - 2 * weights + weights * 34 / 32;
+            assert!(q.host_bytes.abs_diff(want) < weights / 200, "{name}: {} vs {want}", q.host_bytes);
+            // Beside the dispatches' overhead (the same in both), the time falls as the bytes do.
+            let busy = |e: &Estimate| e.seconds - e.dispatches as f64 * NPU1.dispatch_overhead_s;
+            assert!(busy(&q) < 0.6 * busy(&bf), "{name}: {} s vs {} s", q.seconds, bf.seconds);
+            println!(
+                "{name} decode at depth {DECODE_DEPTH} on npu1 (estimates): bf16 weights {:.2} GB, >= {:.0} ms; \
+                 int8 weights {:.2} GB, >= {:.0} ms ({} dispatches, {:.2} GMAC)",
+                bf.host_bytes as f64 / 1e9,
+                bf.seconds * 1e3,
+                q.host_bytes as f64 / 1e9,
+                q.seconds * 1e3,
+                q.dispatches,
+                q.macs as f64 / 1e9
+            );
+        }
     }
 
     /// Every NPU design of the Llama-3.1-8B shape passes the rules too (4096-wide norm rows, 14,336-wide GLU

@@ -23,7 +23,7 @@ use super::mlir::{body_name, core_body};
 use melior::dialect::DialectRegistry;
 use melior::ir::attribute::{StringAttribute, TypeAttribute};
 use melior::ir::operation::{OperationRef, OperationRefMut};
-use melior::ir::r#type::{FunctionType, MemRefType};
+use melior::ir::r#type::{FunctionType, IntegerType, MemRefType};
 use melior::ir::{Attribute, BlockLike, Module, ShapedTypeLike, Type, TypeLike};
 use melior::pass::{conversion, PassManager};
 use melior::utility::{register_all_dialects, register_all_llvm_translations};
@@ -112,14 +112,17 @@ pub fn verify_design_bodies(design: &Design) -> Result<usize, String> {
 enum Param {
     Bf16(usize),
     F32(usize),
+    I8(usize),
     Index,
 }
 
-/// An argument of [`Jit::call`]: a buffer of bf16 values (their bits) or of f32 values, or an `index`.
+/// An argument of [`Jit::call`]: a buffer of bf16 values (their bits), of f32 values or of bytes (i8), or an
+/// `index`.
 #[derive(Debug)]
 pub enum Arg<'a> {
     Bf16(&'a mut [u16]),
     F32(&'a mut [f32]),
+    I8(&'a mut [i8]),
     Index(u64),
 }
 
@@ -142,7 +145,7 @@ fn is_func(op: &OperationRef) -> bool {
     op.name().as_string_ref().as_str() == Ok("func.func")
 }
 
-/// The parameters of each `func.func` of `module` (1-D static memrefs of bf16 or f32, and `index`).
+/// The parameters of each `func.func` of `module` (1-D static memrefs of bf16, f32 or i8, and `index`).
 fn signatures(module: &Module, what: &str) -> Result<BTreeMap<String, Vec<Param>>, String> {
     let mut out = BTreeMap::new();
     for f in top_level(module) {
@@ -163,7 +166,10 @@ fn signatures(module: &Module, what: &str) -> Result<BTreeMap<String, Vec<Param>
                     match (n, m.element()) {
                         (Some(n), e) if e.is_bf16() => Ok(Param::Bf16(n)),
                         (Some(n), e) if e.is_f32() => Ok(Param::F32(n)),
-                        _ => Err(format!("parameter {i}: {t} is not a static 1-D memref of bf16 or f32")),
+                        (Some(n), e) if IntegerType::try_from(e).is_ok_and(|t| t.width() == 8 && t.is_signless()) => {
+                            Ok(Param::I8(n))
+                        }
+                        _ => Err(format!("parameter {i}: {t} is not a static 1-D memref of bf16, f32 or i8")),
                     }
                 })
                 .collect::<Result<Vec<_>, String>>()
@@ -236,8 +242,8 @@ impl Jit {
     }
 
     /// Run function `function` on `args`, which must match its parameters one by one: a bf16 memref of `n`
-    /// elements takes an [`Arg::Bf16`] of `n`, an f32 one an [`Arg::F32`] of `n`, an `index` an
-    /// [`Arg::Index`]. The buffers hold what the function leaves in them afterwards. One line on error.
+    /// elements takes an [`Arg::Bf16`] of `n`, an f32 one an [`Arg::F32`] of `n`, an i8 one an [`Arg::I8`] of
+    /// `n`, an `index` an [`Arg::Index`]. The buffers hold what the function leaves in them afterwards. One line on error.
     pub fn call(&self, function: &str, args: &mut [Arg<'_>]) -> Result<(), String> {
         let what = format!("{}: @{function}", self.name);
         let params = self.signatures.get(function).ok_or_else(|| format!("{what}: no such function"))?;
@@ -251,6 +257,7 @@ impl Jit {
             let (ptr, n) = match (*p, a) {
                 (Param::Bf16(n), Arg::Bf16(v)) if v.len() == n => (v.as_mut_ptr() as u64, n),
                 (Param::F32(n), Arg::F32(v)) if v.len() == n => (v.as_mut_ptr() as u64, n),
+                (Param::I8(n), Arg::I8(v)) if v.len() == n => (v.as_mut_ptr() as u64, n),
                 (Param::Index, Arg::Index(x)) => {
                     descriptors.push([*x, 0, 0, 0, 0]);
                     continue;
@@ -259,6 +266,7 @@ impl Jit {
                     let given = match a {
                         Arg::Bf16(v) => format!("{} bf16", v.len()),
                         Arg::F32(v) => format!("{} f32", v.len()),
+                        Arg::I8(v) => format!("{} i8", v.len()),
                         Arg::Index(_) => "an index".into(),
                     };
                     return Err(format!("{what}: argument {i} is {p:?}, given {given}"));
@@ -285,7 +293,8 @@ impl Jit {
     }
 
     /// Run one step of a matrix or row-wise body (one function of `(a, b, c)`) on the operands `a` and `b`
-    /// and the result buffer `c`, a bf16 operand given as f32 values that are bf16 already. One line on error.
+    /// and the result buffer `c`, a bf16 operand given as f32 values that are bf16 already, an i8 one as f32
+    /// values that are bytes. One line on error.
     pub fn step(&self, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<(), String> {
         let mut functions = self.signatures.iter();
         let (Some((function, params)), None) = (functions.next(), functions.next()) else {
@@ -294,24 +303,48 @@ impl Jit {
         let &[pa, pb, _] = &params[..] else {
             return Err(format!("{}: @{function} is not a function of (a, b, c)", self.name));
         };
-        // An operand as its memref holds it: bf16 bits, or the f32 values themselves.
-        let operand = |p: Param, v: &[f32], i: usize| match p {
-            Param::Bf16(_) => {
-                bf16_bits(v).map(|h| (h, Vec::new())).map_err(|e| format!("{}: operand {i}: {e}", self.name))
+        // An operand as its memref holds it: bf16 bits, bytes, or the f32 values themselves.
+        let operand = |p: Param, v: &[f32], i: usize| {
+            match p {
+                Param::Bf16(_) => bf16_bits(v).map(Held::Bf16),
+                Param::I8(_) => i8_bytes(v).map(Held::I8),
+                _ => Ok(Held::F32(v.to_vec())),
             }
-            _ => Ok((Vec::new(), v.to_vec())),
+            .map_err(|e| format!("{}: operand {i}: {e}", self.name))
         };
-        let (mut a16, mut a32) = operand(pa, a, 0)?;
-        let (mut b16, mut b32) = operand(pb, b, 1)?;
-        fn arg<'a>(p: Param, h: &'a mut [u16], f: &'a mut [f32]) -> Arg<'a> {
-            if matches!(p, Param::Bf16(_)) {
-                Arg::Bf16(h)
-            } else {
-                Arg::F32(f)
-            }
-        }
-        self.call(function, &mut [arg(pa, &mut a16, &mut a32), arg(pb, &mut b16, &mut b32), Arg::F32(c)])
+        let (mut ha, mut hb) = (operand(pa, a, 0)?, operand(pb, b, 1)?);
+        self.call(function, &mut [ha.arg(), hb.arg(), Arg::F32(c)])
     }
+}
+
+/// An operand of [`Jit::step`] as its memref holds it.
+enum Held {
+    Bf16(Vec<u16>),
+    F32(Vec<f32>),
+    I8(Vec<i8>),
+}
+
+impl Held {
+    fn arg(&mut self) -> Arg<'_> {
+        match self {
+            Held::Bf16(v) => Arg::Bf16(v),
+            Held::F32(v) => Arg::F32(v),
+            Held::I8(v) => Arg::I8(v),
+        }
+    }
+}
+
+/// The bytes of `v`, whose values must be bytes already (integers of -128..=127).
+pub fn i8_bytes(v: &[f32]) -> Result<Vec<i8>, String> {
+    v.iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            if x.fract() != 0.0 || !(-128.0..=127.0).contains(&x) {
+                return Err(format!("element {i} ({x}) is not a byte"));
+            }
+            Ok(x as i8)
+        })
+        .collect()
 }
 
 /// The bf16 bits of `v`, whose values must be bf16 already (their low 16 bits zero).
@@ -334,8 +367,8 @@ mod tests {
     use super::super::emu::{attention_finish, body, AttentionTile};
     use super::*;
 
-    /// The bodies of [`super::super::mlir`]'s JIT test: GEMM tiles (B plain and transposed), a GEMV tile and
-    /// each row-wise op.
+    /// The bodies of [`super::super::mlir`]'s JIT test: GEMM tiles (B plain and transposed), GEMV tiles (bf16
+    /// and int8) and each row-wise op.
     use super::super::mlir::bodies::{in_pieces, piece_outputs, piece_tiles, rand, small as bodies, tiles};
 
     fn attention(window: u64) -> CoreBody {
@@ -429,16 +462,17 @@ mod tests {
         }
     }
 
-    /// Every design at the Llama-3.2-1B and Llama-3.1-8B shapes (prefill 512 and decode: the GEMMs and GEMVs of
+    /// Every design at the Llama-3.2-1B and Llama-3.1-8B shapes (prefill 512 and decode: the GEMMs and GEMVs, bf16 and int8, of
     /// the projections, the row-wise ops, attention) has its bodies verified in-process, as the compiler does.
     #[test]
     fn the_model_designs_bodies_verify_in_process() {
-        use super::super::{attention::*, gemm::gemm, gemv::gemv, model::NPU1, rows::rows};
+        use super::super::{attention::*, gemm::gemm, gemv::*, model::NPU1, rows::rows};
         let mut designs = Vec::new();
         for (hidden, ffn, q, kv, hd) in [(2048u64, 8192u64, 2048u64, 512u64, 64u64), (4096, 14336, 4096, 1024, 128)] {
             for (n, k) in [(q + 2 * kv, hidden), (hidden, q), (2 * ffn, hidden), (hidden, ffn)] {
                 designs.push(gemm(&NPU1, 512, k, n).design);
                 designs.push(gemv(&NPU1, n, k).design);
+                designs.push(gemv_q8(&NPU1, n, k).design);
             }
             for (op, width) in [
                 (RowOp::RmsNorm { eps: 1e-5 }, hidden),
@@ -495,6 +529,13 @@ mod tests {
             // A buffer of the wrong size is refused, not run.
             let e = jit.step(&a, &bv, &mut got[1..]).unwrap_err();
             assert!(e.contains("argument 2"), "{e}");
+            // So is an int8 operand that is not bytes.
+            if let CoreBody::MatVecQ8 { .. } = b {
+                let mut half = a.clone();
+                half[3] = 0.5;
+                let e = jit.step(&half, &bv, &mut got).unwrap_err();
+                assert!(e.contains("operand 0: element 3 (0.5) is not a byte"), "{e}");
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 //!
 //! The aie / aiex structure around them (tiles, objectfifos, links, cores, the runtime sequence) is [`super::aie`].
 
-use super::design::{CoreBody, RowOp, RowPieces};
+use super::design::{q8, CoreBody, RowOp, RowPieces};
 use std::fmt::Write;
 
 /// The MLIR name of a row-wise op.
@@ -25,6 +25,7 @@ pub fn body_name(body: CoreBody) -> String {
     match body {
         CoreBody::MatMul { m, k, n, bt, .. } => format!("matmul_{m}x{k}x{n}{}", if bt { "_bt" } else { "" }),
         CoreBody::MatVec { rows, k, .. } => format!("matvec_{rows}x{k}"),
+        CoreBody::MatVecQ8 { rows, k, .. } => format!("matvec_q8_{rows}x{k}"),
         CoreBody::Rows { op, rows, width } => format!("{}_{rows}x{width}", row_op_name(op)),
         CoreBody::RowPieces(RowPieces { op, width, piece }) => format!("{}_{width}_in_{piece}", row_op_name(op)),
         CoreBody::Attention { q_rows, keys, head_dim, rounds, .. } => {
@@ -39,6 +40,7 @@ pub fn body_buffers(body: CoreBody) -> Option<[(u64, &'static str); 3]> {
     Some(match body {
         CoreBody::MatMul { m, k, n, .. } => [(m * k, "bf16"), (k * n, "bf16"), (m * n, "f32")],
         CoreBody::MatVec { rows, k, .. } => [(rows * k, "bf16"), (k, "bf16"), (rows, "f32")],
+        CoreBody::MatVecQ8 { rows, k, .. } => [(rows * q8::row_bytes(k), "i8"), (k, "bf16"), (rows, "f32")],
         CoreBody::Rows { op, rows, width } => {
             let (n, elem) = op.second(rows, width);
             let elem = if elem == super::design::Elem::F32 { "f32" } else { "bf16" };
@@ -148,25 +150,63 @@ pub fn core_body(body: CoreBody) -> Option<String> {
             // y[r] += sum over kk of W[r][kk] x[kk], in the order of kk.
             idx(&mut s, "rows", rows);
             idx(&mut s, "k", k);
-            let _ = writeln!(
-                s,
-                "    scf.for %r = %i0 to %rows step %i1 {{\n\
-                 \x20     %init = memref.load %c[%r] : memref<{nc}xf32>\n\
-                 \x20     %row = arith.muli %r, %k : index\n\
-                 \x20     %sum = scf.for %kk = %i0 to %k step %i1 iter_args(%acc = %init) -> (f32) {{\n\
-                 \x20       %wi = arith.addi %row, %kk : index"
-            );
-            load(&mut s, "        %w", "a", "%wi", na, "bf16");
-            load(&mut s, "        %x", "b", "%kk", nb, "bf16");
-            let _ = writeln!(
-                s,
-                "        %p = arith.mulf %w, %x : f32\n\
-                 \x20       %next = arith.addf %acc, %p : f32\n\
-                 \x20       scf.yield %next : f32\n\
-                 \x20     }}\n\
-                 \x20     memref.store %sum, %c[%r] : memref<{nc}xf32>\n\
-                 \x20   }}"
-            );
+            matvec_rows(&mut s, nc, ("k", "kk", "k"), &|s| {
+                let _ = writeln!(s, "        %wi = arith.addi %row, %kk : index");
+                load(s, "        %w", "a", "%wi", na, "bf16");
+                load(s, "        %x", "b", "%kk", nb, "bf16");
+                s.push_str("        %p = arith.mulf %w, %x : f32\n        %next = arith.addf %acc, %p : f32\n");
+            });
+        }
+        CoreBody::MatVecQ8 { rows, k, .. } => {
+            // Per row, per block in order: the block's scale d from its two bytes (bf16, little-endian), p = the
+            // sum over its 32 quants of q x in order from 0, then y = y + d p.
+            idx(&mut s, "rows", rows);
+            idx(&mut s, "blocks", k / q8::BLOCK);
+            idx(&mut s, "rb", q8::row_bytes(k));
+            idx(&mut s, "bb", q8::BLOCK_BYTES);
+            idx(&mut s, "bk", q8::BLOCK);
+            idx(&mut s, "i2", 2);
+            f32_const(&mut s, "zero", 0.0);
+            s.push_str("    %sh = arith.constant 8 : i16\n");
+            // Byte `v` of the block at `at`, and its bits as an i16.
+            let byte = |s: &mut String, v: &str, at: &str| {
+                let _ = writeln!(
+                    s,
+                    "        %{v} = memref.load %a[{at}] : memref<{na}xi8>\n        %{v}16 = arith.extui %{v} : i8 to i16"
+                );
+            };
+            matvec_rows(&mut s, nc, ("rb", "blk", "blocks"), &|s| {
+                s.push_str(
+                    "        %bo0 = arith.muli %blk, %bb : index\n\
+                     \x20       %bo = arith.addi %row, %bo0 : index\n\
+                     \x20       %bo1 = arith.addi %bo, %i1 : index\n",
+                );
+                byte(s, "lo", "%bo");
+                byte(s, "hi", "%bo1");
+                let _ = writeln!(
+                    s,
+                    "        %hs = arith.shli %hi16, %sh : i16\n\
+                     \x20       %bits = arith.ori %hs, %lo16 : i16\n\
+                     \x20       %d_h = arith.bitcast %bits : i16 to bf16\n\
+                     \x20       %d = arith.extf %d_h : bf16 to f32\n\
+                     \x20       %q0 = arith.addi %bo, %i2 : index\n\
+                     \x20       %x0 = arith.muli %blk, %bk : index\n\
+                     \x20       %dot = scf.for %j = %i0 to %bk step %i1 iter_args(%part = %zero) -> (f32) {{\n\
+                     \x20         %qi = arith.addi %q0, %j : index\n\
+                     \x20         %q = memref.load %a[%qi] : memref<{na}xi8>\n\
+                     \x20         %qf = arith.sitofp %q : i8 to f32\n\
+                     \x20         %xi = arith.addi %x0, %j : index"
+                );
+                load(s, "          %x", "b", "%xi", nb, "bf16");
+                s.push_str(
+                    "          %p = arith.mulf %qf, %x : f32\n\
+                     \x20         %pn = arith.addf %part, %p : f32\n\
+                     \x20         scf.yield %pn : f32\n\
+                     \x20       }\n\
+                     \x20       %scaled = arith.mulf %d, %dot : f32\n\
+                     \x20       %next = arith.addf %acc, %scaled : f32\n",
+                );
+            });
         }
         CoreBody::Rows { op, rows, width } => {
             idx(&mut s, "rows", rows);
@@ -463,6 +503,27 @@ fn row_pieces_body(name: &str, rp: RowPieces) -> String {
 
 type Load<'a> = dyn Fn(&mut String, &str, &str, &str, u64, &str) + 'a;
 
+/// The row loop of the GEMV bodies: for each row `%r`, `y[r]` (`%c`, `nc` f32) folded from what it held over
+/// `%var` from 0 to `%bound`, `%row` the row's first element of `%a` (`%stride` elements a row); `step` writes
+/// one step of the fold, from `%acc` to `%next`.
+fn matvec_rows(s: &mut String, nc: u64, (stride, var, bound): (&str, &str, &str), step: &dyn Fn(&mut String)) {
+    let _ = writeln!(
+        s,
+        "    scf.for %r = %i0 to %rows step %i1 {{\n\
+         \x20     %init = memref.load %c[%r] : memref<{nc}xf32>\n\
+         \x20     %row = arith.muli %r, %{stride} : index\n\
+         \x20     %sum = scf.for %{var} = %i0 to %{bound} step %i1 iter_args(%acc = %init) -> (f32) {{"
+    );
+    step(s);
+    let _ = writeln!(
+        s,
+        "        scf.yield %next : f32\n\
+         \x20     }}\n\
+         \x20     memref.store %sum, %c[%r] : memref<{nc}xf32>\n\
+         \x20   }}"
+    );
+}
+
 /// The per-row part of a row-wise body (inside the loop over rows `%r`, the row's first element `%row`).
 fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64, u64, &str), load: &Load<'_>) {
     let elem = |s: &mut String, dst: &str| {
@@ -596,7 +657,7 @@ fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64,
 /// What the NPU target's core-body tests share: the bodies every kind is tried at, and random tiles for one.
 #[cfg(test)]
 pub(crate) mod bodies {
-    use super::super::design::{CoreBody, RowOp, RowPieces};
+    use super::super::design::{q8, CoreBody, RowOp, RowPieces};
     use super::super::emu::bf16;
     use super::body_buffers;
 
@@ -607,6 +668,7 @@ pub(crate) mod bodies {
             CoreBody::MatMul { m: 64, k: 32, n: 64, k_tiles: 4, bt: false },
             CoreBody::MatMul { m: 8, k: 16, n: 12, k_tiles: 1, bt: true },
             CoreBody::MatVec { rows: 6, k: 40, k_tiles: 1 },
+            CoreBody::MatVecQ8 { rows: 5, k: 96, k_tiles: 1 },
             CoreBody::Rows { op: RowOp::RmsNorm { eps: 1e-5 }, rows: 3, width: 40 },
             CoreBody::Rows { op: RowOp::SiluGlu, rows: 2, width: 24 },
             CoreBody::Rows { op: RowOp::Rope { head_dim: 8 }, rows: 3, width: 16 },
@@ -619,14 +681,47 @@ pub(crate) mod bodies {
         super::super::random(n, seed, 2.0).into_iter().map(bf16).collect()
     }
 
-    /// A body's operands and the result buffer it starts from: random bf16 tiles; a RoPE table of cosines and
-    /// sines; a causal mask with a row masked entirely; matrix bodies accumulating into what C held.
+    /// `rows` q8 rows of `k` (bytes, [`q8`]): random blocks whose scales span 2^-6 .. 2^6 from block to block,
+    /// row 0's first block zero (scale 0), and each row's last block with its scale and quants negated (the same
+    /// values, the scale's sign bit set); some scale's low byte has its top bit set, as a byte read signed would
+    /// get wrong.
+    pub(crate) fn q8_rows(rows: u64, k: u64, seed: &mut u64) -> Vec<f32> {
+        let (bk, bb) = (q8::BLOCK as usize, q8::BLOCK_BYTES as usize);
+        let mut w = rand(rows * k, seed);
+        for (e, v) in w.iter_mut().enumerate() {
+            let (r, blk) = (e / k as usize, e % k as usize / bk);
+            *v *= (2.0f32).powi(((blk * 5 + r) % 13) as i32 - 6);
+        }
+        w[..bk].fill(0.0);
+        let mut a: Vec<f32> = w.chunks(k as usize).flat_map(q8::quantize_row).collect();
+        for row in a.chunks_mut(q8::row_bytes(k) as usize) {
+            let at = row.len() - bb;
+            let blk = &mut row[at..];
+            let d = q8::scale(blk[0], blk[1]);
+            blk[..2].copy_from_slice(&q8::scale_bytes(-d));
+            blk[2..].iter_mut().for_each(|q| *q = -*q);
+        }
+        assert!(a.chunks(bb).any(|blk| blk[0] < 0.0), "no scale with the top bit of its low byte set");
+        a
+    }
+
+    /// A body's operands and the result buffer it starts from: random bf16 tiles; random q8 rows
+    /// ([`q8_rows`]) by x of a wide range; a RoPE table of cosines and sines; a causal mask with a row masked entirely; matrix bodies
+    /// accumulating into what C held.
     pub(crate) fn tiles(b: CoreBody, seed: &mut u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let [(na, _), (nb, tb), (nc, _)] = body_buffers(b).expect("not attention");
-        let a = rand(na, seed);
+        let a = match b {
+            CoreBody::MatVecQ8 { rows, k, .. } => q8_rows(rows, k, seed),
+            _ => rand(na, seed),
+        };
         let mut bv = rand(nb, seed);
         if tb == "f32" {
             bv = (0..nb).map(|i| (i as f32 * 0.37).cos()).collect();
+        }
+        if let CoreBody::MatVecQ8 { .. } = b {
+            // x over 2^-16 .. 2: a block's products then span more than f32's 24 bits, so that its sum depends
+            // on the order it is taken in.
+            bv.iter_mut().enumerate().for_each(|(i, v)| *v *= (2.0f32).powi(-((i as i32 * 5) % 17)));
         }
         if let CoreBody::Rows { op: RowOp::Softmax { .. }, width, .. } = b {
             bv = (0..nb)
@@ -634,7 +729,7 @@ pub(crate) mod bodies {
                 .collect();
         }
         let c: Vec<f32> = match b {
-            CoreBody::MatMul { .. } | CoreBody::MatVec { .. } => rand(nc, seed),
+            CoreBody::MatMul { .. } | CoreBody::MatVec { .. } | CoreBody::MatVecQ8 { .. } => rand(nc, seed),
             _ => vec![0.0; nc as usize],
         };
         (a, bv, c)
@@ -744,7 +839,8 @@ mod tests {
     use super::llvm::{pipe, tool};
     use super::*;
 
-    /// A mutable global holding `v` as `ty` (bf16 values must already be bf16), by its raw bytes.
+    /// A mutable global holding `v` as `ty` (bf16 values must already be bf16; i8 values bytes), by its raw
+    /// bytes.
     fn global(name: &str, v: &[f32], ty: &str) -> String {
         let mut hex = String::new();
         for x in v {
@@ -752,6 +848,8 @@ mod tests {
                 for b in ((x.to_bits() >> 16) as u16).to_le_bytes() {
                     let _ = write!(hex, "{b:02X}");
                 }
+            } else if ty == "i8" {
+                let _ = write!(hex, "{:02X}", *x as i8 as u8);
             } else {
                 for b in x.to_bits().to_le_bytes() {
                     let _ = write!(hex, "{b:02X}");
@@ -911,12 +1009,13 @@ mod tests {
     /// The distinct core bodies of every design at the Llama-3.2-1B and Llama-3.1-8B shapes (prefill 512 and
     /// decode), by name.
     fn model_bodies() -> Vec<CoreBody> {
-        use super::super::{attention::*, gemm::gemm, gemv::gemv, model::NPU1, rows::rows};
+        use super::super::{attention::*, gemm::gemm, gemv::*, model::NPU1, rows::rows};
         let mut designs = Vec::new();
         for (hidden, ffn, q, kv, hd) in [(2048u64, 8192u64, 2048u64, 512u64, 64u64), (4096, 14336, 4096, 1024, 128)] {
             for (n, k) in [(q + 2 * kv, hidden), (hidden, q), (2 * ffn, hidden), (hidden, ffn)] {
                 designs.push(gemm(&NPU1, 512, k, n).design);
                 designs.push(gemv(&NPU1, n, k).design);
+                designs.push(gemv_q8(&NPU1, n, k).design);
             }
             for (op, width) in [
                 (RowOp::RmsNorm { eps: 1e-5 }, hidden),
@@ -956,14 +1055,19 @@ mod tests {
         }
     }
 
-    /// The MLIR of the GEMM, GEMV and attention bodies at the two model shapes' tiles (both models' GEMMs take
+    /// The MLIR of the GEMM, GEMV (bf16 and int8) and attention bodies at the two model shapes' tiles (both models' GEMMs take
     /// 64 x 32 x 64; the JIT test's 8 x 16 x 8 is the second GEMM shape), so that a change to what is emitted
     /// shows in review.
     #[test]
     fn core_body_snapshots() {
         for b in model_bodies().into_iter().chain([CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1, bt: false }]) {
-            if let (CoreBody::MatMul { .. } | CoreBody::MatVec { .. } | CoreBody::Attention { .. }, Some(f)) =
-                (b, core_body(b))
+            if let (
+                CoreBody::MatMul { .. }
+                | CoreBody::MatVec { .. }
+                | CoreBody::MatVecQ8 { .. }
+                | CoreBody::Attention { .. },
+                Some(f),
+            ) = (b, core_body(b))
             {
                 insta::assert_snapshot!(format!("npu_{}", body_name(b)), f);
             }
