@@ -43,20 +43,26 @@ fn describe_npu(plan: &PlanFile, o: &mut String) {
                     _ => 0,
                 })
                 .sum();
-            let unicorn_ir::npu::NpuOp::GemmBt { padded: (pm, pk, pn), .. } = k.op;
+            let m = k.op.gemm_bt().macs();
             dispatches += 1;
             bytes += b;
-            macs += pm * pk * pn;
-            seconds += array.estimate_seconds(b, pm * pk * pn);
+            macs += m;
+            seconds += array.estimate_seconds(b, m);
         }
         if dispatches == 0 {
             let _ = writeln!(o, "  {:8} no NPU steps (on the {})", p.phase.to_string(), h.target);
             continue;
         }
         let rows = if p.phase == unicorn_ir::Phase::Prefill { h.prefill_chunk } else { 1 };
+        let layers = h.spec.num_layers.max(1) as u64;
+        let per_layer = if dispatches.is_multiple_of(layers) {
+            (dispatches / layers).to_string()
+        } else {
+            format!("{:.1}", dispatches as f64 / layers as f64)
+        };
         let _ = writeln!(
             o,
-            "  {:8} {dispatches} dispatches per execution of up to {rows} rows: {:.1} MB host<->array, {:.2} GMAC;              ESTIMATE >= {:.2} ms ({} us a dispatch, {:.0} GB/s host transfers, the bf16 peak: all assumed)",
+            "  {:8} {dispatches} dispatches per execution of up to {rows} rows ({per_layer} a layer): {:.1} MB host<->array, {:.2} GMAC;              ESTIMATE >= {:.2} ms ({} us a dispatch, {:.0} GB/s host transfers, the bf16 peak: all assumed)",
             p.phase.to_string(),
             bytes as f64 / 1e6,
             macs as f64 / 1e9,

@@ -5,6 +5,11 @@
 //!
 //! Layout: the magic `UNPU`, a little-endian u32 format version, a u64 length `n`, `n` bytes of JSON (the
 //! [`NpuKernel`] without its binaries, with their byte ranges), then the binaries.
+//!
+//! The JSON's op gained [`NpuOp::GemmBtMulti`] (several weights in one dispatch) without a version change, as
+//! the plan's `chat` section was added: the single-weight [`NpuOp::GemmBt`] of older plans still decodes, with
+//! its meaning (the same design and arguments as a `GemmBtMulti` of one weight), and a runtime older than the
+//! new op refuses a plan that has it in one line (its header does not parse).
 
 use serde::{Deserialize, Serialize};
 use unicorn_aie::design::{Design, Elem, SeqOp};
@@ -13,24 +18,85 @@ use unicorn_aie::model::ArrayModel;
 const MAGIC: &[u8; 4] = b"UNPU";
 pub const NPU_ARTIFACT_VERSION: u32 = 1;
 
+/// The most runtime-sequence arguments (host buffers) an NPU kernel takes: what the `MLIR_AIE` kernel of
+/// mlir-aie's xclbins takes on every release. At the pinned v1.4.1, aiecc declares `max(5, the sequence's
+/// arguments)` host buffers (`tools/aiecc/SidecarFiles.h`, `kMinHostBOs`; older releases declared exactly `bo0`
+/// .. `bo4`), and the NPU firmware translates the addresses of the first 5 only
+/// (`lib/Targets/AIETargetNPU.cpp`, `kNumFirmwareTranslatedArgs`): a 6th and later one relies on the
+/// instruction stream's address patches folding that translation in, which the release calls unverified on
+/// hardware (`kMaxHostBOs`). So a GEMM of several weights writes its outputs side by side into one buffer.
+pub const MAX_HOST_ARGS: usize = 5;
+
+/// The most weights one [`NpuOp::GemmBtMulti`] multiplies: its arguments are x, each weight and the one y.
+pub const MAX_GEMM_WEIGHTS: usize = MAX_HOST_ARGS - 2;
+
 /// What a design computes, in the terms of the step that launches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NpuOp {
     /// `y[m x n] = x[m x k] W^T` with W the step's `n x k` bf16 weight (runtime arguments: 0 = x padded to
     /// `padded.0 x padded.1` bf16, 1 = W padded to `padded.2 x padded.1` bf16, 2 = y, `padded.0 x padded.2`
-    /// f32). An execution of fewer than `m` rows pads x with zero rows.
+    /// f32). An execution of fewer than `m` rows pads x with zero rows. What plans compiled before
+    /// [`NpuOp::GemmBtMulti`] carry (still read: it is that op with one weight, the same arguments and design).
     GemmBt { m: u64, k: u64, n: u64, padded: (u64, u64, u64) },
+    /// `y_i[m x n[i]] = x[m x k] W_i^T` for each of the step's weights `W_i` (`n[i] x k`, bf16) in order, 1 to
+    /// [`MAX_GEMM_WEIGHTS`] of them, in one dispatch (a layer's q, k and v; its gate and up). Runtime arguments:
+    /// 0 = x padded to `padded.0 x padded.1` bf16; `1 + i` = `W_i` padded to `padded_n[i] x padded.1` bf16 (each
+    /// weight where the plan stores it: nothing is concatenated); last = y, `padded.0` rows of `sum(padded_n)`
+    /// f32 with `y_i` in columns `sum(padded_n[..i])..` of each row, which the host splits into the step's
+    /// results. An execution of fewer than `m` rows pads x with zero rows.
+    GemmBtMulti { m: u64, k: u64, n: Vec<u64>, padded: (u64, u64), padded_n: Vec<u64> },
+}
+
+/// A weight-transposed GEMM of one or more weights, whichever op states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GemmBtShape {
+    /// Rows and columns of x, and padded.
+    pub m: u64,
+    pub k: u64,
+    pub padded_m: u64,
+    pub padded_k: u64,
+    /// Each output's width and padded width, in the order of the step's weights and of y's columns.
+    pub outputs: Vec<(u64, u64)>,
+}
+
+impl GemmBtShape {
+    /// y's row: the outputs' padded widths together.
+    pub fn padded_n(&self) -> u64 {
+        self.outputs.iter().map(|o| o.1).sum()
+    }
+
+    /// Multiply-accumulates a dispatch performs, padding included.
+    pub fn macs(&self) -> u64 {
+        self.padded_m * self.padded_k * self.padded_n()
+    }
 }
 
 impl NpuOp {
+    /// The GEMM the op states.
+    pub fn gemm_bt(&self) -> GemmBtShape {
+        match self {
+            &NpuOp::GemmBt { m, k, n, padded: (pm, pk, pn) } => {
+                GemmBtShape { m, k, padded_m: pm, padded_k: pk, outputs: vec![(n, pn)] }
+            }
+            NpuOp::GemmBtMulti { m, k, n, padded: (pm, pk), padded_n } => GemmBtShape {
+                m: *m,
+                k: *k,
+                padded_m: *pm,
+                padded_k: *pk,
+                outputs: n.iter().copied().zip(padded_n.iter().copied()).collect(),
+            },
+        }
+    }
+
     /// Elements of each runtime argument.
     pub fn arg_elems(&self) -> Vec<(u64, Elem)> {
-        match *self {
-            NpuOp::GemmBt { padded: (pm, pk, pn), .. } => {
-                vec![(pm * pk, Elem::Bf16), (pn * pk, Elem::Bf16), (pm * pn, Elem::F32)]
-            }
-        }
+        let g = self.gemm_bt();
+        let (pm, pk) = (g.padded_m, g.padded_k);
+        let mut args = vec![(pm * pk, Elem::Bf16)];
+        args.extend(g.outputs.iter().map(|&(_, pn)| (pn * pk, Elem::Bf16)));
+        args.push((pm * g.padded_n(), Elem::F32));
+        args
     }
 }
 
@@ -84,7 +150,7 @@ impl NpuKernel {
             }
             None => (None, None),
         };
-        let head = Head { op: self.op, design: self.design.clone(), mlir: self.mlir.clone(), xclbin, insts };
+        let head = Head { op: self.op.clone(), design: self.design.clone(), mlir: self.mlir.clone(), xclbin, insts };
         let json = serde_json::to_vec(&head).expect("an NPU kernel serializes");
         let mut out = Vec::with_capacity(16 + json.len() + blobs.len());
         out.extend_from_slice(MAGIC);
@@ -139,12 +205,28 @@ impl NpuKernel {
 
     /// The AIE2 rules, the op's sizes, and the transfers' reach.
     fn check(&self, array: &ArrayModel) -> Result<(), String> {
-        let NpuOp::GemmBt { m, k, n, padded: (pm, pk, pn) } = self.op;
+        let (weights, widths) = match &self.op {
+            NpuOp::GemmBt { .. } => (1, 1),
+            NpuOp::GemmBtMulti { n, padded_n, .. } => (n.len(), padded_n.len()),
+        };
+        if weights != widths || !(1..=MAX_GEMM_WEIGHTS).contains(&weights) {
+            return Err(format!(
+                "its GEMM has {weights} widths and {widths} padded widths: 1 to {MAX_GEMM_WEIGHTS} weights (x, the \
+                 weights and y in at most {MAX_HOST_ARGS} host buffers)"
+            ));
+        }
+        let g = self.op.gemm_bt();
+        let (m, k, pm, pk) = (g.m, g.k, g.padded_m, g.padded_k);
+        let ns: Vec<String> = g.outputs.iter().map(|o| o.0.to_string()).collect();
+        let pns: Vec<String> = g.outputs.iter().map(|o| o.1.to_string()).collect();
+        let (n, pn) = (ns.join("+"), pns.join("+"));
         let limit = 1u64 << 24;
-        if [m, k, n].iter().any(|&d| d == 0 || d > limit) || pm < m || pk < k || pn < n {
+        let dims = [m, k].into_iter().chain(g.outputs.iter().map(|o| o.0));
+        let short = pm < m || pk < k || g.outputs.iter().any(|&(n, pn)| pn < n);
+        if dims.into_iter().any(|d| d == 0 || d > limit) || short {
             return Err(format!("its GEMM of {m} x {k} x {n} padded to {pm} x {pk} x {pn} is not a valid shape"));
         }
-        if [pm, pk, pn].iter().any(|&d| d > 2 * limit) {
+        if [pm, pk].into_iter().chain(g.outputs.iter().map(|o| o.1)).any(|d| d > 2 * limit) {
             return Err(format!("its GEMM is padded to {pm} x {pk} x {pn}, beyond {}", 2 * limit));
         }
         if let Err(v) = unicorn_aie::verify::verify(&self.design, array) {
@@ -173,5 +255,52 @@ impl NpuKernel {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicorn_aie::model::NPU1;
+
+    fn kernel(op: NpuOp) -> NpuKernel {
+        NpuKernel { op, design: Design::default(), mlir: String::new(), built: None }
+    }
+
+    /// A kernel of a plan compiled before multi-weight GEMMs (the `gemm_bt` op, as its header says it) still
+    /// decodes, as the one-weight GEMM it always was: the same shape and runtime arguments.
+    #[test]
+    fn old_single_gemm_kernels_decode_as_one_weight() {
+        let bytes = kernel(NpuOp::GemmBt { m: 512, k: 64, n: 40, padded: (512, 64, 256) }).encode();
+        let head = r#""op":{"gemm_bt":{"m":512,"k":64,"n":40,"padded":[512,64,256]}}"#;
+        assert!(String::from_utf8_lossy(&bytes).contains(head), "the header such a plan holds");
+        let k = NpuKernel::decode(&bytes, &NPU1).unwrap();
+        let multi = NpuOp::GemmBtMulti { m: 512, k: 64, n: vec![40], padded: (512, 64), padded_n: vec![256] };
+        assert_eq!(k.op.gemm_bt(), multi.gemm_bt());
+        assert_eq!(k.op.arg_elems(), [(512 * 64, Elem::Bf16), (256 * 64, Elem::Bf16), (512 * 256, Elem::F32)]);
+        assert_eq!(k.op.arg_elems(), multi.arg_elems());
+    }
+
+    /// A multi-weight kernel states each output's width: x, each weight and the one y are its arguments, and
+    /// widths that disagree, too many weights (more host buffers than the kernel takes), or a width padded
+    /// short are refused in one line.
+    #[test]
+    fn multi_weight_kernels_state_their_widths_and_are_checked() {
+        let op = |n: Vec<u64>, padded_n: Vec<u64>| NpuOp::GemmBtMulti { m: 8, k: 8, n, padded: (256, 8), padded_n };
+        let k = NpuKernel::decode(&kernel(op(vec![40, 24, 24], vec![256, 256, 256])).encode(), &NPU1).unwrap();
+        let w = (256 * 8, Elem::Bf16);
+        assert_eq!(k.op.arg_elems(), [(256 * 8, Elem::Bf16), w, w, w, (256 * 768, Elem::F32)]);
+        assert_eq!(k.op.gemm_bt().macs(), 256 * 8 * 768);
+        for (n, pn, want) in [
+            (vec![40, 24], vec![256], "2 widths and 1 padded widths"),
+            (vec![8; 4], vec![256; 4], "4 widths and 4 padded widths: 1 to 3 weights"),
+            (vec![], vec![], "0 widths"),
+            (vec![300], vec![256], "8 x 8 x 300 padded to 256 x 8 x 256 is not a valid shape"),
+            (vec![8, 0], vec![256, 256], "is not a valid shape"),
+            (vec![8, 8], vec![256, u64::MAX], "beyond"),
+        ] {
+            let e = NpuKernel::decode(&kernel(op(n, pn)).encode(), &NPU1).unwrap_err();
+            assert!(e.contains(want) && !e.contains('\n'), "{e}");
+        }
     }
 }

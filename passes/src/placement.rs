@@ -36,7 +36,9 @@ impl Target {
 }
 
 /// The Phoenix target's placement rule, in one place: a prefill projection (a matmul over the execution's rows,
-/// bf16 weights, no bias) runs on the NPU's whole-array GEMM design; everything else runs on the CPU.
+/// bf16 weights, no bias) runs on the NPU's whole-array GEMM design, when every matmul of its operand does too
+/// (a layer's q, k and v; its gate and up), so that they are one NPU dispatch of a multi-weight GEMM or none of
+/// them is; everything else runs on the CPU.
 ///
 /// Why this split: prefill's projections are compute-bound GEMMs, the work the array's 16 bf16 cores are for.
 /// Decode's projections are GEMVs, bound by host transfers on the NPU: the design estimates put a Llama-3.2-1B
@@ -46,16 +48,18 @@ impl Target {
 /// designs, but each would be a dispatch of its own between the CPU's steps; they move to the NPU once a design
 /// covers a whole layer per dispatch.
 pub fn phoenix_device(module: &Module, g: &Graph, n: NodeId) -> Device {
-    let node = &g.g[n];
-    match &node.op {
-        Op::MatMul { weight, bias: None }
+    let on_npu = |m: NodeId| {
+        let node = &g.g[m];
+        matches!(&node.op, Op::MatMul { weight, bias: None }
             if g.phase == Phase::Prefill
                 && node.ty.row_dim() == Dim::Seq
-                && module.weight(*weight).format == WeightFormat::Bf16 =>
-        {
-            Device::Npu
-        }
-        _ => Device::Cpu,
+                && module.weight(*weight).format == WeightFormat::Bf16)
+    };
+    let siblings = || g.users(g.inputs(n)[0]).into_iter().filter(|&m| matches!(g.g[m].op, Op::MatMul { .. }));
+    if on_npu(n) && siblings().all(on_npu) {
+        Device::Npu
+    } else {
+        Device::Cpu
     }
 }
 

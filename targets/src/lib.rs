@@ -8,6 +8,7 @@ pub mod npu;
 pub mod vulkan;
 
 use unicorn_ir::memory::Slot;
+use unicorn_ir::npu::MAX_GEMM_WEIGHTS;
 use unicorn_ir::plan::{ActSlot, ArenaDecl, ArenaId, Arg, Expr, KernelId, PlanPhase, Step};
 use unicorn_ir::validate::limits::MAX_GROUP;
 use unicorn_ir::{DType, Device, Dim, Graph, Module, NodeId, Op};
@@ -62,23 +63,26 @@ pub(crate) fn lower_steps(
     let mem = g.memory.as_ref().expect("memory planned");
     let slot = |n: NodeId| act(mem.slot(n).expect("every value has a slot"));
     let order: Vec<_> = mem.order.iter().copied().filter(|&n| !matches!(g.g[n].op, Op::Tokens | Op::Output)).collect();
-    // A matmul's grouping key: its operand and whether its weight is quantized (the kernels of one launch
-    // quantize the operand once, or not at all).
+    // A matmul's grouping key: its operand, whether its weight is quantized (the kernels of one launch
+    // quantize the operand once, or not at all) and its device (a launch runs on one).
     let key = |n: NodeId| match &g.g[n].op {
-        Op::MatMul { weight, .. } => Some((g.inputs(n)[0], module.weight(*weight).format.is_quantized())),
+        Op::MatMul { weight, .. } => {
+            Some((g.inputs(n)[0], module.weight(*weight).format.is_quantized(), g.g[n].device))
+        }
         _ => None,
     };
     let matmul_buffers = |m: NodeId| match &g.g[m].op {
         Op::MatMul { bias, .. } => 2 + bias.is_some() as usize,
         _ => 0,
     };
-    // The matmuls launched together from order[i] on (1 for any other op).
+    // The matmuls launched together from order[i] on (1 for any other op); on the NPU, at most the weights
+    // its multi-weight GEMM design takes.
     let group_at = |i: usize| match (order.get(i).and_then(|&n| key(n)), how.group) {
         (Some(k), Some(most)) => {
             let mut used = 1;
             order[i..]
                 .iter()
-                .take(MAX_GROUP)
+                .take(if k.2 == Device::Npu { MAX_GEMM_WEIGHTS } else { MAX_GROUP })
                 .take_while(|&&m| {
                     used += matmul_buffers(m);
                     key(m) == Some(k) && used <= most
@@ -138,7 +142,7 @@ pub(crate) fn lower_steps(
         // bytes (the memory plan may have reused the operand's slot once the norm had read it).
         let x = slot(g.inputs(n)[0]);
         let disjoint = members.iter().all(|&m| !overlaps(&slot(m), &x));
-        key(members[0]).is_some_and(|(op, _)| op == n)
+        key(members[0]).is_some_and(|(op, ..)| op == n)
             && readers == want
             && disjoint
             && how.group.is_some_and(|b| buffers <= b)

@@ -47,18 +47,28 @@ impl NpuDevice for Reference {
         "reference"
     }
 
-    fn gemm(&mut self, g: &PlanGemm, x: &[f32], w: WeightRef, y: &mut [f32], c: &mut NpuCounts) -> Result<(), Error> {
-        let (k, n) = (g.shape.1 as usize, g.shape.2 as usize);
-        let mut row = vec![0.0f32; k];
-        let weights: Vec<Vec<f32>> = (0..n)
-            .map(|j| {
-                dequant_row(w, j, &mut row);
-                row.clone()
-            })
-            .collect();
-        for (xr, yr) in x.chunks(k).zip(y.chunks_mut(n)) {
-            for (yv, wr) in yr.iter_mut().zip(&weights) {
-                *yv = xr.iter().zip(wr).fold(0.0f32, |acc, (a, b)| acc + bf16(*a) * b);
+    fn gemm(
+        &mut self,
+        g: &PlanGemm,
+        x: &[f32],
+        ws: &[WeightRef],
+        ys: &mut [&mut [f32]],
+        c: &mut NpuCounts,
+    ) -> Result<(), Error> {
+        let k = g.gemm.k as usize;
+        assert_eq!((ws.len(), ys.len()), (g.gemm.outputs.len(), g.gemm.outputs.len()), "{}", g.name);
+        for (&w, y) in ws.iter().zip(ys.iter_mut()) {
+            let mut row = vec![0.0f32; k];
+            let weights: Vec<Vec<f32>> = (0..w.n)
+                .map(|j| {
+                    dequant_row(w, j, &mut row);
+                    row.clone()
+                })
+                .collect();
+            for (xr, yr) in x.chunks(k).zip(y.chunks_mut(w.n)) {
+                for (yv, wr) in yr.iter_mut().zip(&weights) {
+                    *yv = xr.iter().zip(wr).fold(0.0f32, |acc, (a, b)| acc + bf16(*a) * b);
+                }
             }
         }
         c.dispatches += 1;
@@ -99,19 +109,27 @@ fn phoenix_plans_match_transformers_on_the_npu_emulator() {
             to_ref.rel_err
         );
         let layers = model.header().spec.num_layers as u64;
-        assert!(counts.dispatches >= 4 * layers, "{name}: {} NPU dispatches for {layers} layers", counts.dispatches);
+        // q / k / v, o, gate / up and down: one dispatch each a layer (fewer where biases keep q / k / v on the
+        // CPU), and one chunk: every fixture's prompt is within the plan's prefill chunk.
+        let h = model.header();
+        assert!(exp.prompt_ids.len() as u64 <= h.prefill_chunk, "{name}: one chunk");
+        let npu_steps = h.phase(Phase::Prefill).unwrap().steps.iter();
+        let per_chunk = npu_steps.filter(|s| h.kernels[s.kernel.0 as usize].backend == Backend::Npu).count() as u64;
+        assert!(per_chunk <= 4 * layers && per_chunk >= 3 * layers, "{name}: {per_chunk} NPU steps");
+        assert_eq!(counts.dispatches, per_chunk, "{name}: one dispatch per NPU step");
         assert!(to_ref.rel_err == 0.0, "{name}: the emulator is {:.2e} from the bf16 reference", to_ref.rel_err);
         assert!(to_tf.rel_err <= tf_err, "{name}: {:.2e} from transformers, more than its own bf16 run", to_tf.rel_err);
         assert!(to_tf.argmax >= 0.9, "{name}: argmax agreement {:.0}%", to_tf.argmax * 100.0);
     }
 }
 
-/// A phoenix plan's layout: every bias-free projection of prefill is an NPU launch of a design for the plan's
-/// prefill chunk; decode and the LM head stay on the CPU; the NPU kernels carry MLIR, no xclbin.
+/// A phoenix plan's layout: every bias-free projection of prefill is on the NPU, those of one operand in one
+/// launch of a multi-weight design for the plan's prefill chunk (q / k / v, o, gate / up, down: 4 a layer);
+/// decode and the LM head stay on the CPU; the NPU kernels carry MLIR, no xclbin.
 #[test]
 fn phoenix_plans_put_prefill_projections_on_the_npu() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, per_layer) in [("llama_gqa", 7), ("qwen2_bias", 4)] {
+    for (name, per_layer) in [("llama_gqa", 4), ("qwen2_bias", 3)] {
         let plan = phoenix_plan(name, dir.path());
         let model = Model::load(&plan).unwrap();
         let h = model.header();
@@ -123,12 +141,22 @@ fn phoenix_plans_put_prefill_projections_on_the_npu() {
                 .filter(|s| h.kernels[s.kernel.0 as usize].backend == Backend::Npu)
                 .count()
         };
-        // Qwen2's q, k and v carry biases: they stay on the CPU, o / gate / up / down go to the NPU.
+        // Qwen2's q, k and v carry biases: they stay on the CPU, o / gate + up / down go to the NPU.
         assert_eq!(npu_steps(Phase::Prefill), per_layer * h.spec.num_layers, "{name}");
         assert_eq!(npu_steps(Phase::Decode), 0, "{name}");
+        let prefill = h.phase(Phase::Prefill).unwrap();
+        let weights: Vec<usize> = prefill
+            .steps
+            .iter()
+            .filter(|s| h.kernels[s.kernel.0 as usize].backend == Backend::Npu)
+            .map(|s| s.ops.len())
+            .take(per_layer)
+            .collect();
+        let want: &[usize] = if per_layer == 4 { &[3, 1, 2, 1] } else { &[1, 2, 1] };
+        assert_eq!(weights, want, "{name}: the first layer's NPU launches, by weights");
         let kernels = unicorn_runtime::npu::plan_kernels(&model).unwrap();
         for g in kernels.iter().flatten() {
-            assert!(g.shape.0 >= h.prefill_chunk, "{name}: {} made for {} rows", g.name, g.shape.0);
+            assert!(g.gemm.m >= h.prefill_chunk, "{name}: {} made for {} rows", g.name, g.gemm.m);
             assert!(g.kernel.built.is_none(), "{name}: built without aiecc");
             assert!(g.kernel.mlir.contains("aie.device") && g.kernel.mlir.contains("func.func"), "{name}: {}", g.name);
         }
@@ -136,6 +164,37 @@ fn phoenix_plans_put_prefill_projections_on_the_npu() {
         let exp = expected(name);
         let cpu = prefill_logits(&plan, &exp.prompt_ids);
         assert!(compare(&cpu, &exp.logits, exp.vocab).rel_err <= 1e-5, "{name} on the cpu");
+    }
+}
+
+/// The placement rule puts a layer's projections of one operand on the NPU together or not at all: with one
+/// layer's k_proj in a format the NPU designs do not take, that layer's q, k and v all stay on the CPU, while
+/// its o, gate, up and down and every other layer's projections are on the NPU.
+#[test]
+fn projections_of_one_operand_are_placed_on_the_npu_together_or_not_at_all() {
+    use unicorn_ir::{Device, Module, Op};
+    let ck = unicorn_compiler::frontend::Checkpoint::open(&fixtures_dir().join("llama_gqa"), None).unwrap();
+    let mut module = unicorn_compiler::build::build_module(&ck).unwrap();
+    let options = unicorn_passes::Options { target: Target::Phoenix, weights: WeightFormat::Bf16 };
+    unicorn_passes::pipeline(&mut module, &options).unwrap();
+    // Each prefill projection of a layer by its weight's name, and its device.
+    let placed = |module: &Module| -> Vec<(String, Device)> {
+        let g = module.graph(Phase::Prefill).unwrap();
+        let named = |n: unicorn_ir::NodeId| match &g.g[n].op {
+            Op::MatMul { weight, .. } => Some((module.weight(*weight).name.clone(), g.g[n].device)),
+            _ => None,
+        };
+        g.g.node_indices().filter_map(named).filter(|(w, _)| w.contains("layers.")).collect()
+    };
+    let before = placed(&module);
+    assert_eq!(before.len(), 7 * 3);
+    assert!(before.iter().all(|(_, d)| *d == Device::Npu), "{before:?}");
+    let k = module.weights.iter().position(|w| w.name.contains("layers.1.self_attn.k_proj")).unwrap();
+    module.weights[k].format = WeightFormat::F16;
+    unicorn_passes::place(&mut module, Target::Phoenix).unwrap();
+    for (w, d) in placed(&module) {
+        let qkv = ["q_proj", "k_proj", "v_proj"].iter().any(|p| w.contains(&format!("layers.1.self_attn.{p}")));
+        assert_eq!(d, if qkv { Device::Cpu } else { Device::Npu }, "{w}");
     }
 }
 
@@ -204,7 +263,8 @@ fn edit_kernel(
 }
 
 /// A forged NPU kernel or launch is refused in one line before anything runs: bytes that are no design, a
-/// design that breaks the AIE2 rules, a transfer past its buffer, a launch of a kernel made for another shape.
+/// design that breaks the AIE2 rules, a transfer past its buffer, a launch of a kernel made for another shape,
+/// a multi-weight kernel whose widths disagree with its step's weights and results.
 #[test]
 fn forged_npu_kernels_and_launches_are_refused_in_one_line() {
     use unicorn_aie::design::SeqOp;
@@ -214,6 +274,9 @@ fn forged_npu_kernels_and_launches_are_refused_in_one_line() {
     let npu: Vec<usize> = (0..h.kernels.len()).filter(|&i| h.kernels[i].backend == Backend::Npu).collect();
     assert!(npu.len() >= 2, "llama_gqa has NPU kernels of several shapes");
     let i = npu[0];
+    // The q / k / v kernel (three weights), and the o and down ones (one each).
+    let qkv = npu.iter().copied().find(|&j| h.kernels[j].name.matches('+').count() == 2).expect("a q / k / v kernel");
+    let single: Vec<usize> = npu.iter().copied().filter(|&j| !h.kernels[j].name.contains('+')).collect();
     type Forgery = Box<dyn FnOnce(&mut Vec<u8>, &mut unicorn_ir::plan::PlanHeader)>;
     let cases: Vec<(&str, Forgery)> = vec![
         (
@@ -238,13 +301,26 @@ fn forged_npu_kernels_and_launches_are_refused_in_one_line() {
             }),
         ),
         (
-            "for what it does not compute",
+            "for what it does not compute: an operand of 64 columns, for its k = 160",
             Box::new(move |_, h| {
-                // The first NPU launch pointed at an NPU kernel of another shape.
-                let other = npu.iter().copied().find(|&j| h.kernels[j].name != h.kernels[i].name).unwrap();
+                // The o projection's launch pointed at the down projection's kernel: one weight each (the same
+                // bindings), another shape.
+                let (o, down) = (single[0], single[1]);
+                assert!(h.kernels[o].name.contains("x64x64") && h.kernels[down].name.contains("x160x64"));
                 let p = h.phases.iter_mut().find(|p| p.phase == Phase::Prefill).unwrap();
-                let st = p.steps.iter_mut().find(|s| s.kernel.0 as usize == i).unwrap();
-                st.kernel = unicorn_ir::plan::KernelId(other as u32);
+                let st = p.steps.iter_mut().find(|s| s.kernel.0 as usize == o).unwrap();
+                st.kernel = unicorn_ir::plan::KernelId(down as u32);
+            }),
+        ),
+        (
+            "n[1] = ",
+            Box::new(move |s, h| {
+                // k's width stated 8 short (its padded width, the design, the transfers unchanged: the kernel
+                // itself decodes), so the kernel no longer says what its step's k weight and result are.
+                edit_kernel(s, h, qkv, |k| {
+                    let unicorn_ir::npu::NpuOp::GemmBtMulti { n, .. } = &mut k.op else { unreachable!() };
+                    n[1] -= 8;
+                })
             }),
         ),
     ];

@@ -134,6 +134,8 @@ fn build_npu_builds_with_aiecc_and_refuses_without_it() {
     let out = run("unicornc", &["inspect", plan.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("designs, by aiecc"), "{text}");
+    // Its 3 layers' q / k / v, o, gate / up and down: one dispatch each.
+    assert!(text.contains(" 12 dispatches per execution") && text.contains("(4 a layer)"), "{text}");
 
     // A plan with nothing for the NPU.
     let cpu = compile_to(&model, dir.path(), unicorn_ir::WeightFormat::Q8_0, None);

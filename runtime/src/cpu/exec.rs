@@ -212,11 +212,20 @@ impl Executor for CpuExecutor<'_> {
         for step in &plan.steps {
             let started = self.profile.is_some().then(std::time::Instant::now);
             if let Some((dev, Some(Some(g)))) = self.npu.as_mut().map(|(d, k)| (d, k.get(step.kernel.0 as usize))) {
-                // A launch the plan placed on the NPU (checked in `with_npu`: [x, weight, y] of one matmul).
-                let (Arg::Act(x), Arg::Weight(w), Arg::Act(y)) = (&step.args[0], &step.args[1], &step.args[2]) else {
+                // A launch the plan placed on the NPU (checked by `plan_kernels`: [x, weight, y, weight, y, ...]
+                // of bias-free matmuls of one operand), every weight and result handed to one dispatch.
+                let [Arg::Act(x), pairs @ ..] = &step.args[..] else {
                     unreachable!("an NPU launch's arguments were checked")
                 };
-                gemm_rows(dev.as_mut(), g, view(x), model.matrix(*w), view_mut(y), counts)?;
+                let (mut ws, mut ys) = (Vec::with_capacity(pairs.len() / 2), Vec::with_capacity(pairs.len() / 2));
+                for pair in pairs.chunks(2) {
+                    let [Arg::Weight(w), Arg::Act(y)] = pair else {
+                        unreachable!("an NPU launch's arguments were checked")
+                    };
+                    ws.push(model.matrix(*w));
+                    ys.push(view_mut(y));
+                }
+                gemm_rows(dev.as_mut(), g, view(x), &ws, &mut ys, counts)?;
                 if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
                     let e = p.entry(g.name.clone()).or_default();
                     e.0 += t.elapsed();

@@ -4,7 +4,7 @@
 //! NPU would compute from the plan's designs is computed here, padding and all, and a wrong access pattern gives
 //! wrong numbers. It is slow (an interpreter) and is meant for checking plans, not for speed.
 
-use super::{padded_operand, padded_weight, NpuCounts, NpuDevice, PlanGemm};
+use super::{padded_operand, padded_weight, split_outputs, NpuCounts, NpuDevice, PlanGemm};
 use crate::cpu::matmul::WeightRef;
 use crate::Error;
 
@@ -20,21 +20,20 @@ impl NpuDevice for Emulator {
         &mut self,
         g: &PlanGemm,
         x: &[f32],
-        w: WeightRef,
-        y: &mut [f32],
+        ws: &[WeightRef],
+        ys: &mut [&mut [f32]],
         counts: &mut NpuCounts,
     ) -> Result<(), Error> {
-        let (_, k, n) = (g.shape.0 as usize, g.shape.1 as usize, g.shape.2 as usize);
-        let (pm, pn) = (g.padded.0 as usize, g.padded.2 as usize);
-        let rows = x.len() / k;
-        // The host's buffers as the design reads them: x and W padded with zeros, C the whole padded block.
-        let a = padded_operand(x, k, g.padded);
-        let mut args = vec![a, padded_weight(w, g.padded), vec![0.0f32; pm * pn]];
+        let s = &g.gemm;
+        let rows = x.len() / s.k as usize;
+        // The host's buffers as the design reads them: x and each W padded with zeros, then C, the outputs'
+        // whole padded blocks side by side.
+        let mut args = vec![padded_operand(x, s)];
+        args.extend(ws.iter().zip(&s.outputs).map(|(&w, &(_, pw))| padded_weight(w, pw, s)));
+        args.push(vec![0.0f32; (s.padded_m * s.padded_n()) as usize]);
         let stats = unicorn_aie::emu::run(&g.kernel.design, &mut args)
             .map_err(|e| Error::Plan(format!("NPU kernel {} on the emulator: {e}", g.name)))?;
-        for (dst, src) in y.chunks_mut(n).zip(args[2].chunks(pn)).take(rows) {
-            dst.copy_from_slice(&src[..n]);
-        }
+        split_outputs(&args[args.len() - 1], s, rows, ys);
         counts.dispatches += stats.dispatches;
         counts.host_bytes += stats.host_bytes;
         counts.macs += stats.macs;

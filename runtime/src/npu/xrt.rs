@@ -1,7 +1,9 @@
 //! `--device npu`: a Phoenix plan's NPU launches on the NPU itself, through XRT ([`xrt_sys`]). Each design's
-//! xclbin is loaded into a hardware context once, at its first launch; a launch writes its operand and weight
-//! (bf16, padded to the design's shape) into the context's buffers, runs the design's instruction stream and
-//! reads the result back.
+//! xclbin is loaded into a hardware context once, at its first launch; a launch writes its operand (bf16,
+//! padded to the design's shape) into the context's buffer, each of its weights once (a buffer per weight, the
+//! runtime-sequence argument of its place in the launch), runs the design's instruction stream over x, the
+//! weights and y (at most 5 host buffers, `unicorn_ir::npu::MAX_HOST_ARGS`) and splits y's rows, the outputs
+//! side by side, into the launch's results.
 //!
 //! No machine this project is tested on has an NPU or XRT: this path has not run on hardware. What is tested is
 //! that it refuses in one line where XRT, an NPU or a built design is missing.
@@ -14,12 +16,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 use unicorn_ir::plan::Backend;
 
-/// One design loaded on the NPU, with its buffers (operand, result) and a buffer per weight it multiplies.
+/// One design loaded on the NPU, with its buffers (operand, result) and a buffer per weight it multiplies, by
+/// (runtime-sequence argument, where the weight's bytes are).
 struct Loaded {
     context: xrt_sys::Context,
     x: xrt_sys::Buffer,
     y: xrt_sys::Buffer,
-    weights: HashMap<usize, xrt_sys::Buffer>,
+    weights: HashMap<(usize, usize), xrt_sys::Buffer>,
 }
 
 pub struct Npu {
@@ -61,47 +64,48 @@ impl NpuDevice for Npu {
         &mut self,
         g: &PlanGemm,
         x: &[f32],
-        w: WeightRef,
-        y: &mut [f32],
+        ws: &[WeightRef],
+        ys: &mut [&mut [f32]],
         counts: &mut NpuCounts,
     ) -> Result<(), Error> {
         let built = g.kernel.built.as_ref().ok_or_else(|| Error::Input(format!("npu: {} is not built", g.name)))?;
-        let (k, n) = (g.shape.1 as usize, g.shape.2 as usize);
-        let (pm, pk, pn) = (g.padded.0 as usize, g.padded.1 as usize, g.padded.2 as usize);
+        let s = &g.gemm;
+        let (pm, pk, pn) = (s.padded_m as usize, s.padded_k as usize, s.padded_n() as usize);
+        // Runtime-sequence arguments: 0 = x, 1 + i = weight i, then y.
+        let y_arg = 1 + s.outputs.len();
         let loaded = match self.loaded.entry(g.index) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let context = self.device.load(&built.xclbin).map_err(xrt)?;
                 let x = context.buffer(pm * pk * 2, 0).map_err(xrt)?;
-                let y = context.buffer(pm * pn * 4, 2).map_err(xrt)?;
+                let y = context.buffer(pm * pn * 4, y_arg).map_err(xrt)?;
                 e.insert(Loaded { context, x, y, weights: HashMap::new() })
             }
         };
-        // The weight's buffer is written once (its key: where the weight's bytes are).
-        let key = w.data.as_ptr() as usize;
-        if !loaded.weights.contains_key(&key) {
-            let mut b = loaded.context.buffer(pn * pk * 2, 1).map_err(xrt)?;
-            b.write(&bf16_bytes(&super::padded_weight(w, g.padded))).map_err(xrt)?;
-            b.sync_to_device().map_err(xrt)?;
-            loaded.weights.insert(key, b);
+        // Each weight's buffer is written once.
+        let keys: Vec<(usize, usize)> = ws.iter().enumerate().map(|(i, w)| (1 + i, w.data.as_ptr() as usize)).collect();
+        for ((&w, &(_, pw)), &key) in ws.iter().zip(&s.outputs).zip(&keys) {
+            if !loaded.weights.contains_key(&key) {
+                let mut b = loaded.context.buffer(pw as usize * pk * 2, key.0).map_err(xrt)?;
+                b.write(&bf16_bytes(&super::padded_weight(w, pw, s))).map_err(xrt)?;
+                b.sync_to_device().map_err(xrt)?;
+                loaded.weights.insert(key, b);
+            }
         }
-        loaded.x.write(&bf16_bytes(&super::padded_operand(x, k, g.padded))).map_err(xrt)?;
+        loaded.x.write(&bf16_bytes(&super::padded_operand(x, s))).map_err(xrt)?;
         loaded.x.sync_to_device().map_err(xrt)?;
-        let wb = &loaded.weights[&key];
-        loaded.context.run(&built.insts, &[&loaded.x, wb, &loaded.y], Duration::from_secs(10)).map_err(xrt)?;
+        let mut args = vec![&loaded.x];
+        args.extend(keys.iter().map(|k| &loaded.weights[k]));
+        args.push(&loaded.y);
+        loaded.context.run(&built.insts, &args, Duration::from_secs(10)).map_err(xrt)?;
         loaded.y.sync_from_device().map_err(xrt)?;
         let mut c = vec![0u8; pm * pn * 4];
         loaded.y.read(&mut c).map_err(xrt)?;
-        let rows = x.len() / k;
-        for (r, dst) in y.chunks_mut(n).enumerate().take(rows) {
-            for (j, v) in dst.iter_mut().enumerate() {
-                let at = (r * pn + j) * 4;
-                *v = f32::from_le_bytes(c[at..at + 4].try_into().expect("4 bytes"));
-            }
-        }
+        let c: Vec<f32> = c.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        super::split_outputs(&c, s, x.len() / s.k as usize, ys);
         counts.dispatches += 1;
         counts.host_bytes += g.host_bytes;
-        counts.macs += (pm * pk * pn) as u64;
+        counts.macs += s.macs();
         Ok(())
     }
 }

@@ -667,7 +667,7 @@ fn sequence(design: &Design) -> String {
 mod tests {
     use super::super::attention::{attention, PrefillShape};
     use super::super::design::RowOp;
-    use super::super::gemm::{gemm, gemm_bt};
+    use super::super::gemm::{gemm, gemm_bt, gemm_bt_multi};
     use super::super::gemv::{gemv, gemv_q8};
     use super::super::mlir::llvm::{pipe, tool};
     use super::super::model::NPU1;
@@ -763,8 +763,8 @@ mod tests {
     }
 
     /// The designs the compiler builds at the Llama-3.2-1B shapes (prefill 512 rows and decode): the GEMMs
-    /// (and their transposed-weight forms) of the four projections, the GEMVs (bf16 and int8), the row-wise designs and the
-    /// prefill attention.
+    /// (and their transposed-weight forms) of the four projections, the multi-weight GEMMs of q / k / v and of
+    /// gate / up, the GEMVs (bf16 and int8), the row-wise designs and the prefill attention.
     fn llama_1b_designs() -> Vec<Design> {
         let (hidden, ffn, q, kv, hd) = (2048u64, 8192u64, 2048u64, 512u64, 64u64);
         let mut designs = Vec::new();
@@ -774,6 +774,9 @@ mod tests {
             designs.push(gemv(&NPU1, n, k).design);
             designs.push(gemv_q8(&NPU1, n, k).design);
         }
+        // What a Phoenix plan's prefill launches: q / k / v and gate / up as one dispatch each.
+        designs.push(gemm_bt_multi(&NPU1, 512, hidden, &[q, kv, kv]).design);
+        designs.push(gemm_bt_multi(&NPU1, 512, hidden, &[ffn, ffn]).design);
         for (op, width) in [
             (RowOp::RmsNorm { eps: 1e-5 }, hidden),
             (RowOp::SiluGlu, ffn),
@@ -827,8 +830,8 @@ mod tests {
         }
     }
 
-    /// The small designs of the snapshots, by name: GEMM, GEMV (bf16 and int8) and attention at two shapes each, and the
-    /// softmax in pieces (rows of 40 in pieces of 16).
+    /// The small designs of the snapshots, by name: GEMM, GEMV (bf16 and int8) and attention at two shapes each, a
+    /// three-weight GEMM of ragged widths, and the softmax in pieces (rows of 40 in pieces of 16).
     fn small_designs() -> Vec<(&'static str, Design)> {
         let small = PrefillShape { rows: 8, pos: 0, heads: 4, kv_heads: 2, head_dim: 16, window: None, scale: 0.25 };
         let softmax = RowOp::Softmax { scale: 0.25 };
@@ -836,6 +839,7 @@ mod tests {
             ("softmax_8x40_in_16", rows_in_pieces(&NPU1, softmax, 8, 40, 16).unwrap().design),
             ("gemm_64x64x64", gemm(&NPU1, 64, 64, 64).design),
             ("gemm_23x100x300", gemm(&NPU1, 23, 100, 300).design),
+            ("gemm_bt_23x100x40_24_24", gemm_bt_multi(&NPU1, 23, 100, &[40, 24, 24]).design),
             ("gemv_64x64", gemv(&NPU1, 64, 64).design),
             ("gemv_37x100", gemv(&NPU1, 37, 100).design),
             ("gemv_q8_64x64", gemv_q8(&NPU1, 64, 64).design),
@@ -852,8 +856,8 @@ mod tests {
         ]
     }
 
-    /// The whole module of GEMM, GEMV (bf16 and int8) and attention at two small shapes each and of the softmax in pieces, so
-    /// that a change to what is emitted shows in review; each re-parses.
+    /// The whole module of GEMM, GEMV (bf16 and int8) and attention at two small shapes each, of a three-weight GEMM
+    /// and of the softmax in pieces, so that a change to what is emitted shows in review; each re-parses.
     #[test]
     fn module_snapshots() {
         for (name, d) in small_designs() {

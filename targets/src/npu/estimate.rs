@@ -8,7 +8,7 @@
 
 use super::attention::{attention, PrefillShape};
 use super::design::RowOp;
-use super::gemm::{gemm, gemm_bt};
+use super::gemm::{gemm, gemm_bt_multi};
 use super::gemv::{gemv_of, GemvWeights};
 use super::model::ArrayModel;
 use super::rows::rows;
@@ -112,17 +112,20 @@ fn layers(array: &ArrayModel, s: &Shape, tokens: u64, weights: GemvWeights) -> R
     Ok(e)
 }
 
-/// The NPU part of a `--target phoenix` plan's prefill chunk of `chunk` rows: each layer's seven projections
-/// (q, k, v, o, gate, up, down) as the weight-transposed GEMM designs the plan carries, one dispatch each; the
-/// rest of the plan runs on the CPU and is not counted.
+/// The NPU part of a `--target phoenix` plan's prefill chunk of `chunk` rows: each layer's projections as the
+/// weight-transposed GEMM designs the plan carries, those of one operand in one dispatch — q / k / v, o,
+/// gate / up, down: four dispatches a layer; the rest of the plan runs on the CPU and is not counted.
 pub fn plan_prefill(array: &ArrayModel, s: &Shape, chunk: u64) -> Result<Estimate, String> {
     let mut e = Estimate::default();
     let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-    for (name, n, k) in [("q", q, s.hidden), ("k", kv, s.hidden), ("v", kv, s.hidden), ("o", s.hidden, q)]
-        .into_iter()
-        .chain([("gate", s.ffn, s.hidden), ("up", s.ffn, s.hidden), ("down", s.hidden, s.ffn)])
-    {
-        let g = gemm_bt(array, chunk, k, n);
+    let layer: [(&str, u64, &[u64]); 4] = [
+        ("q / k / v", s.hidden, &[q, kv, kv]),
+        ("o", q, &[s.hidden]),
+        ("gate / up", s.hidden, &[s.ffn, s.ffn]),
+        ("down", s.ffn, &[s.hidden]),
+    ];
+    for (name, k, ns) in layer {
+        let g = gemm_bt_multi(array, chunk, k, ns);
         let u = verify(&g.design, array).map_err(|v| format!("{name}: {}", v[0]))?;
         e.dispatches += s.layers;
         e.host_bytes += s.layers * u.host_bytes;
@@ -209,16 +212,21 @@ mod tests {
         println!("Llama-3.1-8B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
     }
 
-    /// What a Phoenix plan puts on the NPU at the 1B and 8B shapes: seven dispatches a layer per prefill chunk,
-    /// every design within the rules, the MACs those of the projections.
+    /// What a Phoenix plan puts on the NPU at the 1B and 8B shapes: four dispatches a layer per prefill chunk
+    /// (64 at 1B, 128 at 8B), every design within the rules, the MACs those of the projections, and the host
+    /// transfers those of the phase's own estimate of q / k / v and gate / up as one projection each.
     #[test]
     fn the_phoenix_plans_npu_work_is_counted() {
-        for (s, name) in [(LLAMA_3_2_1B, "Llama-3.2-1B"), (LLAMA_3_1_8B, "Llama-3.1-8B")] {
+        for (s, name, dispatches) in [(LLAMA_3_2_1B, "Llama-3.2-1B", 64), (LLAMA_3_1_8B, "Llama-3.1-8B", 128)] {
             let e = plan_prefill(&NPU1, &s, 512).unwrap();
-            assert_eq!(e.dispatches, 7 * s.layers);
+            assert_eq!(e.dispatches, 4 * s.layers);
+            assert_eq!(e.dispatches, dispatches);
             let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
             let per_row = s.layers * (s.hidden * (2 * q + 2 * kv) + 3 * s.ffn * s.hidden);
             assert_eq!(e.macs, 512 * per_row, "{name}: the shapes divide into whole blocks");
+            let fused = [(q + 2 * kv, s.hidden), (s.hidden, q), (2 * s.ffn, s.hidden), (s.hidden, s.ffn)];
+            let bytes: u64 = fused.iter().map(|&(n, k)| gemm(&NPU1, 512, k, n).host_bytes()).sum();
+            assert_eq!(e.host_bytes, s.layers * bytes, "{name}");
             println!(
                 "{name} phoenix plan, prefill chunk of 512 on npu1 (estimates): {} dispatches, {:.2} GB host<->array, \
                  {:.0} GMAC, >= {:.0} ms",

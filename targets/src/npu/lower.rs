@@ -1,14 +1,15 @@
-//! The Phoenix target's lowering: the launches placed on the NPU become AIE2 designs — each prefill projection
-//! the whole-array GEMM of its shape, made for the plan's prefill chunk of rows — checked by the AIE2 rules,
+//! The Phoenix target's lowering: the launches placed on the NPU become AIE2 designs — each group of prefill
+//! projections of one operand (a layer's q, k and v; its gate and up; o and down alone) the whole-array GEMM of
+//! its weights' shapes in one dispatch, made for the plan's prefill chunk of rows — checked by the AIE2 rules,
 //! emitted as MLIR and stored in the kernels section with the design as data; every other launch is one of the
 //! CPU's built-in kernels, as the CPU target names them.
 
-use super::gemm::gemm_bt;
+use super::gemm::{gemm_bt_multi, MAX_WEIGHTS};
 use super::model::NPU1;
 use crate::cpu;
 use unicorn_ir::npu::{NpuKernel, NpuOp};
 use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
-use unicorn_ir::{Device, Graph, Module, Op, Phase, WeightFormat};
+use unicorn_ir::{Device, Graph, Module, Op, WeightFormat};
 
 /// The kernel table of a Phoenix plan and the kernels section its NPU kernels point into.
 #[derive(Default)]
@@ -18,19 +19,27 @@ pub struct KernelTable {
 }
 
 impl KernelTable {
-    /// The NPU kernel of a projection by an `n x k` bf16 weight over `m` rows (one per shape).
-    fn gemm(&mut self, m: u64, k: u64, n: u64) -> Result<KernelId, String> {
-        let name = format!("npu_gemm_bt_bf16_{m}x{k}x{n}");
+    /// The NPU kernel of projections of one operand of `k` columns by bf16 weights of `ns` rows (each `n x k`,
+    /// one to [`super::gemm::MAX_WEIGHTS`] of them) over `m` rows, in one dispatch (one kernel per shape).
+    fn gemm(&mut self, m: u64, k: u64, ns: &[u64]) -> Result<KernelId, String> {
+        let widths = ns.iter().map(u64::to_string).collect::<Vec<_>>().join("+");
+        let name = format!("npu_gemm_bt_bf16_{m}x{k}x{widths}");
         if let Some(i) = self.cpu.entries.iter().position(|e| e.name == name) {
             return Ok(KernelId(i as u32));
         }
-        let g = gemm_bt(&NPU1, m, k, n);
+        let g = gemm_bt_multi(&NPU1, m, k, ns);
         unicorn_aie::verify::verify(&g.design, &NPU1).map_err(|v| {
             let first = v.first().map_or(String::new(), |v| v.to_string());
             format!("NPU design {} breaks the AIE2 rules: {first}", g.design.name)
         })?;
         let kernel = NpuKernel {
-            op: NpuOp::GemmBt { m, k, n, padded: g.padded },
+            op: NpuOp::GemmBtMulti {
+                m,
+                k,
+                n: ns.to_vec(),
+                padded: (g.padded.0, g.padded.1),
+                padded_n: g.outputs.iter().map(|o| o.1).collect(),
+            },
             mlir: super::aie::module(&g.design),
             design: g.design,
             built: None,
@@ -46,11 +55,12 @@ impl KernelTable {
             name,
             backend: Backend::Npu,
             artifact: Some(artifact),
-            bindings: vec![
-                binding(0, BindingKind::StorageRead),
-                binding(1, BindingKind::StorageRead),
-                binding(2, BindingKind::StorageReadWrite),
-            ],
+            // The step's buffers: the operand, then each weight and its result.
+            bindings: std::iter::once(binding(0, BindingKind::StorageRead))
+                .chain((0..ns.len() as u32).flat_map(|i| {
+                    [binding(1 + 2 * i, BindingKind::StorageRead), binding(2 + 2 * i, BindingKind::StorageReadWrite)]
+                }))
+                .collect(),
             spec_constants: Vec::new(),
             workgroup: [1, 1, 1],
             requires: Vec::new(),
@@ -59,12 +69,12 @@ impl KernelTable {
     }
 }
 
-/// Lower one planned graph: a launch placed on the NPU (a prefill projection) becomes its GEMM design for
-/// `chunk` rows, the rest the CPU's built-in kernels. Prefill launches one matmul at a time (each projection is
-/// a dispatch of its own design); decode groups matmuls of one operand as the CPU target does.
+/// Lower one planned graph: a launch placed on the NPU (prefill projections of one operand, grouped as decode
+/// groups them: q / k / v and gate / up) becomes its multi-weight GEMM design for `chunk` rows, one dispatch;
+/// the rest the CPU's built-in kernels.
 pub fn lower_phase(module: &Module, g: &Graph, chunk: u64, kernels: &mut KernelTable) -> Result<PlanPhase, String> {
     let how = crate::Lowering {
-        group: (g.phase == Phase::Decode).then_some(usize::MAX),
+        group: Some(usize::MAX),
         fuse_norm: false,
         fuse_residual: false,
         pair_ropes: false,
@@ -74,11 +84,19 @@ pub fn lower_phase(module: &Module, g: &Graph, chunk: u64, kernels: &mut KernelT
     let mut failed = None;
     let phase = crate::lower_steps(module, g, how, |ops, cols, rows, device| {
         let work = [rows, Expr::Const(cols[cols.len() - 1]), Expr::Const(1)];
-        let npu = match (device, ops) {
-            (Device::Npu, [Op::MatMul { weight, bias: None }]) => {
-                let w = module.weight(*weight);
-                debug_assert_eq!(w.format, WeightFormat::Bf16, "the placement rule puts bf16 matmuls here");
-                Some(kernels.gemm(chunk, w.cols() as u64, w.rows() as u64))
+        // The weights of a group of bias-free matmuls (the placement rule puts bf16 ones on the NPU).
+        let weights: Option<Vec<_>> = ops
+            .iter()
+            .map(|op| match op {
+                Op::MatMul { weight, bias: None } => Some(module.weight(*weight)),
+                _ => None,
+            })
+            .collect();
+        let npu = match (device, weights) {
+            (Device::Npu, Some(ws)) if ws.len() <= MAX_WEIGHTS => {
+                debug_assert!(ws.iter().all(|w| w.format == WeightFormat::Bf16), "the placement rule's bf16");
+                let ns: Vec<u64> = ws.iter().map(|w| w.rows() as u64).collect();
+                Some(kernels.gemm(chunk, ws[0].cols() as u64, &ns))
             }
             (Device::Npu, _) => Some(Err(format!("no NPU design for the launch of {}", ops[0].name()))),
             _ => None,
