@@ -142,7 +142,11 @@ pub enum CoreBody {
     /// then the round's tiles of its second (`keys` keys of K then the same keys of V, each `keys x
     /// head_dim` row-major bf16), keeping the rows' online softmax — scores QK^T in f32 (bf16 operands), the
     /// running maximum and sum, the probabilities rounded to bf16 for PV with f32 sums — and releases the
-    /// rows' output (`q_rows x head_dim` f32) into its third.
+    /// rows' output (`q_rows x head_dim` f32) into its third. The positions are the dispatch's runtime
+    /// parameters, read from its tile's [`RtpBuffer`] ([`ATTENTION_PARAMS`]: word 0 the position `q0` of the
+    /// chunk's first row, word 1 `kv_len`, the keys that hold data): its rows are at `q0 + row0 + slot
+    /// q_rows ..`, a row at `kv_len` or later is padding (it sees no key, its output is 0), and a tile no row of
+    /// the block sees is acquired and released without being computed on.
     Attention { q_rows: u64, keys: u64, head_dim: u64, rounds: AttentionRounds, slot: u64 },
     /// RMSNorm or the masked softmax ([`RowOp`]) of rows too wide for a core, one row at a time in two passes
     /// over its [`RowPieces::pieces`] pieces of `piece` elements (the row padded to whole pieces; `width` is
@@ -294,13 +298,22 @@ impl RowPieces {
     }
 }
 
+/// The runtime parameters of an attention core, in the order of its [`RtpBuffer`]'s words: the position of the
+/// chunk's first query row, and the keys that hold data (the cached positions and the chunk's real rows:
+/// `q0 + rows` for a chunk of `rows` real rows).
+pub const ATTENTION_PARAMS: [&str; 2] = ["q0", "kv_len"];
+
 /// The rounds an attention design's cores take, the same on every core of a column (a column's cores take
-/// one head's consecutive query blocks together, slot `s` the `s`-th, and see the same key tiles).
+/// one head's consecutive query blocks together, slot `s` the `s`-th, and see the same key tiles). They are
+/// fixed when the design is built, for every chunk it may run: a round streams the key tiles any `q0` the
+/// design admits ([`AttentionRounds::admits`]) may need, and the cores skip what the dispatch's `q0` and
+/// `kv_len` leave unseen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AttentionRounds {
-    /// Query rows and the position of the first (the keys are positions `0..pos + rows`).
+    /// Query rows a dispatch takes (a chunk of fewer is padded), and the keys the design reaches: a run's
+    /// `q0 + rows` is at most `max_keys`.
     pub rows: u64,
-    pub pos: u64,
+    pub max_keys: u64,
     pub heads: u64,
     pub kv_heads: u64,
     /// Columns, and cores a column (the query blocks a round takes).
@@ -325,20 +338,37 @@ pub struct AttentionRound {
 
 impl AttentionRounds {
     /// The rounds of this column for query blocks of `q_rows` and key tiles of `keys`, in order: the
-    /// column's heads (`column`, `column + columns`, ...), each over its groups of `per_col` blocks; a group's
-    /// tiles run from the first key its first row sees to the last its last real row sees.
+    /// column's heads (`column`, `column + columns`, ...), each over its groups of `per_col` blocks. A group's
+    /// tiles run from the first key its first row sees at `q0 = 0` (the window's start there; 0 without a
+    /// window) to the last its last row sees at the largest `q0` (`max_keys - rows`), so that they hold every
+    /// key any admitted chunk's rows see.
     pub fn of(&self, q_rows: u64, keys: u64) -> Vec<AttentionRound> {
         let group = self.per_col * q_rows;
         let mut v = Vec::new();
         for head in (self.column..self.heads).step_by(self.columns as usize) {
             for row0 in (0..self.rows).step_by(group as usize) {
-                let first = self.pos + row0;
-                let key0 = if self.window > 0 { (first + 1).saturating_sub(self.window) } else { 0 };
-                let end = self.pos + (row0 + group).min(self.rows);
+                let key0 = if self.window > 0 { (row0 + 1).saturating_sub(self.window) } else { 0 };
+                let end = self.max_keys - self.rows + (row0 + group).min(self.rows);
                 v.push(AttentionRound { head, row0, key0, tiles: (end - key0).div_ceil(keys) });
             }
         }
         v
+    }
+
+    /// Whether a dispatch may run with `q0` and `kv_len`: its rows `q0 .. q0 + rows` within the design's keys
+    /// (`q0 + rows <= max_keys`), and `kv_len` too. One line saying why not.
+    pub fn admits(&self, q0: u64, kv_len: u64) -> Result<(), String> {
+        let (rows, max) = (self.rows, self.max_keys);
+        if q0.checked_add(rows).is_none_or(|end| end > max) {
+            return Err(format!(
+                "q0 = {q0}: a design of {rows} rows over {max} keys takes q0 up to {}",
+                max.saturating_sub(rows)
+            ));
+        }
+        if kv_len > max {
+            return Err(format!("kv_len = {kv_len}: a design over {max} keys takes kv_len up to {max}"));
+        }
+        Ok(())
     }
 }
 
@@ -381,6 +411,20 @@ pub enum SeqOp {
     Wait { fifo: String },
 }
 
+/// A core's runtime parameters: an `aie.buffer` of i32 words in its tile's memory that the runtime sequence
+/// writes at the start of every dispatch (`aiex.npu.rtp_write`, one a word, before any transfer), and a lock
+/// of its tile (the barrier) that the sequence then sets to 1 (`aiex.set_lock`) and the core acquires at the
+/// start of its pass (`aie.use_lock`, AcquireGreaterEqual 1) before it reads them: so a pass reads its own
+/// dispatch's values, never the previous one's. No DMA channel or buffer descriptor is involved: the writes
+/// are register writes of the instruction stream. The words take `4 words.len()` bytes of the tile's memory
+/// and the barrier one of its locks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RtpBuffer {
+    pub tile: Coord,
+    /// The runtime parameter each word holds, in order (an index into [`Design::params`]).
+    pub words: Vec<usize>,
+}
+
 /// A design: everything one dispatch of it runs.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Design {
@@ -389,11 +433,36 @@ pub struct Design {
     pub links: Vec<Link>,
     pub cores: Vec<Core>,
     pub sequence: Vec<SeqOp>,
+    /// The runtime parameters a dispatch takes, by name, in the order a run gives their values (none for a
+    /// design whose every value is fixed when it is built).
+    #[serde(default)]
+    pub params: Vec<String>,
+    /// The cores' runtime parameter buffers, written with the dispatch's values before its transfers.
+    #[serde(default)]
+    pub rtp: Vec<RtpBuffer>,
 }
 
 impl Design {
     pub fn fifo(&self, name: &str) -> Option<&ObjectFifo> {
         self.fifos.iter().find(|f| f.name == name)
+    }
+
+    /// The runtime parameter buffer of the core at `tile`.
+    pub fn rtp_of(&self, tile: Coord) -> Option<&RtpBuffer> {
+        self.rtp.iter().find(|b| b.tile == tile)
+    }
+}
+
+impl CoreBody {
+    /// Words of runtime parameters the body reads from its tile's [`RtpBuffer`]: an attention core with rounds
+    /// to run reads [`ATTENTION_PARAMS`]; every other body reads none.
+    pub fn params_read(&self) -> usize {
+        match self {
+            CoreBody::Attention { q_rows, keys, rounds, .. } if !rounds.of(*q_rows, *keys).is_empty() => {
+                ATTENTION_PARAMS.len()
+            }
+            _ => 0,
+        }
     }
 }
 

@@ -3,13 +3,20 @@
 //! buffers, the memtile links joining or passing them on, each `dimensionsToStream` re-layout applied as the
 //! producer's DMA would, and each core's body run on the buffers in the layout they arrive in, with bf16
 //! operands (int8 weights widened, with their blocks' scales) and f32 accumulation — so that a wrong access pattern gives wrong numbers here, not only on a chip.
-//! It counts dispatches, bytes moved between host and array, and MACs.
+//! It counts dispatches, bytes moved between host and array, and MACs (those the cores compute: an attention
+//! tile a core skips is not counted).
+//!
+//! A design with runtime parameters ([`Design::params`]) is run with their values ([`run_with`]): each
+//! core's [`RtpBuffer`](crate::design::RtpBuffer) holds them from the start of the dispatch, as the runtime
+//! sequence writes them before its first transfer and then releases the cores' barriers.
 //!
 //! Fifos are modelled as queues per consumer (a broadcast gives each consumer its copy) without their depth:
 //! the emulator checks what reaches where and what is computed from it, not timing or back-pressure (the AIE2
 //! rules bound the buffers).
 
-use crate::design::{q8, Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RowOp, RowPieces, SeqOp};
+use crate::design::{
+    q8, AttentionRounds, Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RowOp, RowPieces, SeqOp,
+};
 use std::collections::{HashMap, VecDeque};
 
 /// What one dispatch of a design did.
@@ -50,6 +57,8 @@ struct Emu<'d> {
     attn: HashMap<Coord, AttnState>,
     /// Per core of rows in pieces: where it is in its row's two passes.
     pieces: HashMap<Coord, PiecesState>,
+    /// The dispatch's runtime parameter values.
+    params: &'d [u32],
     /// Elements of a partly filled buffer streamed in from the host, per fifo.
     partial: HashMap<String, Vec<f32>>,
     stats: EmuStats,
@@ -159,13 +168,15 @@ impl Emu<'_> {
         let CoreBody::Attention { q_rows, keys, head_dim, rounds, slot } = core.body else { unreachable!() };
         let (qf, kvf, of) = (&core.uses[0].fifo, &core.uses[1].fifo, &core.uses[2].fifo);
         let (qn, kn, hd) = (q_rows as usize, keys as usize, head_dim as usize);
+        if !self.attn.contains_key(&core.tile) {
+            // The core's rounds, and its runtime parameters read from its buffer, the first time it is pumped.
+            let schedule = rounds.of(q_rows, keys);
+            let (q0, kv_len) = if schedule.is_empty() { (0, 0) } else { self.attention_params(core.tile, &rounds)? };
+            self.attn.insert(core.tile, AttnState { schedule, q0, kv_len, ..Default::default() });
+        }
         let mut moved = false;
         loop {
-            // The core's rounds, worked out the first time it is pumped.
-            let st = self
-                .attn
-                .entry(core.tile)
-                .or_insert_with(|| AttnState { schedule: rounds.of(q_rows, keys), ..Default::default() });
+            let st = self.attn.get_mut(&core.tile).expect("entered");
             let Some(round) = st.schedule.get(st.round).copied() else { return Ok(moved) };
             if st.q.is_empty() {
                 let Some(q) = self.take(qf, core.tile) else { return Ok(moved) };
@@ -197,13 +208,35 @@ impl Emu<'_> {
             }
             let st = self.attn.get_mut(&core.tile).expect("entered");
             let key0 = round.key0 + st.tiles * keys;
-            let pos0 = rounds.pos + round.row0 + slot * q_rows;
+            let pos0 = st.q0 + round.row0 + slot * q_rows;
             let tile = AttentionTile { q_rows, keys, head_dim, window: rounds.window, scale: rounds.scale };
-            tile.fold(&st.q, &kv, &mut st.m, &mut st.l, &mut st.o, key0, pos0);
+            if tile.fold(&st.q, &kv, &mut st.m, &mut st.l, &mut st.o, key0, pos0, st.kv_len) {
+                self.stats.macs += 2 * q_rows * keys * head_dim;
+            }
             st.tiles += 1;
-            self.stats.macs += 2 * q_rows * keys * head_dim;
             moved = true;
         }
+    }
+
+    /// An attention core's `q0` and `kv_len`: the words of its tile's runtime parameter buffer, which its
+    /// design's rounds must admit.
+    fn attention_params(&self, at: Coord, rounds: &AttentionRounds) -> Result<(u64, u64), String> {
+        let name = &self.design.name;
+        let buf = self
+            .design
+            .rtp_of(at)
+            .ok_or_else(|| format!("{name}: the attention core at {at} has no runtime parameters"))?;
+        let word = |i: usize| -> Result<u64, String> {
+            let p =
+                *buf.words.get(i).ok_or_else(|| format!("{name}: core at {at}: no word {i} of runtime parameters"))?;
+            let v = self.params.get(p).ok_or_else(|| {
+                format!("{name}: core at {at}: word {i} holds parameter {p}, which the design does not take")
+            })?;
+            Ok(*v as u64)
+        };
+        let (q0, kv_len) = (word(0)?, word(1)?);
+        rounds.admits(q0, kv_len).map_err(|e| format!("{name}: {e}"))?;
+        Ok((q0, kv_len))
     }
 }
 
@@ -277,18 +310,54 @@ pub struct AttentionTile {
 }
 
 impl AttentionTile {
+    /// The first key a row at position `p` sees (the window's start; 0 without a window).
+    pub fn first_seen(&self, p: u64) -> u64 {
+        if self.window > 0 {
+            (p + 1).saturating_sub(self.window)
+        } else {
+            0
+        }
+    }
+
+    /// Whether a block whose rows are at `pos0..` computes on the tile of keys `key0..`, given `kv_len`: some
+    /// row of it is real (before `kv_len`) and some key of the tile lies within what its rows see (at or
+    /// before its last real row, at or after its first row's window start). Where not, the tile is skipped:
+    /// it is acquired and released, and nothing it holds is read.
+    pub fn computes(&self, key0: u64, pos0: u64, kv_len: u64) -> bool {
+        let last = (pos0 + self.q_rows - 1).min(kv_len.saturating_sub(1));
+        pos0 < kv_len && key0 <= last && key0 + self.keys > self.first_seen(pos0)
+    }
+
     /// Fold one tile (`kv`: `keys` keys of K, then the same keys of V) into the block's online softmax — each
     /// row's running maximum `m`, sum `l` and output `o` — for the block's rows at positions `pos0..` and the
-    /// tile's keys at `key0..`: scores in f32 over bf16 operands (sums in order), masked causally and by the
-    /// window; a row that sees none of the tile's keys is left as it was; the probabilities rounded to bf16 for
-    /// PV.
+    /// tile's keys at `key0..`, where the keys before `kv_len` hold data: scores in f32 over bf16 operands
+    /// (sums in order), masked causally and by the window (a row at `p` sees keys `first_seen(p) ..= p`, and
+    /// none if `p >= kv_len`: a padding row); a row that sees none of the tile's keys is left as it was; the
+    /// probabilities rounded to bf16 for PV. A tile the block does not compute on ([`Self::computes`]) is left
+    /// unread. Whether it computed.
     #[allow(clippy::too_many_arguments)]
-    pub fn fold(&self, q: &[f32], kv: &[f32], m: &mut [f32], l: &mut [f32], o: &mut [f32], key0: u64, pos0: u64) {
+    pub fn fold(
+        &self,
+        q: &[f32],
+        kv: &[f32],
+        m: &mut [f32],
+        l: &mut [f32],
+        o: &mut [f32],
+        key0: u64,
+        pos0: u64,
+        kv_len: u64,
+    ) -> bool {
+        if !self.computes(key0, pos0, kv_len) {
+            return false;
+        }
         let (qn, kn, hd) = (self.q_rows as usize, self.keys as usize, self.head_dim as usize);
         let (k, v) = kv.split_at(kn * hd);
         for r in 0..qn {
             let p = pos0 + r as u64;
-            let first = if self.window > 0 { (p + 1).saturating_sub(self.window) } else { 0 };
+            if p >= kv_len {
+                continue;
+            }
+            let first = self.first_seen(p);
             let qr = &q[r * hd..][..hd];
             let s: Vec<f32> = (0..kn)
                 .map(|j| {
@@ -313,6 +382,7 @@ impl AttentionTile {
             }
             m[r] = mx;
         }
+        true
     }
 }
 
@@ -325,6 +395,9 @@ pub fn attention_finish(o: &[f32], l: &[f32], head_dim: usize) -> Vec<f32> {
 #[derive(Default)]
 struct AttnState {
     schedule: Vec<crate::design::AttentionRound>,
+    /// The dispatch's runtime parameters, as the core read them.
+    q0: u64,
+    kv_len: u64,
     round: usize,
     /// The round's Q block (empty before it is taken), its rows' running maximum, sum and output.
     q: Vec<f32>,
@@ -437,14 +510,31 @@ pub fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
 
 /// Run one dispatch of `design` over its runtime arguments (`args[i]` holds argument `i` as f32; a bf16
 /// argument's values are rounded to bf16 as they are read; an i8 argument holds bytes, each the signed value
-/// -128..=127 of the byte, and anything else in it is an error). Results are written into the arguments.
+/// -128..=127 of the byte, and anything else in it is an error). Results are written into the arguments. A
+/// design with runtime parameters is run by [`run_with`].
 pub fn run(design: &Design, args: &mut [Vec<f32>]) -> Result<EmuStats, String> {
+    run_with(design, args, &[])
+}
+
+/// Run one dispatch of `design` as [`run`] does, with the values of its runtime parameters
+/// ([`Design::params`], one each, in order).
+pub fn run_with(design: &Design, args: &mut [Vec<f32>], params: &[u32]) -> Result<EmuStats, String> {
+    if params.len() != design.params.len() {
+        return Err(format!(
+            "{}: a dispatch takes {} runtime parameters ({}), given {}",
+            design.name,
+            design.params.len(),
+            design.params.join(", "),
+            params.len()
+        ));
+    }
     let mut e = Emu {
         design,
         queues: HashMap::new(),
         acc: HashMap::new(),
         attn: HashMap::new(),
         pieces: HashMap::new(),
+        params,
         partial: HashMap::new(),
         stats: EmuStats::default(),
     };

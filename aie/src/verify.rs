@@ -7,8 +7,12 @@
 //! descriptors and two locks (one counting full buffers, one empty); a shim end takes a channel, and its buffer
 //! descriptors are the runtime sequence's own. (A fifo between neighbouring compute tiles that share memory can
 //! need less; counting it as a DMA fifo only overestimates.)
+//!
+//! A core's runtime parameter buffer ([`RtpBuffer`]) is an `aie.buffer` of its tile (its words count against
+//! the tile's memory) with one lock of the tile as its barrier; the host writes it through the instruction
+//! stream, so it takes no DMA channel and no buffer descriptor.
 
-use crate::design::{Coord, Design, Dim, Elem, ObjectFifo, Port, SeqOp};
+use crate::design::{Coord, Design, Dim, Elem, ObjectFifo, Port, RtpBuffer, SeqOp};
 use crate::model::{ArrayModel, TileKind};
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,6 +43,9 @@ pub enum Rule {
     DmaWrap,
     /// At most four levels a transfer, and a BD id reused only after a wait on the transfer that holds it.
     DmaSequence,
+    /// Runtime parameter buffers: on a core's own tile (one a tile), each word one of the design's
+    /// parameters, and every core whose body reads parameters given a buffer of the words it reads.
+    RuntimeParams,
 }
 
 impl std::fmt::Display for Rule {
@@ -56,6 +63,7 @@ impl std::fmt::Display for Rule {
             Rule::DmaStride => "DMA stride",
             Rule::DmaWrap => "DMA wrap",
             Rule::DmaSequence => "DMA sequence",
+            Rule::RuntimeParams => "runtime parameters",
         })
     }
 }
@@ -179,9 +187,51 @@ impl Checker<'_> {
                 }
             }
         }
+        self.runtime_params(d, &mut usage);
         self.limits(&usage);
         usage.host_bytes = self.sequence(d, &names);
         usage
+    }
+
+    /// The cores' runtime parameter buffers: their words and barrier lock counted on their tiles, and each
+    /// on a core's tile, of the design's parameters, as many words as its core reads.
+    fn runtime_params(&mut self, d: &Design, usage: &mut Usage) {
+        let mut seen: Vec<Coord> = Vec::new();
+        for RtpBuffer { tile, words } in &d.rtp {
+            let what = format!("runtime parameters at {tile}");
+            if seen.contains(tile) {
+                self.fail(Rule::RuntimeParams, format!("{what}: a second buffer on the tile"));
+            }
+            seen.push(*tile);
+            if !d.cores.iter().any(|c| c.tile == *tile) {
+                self.fail(Rule::RuntimeParams, format!("{what}: no core of the design is on that tile"));
+            }
+            if words.is_empty() {
+                self.fail(Rule::RuntimeParams, format!("{what}: a buffer of no words"));
+            }
+            if let Some(p) = words.iter().find(|&&p| p >= d.params.len()) {
+                self.fail(
+                    Rule::RuntimeParams,
+                    format!("{what}: a word of parameter {p}, of the design's {} ({:?})", d.params.len(), d.params),
+                );
+            }
+            let t = usage.tiles.entry(*tile).or_default();
+            t.memory_bytes += 4 * words.len() as u64;
+            t.locks += 1;
+        }
+        for c in &d.cores {
+            let reads = c.body.params_read();
+            let has = d.rtp_of(c.tile).map_or(0, |b| b.words.len());
+            if has < reads {
+                self.fail(
+                    Rule::RuntimeParams,
+                    format!(
+                        "core at {}: reads {reads} words of runtime parameters, its tile's buffer holds {has}",
+                        c.tile
+                    ),
+                );
+            }
+        }
     }
 
     fn fifo_shape(&mut self, f: &ObjectFifo) {
@@ -451,6 +501,8 @@ mod tests {
                 ],
                 body: CoreBody::MatMul { m: 64, k: 64, n: 64, k_tiles: 1, bt: false },
             }],
+            params: Vec::new(),
+            rtp: Vec::new(),
             sequence: vec![
                 SeqOp::Memcpy {
                     arg: 0,
@@ -573,6 +625,58 @@ mod tests {
         if let SeqOp::Memcpy { offset, dims, elem, .. } = &mut d.sequence[0] {
             f(offset, dims, elem);
         }
+    }
+
+    /// The valid design with two runtime parameters held by its core's tile.
+    fn with_params() -> Design {
+        let mut d = valid();
+        d.params = vec!["q0".into(), "kv_len".into()];
+        d.rtp = vec![RtpBuffer { tile: at(0, 2), words: vec![0, 1] }];
+        d
+    }
+
+    /// A core's runtime parameters count on its tile (two words, one lock); a buffer off a core's tile, a second
+    /// one on a tile, one of no words, a word of a parameter the design does not take and an attention core
+    /// without the words it reads all break the rule; and the memory they take counts against the tile's.
+    #[test]
+    fn runtime_parameter_buffers() {
+        let u = verify(&with_params(), &NPU1).unwrap();
+        let core = u.tiles[&at(0, 2)];
+        assert_eq!(
+            (core.memory_bytes, core.locks, core.bds, core.mm2s, core.s2mm),
+            (4 * 8192 + 4096 + 1024 + 8, 5, 4, 1, 1)
+        );
+        let breaks_p = |names: &str, edit: &dyn Fn(&mut Design)| {
+            let mut d = with_params();
+            edit(&mut d);
+            let errs = verify(&d, &NPU1).expect_err("the edit breaks a rule");
+            let hit = errs.iter().find(|e| e.rule == Rule::RuntimeParams).unwrap_or_else(|| panic!("{errs:?}"));
+            assert!(hit.to_string().contains(names), "{hit} does not name {names}");
+        };
+        breaks_p("no core of the design is on that tile", &|d| d.rtp[0].tile = at(1, 2));
+        breaks_p("a second buffer", &|d| d.rtp.push(RtpBuffer { tile: at(0, 2), words: vec![0] }));
+        breaks_p("no words", &|d| d.rtp[0].words.clear());
+        breaks_p("parameter 2, of the design's 2", &|d| d.rtp[0].words[1] = 2);
+        let rounds = AttentionRounds {
+            rows: 4,
+            max_keys: 8,
+            heads: 1,
+            kv_heads: 1,
+            columns: 1,
+            per_col: 1,
+            window: 0,
+            scale: 0.5,
+            column: 0,
+        };
+        breaks_p("reads 2 words of runtime parameters, its tile's buffer holds 1", &|d| {
+            d.cores[0].body = CoreBody::Attention { q_rows: 4, keys: 8, head_dim: 8, rounds, slot: 0 };
+            d.rtp[0].words.pop();
+        });
+        // The core's 64 KiB full but for the two words: they tip it over.
+        let mut d = with_params();
+        d.cores[0].locals_bytes = 65536 - 4 * 8192 - 1024 - 4;
+        let errs = verify(&d, &NPU1).unwrap_err();
+        assert!(errs.iter().any(|e| e.rule == Rule::TileMemory && e.message.contains("65540 bytes")), "{errs:?}");
     }
 
     #[test]

@@ -14,7 +14,26 @@
 //! - `aie.objectfifo` carries its depth (`elemNumber`), its `!aie.objectfifo<memref<...>>` type, its producer's
 //!   `dimensionsToStream` and one (empty) `dimensionsFromStream` per consumer; `aie.objectfifo.link` carries
 //!   `src_offsets` (a join) or `dst_offsets` (a split), in elements.
-//! - Enums are i32: the objectfifo port is Produce = 0, Consume = 1.
+//! - Enums are i32: the objectfifo port is Produce = 0, Consume = 1; a lock action is Acquire = 0, Release = 1,
+//!   AcquireGreaterEqual = 2 (`AIEAttrs.td`).
+//! - Runtime parameters ([`RtpBuffer`]): each core's words are an `aie.buffer` of its tile (`memref<Nxi32>`) and
+//!   its barrier an `aie.lock` of the tile (`init = 0`, its id left to `aie-assign-lock-ids`). The runtime
+//!   sequence begins with `aiex.npu.rtp_write` — `buffer = @sym` (a flat symbol reference), `index` (a `ui32`
+//!   attribute, in words) and the value as an `i32` operand (`AIEX.td`, `NpuWriteRTPOp`) — one a word, then
+//!   `aiex.set_lock` of each barrier to 1 (`AIEX.td`, `SetLockOp`, `value` an i32 attribute); a core's pass
+//!   begins with `aie.use_lock` of its barrier, AcquireGreaterEqual, with the value 1 as an `i32` operand (at
+//!   this release the lock value is an SSA operand, not an attribute: `AIEOps.td`, `UseLockOp`). The release
+//!   lowers an `rtp_write` to an `aiex.npu.write32` at the buffer's address plus 4 x index
+//!   (`lib/Dialect/AIEX/Transforms/AIEDmaToNpu.cpp`, `RtpToWrite32Pattern`) and a `set_lock` to a `write32` of
+//!   the lock's register (`AIELowerSetLock.cpp`), and it translates a `write32` into the instruction stream
+//!   only with a constant value (`lib/Targets/AIETargetNPU.cpp`, `appendWrite32`: "Cannot translate write32
+//!   with non-constant address or value"): so the values are `arith.constant`s here (0, placeholders, each
+//!   named by a comment), and the host writes each dispatch's values into those words of the instruction
+//!   stream it hands the NPU. The core side is mlir-aie's own npu1 idiom: `test/npu-xrt/runtime_cumsum`
+//!   (`REQUIRES: ryzen_ai_npu1`) reads an `rtp_write`'s buffer in a core, and IRON's `WorkerRuntimeBarrier`
+//!   (`python/iron/worker.py`, used with `Buffer(use_write_rtp=True)` in `programming_examples/ml/scale_shift`)
+//!   is the lock a core acquires before reading one. (The release's scratchpad parameters, which read a host
+//!   buffer, are npu2 only: `test/npu-xrt/scratchpad_params` requires `ryzen_ai_npu2` and the full-ELF flow.)
 //!
 //! The tag's commit was not read from a tag (the snapshot of the repository at hand has no tags): two version
 //! strings published for builds after it, commit `3ca0193` given as "v1.4.1 + 13 commits" and a wheel
@@ -35,16 +54,17 @@
 //! what it does in one dispatch: a matrix core acquires its output buffer, zeroes it, folds `k_tiles` pairs of
 //! operand buffers into it and releases it; a row-wise core takes one buffer of each operand per output buffer;
 //! a core of rows in pieces takes a row's pieces twice, once for the row's statistics (kept in an `aie.buffer`
-//! of its tile) and once for its outputs; an attention core walks its rounds (a round's Q block, its K/V tiles folded one by one into the rows'
-//! running maximum, sum and output kept in `aie.buffer`s of its tile, then the rows' output), the rounds of
-//! each of its column's heads alike taken as a loop over the heads. That is the order the emulator
-//! ([`super::emu`]) runs the bodies in.
+//! of its tile) and once for its outputs; an attention core acquires its runtime parameters' barrier, then
+//! walks its rounds (a round's Q block, its K/V tiles folded one by one into the rows' running maximum, sum
+//! and output kept in `aie.buffer`s of its tile, each fold reading the dispatch's `q0` and `kv_len` from the
+//! tile's parameter buffer, then the rows' output), the rounds of each of its column's heads alike taken as a
+//! loop over the heads. That is the order the emulator ([`super::emu`]) runs the bodies in.
 //!
 //! Nothing here has been through `aie-opt` or `aiecc`: no mlir-aie build exists on the machines this project
 //! runs on. What is checked is that LLVM 19's MLIR re-parses and verifies every op it knows, and that the text
 //! says what the design says.
 
-use super::design::{Coord, Core, CoreBody, Design, Dim, Elem, FifoUse, ObjectFifo, Port, SeqOp};
+use super::design::{Coord, Core, CoreBody, Design, Dim, Elem, FifoUse, ObjectFifo, Port, RtpBuffer, SeqOp};
 use super::mlir::{body_name, core_body};
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -396,29 +416,46 @@ impl CoreWriter<'_> {
 
     /// One pass of an attention core: the rounds of [`attention_plan`], repeated over the heads.
     fn attention(&mut self, name: &str, body: CoreBody, [q, kv, o]: [&FifoUse; 3]) {
-        let CoreBody::Attention { q_rows, keys: _, head_dim, rounds, slot } = body else { return };
+        let CoreBody::Attention { q_rows, keys: _, head_dim, rounds: _, slot } = body else { return };
         let (pattern, _) = attention_plan(body);
         let at = self.core.tile;
         let [m, l, acc] = ["m", "l", "o"].map(|part| format!("%{}", attention_buffer(at, part)));
         let (tm, to) = (flat(q_rows, Elem::F32), flat(q_rows * head_dim, Elem::F32));
+        let words = self.design.rtp_of(at).map_or(0, |b| b.words.len() as u64);
+        let (rtp, trtp) = (format!("%{}", rtp_buffer(at)), flat(words, Elem::I32));
         self.line(1, "scf.for %h = %c0 to %heads step %c1 {");
         for (i, r) in pattern.iter().enumerate() {
-            let pos0 = rounds.pos + r.row0 + slot * q_rows;
-            self.line(2, &format!("// round {i}: rows from position {pos0}; tiles: {}, from key {}", r.tiles, r.key0));
+            let row0 = r.row0 + slot * q_rows;
+            self.line(
+                2,
+                &format!(
+                    "// round {i}: rows from q0 + {row0}; tiles: {}, from key {} (those it sees)",
+                    r.tiles, r.key0
+                ),
+            );
             let tq = self.acquire(2, &format!("q{i}"), q);
             self.call(2, &format!("{name}_start"), &[(&m, &tm), (&l, &tm), (&acc, &to)]);
             self.constant(2, &format!("from{i}"), r.key0);
-            self.constant(2, &format!("pos{i}"), pos0);
+            self.constant(2, &format!("row{i}"), row0);
             self.constant(2, &format!("tiles{i}"), r.tiles);
             self.line(2, &format!("scf.for %t{i} = %c0 to %tiles{i} step %c1 {{"));
             let tkv = self.acquire(3, &format!("kv{i}"), kv);
             self.line(3, &format!("%skip{i} = arith.muli %t{i}, %keys : index"));
             self.line(3, &format!("%key{i} = arith.addi %from{i}, %skip{i} : index"));
-            let (qv, kvv, key, pos) = (format!("%q{i}"), format!("%kv{i}"), format!("%key{i}"), format!("%pos{i}"));
+            let (qv, kvv, key, row) = (format!("%q{i}"), format!("%kv{i}"), format!("%key{i}"), format!("%row{i}"));
             self.call(
                 3,
                 &format!("{name}_tile"),
-                &[(&qv, &tq), (&kvv, &tkv), (&m, &tm), (&l, &tm), (&acc, &to), (&key, "index"), (&pos, "index")],
+                &[
+                    (&qv, &tq),
+                    (&kvv, &tkv),
+                    (&m, &tm),
+                    (&l, &tm),
+                    (&acc, &to),
+                    (&rtp, &trtp),
+                    (&key, "index"),
+                    (&row, "index"),
+                ],
             );
             self.release(3, kv);
             self.line(2, "}");
@@ -458,6 +495,11 @@ fn attention_buffer(at: Coord, part: &str) -> String {
     format!("attn_{}_{}_{part}", at.col, at.row)
 }
 
+/// The name of a core's runtime parameter buffer; its barrier lock's is this with `_lock`.
+fn rtp_buffer(at: Coord) -> String {
+    format!("rtp_{}_{}", at.col, at.row)
+}
+
 /// The name of a core of rows in pieces' buffer of its row's statistics.
 fn stats_buffer(at: Coord) -> String {
     format!("rows_{}_{}_stats", at.col, at.row)
@@ -492,7 +534,15 @@ fn core_op(design: &Design, core: &Core, name: &str) -> String {
             CoreBody::RowPieces(rp) => w.constant(0, "pieces", rp.pieces()),
             CoreBody::Rows { .. } => {}
         }
+        let barrier = design.rtp_of(at).map(|_| format!("%{}_lock", rtp_buffer(at)));
+        if barrier.is_some() {
+            w.line(0, "%one = arith.constant 1 : i32");
+        }
         w.line(0, "scf.for %pass = %c0 to %forever step %c1 {");
+        if let Some(lock) = barrier {
+            // The dispatch's runtime parameters are written: the sequence has set the barrier.
+            w.line(1, &format!("\"aie.use_lock\"({lock}, %one) {{action = 2 : i32}} : (index, i32) -> ()"));
+        }
         match core.body {
             CoreBody::MatMul { .. } | CoreBody::MatVec { .. } | CoreBody::MatVecQ8 { .. } => w.matrix(name, [a, b, c]),
             CoreBody::Rows { .. } => w.rows(name, [a, b, c]),
@@ -565,6 +615,23 @@ pub fn module(design: &Design) -> String {
             );
         }
     }
+    // Each core's runtime parameters and their barrier, in its tile's memory.
+    for RtpBuffer { tile, words } in &design.rtp {
+        let name = rtp_buffer(*tile);
+        let _ = writeln!(
+            s,
+            "    %{name} = \"aie.buffer\"({}) {{sym_name = {}}} : (index) -> {}",
+            tile_value(*tile),
+            quoted(&name),
+            flat(words.len() as u64, Elem::I32)
+        );
+        let _ = writeln!(
+            s,
+            "    %{name}_lock = \"aie.lock\"({}) {{init = 0 : i32, sym_name = {}}} : (index) -> index",
+            tile_value(*tile),
+            quoted(&format!("{name}_lock"))
+        );
+    }
     // Objectfifos.
     for f in &design.fifos {
         let operands: Vec<String> =
@@ -632,6 +699,28 @@ fn sequence(design: &Design) -> String {
     let params: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("%arg{i}: {t}")).collect();
     let mut s = String::from("    \"aie.runtime_sequence\"() ({\n");
     let _ = writeln!(s, "    ^bb0({}):", params.join(", "));
+    // The dispatch's runtime parameters into every core's buffer, then the cores' barriers set.
+    for (i, name) in design.params.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "      // runtime parameter {i} ({}): the host writes each dispatch's value into this constant's words",
+            name.replace('\n', " ")
+        );
+        let _ = writeln!(s, "      %param{i} = arith.constant 0 : i32");
+    }
+    for RtpBuffer { tile, words } in &design.rtp {
+        for (index, p) in words.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "      \"aiex.npu.rtp_write\"(%param{p}) {{buffer = {}, index = {index} : ui32}} : (i32) -> ()",
+                sym(&rtp_buffer(*tile))
+            );
+        }
+    }
+    for b in &design.rtp {
+        let _ =
+            writeln!(s, "      \"aiex.set_lock\"(%{}_lock) {{value = 1 : i32}} : (index) -> ()", rtp_buffer(b.tile));
+    }
     for (i, op) in design.sequence.iter().enumerate() {
         match op {
             SeqOp::Memcpy { arg, offset, dims, fifo, bd, .. } => {
@@ -665,7 +754,7 @@ fn sequence(design: &Design) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::attention::{attention, PrefillShape};
+    use super::super::attention::{attention, llama_prefill, PrefillShape};
     use super::super::design::RowOp;
     use super::super::gemm::{gemm, gemm_bt, gemm_bt_multi};
     use super::super::gemv::{gemv, gemv_q8};
@@ -732,6 +821,10 @@ mod tests {
                 design.sequence.iter().filter(|o| matches!(o, SeqOp::Memcpy { .. })).count(),
             ),
             ("\"aiex.npu.dma_wait\"(", design.sequence.iter().filter(|o| matches!(o, SeqOp::Wait { .. })).count()),
+            ("\"aiex.npu.rtp_write\"(", design.rtp.iter().map(|b| b.words.len()).sum()),
+            ("\"aiex.set_lock\"(", design.rtp.len()),
+            ("\"aie.lock\"(", design.rtp.len()),
+            ("\"aie.use_lock\"(", design.rtp.len()),
         ] {
             assert_eq!(printed.matches(op).count(), want, "{}: {op} after the round trip", design.name);
         }
@@ -786,11 +879,11 @@ mod tests {
         ] {
             designs.push(rows(&NPU1, op, 512, width).unwrap().design);
         }
-        let shape =
-            PrefillShape { rows: 512, pos: 0, heads: 32, kv_heads: 8, head_dim: hd, window: None, scale: 0.125 };
+        // Prefill attention for chunks of 512 over up to 4,064 keys (a round's tiles past 64 in a second
+        // transfer), and a decode step's up to depth 512.
+        let shape = llama_prefill(hd, 4064);
         designs.push(attention(&NPU1, shape).design);
-        // A decode step's attention at depth 512.
-        designs.push(attention(&NPU1, PrefillShape { rows: 1, pos: 512, ..shape }).design);
+        designs.push(attention(&NPU1, PrefillShape { rows: 1, max_keys: 513, ..shape }).design);
         designs
     }
 
@@ -833,7 +926,8 @@ mod tests {
     /// The small designs of the snapshots, by name: GEMM, GEMV (bf16 and int8) and attention at two shapes each, a
     /// three-weight GEMM of ragged widths, and the softmax in pieces (rows of 40 in pieces of 16).
     fn small_designs() -> Vec<(&'static str, Design)> {
-        let small = PrefillShape { rows: 8, pos: 0, heads: 4, kv_heads: 2, head_dim: 16, window: None, scale: 0.25 };
+        let small =
+            PrefillShape { rows: 8, max_keys: 8, heads: 4, kv_heads: 2, head_dim: 16, window: None, scale: 0.25 };
         let softmax = RowOp::Softmax { scale: 0.25 };
         vec![
             ("softmax_8x40_in_16", rows_in_pieces(&NPU1, softmax, 8, 40, 16).unwrap().design),
@@ -846,10 +940,18 @@ mod tests {
             ("gemv_q8_37x100", gemv_q8(&NPU1, 37, 100).design),
             ("attention_8x4x16", attention(&NPU1, small).design),
             (
-                "attention_5at7_2x8_w6",
+                "attention_5of12_2x8_w6",
                 attention(
                     &NPU1,
-                    PrefillShape { rows: 5, pos: 7, heads: 2, kv_heads: 1, head_dim: 8, window: Some(6), ..small },
+                    PrefillShape {
+                        rows: 5,
+                        max_keys: 12,
+                        heads: 2,
+                        kv_heads: 1,
+                        head_dim: 8,
+                        window: Some(6),
+                        ..small
+                    },
                 )
                 .design,
             ),
@@ -911,6 +1013,46 @@ mod tests {
                 .chain(d.cores.iter().map(|c| c.tile))
                 .collect();
             assert_eq!(count("%tile_"), tiles.len(), "{}", d.name);
+            // The runtime parameters: each buffer and barrier on its tile, each word written with its
+            // parameter's value before any transfer, each barrier set after the writes, acquired by its core.
+            let rtp_lines: Vec<&&str> =
+                lines.iter().filter(|l| l.trim_start().starts_with("\"aiex.npu.rtp_write\"(")).collect();
+            let want: Vec<String> = d
+                .rtp
+                .iter()
+                .flat_map(|b| {
+                    b.words.iter().enumerate().map(move |(i, p)| {
+                        format!(
+                            "\"aiex.npu.rtp_write\"(%param{p}) {{buffer = @rtp_{}_{}, index = {i} : ui32}} : (i32) -> ()",
+                            b.tile.col, b.tile.row
+                        )
+                    })
+                })
+                .collect();
+            assert_eq!(rtp_lines.iter().map(|l| l.trim()).collect::<Vec<_>>(), want, "{}", d.name);
+            let first_dma = lines.iter().position(|l| l.contains("\"aiex.npu.dma_memcpy_nd\"")).unwrap_or(lines.len());
+            let last_write =
+                lines.iter().rposition(|l| l.contains("\"aiex.npu.rtp_write\"") || l.contains("\"aiex.set_lock\""));
+            assert!(last_write.is_none_or(|w| w < first_dma), "{}: a parameter written after a transfer", d.name);
+            for b in &d.rtp {
+                let (t, name) = (tile_value(b.tile), rtp_buffer(b.tile));
+                let buffer = format!(
+                    "%{name} = \"aie.buffer\"({t}) {{sym_name = \"{name}\"}} : (index) -> memref<{}xi32>",
+                    b.words.len()
+                );
+                assert!(lines.iter().any(|l| l.trim() == buffer), "{}: {buffer}", d.name);
+                let set = format!("\"aiex.set_lock\"(%{name}_lock) {{value = 1 : i32}} : (index) -> ()");
+                let at = lines.iter().position(|l| l.trim() == set).unwrap_or_else(|| panic!("{}: {set}", d.name));
+                let written = lines.iter().rposition(|l| l.contains(&format!("buffer = @{name}, ")));
+                assert!(written.is_some_and(|w| w < at), "{}: {name} set before its words are written", d.name);
+                assert_eq!(
+                    text.matches(&format!("\"aie.use_lock\"(%{name}_lock, %one) {{action = 2 : i32}}")).count(),
+                    1
+                );
+            }
+            for (i, p) in d.params.iter().enumerate() {
+                assert!(text.contains(&format!("// runtime parameter {i} ({p})")), "{}", d.name);
+            }
             // The runtime sequence, in order.
             let seq: Vec<&&str> = lines
                 .iter()

@@ -96,10 +96,12 @@ fn layers(array: &ArrayModel, s: &Shape, tokens: u64, weights: GemvWeights) -> R
             let r = rows(array, op, tokens, width).ok_or_else(|| format!("{name}: no design for rows of {width}"))?;
             add(name, &r.design, 0)?;
         }
-        // Attention: a prompt from position 0 over itself, or a decode step at depth DECODE_DEPTH over the cache.
+        // Attention: a prompt from position 0 over itself, or a decode step at depth DECODE_DEPTH over the cache,
+        // each from a design over just the keys it sees.
+        let q0 = if tokens == 1 { DECODE_DEPTH } else { 0 };
         let shape = PrefillShape {
             rows: tokens,
-            pos: if tokens == 1 { DECODE_DEPTH } else { 0 },
+            max_keys: q0 + tokens,
             heads: s.heads,
             kv_heads: s.kv_heads,
             head_dim: s.head_dim,
@@ -107,7 +109,7 @@ fn layers(array: &ArrayModel, s: &Shape, tokens: u64, weights: GemvWeights) -> R
             scale: (s.head_dim as f32).powf(-0.5),
         };
         let a = attention(array, shape);
-        add("attention", &a.design, a.macs())?;
+        add("attention", &a.design, a.macs(q0, q0 + tokens))?;
     }
     Ok(e)
 }
@@ -140,10 +142,11 @@ mod tests {
     use super::super::model::NPU1;
     use super::*;
 
-    /// A decode step's attention MACs: per head one round of four 4-row blocks (the column's cores) walking the
-    /// DECODE_DEPTH + 1 keys in tiles of 32, QK^T and PV.
+    /// A decode step's attention MACs: per head one round of four 4-row blocks (the column's cores), of which
+    /// the one holding the row computes, over the DECODE_DEPTH + 1 keys in tiles of 32, QK^T and PV (the other
+    /// three hold padding rows only, and skip their tiles).
     fn decode_attention(s: &Shape) -> u64 {
-        s.layers * s.heads * 4 * (DECODE_DEPTH + 1).div_ceil(32) * 2 * 4 * 32 * s.head_dim
+        s.layers * s.heads * (DECODE_DEPTH + 1).div_ceil(32) * 2 * 4 * 32 * s.head_dim
     }
 
     /// Every NPU design of the Llama-3.2-1B shape passes the rules in both phases; the counts follow from the
@@ -159,10 +162,11 @@ mod tests {
         let weights = s.layers * (s.hidden * (2048 + 2 * 512) + 2048 * s.hidden + 3 * s.ffn * s.hidden);
         assert_eq!(decode.macs, weights + decode_attention(&s));
         assert!(decode.host_bytes >= 2 * weights && decode.host_bytes < 2 * weights + weights / 10);
-        // The projections' MACs, and the attention's: per head, a round of four 32-row blocks walks the keys
-        // up to its last row in tiles of 32 (QK^T and PV, 64 dimensions).
-        let rounds: u64 = (0..512u64 / 128).map(|g| (g + 1) * 128 / 32).sum();
-        let attention = s.layers * s.heads * rounds * 4 * 2 * 32 * 32 * 64;
+        // The projections' MACs, and the attention's: per head, a round of four 32-row blocks streams the keys
+        // up to its last row in tiles of 32, and each block computes on those up to its own last row (QK^T and
+        // PV, 64 dimensions): block s of round g, on 4g + s + 1.
+        let tiles: u64 = (0..512u64 / 128).flat_map(|g| (0..4).map(move |s| 4 * g + s + 1)).sum();
+        let attention = s.layers * s.heads * tiles * 2 * 32 * 32 * 64;
         assert_eq!(prefill.macs, 512 * weights + attention);
         println!("Llama-3.2-1B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
     }

@@ -113,16 +113,18 @@ enum Param {
     Bf16(usize),
     F32(usize),
     I8(usize),
+    I32(usize),
     Index,
 }
 
-/// An argument of [`Jit::call`]: a buffer of bf16 values (their bits), of f32 values or of bytes (i8), or an
-/// `index`.
+/// An argument of [`Jit::call`]: a buffer of bf16 values (their bits), of f32 values, of bytes (i8) or of i32
+/// words (a core's runtime parameters), or an `index`.
 #[derive(Debug)]
 pub enum Arg<'a> {
     Bf16(&'a mut [u16]),
     F32(&'a mut [f32]),
     I8(&'a mut [i8]),
+    I32(&'a mut [i32]),
     Index(u64),
 }
 
@@ -145,7 +147,7 @@ fn is_func(op: &OperationRef) -> bool {
     op.name().as_string_ref().as_str() == Ok("func.func")
 }
 
-/// The parameters of each `func.func` of `module` (1-D static memrefs of bf16, f32 or i8, and `index`).
+/// The parameters of each `func.func` of `module` (1-D static memrefs of bf16, f32, i8 or i32, and `index`).
 fn signatures(module: &Module, what: &str) -> Result<BTreeMap<String, Vec<Param>>, String> {
     let mut out = BTreeMap::new();
     for f in top_level(module) {
@@ -169,7 +171,10 @@ fn signatures(module: &Module, what: &str) -> Result<BTreeMap<String, Vec<Param>
                         (Some(n), e) if IntegerType::try_from(e).is_ok_and(|t| t.width() == 8 && t.is_signless()) => {
                             Ok(Param::I8(n))
                         }
-                        _ => Err(format!("parameter {i}: {t} is not a static 1-D memref of bf16, f32 or i8")),
+                        (Some(n), e) if IntegerType::try_from(e).is_ok_and(|t| t.width() == 32 && t.is_signless()) => {
+                            Ok(Param::I32(n))
+                        }
+                        _ => Err(format!("parameter {i}: {t} is not a static 1-D memref of bf16, f32, i8 or i32")),
                     }
                 })
                 .collect::<Result<Vec<_>, String>>()
@@ -243,7 +248,7 @@ impl Jit {
 
     /// Run function `function` on `args`, which must match its parameters one by one: a bf16 memref of `n`
     /// elements takes an [`Arg::Bf16`] of `n`, an f32 one an [`Arg::F32`] of `n`, an i8 one an [`Arg::I8`] of
-    /// `n`, an `index` an [`Arg::Index`]. The buffers hold what the function leaves in them afterwards. One line on error.
+    /// `n`, an i32 one an [`Arg::I32`] of `n`, an `index` an [`Arg::Index`]. The buffers hold what the function leaves in them afterwards. One line on error.
     pub fn call(&self, function: &str, args: &mut [Arg<'_>]) -> Result<(), String> {
         let what = format!("{}: @{function}", self.name);
         let params = self.signatures.get(function).ok_or_else(|| format!("{what}: no such function"))?;
@@ -258,6 +263,7 @@ impl Jit {
                 (Param::Bf16(n), Arg::Bf16(v)) if v.len() == n => (v.as_mut_ptr() as u64, n),
                 (Param::F32(n), Arg::F32(v)) if v.len() == n => (v.as_mut_ptr() as u64, n),
                 (Param::I8(n), Arg::I8(v)) if v.len() == n => (v.as_mut_ptr() as u64, n),
+                (Param::I32(n), Arg::I32(v)) if v.len() == n => (v.as_mut_ptr() as u64, n),
                 (Param::Index, Arg::Index(x)) => {
                     descriptors.push([*x, 0, 0, 0, 0]);
                     continue;
@@ -267,6 +273,7 @@ impl Jit {
                         Arg::Bf16(v) => format!("{} bf16", v.len()),
                         Arg::F32(v) => format!("{} f32", v.len()),
                         Arg::I8(v) => format!("{} i8", v.len()),
+                        Arg::I32(v) => format!("{} i32", v.len()),
                         Arg::Index(_) => "an index".into(),
                     };
                     return Err(format!("{what}: argument {i} is {p:?}, given {given}"));
@@ -363,28 +370,15 @@ pub fn bf16_bits(v: &[f32]) -> Result<Vec<u16>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::design::{AttentionRounds, RowOp};
-    use super::super::emu::{attention_finish, body, AttentionTile};
+    use super::super::design::RowOp;
+    use super::super::emu::body;
     use super::*;
 
     /// The bodies of [`super::super::mlir`]'s JIT test: GEMM tiles (B plain and transposed), GEMV tiles (bf16
     /// and int8) and each row-wise op.
-    use super::super::mlir::bodies::{in_pieces, piece_outputs, piece_tiles, rand, small as bodies, tiles};
-
-    fn attention(window: u64) -> CoreBody {
-        let rounds = AttentionRounds {
-            rows: 4,
-            pos: 9,
-            heads: 1,
-            kv_heads: 1,
-            columns: 1,
-            per_col: 1,
-            window,
-            scale: 0.3,
-            column: 0,
-        };
-        CoreBody::Attention { q_rows: 4, keys: 8, head_dim: 16, rounds, slot: 0 }
-    }
+    use super::super::mlir::bodies::{
+        attention, attention_case, in_pieces, piece_outputs, piece_tiles, small as bodies, tiles, ATTENTION_CASES,
+    };
 
     fn same_bits(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}");
@@ -482,9 +476,7 @@ mod tests {
             ] {
                 designs.push(rows(&NPU1, op, 512, width).unwrap().design);
             }
-            let shape =
-                PrefillShape { rows: 512, pos: 0, heads: 32, kv_heads: 8, head_dim: hd, window: None, scale: 0.1 };
-            designs.push(attention(&NPU1, shape).design);
+            designs.push(attention(&NPU1, llama_prefill(hd, 512)).design);
         }
         let verified: usize = designs.iter().map(|d| verify_design_bodies(d).unwrap_or_else(|e| panic!("{e}"))).sum();
         assert!(verified >= designs.len(), "{verified} bodies of {} designs", designs.len());
@@ -539,52 +531,57 @@ mod tests {
         }
     }
 
-    /// The attention body JIT-run in-process over two tiles of a block, then finished, gives the emulator's
-    /// outputs bit for bit (the causal mask; a window that hides the first keys from every row).
+    /// The attention body JIT-run in-process over three tiles of a block, then finished, gives the emulator's
+    /// outputs bit for bit, `q0` and `kv_len` read from the parameter buffer (the cases of
+    /// [`super::super::mlir::bodies::ATTENTION_CASES`]: the causal mask, a window, a padding row, tiles of NaN the
+    /// block skips), one compiled function at three pairs of values; a parameter buffer of the wrong size is
+    /// refused.
     #[test]
     fn the_attention_body_runs_in_process_as_the_emulator_computes_it() {
         for window in [0u64, 6] {
             let b = attention(window);
-            let CoreBody::Attention { q_rows, keys, head_dim: hd, .. } = b else { unreachable!() };
-            let mut seed = 5 + window;
-            let q = rand(q_rows * hd, &mut seed);
-            let (kv0, kv1) = (rand(2 * keys * hd, &mut seed), rand(2 * keys * hd, &mut seed));
-            let (mut m, mut l, mut o) = (
-                vec![f32::NEG_INFINITY; q_rows as usize],
-                vec![0.0; q_rows as usize],
-                vec![0.0; (q_rows * hd) as usize],
-            );
-            let (mut jm, mut jl, mut jo) = (m.clone(), l.clone(), o.clone());
-            let tile = AttentionTile { q_rows, keys, head_dim: hd, window, scale: 0.3 };
-            tile.fold(&q, &kv0, &mut m, &mut l, &mut o, 0, 9);
-            tile.fold(&q, &kv1, &mut m, &mut l, &mut o, 8, 9);
-            let want = attention_finish(&o, &l, hd as usize);
-
+            let CoreBody::Attention { q_rows, head_dim: hd, .. } = b else { unreachable!() };
             let name = body_name(b);
             let jit = jit(b).unwrap_or_else(|e| panic!("{e}"));
             let mut fns: Vec<&str> = jit.functions().collect();
             fns.sort();
             assert_eq!(fns, [format!("{name}_finish"), format!("{name}_tile")]);
-            let mut qh = bf16_bits(&q).unwrap();
-            for (kv, key0) in [(&kv0, 0), (&kv1, 8)] {
-                let mut kvh = bf16_bits(kv).unwrap();
-                let mut args = [
-                    Arg::Bf16(&mut qh),
-                    Arg::Bf16(&mut kvh),
-                    Arg::F32(&mut jm),
-                    Arg::F32(&mut jl),
-                    Arg::F32(&mut jo),
-                    Arg::Index(key0),
-                    Arg::Index(9),
-                ];
-                jit.call(&format!("{name}_tile"), &mut args).unwrap_or_else(|e| panic!("{e}"));
+            for case @ (q0, kv_len, row0) in ATTENTION_CASES {
+                let c = attention_case(window, case);
+                let (mut jm, mut jl) = (vec![f32::NEG_INFINITY; q_rows as usize], vec![0.0; q_rows as usize]);
+                let mut jo = vec![0.0; (q_rows * hd) as usize];
+                let mut qh = bf16_bits(&c.q).unwrap();
+                let mut rtp = [q0 as i32, kv_len as i32];
+                let mut fold = |kv: &[f32], rtp: &mut [i32], key0: u64| {
+                    let mut kvh: Vec<u16> = kv.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
+                    let mut args = [
+                        Arg::Bf16(&mut qh),
+                        Arg::Bf16(&mut kvh),
+                        Arg::F32(&mut jm),
+                        Arg::F32(&mut jl),
+                        Arg::F32(&mut jo),
+                        Arg::I32(rtp),
+                        Arg::Index(key0),
+                        Arg::Index(row0),
+                    ];
+                    jit.call(&format!("{name}_tile"), &mut args)
+                };
+                // The parameter buffer is checked like every buffer (and nothing runs).
+                let e = fold(&c.tiles[0].0, &mut rtp[..1], 0).unwrap_err();
+                assert!(e.contains("argument 5 is I32(2), given 1 i32"), "{e}");
+                for (kv, key0) in &c.tiles {
+                    fold(kv, &mut rtp, *key0).unwrap_or_else(|e| panic!("{e}"));
+                }
+                same_bits(&jm, &c.m, &format!("{name} {case:?}: m"));
+                same_bits(&jl, &c.l, &format!("{name} {case:?}: l"));
+                let mut out = vec![f32::NAN; (q_rows * hd) as usize];
+                let mut args = [Arg::F32(&mut jo), Arg::F32(&mut jl), Arg::F32(&mut out)];
+                jit.call(&format!("{name}_finish"), &mut args).unwrap_or_else(|e| panic!("{e}"));
+                same_bits(&out, &c.want, &format!("{name} {case:?}"));
+                if q0 + row0 + q_rows > kv_len {
+                    assert!(out[3 * hd as usize..].iter().all(|&v| v == 0.0), "{name}: the row at kv_len is padding");
+                }
             }
-            same_bits(&jm, &m, &format!("{name}: m"));
-            same_bits(&jl, &l, &format!("{name}: l"));
-            let mut out = vec![f32::NAN; (q_rows * hd) as usize];
-            let mut args = [Arg::F32(&mut jo), Arg::F32(&mut jl), Arg::F32(&mut out)];
-            jit.call(&format!("{name}_finish"), &mut args).unwrap_or_else(|e| panic!("{e}"));
-            same_bits(&out, &want, &name);
         }
     }
 }

@@ -223,18 +223,23 @@ pub fn core_body(body: CoreBody) -> Option<String> {
     Some(s)
 }
 
-/// An attention core's two functions: `@NAME_tile(%q, %kv, %m, %l, %o, %key0, %pos0)` folds one K/V tile
-/// (`keys` keys of K then of V) into the block's online softmax — each row's running maximum `%m`, sum `%l`
-/// and output `%o` — for rows at positions `%pos0..` and keys at `%key0..` (the causal mask, and the window
-/// when `window` > 0; a row that sees none of the tile is left as it was; the probabilities rounded to bf16
-/// for PV); `@NAME_finish(%o, %l, %out)` writes `o / l` per row (zeros for a row that saw no key).
+/// An attention core's two functions: `@NAME_tile(%q, %kv, %m, %l, %o, %rtp, %key0, %row0)` folds one K/V
+/// tile (`keys` keys of K then of V) into the block's online softmax — each row's running maximum `%m`, sum
+/// `%l` and output `%o` — for the keys at `%key0..` and the block's rows at positions `q0 + %row0 ..`, where
+/// `q0` and `kv_len` are the dispatch's runtime parameters, words 0 and 1 of `%rtp` (the core's parameter
+/// buffer, i32): a row at `p` sees keys `first ..= p` (the causal mask, and the window's start where there
+/// is a window), and none if `p >= kv_len` (padding); a row that sees none of the tile is left as it was; the
+/// probabilities rounded to bf16 for PV. A tile no row of the block sees (its first key past the block's last
+/// real row, or its last before the first row's window: `key0 + keys + window <= pos0 + 1`) is not read at
+/// all, as the emulator's `AttentionTile::computes` says. `@NAME_finish(%o, %l, %out)` writes `o / l` per row (zeros for a row that
+/// saw no key).
 fn attention_body(name: &str, q_rows: u64, keys: u64, hd: u64, window: u64, scale: f32) -> String {
     let (nq, nkv, no) = (q_rows * hd, 2 * keys * hd, q_rows * hd);
     let mut s = String::new();
     let _ = writeln!(
         s,
         "func.func @{name}_tile(%q: memref<{nq}xbf16>, %kv: memref<{nkv}xbf16>, %m: memref<{q_rows}xf32>, \
-         %l: memref<{q_rows}xf32>, %o: memref<{no}xf32>, %key0: index, %pos0: index) {{\n\
+         %l: memref<{q_rows}xf32>, %o: memref<{no}xf32>, %rtp: memref<2xi32>, %key0: index, %row0: index) {{\n\
          \x20   %i0 = arith.constant 0 : index\n\
          \x20   %i1 = arith.constant 1 : index\n\
          \x20   %qn = arith.constant {q_rows} : index\n\
@@ -246,76 +251,99 @@ fn attention_body(name: &str, q_rows: u64, keys: u64, hd: u64, window: u64, scal
          \x20   %ninf = arith.constant 0xFF800000 : f32\n\
          \x20   %scale = arith.constant 0x{:08X} : f32\n\
          \x20   %s = memref.alloca() : memref<{keys}xf32>\n\
-         \x20   scf.for %r = %i0 to %qn step %i1 {{\n\
-         \x20     %p = arith.addi %pos0, %r : index\n\
-         \x20     %p1 = arith.addi %p, %i1 : index\n\
-         \x20     %past = arith.cmpi ugt, %p1, %win : index\n\
-         \x20     %back = arith.subi %p1, %win : index\n\
-         \x20     %from = arith.select %past, %back, %i0 : index\n\
-         \x20     %windowed = arith.cmpi ugt, %win, %i0 : index\n\
-         \x20     %first = arith.select %windowed, %from, %i0 : index\n\
-         \x20     %qrow = arith.muli %r, %hd : index\n\
-         \x20     %m0 = memref.load %m[%r] : memref<{q_rows}xf32>\n\
-         \x20     %mx = scf.for %j = %i0 to %kn step %i1 iter_args(%best = %m0) -> (f32) {{\n\
-         \x20       %key = arith.addi %key0, %j : index\n\
-         \x20       %seen0 = arith.cmpi uge, %key, %first : index\n\
-         \x20       %seen1 = arith.cmpi ule, %key, %p : index\n\
-         \x20       %seen = arith.andi %seen0, %seen1 : i1\n\
-         \x20       %krow = arith.muli %j, %hd : index\n\
-         \x20       %dot = scf.for %d = %i0 to %hd step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
-         \x20         %qi = arith.addi %qrow, %d : index\n\
-         \x20         %ki = arith.addi %krow, %d : index\n\
-         \x20         %qh = memref.load %q[%qi] : memref<{nq}xbf16>\n\
-         \x20         %kh = memref.load %kv[%ki] : memref<{nkv}xbf16>\n\
-         \x20         %qf = arith.extf %qh : bf16 to f32\n\
-         \x20         %kf = arith.extf %kh : bf16 to f32\n\
-         \x20         %prod = arith.mulf %qf, %kf : f32\n\
-         \x20         %next = arith.addf %acc, %prod : f32\n\
-         \x20         scf.yield %next : f32\n\
-         \x20       }}\n\
-         \x20       %scaled = arith.mulf %dot, %scale : f32\n\
-         \x20       %sc = arith.select %seen, %scaled, %ninf : f32\n\
-         \x20       memref.store %sc, %s[%j] : memref<{keys}xf32>\n\
-         \x20       %nb = arith.maximumf %best, %sc : f32\n\
-         \x20       scf.yield %nb : f32\n\
-         \x20     }}\n\
-         \x20     %live = arith.cmpf one, %mx, %ninf : f32\n\
-         \x20     scf.if %live {{\n\
-         \x20       %dm = arith.subf %m0, %mx : f32\n\
-         \x20       %corr = math.exp %dm : f32\n\
-         \x20       %psum = scf.for %j = %i0 to %kn step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
-         \x20         %sv = memref.load %s[%j] : memref<{keys}xf32>\n\
-         \x20         %ds = arith.subf %sv, %mx : f32\n\
-         \x20         %e = math.exp %ds : f32\n\
-         \x20         memref.store %e, %s[%j] : memref<{keys}xf32>\n\
-         \x20         %next = arith.addf %acc, %e : f32\n\
-         \x20         scf.yield %next : f32\n\
-         \x20       }}\n\
-         \x20       %l0 = memref.load %l[%r] : memref<{q_rows}xf32>\n\
-         \x20       %lc = arith.mulf %l0, %corr : f32\n\
-         \x20       %ln = arith.addf %lc, %psum : f32\n\
-         \x20       memref.store %ln, %l[%r] : memref<{q_rows}xf32>\n\
-         \x20       scf.for %d = %i0 to %hd step %i1 {{\n\
-         \x20         %pv = scf.for %j = %i0 to %kn step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
-         \x20           %e = memref.load %s[%j] : memref<{keys}xf32>\n\
-         \x20           %eh = arith.truncf %e : f32 to bf16\n\
-         \x20           %eb = arith.extf %eh : bf16 to f32\n\
-         \x20           %vrow = arith.muli %j, %hd : index\n\
-         \x20           %vat0 = arith.addi %vals, %vrow : index\n\
-         \x20           %vat = arith.addi %vat0, %d : index\n\
-         \x20           %vh = memref.load %kv[%vat] : memref<{nkv}xbf16>\n\
-         \x20           %vf = arith.extf %vh : bf16 to f32\n\
-         \x20           %prod = arith.mulf %eb, %vf : f32\n\
+         \x20   %q0w = memref.load %rtp[%i0] : memref<2xi32>\n\
+         \x20   %kvw = memref.load %rtp[%i1] : memref<2xi32>\n\
+         \x20   %q0 = arith.index_castui %q0w : i32 to index\n\
+         \x20   %kvlen = arith.index_castui %kvw : i32 to index\n\
+         \x20   %pos0 = arith.addi %q0, %row0 : index\n\
+         \x20   %windowed = arith.cmpi ugt, %win, %i0 : index\n\
+         \x20   %qn1 = arith.subi %qn, %i1 : index\n\
+         \x20   %plast = arith.addi %pos0, %qn1 : index\n\
+         \x20   %kvlast = arith.subi %kvlen, %i1 : index\n\
+         \x20   %last = arith.minui %plast, %kvlast : index\n\
+         \x20   %pos01 = arith.addi %pos0, %i1 : index\n\
+         \x20   %kend = arith.addi %key0, %kn : index\n\
+         \x20   %kendw = arith.addi %kend, %win : index\n\
+         \x20   %inwin = arith.cmpi ugt, %kendw, %pos01 : index\n\
+         \x20   %nowin = arith.cmpi eq, %win, %i0 : index\n\
+         \x20   %late = arith.ori %nowin, %inwin : i1\n\
+         \x20   %real0 = arith.cmpi ult, %pos0, %kvlen : index\n\
+         \x20   %early = arith.cmpi ule, %key0, %last : index\n\
+         \x20   %some = arith.andi %real0, %early : i1\n\
+         \x20   %computes = arith.andi %some, %late : i1\n\
+         \x20   scf.if %computes {{\n\
+         \x20     scf.for %r = %i0 to %qn step %i1 {{\n\
+         \x20       %p = arith.addi %pos0, %r : index\n\
+         \x20       %real = arith.cmpi ult, %p, %kvlen : index\n\
+         \x20       %p1 = arith.addi %p, %i1 : index\n\
+         \x20       %past = arith.cmpi ugt, %p1, %win : index\n\
+         \x20       %back = arith.subi %p1, %win : index\n\
+         \x20       %from = arith.select %past, %back, %i0 : index\n\
+         \x20       %first = arith.select %windowed, %from, %i0 : index\n\
+         \x20       %qrow = arith.muli %r, %hd : index\n\
+         \x20       %m0 = memref.load %m[%r] : memref<{q_rows}xf32>\n\
+         \x20       %mx = scf.for %j = %i0 to %kn step %i1 iter_args(%best = %m0) -> (f32) {{\n\
+         \x20         %key = arith.addi %key0, %j : index\n\
+         \x20         %seen0 = arith.cmpi uge, %key, %first : index\n\
+         \x20         %seen1 = arith.cmpi ule, %key, %p : index\n\
+         \x20         %seen2 = arith.andi %seen0, %seen1 : i1\n\
+         \x20         %seen = arith.andi %seen2, %real : i1\n\
+         \x20         %krow = arith.muli %j, %hd : index\n\
+         \x20         %dot = scf.for %d = %i0 to %hd step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
+         \x20           %qi = arith.addi %qrow, %d : index\n\
+         \x20           %ki = arith.addi %krow, %d : index\n\
+         \x20           %qh = memref.load %q[%qi] : memref<{nq}xbf16>\n\
+         \x20           %kh = memref.load %kv[%ki] : memref<{nkv}xbf16>\n\
+         \x20           %qf = arith.extf %qh : bf16 to f32\n\
+         \x20           %kf = arith.extf %kh : bf16 to f32\n\
+         \x20           %prod = arith.mulf %qf, %kf : f32\n\
          \x20           %next = arith.addf %acc, %prod : f32\n\
          \x20           scf.yield %next : f32\n\
          \x20         }}\n\
-         \x20         %oi = arith.addi %qrow, %d : index\n\
-         \x20         %o0 = memref.load %o[%oi] : memref<{no}xf32>\n\
-         \x20         %oc = arith.mulf %o0, %corr : f32\n\
-         \x20         %on = arith.addf %oc, %pv : f32\n\
-         \x20         memref.store %on, %o[%oi] : memref<{no}xf32>\n\
+         \x20         %scaled = arith.mulf %dot, %scale : f32\n\
+         \x20         %sc = arith.select %seen, %scaled, %ninf : f32\n\
+         \x20         memref.store %sc, %s[%j] : memref<{keys}xf32>\n\
+         \x20         %nb = arith.maximumf %best, %sc : f32\n\
+         \x20         scf.yield %nb : f32\n\
          \x20       }}\n\
-         \x20       memref.store %mx, %m[%r] : memref<{q_rows}xf32>\n\
+         \x20       %live = arith.cmpf one, %mx, %ninf : f32\n\
+         \x20       scf.if %live {{\n\
+         \x20         %dm = arith.subf %m0, %mx : f32\n\
+         \x20         %corr = math.exp %dm : f32\n\
+         \x20         %psum = scf.for %j = %i0 to %kn step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
+         \x20           %sv = memref.load %s[%j] : memref<{keys}xf32>\n\
+         \x20           %ds = arith.subf %sv, %mx : f32\n\
+         \x20           %e = math.exp %ds : f32\n\
+         \x20           memref.store %e, %s[%j] : memref<{keys}xf32>\n\
+         \x20           %next = arith.addf %acc, %e : f32\n\
+         \x20           scf.yield %next : f32\n\
+         \x20         }}\n\
+         \x20         %l0 = memref.load %l[%r] : memref<{q_rows}xf32>\n\
+         \x20         %lc = arith.mulf %l0, %corr : f32\n\
+         \x20         %ln = arith.addf %lc, %psum : f32\n\
+         \x20         memref.store %ln, %l[%r] : memref<{q_rows}xf32>\n\
+         \x20         scf.for %d = %i0 to %hd step %i1 {{\n\
+         \x20           %pv = scf.for %j = %i0 to %kn step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
+         \x20             %e = memref.load %s[%j] : memref<{keys}xf32>\n\
+         \x20             %eh = arith.truncf %e : f32 to bf16\n\
+         \x20             %eb = arith.extf %eh : bf16 to f32\n\
+         \x20             %vrow = arith.muli %j, %hd : index\n\
+         \x20             %vat0 = arith.addi %vals, %vrow : index\n\
+         \x20             %vat = arith.addi %vat0, %d : index\n\
+         \x20             %vh = memref.load %kv[%vat] : memref<{nkv}xbf16>\n\
+         \x20             %vf = arith.extf %vh : bf16 to f32\n\
+         \x20             %prod = arith.mulf %eb, %vf : f32\n\
+         \x20             %next = arith.addf %acc, %prod : f32\n\
+         \x20             scf.yield %next : f32\n\
+         \x20           }}\n\
+         \x20           %oi = arith.addi %qrow, %d : index\n\
+         \x20           %o0 = memref.load %o[%oi] : memref<{no}xf32>\n\
+         \x20           %oc = arith.mulf %o0, %corr : f32\n\
+         \x20           %on = arith.addf %oc, %pv : f32\n\
+         \x20           memref.store %on, %o[%oi] : memref<{no}xf32>\n\
+         \x20         }}\n\
+         \x20         memref.store %mx, %m[%r] : memref<{q_rows}xf32>\n\
+         \x20       }}\n\
          \x20     }}\n\
          \x20   }}\n\
          \x20   return\n\
@@ -657,8 +685,8 @@ fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64,
 /// What the NPU target's core-body tests share: the bodies every kind is tried at, and random tiles for one.
 #[cfg(test)]
 pub(crate) mod bodies {
-    use super::super::design::{q8, CoreBody, RowOp, RowPieces};
-    use super::super::emu::bf16;
+    use super::super::design::{q8, AttentionRounds, CoreBody, RowOp, RowPieces};
+    use super::super::emu::{attention_finish, bf16, AttentionTile};
     use super::body_buffers;
 
     /// One body of every non-attention kind (both GEMM layouts), at small shapes.
@@ -733,6 +761,65 @@ pub(crate) mod bodies {
             _ => vec![0.0; nc as usize],
         };
         (a, bv, c)
+    }
+
+    /// The attention body of the JIT tests: blocks of 4 rows, tiles of 8 keys, heads of 16, with `window`.
+    pub(crate) fn attention(window: u64) -> CoreBody {
+        let rounds = AttentionRounds {
+            rows: 4,
+            max_keys: 24,
+            heads: 1,
+            kv_heads: 1,
+            columns: 1,
+            per_col: 1,
+            window,
+            scale: 0.3,
+            column: 0,
+        };
+        CoreBody::Attention { q_rows: 4, keys: 8, head_dim: 16, rounds, slot: 0 }
+    }
+
+    /// The runtime values and first row of the JIT tests' attention blocks, `(q0, kv_len, row0)`: rows at 9..13
+    /// with 12 keys (the last row padding, the third tile past `kv_len`), at 5..9 with 9, and at 13..17 with
+    /// 20 (a window of 6 hides the first tile).
+    pub(crate) const ATTENTION_CASES: [(u64, u64, u64); 3] = [(9, 12, 0), (3, 9, 2), (3, 20, 10)];
+
+    /// One block of [`attention`]`(window)` at `(q0, kv_len, row0)`: random Q, and three K/V tiles at keys 0,
+    /// 8 and 16 (random, but NaN where the block does not compute on the tile, which must then not be read);
+    /// what the emulator leaves after folding them in order — each row's maximum and sum — and the finished
+    /// output.
+    pub(crate) struct AttentionCase {
+        pub(crate) q: Vec<f32>,
+        pub(crate) tiles: Vec<(Vec<f32>, u64)>,
+        pub(crate) m: Vec<f32>,
+        pub(crate) l: Vec<f32>,
+        pub(crate) want: Vec<f32>,
+        /// Tiles the block skips.
+        pub(crate) skipped: usize,
+    }
+
+    pub(crate) fn attention_case(window: u64, (q0, kv_len, row0): (u64, u64, u64)) -> AttentionCase {
+        let CoreBody::Attention { q_rows, keys, head_dim: hd, rounds, .. } = attention(window) else { unreachable!() };
+        let tile = AttentionTile { q_rows, keys, head_dim: hd, window, scale: rounds.scale };
+        let mut seed = 5 + window + q0 + row0;
+        let q = rand(q_rows * hd, &mut seed);
+        let tiles: Vec<(Vec<f32>, u64)> = [0, 8, 16]
+            .into_iter()
+            .map(|key0| {
+                let kv = rand(2 * keys * hd, &mut seed);
+                let seen = tile.computes(key0, q0 + row0, kv_len);
+                (if seen { kv } else { vec![f32::NAN; kv.len()] }, key0)
+            })
+            .collect();
+        let (mut m, mut l, mut o) =
+            (vec![f32::NEG_INFINITY; q_rows as usize], vec![0.0; q_rows as usize], vec![0.0; (q_rows * hd) as usize]);
+        let skipped = tiles
+            .iter()
+            .filter(|(kv, key0)| !tile.fold(&q, kv, &mut m, &mut l, &mut o, *key0, q0 + row0, kv_len))
+            .count();
+        let want = attention_finish(&o, &l, hd as usize);
+        assert!(want.iter().all(|v| v.is_finite()), "{window} {q0} {kv_len} {row0}");
+        AttentionCase { q, tiles, m, l, want, skipped }
     }
 
     /// Bodies of rows in pieces at a small shape: RMSNorm and the softmax over rows of 40 in pieces of 16 (the
@@ -839,12 +926,16 @@ mod tests {
     use super::llvm::{pipe, tool};
     use super::*;
 
-    /// A mutable global holding `v` as `ty` (bf16 values must already be bf16; i8 values bytes), by its raw
-    /// bytes.
+    /// A mutable global holding `v` as `ty` (bf16 values must already be bf16; i8 values bytes; i32 values
+    /// integers), by its raw bytes.
     fn global(name: &str, v: &[f32], ty: &str) -> String {
         let mut hex = String::new();
         for x in v {
-            if ty == "bf16" {
+            if ty == "i32" {
+                for b in (*x as i32).to_le_bytes() {
+                    let _ = write!(hex, "{b:02X}");
+                }
+            } else if ty == "bf16" {
                 for b in ((x.to_bits() >> 16) as u16).to_le_bytes() {
                     let _ = write!(hex, "{b:02X}");
                 }
@@ -919,8 +1010,6 @@ mod tests {
         run_main(&core_body(b).unwrap(), &[("a", a, ta), ("b", bv, tb), ("c", c, tc)], &call, "c")
     }
 
-    use super::bodies::rand;
-
     /// Each body JIT-run on random tiles gives the emulator's result bit for bit (the emulator's arithmetic is
     /// held to an f64 reference by the designs' tests): bf16 operands widened, f32 sums in the same order,
     /// accumulating into what the result buffer held.
@@ -939,71 +1028,55 @@ mod tests {
         }
     }
 
-    /// The attention body JIT-run over two tiles of a block, then finished, gives the emulator's outputs bit
-    /// for bit: the causal mask, a window that hides the first tile from the later rows, and a row past every
-    /// key of the first tile's.
+    /// The attention body JIT-run over three tiles of a block, then finished, gives the emulator's outputs bit
+    /// for bit, the dispatch's `q0` and `kv_len` read from the parameter buffer ([`super::bodies::ATTENTION_CASES`]):
+    /// the causal mask, a window that hides the first keys from the later rows, a row at `kv_len` (padding:
+    /// zeros), keys past `kv_len` in a tile (masked), and tiles of NaN that the block skips (wholly past
+    /// `kv_len`, which a read would spread into the outputs, or before the window); the same function at three
+    /// pairs of values and first rows.
     #[test]
     fn the_attention_body_runs_on_the_cpu_as_the_emulator_computes_it() {
-        use super::super::design::AttentionRounds;
-        use super::super::emu::{attention_finish, AttentionTile};
+        let mut skipped = 0;
         for window in [0u64, 6] {
-            let (q_rows, keys, hd) = (4u64, 8u64, 16u64);
-            let rounds = AttentionRounds {
-                rows: 4,
-                pos: 9,
-                heads: 1,
-                kv_heads: 1,
-                columns: 1,
-                per_col: 1,
-                window,
-                scale: 0.3,
-                column: 0,
-            };
-            let b = CoreBody::Attention { q_rows, keys, head_dim: hd, rounds, slot: 0 };
-            let mut seed = 5 + window;
-            let q = rand(q_rows * hd, &mut seed);
-            let (kv0, kv1) = (rand(2 * keys * hd, &mut seed), rand(2 * keys * hd, &mut seed));
-            let (mut m, mut l, mut o) = (
-                vec![f32::NEG_INFINITY; q_rows as usize],
-                vec![0.0; q_rows as usize],
-                vec![0.0; (q_rows * hd) as usize],
-            );
-            let (m0, l0, o0) = (m.clone(), l.clone(), o.clone());
-            let tile = AttentionTile { q_rows, keys, head_dim: hd, window, scale: 0.3 };
-            // Rows at positions 9..13 over keys 0..16: the window of 6 hides keys 0..3 from every row.
-            tile.fold(&q, &kv0, &mut m, &mut l, &mut o, 0, 9);
-            tile.fold(&q, &kv1, &mut m, &mut l, &mut o, 8, 9);
-            let want = attention_finish(&o, &l, hd as usize);
+            let b = super::bodies::attention(window);
+            let CoreBody::Attention { q_rows, keys, head_dim: hd, .. } = b else { unreachable!() };
             let name = body_name(b);
             let (nq, nkv, no) = (q_rows * hd, 2 * keys * hd, q_rows * hd);
-            let tile_ty = format!(
-                "(memref<{nq}xbf16>, memref<{nkv}xbf16>, memref<{q_rows}xf32>, memref<{q_rows}xf32>, memref<{no}xf32>, \
-                 index, index) -> ()"
-            );
-            let calls = format!(
-                "  %k0 = arith.constant 0 : index\n\
-                 \x20 %k8 = arith.constant 8 : index\n\
-                 \x20 %p9 = arith.constant 9 : index\n\
-                 \x20 call @{name}_tile(%q, %kv0, %m, %l, %o, %k0, %p9) : {tile_ty}\n\
-                 \x20 call @{name}_tile(%q, %kv1, %m, %l, %o, %k8, %p9) : {tile_ty}\n\
-                 \x20 call @{name}_finish(%o, %l, %out) : (memref<{no}xf32>, memref<{q_rows}xf32>, memref<{no}xf32>) -> ()\n"
-            );
-            let out0 = vec![f32::NAN; no as usize];
-            let globals: [(&str, &[f32], &str); 7] = [
-                ("q", &q, "bf16"),
-                ("kv0", &kv0, "bf16"),
-                ("kv1", &kv1, "bf16"),
-                ("m", &m0, "f32"),
-                ("l", &l0, "f32"),
-                ("o", &o0, "f32"),
-                ("out", &out0, "f32"),
-            ];
-            let got = run_main(&core_body(b).unwrap(), &globals, &calls, "out");
-            assert_eq!(got.len(), want.len());
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(g.to_bits() == w.to_bits(), "{name} [{i}]: the JIT gives {g}, the emulator {w}");
+            for case in super::bodies::ATTENTION_CASES {
+                let c = super::bodies::attention_case(window, case);
+                skipped += c.skipped;
+                let tile_ty = format!(
+                    "(memref<{nq}xbf16>, memref<{nkv}xbf16>, memref<{q_rows}xf32>, memref<{q_rows}xf32>, \
+                     memref<{no}xf32>, memref<2xi32>, index, index) -> ()"
+                );
+                let mut calls = format!("  %row = arith.constant {} : index\n", case.2);
+                for (i, (_, key0)) in c.tiles.iter().enumerate() {
+                    let _ = writeln!(
+                        calls,
+                        "  %at{i} = arith.constant {key0} : index\n\
+                         \x20 call @{name}_tile(%q, %kv{i}, %m, %l, %o, %rtp, %at{i}, %row) : {tile_ty}"
+                    );
+                }
+                let _ = writeln!(
+                    calls,
+                    "  call @{name}_finish(%o, %l, %out) : (memref<{no}xf32>, memref<{q_rows}xf32>, memref<{no}xf32>) -> ()"
+                );
+                let (m0, l0) = (vec![f32::NEG_INFINITY; q_rows as usize], vec![0.0; q_rows as usize]);
+                let (o0, out0) = (vec![0.0; no as usize], vec![f32::NAN; no as usize]);
+                let rtp = [case.0 as f32, case.1 as f32];
+                let names: Vec<String> = (0..c.tiles.len()).map(|i| format!("kv{i}")).collect();
+                let mut globals: Vec<(&str, &[f32], &str)> = vec![("q", &c.q, "bf16")];
+                globals.extend(names.iter().zip(&c.tiles).map(|(n, (kv, _))| (n.as_str(), &kv[..], "bf16")));
+                globals.extend([("m", &m0[..], "f32"), ("l", &l0, "f32"), ("o", &o0, "f32"), ("rtp", &rtp, "i32")]);
+                globals.push(("out", &out0, "f32"));
+                let got = run_main(&core_body(b).unwrap(), &globals, &calls, "out");
+                assert_eq!(got.len(), c.want.len());
+                for (i, (g, w)) in got.iter().zip(&c.want).enumerate() {
+                    assert!(g.to_bits() == w.to_bits(), "{name} {case:?} [{i}]: the JIT gives {g}, the emulator {w}");
+                }
             }
         }
+        assert!(skipped >= 2, "tiles skipped by kv_len and by the window: {skipped}");
     }
 
     /// The distinct core bodies of every design at the Llama-3.2-1B and Llama-3.1-8B shapes (prefill 512 and
@@ -1026,9 +1099,7 @@ mod tests {
             ] {
                 designs.push(rows(&NPU1, op, 512, width).unwrap().design);
             }
-            let shape =
-                PrefillShape { rows: 512, pos: 0, heads: 32, kv_heads: 8, head_dim: hd, window: None, scale: 0.1 };
-            designs.push(attention(&NPU1, shape).design);
+            designs.push(attention(&NPU1, llama_prefill(hd, 512)).design);
         }
         let mut seen = std::collections::BTreeMap::new();
         for c in designs.iter().flat_map(|d| &d.cores) {

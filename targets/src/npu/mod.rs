@@ -22,3 +22,32 @@ pub use unicorn_aie::{design, emu, model, verify};
 fn random(n: u64, seed: &mut u64, scale: f32) -> Vec<f32> {
     unicorn_aie::random(n, seed, scale)
 }
+
+/// Within the limits mlir-aie's `dma_memcpy_nd` verifier and the shim's buffer descriptors put on a transfer
+/// (beyond the AIE2 rules' innermost wrap): at most 64 repeats of the outermost level, the two innermost sizes
+/// at most 1023 words unless the transfer is linear, strides at most 2^20 words. The first transfer that is
+/// not, in one line.
+#[cfg(test)]
+fn shim_bd_limits(d: &design::Design) -> Result<(), String> {
+    for op in &d.sequence {
+        let design::SeqOp::Memcpy { elem, dims, fifo, .. } = op else { continue };
+        let words = |n: u64| n * elem.bytes() / 4;
+        let mut run = 1;
+        let linear = dims.iter().rev().all(|x| {
+            let ok = x.size == 1 || x.stride == run;
+            run *= x.size;
+            ok
+        });
+        let n = dims.len();
+        if n == 4 && dims[0].size > 64 {
+            return Err(format!("{fifo}: {dims:?} repeats more than 64 times"));
+        }
+        if !linear && (words(dims[n - 1].size) > 1023 || (n >= 2 && dims[n - 2].size > 1023)) {
+            return Err(format!("{fifo}: {dims:?}: an inner size over 1023 words"));
+        }
+        if dims.iter().any(|x| words(x.stride) > 1 << 20) {
+            return Err(format!("{fifo}: {dims:?}: a stride over 2^20 words"));
+        }
+    }
+    Ok(())
+}

@@ -412,25 +412,8 @@ mod tests {
         assert_eq!(rows(&NPU1, RowOp::SiluGlu, 512, 8192).unwrap().shape, (2048, 2048));
     }
 
-    /// Within the limits mlir-aie's `dma_memcpy_nd` verifier and the shim's buffer descriptors put on a
-    /// transfer (beyond the AIE2 rules' innermost wrap): at most 64 repeats of the outermost level, the two
-    /// innermost sizes at most 1023 words unless the transfer is linear, strides at most 2^20 words.
     fn within_shim_bd_limits(d: &Design) {
-        for op in &d.sequence {
-            let SeqOp::Memcpy { elem, dims, fifo, .. } = op else { continue };
-            let words = |n: u64| n * elem.bytes() / 4;
-            let mut run = 1;
-            let linear = dims.iter().rev().all(|x| {
-                let ok = x.size == 1 || x.stride == run;
-                run *= x.size;
-                ok
-            });
-            let n = dims.len();
-            assert!(n < 4 || dims[0].size <= 64, "{fifo}: {dims:?} repeats more than 64 times");
-            assert!(linear || words(dims[n - 1].size) <= 1023, "{fifo}: {dims:?}");
-            assert!(linear || n < 2 || dims[n - 2].size <= 1023, "{fifo}: {dims:?}");
-            assert!(dims.iter().all(|x| words(x.stride) <= 1 << 20), "{fifo}: {dims:?}");
-        }
+        super::super::shim_bd_limits(d).unwrap_or_else(|e| panic!("{}: {e}", d.name));
     }
 
     /// The f64 softmax or RMSNorm of one row from the bf16-rounded inputs (`second`: the row's mask, or the
