@@ -43,7 +43,7 @@ fn describe_npu(plan: &PlanFile, o: &mut String) {
                     _ => 0,
                 })
                 .sum();
-            let m = k.op.gemm_bt().macs();
+            let m = k.op.macs();
             dispatches += 1;
             bytes += b;
             macs += m;

@@ -8,9 +8,7 @@ use unicorn_ir::{DType, Device, Module, Phase};
 use unicorn_passes::Target;
 use unicorn_targets::{cpu, npu, vulkan};
 
-/// Rows of one prefill execution unless the context is shorter: long enough that the matmuls run at full
-/// speed, short enough that the activations of a full-context prompt stay small.
-pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+pub use unicorn_ir::spec::DEFAULT_PREFILL_CHUNK;
 
 /// Bytes of a weight in its plan format and layout (an interleaved matrix stores whole groups of rows).
 pub fn weight_bytes(w: &unicorn_ir::WeightInfo, layout: WeightLayout) -> u64 {
@@ -20,7 +18,7 @@ pub fn weight_bytes(w: &unicorn_ir::WeightInfo, layout: WeightLayout) -> u64 {
 
 /// Rows of one prefill execution of a model: [`DEFAULT_PREFILL_CHUNK`], or the context where that is shorter.
 fn prefill_chunk(spec: &unicorn_ir::ModelSpec) -> u64 {
-    DEFAULT_PREFILL_CHUNK.min(spec.max_context) as u64
+    spec.prefill_chunk()
 }
 
 /// What the plan asks of the executor beyond the graph.

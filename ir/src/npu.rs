@@ -12,7 +12,7 @@
 //! new op refuses a plan that has it in one line (its header does not parse).
 
 use serde::{Deserialize, Serialize};
-use unicorn_aie::design::{Design, Elem, SeqOp};
+use unicorn_aie::design::{CoreBody, Design, Elem, SeqOp};
 use unicorn_aie::model::ArrayModel;
 
 const MAGIC: &[u8; 4] = b"UNPU";
@@ -31,7 +31,7 @@ pub const MAX_HOST_ARGS: usize = 5;
 pub const MAX_GEMM_WEIGHTS: usize = MAX_HOST_ARGS - 2;
 
 /// What a design computes, in the terms of the step that launches it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NpuOp {
     /// `y[m x n] = x[m x k] W^T` with W the step's `n x k` bf16 weight (runtime arguments: 0 = x padded to
@@ -46,6 +46,71 @@ pub enum NpuOp {
     /// f32 with `y_i` in columns `sum(padded_n[..i])..` of each row, which the host splits into the step's
     /// results. An execution of fewer than `m` rows pads x with zero rows.
     GemmBtMulti { m: u64, k: u64, n: Vec<u64>, padded: (u64, u64), padded_n: Vec<u64> },
+    /// Prefill attention of chunks of at most `rows` query rows over at most `max_keys` keys (the plan's
+    /// context and a chunk), causal, within the last `window` positions where there is one
+    /// ([`AttentionShape`]): the design of `unicorn_targets::npu::attention`. Each dispatch takes its runtime
+    /// parameters `q0` (the chunk's first position) and `kv_len` (the keys holding data: cached and the
+    /// chunk's). Runtime arguments: 0 = Q (`padded_rows` rows of `heads x head_dim` bf16, after RoPE), 1 = the
+    /// keys then the values (each `key_rows` positions of `kv_heads x head_dim` bf16; positions from `kv_len` on
+    /// zeros), 2 = the output (`padded_rows` rows of `heads x head_dim` f32).
+    Attention(AttentionShape),
+}
+
+/// The keys an [`NpuOp::Attention`] design must reach to serve every prefill chunk of `chunk` rows within a
+/// context of `context` positions: the design takes `q0` up to `max_keys - chunk` (its static runtime sequence
+/// streams what its last padded row sees there), and the last chunk of a full context starts at
+/// `context - 1`.
+pub fn attention_max_keys(context: u64, chunk: u64) -> u64 {
+    context + chunk.max(1) - 1
+}
+
+/// The geometry of a prefill attention design: at most `rows` query rows a dispatch over at most `max_keys`
+/// keys, `heads` query heads over `kv_heads` (query head `h` reads kv head `h / (heads / kv_heads)`), heads of
+/// `head_dim`, causal, within the last `window` positions where there is one, scores scaled by `scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PrefillShape {
+    pub rows: u64,
+    pub max_keys: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub window: Option<u64>,
+    pub scale: f32,
+}
+
+/// The shape an [`NpuOp::Attention`] states: its design's geometry (its fields, through `Deref`), and its host
+/// arguments' rows: Q's and the output's padded to whole rounds, and the key positions of each of K and V.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AttentionShape {
+    #[serde(flatten)]
+    pub geometry: PrefillShape,
+    pub padded_rows: u64,
+    pub key_rows: u64,
+}
+
+impl std::ops::Deref for AttentionShape {
+    type Target = PrefillShape;
+
+    fn deref(&self) -> &PrefillShape {
+        &self.geometry
+    }
+}
+
+impl AttentionShape {
+    /// Elements of a row of Q and of the output, and of a key position of K (or V).
+    pub fn q_row(&self) -> u64 {
+        self.heads * self.head_dim
+    }
+
+    pub fn kv_row(&self) -> u64 {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Multiply-accumulates of QK^T and PV over every key the design streams (its static key traffic): an
+    /// upper bound of what a dispatch computes.
+    pub fn macs_bound(&self) -> u64 {
+        2 * self.padded_rows * self.heads * self.max_keys * self.head_dim
+    }
 }
 
 /// A weight-transposed GEMM of one or more weights, whichever op states it.
@@ -73,25 +138,48 @@ impl GemmBtShape {
 }
 
 impl NpuOp {
-    /// The GEMM the op states.
-    pub fn gemm_bt(&self) -> GemmBtShape {
+    /// The GEMM the op states (`None`: attention).
+    pub fn gemm_bt(&self) -> Option<GemmBtShape> {
         match self {
             &NpuOp::GemmBt { m, k, n, padded: (pm, pk, pn) } => {
-                GemmBtShape { m, k, padded_m: pm, padded_k: pk, outputs: vec![(n, pn)] }
+                Some(GemmBtShape { m, k, padded_m: pm, padded_k: pk, outputs: vec![(n, pn)] })
             }
-            NpuOp::GemmBtMulti { m, k, n, padded: (pm, pk), padded_n } => GemmBtShape {
+            NpuOp::GemmBtMulti { m, k, n, padded: (pm, pk), padded_n } => Some(GemmBtShape {
                 m: *m,
                 k: *k,
                 padded_m: *pm,
                 padded_k: *pk,
                 outputs: n.iter().copied().zip(padded_n.iter().copied()).collect(),
-            },
+            }),
+            NpuOp::Attention(_) => None,
+        }
+    }
+
+    /// The attention the op states (`None`: a GEMM).
+    pub fn attention(&self) -> Option<AttentionShape> {
+        match *self {
+            NpuOp::Attention(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Multiply-accumulates of a dispatch: a GEMM's, padding included; an attention's bound
+    /// ([`AttentionShape::macs_bound`]).
+    pub fn macs(&self) -> u64 {
+        match (self.gemm_bt(), self.attention()) {
+            (Some(g), _) => g.macs(),
+            (_, Some(a)) => a.macs_bound(),
+            _ => 0,
         }
     }
 
     /// Elements of each runtime argument.
     pub fn arg_elems(&self) -> Vec<(u64, Elem)> {
-        let g = self.gemm_bt();
+        if let Some(a) = self.attention() {
+            let q = a.padded_rows * a.q_row();
+            return vec![(q, Elem::Bf16), (2 * a.key_rows * a.kv_row(), Elem::Bf16), (q, Elem::F32)];
+        }
+        let g = self.gemm_bt().expect("a GEMM");
         let (pm, pk) = (g.padded_m, g.padded_k);
         let mut args = vec![(pm * pk, Elem::Bf16)];
         args.extend(g.outputs.iter().map(|&(_, pn)| (pn * pk, Elem::Bf16)));
@@ -208,6 +296,7 @@ impl NpuKernel {
         let (weights, widths) = match &self.op {
             NpuOp::GemmBt { .. } => (1, 1),
             NpuOp::GemmBtMulti { n, padded_n, .. } => (n.len(), padded_n.len()),
+            NpuOp::Attention(_) => return self.check_attention(array),
         };
         if weights != widths || !(1..=MAX_GEMM_WEIGHTS).contains(&weights) {
             return Err(format!(
@@ -215,7 +304,7 @@ impl NpuKernel {
                  weights and y in at most {MAX_HOST_ARGS} host buffers)"
             ));
         }
-        let g = self.op.gemm_bt();
+        let g = self.op.gemm_bt().expect("a GEMM");
         let (m, k, pm, pk) = (g.m, g.k, g.padded_m, g.padded_k);
         let ns: Vec<String> = g.outputs.iter().map(|o| o.0.to_string()).collect();
         let pns: Vec<String> = g.outputs.iter().map(|o| o.1.to_string()).collect();
@@ -229,6 +318,69 @@ impl NpuKernel {
         if [pm, pk].into_iter().chain(g.outputs.iter().map(|o| o.1)).any(|d| d > 2 * limit) {
             return Err(format!("its GEMM is padded to {pm} x {pk} x {pn}, beyond {}", 2 * limit));
         }
+        self.check_design(array)
+    }
+
+    /// An attention's sizes, then its design.
+    fn check_attention(&self, array: &ArrayModel) -> Result<(), String> {
+        let a = self.op.attention().expect("an attention");
+        let limit = 1u64 << 24;
+        let bad = |field: &str, v: u64| Err(format!("its attention's {field} = {v} is not a valid shape"));
+        for (field, v) in [("rows", a.rows), ("heads", a.heads), ("kv_heads", a.kv_heads), ("head_dim", a.head_dim)] {
+            if v == 0 || v > limit {
+                return bad(field, v);
+            }
+        }
+        if !a.heads.is_multiple_of(a.kv_heads) {
+            return bad("kv_heads", a.kv_heads);
+        }
+        if !a.head_dim.is_multiple_of(2) {
+            return bad("head_dim", a.head_dim);
+        }
+        if a.max_keys < a.rows || a.max_keys > i32::MAX as u64 / 2 {
+            return bad("max_keys", a.max_keys);
+        }
+        if a.padded_rows < a.rows || a.padded_rows > 2 * limit {
+            return bad("padded_rows", a.padded_rows);
+        }
+        if a.key_rows <= a.max_keys || a.key_rows > 2 * a.max_keys + 64 {
+            return bad("key_rows", a.key_rows);
+        }
+        if a.window == Some(0) {
+            return Err("its attention's window = 0 is not a valid shape".into());
+        }
+        if !a.scale.is_finite() {
+            return Err(format!("its attention's scale = {} is not finite", a.scale));
+        }
+        // The design's cores attend over the shape the op states, field by field.
+        for c in &self.design.cores {
+            let CoreBody::Attention { head_dim, rounds: r, .. } = c.body else {
+                return Err(format!("its design's core at {:?} does not attend", c.tile));
+            };
+            let fields = [
+                ("rows", r.rows, a.rows),
+                ("max_keys", r.max_keys, a.max_keys),
+                ("heads", r.heads, a.heads),
+                ("kv_heads", r.kv_heads, a.kv_heads),
+                ("head_dim", head_dim, a.head_dim),
+                ("window", r.window, a.window.unwrap_or(0)),
+            ];
+            if let Some((field, design, op)) = fields.into_iter().find(|f| f.1 != f.2) {
+                return Err(format!("its attention's {field} = {op}, where its design's cores take {design}"));
+            }
+            if r.scale.to_bits() != a.scale.to_bits() {
+                return Err(format!("its attention's scale = {}, where its design's cores take {}", a.scale, r.scale));
+            }
+        }
+        let want: Vec<&str> = unicorn_aie::design::ATTENTION_PARAMS.to_vec();
+        if self.design.params != want {
+            return Err(format!("its design takes the runtime parameters {:?}, not {want:?}", self.design.params));
+        }
+        self.check_design(array)
+    }
+
+    /// The AIE2 rules, and every transfer within the runtime argument it reads or writes.
+    fn check_design(&self, array: &ArrayModel) -> Result<(), String> {
         if let Err(v) = unicorn_aie::verify::verify(&self.design, array) {
             let first = v.first().map_or(String::new(), |v| v.to_string());
             return Err(format!(
@@ -277,6 +429,7 @@ mod tests {
         let k = NpuKernel::decode(&bytes, &NPU1).unwrap();
         let multi = NpuOp::GemmBtMulti { m: 512, k: 64, n: vec![40], padded: (512, 64), padded_n: vec![256] };
         assert_eq!(k.op.gemm_bt(), multi.gemm_bt());
+        assert!(k.op.attention().is_none());
         assert_eq!(k.op.arg_elems(), [(512 * 64, Elem::Bf16), (256 * 64, Elem::Bf16), (512 * 256, Elem::F32)]);
         assert_eq!(k.op.arg_elems(), multi.arg_elems());
     }
@@ -290,7 +443,7 @@ mod tests {
         let k = NpuKernel::decode(&kernel(op(vec![40, 24, 24], vec![256, 256, 256])).encode(), &NPU1).unwrap();
         let w = (256 * 8, Elem::Bf16);
         assert_eq!(k.op.arg_elems(), [(256 * 8, Elem::Bf16), w, w, w, (256 * 768, Elem::F32)]);
-        assert_eq!(k.op.gemm_bt().macs(), 256 * 8 * 768);
+        assert_eq!(k.op.macs(), 256 * 8 * 768);
         for (n, pn, want) in [
             (vec![40, 24], vec![256], "2 widths and 1 padded widths"),
             (vec![8; 4], vec![256; 4], "4 widths and 4 padded widths: 1 to 3 weights"),
@@ -301,6 +454,30 @@ mod tests {
         ] {
             let e = NpuKernel::decode(&kernel(op(n, pn)).encode(), &NPU1).unwrap_err();
             assert!(e.contains(want) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    /// An attention kernel states its shape: its arguments are Q, the keys then values, and the output, and a
+    /// shape no design has is refused in one line naming the field.
+    #[test]
+    fn attention_kernels_state_their_shape_and_are_checked() {
+        let op = |heads, kv_heads, head_dim, key_rows, window| {
+            let geometry = PrefillShape { rows: 64, max_keys: 127, heads, kv_heads, head_dim, window, scale: 0.25 };
+            NpuOp::Attention(AttentionShape { geometry, padded_rows: 128, key_rows })
+        };
+        let good = op(4, 2, 16, 159, None);
+        assert_eq!(good.arg_elems(), [(128 * 64, Elem::Bf16), (2 * 159 * 32, Elem::Bf16), (128 * 64, Elem::F32)]);
+        assert!(good.gemm_bt().is_none() && good.attention().unwrap().macs_bound() == 2 * 128 * 4 * 127 * 16);
+        assert_eq!(attention_max_keys(64, 64), 127);
+        for (op, want) in [
+            (op(0, 2, 16, 159, None), "heads = 0"),
+            (op(4, 3, 16, 159, None), "kv_heads = 3"),
+            (op(4, 2, 15, 159, None), "head_dim = 15"),
+            (op(4, 2, 16, 127, None), "key_rows = 127"),
+            (op(4, 2, 16, 159, Some(0)), "window = 0"),
+        ] {
+            let e = NpuKernel::decode(&kernel(op).encode(), &NPU1).unwrap_err();
+            assert!(e.contains(want) && !e.contains('\n'), "{want}: {e}");
         }
     }
 }

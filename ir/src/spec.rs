@@ -130,7 +130,17 @@ pub struct ModelSpec {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// Rows of one prefill execution unless the context is shorter: long enough that the matmuls run at full
+/// speed, short enough that the activations of a full-context prompt stay small.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
 impl ModelSpec {
+    /// Rows of one prefill execution of a plan of this model: [`DEFAULT_PREFILL_CHUNK`], or the context where
+    /// that is shorter.
+    pub fn prefill_chunk(&self) -> u64 {
+        DEFAULT_PREFILL_CHUNK.min(self.max_context) as u64
+    }
+
     pub fn q_width(&self) -> usize {
         self.num_heads * self.head_dim
     }

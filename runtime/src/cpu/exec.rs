@@ -12,7 +12,7 @@ use super::norm::rms_norm;
 use super::rope;
 use crate::executor::{kernel_runs_op, Executor, SeqId, SeqRun};
 use crate::model::Model;
-use crate::npu::{gemm_rows, NpuCounts, NpuDevice, PlanGemm};
+use crate::npu::{attention_keys, gemm_rows, AttentionChunk, NpuCounts, NpuDevice, PlanAttention, PlanNpu};
 use crate::Error;
 use unicorn_ir::plan::{ActSlot, Arg, Backend, KernelEntry, Step};
 use unicorn_ir::quant::WeightLayout;
@@ -50,7 +50,7 @@ impl Capabilities for CpuCapabilities {
 }
 
 /// An NPU device and the plan's NPU kernels, by kernel-table index.
-type NpuSide = (Box<dyn NpuDevice>, Vec<Option<PlanGemm>>);
+type NpuSide = (Box<dyn NpuDevice>, Vec<Option<PlanNpu>>);
 
 struct Sequence {
     caches: Vec<KvCache>,
@@ -90,7 +90,7 @@ impl<'m> CpuExecutor<'m> {
 
     /// A CPU executor that runs the plan's NPU launches on `device`: `kernels` are the plan's NPU kernels as
     /// [`crate::npu::plan_kernels`] decoded and checked them.
-    pub fn with_npu(model: &'m Model, device: Box<dyn NpuDevice>, kernels: Vec<Option<PlanGemm>>) -> Self {
+    pub fn with_npu(model: &'m Model, device: Box<dyn NpuDevice>, kernels: Vec<Option<PlanNpu>>) -> Self {
         Self { npu: Some((device, kernels)), ..Self::new(model) }
     }
 }
@@ -110,6 +110,40 @@ struct Segment {
 /// A segment's rows of a `width`-wide slot.
 fn seg_of(v: &[f32], width: usize, g: Segment) -> &[f32] {
     &v[g.row * width..(g.row + g.rows) * width]
+}
+
+/// One NPU dispatch of prefill attention `pa` for a chunk of q's rows at `pos`: the keys then values of its
+/// design's positions from the layer's cache (the source of truth, read in its own dtype) and the chunk's `k`
+/// and `v`, at `q0 = pos` and `kv_len = pos + rows`, into `o`.
+#[allow(clippy::too_many_arguments)]
+fn npu_attention(
+    dev: &mut dyn NpuDevice,
+    pa: &PlanAttention,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cache: &KvCache,
+    pos: usize,
+    o: &mut [f32],
+    counts: &mut NpuCounts,
+) -> Result<(), Error> {
+    let kv_len = pos + k.len() / pa.shape.kv_row() as usize;
+    if kv_len as u64 > pa.shape.max_keys {
+        return Err(Error::Input(format!(
+            "an NPU attention up to position {kv_len}, past the {} keys of {}",
+            pa.shape.max_keys, pa.name
+        )));
+    }
+    let mut tmp = vec![0.0f32; cache.head_dim];
+    let kv = attention_keys(&pa.shape, pos, k, v, |head, p, kd, vd| {
+        // A ring keeps the last `cap` positions: older ones are outside any row's window.
+        if p + cache.cap >= pos {
+            let at = cache.at(head, p);
+            kd.copy_from_slice(cache.k.read(at, &mut tmp));
+            vd.copy_from_slice(cache.v.read(at, &mut tmp));
+        }
+    });
+    dev.attention(pa, AttentionChunk { q, kv: &kv, q0: pos as u64, kv_len: kv_len as u64, out: o }, counts)
 }
 
 fn act(arg: &Arg) -> &ActSlot {
@@ -211,7 +245,8 @@ impl Executor for CpuExecutor<'_> {
         counts.tokens += s as u64;
         for step in &plan.steps {
             let started = self.profile.is_some().then(std::time::Instant::now);
-            if let Some((dev, Some(Some(g)))) = self.npu.as_mut().map(|(d, k)| (d, k.get(step.kernel.0 as usize))) {
+            let npu_kernel = self.npu.as_mut().map(|(d, k)| (d, k.get(step.kernel.0 as usize)));
+            if let Some((dev, Some(Some(PlanNpu::Gemm(g))))) = npu_kernel {
                 // A launch the plan placed on the NPU (checked by `plan_kernels`: [x, weight, y, weight, y, ...]
                 // of bias-free matmuls of one operand), every weight and result handed to one dispatch.
                 let [Arg::Act(x), pairs @ ..] = &step.args[..] else {
@@ -294,6 +329,15 @@ impl Executor for CpuExecutor<'_> {
                             window: *window,
                             scale: *scale,
                         };
+                        // Prefill attention placed on the NPU (checked by `plan_kernels`: [q, k, v, cache, out,
+                        // pos] of the kernel's shape) is a dispatch per sequence at its chunk's position.
+                        let mut npu = match self.npu.as_mut() {
+                            Some((d, k)) => match k.get(step.kernel.0 as usize) {
+                                Some(Some(PlanNpu::Attention(pa))) => Some((d, pa)),
+                                _ => None,
+                            },
+                            None => None,
+                        };
                         let (q, k, v, out) = (act(&a[0]), act(&a[1]), act(&a[2]), act(&a[4]));
                         let (qs, ks, vs, os) = (view(q), view(k), view(v), view_mut(out));
                         let (qw, kw) = (q.width as usize, k.width as usize);
@@ -302,7 +346,12 @@ impl Executor for CpuExecutor<'_> {
                             let cache = &mut seq.caches[*layer];
                             let (kg, vg) = (seg_of(ks, kw, g), seg_of(vs, kw, g));
                             let o = &mut os[g.row * qw..(g.row + g.rows) * qw];
-                            attention(seg_of(qs, qw, g), kg, vg, cache, g.pos, shape, o);
+                            match &mut npu {
+                                Some((dev, pa)) => {
+                                    npu_attention(dev.as_mut(), pa, seg_of(qs, qw, g), kg, vg, cache, g.pos, o, counts)?
+                                }
+                                None => attention(seg_of(qs, qw, g), kg, vg, cache, g.pos, shape, o),
+                            }
                             cache.append(g.pos, kg, vg);
                         }
                     }

@@ -4,7 +4,9 @@
 //! NPU would compute from the plan's designs is computed here, padding and all, and a wrong access pattern gives
 //! wrong numbers. It is slow (an interpreter) and is meant for checking plans, not for speed.
 
-use super::{padded_operand, padded_weight, split_outputs, NpuCounts, NpuDevice, PlanGemm};
+use super::{
+    padded_operand, padded_weight, split_outputs, AttentionChunk, NpuCounts, NpuDevice, PlanAttention, PlanGemm,
+};
 use crate::cpu::matmul::WeightRef;
 use crate::Error;
 
@@ -34,6 +36,22 @@ impl NpuDevice for Emulator {
         let stats = unicorn_aie::emu::run(&g.kernel.design, &mut args)
             .map_err(|e| Error::Plan(format!("NPU kernel {} on the emulator: {e}", g.name)))?;
         split_outputs(&args[args.len() - 1], s, rows, ys);
+        counts.dispatches += stats.dispatches;
+        counts.host_bytes += stats.host_bytes;
+        counts.macs += stats.macs;
+        Ok(())
+    }
+
+    fn attention(&mut self, a: &PlanAttention, c: AttentionChunk, counts: &mut NpuCounts) -> Result<(), Error> {
+        let AttentionChunk { q, kv, q0, kv_len, out } = c;
+        let row = a.shape.q_row() as usize;
+        let mut qp = vec![0.0f32; a.shape.padded_rows as usize * row];
+        qp[..q.len()].copy_from_slice(q);
+        let mut args = vec![qp, kv.to_vec(), vec![0.0f32; a.shape.padded_rows as usize * row]];
+        let params = [q0, kv_len].map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+        let stats = unicorn_aie::emu::run_with(&a.kernel.design, &mut args, &params)
+            .map_err(|e| Error::Plan(format!("NPU kernel {} on the emulator: {e}", a.name)))?;
+        out.copy_from_slice(&args[2][..out.len()]);
         counts.dispatches += stats.dispatches;
         counts.host_bytes += stats.host_bytes;
         counts.macs += stats.macs;

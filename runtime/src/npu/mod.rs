@@ -1,5 +1,6 @@
 //! The NPU side of a Phoenix plan. A plan's NPU launches (prefill's projections, those of one operand in one
-//! dispatch, as AIE2 GEMM designs of one or more weights) run on an [`NpuDevice`]: the Phoenix NPU through XRT
+//! dispatch, as AIE2 GEMM designs of one or more weights; prefill attention, one design per plan and shape
+//! whose chunk position and key count are runtime parameters) run on an [`NpuDevice`]: the Phoenix NPU through XRT
 //! ([`xrt`]), or the emulator of the design's dataflow ([`emu`]), which executes the design itself on the CPU. Every other launch runs on the CPU executor, which holds the
 //! arenas and the KV caches and hands each NPU launch its operands (see `cpu::exec`).
 //!
@@ -14,7 +15,7 @@ use crate::model::Model;
 use crate::Error;
 use unicorn_aie::design::SeqOp;
 use unicorn_ir::container::SectionKind;
-use unicorn_ir::npu::{GemmBtShape, NpuKernel};
+use unicorn_ir::npu::{AttentionShape, GemmBtShape, NpuKernel};
 use unicorn_ir::plan::{Arg, Backend, PlanHeader, Step};
 use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::{Op, Phase, WeightFormat};
@@ -47,6 +48,54 @@ pub trait NpuDevice {
         ys: &mut [&mut [f32]],
         counts: &mut NpuCounts,
     ) -> Result<(), Error>;
+
+    /// The prefill attention of kernel `kernel` for one chunk ([`AttentionChunk`]), in one dispatch; adds what
+    /// the dispatch did to `counts`.
+    fn attention(&mut self, kernel: &PlanAttention, c: AttentionChunk, counts: &mut NpuCounts) -> Result<(), Error>;
+}
+
+/// One chunk of a sequence for an NPU attention dispatch at runtime parameters `q0` (the chunk's first
+/// position) and `kv_len` (cached positions and the chunk's rows): `q` the chunk's rows (`rows x heads x
+/// head_dim`, after RoPE), `kv` the keys then the values as the design reads them ([`attention_keys`]), `out`
+/// the chunk's rows of the output.
+pub struct AttentionChunk<'a> {
+    pub q: &'a [f32],
+    pub kv: &'a [f32],
+    pub q0: u64,
+    pub kv_len: u64,
+    pub out: &'a mut [f32],
+}
+
+/// An NPU attention kernel of a plan, checked.
+pub struct PlanAttention {
+    pub index: usize,
+    pub name: String,
+    pub kernel: NpuKernel,
+    pub shape: AttentionShape,
+    /// Bytes one dispatch moves between host and array: its static key traffic, whatever the chunk's position.
+    pub host_bytes: u64,
+}
+
+/// An NPU kernel of a plan: a GEMM of one or more weights, or a prefill attention.
+pub enum PlanNpu {
+    Gemm(PlanGemm),
+    Attention(PlanAttention),
+}
+
+impl PlanNpu {
+    pub fn name(&self) -> &str {
+        match self {
+            PlanNpu::Gemm(g) => &g.name,
+            PlanNpu::Attention(a) => &a.name,
+        }
+    }
+
+    pub fn kernel(&self) -> &NpuKernel {
+        match self {
+            PlanNpu::Gemm(g) => &g.kernel,
+            PlanNpu::Attention(a) => &a.kernel,
+        }
+    }
 }
 
 /// An NPU GEMM kernel of a plan, checked.
@@ -63,12 +112,13 @@ pub struct PlanGemm {
 /// The NPU kernels of a plan, indexed like its kernel table, each decoded and checked against the launches that
 /// name it: bias-free matmuls of one operand of `k` columns, as many as the kernel has outputs, each by an
 /// `n_i x k` bf16 weight stored by rows into a result of `n_i` columns (the kernel's widths, in order), in
-/// prefill (whose chunks have at most `m` rows).
-pub fn plan_kernels(model: &Model) -> Result<Vec<Option<PlanGemm>>, Error> {
+/// prefill (whose chunks have at most `m` rows); or a prefill attention of the shape the kernel states, over
+/// the plan's context.
+pub fn plan_kernels(model: &Model) -> Result<Vec<Option<PlanNpu>>, Error> {
     let h = model.header();
     let path = model.path().display();
     let section = model.section(SectionKind::Kernels).unwrap_or(&[]);
-    let mut out: Vec<Option<PlanGemm>> = Vec::with_capacity(h.kernels.len());
+    let mut out: Vec<Option<PlanNpu>> = Vec::with_capacity(h.kernels.len());
     for (i, k) in h.kernels.iter().enumerate() {
         if k.backend != Backend::Npu {
             out.push(None);
@@ -88,12 +138,29 @@ pub fn plan_kernels(model: &Model) -> Result<Vec<Option<PlanGemm>>, Error> {
                 SeqOp::Wait { .. } => 0,
             })
             .sum();
-        let gemm = kernel.op.gemm_bt();
-        out.push(Some(PlanGemm { index: i, name: k.name.clone(), kernel, gemm, host_bytes }));
+        let name = k.name.clone();
+        out.push(Some(match (kernel.op.gemm_bt(), kernel.op.attention()) {
+            (Some(gemm), _) => PlanNpu::Gemm(PlanGemm { index: i, name, kernel, gemm, host_bytes }),
+            (_, Some(shape)) => PlanNpu::Attention(PlanAttention { index: i, name, kernel, shape, host_bytes }),
+            _ => unreachable!("an NPU op is a GEMM or an attention"),
+        }));
     }
     for p in &h.phases {
         for (si, st) in p.steps.iter().enumerate() {
-            let Some(Some(g)) = out.get(st.kernel.0 as usize) else { continue };
+            let g = match out.get(st.kernel.0 as usize) {
+                Some(Some(PlanNpu::Gemm(g))) => g,
+                Some(Some(PlanNpu::Attention(a))) => {
+                    if let Err(why) = attention_fits(h, p.phase, st, &a.shape) {
+                        return Err(Error::Plan(format!(
+                            "{path}: phases ({}) step {si} ({}): launches NPU kernel {} (an attention) for what it \
+                             does not compute: {why}",
+                            p.phase, st.label, a.name
+                        )));
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
             if let Err(why) = launch_fits(h, p.phase, st, &g.gemm) {
                 let s = &g.gemm;
                 let ns: Vec<String> = s.outputs.iter().map(|o| o.0.to_string()).collect();
@@ -143,6 +210,71 @@ fn launch_fits(h: &PlanHeader, phase: Phase, st: &Step, s: &GemmBtShape) -> Resu
         }
     }
     Ok(())
+}
+
+/// Whether a step computes what its NPU attention kernel `a` does: one prefill attention op over `[q, k, v,
+/// cache, out, pos]` with the kernel's heads, kv heads, head_dim, window and scale, in chunks within its rows
+/// over the plan's context within its keys. Otherwise which field disagrees.
+fn attention_fits(h: &PlanHeader, phase: Phase, st: &Step, a: &AttentionShape) -> Result<(), String> {
+    let [Op::Attention { num_heads, num_kv_heads, head_dim, window, scale, .. }] = &st.ops[..] else {
+        return Err("its ops are not one attention".into());
+    };
+    let [Arg::Act(q), Arg::Act(_), Arg::Act(_), Arg::Kv(_), Arg::Act(o), _] = &st.args[..] else {
+        return Err("its arguments are not [q, k, v, cache, out, pos]".into());
+    };
+    if phase != Phase::Prefill || h.prefill_chunk > a.rows {
+        return Err(format!("{phase} chunks of up to {} rows, for its rows = {} of prefill", h.prefill_chunk, a.rows));
+    }
+    let keys = unicorn_ir::npu::attention_max_keys(h.spec.max_context as u64, h.prefill_chunk);
+    if keys > a.max_keys {
+        return Err(format!(
+            "a context of {} in chunks of {} (keys to {keys}), for its max_keys = {}",
+            h.spec.max_context, h.prefill_chunk, a.max_keys
+        ));
+    }
+    let fields = [
+        ("heads", *num_heads as u64, a.heads),
+        ("kv_heads", *num_kv_heads as u64, a.kv_heads),
+        ("head_dim", *head_dim as u64, a.head_dim),
+        ("window", window.map_or(0, |w| w as u64), a.window.unwrap_or(0)),
+    ];
+    if let Some((field, step, kernel)) = fields.into_iter().find(|f| f.1 != f.2) {
+        return Err(format!("its {field} = {kernel}, for an attention of {field} {step}"));
+    }
+    if scale.to_bits() != a.scale.to_bits() {
+        return Err(format!("its scale = {}, for an attention of scale {scale}", a.scale));
+    }
+    if q.width != a.q_row() || o.width != a.q_row() {
+        return Err(format!("q and out of widths {} and {}, for its rows of {}", q.width, o.width, a.q_row()));
+    }
+    Ok(())
+}
+
+/// The keys then the values of positions `0..key_rows` of `s`'s design, as f32 (the device rounds them to
+/// bf16): `cached(g, p, k, v)` fills kv head `g`'s key and value at cached position `p < pos` (of the KV
+/// cache, the source of truth), `k` and `v` the chunk's rows at positions `pos..`, zeros from `pos + rows` on
+/// (and where `cached` has none: positions a ring has dropped, which no row sees).
+pub fn attention_keys(
+    s: &AttentionShape,
+    pos: usize,
+    k: &[f32],
+    v: &[f32],
+    mut cached: impl FnMut(usize, usize, &mut [f32], &mut [f32]),
+) -> Vec<f32> {
+    let (row, hd) = (s.kv_row() as usize, s.head_dim as usize);
+    let n = s.key_rows as usize * row;
+    let mut kv = vec![0.0f32; 2 * n];
+    let (ks, vs) = kv.split_at_mut(n);
+    for p in 0..pos.min(s.key_rows as usize) {
+        for g in 0..s.kv_heads as usize {
+            let at = p * row + g * hd;
+            cached(g, p, &mut ks[at..at + hd], &mut vs[at..at + hd]);
+        }
+    }
+    let rows = (k.len() / row).min((s.key_rows as usize).saturating_sub(pos));
+    ks[pos * row..(pos + rows) * row].copy_from_slice(&k[..rows * row]);
+    vs[pos * row..(pos + rows) * row].copy_from_slice(&v[..rows * row]);
+    kv
 }
 
 /// Run one NPU launch: the step's operand, weights and result slots as the CPU executor holds them.

@@ -5,10 +5,16 @@
 //! weights and y (at most 5 host buffers, `unicorn_ir::npu::MAX_HOST_ARGS`) and splits y's rows, the outputs
 //! side by side, into the launch's results.
 //!
+//! A prefill attention launch writes the chunk's Q and the keys then values into its context's buffers and runs
+//! the design's instruction stream with the dispatch's runtime parameters (`q0`, `kv_len`) patched into it
+//! ([`patch_rtp`]): mlir-aie v1.4.1 translates each `aiex.npu.rtp_write` into a `write32` of a constant
+//! (placeholder 0) at the parameter buffer's address, so the host finds those words and sets them per dispatch.
+//!
 //! No machine this project is tested on has an NPU or XRT: this path has not run on hardware. What is tested is
-//! that it refuses in one line where XRT, an NPU or a built design is missing.
+//! that it refuses in one line where XRT, an NPU or a built design is missing, and the patching on a synthetic
+//! instruction stream of the release's transaction format.
 
-use super::{NpuCounts, NpuDevice, PlanGemm};
+use super::{AttentionChunk, NpuCounts, NpuDevice, PlanAttention, PlanGemm};
 use crate::cpu::matmul::WeightRef;
 use crate::model::Model;
 use crate::Error;
@@ -25,9 +31,18 @@ struct Loaded {
     weights: HashMap<(usize, usize), xrt_sys::Buffer>,
 }
 
+/// An attention design loaded on the NPU, with its buffers: Q, the keys then the values, the output.
+struct LoadedAttention {
+    context: xrt_sys::Context,
+    q: xrt_sys::Buffer,
+    kv: xrt_sys::Buffer,
+    out: xrt_sys::Buffer,
+}
+
 pub struct Npu {
     device: xrt_sys::Device,
     loaded: HashMap<usize, Loaded>,
+    attention: HashMap<usize, LoadedAttention>,
 }
 
 fn xrt(e: xrt_sys::XrtError) -> Error {
@@ -37,9 +52,9 @@ fn xrt(e: xrt_sys::XrtError) -> Error {
 impl Npu {
     /// Open NPU 0 for `model`'s designs (`kernels`, as [`super::plan_kernels`] checked them), which must have
     /// been built (`unicornc build-npu`).
-    pub fn open(model: &Model, kernels: &[Option<PlanGemm>]) -> Result<Self, Error> {
+    pub fn open(model: &Model, kernels: &[Option<super::PlanNpu>]) -> Result<Self, Error> {
         let device = xrt_sys::Device::open(0).map_err(xrt)?;
-        let unbuilt = kernels.iter().flatten().filter(|g| g.kernel.built.is_none()).count();
+        let unbuilt = kernels.iter().flatten().filter(|g| g.kernel().built.is_none()).count();
         if unbuilt > 0 {
             let of = model.header().kernels.iter().filter(|k| k.backend == Backend::Npu).count();
             return Err(Error::Input(format!(
@@ -47,7 +62,7 @@ impl Npu {
                 model.path().display()
             )));
         }
-        Ok(Self { device, loaded: HashMap::new() })
+        Ok(Self { device, loaded: HashMap::new(), attention: HashMap::new() })
     }
 }
 
@@ -108,6 +123,125 @@ impl NpuDevice for Npu {
         counts.macs += s.macs();
         Ok(())
     }
+
+    fn attention(&mut self, a: &PlanAttention, c: AttentionChunk, counts: &mut NpuCounts) -> Result<(), Error> {
+        let AttentionChunk { q, kv, q0, kv_len, out } = c;
+        let built = a.kernel.built.as_ref().ok_or_else(|| Error::Input(format!("npu: {} is not built", a.name)))?;
+        let s = &a.shape;
+        let (qn, kvn) = ((s.padded_rows * s.q_row()) as usize, (2 * s.key_rows * s.kv_row()) as usize);
+        let values = [q0, kv_len].map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+        let insts = patch_rtp(&built.insts, &a.kernel.design, &values)
+            .map_err(|e| Error::Plan(format!("npu: {}: its instruction stream: {e}", a.name)))?;
+        let loaded = match self.attention.entry(a.index) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let context = self.device.load(&built.xclbin).map_err(xrt)?;
+                let q = context.buffer(qn * 2, 0).map_err(xrt)?;
+                let kv = context.buffer(kvn * 2, 1).map_err(xrt)?;
+                let out = context.buffer(qn * 4, 2).map_err(xrt)?;
+                e.insert(LoadedAttention { context, q, kv, out })
+            }
+        };
+        let mut qp = vec![0.0f32; qn];
+        qp[..q.len()].copy_from_slice(q);
+        loaded.q.write(&bf16_bytes(&qp)).map_err(xrt)?;
+        loaded.q.sync_to_device().map_err(xrt)?;
+        loaded.kv.write(&bf16_bytes(kv)).map_err(xrt)?;
+        loaded.kv.sync_to_device().map_err(xrt)?;
+        loaded.context.run(&insts, &[&loaded.q, &loaded.kv, &loaded.out], Duration::from_secs(10)).map_err(xrt)?;
+        loaded.out.sync_from_device().map_err(xrt)?;
+        let mut c = vec![0u8; out.len() * 4];
+        loaded.out.read(&mut c).map_err(xrt)?;
+        for (o, b) in out.iter_mut().zip(c.chunks_exact(4)) {
+            *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+        counts.dispatches += 1;
+        counts.host_bytes += a.host_bytes;
+        counts.macs += s.macs_bound();
+        Ok(())
+    }
+}
+
+/// Opcodes of the NPU instruction stream's operations (mlir-aie v1.4.1, `lib/Targets/AIETargetNPU.cpp`,
+/// transaction format 0.1): a register write (6 words: opcode, 0, address, 0, value, 24 bytes), a block write
+/// (opcode, 0, address, its size in bytes, then its data), a masked write (7 words); opcodes from 0x80 on
+/// (sync, address patch, ...) state their size in bytes in their third word.
+const TXN_WRITE: u32 = 0;
+const TXN_BLOCKWRITE: u32 = 1;
+const TXN_MASKWRITE: u32 = 3;
+const TXN_HEADER_WORDS: usize = 4;
+
+/// `insts` (aiecc's `insts.bin` of `design`) with each runtime parameter's placeholder set to the dispatch's
+/// value: the stream's first register writes are the design's `rtp_write`s in its order (each
+/// [`unicorn_aie::design::RtpBuffer`] in turn, word by word), each a `write32` of the placeholder 0 to the
+/// buffer's tile (address bits 25.. the column, 20..25 the row) at its consecutive words. Anything else is
+/// refused in one line, as a stream built from another design.
+pub fn patch_rtp(insts: &[u32], design: &unicorn_aie::design::Design, values: &[u32]) -> Result<Vec<u32>, String> {
+    if values.len() != design.params.len() {
+        return Err(format!("{} runtime parameter values for the design's {}", values.len(), design.params.len()));
+    }
+    // Each rtp word: its tile and the parameter it holds.
+    let want: Vec<(u64, u64, usize)> = design
+        .rtp
+        .iter()
+        .flat_map(|b| b.words.iter().map(move |&p| (b.tile.col as u64, b.tile.row as u64, p)))
+        .collect();
+    let mut out = insts.to_vec();
+    let mut at = TXN_HEADER_WORDS;
+    let mut found: Vec<(usize, u32)> = Vec::with_capacity(want.len());
+    if insts.len() < TXN_HEADER_WORDS {
+        return Err(format!("{} words, shorter than its header", insts.len()));
+    }
+    while at < insts.len() && found.len() < want.len() {
+        let word =
+            |i: usize| insts.get(at + i).copied().ok_or_else(|| format!("an operation at word {at} is cut short"));
+        let len = match word(0)? & 0xff {
+            TXN_WRITE => {
+                found.push((at, word(2)?));
+                6
+            }
+            TXN_BLOCKWRITE => (word(3)? as usize).div_ceil(4),
+            TXN_MASKWRITE => 7,
+            op if op >= 0x80 => (word(2)? as usize).div_ceil(4),
+            op => return Err(format!("an unknown operation {op:#x} at word {at}")),
+        };
+        if len == 0 {
+            return Err(format!("an operation of no words at word {at}"));
+        }
+        if at + len > insts.len() {
+            return Err(format!("an operation at word {at} is cut short"));
+        }
+        at += len;
+    }
+    if found.len() < want.len() {
+        return Err(format!(
+            "{} register writes, for the design's {} runtime parameter words",
+            found.len(),
+            want.len()
+        ));
+    }
+    let mut last: Option<(u64, u64, u32)> = None;
+    for (i, (&(w, address), &(col, row, p))) in found.iter().zip(&want).enumerate() {
+        let (c, r, offset) = ((address >> 25) as u64, ((address >> 20) & 0x1f) as u64, address & 0xf_ffff);
+        if (c, r) != (col, row) {
+            return Err(format!(
+                "its register write {i} is to tile ({c}, {r}), where runtime parameter word {i} is on ({col}, {row})"
+            ));
+        }
+        if let Some((lc, lr, lo)) = last.filter(|l| (l.0, l.1) == (col, row)) {
+            if offset != lo + 4 {
+                return Err(format!(
+                    "its register write {i} is at {offset:#x} of tile ({lc}, {lr}), not after {lo:#x}"
+                ));
+            }
+        }
+        if insts[w + 4] != 0 {
+            return Err(format!("its register write {i} writes {:#x}, not the placeholder 0", insts[w + 4]));
+        }
+        out[w + 4] = values[p];
+        last = Some((col, row, offset));
+    }
+    Ok(out)
 }
 
 /// The `--list-devices` line for the NPU.
@@ -115,5 +249,80 @@ pub fn describe() -> String {
     match xrt_sys::Device::open(0) {
         Ok(_) => "npu        NPU 0 through XRT (Phoenix plans' NPU steps; the rest on the cpu)".into(),
         Err(e) => format!("npu        none: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicorn_aie::design::{tile, Design, RtpBuffer};
+
+    /// A design of two cores' parameter buffers (q0, kv_len each), and a synthetic stream of the transaction
+    /// format as aiecc lays it out for it: the header, the four rtp writes (placeholders 0) at consecutive
+    /// words of each buffer, the two barriers' lock writes, a block write, a masked write, a sync.
+    fn design_and_stream() -> (Design, Vec<u32>, [usize; 4]) {
+        let d = Design {
+            params: vec!["q0".into(), "kv_len".into()],
+            rtp: vec![
+                RtpBuffer { tile: tile(0, 2), words: vec![0, 1] },
+                RtpBuffer { tile: tile(3, 5), words: vec![0, 1] },
+            ],
+            ..Default::default()
+        };
+        let addr = |c: u32, r: u32, off: u32| (c << 25) | (r << 20) | off;
+        let write = |a: u32, v: u32| [TXN_WRITE, 0, a, 0, v, 24];
+        let mut s = vec![0x0603_0100, 0x0000_0104, 9, 0];
+        let mut at = Vec::new();
+        for (c, r, off) in [(0, 2, 0x400), (0, 2, 0x404), (3, 5, 0x7f0), (3, 5, 0x7f4)] {
+            at.push(s.len() + 4);
+            s.extend(write(addr(c, r, off), 0));
+        }
+        s.extend(write(addr(0, 2, 0x1f000), 1));
+        s.extend(write(addr(3, 5, 0x1f000), 1));
+        s.extend([TXN_BLOCKWRITE, 0, addr(0, 0, 0x1d000), 32, 7, 8, 9, 10]);
+        s.extend([TXN_MASKWRITE, 0, addr(0, 0, 0x1d200), 0, 5, 0xff, 28]);
+        s.extend([0x80, 0, 16, 0]);
+        let n = s.len() as u32;
+        s[3] = 4 * n;
+        (d, s, at.try_into().unwrap())
+    }
+
+    /// Each dispatch's values land in the words of their rtp writes, every other word as it was; patching the
+    /// same stream again with other values starts from the placeholders.
+    #[test]
+    fn runtime_parameters_are_patched_into_their_register_writes() {
+        let (d, s, at) = design_and_stream();
+        for (q0, kv_len) in [(0u32, 37u32), (256, 300)] {
+            let p = patch_rtp(&s, &d, &[q0, kv_len]).unwrap();
+            assert_eq!([p[at[0]], p[at[1]], p[at[2]], p[at[3]]], [q0, kv_len, q0, kv_len]);
+            let changed: Vec<usize> = (0..s.len()).filter(|&i| p[i] != s[i]).collect();
+            assert!(changed.iter().all(|i| at.contains(i)), "{changed:?}");
+        }
+    }
+
+    /// A stream that is not the design's is refused in one line: writes to another tile, out of order, a
+    /// placeholder already set, too few writes, an operation cut short, an unknown opcode, the wrong count of
+    /// values.
+    #[test]
+    fn a_stream_of_another_design_is_refused() {
+        let (d, s, at) = design_and_stream();
+        let edit = |f: &dyn Fn(&mut Vec<u32>)| {
+            let mut t = s.clone();
+            f(&mut t);
+            t
+        };
+        let cases: Vec<(Vec<u32>, &str)> = vec![
+            (edit(&|t| t[at[2] - 2] = (2 << 25) | (5 << 20) | 0x7f0), "is to tile (2, 5)"),
+            (edit(&|t| t[at[1] - 2] = (2 << 20) | 0x408), "not after 0x400"),
+            (edit(&|t| t[at[3]] = 9), "not the placeholder 0"),
+            (s[..4 + 12].to_vec(), "2 register writes, for the design's 4"),
+            (s[..at[3]].to_vec(), "cut short"),
+            (edit(&|t| t[at[1] - 4] = 0x42), "unknown operation 0x42"),
+        ];
+        for (t, want) in cases {
+            let e = patch_rtp(&t, &d, &[1, 2]).unwrap_err();
+            assert!(e.contains(want) && !e.contains('\n'), "{want}: {e}");
+        }
+        assert!(patch_rtp(&s, &d, &[1]).unwrap_err().contains("1 runtime parameter values"));
     }
 }

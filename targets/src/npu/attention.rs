@@ -55,19 +55,9 @@ use super::model::ArrayModel;
 /// 6 bits of iteration count, 1..=64): a round's tiles are streamed in transfers of at most this many.
 pub const MAX_REPEAT: u64 = 64;
 
-/// The geometry of the prefill attention a design is built for.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PrefillShape {
-    /// Query rows a dispatch takes at most (the chunk; a shorter one is padded), and the keys it reaches:
-    /// a dispatch's `q0 + rows` is at most `max_keys` (so `max_keys >= rows`).
-    pub rows: u64,
-    pub max_keys: u64,
-    pub heads: u64,
-    pub kv_heads: u64,
-    pub head_dim: u64,
-    pub window: Option<u64>,
-    pub scale: f32,
-}
+/// The geometry of the prefill attention a design is built for (a dispatch's `q0 + rows` is at most
+/// `max_keys`, so `max_keys >= rows`): the plan's kernels state it as they carry it.
+pub use unicorn_ir::npu::PrefillShape;
 
 /// A generated attention design.
 #[derive(Debug, Clone)]

@@ -99,26 +99,42 @@ fn layers(array: &ArrayModel, s: &Shape, tokens: u64, weights: GemvWeights) -> R
         // Attention: a prompt from position 0 over itself, or a decode step at depth DECODE_DEPTH over the cache,
         // each from a design over just the keys it sees.
         let q0 = if tokens == 1 { DECODE_DEPTH } else { 0 };
-        let shape = PrefillShape {
-            rows: tokens,
-            max_keys: q0 + tokens,
-            heads: s.heads,
-            kv_heads: s.kv_heads,
-            head_dim: s.head_dim,
-            window: None,
-            scale: (s.head_dim as f32).powf(-0.5),
-        };
-        let a = attention(array, shape);
+        let a = attention(array, attention_shape(s, tokens, q0 + tokens));
         add("attention", &a.design, a.macs(q0, q0 + tokens))?;
     }
     Ok(e)
 }
 
-/// The NPU part of a `--target phoenix` plan's prefill chunk of `chunk` rows: each layer's projections as the
-/// weight-transposed GEMM designs the plan carries, those of one operand in one dispatch — q / k / v, o,
-/// gate / up, down: four dispatches a layer; the rest of the plan runs on the CPU and is not counted.
-pub fn plan_prefill(array: &ArrayModel, s: &Shape, chunk: u64) -> Result<Estimate, String> {
+/// The causal attention of `s` for `rows` query rows over `max_keys` keys, scaled by `1 / sqrt(head_dim)`.
+fn attention_shape(s: &Shape, rows: u64, max_keys: u64) -> PrefillShape {
+    PrefillShape {
+        rows,
+        max_keys,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        head_dim: s.head_dim,
+        window: None,
+        scale: (s.head_dim as f32).powf(-0.5),
+    }
+}
+
+/// The NPU part of a `--target phoenix` plan's prefill chunk of `chunk` rows over a context of `context`
+/// positions: each layer's projections as the weight-transposed GEMM designs the plan carries, those of one
+/// operand in one dispatch — q / k / v, o, gate / up, down — and its attention as the one design over the
+/// context the plan carries for every chunk (its keys [`unicorn_ir::npu::attention_max_keys`]; its host bytes the design's static key traffic, whatever the
+/// chunk's position; its MACs those of the first chunk, at position 0): five dispatches a layer; the rest of
+/// the plan runs on the CPU and is not counted.
+pub fn plan_prefill(array: &ArrayModel, s: &Shape, chunk: u64, context: u64) -> Result<Estimate, String> {
+    let max_keys = unicorn_ir::npu::attention_max_keys(context, chunk);
     let mut e = Estimate::default();
+    let mut add = |name: &str, design: &super::design::Design, macs: u64| -> Result<(), String> {
+        let u = verify(design, array).map_err(|v| format!("{name}: {}", v[0]))?;
+        e.dispatches += s.layers;
+        e.host_bytes += s.layers * u.host_bytes;
+        e.macs += s.layers * macs;
+        e.seconds += s.layers as f64 * array.estimate_seconds(u.host_bytes, macs);
+        Ok(())
+    };
     let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     let layer: [(&str, u64, &[u64]); 4] = [
         ("q / k / v", s.hidden, &[q, kv, kv]),
@@ -128,12 +144,10 @@ pub fn plan_prefill(array: &ArrayModel, s: &Shape, chunk: u64) -> Result<Estimat
     ];
     for (name, k, ns) in layer {
         let g = gemm_bt_multi(array, chunk, k, ns);
-        let u = verify(&g.design, array).map_err(|v| format!("{name}: {}", v[0]))?;
-        e.dispatches += s.layers;
-        e.host_bytes += s.layers * u.host_bytes;
-        e.macs += s.layers * g.macs();
-        e.seconds += s.layers as f64 * array.estimate_seconds(u.host_bytes, g.macs());
+        add(name, &g.design, g.macs())?;
     }
+    let a = attention(array, attention_shape(s, chunk, max_keys));
+    add("attention", &a.design, a.macs(0, chunk))?;
     Ok(e)
 }
 
@@ -216,29 +230,46 @@ mod tests {
         println!("Llama-3.1-8B on npu1 (estimates): decode {decode:?}, prefill 512 {prefill:?}");
     }
 
-    /// What a Phoenix plan puts on the NPU at the 1B and 8B shapes: four dispatches a layer per prefill chunk
-    /// (64 at 1B, 128 at 8B), every design within the rules, the MACs those of the projections, and the host
-    /// transfers those of the phase's own estimate of q / k / v and gate / up as one projection each.
+    /// What a Phoenix plan puts on the NPU at the 1B and 8B shapes over a context of [`PLAN_CONTEXT`]: five
+    /// dispatches a layer per prefill chunk (80 at 1B, 160 at 8B), every design within the rules, the MACs
+    /// those of the projections and of the first chunk's attention, and the host transfers those of the
+    /// phase's own estimate of q / k / v and gate / up as one projection each, plus the attention design's
+    /// static key traffic over the whole context.
     #[test]
     fn the_phoenix_plans_npu_work_is_counted() {
-        for (s, name, dispatches) in [(LLAMA_3_2_1B, "Llama-3.2-1B", 64), (LLAMA_3_1_8B, "Llama-3.1-8B", 128)] {
-            let e = plan_prefill(&NPU1, &s, 512).unwrap();
-            assert_eq!(e.dispatches, 4 * s.layers);
+        for (s, name, dispatches) in [(LLAMA_3_2_1B, "Llama-3.2-1B", 80), (LLAMA_3_1_8B, "Llama-3.1-8B", 160)] {
+            let e = plan_prefill(&NPU1, &s, 512, PLAN_CONTEXT).unwrap();
+            assert_eq!(e.dispatches, 5 * s.layers);
             assert_eq!(e.dispatches, dispatches);
             let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
             let per_row = s.layers * (s.hidden * (2 * q + 2 * kv) + 3 * s.ffn * s.hidden);
-            assert_eq!(e.macs, 512 * per_row, "{name}: the shapes divide into whole blocks");
+            let a = attention(&NPU1, attention_shape(&s, 512, unicorn_ir::npu::attention_max_keys(PLAN_CONTEXT, 512)));
+            let attention_macs = a.macs(0, 512);
+            assert!(attention_macs > 0 && attention_macs < 2 * 512 * 512 * q, "{name}: {attention_macs}");
+            assert_eq!(
+                e.macs,
+                512 * per_row + s.layers * attention_macs,
+                "{name}: the shapes divide into whole blocks"
+            );
             let fused = [(q + 2 * kv, s.hidden), (s.hidden, q), (2 * s.ffn, s.hidden), (s.hidden, s.ffn)];
             let bytes: u64 = fused.iter().map(|&(n, k)| gemm(&NPU1, 512, k, n).host_bytes()).sum();
-            assert_eq!(e.host_bytes, s.layers * bytes, "{name}");
+            let keys = verify(&a.design, &NPU1).unwrap().host_bytes;
+            // The keys and values of the whole context (and a tile more) for every round of query blocks.
+            assert!(keys > 2 * (PLAN_CONTEXT + 511) * kv * 2, "{name}: {keys}");
+            assert_eq!(e.host_bytes, s.layers * (bytes + keys), "{name}");
             println!(
-                "{name} phoenix plan, prefill chunk of 512 on npu1 (estimates): {} dispatches, {:.2} GB host<->array, \
-                 {:.0} GMAC, >= {:.0} ms",
+                "{name} phoenix plan, prefill chunk of 512 over a context of {PLAN_CONTEXT} on npu1 (estimates): {} \
+                 dispatches, {:.2} GB host<->array ({:.2} GB of it attention's keys), {:.0} GMAC, >= {:.0} ms",
                 e.dispatches,
                 e.host_bytes as f64 / 1e9,
+                (s.layers * keys) as f64 / 1e9,
                 e.macs as f64 / 1e9,
                 e.seconds * 1e3
             );
         }
     }
+
+    /// A context both models' attention is placed on the NPU at in chunks of 512 (its design over
+    /// `unicorn_ir::npu::attention_max_keys` = 1,535 keys; `unicorn_passes::npu_attention_covers`).
+    const PLAN_CONTEXT: u64 = 1024;
 }

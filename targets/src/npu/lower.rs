@@ -1,13 +1,16 @@
 //! The Phoenix target's lowering: the launches placed on the NPU become AIE2 designs — each group of prefill
 //! projections of one operand (a layer's q, k and v; its gate and up; o and down alone) the whole-array GEMM of
-//! its weights' shapes in one dispatch, made for the plan's prefill chunk of rows — checked by the AIE2 rules,
+//! its weights' shapes in one dispatch, made for the plan's prefill chunk of rows; each prefill attention the
+//! attention design of its shape for that chunk over the plan's context — checked by the AIE2 rules,
 //! emitted as MLIR and stored in the kernels section with the design as data; every other launch is one of the
 //! CPU's built-in kernels, as the CPU target names them.
 
+use super::attention::{attention, PrefillShape};
+use super::design::Design;
 use super::gemm::{gemm_bt_multi, MAX_WEIGHTS};
 use super::model::NPU1;
 use crate::cpu;
-use unicorn_ir::npu::{NpuKernel, NpuOp};
+use unicorn_ir::npu::{AttentionShape, NpuKernel, NpuOp};
 use unicorn_ir::plan::{ArtifactRange, Backend, Binding, BindingKind, Expr, KernelEntry, KernelId, PlanPhase};
 use unicorn_ir::{Device, Graph, Module, Op, WeightFormat};
 
@@ -28,39 +31,56 @@ impl KernelTable {
             return Ok(KernelId(i as u32));
         }
         let g = gemm_bt_multi(&NPU1, m, k, ns);
-        unicorn_aie::verify::verify(&g.design, &NPU1).map_err(|v| {
-            let first = v.first().map_or(String::new(), |v| v.to_string());
-            format!("NPU design {} breaks the AIE2 rules: {first}", g.design.name)
-        })?;
-        let kernel = NpuKernel {
-            op: NpuOp::GemmBtMulti {
-                m,
-                k,
-                n: ns.to_vec(),
-                padded: (g.padded.0, g.padded.1),
-                padded_n: g.outputs.iter().map(|o| o.1).collect(),
-            },
-            mlir: super::aie::module(&g.design),
-            design: g.design,
-            built: None,
+        let op = NpuOp::GemmBtMulti {
+            m,
+            k,
+            n: ns.to_vec(),
+            padded: (g.padded.0, g.padded.1),
+            padded_n: g.outputs.iter().map(|o| o.1).collect(),
         };
+        // The step's buffers: the operand, then each weight and its result.
+        let kinds = std::iter::once(BindingKind::StorageRead)
+            .chain(ns.iter().flat_map(|_| [BindingKind::StorageRead, BindingKind::StorageReadWrite]));
+        self.push(name, op, g.design, kinds.collect())
+    }
+
+    /// The NPU kernel of prefill attention `shape` (chunks of `shape.rows` over the plan's context), one per
+    /// shape: a plan of sliding and global layers has one of each.
+    fn attention(&mut self, shape: PrefillShape) -> Result<KernelId, String> {
+        let PrefillShape { rows, max_keys, heads, kv_heads, head_dim, window, scale } = shape;
+        let w = window.map_or(String::new(), |w| format!("_w{w}"));
+        let name =
+            format!("npu_attention_bf16_{rows}x{max_keys}_{heads}of{kv_heads}x{head_dim}{w}_s{:08x}", scale.to_bits());
+        if let Some(i) = self.cpu.entries.iter().position(|e| e.name == name) {
+            return Ok(KernelId(i as u32));
+        }
+        let a = attention(&NPU1, shape);
+        let op = NpuOp::Attention(AttentionShape { geometry: shape, padded_rows: a.padded_rows, key_rows: a.key_rows });
+        // The step's buffers: q, k, v, the layer's KV cache, the output.
+        let bindings = [BindingKind::StorageRead, BindingKind::StorageRead, BindingKind::StorageRead]
+            .into_iter()
+            .chain([BindingKind::StorageReadWrite, BindingKind::StorageReadWrite]);
+        self.push(name, op, a.design, bindings.collect())
+    }
+
+    /// A checked design as the plan's kernel `name`, its artifact appended to the section.
+    fn push(&mut self, name: String, op: NpuOp, design: Design, kinds: Vec<BindingKind>) -> Result<KernelId, String> {
+        unicorn_aie::verify::verify(&design, &NPU1).map_err(|v| {
+            let first = v.first().map_or(String::new(), |v| v.to_string());
+            format!("NPU design {} breaks the AIE2 rules: {first}", design.name)
+        })?;
+        let kernel = NpuKernel { op, mlir: super::aie::module(&design), design, built: None };
         let bytes = kernel.encode();
         // Artifacts start on 8 bytes, so a reader may take the words of a built instruction stream in place.
         self.section.resize(self.section.len().next_multiple_of(8), 0);
         let artifact = ArtifactRange { offset: self.section.len() as u64, len: bytes.len() as u64 };
         self.section.extend_from_slice(&bytes);
-        let binding = |binding, kind| Binding { binding, kind };
         self.cpu.entries.push(KernelEntry {
             entry: kernel.design.name.clone(),
             name,
             backend: Backend::Npu,
             artifact: Some(artifact),
-            // The step's buffers: the operand, then each weight and its result.
-            bindings: std::iter::once(binding(0, BindingKind::StorageRead))
-                .chain((0..ns.len() as u32).flat_map(|i| {
-                    [binding(1 + 2 * i, BindingKind::StorageRead), binding(2 + 2 * i, BindingKind::StorageReadWrite)]
-                }))
-                .collect(),
+            bindings: kinds.into_iter().enumerate().map(|(i, kind)| Binding { binding: i as u32, kind }).collect(),
             spec_constants: Vec::new(),
             workgroup: [1, 1, 1],
             requires: Vec::new(),
@@ -70,8 +90,9 @@ impl KernelTable {
 }
 
 /// Lower one planned graph: a launch placed on the NPU (prefill projections of one operand, grouped as decode
-/// groups them: q / k / v and gate / up) becomes its multi-weight GEMM design for `chunk` rows, one dispatch;
-/// the rest the CPU's built-in kernels.
+/// groups them: q / k / v and gate / up; prefill attention) becomes its design for `chunk` rows (the
+/// multi-weight GEMM; the attention over the plan's context, its position and keys runtime parameters), one
+/// dispatch; the rest the CPU's built-in kernels.
 pub fn lower_phase(module: &Module, g: &Graph, chunk: u64, kernels: &mut KernelTable) -> Result<PlanPhase, String> {
     let how = crate::Lowering {
         group: Some(usize::MAX),
@@ -92,13 +113,24 @@ pub fn lower_phase(module: &Module, g: &Graph, chunk: u64, kernels: &mut KernelT
                 _ => None,
             })
             .collect();
-        let npu = match (device, weights) {
-            (Device::Npu, Some(ws)) if ws.len() <= MAX_WEIGHTS => {
+        let npu = match (device, weights, &ops[0]) {
+            (Device::Npu, _, &Op::Attention { num_heads, num_kv_heads, head_dim, window, scale, .. }) => {
+                Some(kernels.attention(PrefillShape {
+                    rows: chunk,
+                    max_keys: unicorn_ir::npu::attention_max_keys(module.spec.max_context as u64, chunk),
+                    heads: num_heads as u64,
+                    kv_heads: num_kv_heads as u64,
+                    head_dim: head_dim as u64,
+                    window: window.map(|w| w as u64),
+                    scale,
+                }))
+            }
+            (Device::Npu, Some(ws), _) if ws.len() <= MAX_WEIGHTS => {
                 debug_assert!(ws.iter().all(|w| w.format == WeightFormat::Bf16), "the placement rule's bf16");
                 let ns: Vec<u64> = ws.iter().map(|w| w.rows() as u64).collect();
                 Some(kernels.gemm(chunk, ws[0].cols() as u64, &ns))
             }
-            (Device::Npu, _) => Some(Err(format!("no NPU design for the launch of {}", ops[0].name()))),
+            (Device::Npu, ..) => Some(Err(format!("no NPU design for the launch of {}", ops[0].name()))),
             _ => None,
         };
         match npu {
