@@ -3,8 +3,8 @@
 # initialization and a config unlike any fixture (tests/fixtures/make_fixtures.py --unseen), compile it with
 # --weights f32, and compare unicorn-rt's logits and greedy ids with transformers'. Needs torch + transformers.
 #   usage: scripts/check_unseen.sh [SEED] [ARCH...]
-# TARGET=phoenix compiles with --target phoenix (bf16 weights; prefill's projections on the NPU, run here on the
-# emulator) and holds the logits to the bf16 tolerance instead: max|dlogit|/max|logit| <= 3e-2 (transformers run
+# TARGET=phoenix compiles with --target phoenix (bf16 weights; prefill's projections and attention on the NPU,
+# run here on the emulator) and holds the logits to the bf16 tolerance instead: max|dlogit|/max|logit| <= 3e-2 (transformers run
 # entirely in bf16 is 1e-2 to 3e-2 off on small models, /work/shared/TESTING.md's table) and the same argmax at
 # >= 90% of the positions; the greedy ids are printed, not required. BIN=DIR takes the binaries from DIR
 # (default: a release build). PYTHON=... picks the interpreter with torch.
