@@ -516,9 +516,38 @@ pub fn run(design: &Design, args: &mut [Vec<f32>]) -> Result<EmuStats, String> {
     run_with(design, args, &[])
 }
 
+/// A runtime argument's values on the host, as a dispatch reads them and writes its results into them.
+pub trait HostArg {
+    fn values(&self) -> &[f32];
+    fn values_mut(&mut self) -> &mut [f32];
+}
+
+impl HostArg for Vec<f32> {
+    fn values(&self) -> &[f32] {
+        self
+    }
+
+    fn values_mut(&mut self) -> &mut [f32] {
+        self
+    }
+}
+
+/// An argument the caller lends: a design that only reads it (an operand) reads the caller's values without a
+/// copy; one it writes is copied first.
+impl HostArg for std::borrow::Cow<'_, [f32]> {
+    fn values(&self) -> &[f32] {
+        self
+    }
+
+    fn values_mut(&mut self) -> &mut [f32] {
+        self.to_mut()
+    }
+}
+
 /// Run one dispatch of `design` as [`run`] does, with the values of its runtime parameters
-/// ([`Design::params`], one each, in order).
-pub fn run_with(design: &Design, args: &mut [Vec<f32>], params: &[u32]) -> Result<EmuStats, String> {
+/// ([`Design::params`], one each, in order). The arguments may be any [`HostArg`]: a `Cow` lends an operand
+/// without copying it.
+pub fn run_with<A: HostArg>(design: &Design, args: &mut [A], params: &[u32]) -> Result<EmuStats, String> {
     if params.len() != design.params.len() {
         return Err(format!(
             "{}: a dispatch takes {} runtime parameters ({}), given {}",
@@ -546,7 +575,8 @@ pub fn run_with(design: &Design, args: &mut [Vec<f32>], params: &[u32]) -> Resul
             SeqOp::Memcpy { arg, elem, offset, dims, fifo, .. } => {
                 let f = e.fifo(fifo)?;
                 let at = walk(*offset, dims);
-                let host = args.get(*arg).ok_or_else(|| format!("{}: no runtime argument {arg}", design.name))?;
+                let host =
+                    args.get(*arg).ok_or_else(|| format!("{}: no runtime argument {arg}", design.name))?.values();
                 if let Some(&past) = at.iter().find(|&&i| i as usize >= host.len()) {
                     return Err(format!(
                         "{}: transfer of fifo {fifo} reaches element {past} of argument {arg} ({})",
@@ -603,8 +633,9 @@ pub fn run_with(design: &Design, args: &mut [Vec<f32>], params: &[u32]) -> Resul
                         };
                         got.extend(buf);
                     }
+                    let host = args[arg].values_mut();
                     for (&i, v) in at.iter().zip(got) {
-                        args[arg][i as usize] = v;
+                        host[i as usize] = v;
                     }
                 }
             }

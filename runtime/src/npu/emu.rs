@@ -9,6 +9,7 @@ use super::{
 };
 use crate::cpu::matmul::WeightRef;
 use crate::Error;
+use std::borrow::Cow;
 
 #[derive(Default)]
 pub struct Emulator;
@@ -36,9 +37,7 @@ impl NpuDevice for Emulator {
         let stats = unicorn_aie::emu::run(&g.kernel.design, &mut args)
             .map_err(|e| Error::Plan(format!("NPU kernel {} on the emulator: {e}", g.name)))?;
         split_outputs(&args[args.len() - 1], s, rows, ys);
-        counts.dispatches += stats.dispatches;
-        counts.host_bytes += stats.host_bytes;
-        counts.macs += stats.macs;
+        counts.add(stats.dispatches, stats.host_bytes, stats.macs);
         Ok(())
     }
 
@@ -47,14 +46,14 @@ impl NpuDevice for Emulator {
         let row = a.shape.q_row() as usize;
         let mut qp = vec![0.0f32; a.shape.padded_rows as usize * row];
         qp[..q.len()].copy_from_slice(q);
-        let mut args = vec![qp, kv.to_vec(), vec![0.0f32; a.shape.padded_rows as usize * row]];
+        // The keys and values are only read: lent, not copied.
+        let out_rows = vec![0.0f32; a.shape.padded_rows as usize * row];
+        let mut args = [Cow::Owned(qp), Cow::Borrowed(kv), Cow::Owned(out_rows)];
         let params = [q0, kv_len].map(|v| u32::try_from(v).unwrap_or(u32::MAX));
         let stats = unicorn_aie::emu::run_with(&a.kernel.design, &mut args, &params)
             .map_err(|e| Error::Plan(format!("NPU kernel {} on the emulator: {e}", a.name)))?;
         out.copy_from_slice(&args[2][..out.len()]);
-        counts.dispatches += stats.dispatches;
-        counts.host_bytes += stats.host_bytes;
-        counts.macs += stats.macs;
+        counts.add(stats.dispatches, stats.host_bytes, stats.macs);
         Ok(())
     }
 }

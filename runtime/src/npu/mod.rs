@@ -32,6 +32,15 @@ pub struct NpuCounts {
     pub tokens: u64,
 }
 
+impl NpuCounts {
+    /// Count `dispatches` that moved `host_bytes` and computed `macs`.
+    fn add(&mut self, dispatches: u64, host_bytes: u64, macs: u64) {
+        self.dispatches += dispatches;
+        self.host_bytes += host_bytes;
+        self.macs += macs;
+    }
+}
+
 /// A device that runs a plan's NPU kernels.
 pub trait NpuDevice {
     /// As `--device` names it (`npu`, `npu-emu`).

@@ -8,7 +8,8 @@
 //! A prefill attention launch writes the chunk's Q and the keys then values into its context's buffers and runs
 //! the design's instruction stream with the dispatch's runtime parameters (`q0`, `kv_len`) patched into it
 //! ([`patch_rtp`]): mlir-aie v1.4.1 translates each `aiex.npu.rtp_write` into a `write32` of a constant
-//! (placeholder 0) at the parameter buffer's address, so the host finds those words and sets them per dispatch.
+//! (placeholder 0) at the parameter buffer's address, so the host finds those words once, when the design is
+//! loaded, and sets them per dispatch in the copy of the stream it keeps with the design.
 //!
 //! No machine this project is tested on has an NPU or XRT: this path has not run on hardware. What is tested is
 //! that it refuses in one line where XRT, an NPU or a built design is missing, and the patching on a synthetic
@@ -31,12 +32,15 @@ struct Loaded {
     weights: HashMap<(usize, usize), xrt_sys::Buffer>,
 }
 
-/// An attention design loaded on the NPU, with its buffers: Q, the keys then the values, the output.
+/// An attention design loaded on the NPU, with its buffers (Q, the keys then the values, the output) and its
+/// instruction stream, kept with where its runtime parameters go so that a dispatch only sets those words.
 struct LoadedAttention {
     context: xrt_sys::Context,
     q: xrt_sys::Buffer,
     kv: xrt_sys::Buffer,
     out: xrt_sys::Buffer,
+    insts: Vec<u32>,
+    rtp: RtpWords,
 }
 
 pub struct Npu {
@@ -118,9 +122,7 @@ impl NpuDevice for Npu {
         loaded.y.read(&mut c).map_err(xrt)?;
         let c: Vec<f32> = c.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
         super::split_outputs(&c, s, x.len() / s.k as usize, ys);
-        counts.dispatches += 1;
-        counts.host_bytes += g.host_bytes;
-        counts.macs += s.macs();
+        counts.add(1, g.host_bytes, s.macs());
         Ok(())
     }
 
@@ -130,34 +132,38 @@ impl NpuDevice for Npu {
         let s = &a.shape;
         let (qn, kvn) = ((s.padded_rows * s.q_row()) as usize, (2 * s.key_rows * s.kv_row()) as usize);
         let values = [q0, kv_len].map(|v| u32::try_from(v).unwrap_or(u32::MAX));
-        let insts = patch_rtp(&built.insts, &a.kernel.design, &values)
-            .map_err(|e| Error::Plan(format!("npu: {}: its instruction stream: {e}", a.name)))?;
+        let stream = |e: String| Error::Plan(format!("npu: {}: its instruction stream: {e}", a.name));
+        rtp_values_fit(&a.kernel.design, &values).map_err(stream)?;
         let loaded = match self.attention.entry(a.index) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
+                // The stream is checked and its parameter words found once, before the design is loaded.
+                let rtp = RtpWords::locate(&built.insts, &a.kernel.design).map_err(stream)?;
                 let context = self.device.load(&built.xclbin).map_err(xrt)?;
                 let q = context.buffer(qn * 2, 0).map_err(xrt)?;
                 let kv = context.buffer(kvn * 2, 1).map_err(xrt)?;
                 let out = context.buffer(qn * 4, 2).map_err(xrt)?;
-                e.insert(LoadedAttention { context, q, kv, out })
+                e.insert(LoadedAttention { context, q, kv, out, insts: built.insts.clone(), rtp })
             }
         };
+        loaded.rtp.apply(&mut loaded.insts, &values);
         let mut qp = vec![0.0f32; qn];
         qp[..q.len()].copy_from_slice(q);
         loaded.q.write(&bf16_bytes(&qp)).map_err(xrt)?;
         loaded.q.sync_to_device().map_err(xrt)?;
         loaded.kv.write(&bf16_bytes(kv)).map_err(xrt)?;
         loaded.kv.sync_to_device().map_err(xrt)?;
-        loaded.context.run(&insts, &[&loaded.q, &loaded.kv, &loaded.out], Duration::from_secs(10)).map_err(xrt)?;
+        loaded
+            .context
+            .run(&loaded.insts, &[&loaded.q, &loaded.kv, &loaded.out], Duration::from_secs(10))
+            .map_err(xrt)?;
         loaded.out.sync_from_device().map_err(xrt)?;
         let mut c = vec![0u8; out.len() * 4];
         loaded.out.read(&mut c).map_err(xrt)?;
         for (o, b) in out.iter_mut().zip(c.chunks_exact(4)) {
             *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
         }
-        counts.dispatches += 1;
-        counts.host_bytes += a.host_bytes;
-        counts.macs += s.macs_bound();
+        counts.add(1, a.host_bytes, s.macs_bound());
         Ok(())
     }
 }
@@ -172,76 +178,108 @@ const TXN_MASKWRITE: u32 = 3;
 const TXN_HEADER_WORDS: usize = 4;
 
 /// `insts` (aiecc's `insts.bin` of `design`) with each runtime parameter's placeholder set to the dispatch's
-/// value: the stream's first register writes are the design's `rtp_write`s in its order (each
-/// [`unicorn_aie::design::RtpBuffer`] in turn, word by word), each a `write32` of the placeholder 0 to the
-/// buffer's tile (address bits 25.. the column, 20..25 the row) at its consecutive words. Anything else is
-/// refused in one line, as a stream built from another design.
+/// value (`RtpWords::locate` finds them, `RtpWords::apply` sets them). Anything else is refused in one line,
+/// as a stream built from another design.
 pub fn patch_rtp(insts: &[u32], design: &unicorn_aie::design::Design, values: &[u32]) -> Result<Vec<u32>, String> {
+    rtp_values_fit(design, values)?;
+    let rtp = RtpWords::locate(insts, design)?;
+    let mut out = insts.to_vec();
+    rtp.apply(&mut out, values);
+    Ok(out)
+}
+
+/// Whether `values` are one for each of `design`'s runtime parameters; otherwise how many there are of each.
+fn rtp_values_fit(design: &unicorn_aie::design::Design, values: &[u32]) -> Result<(), String> {
     if values.len() != design.params.len() {
         return Err(format!("{} runtime parameter values for the design's {}", values.len(), design.params.len()));
     }
-    // Each rtp word: its tile and the parameter it holds.
-    let want: Vec<(u64, u64, usize)> = design
-        .rtp
-        .iter()
-        .flat_map(|b| b.words.iter().map(move |&p| (b.tile.col as u64, b.tile.row as u64, p)))
-        .collect();
-    let mut out = insts.to_vec();
-    let mut at = TXN_HEADER_WORDS;
-    let mut found: Vec<(usize, u32)> = Vec::with_capacity(want.len());
-    if insts.len() < TXN_HEADER_WORDS {
-        return Err(format!("{} words, shorter than its header", insts.len()));
-    }
-    while at < insts.len() && found.len() < want.len() {
-        let word =
-            |i: usize| insts.get(at + i).copied().ok_or_else(|| format!("an operation at word {at} is cut short"));
-        let len = match word(0)? & 0xff {
-            TXN_WRITE => {
-                found.push((at, word(2)?));
-                6
+    Ok(())
+}
+
+/// Where a design's runtime parameters go in its instruction stream: for each word of its parameter buffers,
+/// the stream word that holds its value and the parameter it is.
+struct RtpWords {
+    words: Vec<(usize, usize)>,
+}
+
+impl RtpWords {
+    /// The value words of `insts` (aiecc's `insts.bin` of `design`): the stream's first register writes are
+    /// the design's `rtp_write`s in its order (each [`unicorn_aie::design::RtpBuffer`] in turn, word by word),
+    /// each a `write32` of the placeholder 0 to the buffer's tile (address bits 25.. the column, 20..25 the
+    /// row) at its consecutive words. Anything else is refused in one line, as a stream built from another
+    /// design.
+    fn locate(insts: &[u32], design: &unicorn_aie::design::Design) -> Result<Self, String> {
+        // Each rtp word: its tile and the parameter it holds.
+        let want: Vec<(u64, u64, usize)> = design
+            .rtp
+            .iter()
+            .flat_map(|b| b.words.iter().map(move |&p| (b.tile.col as u64, b.tile.row as u64, p)))
+            .collect();
+        let mut at = TXN_HEADER_WORDS;
+        let mut found: Vec<(usize, u32)> = Vec::with_capacity(want.len());
+        if insts.len() < TXN_HEADER_WORDS {
+            return Err(format!("{} words, shorter than its header", insts.len()));
+        }
+        while at < insts.len() && found.len() < want.len() {
+            let word =
+                |i: usize| insts.get(at + i).copied().ok_or_else(|| format!("an operation at word {at} is cut short"));
+            let len = match word(0)? & 0xff {
+                TXN_WRITE => {
+                    found.push((at, word(2)?));
+                    6
+                }
+                TXN_BLOCKWRITE => (word(3)? as usize).div_ceil(4),
+                TXN_MASKWRITE => 7,
+                op if op >= 0x80 => (word(2)? as usize).div_ceil(4),
+                op => return Err(format!("an unknown operation {op:#x} at word {at}")),
+            };
+            if len == 0 {
+                return Err(format!("an operation of no words at word {at}"));
             }
-            TXN_BLOCKWRITE => (word(3)? as usize).div_ceil(4),
-            TXN_MASKWRITE => 7,
-            op if op >= 0x80 => (word(2)? as usize).div_ceil(4),
-            op => return Err(format!("an unknown operation {op:#x} at word {at}")),
-        };
-        if len == 0 {
-            return Err(format!("an operation of no words at word {at}"));
+            if at + len > insts.len() {
+                return Err(format!("an operation at word {at} is cut short"));
+            }
+            at += len;
         }
-        if at + len > insts.len() {
-            return Err(format!("an operation at word {at} is cut short"));
-        }
-        at += len;
-    }
-    if found.len() < want.len() {
-        return Err(format!(
-            "{} register writes, for the design's {} runtime parameter words",
-            found.len(),
-            want.len()
-        ));
-    }
-    let mut last: Option<(u64, u64, u32)> = None;
-    for (i, (&(w, address), &(col, row, p))) in found.iter().zip(&want).enumerate() {
-        let (c, r, offset) = ((address >> 25) as u64, ((address >> 20) & 0x1f) as u64, address & 0xf_ffff);
-        if (c, r) != (col, row) {
+        if found.len() < want.len() {
             return Err(format!(
-                "its register write {i} is to tile ({c}, {r}), where runtime parameter word {i} is on ({col}, {row})"
+                "{} register writes, for the design's {} runtime parameter words",
+                found.len(),
+                want.len()
             ));
         }
-        if let Some((lc, lr, lo)) = last.filter(|l| (l.0, l.1) == (col, row)) {
-            if offset != lo + 4 {
+        let mut words = Vec::with_capacity(want.len());
+        let mut last: Option<(u64, u64, u32)> = None;
+        for (i, (&(w, address), &(col, row, p))) in found.iter().zip(&want).enumerate() {
+            let (c, r, offset) = ((address >> 25) as u64, ((address >> 20) & 0x1f) as u64, address & 0xf_ffff);
+            if (c, r) != (col, row) {
                 return Err(format!(
-                    "its register write {i} is at {offset:#x} of tile ({lc}, {lr}), not after {lo:#x}"
+                    "its register write {i} is to tile ({c}, {r}), where runtime parameter word {i} is on ({col}, {row})"
                 ));
             }
+            if let Some((lc, lr, lo)) = last.filter(|l| (l.0, l.1) == (col, row)) {
+                if offset != lo + 4 {
+                    return Err(format!(
+                        "its register write {i} is at {offset:#x} of tile ({lc}, {lr}), not after {lo:#x}"
+                    ));
+                }
+            }
+            if insts[w + 4] != 0 {
+                return Err(format!("its register write {i} writes {:#x}, not the placeholder 0", insts[w + 4]));
+            }
+            words.push((w + 4, p));
+            last = Some((col, row, offset));
         }
-        if insts[w + 4] != 0 {
-            return Err(format!("its register write {i} writes {:#x}, not the placeholder 0", insts[w + 4]));
-        }
-        out[w + 4] = values[p];
-        last = Some((col, row, offset));
+        Ok(Self { words })
     }
-    Ok(out)
+
+    /// Set each parameter word of `insts` (the stream located, or a copy of it) to its value of `values` (one
+    /// for each of the design's parameters, as [`rtp_values_fit`] checks); every other word is left as it is.
+    fn apply(&self, insts: &mut [u32], values: &[u32]) {
+        for &(w, p) in &self.words {
+            insts[w] = values[p];
+        }
+    }
 }
 
 /// The `--list-devices` line for the NPU.

@@ -758,6 +758,7 @@ mod tests {
     use super::super::design::RowOp;
     use super::super::gemm::{gemm, gemm_bt, gemm_bt_multi};
     use super::super::gemv::{gemv, gemv_q8};
+    use super::super::mlir::bodies::{projections, row_ops, LLAMA_SHAPES};
     use super::super::mlir::llvm::{pipe, tool};
     use super::super::model::NPU1;
     use super::super::rows::{rows, rows_in_pieces};
@@ -859,9 +860,9 @@ mod tests {
     /// (and their transposed-weight forms) of the four projections, the multi-weight GEMMs of q / k / v and of
     /// gate / up, the GEMVs (bf16 and int8), the row-wise designs and the prefill attention.
     fn llama_1b_designs() -> Vec<Design> {
-        let (hidden, ffn, q, kv, hd) = (2048u64, 8192u64, 2048u64, 512u64, 64u64);
+        let shape @ (hidden, ffn, q, kv, hd) = LLAMA_SHAPES[0];
         let mut designs = Vec::new();
-        for (n, k) in [(q + 2 * kv, hidden), (hidden, q), (2 * ffn, hidden), (hidden, ffn)] {
+        for (n, k) in projections(shape) {
             designs.push(gemm(&NPU1, 512, k, n).design);
             designs.push(gemm_bt(&NPU1, 512, k, n).design);
             designs.push(gemv(&NPU1, n, k).design);
@@ -870,13 +871,7 @@ mod tests {
         // What a Phoenix plan's prefill launches: q / k / v and gate / up as one dispatch each.
         designs.push(gemm_bt_multi(&NPU1, 512, hidden, &[q, kv, kv]).design);
         designs.push(gemm_bt_multi(&NPU1, 512, hidden, &[ffn, ffn]).design);
-        for (op, width) in [
-            (RowOp::RmsNorm { eps: 1e-5 }, hidden),
-            (RowOp::SiluGlu, ffn),
-            (RowOp::Rope { head_dim: hd }, q),
-            (RowOp::Rope { head_dim: hd }, kv),
-            (RowOp::Softmax { scale: 0.125 }, 512),
-        ] {
+        for (op, width) in row_ops(shape) {
             designs.push(rows(&NPU1, op, 512, width).unwrap().design);
         }
         // Prefill attention for chunks of 512 over up to 4,064 keys (a round's tiles past 64 in a second

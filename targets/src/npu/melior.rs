@@ -460,24 +460,7 @@ mod tests {
     /// the projections, the row-wise ops, attention) has its bodies verified in-process, as the compiler does.
     #[test]
     fn the_model_designs_bodies_verify_in_process() {
-        use super::super::{attention::*, gemm::gemm, gemv::*, model::NPU1, rows::rows};
-        let mut designs = Vec::new();
-        for (hidden, ffn, q, kv, hd) in [(2048u64, 8192u64, 2048u64, 512u64, 64u64), (4096, 14336, 4096, 1024, 128)] {
-            for (n, k) in [(q + 2 * kv, hidden), (hidden, q), (2 * ffn, hidden), (hidden, ffn)] {
-                designs.push(gemm(&NPU1, 512, k, n).design);
-                designs.push(gemv(&NPU1, n, k).design);
-                designs.push(gemv_q8(&NPU1, n, k).design);
-            }
-            for (op, width) in [
-                (RowOp::RmsNorm { eps: 1e-5 }, hidden),
-                (RowOp::SiluGlu, ffn),
-                (RowOp::Rope { head_dim: hd }, q),
-                (RowOp::Softmax { scale: 0.125 }, 512),
-            ] {
-                designs.push(rows(&NPU1, op, 512, width).unwrap().design);
-            }
-            designs.push(attention(&NPU1, llama_prefill(hd, 512)).design);
-        }
+        let designs = super::super::mlir::bodies::model_designs();
         let verified: usize = designs.iter().map(|d| verify_design_bodies(d).unwrap_or_else(|e| panic!("{e}"))).sum();
         assert!(verified >= designs.len(), "{verified} bodies of {} designs", designs.len());
     }

@@ -107,43 +107,39 @@ pub fn core_body(body: CoreBody) -> Option<String> {
                  \x20     %ci = arith.addi %ci0, %col : index\n",
             );
             let _ = writeln!(s, "      %init = memref.load %c[%ci] : memref<{nc}xf32>");
-            s.push_str(
-                "      %sum = scf.for %kk = %i0 to %k step %i1 iter_args(%acc = %init) -> (f32) {\n\
-                 \x20       %rq = arith.divui %r, %i4 : index\n\
-                 \x20       %rr = arith.remui %r, %i4 : index\n\
-                 \x20       %kq = arith.divui %kk, %i8 : index\n\
-                 \x20       %kr = arith.remui %kk, %i8 : index\n\
-                 \x20       %cq = arith.divui %col, %i4 : index\n\
-                 \x20       %cr = arith.remui %col, %i4 : index\n\
-                 \x20       %ab0 = arith.muli %rq, %kb : index\n\
-                 \x20       %ab1 = arith.addi %ab0, %kq : index\n\
-                 \x20       %ab2 = arith.muli %ab1, %i32 : index\n\
-                 \x20       %ar0 = arith.muli %rr, %i8 : index\n\
-                 \x20       %ar1 = arith.addi %ab2, %ar0 : index\n\
-                 \x20       %ai = arith.addi %ar1, %kr : index\n",
-            );
-            // B's block and the element in it: (kk / 8, col / 4) and (kk % 8, col % 4), or with `bt`
-            // (col / 4, kk / 8) and (col % 4, kk % 8).
-            let (outer, inner, row, width, lane) =
-                if bt { ("%cq", "%kq", "%cr", "%i8", "%kr") } else { ("%kq", "%cq", "%kr", "%i4", "%cr") };
-            let blocks = if bt { "%kb" } else { "%nb" };
-            let _ = write!(
-                s,
-                "        %bb0 = arith.muli {outer}, {blocks} : index\n\
-                 \x20       %bb1 = arith.addi %bb0, {inner} : index\n\
-                 \x20       %bb2 = arith.muli %bb1, %i32 : index\n\
-                 \x20       %br0 = arith.muli {row}, {width} : index\n\
-                 \x20       %br1 = arith.addi %bb2, %br0 : index\n\
-                 \x20       %bi = arith.addi %br1, {lane} : index\n"
-            );
-            load(&mut s, "        %x", "a", "%ai", na, "bf16");
-            load(&mut s, "        %y", "b", "%bi", nb, "bf16");
-            s.push_str(
-                "        %p = arith.mulf %x, %y : f32\n\
-                 \x20       %next = arith.addf %acc, %p : f32\n\
-                 \x20       scf.yield %next : f32\n\
-                 \x20     }\n",
-            );
+            fold(&mut s, "      ", "sum", ("kk", "k"), "%init", |s| {
+                s.push_str(
+                    "        %rq = arith.divui %r, %i4 : index\n\
+                     \x20       %rr = arith.remui %r, %i4 : index\n\
+                     \x20       %kq = arith.divui %kk, %i8 : index\n\
+                     \x20       %kr = arith.remui %kk, %i8 : index\n\
+                     \x20       %cq = arith.divui %col, %i4 : index\n\
+                     \x20       %cr = arith.remui %col, %i4 : index\n\
+                     \x20       %ab0 = arith.muli %rq, %kb : index\n\
+                     \x20       %ab1 = arith.addi %ab0, %kq : index\n\
+                     \x20       %ab2 = arith.muli %ab1, %i32 : index\n\
+                     \x20       %ar0 = arith.muli %rr, %i8 : index\n\
+                     \x20       %ar1 = arith.addi %ab2, %ar0 : index\n\
+                     \x20       %ai = arith.addi %ar1, %kr : index\n",
+                );
+                // B's block and the element in it: (kk / 8, col / 4) and (kk % 8, col % 4), or with `bt`
+                // (col / 4, kk / 8) and (col % 4, kk % 8).
+                let (outer, inner, row, width, lane) =
+                    if bt { ("%cq", "%kq", "%cr", "%i8", "%kr") } else { ("%kq", "%cq", "%kr", "%i4", "%cr") };
+                let blocks = if bt { "%kb" } else { "%nb" };
+                let _ = write!(
+                    s,
+                    "        %bb0 = arith.muli {outer}, {blocks} : index\n\
+                     \x20       %bb1 = arith.addi %bb0, {inner} : index\n\
+                     \x20       %bb2 = arith.muli %bb1, %i32 : index\n\
+                     \x20       %br0 = arith.muli {row}, {width} : index\n\
+                     \x20       %br1 = arith.addi %bb2, %br0 : index\n\
+                     \x20       %bi = arith.addi %br1, {lane} : index\n"
+                );
+                load(s, "        %x", "a", "%ai", na, "bf16");
+                load(s, "        %y", "b", "%bi", nb, "bf16");
+                s.push_str("        %p = arith.mulf %x, %y : f32\n        %next = arith.addf %acc, %p : f32\n");
+            });
             let _ = writeln!(s, "      memref.store %sum, %c[%ci] : memref<{nc}xf32>\n    }}\n  }}");
         }
         CoreBody::MatVec { rows, k, .. } => {
@@ -435,30 +431,29 @@ fn row_pieces_body(name: &str, rp: RowPieces) -> String {
             s,
             "    %s1 = memref.load %s[%i1] : {ts}\n\
              \x20   %m0 = arith.select %first, %ninf, %s0 : f32\n\
-             \x20   %l0 = arith.select %first, %zero, %s1 : f32\n\
-             \x20   %mx = scf.for %i = %i0 to %n step %i1 iter_args(%acc = %m0) -> (f32) {{"
+             \x20   %l0 = arith.select %first, %zero, %s1 : f32"
         );
-        element(&mut s, "      ");
-        let _ = writeln!(
-            s,
-            "      %next = arith.maximumf %acc, %z : f32\n\
-             \x20     scf.yield %next : f32\n\
-             \x20   }}\n\
-             \x20   %live = arith.cmpf one, %mx, %ninf : f32\n\
-             \x20   %ml:2 = scf.if %live -> (f32, f32) {{\n\
+        fold(&mut s, "    ", "mx", ("i", "n"), "%m0", |s| {
+            element(s, "      ");
+            s.push_str("      %next = arith.maximumf %acc, %z : f32\n");
+        });
+        s.push_str(
+            "    %live = arith.cmpf one, %mx, %ninf : f32\n\
+             \x20   %ml:2 = scf.if %live -> (f32, f32) {\n\
              \x20     %dm = arith.subf %m0, %mx : f32\n\
-             \x20     %corr = math.exp %dm : f32\n\
-             \x20     %sum = scf.for %i = %i0 to %n step %i1 iter_args(%acc = %zero) -> (f32) {{"
+             \x20     %corr = math.exp %dm : f32\n",
         );
-        element(&mut s, "        ");
+        fold(&mut s, "      ", "sum", ("i", "n"), "%zero", |s| {
+            element(s, "        ");
+            s.push_str(
+                "        %d = arith.subf %z, %mx : f32\n\
+                 \x20       %e = math.exp %d : f32\n\
+                 \x20       %next = arith.addf %acc, %e : f32\n",
+            );
+        });
         let _ = writeln!(
             s,
-            "        %d = arith.subf %z, %mx : f32\n\
-             \x20       %e = math.exp %d : f32\n\
-             \x20       %next = arith.addf %acc, %e : f32\n\
-             \x20       scf.yield %next : f32\n\
-             \x20     }}\n\
-             \x20     %lc = arith.mulf %l0, %corr : f32\n\
+            "      %lc = arith.mulf %l0, %corr : f32\n\
              \x20     %ln = arith.addf %lc, %sum : f32\n\
              \x20     scf.yield %mx, %ln : f32, f32\n\
              \x20   }} else {{\n\
@@ -468,19 +463,12 @@ fn row_pieces_body(name: &str, rp: RowPieces) -> String {
              \x20   memref.store %ml#1, %s[%i1] : {ts}"
         );
     } else {
-        s.push_str(
-            "    %from = arith.select %first, %zero, %s0 : f32\n\
-             \x20   %ss = scf.for %i = %i0 to %n step %i1 iter_args(%acc = %from) -> (f32) {\n",
-        );
-        element(&mut s, "      ");
-        let _ = writeln!(
-            s,
-            "      %sq = arith.mulf %v, %v : f32\n\
-             \x20     %next = arith.addf %acc, %sq : f32\n\
-             \x20     scf.yield %next : f32\n\
-             \x20   }}\n\
-             \x20   memref.store %ss, %s[%i0] : {ts}"
-        );
+        s.push_str("    %from = arith.select %first, %zero, %s0 : f32\n");
+        fold(&mut s, "    ", "ss", ("i", "n"), "%from", |s| {
+            element(s, "      ");
+            s.push_str("      %sq = arith.mulf %v, %v : f32\n      %next = arith.addf %acc, %sq : f32\n");
+        });
+        let _ = writeln!(s, "    memref.store %ss, %s[%i0] : {ts}");
     }
     s.push_str("    return\n}\n");
     // Pass 2.
@@ -539,17 +527,28 @@ fn matvec_rows(s: &mut String, nc: u64, (stride, var, bound): (&str, &str, &str)
         s,
         "    scf.for %r = %i0 to %rows step %i1 {{\n\
          \x20     %init = memref.load %c[%r] : memref<{nc}xf32>\n\
-         \x20     %row = arith.muli %r, %{stride} : index\n\
-         \x20     %sum = scf.for %{var} = %i0 to %{bound} step %i1 iter_args(%acc = %init) -> (f32) {{"
+         \x20     %row = arith.muli %r, %{stride} : index"
     );
-    step(s);
+    fold(s, "      ", "sum", (var, bound), "%init", step);
+    let _ = writeln!(s, "      memref.store %sum, %c[%r] : memref<{nc}xf32>\n    }}");
+}
+
+/// A loop at `indent` over `%var` from 0 to `%bound` that folds an f32 from `init` into `%result`: `step`
+/// writes one step, at `indent` and two, from `%acc` to `%next`.
+fn fold(
+    s: &mut String,
+    indent: &str,
+    result: &str,
+    (var, bound): (&str, &str),
+    init: &str,
+    step: impl FnOnce(&mut String),
+) {
     let _ = writeln!(
         s,
-        "        scf.yield %next : f32\n\
-         \x20     }}\n\
-         \x20     memref.store %sum, %c[%r] : memref<{nc}xf32>\n\
-         \x20   }}"
+        "{indent}%{result} = scf.for %{var} = %i0 to %{bound} step %i1 iter_args(%acc = {init}) -> (f32) {{"
     );
+    step(s);
+    let _ = writeln!(s, "{indent}  scf.yield %next : f32\n{indent}}}");
 }
 
 /// The per-row part of a row-wise body (inside the loop over rows `%r`, the row's first element `%row`).
@@ -564,14 +563,10 @@ fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64,
     match op {
         RowOp::RmsNorm { eps } => {
             // The row's sum of squares in order, then x / sqrt(ss / width + eps) * g.
-            s.push_str("      %ss = scf.for %j = %i0 to %w step %i1 iter_args(%acc = %zero) -> (f32) {\n");
-            elem(s, "        %v");
-            s.push_str(
-                "        %sq = arith.mulf %v, %v : f32\n\
-                 \x20       %next = arith.addf %acc, %sq : f32\n\
-                 \x20       scf.yield %next : f32\n\
-                 \x20     }\n",
-            );
+            fold(s, "      ", "ss", ("j", "w"), "%zero", |s| {
+                elem(s, "        %v");
+                s.push_str("        %sq = arith.mulf %v, %v : f32\n        %next = arith.addf %acc, %sq : f32\n");
+            });
             let _ = writeln!(
                 s,
                 "      %wf = arith.constant 0x{:08X} : f32\n      %eps = arith.constant 0x{:08X} : f32",
@@ -658,21 +653,21 @@ fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64,
                 load(s, "        %mk", "b", "%e", nb, tb);
                 s.push_str("        %vs = arith.mulf %v, %scale : f32\n        %z = arith.addf %vs, %mk : f32\n");
             };
-            s.push_str("      %mx = scf.for %j = %i0 to %w step %i1 iter_args(%acc = %ninf) -> (f32) {\n");
-            z(s);
-            s.push_str("        %next = arith.maximumf %acc, %z : f32\n        scf.yield %next : f32\n      }\n");
-            s.push_str(
-                "      %dead = arith.cmpf oeq, %mx, %ninf : f32\n\
-                 \x20     %sum = scf.for %j = %i0 to %w step %i1 iter_args(%acc = %zero) -> (f32) {\n",
-            );
-            z(s);
-            s.push_str(
-                "        %d = arith.subf %z, %mx : f32\n\
-                 \x20       %ex = math.exp %d : f32\n\
-                 \x20       %y = arith.select %dead, %zero, %ex : f32\n",
-            );
-            store(s, "%y");
-            s.push_str("        %next = arith.addf %acc, %y : f32\n        scf.yield %next : f32\n      }\n");
+            fold(s, "      ", "mx", ("j", "w"), "%ninf", |s| {
+                z(s);
+                s.push_str("        %next = arith.maximumf %acc, %z : f32\n");
+            });
+            s.push_str("      %dead = arith.cmpf oeq, %mx, %ninf : f32\n");
+            fold(s, "      ", "sum", ("j", "w"), "%zero", |s| {
+                z(s);
+                s.push_str(
+                    "        %d = arith.subf %z, %mx : f32\n\
+                     \x20       %ex = math.exp %d : f32\n\
+                     \x20       %y = arith.select %dead, %zero, %ex : f32\n",
+                );
+                store(s, "%y");
+                s.push_str("        %next = arith.addf %acc, %y : f32\n");
+            });
             s.push_str("      scf.for %j = %i0 to %w step %i1 {\n        %e = arith.addi %row, %j : index\n");
             let _ = writeln!(s, "        %y = memref.load %c[%e] : memref<{nc}xf32>");
             s.push_str("        %q = arith.divf %y, %sum : f32\n        %o = arith.select %dead, %zero, %q : f32\n");
@@ -682,12 +677,56 @@ fn rows_body(s: &mut String, op: RowOp, width: u64, (na, nb, nc, tb): (u64, u64,
     }
 }
 
-/// What the NPU target's core-body tests share: the bodies every kind is tried at, and random tiles for one.
+/// What the NPU target's core-body tests share: the bodies every kind is tried at, random tiles for one, and
+/// the designs at the model shapes.
 #[cfg(test)]
 pub(crate) mod bodies {
-    use super::super::design::{q8, AttentionRounds, CoreBody, RowOp, RowPieces};
+    use super::super::design::{q8, AttentionRounds, CoreBody, Design, RowOp, RowPieces};
     use super::super::emu::{attention_finish, bf16, AttentionTile};
     use super::body_buffers;
+
+    /// A model's widths: `(hidden, ffn, q, kv, head_dim)`, `q` and `kv` those of the q and of the k (or v)
+    /// projection.
+    pub(crate) type ModelShape = (u64, u64, u64, u64, u64);
+
+    /// Llama-3.2-1B's and Llama-3.1-8B's.
+    pub(crate) const LLAMA_SHAPES: [ModelShape; 2] = [(2048, 8192, 2048, 512, 64), (4096, 14336, 4096, 1024, 128)];
+
+    /// A model's four projections, `(n, k)`: q / k / v, o, gate / up, down.
+    pub(crate) fn projections((hidden, ffn, q, kv, _): ModelShape) -> [(u64, u64); 4] {
+        [(q + 2 * kv, hidden), (hidden, q), (2 * ffn, hidden), (hidden, ffn)]
+    }
+
+    /// A model's row-wise ops and their widths: the norm, the GLU, RoPE of q and of k, the softmax over 512
+    /// scores.
+    pub(crate) fn row_ops((hidden, ffn, q, kv, hd): ModelShape) -> [(RowOp, u64); 5] {
+        [
+            (RowOp::RmsNorm { eps: 1e-5 }, hidden),
+            (RowOp::SiluGlu, ffn),
+            (RowOp::Rope { head_dim: hd }, q),
+            (RowOp::Rope { head_dim: hd }, kv),
+            (RowOp::Softmax { scale: 0.125 }, 512),
+        ]
+    }
+
+    /// The designs at [`LLAMA_SHAPES`] (prefill 512 and decode): each projection's GEMM and GEMVs (bf16 and
+    /// int8), the row-wise designs and the prefill attention.
+    pub(crate) fn model_designs() -> Vec<Design> {
+        use super::super::{attention::*, gemm::gemm, gemv::*, model::NPU1, rows::rows};
+        let mut designs = Vec::new();
+        for shape in LLAMA_SHAPES {
+            for (n, k) in projections(shape) {
+                designs.push(gemm(&NPU1, 512, k, n).design);
+                designs.push(gemv(&NPU1, n, k).design);
+                designs.push(gemv_q8(&NPU1, n, k).design);
+            }
+            for (op, width) in row_ops(shape) {
+                designs.push(rows(&NPU1, op, 512, width).unwrap().design);
+            }
+            designs.push(attention(&NPU1, llama_prefill(shape.4, 512)).design);
+        }
+        designs
+    }
 
     /// One body of every non-attention kind (both GEMM layouts), at small shapes.
     pub(crate) fn small() -> Vec<CoreBody> {
@@ -1082,25 +1121,7 @@ mod tests {
     /// The distinct core bodies of every design at the Llama-3.2-1B and Llama-3.1-8B shapes (prefill 512 and
     /// decode), by name.
     fn model_bodies() -> Vec<CoreBody> {
-        use super::super::{attention::*, gemm::gemm, gemv::*, model::NPU1, rows::rows};
-        let mut designs = Vec::new();
-        for (hidden, ffn, q, kv, hd) in [(2048u64, 8192u64, 2048u64, 512u64, 64u64), (4096, 14336, 4096, 1024, 128)] {
-            for (n, k) in [(q + 2 * kv, hidden), (hidden, q), (2 * ffn, hidden), (hidden, ffn)] {
-                designs.push(gemm(&NPU1, 512, k, n).design);
-                designs.push(gemv(&NPU1, n, k).design);
-                designs.push(gemv_q8(&NPU1, n, k).design);
-            }
-            for (op, width) in [
-                (RowOp::RmsNorm { eps: 1e-5 }, hidden),
-                (RowOp::SiluGlu, ffn),
-                (RowOp::Rope { head_dim: hd }, q),
-                (RowOp::Rope { head_dim: hd }, kv),
-                (RowOp::Softmax { scale: 0.125 }, 512),
-            ] {
-                designs.push(rows(&NPU1, op, 512, width).unwrap().design);
-            }
-            designs.push(attention(&NPU1, llama_prefill(hd, 512)).design);
-        }
+        let designs = super::bodies::model_designs();
         let mut seen = std::collections::BTreeMap::new();
         for c in designs.iter().flat_map(|d| &d.cores) {
             seen.entry(body_name(c.body)).or_insert(c.body);

@@ -12,7 +12,7 @@
 //! first for the row's statistics, the second for its outputs, so the host sends each such row twice.
 
 use super::design::{
-    dims, tile, Core, CoreBody, Design, Elem, FifoUse, Link, ObjectFifo, Port, RowOp, RowPieces, SeqOp,
+    dims, tile, Core, CoreBody, Design, Dim, Elem, FifoUse, Link, ObjectFifo, Port, RowOp, RowPieces, SeqOp,
 };
 use super::model::ArrayModel;
 
@@ -111,65 +111,37 @@ pub fn rows(array: &ArrayModel, op: RowOp, rows: u64, width: u64) -> Option<Rows
     let padded_rows = rows.next_multiple_of(cores * r);
     let mut d = Design { name: format!("{op:?}_{rows}x{width}"), ..Default::default() };
     if broadcast {
-        let everyone = (0..array.columns).flat_map(|c| (2..array.rows).map(move |q| tile(c, q))).collect();
-        d.fifos.push(ObjectFifo::double("w_in".into(), tile(0, 0), vec![tile(0, 1)], vec![width], Elem::Bf16));
-        d.fifos.push(ObjectFifo::double("w".into(), tile(0, 1), everyone, vec![width], Elem::Bf16));
-        d.links.push(Link { from: vec!["w_in".into()], to: vec!["w".into()] });
+        broadcast_weights(&mut d, array, width);
     }
     for c in 0..array.columns {
-        let (shim, mem) = (tile(c, 0), tile(c, 1));
-        let operands: &[(&str, u64, Elem)] = if broadcast {
-            &[("x", width, Elem::Bf16)]
-        } else {
-            &[("x", width, Elem::Bf16), ("u", second_width, second_elem)]
-        };
-        for &(name, w, elem) in operands {
-            d.fifos.push(ObjectFifo::double(format!("{name}{c}_in"), shim, vec![mem], vec![per_col * r, w], elem));
-            for q in 0..per_col as u32 {
-                let f = ObjectFifo::double(format!("{name}{c}_{q}"), mem, vec![tile(c, 2 + q)], vec![r, w], elem);
-                d.fifos.push(f);
-            }
-            let to = (0..per_col).map(|q| format!("{name}{c}_{q}")).collect();
-            d.links.push(Link { from: vec![format!("{name}{c}_in")], to });
+        let mem = tile(c, 1);
+        split_operand(&mut d, "x", c, per_col, (vec![per_col * r, width], vec![r, width]), Elem::Bf16);
+        if !broadcast {
+            let shapes = (vec![per_col * r, second_width], vec![r, second_width]);
+            split_operand(&mut d, "u", c, per_col, shapes, second_elem);
         }
         for q in 0..per_col as u32 {
             let y = ObjectFifo::double(format!("y{c}_{q}"), tile(c, 2 + q), vec![mem], vec![r, width], Elem::F32);
             d.fifos.push(ObjectFifo { depth: out_depth, ..y });
-            let second = if broadcast { "w".to_string() } else { format!("u{c}_{q}") };
-            let uses = vec![
-                FifoUse { fifo: format!("x{c}_{q}"), port: Port::Consume, acquire: 1 },
-                FifoUse { fifo: second, port: Port::Consume, acquire: 1 },
-                FifoUse { fifo: format!("y{c}_{q}"), port: Port::Produce, acquire: 1 },
-            ];
-            let body = CoreBody::Rows { op, rows: r, width };
+            let (uses, body) = (core_uses(c, q, broadcast), CoreBody::Rows { op, rows: r, width });
             d.cores.push(Core { tile: tile(c, 2 + q), locals_bytes: 0, stack_bytes: None, uses, body });
         }
-        d.fifos.push(ObjectFifo::double(format!("y{c}"), mem, vec![shim], vec![per_col * r, width], Elem::F32));
-        d.links.push(Link { from: (0..per_col).map(|q| format!("y{c}_{q}")).collect(), to: vec![format!("y{c}")] });
+        join_results(&mut d, c, per_col, vec![per_col * r, width]);
     }
     // Arguments: 0 = x, 1 = the second operand (the norm's weights, up, the RoPE table or the mask), 2 = out.
     // Per block, one buffer of each column's rows in and out (and the weights once, to every core).
+    let n = per_col * r * width;
     for blk in 0..padded_rows / (cores * r) {
-        let mut bd = 0;
-        let mut push = |d: &mut Design, arg, elem, offset, fifo: String, n: u64| {
-            let dims = dims(&[(1, 0), (1, 0), (1, 0), (n, 1)]);
-            d.sequence.push(SeqOp::Memcpy { arg, elem, offset, dims, fifo, bd });
-            bd += 1;
-        };
-        if broadcast {
-            push(&mut d, 1, Elem::Bf16, 0, "w_in".into(), width);
-        }
-        let n = per_col * r * width;
-        for c in 0..cols {
-            let at = (blk * cores + c * per_col) * r * width;
-            push(&mut d, 0, Elem::Bf16, at, format!("x{c}_in"), n);
-            if !broadcast {
-                let at2 = (blk * cores + c * per_col) * r * second_width;
-                push(&mut d, 1, second_elem, at2, format!("u{c}_in"), per_col * r * second_width);
+        let weights = broadcast.then(|| linear(width));
+        push_block(&mut d, cols, weights, second_elem, |c| {
+            // The column's first row.
+            let first = (blk * cores + c * per_col) * r;
+            BlockColumn {
+                x: (first * width, linear(n)),
+                second: (!broadcast).then(|| (first * second_width, linear(per_col * r * second_width))),
+                y: (first * width, linear(n)),
             }
-            push(&mut d, 2, Elem::F32, at, format!("y{c}"), n);
-        }
-        wait_for_block(&mut d, cols, broadcast);
+        });
     }
     Some(RowsDesign { design: d, rows_per_core: r, shape: (rows, width), padded_rows, padded_width: width })
 }
@@ -219,64 +191,120 @@ pub fn rows_in_pieces(array: &ArrayModel, op: RowOp, rows: u64, width: u64, piec
     let padded_rows = rows.next_multiple_of(cores);
     let mut d = Design { name: format!("{op:?}_{rows}x{width}_in_pieces_of_{piece}"), ..Default::default() };
     if broadcast {
-        let everyone = (0..array.columns).flat_map(|c| (2..array.rows).map(move |q| tile(c, q))).collect();
-        d.fifos.push(ObjectFifo::double("w_in".into(), tile(0, 0), vec![tile(0, 1)], vec![piece], Elem::Bf16));
-        d.fifos.push(ObjectFifo::double("w".into(), tile(0, 1), everyone, vec![piece], Elem::Bf16));
-        d.links.push(Link { from: vec!["w_in".into()], to: vec!["w".into()] });
+        broadcast_weights(&mut d, array, piece);
     }
     let operands: &[&str] = if broadcast { &["x"] } else { &["x", "u"] };
     for c in 0..array.columns {
-        let (shim, mem) = (tile(c, 0), tile(c, 1));
+        let mem = tile(c, 1);
         for name in operands {
-            let f = ObjectFifo::double(format!("{name}{c}_in"), shim, vec![mem], vec![per_col, piece], Elem::Bf16);
-            d.fifos.push(f);
-            for q in 0..per_col as u32 {
-                let f =
-                    ObjectFifo::double(format!("{name}{c}_{q}"), mem, vec![tile(c, 2 + q)], vec![piece], Elem::Bf16);
-                d.fifos.push(f);
-            }
-            let to = (0..per_col).map(|q| format!("{name}{c}_{q}")).collect();
-            d.links.push(Link { from: vec![format!("{name}{c}_in")], to });
+            split_operand(&mut d, name, c, per_col, (vec![per_col, piece], vec![piece]), Elem::Bf16);
         }
         for q in 0..per_col as u32 {
             let core = tile(c, 2 + q);
             d.fifos.push(ObjectFifo::double(format!("y{c}_{q}"), core, vec![mem], vec![piece], Elem::F32));
-            let second = if broadcast { "w".to_string() } else { format!("u{c}_{q}") };
-            let uses = vec![
-                FifoUse { fifo: format!("x{c}_{q}"), port: Port::Consume, acquire: 1 },
-                FifoUse { fifo: second, port: Port::Consume, acquire: 1 },
-                FifoUse { fifo: format!("y{c}_{q}"), port: Port::Produce, acquire: 1 },
-            ];
+            let uses = core_uses(c, q, broadcast);
             // The row's statistics: two f32.
             d.cores.push(Core { tile: core, locals_bytes: 8, stack_bytes: None, uses, body: CoreBody::RowPieces(rp) });
         }
-        d.fifos.push(ObjectFifo::double(format!("y{c}"), mem, vec![shim], vec![per_col, piece], Elem::F32));
-        d.links.push(Link { from: (0..per_col).map(|q| format!("y{c}_{q}")).collect(), to: vec![format!("y{c}")] });
+        join_results(&mut d, c, per_col, vec![per_col, piece]);
     }
     // Arguments: 0 = x, 1 = the weights (one row) or the mask, 2 = out, each row at a stride of padded_width.
     // Per block (a row a core), each column's rows twice (and the mask's), the weights once, the outputs once.
     let twice = dims(&[(2, 0), (pieces, piece), (per_col, padded_width), (piece, 1)]);
     let once = dims(&[(pieces, piece), (per_col, padded_width), (piece, 1)]);
     for blk in 0..padded_rows / cores {
-        let mut bd = 0;
-        let mut push = |d: &mut Design, arg, elem, offset, dims: &Vec<_>, fifo: String| {
-            d.sequence.push(SeqOp::Memcpy { arg, elem, offset, dims: dims.clone(), fifo, bd });
-            bd += 1;
-        };
-        if broadcast {
-            push(&mut d, 1, Elem::Bf16, 0, &dims(&[(1, 0), (1, 0), (1, 0), (padded_width, 1)]), "w_in".into());
-        }
-        for c in 0..cols {
+        let weights = broadcast.then(|| linear(padded_width));
+        push_block(&mut d, cols, weights, Elem::Bf16, |c| {
             let at = (blk * cores + c * per_col) * padded_width;
-            push(&mut d, 0, Elem::Bf16, at, &twice, format!("x{c}_in"));
-            if !broadcast {
-                push(&mut d, 1, Elem::Bf16, at, &twice, format!("u{c}_in"));
+            BlockColumn {
+                x: (at, twice.clone()),
+                second: (!broadcast).then(|| (at, twice.clone())),
+                y: (at, once.clone()),
             }
-            push(&mut d, 2, Elem::F32, at, &once, format!("y{c}"));
-        }
-        wait_for_block(&mut d, cols, broadcast);
+        });
     }
     Some(RowsDesign { design: d, rows_per_core: 1, shape: (rows, width), padded_rows, padded_width })
+}
+
+/// The norm's weights, `n` elements a buffer, from column 0's shim through its memtile to every core.
+fn broadcast_weights(d: &mut Design, array: &ArrayModel, n: u64) {
+    let everyone = (0..array.columns).flat_map(|c| (2..array.rows).map(move |q| tile(c, q))).collect();
+    d.fifos.push(ObjectFifo::double("w_in".into(), tile(0, 0), vec![tile(0, 1)], vec![n], Elem::Bf16));
+    d.fifos.push(ObjectFifo::double("w".into(), tile(0, 1), everyone, vec![n], Elem::Bf16));
+    d.links.push(Link { from: vec!["w_in".into()], to: vec!["w".into()] });
+}
+
+/// Operand `name` of column `c`: buffers of `whole` from its shim to its memtile, which splits each into its
+/// `per_col` cores' buffers of `share`.
+fn split_operand(d: &mut Design, name: &str, c: u32, per_col: u64, (whole, share): (Vec<u64>, Vec<u64>), elem: Elem) {
+    let (shim, mem) = (tile(c, 0), tile(c, 1));
+    d.fifos.push(ObjectFifo::double(format!("{name}{c}_in"), shim, vec![mem], whole, elem));
+    for q in 0..per_col as u32 {
+        d.fifos.push(ObjectFifo::double(format!("{name}{c}_{q}"), mem, vec![tile(c, 2 + q)], share.clone(), elem));
+    }
+    let to = (0..per_col).map(|q| format!("{name}{c}_{q}")).collect();
+    d.links.push(Link { from: vec![format!("{name}{c}_in")], to });
+}
+
+/// Column `c`'s cores' results (fifos `y{c}_{q}`) joined at its memtile into buffers of `whole` to its shim.
+fn join_results(d: &mut Design, c: u32, per_col: u64, whole: Vec<u64>) {
+    d.fifos.push(ObjectFifo::double(format!("y{c}"), tile(c, 1), vec![tile(c, 0)], whole, Elem::F32));
+    d.links.push(Link { from: (0..per_col).map(|q| format!("y{c}_{q}")).collect(), to: vec![format!("y{c}")] });
+}
+
+/// What core `q` of column `c` takes and gives: its rows, the second operand (the broadcast weights, or its
+/// share) and its results.
+fn core_uses(c: u32, q: u32, broadcast: bool) -> Vec<FifoUse> {
+    let second = if broadcast { "w".to_string() } else { format!("u{c}_{q}") };
+    vec![
+        FifoUse { fifo: format!("x{c}_{q}"), port: Port::Consume, acquire: 1 },
+        FifoUse { fifo: second, port: Port::Consume, acquire: 1 },
+        FifoUse { fifo: format!("y{c}_{q}"), port: Port::Produce, acquire: 1 },
+    ]
+}
+
+/// A transfer of `n` consecutive elements.
+fn linear(n: u64) -> Vec<Dim> {
+    dims(&[(1, 0), (1, 0), (1, 0), (n, 1)])
+}
+
+/// Where one column's transfers of a block lie in their arguments, each at an offset by an access pattern: its
+/// cores' rows in, their share of the second operand (none where that is broadcast), their results out.
+struct BlockColumn {
+    x: (u64, Vec<Dim>),
+    second: Option<(u64, Vec<Dim>)>,
+    y: (u64, Vec<Dim>),
+}
+
+/// One block's transfers, each on the next buffer descriptor from 0: the broadcast `weights` (argument 1,
+/// bf16) where there are any, then each column's ([`BlockColumn`] of `column(c)`): its rows (argument 0,
+/// bf16), its share of the second operand (argument 1, `second_elem`), its results (argument 2, f32); then
+/// the waits that end the block.
+fn push_block(
+    d: &mut Design,
+    cols: u64,
+    weights: Option<Vec<Dim>>,
+    second_elem: Elem,
+    column: impl Fn(u64) -> BlockColumn,
+) {
+    let broadcast = weights.is_some();
+    let mut bd = 0;
+    let mut push = |d: &mut Design, arg, elem, (offset, dims): (u64, Vec<Dim>), fifo: String| {
+        d.sequence.push(SeqOp::Memcpy { arg, elem, offset, dims, fifo, bd });
+        bd += 1;
+    };
+    if let Some(w) = weights {
+        push(d, 1, Elem::Bf16, (0, w), "w_in".into());
+    }
+    for c in 0..cols {
+        let BlockColumn { x, second, y } = column(c);
+        push(d, 0, Elem::Bf16, x, format!("x{c}_in"));
+        if let Some(u) = second {
+            push(d, 1, second_elem, u, format!("u{c}_in"));
+        }
+        push(d, 2, Elem::F32, y, format!("y{c}"));
+    }
+    wait_for_block(d, cols, broadcast);
 }
 
 /// The waits that end a block's transfers: every column's result and operand, then the broadcast weights or
