@@ -82,7 +82,9 @@ fn throughput() {
         (1, 2048, 8192, false),
         (1, 2048, 8192, true),
         (1, 8192, 2048, true),
-        // A server's decode step over four sequences.
+        // A server's decode step over two and four sequences (hot: the compute alone, the weights in cache).
+        (2, 8192, 2048, true),
+        (4, 8192, 2048, false),
         (4, 8192, 2048, true),
         (4, 2048, 8192, true),
         (128, 2048, 2048, false),

@@ -73,7 +73,7 @@ unsafe fn store<const R: usize>(a: &TileArgs, acc: &[__m512; R]) {
 }
 
 /// q4_0: the low nibbles of chunk `j` are elements `4j..4j+4`, the high ones `16+4j..`; they enter `dpbusd` as
-/// unsigned `q` (the high ones as `16 q`, unshifted) and `8 * sum(x)` is subtracted from the block's i32 sum.
+/// unsigned `q` (the high ones as `16 q`, unshifted), and the block's i32 sum starts at `-8 * sum(x)`.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; the [`TileArgs`] pointers are valid as described there.
@@ -99,18 +99,23 @@ pub(super) unsafe fn q4<const R: usize>(a: &TileArgs) {
             // sum shifts back once.
             hi[j] = _mm512_and_si512(v, mask_hi);
         }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let x = a.x.add(r * a.ldx + b * QK).cast::<i8>();
-            let (mut s0, mut s1) = (zero, zero);
-            for j in 0..4 {
-                s0 = _mm512_dpbusd_epi32(s0, lo[j], bcast4(x.add(4 * j)));
-                s1 = _mm512_dpbusd_epi32(s1, hi[j], bcast4(x.add(16 + 4 * j)));
+        // sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32: the high half's sum, 16 * sum(q_hi * x),
+        // starts at -128 * sum(x), which keeps it a multiple of 16.
+        let (mut s0, mut s1) = ([zero; R], [zero; R]);
+        for (r, s1) in s1.iter_mut().enumerate() {
+            *s1 = _mm512_set1_epi32(-128 * *a.xm.add(r * a.ldxd + b));
+        }
+        // Chunk-major over the rows: independent chains reach the multiply-add pipes in program order.
+        for j in 0..4 {
+            for r in 0..R {
+                let x = a.x.add(r * a.ldx + b * QK + 4 * j).cast::<i8>();
+                s0[r] = _mm512_dpbusd_epi32(s0[r], lo[j], bcast4(x));
+                s1[r] = _mm512_dpbusd_epi32(s1[r], hi[j], bcast4(x.add(16)));
             }
-            // sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32.
-            let m8 = _mm512_slli_epi32(_mm512_set1_epi32(*a.xm.add(r * a.ldxd + b)), 3);
-            // 16 * sum(q_hi * x) is a multiple of 16: the arithmetic shift is exact.
-            let s1 = _mm512_srai_epi32(s1, 4);
-            let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(s0, s1), m8));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // A multiple of 16: the arithmetic shift is exact.
+            let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[r], _mm512_srai_epi32(s1[r], 4)));
             let dx = _mm512_set1_ps(*a.xd.add(r * a.ldxd + b));
             *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), s, *acc);
         }
@@ -119,7 +124,7 @@ pub(super) unsafe fn q4<const R: usize>(a: &TileArgs) {
 }
 
 /// q8_0: weights enter `dpbusd` as `w + 128` (one xor per weight vector, shared by the tile's rows) and
-/// `128 * sum(x)` is subtracted from the block's i32 sum.
+/// the block's i32 sum starts at `-128 * sum(x)`.
 ///
 /// # Safety
 /// As for [`q4`].
@@ -140,16 +145,21 @@ pub(super) unsafe fn q8<const R: usize>(a: &TileArgs) {
         for (j, w) in wq.iter_mut().enumerate() {
             *w = _mm512_xor_si512(load_pair(p0.add(2 * G + 32 * j), p1.add(2 * G + 32 * j)), off);
         }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let x = a.x.add(r * a.ldx + b * QK).cast::<i8>();
-            let (mut s0, mut s1) = (zero, zero);
-            for j in 0..4 {
-                s0 = _mm512_dpbusd_epi32(s0, wq[2 * j], bcast4(x.add(8 * j)));
-                s1 = _mm512_dpbusd_epi32(s1, wq[2 * j + 1], bcast4(x.add(8 * j + 4)));
+        // sum((w + 128) * x) = sum(w * x) + 128 * sum(x): the sum starts at -128 * sum(x), exactly.
+        let (mut s0, mut s1) = ([zero; R], [zero; R]);
+        for (r, s0) in s0.iter_mut().enumerate() {
+            *s0 = _mm512_set1_epi32(-128 * *a.xm.add(r * a.ldxd + b));
+        }
+        // Chunk-major over the rows, as in the q4_0 tile.
+        for j in 0..4 {
+            for r in 0..R {
+                let x = a.x.add(r * a.ldx + b * QK + 8 * j).cast::<i8>();
+                s0[r] = _mm512_dpbusd_epi32(s0[r], wq[2 * j], bcast4(x));
+                s1[r] = _mm512_dpbusd_epi32(s1[r], wq[2 * j + 1], bcast4(x.add(4)));
             }
-            // sum((w + 128) * x) = sum(w * x) + 128 * sum(x): subtracted exactly, in i32.
-            let m = _mm512_slli_epi32(_mm512_set1_epi32(*a.xm.add(r * a.ldxd + b)), 7);
-            let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(s0, s1), m));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[r], s1[r]));
             let dx = _mm512_set1_ps(*a.xd.add(r * a.ldxd + b));
             *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), s, *acc);
         }

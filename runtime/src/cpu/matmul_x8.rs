@@ -175,7 +175,7 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
 /// The instantiation of the q4_0 / q8_0 tiles for one ISA: `$feat` its target features, `$dot4(acc, u, s)` adds
 /// per i32 lane the sum of 4 products of unsigned `u` and signed `s` bytes. q8_0 weights are signed: with VNNI
 /// they enter as `w + 128` (one xor per weight vector, shared by the tile's rows), so that the activations stay
-/// the signed operand, broadcast straight from memory, and `128 * sum(x)` is subtracted from the i32 sums;
+/// the signed operand, broadcast straight from memory, and the i32 sums start at `-128 * sum(x)`;
 /// with AVX2 as `w` with `x`'s signs against `|x|` (AVX2's `maddubs` would saturate on `w + 128`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! x8_tiles {
@@ -204,18 +204,26 @@ macro_rules! x8_tiles {
                         _mm256_and_si256(_mm256_srli_epi16(v, 4), mask)
                     };
                 }
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = a.x.add(r * a.ldx + b * QK).cast::<i8>();
-                    let (mut s0, mut s1) = (zero, zero);
-                    for j in 0..4 {
-                        s0 = $dot4(s0, lo[j], bcast4(x.add(4 * j)));
-                        s1 = $dot4(s1, hi[j], bcast4(x.add(16 + 4 * j)));
+                // sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32: the high half's sum starts at
+                // -8 * sum(x) (times 16 where it is 16 * sum(q_hi * x), which keeps it a multiple of 16).
+                let corr = if $vnni { -128 } else { -8 };
+                let (mut s0, mut s1) = ([zero; R], [zero; R]);
+                for (r, s1) in s1.iter_mut().enumerate() {
+                    *s1 = _mm256_set1_epi32(corr * *a.xm.add(r * a.ldxd + b));
+                }
+                // Chunk-major over the rows: the rows' dot products are independent chains, so ready work
+                // reaches the multiply-add pipes in program order rather than waiting behind one row's chain.
+                for j in 0..4 {
+                    for r in 0..R {
+                        let x = a.x.add(r * a.ldx + b * QK + 4 * j).cast::<i8>();
+                        s0[r] = $dot4(s0[r], lo[j], bcast4(x));
+                        s1[r] = $dot4(s1[r], hi[j], bcast4(x.add(16)));
                     }
-                    // sum((q - 8) * x) = sum(q * x) - 8 * sum(x), exactly, in i32.
-                    let m8 = _mm256_slli_epi32(_mm256_set1_epi32(*a.xm.add(r * a.ldxd + b)), 3);
-                    // 16 * sum(q_hi * x) is a multiple of 16: the arithmetic shift is exact.
-                    let s1 = if $vnni { _mm256_srai_epi32(s1, 4) } else { s1 };
-                    let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_add_epi32(s0, s1), m8));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // 16 * (sum(q_hi * x) - 8 * sum(x)) is a multiple of 16: the arithmetic shift is exact.
+                    let s1 = if $vnni { _mm256_srai_epi32(s1[r], 4) } else { s1[r] };
+                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0[r], s1));
                     let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
                     *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), s, *acc);
                 }
@@ -241,26 +249,31 @@ macro_rules! x8_tiles {
                         *w = _mm256_xor_si256(*w, off); // w + 128 as u8
                     }
                 }
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = a.x.add(r * a.ldx + b * QK).cast::<i8>();
-                    let (mut s0, mut s1) = (zero, zero);
-                    for j in 0..4 {
+                let (mut s0, mut s1) = ([zero; R], [zero; R]);
+                if $vnni {
+                    // sum((w + 128) * x) = sum(w * x) + 128 * sum(x): the sum starts at -128 * sum(x), exactly.
+                    for (r, s0) in s0.iter_mut().enumerate() {
+                        *s0 = _mm256_set1_epi32(-128 * *a.xm.add(r * a.ldxd + b));
+                    }
+                }
+                // Chunk-major over the rows, as in the q4_0 tile.
+                for j in 0..4 {
+                    for r in 0..R {
+                        let x = a.x.add(r * a.ldx + b * QK + 8 * j).cast::<i8>();
                         if $vnni {
-                            s0 = $dot4(s0, wq[2 * j], bcast4(x.add(8 * j)));
-                            s1 = $dot4(s1, wq[2 * j + 1], bcast4(x.add(8 * j + 4)));
+                            s0[r] = $dot4(s0[r], wq[2 * j], bcast4(x));
+                            s1[r] = $dot4(s1[r], wq[2 * j + 1], bcast4(x.add(4)));
                         } else {
-                            let (x0, x1) = (bcast4(x.add(8 * j)), bcast4(x.add(8 * j + 4)));
-                            s0 = $dot4(s0, _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(wq[2 * j], x0));
-                            s1 = $dot4(s1, _mm256_sign_epi8(x1, x1), _mm256_sign_epi8(wq[2 * j + 1], x1));
+                            let (x0, x1) = (bcast4(x), bcast4(x.add(4)));
+                            s0[r] = $dot4(s0[r], _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(wq[2 * j], x0));
+                            s1[r] = $dot4(s1[r], _mm256_sign_epi8(x1, x1), _mm256_sign_epi8(wq[2 * j + 1], x1));
                         }
                     }
-                    let mut s = _mm256_add_epi32(s0, s1);
-                    if $vnni {
-                        // sum((w + 128) * x) = sum(w * x) + 128 * sum(x): subtracted exactly, in i32.
-                        s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_set1_epi32(*a.xm.add(r * a.ldxd + b)), 7));
-                    }
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0[r], s1[r]));
                     let dx = _mm256_broadcast_ss(&*a.xd.add(r * a.ldxd + b));
-                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(s), *acc);
+                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), s, *acc);
                 }
             }
             store_x8(a, &acc);
