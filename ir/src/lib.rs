@@ -27,6 +27,7 @@ pub mod output;
 pub mod plan;
 pub mod print;
 pub mod quant;
+pub mod rng;
 pub mod spec;
 pub mod types;
 pub mod validate;

@@ -219,22 +219,7 @@ pub fn source_to_f32(dtype: SourceDType, bytes: &[u8], dst: &mut [f32]) {
 mod tests {
     use super::*;
 
-    /// Deterministic xorshift generator: uniform f32 in [-1, 1).
-    struct Rng(u64);
-    impl Rng {
-        fn next_u32(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 32) as u32
-        }
-        fn f32(&mut self) -> f32 {
-            (self.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        }
-        fn below(&mut self, n: u32) -> u32 {
-            self.next_u32() % n
-        }
-    }
+    use crate::rng::XorShift as Rng;
 
     fn encode(format: WeightFormat, src: &[f32]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -17,20 +17,7 @@ use unicorn_runtime::cpu::isa::Isa;
 use unicorn_runtime::cpu::matmul::{matmul_with, matmul_with_tile, Scratch, WeightRef};
 use unicorn_runtime::cpu::pool;
 
-struct Rng(u64);
-
-impl Rng {
-    fn f32(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn vec(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| self.f32()).collect()
-    }
-}
+use unicorn_ir::rng::XorShift as Rng;
 
 /// The layout the CPU target stores `format` in.
 fn layout_of(format: WeightFormat) -> WeightLayout {
@@ -44,7 +31,7 @@ fn layout_of(format: WeightFormat) -> WeightLayout {
 /// A random `n x k` matrix stored as a plan stores it (interleaved and padded for q8_0 / q4_0).
 fn matrix(rng: &mut Rng, format: WeightFormat, n: usize, k: usize) -> Vec<u8> {
     let mut rows = Vec::new();
-    for row in rng.vec(n * k).chunks(k) {
+    for row in rng.vec(n * k, 1.0).chunks(k) {
         encode_row(format, row, &mut rows);
     }
     if !format.is_quantized() {
@@ -107,7 +94,7 @@ fn throughput() {
                 let one = data.len();
                 let copies = if cold { ((256 << 20) / one).max(2) } else { 1 };
                 let all: Vec<u8> = data.iter().copied().cycle().take(one * copies).collect();
-                let x = rng.vec(rows * k);
+                let x = rng.vec(rows * k, 1.0);
                 let mut y = vec![0.0; rows * n];
                 let mut c = 0;
                 let mut call = || {
@@ -180,7 +167,7 @@ fn tiles() {
         let one = data.len();
         let copies = if rows == 1 { ((256 << 20) / one).max(2) } else { 1 };
         let all: Vec<u8> = data.iter().copied().cycle().take(one * copies).collect();
-        let x = rng.vec(rows * k);
+        let x = rng.vec(rows * k, 1.0);
         let mut y = vec![0.0; rows * n];
         let mut best = vec![f64::MAX; mine.len()];
         let mut c = 0;

@@ -14,6 +14,14 @@ fn ids_arg(ids: &[u32]) -> String {
     ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
 }
 
+/// `unicorn-rt PLAN --tokens PROMPT -n N --temperature 0 --print-ids`: greedy ids on stdout, how it stopped on
+/// stderr.
+fn greedy_ids(plan: &std::path::Path, prompt: &[u32], n: usize) -> std::process::Output {
+    let n = n.to_string();
+    let args = [plan.to_str().unwrap(), "--tokens", &ids_arg(prompt), "-n", &n, "--temperature", "0", "--print-ids"];
+    run("unicorn-rt", &args)
+}
+
 fn eos_list(v: &serde_json::Value) -> Vec<u32> {
     match v {
         serde_json::Value::Array(a) => a.iter().map(|t| t.as_u64().unwrap() as u32).collect(),
@@ -63,19 +71,7 @@ fn print_ids_stops_at_an_eos_id_only_generation_config_lists() {
     for name in names {
         let exp = expected(&name);
         let plan = compile_to(&fixtures_dir().join(&name), dir.path(), WeightFormat::F32, None);
-        let out = run(
-            "unicorn-rt",
-            &[
-                plan.to_str().unwrap(),
-                "--tokens",
-                &ids_arg(&exp.prompt_ids),
-                "-n",
-                "8",
-                "--temperature",
-                "0",
-                "--print-ids",
-            ],
-        );
+        let out = greedy_ids(&plan, &exp.prompt_ids, 8);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: {stderr}");
         assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), ids_arg(&exp.generate_ids), "{name}");
@@ -120,19 +116,7 @@ fn generate_stops_when_the_context_is_full() {
     }
     // Through the binary: a plan compiled for a context of p + 2 tokens.
     let plan = compile_to(&fixtures_dir().join(&name), dir.path(), WeightFormat::F32, Some(p + 2));
-    let out = run(
-        "unicorn-rt",
-        &[
-            plan.to_str().unwrap(),
-            "--tokens",
-            &ids_arg(&exp.prompt_ids),
-            "-n",
-            "8",
-            "--temperature",
-            "0",
-            "--print-ids",
-        ],
-    );
+    let out = greedy_ids(&plan, &exp.prompt_ids, 8);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), ids_arg(&exp.generate_ids[..3]));

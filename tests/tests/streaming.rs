@@ -8,16 +8,7 @@ use unicorn_ir::quant::{decode_row, deinterleave_row, encode_row, interleave_row
 use unicorn_ir::{WeightFormat, WeightRole};
 use unicorn_tests::*;
 
-/// xorshift values in [-1, 1).
-struct Rng(u64);
-impl Rng {
-    fn f32(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
+use unicorn_ir::rng::XorShift as Rng;
 
 #[test]
 fn a_matrix_of_many_blocks_is_stored_as_if_encoded_row_by_row() {

@@ -12,20 +12,7 @@ use unicorn_targets::vulkan::spirv;
 const FORMATS: [WeightFormat; 5] =
     [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4_0];
 
-struct Rng(u64);
-
-impl Rng {
-    fn f(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-}
+use unicorn_ir::rng::XorShift as Rng;
 
 fn gpu() -> Gpu {
     Gpu::open(0).unwrap_or_else(|e| panic!("{e} (the GPU kernel tests need a Vulkan device; CI uses lavapipe)"))
@@ -241,7 +228,7 @@ fn matmul_per_format_with_and_without_bias() {
         for (bias, path) in [false, true].into_iter().flat_map(|b| paths.iter().map(move |&p| (b, p))) {
             // x on a 16-byte boundary (the row-by-row path reads it in 16-byte words) and off one.
             let pad_x = if bias { 8 } else { 5 };
-            let (x, w, b) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n));
+            let (x, w, b) = (rng.vec(rows * k, 1.0), rng.vec(n * k, 1.0), rng.vec(n, 1.0));
             let (wbytes, wd) = encode_matrix(format, &w, n, k);
             let int8 = int8_acts(path, format) && k.is_multiple_of(32);
             let xs = operand(&x, &[], k, None, int8);
@@ -324,8 +311,8 @@ fn matmul_group_computes_each_member() {
         };
         assert_eq!(rows > 64, sizes.iter().map(|s| s.0 as u64).sum::<u64>() >= glsl::COOP_WIDE_OUTPUTS);
         let members = sizes.map(|(n, bias)| glsl::MatMember { format, bias, n: n as u64 });
-        let x = rng.vec(rows * k);
-        let gain = rng.vec(k);
+        let x = rng.vec(rows * k, 1.0);
+        let gain = rng.vec(k, 1.0);
         let int8 = int8_acts(path, format);
         let xs = operand(&x, &gain, k, norm, int8);
         let mut slacks = Vec::new();
@@ -342,7 +329,7 @@ fn matmul_group_computes_each_member() {
         let mut wants = Vec::new();
         for (m, mm) in members.iter().enumerate() {
             let n = mm.n as usize;
-            let (w, b) = (rng.vec(n * k), rng.vec(n));
+            let (w, b) = (rng.vec(n * k, 1.0), rng.vec(n, 1.0));
             let (wbytes, wd) = encode_matrix(format, &w, n, k);
             slacks.push(int8_slack(&x, &gain, k, norm, int8, &wd, n));
             wants.push(
@@ -392,7 +379,7 @@ fn matmul_with_a_residual_epilogue() {
     for (format, path, (rows, bias, in_place)) in
         FORMATS.into_iter().flat_map(|f| paths.clone().into_iter().flat_map(move |p| cases.map(|c| (f, p, c))))
     {
-        let (x, w, b, res) = (rng.vec(rows * k), rng.vec(n * k), rng.vec(n), rng.vec(rows * n));
+        let (x, w, b, res) = (rng.vec(rows * k, 1.0), rng.vec(n * k, 1.0), rng.vec(n, 1.0), rng.vec(rows * n, 1.0));
         let (wbytes, wd) = encode_matrix(format, &w, n, k);
         let int8 = int8_acts(path, format);
         let xs = operand(&x, &[], k, None, int8);
@@ -454,8 +441,8 @@ fn gate_and_up_with_the_glu_fused_behind_them() {
         .enumerate()
     {
         let (pad_x, pad_g) = operand_pads(case);
-        let x = rng.vec(rows * k);
-        let gain = rng.vec(k);
+        let x = rng.vec(rows * k, 1.0);
+        let gain = rng.vec(k, 1.0);
         let int8 = int8_acts(path, format);
         let xs = operand(&x, &gain, k, norm, int8);
         let mut slacks = Vec::new();
@@ -469,7 +456,7 @@ fn gate_and_up_with_the_glu_fused_behind_them() {
         }
         let mut proj = Vec::new();
         for m in 0..2 {
-            let (w, b) = (rng.vec(n * k), rng.vec(n));
+            let (w, b) = (rng.vec(n * k, 1.0), rng.vec(n, 1.0));
             let (wbytes, wd) = encode_matrix(format, &w, n, k);
             slacks.push(int8_slack(&x, &gain, k, norm, int8, &wd, n));
             let y: Vec<f64> = (0..rows * n)
@@ -530,7 +517,7 @@ fn embed_per_format_reads_the_rows_of_the_tokens() {
     let mut rng = Rng(7);
     let tokens = [3u32, 0, 18, 3];
     for format in FORMATS {
-        let table = rng.vec(vocab * k);
+        let table = rng.vec(vocab * k, 1.0);
         let (bytes, decoded) = encode_matrix(format, &table, vocab, k);
         let want: Vec<f64> =
             tokens.iter().flat_map(|&t| decoded[t as usize * k..][..k].iter().map(|&v| v as f64 * 1.5)).collect();
@@ -550,7 +537,7 @@ fn rms_norm_over_rows_and_over_heads() {
     let mut rng = Rng(11);
     for (width, g, unit) in [(96usize, 96usize, false), (64, 16, true), (200, 200, false)] {
         let rows = 3;
-        let (x, w) = (rng.vec(rows * width), rng.vec(g));
+        let (x, w) = (rng.vec(rows * width, 1.0), rng.vec(g, 1.0));
         let eps = 1e-5f32;
         let want: Vec<f64> = x
             .chunks(g)
@@ -592,7 +579,7 @@ fn rope_rotates_each_head_at_its_position() {
         }
         want
     };
-    let x = rng.vec(rows * width);
+    let x = rng.vec(rows * width, 1.0);
     let xb = buffer_at(&gpu, 1, &words(&x));
     let yb = buffer_at(&gpu, 2, &words(&vec![f32::NAN; rows * width]));
     let src = glsl::rope(&inv, width as u64, hd as u64);
@@ -604,7 +591,7 @@ fn rope_rotates_each_head_at_its_position() {
     // q and k in one launch (k narrower: fewer kv heads), each against the reference, and the first bit for
     // bit what it is alone.
     let kw = 24usize;
-    let k = rng.vec(rows * kw);
+    let k = rng.vec(rows * kw, 1.0);
     let (kb, kyb) = (buffer_at(&gpu, 3, &words(&k)), buffer_at(&gpu, 4, &words(&vec![f32::NAN; rows * kw])));
     let yb2 = buffer_at(&gpu, 2, &words(&vec![f32::NAN; rows * width]));
     let src = glsl::rope_pair(&inv, width as u64, kw as u64, hd as u64);
@@ -624,7 +611,7 @@ fn elementwise_kernels() {
     for op in
         [Elementwise::Add, Elementwise::GluSilu, Elementwise::GluGeluTanh, Elementwise::Scale, Elementwise::Softcap]
     {
-        let (a, b) = (rng.vec(rows * width).iter().map(|v| v * 4.0).collect::<Vec<_>>(), rng.vec(rows * width));
+        let (a, b) = (rng.vec(rows * width, 4.0), rng.vec(rows * width, 1.0));
         let c = 2.5f32;
         let want: Vec<f64> = a
             .iter()
@@ -661,7 +648,7 @@ fn elementwise_kernels() {
 fn select_rows_keeps_the_last_rows() {
     let gpu = gpu();
     let (rows, keep, width) = (5usize, 2usize, 70usize);
-    let x = Rng(19).vec(rows * width);
+    let x = Rng(19).vec(rows * width, 1.0);
     let want: Vec<f64> = x[(rows - keep) * width..].iter().map(|&v| v as f64).collect();
     let xb = buffer_at(&gpu, 4, &words(&x));
     let yb = buffer_at(&gpu, 6, &words(&vec![f32::NAN; keep * width]));
@@ -680,15 +667,15 @@ fn argmax_picks_the_first_largest_logit_of_each_row() {
     let gpu = gpu();
     let v = 1000usize;
     let mut rng = Rng(23);
-    let mut rows: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(v)).collect();
+    let mut rows: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(v, 1.0)).collect();
     rows[1][0] = 5.0;
     rows[2][v - 1] = 5.0;
-    let mut tie = rng.vec(v);
+    let mut tie = rng.vec(v, 1.0);
     for i in [700, 300, 301, 555] {
         tie[i] = 9.0;
     }
     rows.push(tie);
-    let mut nan = rng.vec(v);
+    let mut nan = rng.vec(v, 1.0);
     nan[0] = f32::NAN;
     nan[10] = f32::NAN;
     nan[400] = 3.0;
@@ -739,7 +726,7 @@ fn top_k_picks_what_the_sampler_would_pick_from_the_row() {
     let v = 9000usize;
     let mut rng = Rng(41);
     let mut rows: Vec<Vec<f32>> =
-        (0..3).map(|_| rng.vec(v).iter().map(|x| (x * 8.0).round() / 4.0).collect()).collect();
+        (0..3).map(|_| rng.vec(v, 1.0).iter().map(|x| (x * 8.0).round() / 4.0).collect()).collect();
     rows[1][5] = f32::NAN;
     rows[1][4100] = f32::INFINITY;
     rows[2][8999] = 9.0;
@@ -748,7 +735,7 @@ fn top_k_picks_what_the_sampler_would_pick_from_the_row() {
         few[i] = i as f32;
     }
     rows.push(few);
-    rows.push(rng.vec(v));
+    rows.push(rng.vec(v, 1.0));
     let n = rows.len();
     let flat: Vec<f32> = rows.concat();
     let mut xb = buffer_at(&gpu, 3, &words(&flat));
@@ -865,8 +852,8 @@ fn check_attention_with(
     let gpu = gpu();
     let mut rng = Rng(seed);
     let (h, kvh, hd) = (shape.heads as usize, shape.kv_heads as usize, shape.head_dim as usize);
-    let q_in = rng.vec(rows * h * hd);
-    let (k_in, v) = (rng.vec(rows * kvh * hd), rng.vec(rows * kvh * hd));
+    let q_in = rng.vec(rows * h * hd, 1.0);
+    let (k_in, v) = (rng.vec(rows * kvh * hd, 1.0), rng.vec(rows * kvh * hd, 1.0));
     // What attention itself sees: q and k rotated where the kernel rotates them.
     let (q, k) = match rope {
         Some(inv) => (rotate(&q_in, h * hd, hd, pos, inv), rotate(&k_in, kvh * hd, hd, pos, inv)),
@@ -874,7 +861,7 @@ fn check_attention_with(
     };
     // The cache as stored, and as the kernel reads it back (f16 rounds each value).
     let round = |x: f32| if kv_f16 { half_round(x) } else { x };
-    let cache: Vec<f32> = rng.vec(2 * kvh * cap * hd).into_iter().map(round).collect();
+    let cache: Vec<f32> = rng.vec(2 * kvh * cap * hd, 1.0).into_iter().map(round).collect();
     let cache_bytes: Vec<u8> = if kv_f16 {
         cache.chunks(2).flat_map(|p| pack_half2(p[0], p[1]).to_le_bytes()).collect()
     } else {
@@ -1112,7 +1099,7 @@ fn a_row_gets_the_same_bits_wherever_it_sits_in_the_launch() {
     let (k, n) = (96usize, 20usize);
     for (format, path) in FORMATS.into_iter().flat_map(|f| paths.iter().map(move |&p| (f, p))) {
         for prologue in [None, Some(glsl::NormPrologue { eps: 1e-6, unit_offset: false })] {
-            let (x1, gain, w) = (rng.vec(k), rng.vec(k), rng.vec(n * k));
+            let (x1, gain, w) = (rng.vec(k, 1.0), rng.vec(k, 1.0), rng.vec(n * k, 1.0));
             let (wbytes, _) = encode_matrix(format, &w, n, k);
             let members = [glsl::MatMember { format, bias: false, n: n as u64 }];
             let src = glsl::matmul_group(&members, k as u64, prologue, false, path);

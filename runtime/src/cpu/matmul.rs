@@ -596,18 +596,7 @@ mod tests {
     use super::*;
     use unicorn_ir::quant::encode_row;
 
-    struct Rng(u64);
-    impl Rng {
-        fn f32(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
-        fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-            (0..len).map(|_| self.f32() * scale).collect()
-        }
-    }
+    use unicorn_ir::rng::XorShift as Rng;
 
     /// A random `n x k` matrix in `format`, and its exact dequantized values.
     fn weights(rng: &mut Rng, format: WeightFormat, n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {

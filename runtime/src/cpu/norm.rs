@@ -41,13 +41,9 @@ mod tests {
     }
 
     /// Pseudo-random values in [-1, 1), from a seeded xorshift.
-    fn uniform(mut s: u64) -> impl FnMut() -> f32 {
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
+    fn uniform(s: u64) -> impl FnMut() -> f32 {
+        let mut rng = unicorn_ir::rng::XorShift(s);
+        move || rng.f32()
     }
 
     #[test]
