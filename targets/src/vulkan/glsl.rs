@@ -312,6 +312,24 @@ fn gemv_x_aligned(norm: bool) -> &'static str {
     }
 }
 
+/// A matmul kernel's start: its header with the extensions it takes (integer dot products, else subgroup
+/// shuffles, else cooperative matrices, else none), the operand `x` (binding 0), `K` and `TILE`.
+fn matmul_prologue(s: &mut String, k: u64, dot: bool, sg: bool, coop: bool) {
+    let extensions: &[&str] = if dot {
+        &DOT_EXTENSIONS
+    } else if sg {
+        &SUBGROUP_EXTENSIONS
+    } else if coop {
+        &COOP_EXTENSIONS
+    } else {
+        &[]
+    };
+    header_with(s, MATMUL_THREADS, 1, extensions);
+    f32_buffer(s, 0, "x", "readonly");
+    def_uint(s, "K", k);
+    def_uint(s, "TILE", MATMUL_TILE as u64);
+}
+
 /// The subgroup extensions of the row-by-row path's reduction ([`MatPath::RowByRowSg`]).
 const SUBGROUP_EXTENSIONS: [&str; 2] = ["GL_KHR_shader_subgroup_basic", "GL_KHR_shader_subgroup_shuffle"];
 
@@ -1005,19 +1023,7 @@ pub fn matmul_group(
     let dot = gemv && takes_dot(members, k, 9, path);
     let sg = gemv && matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot);
     let coop = takes_coop(members, k, path);
-    let extensions: &[&str] = if dot {
-        &DOT_EXTENSIONS
-    } else if sg {
-        &SUBGROUP_EXTENSIONS
-    } else if coop {
-        &COOP_EXTENSIONS
-    } else {
-        &[]
-    };
-    header_with(&mut s, MATMUL_THREADS, 1, extensions);
-    f32_buffer(&mut s, 0, "x", "readonly");
-    def_uint(&mut s, "K", k);
-    def_uint(&mut s, "TILE", MATMUL_TILE as u64);
+    matmul_prologue(&mut s, k, dot, sg, coop);
     let groups = gemv_groups(members);
     let tile_n = if gemv {
         8 * groups
@@ -1210,17 +1216,7 @@ pub fn matmul_glu(
     let dot = takes_dot(&members, k, 17, path);
     let sg = matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot);
     let mut s = String::new();
-    let extensions: &[&str] = if dot {
-        &DOT_EXTENSIONS
-    } else if sg {
-        &SUBGROUP_EXTENSIONS
-    } else {
-        &[]
-    };
-    header_with(&mut s, MATMUL_THREADS, 1, extensions);
-    f32_buffer(&mut s, 0, "x", "readonly");
-    def_uint(&mut s, "K", k);
-    def_uint(&mut s, "TILE", MATMUL_TILE as u64);
+    matmul_prologue(&mut s, k, dot, sg, false);
     let groups = gemv_groups(&members[..1]);
     def_uint(&mut s, "LANES", MATMUL_THREADS as u64 / groups);
     def_uint(&mut s, "OUTS", 8 * groups);
