@@ -50,9 +50,9 @@ pub enum NpuOp {
     /// context and a chunk), causal, within the last `window` positions where there is one
     /// ([`AttentionShape`]): the design of `unicorn_targets::npu::attention`. Each dispatch takes its runtime
     /// parameters `q0` (the chunk's first position) and `kv_len` (the keys holding data: cached and the
-    /// chunk's). Runtime arguments: 0 = Q (`padded_rows` rows of `heads x head_dim` bf16, after RoPE), 1 = the
-    /// keys then the values (each `key_rows` positions of `kv_heads x head_dim` bf16; positions from `kv_len` on
-    /// zeros), 2 = the output (`padded_rows` rows of `heads x head_dim` f32).
+    /// chunk's). Runtime arguments: 0 = Q (`padded_rows` rows of `heads x head_dim` bf16, after RoPE), 1 =
+    /// `key_rows` positions, each its keys then its values (`kv_heads x head_dim` bf16 each; positions from
+    /// `kv_len` on zeros), 2 = the output (`padded_rows` rows of `heads x head_dim` f32).
     Attention(AttentionShape),
 }
 

@@ -39,8 +39,8 @@ impl Target {
 /// The Phoenix target's placement rule, in one place: a prefill projection (a matmul over the execution's rows,
 /// bf16 weights, no bias) runs on the NPU's whole-array GEMM design, when every matmul of its operand does too
 /// (a layer's q, k and v; its gate and up), so that they are one NPU dispatch of a multi-weight GEMM or none of
-/// them is; prefill attention runs on the NPU's attention design where [`npu_attention_covers`] says the design
-/// takes it; everything else runs on the CPU.
+/// them is; prefill attention runs on the NPU's attention design where [`npu_attention_placed`] says so (the
+/// design takes it, over at most [`NPU_ATTENTION_MAX_KEYS`] keys); everything else runs on the CPU.
 ///
 /// Why this split: prefill's projections are compute-bound GEMMs, the work the array's 16 bf16 cores are for,
 /// and its attention is the other matrix work of a chunk (QK^T and PV), one dispatch a layer whatever the
@@ -55,8 +55,8 @@ pub fn phoenix_device(module: &Module, g: &Graph, n: NodeId) -> Device {
     if let Op::Attention { num_heads, num_kv_heads, head_dim, .. } = g.g[n].op {
         let prefill = g.phase == Phase::Prefill && g.g[n].ty.row_dim() == Dim::Seq;
         let keys = unicorn_ir::npu::attention_max_keys(module.spec.max_context as u64, module.spec.prefill_chunk());
-        let covered = npu_attention_covers(num_heads, num_kv_heads, head_dim, keys);
-        return if prefill && covered { Device::Npu } else { Device::Cpu };
+        let placed = npu_attention_placed(num_heads, num_kv_heads, head_dim, keys);
+        return if prefill && placed { Device::Npu } else { Device::Cpu };
     }
     let on_npu = |m: NodeId| {
         let node = &g.g[m];
@@ -73,21 +73,43 @@ pub fn phoenix_device(module: &Module, g: &Graph, n: NodeId) -> Device {
     }
 }
 
+/// The most keys a plan's prefill attention design may reach for attention to run on the NPU. A dispatch streams
+/// every key of the design's reach whatever the chunk's position (its transfers are static; the cores skip the
+/// tiles their rows do not see), so its host traffic grows with the plan's context, where the CPU reads only the
+/// keys each chunk sees. At 4,096 keys a dispatch over a chunk of 512 moves 134 MB at the Llama-3.2-1B shape and
+/// 520 MB at Llama-3.1-8B's, a quarter of the same layer's projections' traffic (the designs' counts,
+/// docs/npu.md); at the models' whole context (131,072) it would be 4.3 and 17 GB. With chunks of 512 that
+/// places attention on the NPU in plans of contexts up to 3,585.
+pub const NPU_ATTENTION_MAX_KEYS: u64 = 4096;
+
+/// The placement rule for prefill attention: on the NPU where the design covers it ([`npu_attention_covers`])
+/// over at most [`NPU_ATTENTION_MAX_KEYS`] keys.
+pub fn npu_attention_placed(heads: usize, kv_heads: usize, head_dim: usize, keys: u64) -> bool {
+    keys <= NPU_ATTENTION_MAX_KEYS && npu_attention_covers(heads, kv_heads, head_dim, keys)
+}
+
 /// Whether the NPU's prefill attention design (`unicorn_targets::npu::attention`) takes heads of `head_dim`,
 /// `heads` over `kv_heads`, over `keys` key positions (causal, with or without a sliding window; a plan's
 /// design reaches [`unicorn_ir::npu::attention_max_keys`] of its context and prefill chunk): whole groups of
-/// heads, heads of an even dimension within a DMA wrap (1,022), and the keys then the values of `keys`
-/// positions and a tile more (32 keys at most: a bound, as wider heads take shorter tiles) within the shim's
-/// largest stride (2^20 words) that reaches V after K in one host argument.
+/// heads, heads of an even dimension within a DMA wrap (1,022), positions within i32 (the cores' runtime
+/// parameters), and strides the shim takes (2^20 words) whatever the keys, as the host argument holds each
+/// position's keys then its values: a row of Q or of the output (`heads x head_dim`, the output's f32 the most
+/// words) and a position. The keys are bounded by a round's transfer, which streams them and a tile more (32
+/// keys at most: a bound, as wider heads take shorter tiles), `head_dim` words each (a K and a V row in bf16),
+/// in a length mlir-aie writes as an i32 of words: about 33.5 million keys at heads of 64 and 16.8 million at
+/// 128. Long before that, the host memory of the keys and values (`4 x kv_heads x head_dim` bytes a position)
+/// and every dispatch's host traffic (each round streams the keys any chunk may need) grow with the context;
+/// this rule does not weigh them.
 pub fn npu_attention_covers(heads: usize, kv_heads: usize, head_dim: usize, keys: u64) -> bool {
     let (heads, kv_heads, head_dim) = (heads as u64, kv_heads as u64, head_dim as u64);
     kv_heads > 0
         && heads.is_multiple_of(kv_heads)
         && head_dim.is_multiple_of(2)
         && (2..=1022).contains(&head_dim)
+        && heads * head_dim <= 1 << 20
         && keys > 0
         && keys <= i32::MAX as u64 / 2
-        && (keys + 32) * kv_heads * head_dim / 2 <= 1 << 20
+        && (keys + 32) * head_dim <= i32::MAX as u64
 }
 
 pub fn place(module: &mut Module, target: Target) -> Result<String, PassError> {
@@ -114,4 +136,41 @@ pub fn place(module: &mut Module, target: Target) -> Result<String, PassError> {
         Target::Vulkan => format!("{igpu} nodes on igpu"),
         Target::Phoenix => format!("{npu} nodes on npu, {cpu} on cpu"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::npu_attention_covers;
+    use unicorn_ir::npu::attention_max_keys;
+
+    /// Llama-3.2-1B's and Llama-3.1-8B's attention (32 heads of 64 and of 128 over 8) is covered over their
+    /// whole context of 131,072 in chunks of 512, and on to the last key count whose rounds' transfers keep
+    /// their length within i32 words; one key more is not, nor are odd heads or partial groups.
+    #[test]
+    fn attention_is_covered_up_to_the_transfer_length() {
+        let full = attention_max_keys(131_072, 512);
+        for (head_dim, last) in [(64, 33_554_399), (128, 16_777_183)] {
+            for keys in [1, 512, full, last] {
+                assert!(npu_attention_covers(32, 8, head_dim, keys), "{head_dim} {keys}");
+            }
+            assert!(!npu_attention_covers(32, 8, head_dim, last + 1), "{head_dim}");
+        }
+        assert!(!npu_attention_covers(32, 8, 63, 512));
+        assert!(!npu_attention_covers(32, 6, 64, 512));
+        assert!(!npu_attention_covers(32, 8, 64, 0));
+    }
+
+    /// The rule places attention on the NPU up to the key budget, at chunks of 512 a context of 3,585, and
+    /// not past it, though the design would cover it.
+    #[test]
+    fn attention_is_placed_within_the_key_budget() {
+        use super::{npu_attention_placed, NPU_ATTENTION_MAX_KEYS};
+        assert_eq!(attention_max_keys(3_585, 512), NPU_ATTENTION_MAX_KEYS);
+        for head_dim in [64, 128] {
+            assert!(npu_attention_placed(32, 8, head_dim, attention_max_keys(3_585, 512)));
+            assert!(!npu_attention_placed(32, 8, head_dim, attention_max_keys(3_586, 512)));
+            assert!(npu_attention_covers(32, 8, head_dim, attention_max_keys(3_586, 512)));
+        }
+        assert!(!npu_attention_placed(32, 8, 63, 512));
+    }
 }

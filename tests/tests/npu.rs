@@ -127,9 +127,9 @@ fn phoenix_plans_match_transformers_on_the_npu_emulator() {
         let attention = on_npu.iter().filter(|s| matches!(s.ops[..], [unicorn_ir::Op::Attention { .. }])).count();
         let s = &h.spec;
         let keys = unicorn_ir::npu::attention_max_keys(s.max_context as u64, h.prefill_chunk);
-        let covered = unicorn_passes::npu_attention_covers(s.num_heads, s.num_kv_heads, s.head_dim, keys);
+        let covered = unicorn_passes::npu_attention_placed(s.num_heads, s.num_kv_heads, s.head_dim, keys);
         if !covered {
-            println!("{name:32} attention stays on the CPU: the NPU attention design does not cover it");
+            println!("{name:32} attention stays on the CPU: the placement rule keeps it off the NPU");
         }
         assert_eq!(attention as u64, if covered { layers } else { 0 }, "{name}: NPU attention steps");
         let projections = per_chunk - attention as u64;

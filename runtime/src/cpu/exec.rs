@@ -112,7 +112,7 @@ fn seg_of(v: &[f32], width: usize, g: Segment) -> &[f32] {
     &v[g.row * width..(g.row + g.rows) * width]
 }
 
-/// One NPU dispatch of prefill attention `pa` for a chunk of q's rows at `pos`: the keys then values of its
+/// One NPU dispatch of prefill attention `pa` for a chunk of q's rows at `pos`: the keys and values of its
 /// design's positions from the layer's cache (the source of truth, read in its own dtype) and the chunk's `k`
 /// and `v`, at `q0 = pos` and `kv_len = pos + rows`, into `o`.
 #[allow(clippy::too_many_arguments)]

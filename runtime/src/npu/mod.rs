@@ -5,7 +5,8 @@
 //! arenas and the KV caches and hands each NPU launch its operands (see `cpu::exec`).
 //!
 //! Each NPU kernel's artifact is decoded and checked (the AIE2 rules, its transfers within its buffers, its
-//! shape against every launch of it) when the executor is made, before anything runs.
+//! shape against every launch of it, an attention's keys read in the layout the host writes) when the executor
+//! is made, before anything runs.
 
 pub mod emu;
 pub mod xrt;
@@ -13,7 +14,7 @@ pub mod xrt;
 use crate::cpu::matmul::{dequant_row, WeightRef};
 use crate::model::Model;
 use crate::Error;
-use unicorn_aie::design::SeqOp;
+use unicorn_aie::design::{Dim, SeqOp};
 use unicorn_ir::container::SectionKind;
 use unicorn_ir::npu::{AttentionShape, GemmBtShape, NpuKernel};
 use unicorn_ir::plan::{Arg, Backend, PlanHeader, Step};
@@ -65,8 +66,8 @@ pub trait NpuDevice {
 
 /// One chunk of a sequence for an NPU attention dispatch at runtime parameters `q0` (the chunk's first
 /// position) and `kv_len` (cached positions and the chunk's rows): `q` the chunk's rows (`rows x heads x
-/// head_dim`, after RoPE), `kv` the keys then the values as the design reads them ([`attention_keys`]), `out`
-/// the chunk's rows of the output.
+/// head_dim`, after RoPE), `kv` each position's keys then its values as the design reads them
+/// ([`attention_keys`]), `out` the chunk's rows of the output.
 pub struct AttentionChunk<'a> {
     pub q: &'a [f32],
     pub kv: &'a [f32],
@@ -150,6 +151,13 @@ pub fn plan_kernels(model: &Model) -> Result<Vec<Option<PlanNpu>>, Error> {
         let name = k.name.clone();
         out.push(Some(match (kernel.op.gemm_bt(), kernel.op.attention()) {
             (Some(gemm), _) => PlanNpu::Gemm(PlanGemm { index: i, name, kernel, gemm, host_bytes }),
+            (_, Some(shape)) if !reads_positions(&kernel.design.sequence, &shape) => {
+                return Err(bad(
+                    "its design reads the keys and values laid out otherwise than by position (a plan of an older \
+                     unicornc); recompile the plan with this unicornc"
+                        .into(),
+                ));
+            }
             (_, Some(shape)) => PlanNpu::Attention(PlanAttention { index: i, name, kernel, shape, host_bytes }),
             _ => unreachable!("an NPU op is a GEMM or an attention"),
         }));
@@ -187,6 +195,18 @@ pub fn plan_kernels(model: &Model) -> Result<Vec<Option<PlanNpu>>, Error> {
         }
     }
     Ok(out)
+}
+
+/// Whether every transfer of an attention design's argument 1 reads it as [`attention_keys`] lays it out:
+/// position after position (a stride of `2 x kv_heads x head_dim`), each its keys then its values (a level of
+/// two at `kv_heads x head_dim`). Designs compiled when the values followed all the keys stepped from K to V by
+/// all of K.
+fn reads_positions(sequence: &[SeqOp], s: &AttentionShape) -> bool {
+    let (row, key_value) = (2 * s.kv_row(), Dim { size: 2, stride: s.kv_row() });
+    sequence.iter().all(|op| match op {
+        SeqOp::Memcpy { arg: 1, dims, .. } => dims.windows(2).any(|w| w[0].stride == row && w[1] == key_value),
+        _ => true,
+    })
 }
 
 /// Whether a step computes what its NPU kernel `s` does: one bias-free matmul per output, over `[x, W_0, y_0,
@@ -259,10 +279,10 @@ fn attention_fits(h: &PlanHeader, phase: Phase, st: &Step, a: &AttentionShape) -
     Ok(())
 }
 
-/// The keys then the values of positions `0..key_rows` of `s`'s design, as f32 (the device rounds them to
-/// bf16): `cached(g, p, k, v)` fills kv head `g`'s key and value at cached position `p < pos` (of the KV
-/// cache, the source of truth), `k` and `v` the chunk's rows at positions `pos..`, zeros from `pos + rows` on
-/// (and where `cached` has none: positions a ring has dropped, which no row sees).
+/// Positions `0..key_rows` of `s`'s design, each its keys then its values (`2 x kv_heads x head_dim`), as f32
+/// (the device rounds them to bf16): `cached(g, p, k, v)` fills kv head `g`'s key and value at cached position
+/// `p < pos` (of the KV cache, the source of truth), `k` and `v` the chunk's rows at positions `pos..`, zeros
+/// from `pos + rows` on (and where `cached` has none: positions a ring has dropped, which no row sees).
 pub fn attention_keys(
     s: &AttentionShape,
     pos: usize,
@@ -271,18 +291,17 @@ pub fn attention_keys(
     mut cached: impl FnMut(usize, usize, &mut [f32], &mut [f32]),
 ) -> Vec<f32> {
     let (row, hd) = (s.kv_row() as usize, s.head_dim as usize);
-    let n = s.key_rows as usize * row;
-    let mut kv = vec![0.0f32; 2 * n];
-    let (ks, vs) = kv.split_at_mut(n);
-    for p in 0..pos.min(s.key_rows as usize) {
-        for g in 0..s.kv_heads as usize {
-            let at = p * row + g * hd;
-            cached(g, p, &mut ks[at..at + hd], &mut vs[at..at + hd]);
+    let mut kv = vec![0.0f32; 2 * s.key_rows as usize * row];
+    let mut positions = kv.chunks_exact_mut(2 * row).map(|p| p.split_at_mut(row));
+    for (p, (ks, vs)) in positions.by_ref().take(pos).enumerate() {
+        for (g, (kd, vd)) in ks.chunks_exact_mut(hd).zip(vs.chunks_exact_mut(hd)).enumerate() {
+            cached(g, p, kd, vd);
         }
     }
-    let rows = (k.len() / row).min((s.key_rows as usize).saturating_sub(pos));
-    ks[pos * row..(pos + rows) * row].copy_from_slice(&k[..rows * row]);
-    vs[pos * row..(pos + rows) * row].copy_from_slice(&v[..rows * row]);
+    for ((ks, vs), (kr, vr)) in positions.zip(k.chunks_exact(row).zip(v.chunks_exact(row))) {
+        ks.copy_from_slice(kr);
+        vs.copy_from_slice(vr);
+    }
     kv
 }
 
@@ -335,5 +354,56 @@ pub fn split_outputs(c: &[f32], s: &GemmBtShape, rows: usize, ys: &mut [&mut [f3
             dst.copy_from_slice(&src[col0..col0 + n]);
         }
         col0 += pw as usize;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicorn_aie::design::{dims, Elem};
+    use unicorn_ir::npu::PrefillShape;
+
+    /// Two heads, each its own kv head, of 4 dimensions; 6 key positions.
+    fn shape() -> AttentionShape {
+        let geometry =
+            PrefillShape { rows: 2, max_keys: 4, heads: 2, kv_heads: 2, head_dim: 4, window: None, scale: 1.0 };
+        AttentionShape { geometry, padded_rows: 8, key_rows: 6 }
+    }
+
+    /// Position by position, each its keys then its values: the cached positions before `pos` from the cache,
+    /// the chunk's rows after them, zeros past them.
+    #[test]
+    fn attention_keys_lay_out_each_position_keys_then_values() {
+        let s = shape();
+        let (k, v) = ([20.0, 21.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0], [-20.0; 8]);
+        let kv = attention_keys(&s, 2, &k, &v, |g, p, kd, vd| {
+            kd.fill((10 * p + g) as f32);
+            vd.fill(-((10 * p + g) as f32));
+        });
+        assert_eq!(kv.len(), 6 * 16);
+        let at = |p: usize, part: usize, g: usize| &kv[p * 16 + part * 8 + g * 4..][..4];
+        assert_eq!(at(1, 0, 1), [11.0; 4]);
+        assert_eq!(at(1, 1, 1), [-11.0; 4]);
+        assert_eq!(at(2, 0, 0), [20.0, 21.0, 22.0, 23.0]);
+        assert_eq!(at(2, 0, 1), [24.0, 25.0, 26.0, 27.0]);
+        assert_eq!(at(2, 1, 1), [-20.0; 4]);
+        assert!(kv[3 * 16..].iter().all(|&x| x == 0.0));
+    }
+
+    /// A design stepping from a position's keys to its values by one position's keys reads the host's layout;
+    /// one stepping by all the keys (the values after them) does not.
+    #[test]
+    fn an_attention_reading_another_layout_is_found() {
+        let s = shape();
+        let memcpy = |d: &[(u64, u64)]| SeqOp::Memcpy {
+            arg: 1,
+            elem: Elem::Bf16,
+            offset: 0,
+            dims: dims(d),
+            fifo: "kv0_in".into(),
+            bd: 1,
+        };
+        assert!(reads_positions(&[memcpy(&[(6, 16), (2, 8), (4, 1)])], &s));
+        assert!(!reads_positions(&[memcpy(&[(1, 32), (2, 48), (4, 8), (4, 1)])], &s));
     }
 }

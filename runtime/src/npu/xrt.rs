@@ -5,11 +5,12 @@
 //! weights and y (at most 5 host buffers, `unicorn_ir::npu::MAX_HOST_ARGS`) and splits y's rows, the outputs
 //! side by side, into the launch's results.
 //!
-//! A prefill attention launch writes the chunk's Q and the keys then values into its context's buffers and runs
-//! the design's instruction stream with the dispatch's runtime parameters (`q0`, `kv_len`) patched into it
-//! ([`patch_rtp`]): mlir-aie v1.4.1 translates each `aiex.npu.rtp_write` into a `write32` of a constant
-//! (placeholder 0) at the parameter buffer's address, so the host finds those words once, when the design is
-//! loaded, and sets them per dispatch in the copy of the stream it keeps with the design.
+//! A prefill attention launch writes the chunk's Q and the keys and values, position by position, into its
+//! context's buffers and runs the design's instruction stream with the dispatch's runtime parameters (`q0`,
+//! `kv_len`) patched into it ([`patch_rtp`]): mlir-aie v1.4.1 translates each `aiex.npu.rtp_write` into a
+//! `write32` of a constant (placeholder 0) at the parameter buffer's address, so the host finds those words
+//! once, when the design is loaded, and sets them per dispatch in the copy of the stream it keeps with the
+//! design.
 //!
 //! No machine this project is tested on has an NPU or XRT: this path has not run on hardware. What is tested is
 //! that it refuses in one line where XRT, an NPU or a built design is missing, and the patching on a synthetic
@@ -32,7 +33,7 @@ struct Loaded {
     weights: HashMap<(usize, usize), xrt_sys::Buffer>,
 }
 
-/// An attention design loaded on the NPU, with its buffers (Q, the keys then the values, the output) and its
+/// An attention design loaded on the NPU, with its buffers (Q, the keys and values, the output) and its
 /// instruction stream, kept with where its runtime parameters go so that a dispatch only sets those words.
 struct LoadedAttention {
     context: xrt_sys::Context,

@@ -2,10 +2,19 @@
 //! softmax and PV for every head and query row of a chunk. Each column takes every fourth head; a column's
 //! four cores take four consecutive query blocks of its head at a time (a round), so that they need the same
 //! keys: the column's shim streams the four Q blocks as one buffer its memtile splits among them, and the key
-//! tiles (each K tile followed by the same keys' V) once, broadcast to the four; their outputs are joined per
-//! column and go back through its shim. Channels: each memtile takes Q, the tiles and four outputs in, and
-//! sends four Q blocks, the tiles and the joined output out (six each, its limit); each shim sends two streams
-//! and takes one.
+//! tiles once, broadcast to the four; their outputs are joined per column and go back through its shim.
+//! Channels: each memtile takes Q, the tiles and four outputs in, and sends four Q blocks, the tiles and the
+//! joined output out (six each, its limit); each shim sends two streams and takes one.
+//!
+//! **The keys and values, position by position.** Argument 1 holds each position's keys, then its values, so
+//! that a round's tiles are one run of positions: one transfer of a position's K row then its V row of the
+//! round's kv head, position after position (strides of a position's keys, `kv_heads x head_dim`, and of a
+//! position, twice that), cut into tiles of `keys` positions by the fifo. The memtile re-lays each tile as
+//! the cores take it, its keys' K rows then their V rows (a re-layout of its outgoing DMA). No stride or size
+//! limited by a buffer descriptor's fields grows with the keys (the run's length is the third level, whose size
+//! a shim BD takes from the transfer's length), and a round takes one transfer a column whatever the keys, so
+//! the buffer descriptors a round holds do not grow either; what grows is the transfer's length in words, an
+//! i32 of mlir-aie's BD lowering.
 //!
 //! **One design for every chunk of a prompt.** A design is built for at most `rows` query rows over at most
 //! `max_keys` keys ([`PrefillShape`]); where a chunk sits is given per dispatch by two runtime parameters
@@ -37,12 +46,12 @@
 //! position (a design for one prompt of `rows` from position 0 moves what a design fixed at position 0 did).
 //!
 //! Host arguments: 0 = Q (`rows x heads x head_dim` bf16, rows padded to whole rounds; a row after the chunk's
-//! real ones is padding and its values are never used), 1 = the keys then the values (each `key_rows x
-//! kv_heads x head_dim` bf16: positions `0..max_keys` and at least a tile more. Those before `kv_len` are the
-//! cache and the chunk's keys; those from `kv_len` on are read only within a tile that also holds a key before
-//! it, where they are masked but must be finite — zeros, or a stale cache's values — as 0 times a NaN is NaN;
-//! the rest may hold anything), 2 = the output (`rows x heads x head_dim` f32, padded like Q; a padding row's
-//! output is 0).
+//! real ones is padding and its values are never used), 1 = the keys and the values by position (`key_rows`
+//! positions of `2 x kv_heads x head_dim` bf16, each its keys then its values: positions `0..max_keys` and at
+//! least a tile more. Those before `kv_len` are the cache and the chunk's keys; those from `kv_len` on are read
+//! only within a tile that also holds a key before it, where they are masked but must be finite — zeros, or a
+//! stale cache's values — as 0 times a NaN is NaN; the rest may hold anything), 2 = the output (`rows x heads x
+//! head_dim` f32, padded like Q; a padding row's output is 0).
 
 use super::design::{
     dims, tile, AttentionRounds, Core, CoreBody, Design, Elem, FifoUse, Link, ObjectFifo, Port, RtpBuffer, SeqOp,
@@ -50,10 +59,6 @@ use super::design::{
 };
 use super::emu::AttentionTile;
 use super::model::ArrayModel;
-
-/// The most times a shim transfer repeats its outermost level (mlir-aie v1.4.1's `dma_memcpy_nd` verifier:
-/// 6 bits of iteration count, 1..=64): a round's tiles are streamed in transfers of at most this many.
-pub const MAX_REPEAT: u64 = 64;
 
 /// The geometry of the prefill attention a design is built for (a dispatch's `q0 + rows` is at most
 /// `max_keys`, so `max_keys >= rows`): the plan's kernels state it as they carry it.
@@ -67,8 +72,8 @@ pub struct AttentionDesign {
     /// Query rows a core takes per round, and keys per tile.
     pub q_rows: u64,
     pub keys: u64,
-    /// Rows of Q and of the output the host provides (padded to whole rounds), and key positions of each of K
-    /// and V in argument 1 (`max_keys` and at least a tile more).
+    /// Rows of Q and of the output the host provides (padded to whole rounds), and key positions in argument 1
+    /// (`max_keys` and at least a tile more), each its keys then its values.
     pub padded_rows: u64,
     pub key_rows: u64,
 }
@@ -150,7 +155,12 @@ pub fn attention(array: &ArrayModel, shape: PrefillShape) -> AttentionDesign {
         let cores: Vec<_> = (2..array.rows).map(|r| tile(c, r)).collect();
         d.fifos.push(ObjectFifo::double(format!("q{c}_in"), shim, vec![mem], vec![group, hd], Elem::Bf16));
         d.fifos.push(ObjectFifo::double(format!("kv{c}_in"), shim, vec![mem], vec![2 * keys, hd], Elem::Bf16));
-        d.fifos.push(ObjectFifo::double(format!("kv{c}"), mem, cores.clone(), vec![2 * keys, hd], Elem::Bf16));
+        // A tile arrives position by position, each its K row then its V row; the cores take its K rows, then
+        // the same keys' V rows.
+        d.fifos.push(ObjectFifo {
+            to_stream: dims(&[(2, hd), (keys, 2 * hd), (hd, 1)]),
+            ..ObjectFifo::double(format!("kv{c}"), mem, cores.clone(), vec![2 * keys, hd], Elem::Bf16)
+        });
         d.links.push(Link { from: vec![format!("kv{c}_in")], to: vec![format!("kv{c}")] });
         for (s, &core) in cores.iter().enumerate() {
             d.fifos.push(ObjectFifo::double(format!("q{c}_{s}"), mem, vec![core], vec![q_rows, hd], Elem::Bf16));
@@ -182,8 +192,8 @@ pub fn attention(array: &ArrayModel, shape: PrefillShape) -> AttentionDesign {
         d.fifos.push(ObjectFifo::double(format!("o{c}"), mem, vec![shim], vec![group, hd], Elem::F32));
         d.links.push(Link { from: (0..per_col).map(|s| format!("o{c}_{s}")).collect(), to: vec![format!("o{c}")] });
     }
-    // The runtime sequence, round by round: every column's Q blocks, tiles (in transfers of at most MAX_REPEAT
-    // tiles) and output, then a wait on each (each transfer holds one of the shims' BDs until then).
+    // The runtime sequence, round by round: every column's Q blocks, tiles and output, then a wait on each (each
+    // transfer holds one of the shims' BDs until then).
     let schedules: Vec<_> = (0..cols)
         .map(|c| {
             let rounds = match d.cores[(c * per_col) as usize].body {
@@ -194,7 +204,7 @@ pub fn attention(array: &ArrayModel, shape: PrefillShape) -> AttentionDesign {
         })
         .collect();
     let row_stride = heads * hd;
-    let (key_stride, values) = (kv_heads * hd, key_rows * kv_heads * hd);
+    let (kv_row, position) = (kv_heads * hd, 2 * kv_heads * hd);
     for i in 0..schedules[0].len() {
         let mut bd = 0;
         let mut waits = Vec::new();
@@ -207,16 +217,11 @@ pub fn attention(array: &ArrayModel, shape: PrefillShape) -> AttentionDesign {
                 bd += 1;
             };
             push(0, Elem::Bf16, rows_at, dims(&[(group, row_stride), (hd, 1)]), format!("q{c}_in"));
-            // Tile after tile, its K then the same keys' V.
-            let parts = r.tiles.div_ceil(MAX_REPEAT);
-            for t0 in (0..r.tiles).step_by(MAX_REPEAT as usize) {
-                let n = (r.tiles - t0).min(MAX_REPEAT);
-                let kv = dims(&[(n, keys * key_stride), (2, values), (keys, key_stride), (hd, 1)]);
-                push(1, Elem::Bf16, (r.key0 + t0 * keys) * key_stride + g * hd, kv, format!("kv{c}_in"));
-            }
+            // The round's tiles as one run of positions, each its kv head's K row then its V row.
+            let kv = dims(&[(r.tiles * keys, position), (2, kv_row), (hd, 1)]);
+            push(1, Elem::Bf16, r.key0 * position + g * hd, kv, format!("kv{c}_in"));
             push(2, Elem::F32, rows_at, dims(&[(group, row_stride), (hd, 1)]), format!("o{c}"));
-            waits.extend([format!("o{c}"), format!("q{c}_in")]);
-            waits.extend((0..parts).map(|_| format!("kv{c}_in")));
+            waits.extend([format!("o{c}"), format!("q{c}_in"), format!("kv{c}_in")]);
         }
         d.sequence.extend(waits.into_iter().map(|fifo| SeqOp::Wait { fifo }));
     }
@@ -248,13 +253,12 @@ mod tests {
                 _ => f32::NAN,
             })
             .collect();
-        let (kv_len, per_key) = ((q0 + real) as usize, (kv_heads * head_dim) as usize);
-        let n = g.key_rows as usize * per_key;
-        let kv = super::super::random(2 * n as u64, seed, 1.0);
+        let (kv_len, position) = ((q0 + real) as usize, (2 * kv_heads * head_dim) as usize);
+        let kv = super::super::random(g.key_rows * position as u64, seed, 1.0);
         let kv = kv
             .into_iter()
             .enumerate()
-            .map(|(e, v)| match (e % n) / per_key {
+            .map(|(e, v)| match e / position {
                 p if p < kv_len => v,
                 p if p < kv_len + g.keys as usize - 1 => v * 100.0,
                 _ => f32::NAN,
@@ -270,8 +274,11 @@ mod tests {
         let PrefillShape { heads, kv_heads, head_dim, window, scale, .. } = g.shape;
         let (h, kvh, hd) = (heads as usize, kv_heads as usize, head_dim as usize);
         let (q, kv, out) = (&a[0], &a[1], &a[2]);
-        let (kv_len, n) = ((q0 + real) as usize, g.key_rows as usize * kvh * hd);
-        let vmax = kv[n..n + kv_len * kvh * hd].iter().fold(0.0f64, |m, &v| m.max(bf16(v).abs() as f64));
+        let kv_len = (q0 + real) as usize;
+        // Position j's keys at `2 j kvh hd`, its values `kvh hd` after them.
+        let (keys_at, values_at) = (|j: usize| 2 * j * kvh * hd, |j: usize| (2 * j + 1) * kvh * hd);
+        let vmax =
+            (0..kv_len).flat_map(|j| &kv[values_at(j)..][..kvh * hd]).fold(0.0f64, |m, &v| m.max(bf16(v).abs() as f64));
         let mut worst = 0.0f64;
         for r in 0..g.padded_rows as usize {
             for head in 0..h {
@@ -286,8 +293,8 @@ mod tests {
                 let first = window.map_or(0, |w| (p + 1).saturating_sub(w as usize));
                 let gk = head / (h / kvh);
                 let qr: Vec<f64> = (0..hd).map(|d| bf16(q[(r * h + head) * hd + d]) as f64).collect();
-                let key = |j: usize, d: usize| bf16(kv[(j * kvh + gk) * hd + d]) as f64;
-                let val = |j: usize, d: usize| bf16(kv[n + (j * kvh + gk) * hd + d]) as f64;
+                let key = |j: usize, d: usize| bf16(kv[keys_at(j) + gk * hd + d]) as f64;
+                let val = |j: usize, d: usize| bf16(kv[values_at(j) + gk * hd + d]) as f64;
                 let s: Vec<f64> =
                     (first..=p).map(|j| (0..hd).map(|d| qr[d] * key(j, d)).sum::<f64>() * scale as f64).collect();
                 let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -328,18 +335,24 @@ mod tests {
     const BOUND: f64 = 3e-3;
 
     /// The design at the Llama-3.2-1B and Llama-3.1-8B prefill shapes (chunks of 512 rows; 32 heads of 64 and
-    /// of 128 over 8), for a prompt of one chunk and for the longest context the shim's transfers take with
-    /// this argument layout (V follows K, a stride of `key_rows x kv_heads x head_dim` elements within 2^20
-    /// words: 4,064 keys at 1B, 2,032 at 8B), passes the rules and keeps within the shim's limits; one key more
-    /// does not. Each core holds its two words of runtime parameters, and a round's tiles past 64 go as a
-    /// second transfer.
+    /// of 128 over 8) passes the rules and keeps within the shim's limits for a prompt of one chunk, and far
+    /// past the 4,064 keys at 1B and 2,032 at 8B that V after all of K allowed (a stride of the keys within
+    /// 2^20 words): over 8,192 and 16,384 keys, over the models' context of 131,072 in chunks of 512, and over
+    /// the most keys the placement takes (`npu_attention_covers`: a round's transfer within i32 words), though
+    /// not over keys whose rounds' transfers reach 2^31 words. The
+    /// runtime sequence is the same length at every context (a round's tiles are one transfer a column), each
+    /// core holds its two words of runtime parameters, and a round's BDs are three a column.
     #[test]
     fn the_design_passes_the_rules_at_the_model_shapes() {
-        for (hd, longest) in [(64u64, 4064u64), (128, 2032)] {
-            for max_keys in [512, longest] {
+        let full = unicorn_ir::npu::attention_max_keys(131_072, 512);
+        for (hd, most) in [(64u64, 33_554_399), (128, 16_777_183)] {
+            let short = attention(&NPU1, llama_prefill(hd, 512)).design.sequence.len();
+            for max_keys in [512, 8192, 16_384, full, most] {
                 let g = attention(&NPU1, llama_prefill(hd, max_keys));
                 let u = verify(&g.design, &NPU1).unwrap_or_else(|e| panic!("{hd} {max_keys}: {e:?}"));
                 super::super::shim_bd_limits(&g.design).unwrap_or_else(|e| panic!("{hd} {max_keys}: {e}"));
+                assert_eq!(g.design.sequence.len(), short, "{hd} {max_keys}");
+                assert!(g.design.sequence.iter().all(|op| !matches!(op, SeqOp::Memcpy { bd, .. } if *bd >= 12)));
                 assert_eq!(g.design.rtp.len(), 16, "every core has heads to attend");
                 assert!(g.design.rtp.iter().all(|b| b.words == [0, 1]));
                 // A core's three fifo ends take six locks, its barrier the seventh.
@@ -347,9 +360,10 @@ mod tests {
                 assert_eq!(core.locks, 7);
                 assert!(core.memory_bytes <= 65536);
             }
-            let over = attention(&NPU1, llama_prefill(hd, longest + 1));
+            // Keys whose rounds' transfers reach 2^31 words are past mlir-aie's i32 of a BD's length.
+            let over = attention(&NPU1, llama_prefill(hd, i32::MAX as u64 / hd + 1));
             let e = super::super::shim_bd_limits(&over.design).unwrap_err();
-            assert!(e.contains("2^20"), "{e}");
+            assert!(e.contains("past i32"), "{e}");
         }
     }
 
@@ -436,17 +450,30 @@ mod tests {
         run_with(&g.design, &mut a, &AttentionDesign::params(20, 40)).unwrap();
     }
 
-    /// A key tile read at the wrong kv head (one head's offset further): the rules pass, the numbers must not.
+    /// Argument 1 holds each position's keys then its values, and the cores take a tile's keys then its values:
+    /// a design that reads them otherwise passes the rules and gives wrong numbers — a key tile read at the
+    /// wrong kv head (one head's offset further), a position's values taken from the next position's keys, or
+    /// the tiles passed on without the memtile's re-layout (keys and values row by row).
     #[test]
-    fn a_transfer_at_the_wrong_head_gives_wrong_numbers() {
+    fn keys_and_values_read_otherwise_give_wrong_numbers() {
         let shape =
             PrefillShape { rows: 20, max_keys: 23, heads: 4, kv_heads: 2, head_dim: 16, window: None, scale: 0.25 };
         let g = attention(&NPU1, shape);
-        let mut d = g.design.clone();
-        if let Some(SeqOp::Memcpy { offset, .. }) = d.sequence.get_mut(1) {
+        let (mut head, mut next, mut rows) = (g.design.clone(), g.design.clone(), g.design.clone());
+        if let Some(SeqOp::Memcpy { offset, .. }) = head.sequence.get_mut(1) {
             *offset += 16;
         }
-        let (err, _) = check_with(&g, &d, 3, 20, AttentionDesign::params(3, 23));
-        assert!(err > 1e-2, "the emulator did not notice the wrong head (max |error| {err})");
+        for op in &mut next.sequence {
+            if let SeqOp::Memcpy { arg: 1, dims, .. } = op {
+                dims[1].stride *= 2;
+            }
+        }
+        rows.fifos.iter_mut().filter(|f| f.name.starts_with("kv") && !f.name.ends_with("_in")).for_each(|f| {
+            f.to_stream.clear();
+        });
+        for (what, d) in [("the wrong head", head), ("the next position's keys", next), ("no re-layout", rows)] {
+            let (err, _) = check_with(&g, &d, 3, 20, AttentionDesign::params(3, 23));
+            assert!(err > 1e-2, "{what}: the emulator did not notice (max |error| {err})");
+        }
     }
 }

@@ -25,12 +25,13 @@ fn random(n: u64, seed: &mut u64, scale: f32) -> Vec<f32> {
 
 /// Within the limits mlir-aie's `dma_memcpy_nd` verifier and the shim's buffer descriptors put on a transfer
 /// (beyond the AIE2 rules' innermost wrap): at most 64 repeats of the outermost level, the two innermost sizes
-/// at most 1023 words unless the transfer is linear, strides at most 2^20 words. The first transfer that is
-/// not, in one line.
+/// at most 1023 words unless the transfer is linear, strides at most 2^20 words; and the i32s the release's
+/// lowering (`AIEDmaToNpu.cpp`) writes: the BD's length, the words of the three inner levels, and the byte
+/// offset its address patch adds to the host buffer's address. The first transfer that is not, in one line.
 #[cfg(test)]
 fn shim_bd_limits(d: &design::Design) -> Result<(), String> {
     for op in &d.sequence {
-        let design::SeqOp::Memcpy { elem, dims, fifo, .. } = op else { continue };
+        let design::SeqOp::Memcpy { elem, offset, dims, fifo, .. } = op else { continue };
         let words = |n: u64| n * elem.bytes() / 4;
         let mut run = 1;
         let linear = dims.iter().rev().all(|x| {
@@ -47,6 +48,10 @@ fn shim_bd_limits(d: &design::Design) -> Result<(), String> {
         }
         if dims.iter().any(|x| words(x.stride) > 1 << 20) {
             return Err(format!("{fifo}: {dims:?}: a stride over 2^20 words"));
+        }
+        let length = words(dims.iter().skip(n.saturating_sub(3)).map(|x| x.size).product());
+        if length > i32::MAX as u64 || offset * elem.bytes() > i32::MAX as u64 {
+            return Err(format!("{fifo}: {dims:?} at element {offset}: a length or byte offset past i32"));
         }
     }
     Ok(())
