@@ -152,6 +152,18 @@ impl KvSource<'_> {
         }
     }
 
+    /// The value of kv head `g` for position `pos` into `dst` (`head_dim` long).
+    #[inline(always)]
+    fn value_into(&self, pos: usize, g: usize, dst: &mut [f32]) {
+        let hd = self.cache.head_dim;
+        if pos < self.start {
+            self.cache.v.read_into(self.cache.at(g, pos), dst);
+        } else {
+            let row = (pos - self.start) * self.cache.kv_heads * hd + g * hd;
+            dst.copy_from_slice(&self.v[row..row + hd]);
+        }
+    }
+
     /// Key (`value` false) or value of kv head `g` for position `pos`; `tmp` is `head_dim` long.
     #[inline(always)]
     fn get<'s>(&'s self, pos: usize, g: usize, value: bool, tmp: &'s mut [f32]) -> &'s [f32] {
@@ -212,10 +224,8 @@ vectorized_fn! {
             let block = match kv.values_in_place(pos0, b, g) {
                 Some(view) => view,
                 None => {
-                    for t in 0..b {
-                        let (vt, rest) = tmp.split_at_mut(hd);
-                        let row = kv.get(pos0 + t, g, true, vt);
-                        rest[t * hd..(t + 1) * hd].copy_from_slice(row);
+                    for (t, dst) in tmp[hd..hd + b * hd].chunks_exact_mut(hd).enumerate() {
+                        kv.value_into(pos0 + t, g, dst);
                     }
                     &tmp[hd..hd + b * hd]
                 }

@@ -134,13 +134,12 @@ fn npu_attention(
             pa.shape.max_keys, pa.name
         )));
     }
-    let mut tmp = vec![0.0f32; cache.head_dim];
     let kv = attention_keys(&pa.shape, pos, k, v, |head, p, kd, vd| {
         // A ring keeps the last `cap` positions: older ones are outside any row's window.
         if p + cache.cap >= pos {
             let at = cache.at(head, p);
-            kd.copy_from_slice(cache.k.read(at, &mut tmp));
-            vd.copy_from_slice(cache.v.read(at, &mut tmp));
+            cache.k.read_into(at, kd);
+            cache.v.read_into(at, vd);
         }
     });
     dev.attention(pa, AttentionChunk { q, kv: &kv, q0: pos as u64, kv_len: kv_len as u64, out: o }, counts)

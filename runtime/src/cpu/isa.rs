@@ -175,8 +175,8 @@ impl DecodeStreams {
 }
 
 /// Defines a function whose body is compiled twice: for baseline x86-64 (SSE2, which the crate targets) and
-/// with AVX2 and FMA enabled, the second chosen at run time when the CPU has them ([`Isa::detect`] is not
-/// `Portable`).
+/// with AVX2, FMA and F16C enabled, the second chosen at run time when the CPU has them ([`Isa::detect`] is
+/// not `Portable`).
 ///
 /// For plain-Rust slice loops that the compiler vectorizes: written once, they become 8-lane AVX2 code in the
 /// second instance. The body must only call functions that inline (`#[inline(always)]` helpers, iterator
@@ -192,13 +192,13 @@ macro_rules! vectorized_fn {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
+                #[target_feature(enable = "avx2,fma,f16c")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
                 if $crate::cpu::isa::Isa::detect() != $crate::cpu::isa::Isa::Portable {
-                    // SAFETY: detect() returns an AVX2 family only when the CPU has AVX2 and FMA.
+                    // SAFETY: detect() returns an AVX2 family only when the CPU has AVX2, FMA and F16C.
                     return unsafe { avx2($($arg),*) };
                 }
             }
