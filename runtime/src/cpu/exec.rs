@@ -134,15 +134,22 @@ fn npu_attention(
             pa.shape.max_keys, pa.name
         )));
     }
-    let kv = attention_keys(&pa.shape, pos, k, v, |head, p, kd, vd| {
-        // A ring keeps the last `cap` positions: older ones are outside any row's window.
-        if p + cache.cap >= pos {
-            let at = cache.at(head, p);
-            cache.k.read_into(at, kd);
-            cache.v.read_into(at, vd);
-        }
-    });
-    dev.attention(pa, AttentionChunk { q, kv: &kv, q0: pos as u64, kv_len: kv_len as u64, out: o }, counts)
+    thread_local! {
+        /// The keys and values a dispatch streams, reused from one dispatch to the next (megabytes a layer).
+        static KV: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    KV.with_borrow_mut(|kv| {
+        let fill = |head, p, kd: &mut [f32], vd: &mut [f32]| {
+            // A ring keeps the last `cap` positions: older ones are outside any row's window.
+            if p + cache.cap >= pos {
+                let at = cache.at(head, p);
+                cache.k.read_into(at, kd);
+                cache.v.read_into(at, vd);
+            }
+        };
+        attention_keys(&pa.shape, pos, k, v, fill, kv);
+        dev.attention(pa, AttentionChunk { q, kv, q0: pos as u64, kv_len: kv_len as u64, out: o }, counts)
+    })
 }
 
 fn act(arg: &Arg) -> &ActSlot {

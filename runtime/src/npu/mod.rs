@@ -282,16 +282,19 @@ fn attention_fits(h: &PlanHeader, phase: Phase, st: &Step, a: &AttentionShape) -
 /// Positions `0..key_rows` of `s`'s design, each its keys then its values (`2 x kv_heads x head_dim`), as f32
 /// (the device rounds them to bf16): `cached(g, p, k, v)` fills kv head `g`'s key and value at cached position
 /// `p < pos` (of the KV cache, the source of truth), `k` and `v` the chunk's rows at positions `pos..`, zeros
-/// from `pos + rows` on (and where `cached` has none: positions a ring has dropped, which no row sees).
+/// from `pos + rows` on (and where `cached` has none: positions a ring has dropped, which no row sees). Written
+/// into `kv`, which keeps its capacity from one dispatch to the next.
 pub fn attention_keys(
     s: &AttentionShape,
     pos: usize,
     k: &[f32],
     v: &[f32],
     mut cached: impl FnMut(usize, usize, &mut [f32], &mut [f32]),
-) -> Vec<f32> {
+    kv: &mut Vec<f32>,
+) {
     let (row, hd) = (s.kv_row() as usize, s.head_dim as usize);
-    let mut kv = vec![0.0f32; 2 * s.key_rows as usize * row];
+    kv.clear();
+    kv.resize(2 * s.key_rows as usize * row, 0.0);
     let mut positions = kv.chunks_exact_mut(2 * row).map(|p| p.split_at_mut(row));
     for (p, (ks, vs)) in positions.by_ref().take(pos).enumerate() {
         for (g, (kd, vd)) in ks.chunks_exact_mut(hd).zip(vs.chunks_exact_mut(hd)).enumerate() {
@@ -302,7 +305,6 @@ pub fn attention_keys(
         ks.copy_from_slice(kr);
         vs.copy_from_slice(vr);
     }
-    kv
 }
 
 /// Run one NPU launch: the step's operand, weights and result slots as the CPU executor holds them.
@@ -376,10 +378,18 @@ mod tests {
     fn attention_keys_lay_out_each_position_keys_then_values() {
         let s = shape();
         let (k, v) = ([20.0, 21.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0], [-20.0; 8]);
-        let kv = attention_keys(&s, 2, &k, &v, |g, p, kd, vd| {
-            kd.fill((10 * p + g) as f32);
-            vd.fill(-((10 * p + g) as f32));
-        });
+        let mut kv = Vec::new();
+        attention_keys(
+            &s,
+            2,
+            &k,
+            &v,
+            |g, p, kd, vd| {
+                kd.fill((10 * p + g) as f32);
+                vd.fill(-((10 * p + g) as f32));
+            },
+            &mut kv,
+        );
         assert_eq!(kv.len(), 6 * 16);
         let at = |p: usize, part: usize, g: usize| &kv[p * 16 + part * 8 + g * 4..][..4];
         assert_eq!(at(1, 0, 1), [11.0; 4]);
