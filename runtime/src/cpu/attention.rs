@@ -3,7 +3,7 @@
 
 use super::isa::vectorized_fn;
 use super::kv::{KvCache, KvStore};
-use super::pool::parallel_chunks_mut;
+use super::pool::{parallel_chunks_mut, parallel_for, SendPtr};
 
 /// Geometry of one attention op.
 #[derive(Clone, Copy)]
@@ -244,6 +244,222 @@ vectorized_fn! {
     }
 }
 
+/// Query rows of a prefill task ([`attend_tile`]): with the query heads of one kv head, the queries that share
+/// each key's and value's loads (32 at Llama's 4 heads a group).
+const TILE_ROWS: usize = 16;
+/// Keys of a block of scores: a query's scores of a block are two 8-lane sums in registers.
+const KEY_BLOCK: usize = 16;
+/// Queries a kernel step takes together: each loaded key or value row feeds four of them.
+const QUERY_STEP: usize = 4;
+
+/// `a * b + c`, fused where `FMA` (an instance compiled with FMA: one rounding, one instruction), else a
+/// multiply and an add (`f32::mul_add` without FMA is a libm call per element).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `acc[a][i] += sum over t < n of x[a * ldx + t] * r[t * ldr + i]` for `A` rows of `x` and `W` columns of
+/// `r`: per `t`, one load of `r`'s row and a broadcast per row of `x` feed `A x W` multiply-adds into sums that
+/// stay in registers. Both halves of attention are this product: scores (`x` the queries, `r` a block of keys
+/// transposed) and the values' sums (`x` the weights, `r` the values).
+#[inline(always)]
+fn rank_updates<const A: usize, const W: usize, const FMA: bool>(
+    acc: &mut [[f32; W]; A],
+    x: &[f32],
+    ldx: usize,
+    r: &[f32],
+    ldr: usize,
+    n: usize,
+) {
+    let xa: [&[f32]; A] = std::array::from_fn(|a| &x[a * ldx..][..n]);
+    for t in 0..n {
+        let row = &r[t * ldr..][..W];
+        for a in 0..A {
+            let w = xa[a][t];
+            for i in 0..W {
+                acc[a][i] = madd::<FMA>(w, row[i], acc[a][i]);
+            }
+        }
+    }
+}
+
+/// `s[a * ld + j] = sum over d of q[a * hd + d] * kt[d * KEY_BLOCK + j]` for `A` queries (rows of `q`) and the
+/// `KEY_BLOCK` keys of `kt` (transposed: key `j`'s element `d` at `d * KEY_BLOCK + j`), with no horizontal sums.
+#[inline(always)]
+fn score_block<const A: usize, const FMA: bool>(q: &[f32], hd: usize, kt: &[f32], s: &mut [f32], ld: usize) {
+    let mut acc = [[0f32; KEY_BLOCK]; A];
+    rank_updates::<A, KEY_BLOCK, FMA>(&mut acc, q, hd, kt, KEY_BLOCK, hd);
+    for (a, sums) in acc.iter().enumerate() {
+        s[a * ld..][..KEY_BLOCK].copy_from_slice(sums);
+    }
+}
+
+/// Runs `f` on the sums of `W` outputs from `d0` of `A` queries (rows of `o`, `hd` apart), held in registers.
+#[inline(always)]
+fn with_sums<const A: usize, const W: usize>(o: &mut [f32], hd: usize, d0: usize, f: impl FnOnce(&mut [[f32; W]; A])) {
+    let mut acc: [[f32; W]; A] = std::array::from_fn(|a| o[a * hd + d0..][..W].try_into().expect("W outputs"));
+    f(&mut acc);
+    for (a, sums) in acc.iter().enumerate() {
+        o[a * hd + d0..][..W].copy_from_slice(sums);
+    }
+}
+
+/// `o[a * hd + d] += sum over t < b of p[a * ld + t] * v[t * hd + d]` for `A` queries: 16 outputs at a time,
+/// then 8, then one by one.
+#[inline(always)]
+fn fold_value_block<const A: usize, const FMA: bool>(
+    o: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    ld: usize,
+    v: &[f32],
+    b: usize,
+) {
+    let mut d0 = 0;
+    while d0 + 16 <= hd {
+        with_sums::<A, 16>(o, hd, d0, |acc| rank_updates::<A, 16, FMA>(acc, p, ld, &v[d0..], hd, b));
+        d0 += 16;
+    }
+    if d0 + 8 <= hd {
+        with_sums::<A, 8>(o, hd, d0, |acc| rank_updates::<A, 8, FMA>(acc, p, ld, &v[d0..], hd, b));
+        d0 += 8;
+    }
+    for a in 0..A {
+        for t in 0..b {
+            let w = p[a * ld + t];
+            for d in d0..hd {
+                o[a * hd + d] = madd::<FMA>(w, v[t * hd + d], o[a * hd + d]);
+            }
+        }
+    }
+}
+
+/// One prefill task ([`TileTask`]): this execution's rows `rows` (at positions `kv.start + r`) against kv head `g`, all
+/// the query heads of the group, as small matrix products. The keys the rows see are taken in blocks of
+/// [`KEY_BLOCK`], each transposed once and scored against every query of the task ([`score_block`]); each
+/// query's softmax is taken over exactly its own keys (the block's others get weight 0); the values are
+/// folded in blocks of [`VALUE_BLOCK`] into four queries' sums at a time ([`fold_value_block`]). A query's
+/// scores and sums are computed in the same order whatever the task's other rows, so the result does not
+/// depend on the tiling. The outputs are left at the start of `buf` ([`tile_scratch`] long), row by row
+/// the group's heads (`rows.len() x group x head_dim`).
+fn attend_tile(t: &TileTask<'_>, buf: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn avx2(t: &TileTask<'_>, buf: &mut [f32]) {
+            tile::<true>(t, buf)
+        }
+        if super::isa::Isa::detect() != super::isa::Isa::Portable {
+            // SAFETY: detect() returns an AVX2 family only when the CPU has AVX2, FMA and F16C.
+            return unsafe { avx2(t, buf) };
+        }
+    }
+    tile::<false>(t, buf)
+}
+
+/// What a prefill task of [`attend_tile`] computes: `rows` of `q` against kv head `g` of `kv`.
+struct TileTask<'a> {
+    q: &'a [f32],
+    kv: &'a KvSource<'a>,
+    s: AttnShape,
+    g: usize,
+    rows: std::ops::Range<usize>,
+}
+
+/// [`attend_tile`]'s body: with `FMA`, its multiply-adds fused (the instance compiled for AVX2 and FMA).
+#[inline(always)]
+fn tile<const FMA: bool>(t: &TileTask<'_>, buf: &mut [f32]) {
+    let TileTask { q, kv, s, g, ref rows } = *t;
+    let hd = s.head_dim;
+    let qw = s.heads * hd;
+    let group = s.heads / s.kv_heads;
+    let nq = rows.len() * group;
+    let span = |r: usize| {
+        let p = kv.start + r;
+        s.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+    };
+    let (lo, hi) = (span(rows.start).start, span(rows.end - 1).end);
+    let n = hi - lo;
+    let ld = n.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+    let (ot, rest) = buf.split_at_mut(nq * hd);
+    let (qt, rest) = rest.split_at_mut(nq * hd);
+    let (sc, rest) = rest.split_at_mut(nq * ld);
+    let (kt, rest) = rest.split_at_mut(hd * KEY_BLOCK);
+    let (vt, inv) = rest.split_at_mut(VALUE_BLOCK * hd);
+    // The queries, scaled: query (row i, head h of the group) is qt's row i * group + h.
+    for (i, r) in rows.clone().enumerate() {
+        let src = &q[r * qw + g * group * hd..][..group * hd];
+        for (d, &x) in qt[i * group * hd..][..group * hd].iter_mut().zip(src) {
+            *d = x * s.scale;
+        }
+    }
+    for j0 in (0..ld).step_by(KEY_BLOCK) {
+        for t in 0..KEY_BLOCK {
+            let pos = lo + j0 + t;
+            if pos < hi {
+                let key = kv.get(pos, g, false, &mut vt[..hd]);
+                for (d, &x) in key.iter().enumerate() {
+                    kt[d * KEY_BLOCK + t] = x;
+                }
+            } else {
+                for d in 0..hd {
+                    kt[d * KEY_BLOCK + t] = 0.0;
+                }
+            }
+        }
+        let mut a = 0;
+        while a + QUERY_STEP <= nq {
+            score_block::<QUERY_STEP, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
+            a += QUERY_STEP;
+        }
+        for a in a..nq {
+            score_block::<1, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
+        }
+    }
+    for (a, row) in sc.chunks_exact_mut(ld).enumerate() {
+        let keys = span(rows.start + a / group);
+        let (first, last) = (keys.start - lo, keys.end - lo);
+        let m = max_of(&row[first..last]);
+        inv[a] = 1.0 / exp_shifted_sum(&mut row[first..last], m);
+        row[..first].fill(0.0);
+        row[last..].fill(0.0);
+    }
+    ot.fill(0.0);
+    for j0 in (0..n).step_by(VALUE_BLOCK) {
+        let b = VALUE_BLOCK.min(n - j0);
+        let block = match kv.values_in_place(lo + j0, b, g) {
+            Some(view) => view,
+            None => {
+                for (t, dst) in vt[..b * hd].chunks_exact_mut(hd).enumerate() {
+                    kv.value_into(lo + j0 + t, g, dst);
+                }
+                &vt[..b * hd]
+            }
+        };
+        let mut a = 0;
+        while a + QUERY_STEP <= nq {
+            fold_value_block::<QUERY_STEP, FMA>(&mut ot[a * hd..], hd, &sc[a * ld + j0..], ld, block, b);
+            a += QUERY_STEP;
+        }
+        for a in a..nq {
+            fold_value_block::<1, FMA>(&mut ot[a * hd..], hd, &sc[a * ld + j0..], ld, block, b);
+        }
+    }
+    for (o, &f) in ot.chunks_exact_mut(hd).zip(inv.iter()) {
+        o.iter_mut().for_each(|x| *x *= f);
+    }
+}
+
+/// The scratch [`attend_tile`] takes for `nq` queries of `hd` over `keys` keys.
+fn tile_scratch(nq: usize, hd: usize, keys: usize) -> usize {
+    nq * (2 * hd + keys.div_ceil(KEY_BLOCK) * KEY_BLOCK + 1) + (KEY_BLOCK + VALUE_BLOCK) * hd
+}
+
 /// Runs `f` on this thread's scratch, `len` values long.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with_borrow_mut(|buf| {
@@ -322,6 +538,27 @@ fn attend_rows(q: &[f32], kv: &KvSource<'_>, s: AttnShape, out: &mut [f32]) {
     };
     let tasks = rows * s.kv_heads;
     let parts = key_parts(tasks, span(rows - 1).len(), group, hd);
+    if parts == 1 && rows >= QUERY_STEP {
+        // Prefill: tasks of up to TILE_ROWS rows and one kv head, which write their own heads of their own rows.
+        let tiles = rows.div_ceil(TILE_ROWS);
+        let base = SendPtr(out.as_mut_ptr());
+        parallel_for(tiles * s.kv_heads, |i| {
+            let (tile, g) = (i / s.kv_heads, i % s.kv_heads);
+            let (r0, r1) = (tile * TILE_ROWS, ((tile + 1) * TILE_ROWS).min(rows));
+            let keys = span(r1 - 1).end - span(r0).start;
+            with_scratch(tile_scratch((r1 - r0) * group, hd, keys), |buf| {
+                attend_tile(&TileTask { q, kv, s, g, rows: r0..r1 }, buf);
+                for (r, heads) in (r0..r1).zip(buf.chunks_exact(group * hd)) {
+                    // SAFETY: kv head g's heads of row r of `out`, which outlives the loop: no other task has
+                    // both this row and this kv head, so the pieces the tasks write are disjoint.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(base.get().add(r * qw + g * group * hd), group * hd) };
+                    dst.copy_from_slice(heads);
+                }
+            });
+        });
+        return;
+    }
     if parts == 1 {
         parallel_chunks_mut(out, group * hd, |i, o| {
             let (r, g) = (i / s.kv_heads, i % s.kv_heads);
@@ -519,6 +756,51 @@ mod tests {
                 let want = reference(&qs[p], &keys, &vals, p, s);
                 for (i, (a, b)) in out[r * qw..(r + 1) * qw].iter().zip(&want).enumerate() {
                     assert!((a - b).abs() < 1e-5, "{what} ({parts} parts): position {p} [{i}] {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_tiles_of_rows_match_the_reference() {
+        // Prefills of 8 rows or more run in tiles of TILE_ROWS rows by one kv head: 21 rows (tiles of 8, 8 and
+        // 5) after 40 cached positions, in heads of 64 four to a kv head; 13 rows in groups of 3 (a tile of 24
+        // queries and one of 15: four at a time, then one by one) of heads of 24 (a chunk of 16 outputs and
+        // one of 8) through a window of 7; 9 rows of heads of 80 after 300 positions, through a window of 100
+        // over an f16 cache whose ring has wrapped; 16 rows of heads of 5 (no vector chunk), one query head a
+        // kv head. Each query sees its own keys only: a key past its position or before its window, scored
+        // with the others of its block, must weigh nothing.
+        let mut rnd = uniform(13);
+        for (heads, kv_heads, hd, rows, start, window, f16) in [
+            (8, 2, 64, 21, 40, None, false),
+            (6, 2, 24, 13, 0, Some(7), false),
+            (4, 1, 80, 9, 300, Some(100), true),
+            (2, 2, 5, 16, 3, None, false),
+        ] {
+            let s = AttnShape { heads, kv_heads, head_dim: hd, window, scale: 0.3 };
+            let (kw, qw, total) = (kv_heads * hd, heads * hd, start + rows);
+            let keys_seen = window.unwrap_or(total).min(total);
+            assert_eq!(key_parts(rows * kv_heads, keys_seen, heads / kv_heads, hd), 1);
+            let at_f16 = |x: f32| if f16 { half::f16::from_f32(x).to_f32() } else { x };
+            let keys: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| at_f16(2.0 * rnd())).collect()).collect();
+            let vals: Vec<Vec<f32>> = (0..total).map(|_| (0..kw).map(|_| at_f16(rnd())).collect()).collect();
+            let qs: Vec<Vec<f32>> = (0..total).map(|_| (0..qw).map(|_| rnd()).collect()).collect();
+            let mut cache = KvCache::with_storage(window.unwrap_or(total), kv_heads, hd, f16).unwrap();
+            cache.append(0, &keys[..start].concat(), &vals[..start].concat());
+            let mut out = vec![f32::NAN; rows * qw];
+            attention(
+                &qs[start..].concat(),
+                &keys[start..].concat(),
+                &vals[start..].concat(),
+                &cache,
+                start,
+                s,
+                &mut out,
+            );
+            for (r, p) in (start..total).enumerate() {
+                let want = reference(&qs[p], &keys, &vals, p, s);
+                for (i, (a, b)) in out[r * qw..(r + 1) * qw].iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() < 1e-5, "{heads}/{kv_heads}x{hd}, {rows} rows from {start}, window {window:?}: position {p} [{i}] {a} vs {b}");
                 }
             }
         }
