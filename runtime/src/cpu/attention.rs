@@ -245,12 +245,12 @@ vectorized_fn! {
 }
 
 /// Query rows of a prefill task ([`attend_tile`]): with the query heads of one kv head, the queries that share
-/// each key's and value's loads (32 at Llama's 4 heads a group).
+/// each key's and value's loads (64 at Llama's 4 heads a group).
 const TILE_ROWS: usize = 16;
-/// Keys of a block of scores: a query's scores of a block are two 8-lane sums in registers.
+/// Keys of a block of scores: a query's scores of a block are two 8-lane (one 16-lane) sums in registers.
 const KEY_BLOCK: usize = 16;
-/// Queries a kernel step takes together: each loaded key or value row feeds four of them.
-const QUERY_STEP: usize = 4;
+/// Fewest rows of an execution whose attention runs in tiles ([`attend_tile`]): below it, row by row.
+const MIN_TILE_ROWS: usize = 4;
 
 /// `a * b + c`, fused where `FMA` (an instance compiled with FMA: one rounding, one instruction), else a
 /// multiply and an add (`f32::mul_add` without FMA is a libm call per element).
@@ -343,23 +343,34 @@ fn fold_value_block<const A: usize, const FMA: bool>(
 /// the query heads of the group, as small matrix products. The keys the rows see are taken in blocks of
 /// [`KEY_BLOCK`], each transposed once and scored against every query of the task ([`score_block`]); each
 /// query's softmax is taken over exactly its own keys (the block's others get weight 0); the values are
-/// folded in blocks of [`VALUE_BLOCK`] into four queries' sums at a time ([`fold_value_block`]). A query's
+/// folded in blocks of [`VALUE_BLOCK`] into four queries' sums at a time (eight on 16-lane vectors; [`fold_value_block`]). A query's
 /// scores and sums are computed in the same order whatever the task's other rows, so the result does not
 /// depend on the tiling. The outputs are left at the start of `buf` ([`tile_scratch`] long), row by row
 /// the group's heads (`rows.len() x group x head_dim`).
 fn attend_tile(t: &TileTask<'_>, buf: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        use super::isa::Isa;
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn avx2(t: &TileTask<'_>, buf: &mut [f32]) {
-            tile::<true>(t, buf)
+            tile::<true, 4>(t, buf)
         }
-        if super::isa::Isa::detect() != super::isa::Isa::Portable {
+        // 16-lane vectors: a key block's scores are one vector a query, so eight queries a step keep eight
+        // chains of multiply-adds in flight, as four queries of two 8-lane vectors do above.
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma,f16c")]
+        unsafe fn avx512(t: &TileTask<'_>, buf: &mut [f32]) {
+            tile::<true, 8>(t, buf)
+        }
+        match Isa::detect() {
+            // SAFETY: detect() returns these families only when the CPU has AVX-512 F, VL and BW (and AVX2, FMA
+            // and F16C).
+            Isa::Avx512 | Isa::Amx => return unsafe { avx512(t, buf) },
             // SAFETY: detect() returns an AVX2 family only when the CPU has AVX2, FMA and F16C.
-            return unsafe { avx2(t, buf) };
+            Isa::Avx2 | Isa::Avx512Vnni => return unsafe { avx2(t, buf) },
+            Isa::Portable => {}
         }
     }
-    tile::<false>(t, buf)
+    tile::<false, 4>(t, buf)
 }
 
 /// What a prefill task of [`attend_tile`] computes: `rows` of `q` against kv head `g` of `kv`.
@@ -371,9 +382,10 @@ struct TileTask<'a> {
     rows: std::ops::Range<usize>,
 }
 
-/// [`attend_tile`]'s body: with `FMA`, its multiply-adds fused (the instance compiled for AVX2 and FMA).
+/// [`attend_tile`]'s body: with `FMA`, its multiply-adds fused (the instances compiled with FMA); `STEP` queries
+/// a kernel step.
 #[inline(always)]
-fn tile<const FMA: bool>(t: &TileTask<'_>, buf: &mut [f32]) {
+fn tile<const FMA: bool, const STEP: usize>(t: &TileTask<'_>, buf: &mut [f32]) {
     let TileTask { q, kv, s, g, ref rows } = *t;
     let hd = s.head_dim;
     let qw = s.heads * hd;
@@ -413,9 +425,9 @@ fn tile<const FMA: bool>(t: &TileTask<'_>, buf: &mut [f32]) {
             }
         }
         let mut a = 0;
-        while a + QUERY_STEP <= nq {
-            score_block::<QUERY_STEP, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
-            a += QUERY_STEP;
+        while a + STEP <= nq {
+            score_block::<STEP, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
+            a += STEP;
         }
         for a in a..nq {
             score_block::<1, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
@@ -442,9 +454,9 @@ fn tile<const FMA: bool>(t: &TileTask<'_>, buf: &mut [f32]) {
             }
         };
         let mut a = 0;
-        while a + QUERY_STEP <= nq {
-            fold_value_block::<QUERY_STEP, FMA>(&mut ot[a * hd..], hd, &sc[a * ld + j0..], ld, block, b);
-            a += QUERY_STEP;
+        while a + STEP <= nq {
+            fold_value_block::<STEP, FMA>(&mut ot[a * hd..], hd, &sc[a * ld + j0..], ld, block, b);
+            a += STEP;
         }
         for a in a..nq {
             fold_value_block::<1, FMA>(&mut ot[a * hd..], hd, &sc[a * ld + j0..], ld, block, b);
@@ -538,7 +550,7 @@ fn attend_rows(q: &[f32], kv: &KvSource<'_>, s: AttnShape, out: &mut [f32]) {
     };
     let tasks = rows * s.kv_heads;
     let parts = key_parts(tasks, span(rows - 1).len(), group, hd);
-    if parts == 1 && rows >= QUERY_STEP {
+    if parts == 1 && rows >= MIN_TILE_ROWS {
         // Prefill: tasks of up to TILE_ROWS rows and one kv head, which write their own heads of their own rows.
         let tiles = rows.div_ceil(TILE_ROWS);
         let base = SendPtr(out.as_mut_ptr());
