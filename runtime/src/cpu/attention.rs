@@ -181,8 +181,9 @@ impl KvSource<'_> {
 vectorized_fn! {
     /// The query heads `qg` (`m.len()` heads of `hd`, sharing kv head `g`) against the keys at
     /// `positions`: per head `h`, `m[h]` the largest score, `l[h]` the sum of `e^(score - m[h])`, and `o[h]` the
-    /// sum of `e^(score - m[h]) v`, divided by `l[h]` when `normalize`. Each key and value is read once for the
-    /// group. `scores` holds at least `m.len() * positions.len()` values, `tmp` [`TMP_HEADS`] heads.
+    /// sum of `e^(score - m[h]) v` (not divided by `l[h]`: the parts of a split row are merged after). Each key
+    /// and value is read once for the group. `scores` holds at least `m.len() * positions.len()` values, `tmp`
+    /// [`TMP_HEADS`] heads.
     fn attend(
         qg: &[f32],
         kv: &KvSource<'_>,
@@ -194,7 +195,6 @@ vectorized_fn! {
         m: &mut [f32],
         l: &mut [f32],
         tmp: &mut [f32],
-        normalize: bool,
     ) {
         let hd = qg.len() / m.len();
         let n = positions.len();
@@ -235,22 +235,22 @@ vectorized_fn! {
             }
             j0 += b;
         }
-        if normalize {
-            for (oh, &l) in o.chunks_exact_mut(hd).zip(l.iter()) {
-                let inv = 1.0 / l;
-                oh.iter_mut().for_each(|a| *a *= inv);
-            }
-        }
     }
 }
 
-/// Query rows of a prefill task ([`attend_tile`]): with the query heads of one kv head, the queries that share
-/// each key's and value's loads (64 at Llama's 4 heads a group).
-const TILE_ROWS: usize = 16;
+/// Queries a prefill task ([`attend_tile`]) takes at least: its rows' query heads of one kv head, which share
+/// each key block's transposition (a scalar store per element) and each value row's loads. 128 queries make
+/// the transposition a sixteenth of the scores' work or less (32 rows at Llama's 4 heads a group, 64 at Qwen3's
+/// 2).
+const TILE_QUERIES: usize = 128;
+/// Scores a prefill task holds at most (1 MiB of f32, within a core's L2), which bounds its queries at long
+/// contexts: 64 over 4,096 keys.
+const TILE_SCORES: usize = 1 << 18;
 /// Keys of a block of scores: a query's scores of a block are two 8-lane (one 16-lane) sums in registers.
 const KEY_BLOCK: usize = 16;
-/// Fewest rows of an execution whose attention runs in tiles ([`attend_tile`]): below it, row by row.
-const MIN_TILE_ROWS: usize = 4;
+/// Keys of a block of scores where a tile has fewer than four queries (a decode row of a small group): four
+/// times as many independent sums as [`KEY_BLOCK`], so that one query's multiply-adds do not wait on each other.
+const WIDE_KEY_BLOCK: usize = 64;
 
 /// `a * b + c`, fused where `FMA` (an instance compiled with FMA: one rounding, one instruction), else a
 /// multiply and an add (`f32::mul_add` without FMA is a libm call per element).
@@ -288,22 +288,40 @@ fn rank_updates<const A: usize, const W: usize, const FMA: bool>(
     }
 }
 
-/// `s[a * ld + j] = sum over d of q[a * hd + d] * kt[d * KEY_BLOCK + j]` for `A` queries (rows of `q`) and the
-/// `KEY_BLOCK` keys of `kt` (transposed: key `j`'s element `d` at `d * KEY_BLOCK + j`), with no horizontal sums.
+/// `s[a * ld + j] = sum over d of q[a * hd + d] * kt[d * KB + j]` for `A` queries (rows of `q`) and the `KB`
+/// keys of `kt` (transposed: key `j`'s element `d` at `d * KB + j`), with no horizontal sums. Each score is one
+/// chain of multiply-adds over `d`, whatever `A` and `KB`.
 #[inline(always)]
-fn score_block<const A: usize, const FMA: bool>(q: &[f32], hd: usize, kt: &[f32], s: &mut [f32], ld: usize) {
-    let mut acc = [[0f32; KEY_BLOCK]; A];
-    rank_updates::<A, KEY_BLOCK, FMA>(&mut acc, q, hd, kt, KEY_BLOCK, hd);
+fn score_block<const A: usize, const KB: usize, const FMA: bool>(
+    q: &[f32],
+    hd: usize,
+    kt: &[f32],
+    s: &mut [f32],
+    ld: usize,
+) {
+    let mut acc = [[0f32; KB]; A];
+    rank_updates::<A, KB, FMA>(&mut acc, q, hd, kt, KB, hd);
     for (a, sums) in acc.iter().enumerate() {
-        s[a * ld..][..KEY_BLOCK].copy_from_slice(sums);
+        s[a * ld..][..KB].copy_from_slice(sums);
     }
 }
 
-/// Runs `f` on the sums of `W` outputs from `d0` of `A` queries (rows of `o`, `hd` apart), held in registers.
+/// The weights and values a block of keys folds into the sums: `p` (a query's weights, `ld` apart from the
+/// next query's) of `b` value rows `v` (each `hd` long).
+struct ValueBlock<'a> {
+    p: &'a [f32],
+    ld: usize,
+    v: &'a [f32],
+    b: usize,
+}
+
+/// The sums of `W` outputs from `d0` of `A` queries (rows of `o`, `hd` apart), held in registers across the
+/// block's value rows. (A function, not a closure: closures are not inlined for certain, and outside the
+/// vector instances a multiply-add is a libm call.)
 #[inline(always)]
-fn with_sums<const A: usize, const W: usize>(o: &mut [f32], hd: usize, d0: usize, f: impl FnOnce(&mut [[f32; W]; A])) {
+fn value_chunk<const A: usize, const W: usize, const FMA: bool>(o: &mut [f32], hd: usize, d0: usize, x: &ValueBlock) {
     let mut acc: [[f32; W]; A] = std::array::from_fn(|a| o[a * hd + d0..][..W].try_into().expect("W outputs"));
-    f(&mut acc);
+    rank_updates::<A, W, FMA>(&mut acc, x.p, x.ld, &x.v[d0..], hd, x.b);
     for (a, sums) in acc.iter().enumerate() {
         o[a * hd + d0..][..W].copy_from_slice(sums);
     }
@@ -320,13 +338,19 @@ fn fold_value_block<const A: usize, const FMA: bool>(
     v: &[f32],
     b: usize,
 ) {
+    let x = ValueBlock { p, ld, v, b };
     let mut d0 = 0;
+    // A single query has a chain of multiply-adds per output: 64 outputs at a time keep enough of them in flight.
+    while A == 1 && d0 + 64 <= hd {
+        value_chunk::<A, 64, FMA>(o, hd, d0, &x);
+        d0 += 64;
+    }
     while d0 + 16 <= hd {
-        with_sums::<A, 16>(o, hd, d0, |acc| rank_updates::<A, 16, FMA>(acc, p, ld, &v[d0..], hd, b));
+        value_chunk::<A, 16, FMA>(o, hd, d0, &x);
         d0 += 16;
     }
     if d0 + 8 <= hd {
-        with_sums::<A, 8>(o, hd, d0, |acc| rank_updates::<A, 8, FMA>(acc, p, ld, &v[d0..], hd, b));
+        value_chunk::<A, 8, FMA>(o, hd, d0, &x);
         d0 += 8;
     }
     for a in 0..A {
@@ -353,13 +377,13 @@ fn attend_tile(t: &TileTask<'_>, buf: &mut [f32]) {
         use super::isa::Isa;
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn avx2(t: &TileTask<'_>, buf: &mut [f32]) {
-            tile::<true, 4>(t, buf)
+            tile_of::<true, 4>(t, buf)
         }
         // 16-lane vectors: a key block's scores are one vector a query, so eight queries a step keep eight
         // chains of multiply-adds in flight, as four queries of two 8-lane vectors do above.
         #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma,f16c")]
         unsafe fn avx512(t: &TileTask<'_>, buf: &mut [f32]) {
-            tile::<true, 8>(t, buf)
+            tile_of::<true, 8>(t, buf)
         }
         match Isa::detect() {
             // SAFETY: detect() returns these families only when the CPU has AVX-512 F, VL and BW (and AVX2, FMA
@@ -370,7 +394,17 @@ fn attend_tile(t: &TileTask<'_>, buf: &mut [f32]) {
             Isa::Portable => {}
         }
     }
-    tile::<false, 4>(t, buf)
+    tile_of::<false, 4>(t, buf)
+}
+
+/// [`tile`] with the key block its queries' count calls for: [`WIDE_KEY_BLOCK`] below four queries.
+#[inline(always)]
+fn tile_of<const FMA: bool, const STEP: usize>(t: &TileTask<'_>, buf: &mut [f32]) {
+    if t.rows.len() * (t.s.heads / t.s.kv_heads) < 4 {
+        tile::<FMA, STEP, WIDE_KEY_BLOCK>(t, buf)
+    } else {
+        tile::<FMA, STEP, KEY_BLOCK>(t, buf)
+    }
 }
 
 /// What a prefill task of [`attend_tile`] computes: `rows` of `q` against kv head `g` of `kv`.
@@ -385,7 +419,7 @@ struct TileTask<'a> {
 /// [`attend_tile`]'s body: with `FMA`, its multiply-adds fused (the instances compiled with FMA); `STEP` queries
 /// a kernel step.
 #[inline(always)]
-fn tile<const FMA: bool, const STEP: usize>(t: &TileTask<'_>, buf: &mut [f32]) {
+fn tile<const FMA: bool, const STEP: usize, const KB: usize>(t: &TileTask<'_>, buf: &mut [f32]) {
     let TileTask { q, kv, s, g, ref rows } = *t;
     let hd = s.head_dim;
     let qw = s.heads * hd;
@@ -397,11 +431,11 @@ fn tile<const FMA: bool, const STEP: usize>(t: &TileTask<'_>, buf: &mut [f32]) {
     };
     let (lo, hi) = (span(rows.start).start, span(rows.end - 1).end);
     let n = hi - lo;
-    let ld = n.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+    let ld = n.div_ceil(KB) * KB;
     let (ot, rest) = buf.split_at_mut(nq * hd);
     let (qt, rest) = rest.split_at_mut(nq * hd);
     let (sc, rest) = rest.split_at_mut(nq * ld);
-    let (kt, rest) = rest.split_at_mut(hd * KEY_BLOCK);
+    let (kt, rest) = rest.split_at_mut(hd * KB);
     let (vt, inv) = rest.split_at_mut(VALUE_BLOCK * hd);
     // The queries, scaled: query (row i, head h of the group) is qt's row i * group + h.
     for (i, r) in rows.clone().enumerate() {
@@ -410,27 +444,31 @@ fn tile<const FMA: bool, const STEP: usize>(t: &TileTask<'_>, buf: &mut [f32]) {
             *d = x * s.scale;
         }
     }
-    for j0 in (0..ld).step_by(KEY_BLOCK) {
-        for t in 0..KEY_BLOCK {
+    for j0 in (0..ld).step_by(KB) {
+        for t in 0..KB {
             let pos = lo + j0 + t;
             if pos < hi {
                 let key = kv.get(pos, g, false, &mut vt[..hd]);
                 for (d, &x) in key.iter().enumerate() {
-                    kt[d * KEY_BLOCK + t] = x;
+                    kt[d * KB + t] = x;
                 }
             } else {
                 for d in 0..hd {
-                    kt[d * KEY_BLOCK + t] = 0.0;
+                    kt[d * KB + t] = 0.0;
                 }
             }
         }
         let mut a = 0;
         while a + STEP <= nq {
-            score_block::<STEP, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
+            score_block::<STEP, KB, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
             a += STEP;
         }
+        while a + 4 <= nq {
+            score_block::<4, KB, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
+            a += 4;
+        }
         for a in a..nq {
-            score_block::<1, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
+            score_block::<1, KB, FMA>(&qt[a * hd..], hd, kt, &mut sc[a * ld + j0..], ld);
         }
     }
     for (a, row) in sc.chunks_exact_mut(ld).enumerate() {
@@ -458,6 +496,10 @@ fn tile<const FMA: bool, const STEP: usize>(t: &TileTask<'_>, buf: &mut [f32]) {
             fold_value_block::<STEP, FMA>(&mut ot[a * hd..], hd, &sc[a * ld + j0..], ld, block, b);
             a += STEP;
         }
+        while a + 4 <= nq {
+            fold_value_block::<4, FMA>(&mut ot[a * hd..], hd, &sc[a * ld + j0..], ld, block, b);
+            a += 4;
+        }
         for a in a..nq {
             fold_value_block::<1, FMA>(&mut ot[a * hd..], hd, &sc[a * ld + j0..], ld, block, b);
         }
@@ -469,7 +511,7 @@ fn tile<const FMA: bool, const STEP: usize>(t: &TileTask<'_>, buf: &mut [f32]) {
 
 /// The scratch [`attend_tile`] takes for `nq` queries of `hd` over `keys` keys.
 fn tile_scratch(nq: usize, hd: usize, keys: usize) -> usize {
-    nq * (2 * hd + keys.div_ceil(KEY_BLOCK) * KEY_BLOCK + 1) + (KEY_BLOCK + VALUE_BLOCK) * hd
+    nq * (2 * hd + keys.div_ceil(WIDE_KEY_BLOCK) * WIDE_KEY_BLOCK + 1) + (WIDE_KEY_BLOCK + VALUE_BLOCK) * hd
 }
 
 /// Runs `f` on this thread's scratch, `len` values long.
@@ -505,9 +547,9 @@ pub fn key_parts(tasks: usize, keys: usize, group: usize, head_dim: usize) -> us
 }
 
 /// Causal attention for rows at positions `start..start+rows`: keys before `start` come from the cache, the
-/// rest from this execution's `k`/`v`. A task serves one (row, kv head): all the query heads sharing the kv
-/// head, so each key and value is read once per row; the scores, a max-subtracted softmax per head, then the
-/// weighted sum of the values.
+/// rest from this execution's `k`/`v`. A task serves a tile of rows and one kv head ([`attend_tile`]): all
+/// the query heads of those rows sharing the kv head, so each key and value is read once per tile; the scores,
+/// a max-subtracted softmax per query, then the weighted sum of the values.
 ///
 /// Decoding has one row, and models with few kv heads (Gemma 3 1B has one) would leave threads idle: then each
 /// row's keys are split into parts that run as separate tasks, each keeping its own maximum and sum, and the
@@ -550,13 +592,16 @@ fn attend_rows(q: &[f32], kv: &KvSource<'_>, s: AttnShape, out: &mut [f32]) {
     };
     let tasks = rows * s.kv_heads;
     let parts = key_parts(tasks, span(rows - 1).len(), group, hd);
-    if parts == 1 && rows >= MIN_TILE_ROWS {
-        // Prefill: tasks of up to TILE_ROWS rows and one kv head, which write their own heads of their own rows.
-        let tiles = rows.div_ceil(TILE_ROWS);
+    if parts == 1 {
+        // Tasks of up to `tile_rows` rows and one kv head, which write their own heads of their own rows. Every
+        // row goes this way, one or many, so a query's result is the same whether its prompt runs in one
+        // execution or in chunks (or token by token).
+        let tile_rows = TILE_QUERIES.min(TILE_SCORES / span(rows - 1).len()).div_ceil(group).max(1);
+        let tiles = rows.div_ceil(tile_rows);
         let base = SendPtr(out.as_mut_ptr());
         parallel_for(tiles * s.kv_heads, |i| {
             let (tile, g) = (i / s.kv_heads, i % s.kv_heads);
-            let (r0, r1) = (tile * TILE_ROWS, ((tile + 1) * TILE_ROWS).min(rows));
+            let (r0, r1) = (tile * tile_rows, ((tile + 1) * tile_rows).min(rows));
             let keys = span(r1 - 1).end - span(r0).start;
             with_scratch(tile_scratch((r1 - r0) * group, hd, keys), |buf| {
                 attend_tile(&TileTask { q, kv, s, g, rows: r0..r1 }, buf);
@@ -567,21 +612,6 @@ fn attend_rows(q: &[f32], kv: &KvSource<'_>, s: AttnShape, out: &mut [f32]) {
                         unsafe { std::slice::from_raw_parts_mut(base.get().add(r * qw + g * group * hd), group * hd) };
                     dst.copy_from_slice(heads);
                 }
-            });
-        });
-        return;
-    }
-    if parts == 1 {
-        parallel_chunks_mut(out, group * hd, |i, o| {
-            let (r, g) = (i / s.kv_heads, i % s.kv_heads);
-            let qg = &q[r * qw + g * group * hd..][..group * hd];
-            let keys = span(r);
-            let n = keys.len();
-            with_scratch(group * (n + 2) + TMP_HEADS * hd, |buf| {
-                let (scores, ml) = buf.split_at_mut(group * n);
-                let (m, rest) = ml.split_at_mut(group);
-                let (l, tmp) = rest.split_at_mut(group);
-                attend(qg, kv, g, keys, s.scale, scores, o, m, l, tmp, true)
             });
         });
         return;
@@ -603,7 +633,7 @@ fn attend_rows(q: &[f32], kv: &KvSource<'_>, s: AttnShape, out: &mut [f32]) {
             let (m, l) = ml.split_at_mut(group);
             with_scratch(group * (hi - lo) + TMP_HEADS * hd, |buf| {
                 let (scores, tmp) = buf.split_at_mut(group * (hi - lo));
-                attend(qg, kv, g, lo..hi, s.scale, scores, o, m, l, tmp, false)
+                attend(qg, kv, g, lo..hi, s.scale, scores, o, m, l, tmp)
             });
         });
         for (rg, pieces) in buf.chunks_exact(parts * width).enumerate() {
@@ -775,19 +805,24 @@ mod tests {
 
     #[test]
     fn prefill_tiles_of_rows_match_the_reference() {
-        // Prefills of 8 rows or more run in tiles of TILE_ROWS rows by one kv head: 21 rows (tiles of 8, 8 and
-        // 5) after 40 cached positions, in heads of 64 four to a kv head; 13 rows in groups of 3 (a tile of 24
-        // queries and one of 15: four at a time, then one by one) of heads of 24 (a chunk of 16 outputs and
-        // one of 8) through a window of 7; 9 rows of heads of 80 after 300 positions, through a window of 100
-        // over an f16 cache whose ring has wrapped; 16 rows of heads of 5 (no vector chunk), one query head a
-        // kv head. Each query sees its own keys only: a key past its position or before its window, scored
-        // with the others of its block, must weigh nothing.
+        // Prefills run in tiles of TILE_QUERIES queries (rows x query heads of a group) by one kv head: 45 rows
+        // (tiles of 32 and 13) after 40 cached positions, in heads of 64 four to a kv head; 50 rows in groups of
+        // 3 (tiles of 43 and 7 rows: 129 and 21 queries, eight or four at a time and then one by one) of heads
+        // of 24 (a chunk of 16 outputs and one of 8) through a window of 7; 9 rows of heads of 80 after 300
+        // positions, through a window of 100 over an f16 cache whose ring has wrapped; 130 rows (tiles of 128
+        // and 2) of heads of 5 (no vector chunk), one query head a kv head; 5 rows of 3 heads of 64 (15 queries:
+        // eight, four, then three one at a time, their values folded 64 outputs at a time); and one decode row
+        // of 2 heads of 128 through a window of 40 (under four queries: keys in blocks of WIDE_KEY_BLOCK). Each
+        // query sees its own keys only: a key past its position or before its window, scored with the others of
+        // its block, must weigh nothing.
         let mut rnd = uniform(13);
         for (heads, kv_heads, hd, rows, start, window, f16) in [
-            (8, 2, 64, 21, 40, None, false),
-            (6, 2, 24, 13, 0, Some(7), false),
+            (8, 2, 64, 45, 40, None, false),
+            (6, 2, 24, 50, 0, Some(7), false),
             (4, 1, 80, 9, 300, Some(100), true),
-            (2, 2, 5, 16, 3, None, false),
+            (2, 2, 5, 130, 3, None, false),
+            (3, 1, 64, 5, 20, None, true),
+            (2, 1, 128, 1, 50, Some(40), false),
         ] {
             let s = AttnShape { heads, kv_heads, head_dim: hd, window, scale: 0.3 };
             let (kw, qw, total) = (kv_heads * hd, heads * hd, start + rows);
