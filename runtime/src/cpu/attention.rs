@@ -15,6 +15,13 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+impl AttnShape {
+    /// The cache positions the query at position `p` attends to: all up to `p`, or the last `window` of them.
+    fn keys(&self, p: usize) -> std::ops::Range<usize> {
+        self.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+    }
+}
+
 /// Dot product with 32 independent partial sums (four 8-lane vectors, so that four multiply-adds are in flight
 /// where one running sum would wait on each add's latency), then eight: the compiler keeps them in vector
 /// registers. (Multiply, then add: `f32::mul_add` would be a libm call in `vectorized_fn!`'s portable instance.)
@@ -425,10 +432,7 @@ fn tile<const FMA: bool, const STEP: usize, const KB: usize>(t: &TileTask<'_>, b
     let qw = s.heads * hd;
     let group = s.heads / s.kv_heads;
     let nq = rows.len() * group;
-    let span = |r: usize| {
-        let p = kv.start + r;
-        s.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
-    };
+    let span = |r: usize| s.keys(kv.start + r);
     let (lo, hi) = (span(rows.start).start, span(rows.end - 1).end);
     let n = hi - lo;
     let ld = n.div_ceil(KB) * KB;
@@ -586,10 +590,7 @@ fn attend_rows(q: &[f32], kv: &KvSource<'_>, s: AttnShape, out: &mut [f32]) {
     if rows == 0 {
         return;
     }
-    let span = |r: usize| {
-        let p = start + r;
-        s.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
-    };
+    let span = |r: usize| s.keys(start + r);
     let tasks = rows * s.kv_heads;
     let parts = key_parts(tasks, span(rows - 1).len(), group, hd);
     if parts == 1 {
