@@ -427,8 +427,9 @@ fn a_prompt_prefilled_in_chunks_on_the_npu_attention_matches_transformers() {
 }
 
 /// A forged NPU attention kernel or launch is refused in one line before anything runs: a kernel whose
-/// stated shape disagrees with its design's cores (a field named), and a global layer's attention launched
-/// with the sliding layers' kernel (Gemma 3's two attention designs).
+/// stated shape disagrees with its design's cores (a field named), a global layer's attention launched
+/// with the sliding layers' kernel (Gemma 3's two attention designs), and a design that reads the keys and
+/// values in another layout than by position (as plans of an older unicornc did), which is told to recompile.
 #[test]
 fn forged_npu_attention_kernels_and_launches_are_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -449,6 +450,28 @@ fn forged_npu_attention_kernels_and_launches_are_refused_in_one_line() {
                     let unicorn_ir::npu::NpuOp::Attention(a) = &mut k.op else { unreachable!() };
                     assert_eq!(a.geometry.kv_heads, 1, "gemma3_text's kv heads");
                     a.geometry.kv_heads = 2;
+                })
+            }),
+        ),
+        (
+            "recompile the plan with this unicornc",
+            Box::new(move |s, h| {
+                edit_kernel(s, h, global, |k| {
+                    let unicorn_ir::npu::NpuOp::Attention(a) = &k.op else { unreachable!() };
+                    let row = a.kv_row();
+                    let mut edited = 0;
+                    for op in &mut k.design.sequence {
+                        let unicorn_aie::design::SeqOp::Memcpy { arg: 1, dims, .. } = op else { continue };
+                        // A position's key row, then its value row `row` elements on: step half a row instead,
+                        // a layout the host never writes, within the same transfer's bounds.
+                        for i in 1..dims.len() {
+                            if dims[i - 1].stride == 2 * row && dims[i].size == 2 && dims[i].stride == row {
+                                dims[i].stride = row / 2;
+                                edited += 1;
+                            }
+                        }
+                    }
+                    assert!(edited > 0, "the design reads keys and values by position");
                 })
             }),
         ),
