@@ -2,6 +2,7 @@
 //! after a warm-up run.
 
 use crate::model::Model;
+use crate::npu::NpuCounts;
 use crate::session::Session;
 use crate::Error;
 use std::time::Instant;
@@ -57,6 +58,8 @@ pub struct BenchResult {
     /// Executions of the last timed run and the command buffers recorded for them, where the executor
     /// replays recordings.
     pub recordings: Option<(u64, u64)>,
+    /// What the last timed run's NPU launches did, prefill then decode, where the plan has NPU kernels.
+    pub npu: Option<[NpuCounts; 2]>,
 }
 
 impl BenchResult {
@@ -76,6 +79,7 @@ impl BenchResult {
             "device_copy_gb_s": self.device_copy_gb_s,
             "executions": self.recordings.map(|r| r.0),
             "recordings": self.recordings.map(|r| r.1),
+            "npu": self.npu.map(|[p, d]| serde_json::json!({"prefill": npu_json(&p), "decode": npu_json(&d)})),
         })
     }
 
@@ -119,6 +123,24 @@ impl BenchResult {
                 "recordings", recorded
             );
         }
+        if let Some(npu) = self.npu {
+            for (phase, c) in ["npu prefill", "npu decode"].into_iter().zip(npu) {
+                t += &if c.dispatches == 0 {
+                    format!("{phase:14} {:>10} (this phase runs off the NPU)\n", "none")
+                } else {
+                    let per = |v: u64| v as f64 / c.tokens.max(1) as f64;
+                    format!(
+                        "{phase:14} {:>10.2} dispatches a token, {:.2} MB between host and array, {:.3} GMAC \
+                         ({} dispatches over {} tokens)\n",
+                        per(c.dispatches),
+                        per(c.host_bytes) / 1e6,
+                        per(c.macs) / 1e9,
+                        c.dispatches,
+                        c.tokens
+                    )
+                };
+            }
+        }
         t += &format!("{:14} {:>10.1} MiB\n", "peak RSS", self.peak_rss_mib);
         if !self.profile.is_empty() {
             let (tp, td): (f64, f64) = self.profile.iter().fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2));
@@ -144,6 +166,11 @@ impl BenchResult {
     }
 }
 
+/// One phase's NPU counts as JSON: the totals over its tokens.
+fn npu_json(c: &NpuCounts) -> serde_json::Value {
+    serde_json::json!({"dispatches": c.dispatches, "host_bytes": c.host_bytes, "macs": c.macs, "tokens": c.tokens})
+}
+
 /// Peak resident set of this process (VmHWM), in MiB; 0 where /proc is unavailable.
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -163,7 +190,8 @@ fn session<'m>(model: &'m Model, ctx: usize, o: &BenchOptions) -> Result<Session
 }
 
 /// One prefill of `prompt` then `gen` greedy decode steps (end tokens ignored, so every run does the same work).
-/// Returns (prefill seconds, time to first token in seconds, decode seconds, the session's recordings).
+/// Returns (prefill seconds, time to first token in seconds, decode seconds, the session's recordings, its NPU
+/// counts).
 fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Result<Run, Error> {
     let mut s = session(model, prompt.len() + gen, o)?;
     let t0 = Instant::now();
@@ -176,10 +204,10 @@ fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Resul
     for _ in 0..gen {
         next = s.forward_greedy(&[next])?;
     }
-    Ok((prefill, ttft, t1.elapsed().as_secs_f64(), s.recordings()))
+    Ok((prefill, ttft, t1.elapsed().as_secs_f64(), s.recordings(), s.npu_counts()))
 }
 
-type Run = (f64, f64, f64, Option<(u64, u64)>);
+type Run = (f64, f64, f64, Option<(u64, u64)>, Option<[NpuCounts; 2]>);
 
 pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     let spec = &model.header().spec;
@@ -197,10 +225,10 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         .map(|i| ((i.wrapping_mul(2_654_435_761) + 12345) % spec.vocab_size as u64) as u32)
         .collect();
     one_run(model, &prompt, o.gen.min(4), &o)?;
-    let (mut pre, mut ttft, mut dec, mut recordings) = (Vec::new(), Vec::new(), Vec::new(), None);
+    let (mut pre, mut ttft, mut dec, mut recordings, mut npu) = (Vec::new(), Vec::new(), Vec::new(), None, None);
     for _ in 0..o.repeat {
-        let (p, t, d, r) = one_run(model, &prompt, o.gen, &o)?;
-        recordings = r;
+        let (p, t, d, r, n) = one_run(model, &prompt, o.gen, &o)?;
+        (recordings, npu) = (r, n);
         pre.push(o.prompt_len as f64 / p);
         ttft.push(t * 1e3);
         if o.gen > 0 {
@@ -230,6 +258,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
         profile,
         device_copy_gb_s,
         recordings,
+        npu,
     })
 }
 

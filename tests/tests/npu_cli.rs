@@ -190,3 +190,49 @@ fn the_runtime_falls_back_to_the_emulator_and_refuses_missing_npus_in_one_line()
     assert!(list.lines().any(|l| l.starts_with("npu ") && l.contains("XRT not found")), "{list}");
     assert!(list.lines().any(|l| l.starts_with("npu-emu ")), "{list}");
 }
+
+/// `unicorn-rt --bench` on a Phoenix plan says what the NPU did: in prefill one dispatch per NPU step of the
+/// chunk, moving at least its weights' bf16 bytes and computing at least their multiply-adds for every prompt
+/// token (padding and attention come on top); decode stays off the NPU, and the table says so.
+#[test]
+fn the_bench_counts_what_the_npu_did_a_token() {
+    use unicorn_ir::plan::{Arg, Backend};
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures_dir().join("llama_gqa");
+    let plan = compile_for(unicorn_passes::Target::Phoenix, &model, dir.path(), unicorn_ir::WeightFormat::Bf16, None);
+    let h = unicorn_ir::container::PlanFile::open(&plan).unwrap().header;
+    let steps = &h.phase(unicorn_ir::Phase::Prefill).unwrap().steps;
+    let on_npu: Vec<_> = steps.iter().filter(|s| h.kernels[s.kernel.0 as usize].backend == Backend::Npu).collect();
+    assert!(!on_npu.is_empty(), "the plan has NPU steps");
+    let (mut weight_bytes, mut weight_macs) = (0u64, 0u64);
+    for a in on_npu.iter().flat_map(|s| &s.args) {
+        if let Arg::Weight(w) = a {
+            let elems: usize = h.weights[w.0 as usize].shape.iter().product();
+            (weight_bytes, weight_macs) = (weight_bytes + 2 * elems as u64, weight_macs + elems as u64);
+        }
+    }
+    let (prompt, gen) = (8u64, 2u64);
+    assert!(prompt <= h.prefill_chunk, "one chunk");
+    let p = plan.to_str().unwrap();
+    let args = [p, "--device", "npu-emu", "--bench", "--prompt-len", "8", "--gen", "2", "--repeat", "1"];
+    let out = run("unicorn-rt", &[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let (pre, dec) = (&j["npu"]["prefill"], &j["npu"]["decode"]);
+    let field = |v: &serde_json::Value, f: &str| v[f].as_u64().unwrap_or_else(|| panic!("npu.{f}: {v}"));
+    assert_eq!(field(pre, "dispatches"), on_npu.len() as u64, "one dispatch per NPU step: {pre}");
+    assert_eq!(field(pre, "tokens"), prompt, "{pre}");
+    assert!(field(pre, "host_bytes") >= weight_bytes, "every weight reaches the array: {pre}, {weight_bytes} B");
+    assert!(field(pre, "macs") >= prompt * weight_macs, "every token meets every weight: {pre}, {weight_macs}");
+    assert_eq!((field(dec, "dispatches"), field(dec, "host_bytes"), field(dec, "macs")), (0, 0, 0), "{dec}");
+    assert_eq!(field(dec, "tokens"), gen, "{dec}");
+    // The table: per token, and decode named as off the NPU.
+    let out = run("unicorn-rt", &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line =
+        |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{table}")).to_string();
+    let per_token = field(pre, "dispatches") as f64 / prompt as f64;
+    assert!(line("npu prefill").contains(&format!("{per_token:.2} dispatches a token")), "{table}");
+    assert!(line("npu decode").contains("runs off the NPU"), "{table}");
+}
