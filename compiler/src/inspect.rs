@@ -62,7 +62,7 @@ fn describe_npu(plan: &PlanFile, o: &mut String) {
         };
         let _ = writeln!(
             o,
-            "  {:8} {dispatches} dispatches per execution of up to {rows} rows ({per_layer} a layer): {:.1} MB host<->array, {:.2} GMAC;              ESTIMATE >= {:.2} ms ({} us a dispatch, {:.0} GB/s host transfers, the bf16 peak: all assumed)",
+            "  {:8} {dispatches} dispatches per execution of up to {rows} rows ({per_layer} a layer): {:.1} MB host<->array, {:.2} GMAC; ESTIMATE >= {:.2} ms ({} us a dispatch, {:.0} GB/s host transfers, the bf16 peak: all assumed)",
             p.phase.to_string(),
             bytes as f64 / 1e6,
             macs as f64 / 1e9,

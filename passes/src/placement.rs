@@ -46,11 +46,11 @@ impl Target {
 /// and its attention is the other matrix work of a chunk (QK^T and PV), one dispatch a layer whatever the
 /// chunk's position (the position and the keys' count are runtime parameters of the design). Decode's
 /// projections are GEMVs, bound by host transfers on the NPU: the design estimates put a Llama-3.2-1B step
-/// at >= 84 ms there (docs/npu.md), several times what the 780M's memory bandwidth allows, so decode stays off
-/// the NPU. The NPU designs take bf16 weights (int8 GEMV / GEMM designs are still to come) and add no bias, and the
-/// LM head over the kept rows (usually one) is a GEMV too. The norms, RoPE and GLU have NPU designs, but each
-/// would be a dispatch of its own between the CPU's steps; they move to the NPU once a design covers a whole
-/// layer per dispatch.
+/// at >= 84 ms there with bf16 weights and >= 53 ms with the int8 GEMV (docs/npu.md), several times what the
+/// 780M's memory bandwidth allows, so decode stays off the NPU. The prefill designs take bf16 weights and add
+/// no bias, and the LM head over the kept rows (usually one) is a GEMV too. The norms, RoPE and GLU have NPU
+/// designs, but each would be a dispatch of its own between the CPU's steps; they move to the NPU once a design
+/// covers a whole layer per dispatch.
 pub fn phoenix_device(module: &Module, g: &Graph, n: NodeId) -> Device {
     if let Op::Attention { num_heads, num_kv_heads, head_dim, .. } = g.g[n].op {
         let prefill = g.phase == Phase::Prefill && g.g[n].ty.row_dim() == Dim::Seq;
