@@ -22,6 +22,7 @@ use crate::model::Model;
 use crate::Error;
 use std::collections::HashMap;
 use std::time::Duration;
+use unicorn_ir::npu::GemmBtShape;
 use unicorn_ir::plan::Backend;
 
 /// One design loaded on the NPU, with its buffers (operand, result) and a buffer per weight it multiplies, by
@@ -48,6 +49,10 @@ pub struct Npu {
     device: xrt_sys::Device,
     loaded: HashMap<usize, Loaded>,
     attention: HashMap<usize, LoadedAttention>,
+    /// A dispatch's operand bytes and its result, kept from one dispatch to the next: once the largest design
+    /// has run, a dispatch allocates nothing.
+    bytes: Vec<u8>,
+    floats: Vec<f32>,
 }
 
 fn xrt(e: xrt_sys::XrtError) -> Error {
@@ -67,12 +72,37 @@ impl Npu {
                 model.path().display()
             )));
         }
-        Ok(Self { device, loaded: HashMap::new(), attention: HashMap::new() })
+        Ok(Self { device, loaded: HashMap::new(), attention: HashMap::new(), bytes: Vec::new(), floats: Vec::new() })
     }
 }
 
-fn bf16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect()
+/// The bf16 bytes of `src`, zero-padded to `len` values, in `dst` (whose allocation is kept).
+fn bf16_into(dst: &mut Vec<u8>, src: &[f32], len: usize) {
+    dst.clear();
+    dst.extend(src.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()));
+    dst.resize(2 * len.max(src.len()), 0);
+}
+
+/// The GEMM design's operand in `dst`: `x` (rows of `k`) as `padded_m x padded_k` bf16 values, zero where
+/// padded, the bytes of [`super::padded_operand`] without its f32 copy.
+fn operand_into(dst: &mut Vec<u8>, x: &[f32], s: &GemmBtShape) {
+    let (k, pm, pk) = (s.k as usize, s.padded_m as usize, s.padded_k as usize);
+    dst.clear();
+    dst.resize(2 * pm * pk, 0);
+    for (row, src) in dst.chunks_exact_mut(2 * pk).zip(x.chunks(k)) {
+        for (d, &v) in row.chunks_exact_mut(2).zip(src) {
+            d.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+        }
+    }
+}
+
+/// The first `n` f32 of `b` into `out`, read through `bytes` (both allocations kept).
+fn read_f32(b: &xrt_sys::Buffer, n: usize, bytes: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<(), Error> {
+    bytes.resize(4 * n, 0);
+    b.read(bytes).map_err(xrt)?;
+    out.clear();
+    out.extend(bytes.chunks_exact(4).map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes"))));
+    Ok(())
 }
 
 impl NpuDevice for Npu {
@@ -107,22 +137,23 @@ impl NpuDevice for Npu {
         for ((&w, &(_, pw)), &key) in ws.iter().zip(&s.outputs).zip(&keys) {
             if !loaded.weights.contains_key(&key) {
                 let mut b = loaded.context.buffer(pw as usize * pk * 2, key.0).map_err(xrt)?;
-                b.write(&bf16_bytes(&super::padded_weight(w, pw, s))).map_err(xrt)?;
+                let padded = super::padded_weight(w, pw, s);
+                bf16_into(&mut self.bytes, &padded, padded.len());
+                b.write(&self.bytes).map_err(xrt)?;
                 b.sync_to_device().map_err(xrt)?;
                 loaded.weights.insert(key, b);
             }
         }
-        loaded.x.write(&bf16_bytes(&super::padded_operand(x, s))).map_err(xrt)?;
+        operand_into(&mut self.bytes, x, s);
+        loaded.x.write(&self.bytes).map_err(xrt)?;
         loaded.x.sync_to_device().map_err(xrt)?;
         let mut args = vec![&loaded.x];
         args.extend(keys.iter().map(|k| &loaded.weights[k]));
         args.push(&loaded.y);
         loaded.context.run(&built.insts, &args, Duration::from_secs(10)).map_err(xrt)?;
         loaded.y.sync_from_device().map_err(xrt)?;
-        let mut c = vec![0u8; pm * pn * 4];
-        loaded.y.read(&mut c).map_err(xrt)?;
-        let c: Vec<f32> = c.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
-        super::split_outputs(&c, s, x.len() / s.k as usize, ys);
+        read_f32(&loaded.y, pm * pn, &mut self.bytes, &mut self.floats)?;
+        super::split_outputs(&self.floats, s, x.len() / s.k as usize, ys);
         counts.add(1, g.host_bytes, s.macs());
         Ok(())
     }
@@ -148,22 +179,19 @@ impl NpuDevice for Npu {
             }
         };
         loaded.rtp.apply(&mut loaded.insts, &values);
-        let mut qp = vec![0.0f32; qn];
-        qp[..q.len()].copy_from_slice(q);
-        loaded.q.write(&bf16_bytes(&qp)).map_err(xrt)?;
+        bf16_into(&mut self.bytes, q, qn);
+        loaded.q.write(&self.bytes).map_err(xrt)?;
         loaded.q.sync_to_device().map_err(xrt)?;
-        loaded.kv.write(&bf16_bytes(kv)).map_err(xrt)?;
+        bf16_into(&mut self.bytes, kv, kv.len());
+        loaded.kv.write(&self.bytes).map_err(xrt)?;
         loaded.kv.sync_to_device().map_err(xrt)?;
         loaded
             .context
             .run(&loaded.insts, &[&loaded.q, &loaded.kv, &loaded.out], Duration::from_secs(10))
             .map_err(xrt)?;
         loaded.out.sync_from_device().map_err(xrt)?;
-        let mut c = vec![0u8; out.len() * 4];
-        loaded.out.read(&mut c).map_err(xrt)?;
-        for (o, b) in out.iter_mut().zip(c.chunks_exact(4)) {
-            *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-        }
+        read_f32(&loaded.out, out.len(), &mut self.bytes, &mut self.floats)?;
+        out.copy_from_slice(&self.floats);
         counts.add(1, a.host_bytes, s.macs_bound());
         Ok(())
     }
@@ -328,6 +356,23 @@ mod tests {
 
     /// Each dispatch's values land in the words of their rtp writes, every other word as it was; patching the
     /// same stream again with other values starts from the placeholders.
+    /// The operand and Q bytes a dispatch writes are the bf16 of the padded f32 layout the emulator takes, in a
+    /// buffer reused across dispatches of other shapes (larger, then smaller: nothing of the earlier one left).
+    #[test]
+    fn dispatch_bytes_are_the_padded_bf16_layout_whatever_came_before() {
+        let bf16 = |v: &[f32]| v.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect();
+        let mut dst = Vec::new();
+        for (m, k, pm, pk) in [(7, 40, 16, 64), (3, 5, 8, 8), (16, 64, 16, 64)] {
+            let s = GemmBtShape { m, k, padded_m: pm, padded_k: pk, outputs: vec![(3, 8)] };
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 3.0 + 0.1).collect();
+            operand_into(&mut dst, &x, &s);
+            let want: Vec<u8> = bf16(&super::super::padded_operand(&x, &s));
+            assert_eq!(dst, want, "{m} x {k} in {pm} x {pk}");
+        }
+        bf16_into(&mut dst, &[1.5, -2.0, 3.25], 5);
+        assert_eq!(dst, bf16(&[1.5, -2.0, 3.25, 0.0, 0.0]));
+    }
+
     #[test]
     fn runtime_parameters_are_patched_into_their_register_writes() {
         let (d, s, at) = design_and_stream();
