@@ -10,29 +10,43 @@ use unicorn_tests::*;
 
 /// Run a binary with `dirs` as its whole PATH (plus the system's, for the stand-in's shell tools).
 fn run_with_path(name: &str, args: &[&str], dirs: &[&Path]) -> Output {
-    let mut path: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
-    path.extend(["/usr/bin", "/bin"].map(PathBuf::from));
-    Command::new(bin(name))
-        .args(args)
-        .env("PATH", std::env::join_paths(path).unwrap())
-        .env_remove("MLIR_AIE_INSTALL_DIR")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("binary runs")
+    run_with_env(name, args, dirs, &[])
 }
 
-/// A stand-in `aiecc` in `dir`: it checks the flags a real build needs and writes an xclbin and an instruction
-/// stream (or fails as aiecc does, with its error last on stderr).
+/// [`run_with_path`] with `env` set (and mlir-aie's and Peano's variables only where `env` sets them).
+fn run_with_env(name: &str, args: &[&str], dirs: &[&Path], env: &[(&str, &Path)]) -> Output {
+    let mut path: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    path.extend(["/usr/bin", "/bin"].map(PathBuf::from));
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args)
+        .env("PATH", std::env::join_paths(path).unwrap())
+        .env_remove("MLIR_AIE_INSTALL_DIR")
+        .env_remove("PEANO_INSTALL_DIR")
+        .env_remove("RUST_BACKTRACE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+/// A stand-in `aiecc` in `dir`: it checks the flags a real build needs (the open toolchain's: no xchesscc or
+/// xbridge; Peano's folder where `PEANO_INSTALL_DIR` names one), logs its arguments to `$AIECC_LOG` where that
+/// is set, and writes an xclbin and an instruction stream (or fails as aiecc does, with its error last on
+/// stderr).
 fn fake_aiecc(dir: &Path, fail: bool) {
     std::fs::create_dir_all(dir).unwrap();
     let body = if fail {
         "echo 'error: design.mlir:3:5: unknown objectfifo' >&2; exit 1".to_string()
     } else {
         [
-            "for a in --aie-generate-xclbin --xclbin-name=design.xclbin --aie-generate-npu-insts \
-             --npu-insts-name=insts.bin design.mlir; do",
+            "for a in --no-xchesscc --no-xbridge --aie-generate-xclbin --xclbin-name=design.xclbin \
+             --aie-generate-npu-insts --npu-insts-name=insts.bin design.mlir; do",
             "  case \" $* \" in *\" $a \"*) ;; *) echo \"missing $a\" >&2; exit 2;; esac",
             "done",
+            "if [ -n \"$PEANO_INSTALL_DIR\" ]; then",
+            "  case \" $* \" in *\" --peano $PEANO_INSTALL_DIR \"*) ;; *) echo 'missing --peano' >&2; exit 4;; esac",
+            "fi",
+            "[ -z \"$AIECC_LOG\" ] || echo \"$*\" >> \"$AIECC_LOG\"",
             "grep -q aie.device design.mlir || { echo 'no aie.device' >&2; exit 3; }",
             "printf 'xclbin2-of-%s' \"$(wc -c < design.mlir)\" > design.xclbin",
             "printf '\\001\\000\\000\\000\\002\\000\\000\\000' > insts.bin",
@@ -235,4 +249,40 @@ fn the_bench_counts_what_the_npu_did_a_token() {
     let per_token = field(pre, "dispatches") as f64 / prompt as f64;
     assert!(line("npu prefill").contains(&format!("{per_token:.2} dispatches a token")), "{table}");
     assert!(line("npu decode").contains("runs off the NPU"), "{table}");
+}
+
+/// `unicornc compile --target phoenix` builds the designs itself where mlir-aie is installed: `aiecc` found
+/// under `$MLIR_AIE_INSTALL_DIR/bin` (not on PATH), given Peano's folder from `PEANO_INSTALL_DIR`, once per
+/// design, and every design of the plan stored built.
+#[test]
+fn compile_builds_the_designs_with_the_installed_aiecc_and_peano() {
+    let dir = tempfile::tempdir().unwrap();
+    let install = dir.path().join("mlir-aie");
+    fake_aiecc(&install.join("bin"), false);
+    let (peano, log) = (dir.path().join("peano"), dir.path().join("aiecc.log"));
+    let model = fixtures_dir().join("llama_gqa");
+    let plan = dir.path().join("p.ucp");
+    let args = ["compile", model.to_str().unwrap(), "-o", plan.to_str().unwrap(), "--target", "phoenix"];
+    let env = [("MLIR_AIE_INSTALL_DIR", install.as_path()), ("PEANO_INSTALL_DIR", &peano), ("AIECC_LOG", &log)];
+    let out = run_with_env("unicornc", &args, &[], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let aiecc = install.join("bin").join("aiecc");
+    assert!(stderr(&out).contains(&format!("NPU designs with {}", aiecc.display())), "{}", stderr(&out));
+    let m = unicorn_runtime::Model::load(&plan).unwrap();
+    let kernels = unicorn_runtime::npu::plan_kernels(&m).unwrap();
+    let designs: Vec<_> = kernels.iter().flatten().collect();
+    assert!(!designs.is_empty());
+    for g in &designs {
+        let b = g.kernel().built.as_ref().unwrap_or_else(|| panic!("{} not built", g.name()));
+        assert_eq!(b.xclbin, format!("xclbin2-of-{}", g.kernel().mlir.len()).into_bytes(), "{}", g.name());
+    }
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls.lines().count(), designs.len(), "one aiecc run per design: {calls}");
+    assert!(calls.lines().all(|l| l.contains(&format!("--peano {}", peano.display()))), "{calls}");
+    // Without Peano's variable no --peano is passed (the stand-in would take one, but the real aiecc then
+    // uses its own default).
+    let out = run_with_env("unicornc", &args, &[], &[("MLIR_AIE_INSTALL_DIR", &install), ("AIECC_LOG", &log)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls.lines().filter(|l| !l.contains("--peano")).count(), designs.len(), "{calls}");
 }
