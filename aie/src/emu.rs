@@ -10,9 +10,13 @@
 //! core's [`RtpBuffer`](crate::design::RtpBuffer) holds them from the start of the dispatch, as the runtime
 //! sequence writes them before its first transfer and then releases the cores' barriers.
 //!
-//! Fifos are modelled as queues per consumer (a broadcast gives each consumer its copy) without their depth:
-//! the emulator checks what reaches where and what is computed from it, not timing or back-pressure (the AIE2
-//! rules bound the buffers).
+//! Fifos are modelled as queues per consumer (a broadcast gives each consumer its copy) that hold at most the
+//! fifo's depth of buffers: a producer (a host transfer, a memtile link, a core) moves a buffer on only where
+//! every consumer has room, and a core starts an output only where its output fifo has room, so a design whose
+//! buffers back up into each other stops here as it would on the array. The host's transfers all stream at once
+//! (each is a DMA of its own once the sequence issues it), and a transfer out of the array takes its buffers as
+//! they arrive; a wait that cannot be met because nothing can move is reported with the fifos that are full.
+//! Timing is not modelled, only what can move before what.
 
 use crate::design::{
     q8, AttentionRounds, Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RowOp, RowPieces, SeqOp,
@@ -61,7 +65,19 @@ struct Emu<'d> {
     params: &'d [u32],
     /// Elements of a partly filled buffer streamed in from the host, per fifo.
     partial: HashMap<String, Vec<f32>>,
+    /// Whole buffers of host transfers not yet in their fifo (it was full), per fifo, in order.
+    pending: HashMap<String, VecDeque<Vec<f32>>>,
+    /// Transfers out of the array, in the order the sequence issued them.
+    drains: Vec<Drain>,
     stats: EmuStats,
+}
+
+/// A transfer out of the array: its fifo, the host argument and the offsets it writes, and what it took so far.
+struct Drain {
+    fifo: String,
+    arg: usize,
+    at: Vec<u64>,
+    got: Vec<f32>,
 }
 
 impl<'d> Emu<'d> {
@@ -89,13 +105,51 @@ impl<'d> Emu<'d> {
         self.queues.get(&(fifo.to_string(), at)).is_some_and(|q| !q.is_empty())
     }
 
-    /// Move buffers through the links and the cores until nothing can move.
+    /// Whether every consumer of `f` has room for one more buffer.
+    fn room(&self, f: &ObjectFifo) -> bool {
+        let held = |c: &Coord| self.queues.get(&(f.name.clone(), *c)).map_or(0, |q| q.len());
+        f.consumers.iter().all(|c| held(c) < f.depth.max(1) as usize)
+    }
+
+    /// The fifo ends that are full, for a report of where the dataflow stopped.
+    fn full(&self) -> String {
+        let mut v: Vec<String> = self
+            .design
+            .fifos
+            .iter()
+            .flat_map(|f| f.consumers.iter().map(move |c| (f, c)))
+            .filter(|(f, c)| {
+                self.queues.get(&(f.name.clone(), **c)).is_some_and(|q| q.len() >= f.depth.max(1) as usize)
+            })
+            .map(|(f, c)| format!("{} at {c} (depth {})", f.name, f.depth))
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(", ")
+        }
+    }
+
+    /// Move buffers from the host's transfers, through the links and the cores, and out to the host's, until
+    /// nothing can move.
     fn pump(&mut self) -> Result<(), String> {
         loop {
             let mut moved = false;
+            let mut names: Vec<&String> = self.pending.keys().collect();
+            names.sort();
+            for name in names.into_iter().cloned().collect::<Vec<_>>() {
+                let f = self.fifo(&name)?;
+                while self.room(f) {
+                    let Some(buf) = self.pending.get_mut(&name).and_then(|q| q.pop_front()) else { break };
+                    self.produce(f, buf);
+                    moved = true;
+                }
+            }
             for l in &self.design.links {
                 let tile = self.fifo(&l.to[0])?.producer;
-                while l.from.iter().all(|f| self.ready(f, tile)) {
+                let room = |e: &Self| l.to.iter().all(|n| e.fifo(n).is_ok_and(|f| e.room(f)));
+                while l.from.iter().all(|f| self.ready(f, tile)) && room(self) {
                     let parts: Vec<Vec<f32>> = l.from.iter().map(|f| self.take(f, tile).expect("ready")).collect();
                     let joined = parts.concat();
                     // A join or a pass-through makes one buffer; a split deals the buffer out in equal parts.
@@ -130,7 +184,13 @@ impl<'d> Emu<'d> {
                     CoreBody::Rows { op, rows, width } => (rows * width, (rows * width, op.second(rows, width).0), 1),
                     CoreBody::Attention { .. } | CoreBody::RowPieces(_) => unreachable!("run by their own steps"),
                 };
-                while self.ready(&a.fifo, core.tile) && self.ready(&b.fifo, core.tile) {
+                // A core takes its output buffer before it starts an output's products, and holds it until the
+                // output is done.
+                let out = self.fifo(&c.fifo)?;
+                while self.ready(&a.fifo, core.tile)
+                    && self.ready(&b.fifo, core.tile)
+                    && (self.acc.contains_key(&core.tile) || self.room(out))
+                {
                     let ta = self.take(&a.fifo, core.tile).expect("ready");
                     let tb = self.take(&b.fifo, core.tile).expect("ready");
                     if (ta.len() as u64, tb.len() as u64) != sizes {
@@ -147,10 +207,23 @@ impl<'d> Emu<'d> {
                     self.stats.macs += body(core.body, &ta, &tb, &mut entry.0);
                     entry.1 += 1;
                     if entry.1 == k_tiles {
-                        let (out, _) = self.acc.remove(&core.tile).expect("accumulating");
-                        let f = self.fifo(&c.fifo)?;
-                        self.produce(f, out);
+                        let (y, _) = self.acc.remove(&core.tile).expect("accumulating");
+                        self.produce(out, y);
                     }
+                    moved = true;
+                }
+            }
+            // Each transfer out takes its fifo's buffers as they arrive, the earlier transfer of a fifo first.
+            for i in 0..self.drains.len() {
+                let name = self.drains[i].fifo.clone();
+                if self.drains[..i].iter().any(|d| d.fifo == name && d.got.len() < d.at.len()) {
+                    continue;
+                }
+                let f = self.fifo(&name)?;
+                let shim = *f.consumers.iter().find(|c| design_is_shim(c)).expect("a drained fifo ends at a shim");
+                while self.drains[i].got.len() < self.drains[i].at.len() {
+                    let Some(buf) = self.take(&name, shim) else { break };
+                    self.drains[i].got.extend(buf);
                     moved = true;
                 }
             }
@@ -193,11 +266,14 @@ impl Emu<'_> {
                 continue;
             }
             if st.tiles == round.tiles {
+                let f = self.fifo(of)?;
+                if !self.room(f) {
+                    return Ok(moved);
+                }
                 let st = self.attn.get_mut(&core.tile).expect("entered");
                 let out = attention_finish(&st.o, &st.l, hd);
                 st.q.clear();
                 st.round += 1;
-                let f = self.fifo(of)?;
                 self.produce(f, out);
                 moved = true;
                 continue;
@@ -257,6 +333,9 @@ impl Emu<'_> {
             let st = *self.pieces.entry(core.tile).or_default();
             let reads_b = st.out || rp.stats_read_second();
             if !self.ready(&a.fifo, core.tile) || (reads_b && !self.ready(&b.fifo, core.tile)) {
+                return Ok(moved);
+            }
+            if st.out && !self.room(self.fifo(&c.fifo)?) {
                 return Ok(moved);
             }
             let x = self.take(&a.fifo, core.tile).expect("ready");
@@ -565,11 +644,11 @@ pub fn run_with<A: HostArg>(design: &Design, args: &mut [A], params: &[u32]) -> 
         pieces: HashMap::new(),
         params,
         partial: HashMap::new(),
+        pending: HashMap::new(),
+        drains: Vec::new(),
         stats: EmuStats::default(),
     };
     e.stats.dispatches = 1;
-    // Transfers out of the array wait for their data: (fifo, argument, the offsets they write).
-    let mut drains: Vec<(String, usize, Vec<u64>)> = Vec::new();
     for op in &design.sequence {
         match op {
             SeqOp::Memcpy { arg, elem, offset, dims, fifo, .. } => {
@@ -585,8 +664,7 @@ pub fn run_with<A: HostArg>(design: &Design, args: &mut [A], params: &[u32]) -> 
                     ));
                 }
                 e.stats.host_bytes += at.len() as u64 * elem.bytes();
-                let to_array = design_is_shim(&f.producer);
-                if to_array {
+                if design_is_shim(&f.producer) {
                     let round = *elem == Elem::Bf16;
                     let byte = |v: f32| v.fract() == 0.0 && (-128.0..=127.0).contains(&v);
                     if let Some(&i) = at.iter().find(|&&i| *elem == Elem::I8 && !byte(host[i as usize])) {
@@ -597,52 +675,44 @@ pub fn run_with<A: HostArg>(design: &Design, args: &mut [A], params: &[u32]) -> 
                     }
                     let part = e.partial.entry(fifo.clone()).or_default();
                     part.extend(at.iter().map(|&i| if round { bf16(host[i as usize]) } else { host[i as usize] }));
-                    // Each whole buffer of the stream goes into the fifo as it completes.
+                    // Each whole buffer of the stream goes to its fifo as it completes, when the fifo has room.
                     let size = (f.buffer_bytes() / f.elem.bytes()) as usize;
                     let mut bufs = Vec::new();
                     while part.len() >= size {
                         bufs.push(part.drain(..size).collect::<Vec<f32>>());
                     }
-                    for buf in bufs {
-                        e.produce(f, buf);
-                    }
-                    e.pump()?;
+                    e.pending.entry(fifo.clone()).or_default().extend(bufs);
                 } else {
-                    drains.push((fifo.clone(), *arg, at));
+                    e.drains.push(Drain { fifo: fifo.clone(), arg: *arg, at, got: Vec::new() });
                 }
+                e.pump()?;
             }
             SeqOp::Wait { fifo } => {
-                let mut i = 0;
-                while i < drains.len() {
-                    if &drains[i].0 != fifo {
-                        i += 1;
-                        continue;
-                    }
-                    let (name, arg, at) = drains.remove(i);
-                    let f = e.fifo(&name)?;
-                    let shim = *f.consumers.iter().find(|c| design_is_shim(c)).expect("a drained fifo ends at a shim");
-                    let mut got = Vec::new();
-                    while got.len() < at.len() {
-                        let Some(buf) = e.take(&name, shim) else {
-                            return Err(format!(
-                                "{}: a wait on fifo {name} for {} elements, of which the array produced {}",
-                                design.name,
-                                at.len(),
-                                got.len()
-                            ));
-                        };
-                        got.extend(buf);
-                    }
-                    let host = args[arg].values_mut();
-                    for (&i, v) in at.iter().zip(got) {
+                e.pump()?;
+                if let Some(d) = e.drains.iter().find(|d| &d.fifo == fifo && d.got.len() < d.at.len()) {
+                    return Err(format!(
+                        "{}: a wait on fifo {fifo} for {} elements, of which the array produced {}: nothing can \
+                         move (fifos full: {})",
+                        design.name,
+                        d.at.len(),
+                        d.got.len(),
+                        e.full()
+                    ));
+                }
+                let (done, rest): (Vec<Drain>, Vec<Drain>) =
+                    std::mem::take(&mut e.drains).into_iter().partition(|d| &d.fifo == fifo);
+                e.drains = rest;
+                for d in done {
+                    let host = args[d.arg].values_mut();
+                    for (&i, v) in d.at.iter().zip(d.got) {
                         host[i as usize] = v;
                     }
                 }
             }
         }
     }
-    if let Some((name, ..)) = drains.first() {
-        return Err(format!("{}: a transfer of fifo {name} is never waited on", design.name));
+    if let Some(d) = e.drains.first() {
+        return Err(format!("{}: a transfer of fifo {} is never waited on", design.name, d.fifo));
     }
     if let Some((name, p)) = e.partial.iter().find(|(_, p)| !p.is_empty()) {
         return Err(format!("{}: transfers into fifo {name} end {} elements into a buffer", design.name, p.len()));
@@ -657,6 +727,75 @@ fn design_is_shim(c: &Coord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two cores share a broadcast operand `a`; the host sends the first core's other operand, waits for its
+    /// results, and only then sends the second's. With `a` two deep both of its buffers reach both cores and
+    /// the first finishes; one deep, the second core's unread copy of `a` holds the fifo, its next buffer
+    /// cannot leave, and the first core never gets it: the array stops, as it would on the chip.
+    #[test]
+    fn a_broadcast_backs_up_into_a_deadlock_at_depth_one_and_not_at_two() {
+        use crate::design::{dims, tile, Core, FifoUse};
+        let design = |depth: u32| {
+            let fifo = |name: &str, from: Coord, to: &[Coord], depth: u32| ObjectFifo {
+                name: name.into(),
+                producer: from,
+                consumers: to.to_vec(),
+                depth,
+                shape: vec![1],
+                elem: Elem::F32,
+                to_stream: Vec::new(),
+            };
+            let (shim, c1, c2) = (tile(0, 0), tile(0, 2), tile(1, 2));
+            let core = |at: Coord, b: &str, c: &str| Core {
+                tile: at,
+                locals_bytes: 0,
+                stack_bytes: None,
+                uses: [("a", Port::Consume), (b, Port::Consume), (c, Port::Produce)]
+                    .map(|(f, port)| FifoUse { fifo: f.into(), port, acquire: 1 })
+                    .to_vec(),
+                body: CoreBody::MatMul { m: 1, k: 1, n: 1, k_tiles: 1, bt: false },
+            };
+            let copy = |arg: usize, fifo: &str| SeqOp::Memcpy {
+                arg,
+                elem: Elem::F32,
+                offset: 0,
+                dims: dims(&[(2, 1)]),
+                fifo: fifo.into(),
+                bd: arg as u32,
+            };
+            let wait = |fifo: &str| SeqOp::Wait { fifo: fifo.into() };
+            Design {
+                name: "broadcast".into(),
+                fifos: vec![
+                    fifo("a", shim, &[c1, c2], depth),
+                    fifo("b1", shim, &[c1], 2),
+                    fifo("b2", shim, &[c2], 2),
+                    fifo("y1", c1, &[shim], 2),
+                    fifo("y2", c2, &[shim], 2),
+                ],
+                links: Vec::new(),
+                cores: vec![core(c1, "b1", "y1"), core(c2, "b2", "y2")],
+                sequence: vec![
+                    copy(0, "a"),
+                    copy(1, "b1"),
+                    copy(3, "y1"),
+                    wait("y1"),
+                    copy(2, "b2"),
+                    copy(4, "y2"),
+                    wait("y2"),
+                ],
+                params: Vec::new(),
+                rtp: Vec::new(),
+            }
+        };
+        let args = || vec![vec![2.0, 3.0], vec![5.0, 7.0], vec![11.0, 13.0], vec![0.0; 2], vec![0.0; 2]];
+        let mut two = args();
+        run(&design(2), &mut two).expect("two deep: no deadlock");
+        assert_eq!((&two[3][..], &two[4][..]), (&[10.0, 21.0][..], &[22.0, 39.0][..]));
+        let err = run(&design(1), &mut args()).expect_err("one deep: the array stops");
+        assert!(err.contains("a wait on fifo y1 for 2 elements, of which the array produced 1"), "{err}");
+        assert!(err.contains("fifos full: a at tile(1, 2) (depth 1)"), "{err}");
+    }
 
     #[test]
     fn bf16_rounds_to_nearest_even() {
