@@ -386,6 +386,9 @@ const SMALL_BATCH_X_BYTES: usize = 8 << 10;
 const TASKS_PER_THREAD: usize = 4;
 /// Activation bytes per row of a prefill k-block.
 const K_BLOCK_BYTES: usize = 2048;
+// The AMX tiles take a q8 prefill's k-block whole.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(K_BLOCK_BYTES <= super::amx::MAX_K);
 /// Activation bytes of a row block (the rows a task's weight tile meets before the next tile).
 const L2_BYTES: usize = 256 << 10;
 
@@ -884,8 +887,10 @@ mod tests {
 
     #[test]
     fn amx_tiles_are_bit_for_bit_the_512_bit_ones_and_match_f64_reference() {
-        // Prefill shapes through the AMX tiles: one and two row tiles, ragged in rows (17, 45, 203) and in
-        // weight groups (n = 8, 24, 40, 301), several k stretches (4192), threaded and not, with a bias.
+        // Prefill shapes through the AMX tiles: one pass of 16 rows and several, calls of 128 rows and a ragged
+        // last one (17, 45, 203, 300 rows), ragged in weight groups (n = 8, 24, 40, 301: a lone group in a
+        // 16-output half), odd and even block counts in a stretch of k (3, 65 and 131 blocks: stretches of 64
+        // and a remainder), threaded and not, with a bias.
         #[cfg(target_arch = "x86_64")]
         if !Isa::Amx.available() {
             assert!(!super::super::amx::cpu_has_amx_int8(), "the CPU has AMX-INT8 but the kernel refused the tiles");
@@ -898,7 +903,7 @@ mod tests {
         let mut scratch = Scratch::default();
         for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
             let shapes = [(8, 8, 32), (16, 24, 96), (17, 40, 256), (32, 32, 2048), (45, 301, 1024), (100, 72, 4192)];
-            for (rows, n, k) in shapes.into_iter().chain([(203, 10, 512)]) {
+            for (rows, n, k) in shapes.into_iter().chain([(203, 10, 512), (300, 40, 2080)]) {
                 let (data, deq) = weights(&mut rng, format, n, k);
                 let bias = rng.vec(n, 1.0);
                 let x = activations(&mut rng, rows, k);
