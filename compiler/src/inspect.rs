@@ -28,22 +28,26 @@ fn describe_npu(plan: &PlanFile, o: &mut String) {
     let built = kernels.iter().filter(|(_, k)| k.built.is_some()).count();
     let _ =
         writeln!(o, "npu:          {} designs for {} (nothing here is measured on an NPU)", kernels.len(), array.name);
+    // What one dispatch of a design moves between host and array, and computes.
+    let cost = |k: &unicorn_ir::npu::NpuKernel| -> (u64, u64) {
+        let b = k
+            .design
+            .sequence
+            .iter()
+            .map(|op| match op {
+                unicorn_aie::design::SeqOp::Memcpy { elem, dims, .. } => {
+                    dims.iter().map(|d| d.size).product::<u64>() * elem.bytes()
+                }
+                _ => 0,
+            })
+            .sum();
+        (b, k.op.macs())
+    };
     for p in &h.phases {
         let (mut dispatches, mut bytes, mut macs, mut seconds) = (0u64, 0u64, 0u64, 0f64);
         for st in &p.steps {
             let Some((_, k)) = kernels.iter().find(|(i, _)| *i == st.kernel.0 as usize) else { continue };
-            let b: u64 = k
-                .design
-                .sequence
-                .iter()
-                .map(|op| match op {
-                    unicorn_aie::design::SeqOp::Memcpy { elem, dims, .. } => {
-                        dims.iter().map(|d| d.size).product::<u64>() * elem.bytes()
-                    }
-                    _ => 0,
-                })
-                .sum();
-            let m = k.op.macs();
+            let (b, m) = cost(k);
             dispatches += 1;
             bytes += b;
             macs += m;
@@ -69,6 +73,28 @@ fn describe_npu(plan: &PlanFile, o: &mut String) {
             seconds * 1e3,
             array.dispatch_overhead_s * 1e6,
             array.host_bytes_s / 1e9,
+        );
+    }
+    // Each design: its dispatches in an execution of each phase, and what one dispatch costs.
+    let _ = writeln!(o, "  designs  a dispatch of each (ESTIMATE: the same assumptions)");
+    for (i, k) in &kernels {
+        let uses: Vec<String> = h
+            .phases
+            .iter()
+            .filter_map(|p| {
+                let n = p.steps.iter().filter(|st| st.kernel.0 as usize == *i).count();
+                (n > 0).then(|| format!("{n} a {}", p.phase))
+            })
+            .collect();
+        let (b, m) = cost(k);
+        let _ = writeln!(
+            o,
+            "           {} ({}): {:.2} MB host<->array, {:.3} GMAC; ESTIMATE >= {:.3} ms",
+            h.kernels[*i].name,
+            if uses.is_empty() { "unused".to_string() } else { uses.join(", ") },
+            b as f64 / 1e6,
+            m as f64 / 1e9,
+            array.estimate_seconds(b, m) * 1e3
         );
     }
     let _ = writeln!(

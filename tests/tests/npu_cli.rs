@@ -150,6 +150,18 @@ fn build_npu_builds_with_aiecc_and_refuses_without_it() {
     assert!(text.contains("designs, by aiecc"), "{text}");
     // Its 3 layers' q / k / v, attention, o, gate / up and down: one dispatch each.
     assert!(text.contains(" 15 dispatches per execution") && text.contains("(5 a layer)"), "{text}");
+    // Each design on a line of its own, its dispatches and one dispatch's estimate, which add up to the
+    // phase's.
+    let ms = |l: &str| -> f64 { l.split("ESTIMATE >= ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap() };
+    let phase = text.lines().find(|l| l.trim_start().starts_with("prefill") && l.contains("ESTIMATE")).unwrap();
+    let mut total = 0.0;
+    for g in kernels.iter().flatten() {
+        let name = format!("{} (", g.name());
+        let line = text.lines().find(|l| l.trim_start().starts_with(&name)).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("(3 a prefill)"), "one dispatch a layer: {line}");
+        total += 3.0 * ms(line);
+    }
+    assert!((total - ms(phase)).abs() <= 0.01, "designs' {total} ms against the phase's: {phase}");
 
     // A plan with nothing for the NPU.
     let cpu = compile_to(&model, dir.path(), unicorn_ir::WeightFormat::Q8_0, None);
