@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Parity on checkpoints the tests never saw: for each architecture, make a checkpoint with transformers' default
 # initialization and a config unlike any fixture (tests/fixtures/make_fixtures.py --unseen), compile it with
-# --weights f32, and compare unicorn-rt's logits and greedy ids with transformers'. Needs torch + transformers.
+# --weights f32, and compare unicorn-rt's logits and greedy ids with transformers' (max|dlogit|/max|logit| <= 1e-3
+# and the same greedy ids), for the prompt in one prefill and in chunks of 8. Needs torch + transformers.
+# TARGET=vulkan compiles with --target vulkan and runs with --device vulkan (lavapipe where there is no GPU),
+# to the same tolerance.
 #   usage: scripts/check_unseen.sh [SEED] [ARCH...]
 # TARGET=phoenix compiles with --target phoenix (bf16 weights; prefill's projections and attention on the NPU,
 # run here on the emulator) and holds the logits to the bf16 tolerance instead, as the tests hold the fixtures:
@@ -23,10 +26,12 @@ if [ -z "$bin" ]; then
   cargo build --release --bins -q
   bin=./target/release
 fi
+dev=()
 case "$target" in
   cpu) flags=(--weights f32) ;;
   phoenix) flags=(--target phoenix --weights bf16) ;;
-  *) echo "TARGET: cpu or phoenix" >&2; exit 2 ;;
+  vulkan) flags=(--target vulkan --weights f32); dev=(--device vulkan) ;;
+  *) echo "TARGET: cpu, vulkan or phoenix" >&2; exit 2 ;;
 esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -35,10 +40,11 @@ for arch in "${archs[@]}"; do
   "$py" tests/fixtures/make_fixtures.py --unseen "$ck" --arch "$arch" --seed "$seed" >/dev/null
   "$bin/unicornc" compile "$ck" -o "$work/$arch.ucp" "${flags[@]}" -q
   ids=$(python3 -c "import json;print(','.join(map(str,json.load(open('$ck/expected.json'))['prompt_ids'])))")
-  "$bin/unicorn-rt" "$work/$arch.ucp" --tokens "$ids" --logits-out "$work/$arch.npy" 2>/dev/null
-  "$bin/unicorn-rt" "$work/$arch.ucp" --tokens "$ids" --prefill-chunk 8 --logits-out "$work/$arch-chunks.npy" 2>/dev/null
+  "$bin/unicorn-rt" "$work/$arch.ucp" ${dev[@]+"${dev[@]}"} --tokens "$ids" --logits-out "$work/$arch.npy" 2>/dev/null
+  "$bin/unicorn-rt" "$work/$arch.ucp" ${dev[@]+"${dev[@]}"} --tokens "$ids" --prefill-chunk 8 \
+    --logits-out "$work/$arch-chunks.npy" 2>/dev/null
   n=$(python3 -c "import json;print(len(json.load(open('$ck/expected.json'))['greedy_ids']))")
-  got=$("$bin/unicorn-rt" "$work/$arch.ucp" --tokens "$ids" -n "$n" --temperature 0 --print-ids 2>/dev/null)
+  got=$("$bin/unicorn-rt" "$work/$arch.ucp" ${dev[@]+"${dev[@]}"} --tokens "$ids" -n "$n" --temperature 0 --print-ids 2>/dev/null)
   "$py" - "$ck" "$work/$arch.npy" "$work/$arch-chunks.npy" "$got" "$arch" "$target" <<'PY'
 import json, sys, numpy as np
 ck, npy, chunked, got, arch, target = sys.argv[1:]
