@@ -217,24 +217,35 @@ fn weights_split_across_bindings_give_the_same_logits() {
 
 /// Prefill and decode under the Khronos validation layer with synchronization validation: the layer
 /// (which does report a missing barrier between two launches) reports nothing, for a prompt in one prefill and
-/// in chunks (whose earlier executions keep no rows).
+/// in chunks (whose earlier executions keep no rows), greedy and sampled (the top-k kernel). The loader's own
+/// log shows the layer was inserted, so the test cannot pass with the layer absent.
 #[test]
 fn the_validation_layer_reports_nothing() {
     let layer = Path::new("/usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json");
     assert!(layer.is_file(), "the Khronos validation layer is not installed (bash .ci/deps installs it)");
     let dir = tempfile::tempdir().unwrap();
-    let cases = [("mistral_sliding", WeightFormat::Q4_0, "12"), ("qwen2_bias", WeightFormat::F16, "5")];
-    for (name, format, chunk) in cases {
+    let greedy: &[&str] = &["--temperature", "0", "--print-ids"];
+    let sampled: &[&str] = &["--temperature", "0.8", "--top-k", "5", "--seed", "7"];
+    let cases = [
+        ("mistral_sliding", WeightFormat::Q4_0, "12", greedy),
+        ("qwen2_bias", WeightFormat::F16, "5", greedy),
+        ("llama_gqa", WeightFormat::Q8_0, "12", sampled),
+    ];
+    for (name, format, chunk, sampling) in cases {
         let plan = vulkan_plan(dir.path(), name, format);
         let out = std::process::Command::new(bin("unicorn-rt"))
             .args([plan.to_str().unwrap(), "--device", "vulkan", "--tokens", "1,2,3,4,5,6,7,8,9,10,11,12"])
-            .args(["-n", "16", "--temperature", "0", "--print-ids", "--prefill-chunk", chunk])
+            .args(["-n", "16", "--prefill-chunk", chunk])
+            .args(sampling)
             .env("VK_INSTANCE_LAYERS", "VK_LAYER_KHRONOS_validation")
             .env("VK_LAYER_ENABLES", "VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT")
+            .env("VK_LOADER_DEBUG", "layer")
             .output()
             .unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{name}: {text}");
+        let inserted = "Insert instance layer \"VK_LAYER_KHRONOS_validation\"";
+        assert!(text.contains(inserted), "{name}: the loader did not insert the validation layer:\n{text}");
         for bad in ["Validation Error", "VUID", "HAZARD"] {
             assert!(!text.contains(bad), "{name}: the validation layer reports:\n{text}");
         }
