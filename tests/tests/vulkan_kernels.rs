@@ -1135,3 +1135,16 @@ fn a_row_gets_the_same_bits_wherever_it_sits_in_the_launch() {
         }
     }
 }
+
+/// A buffer the device cannot hold is one line that says how much one buffer needed, and the device stays
+/// usable after it (nothing half-made is left bound).
+#[test]
+fn a_buffer_past_the_device_memory_names_its_size() {
+    use unicorn_runtime::vulkan::hal::Place;
+    let gpu = gpu();
+    let err = gpu.buffer_in(1 << 42, Place::Device).err().expect("4 TiB does not fit");
+    assert!(err.contains("out of device memory") && err.contains("4194304"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let b = gpu.buffer_in(1 << 20, Place::Device).expect("a MiB still fits");
+    assert_eq!(read_floats(&b, 0, 4), [0.0; 4], "zeroed");
+}

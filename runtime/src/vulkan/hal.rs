@@ -198,7 +198,13 @@ impl Gpu {
         let host = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
         // SAFETY: the device is valid; every object made here is destroyed on each error path or by Drop.
         unsafe {
-            let buffer = d.create_buffer(&info, None).map_err(vk_err("creating a buffer"))?;
+            let buffer = d.create_buffer(&info, None).map_err(|e| match e {
+                // A size past what the device can back fails here already, on some drivers.
+                vk::Result::ERROR_OUT_OF_DEVICE_MEMORY | vk::Result::ERROR_OUT_OF_HOST_MEMORY => {
+                    format!("vulkan: out of device memory: {} needed for one buffer ({e})", mib(size))
+                }
+                e => vk_err("creating a buffer")(e),
+            })?;
             let req = d.get_buffer_memory_requirements(buffer);
             // Candidates in order: for the device, local and mappable, then local; for the host, mappable.
             let mut candidates: Vec<(u32, bool)> = Vec::new();
