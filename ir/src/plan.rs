@@ -90,7 +90,8 @@ pub struct SpecConstant {
 /// One entry of the kernel table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelEntry {
-    /// Stable name (`matmul_q8_0`, `gemv_q4_0_f32_sg`), shown by `unicornc inspect` and used in profiles.
+    /// Stable name (`matmul_q8_0`, `rms_norm+matmul3_f16`, `attention`), shown by `unicornc inspect` and used in
+    /// profiles.
     pub name: String,
     pub backend: Backend,
     /// The compiled kernel in the `kernels` section; `None` for built-in CPU kernels.

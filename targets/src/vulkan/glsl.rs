@@ -1,5 +1,6 @@
 //! GLSL generation for the Vulkan target: one compute shader per kernel, generated from a few templates with
-//! the weight format generated into the source and the sizes as specialization constants.
+//! the weight format and the sizes generated into the source (as `#define`s, not specialization constants: see
+//! the ABI below).
 //!
 //! The kernel ABI, shared by every shader here and the Vulkan executor:
 //! - binding `i` of descriptor set 0 is the step's `i`-th buffer argument (activations, weights, the KV cache,
@@ -12,8 +13,8 @@
 //!   is the workgroup size: naga's SPIR-V reader takes neither a specialization-constant workgroup size nor the
 //!   `OpSpecConstantOp`s that arithmetic on specialization constants becomes, and every module is validated;
 //! - `pc.pass` selects the pass of a kernel the executor launches more than once (attention: 0 attends, 1
-//!   appends to the cache; for one row, 2 attends in key ranges and appends, 3 combines the ranges, with
-//!   `pc.keep` the number of ranges);
+//!   appends to the cache; for one row, 2 attends in key ranges and appends, the last range to finish
+//!   combining them, with `pc.keep` the number of ranges);
 //! - attention's KV binding holds the cache's keys and values, then room for the split partials
 //!   ([`unicorn_ir::plan::vulkan_abi::attention_scratch_words`]), which the executor allocates with the cache.
 //!
