@@ -122,9 +122,19 @@ fn list_devices_shows_the_gpu() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let gpu = text.lines().find(|l| l.starts_with("vulkan:0")).unwrap_or_else(|| panic!("no vulkan:0 in {text}"));
-    for part in ["Vulkan 1.", "GiB device-local", "subgroup ", "binds up to "] {
+    for part in ["Vulkan 1.", "GiB device-local", "subgroup ", "binds up to ", "cooperative matrices", "integer dot"] {
         assert!(gpu.contains(part), "'{part}' missing from: {gpu}");
     }
+    // What it says is what the device reports: its subgroup size, its cooperative-matrix shapes or their
+    // absence, and whether it has integer dot products.
+    let d = &unicorn_runtime::vulkan::hal::devices().unwrap()[0];
+    assert!(gpu.contains(&format!("subgroup {},", d.subgroup_size)), "{gpu}");
+    let coop = match d.cooperative_matrix.is_empty() {
+        true => "no cooperative matrices".to_string(),
+        false => format!("cooperative matrices {}", d.cooperative_matrix.join(" ")),
+    };
+    assert!(gpu.contains(&coop), "'{coop}' missing from: {gpu}");
+    assert_eq!(gpu.contains("no integer dot"), !d.integer_dot, "{gpu}");
 }
 
 #[test]
