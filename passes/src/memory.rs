@@ -56,10 +56,16 @@ fn plan_graph(g: &Graph) -> MemoryPlan {
     let pos: std::collections::HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     // An operand stays live through what a target may fuse into its reader's launch, so that no result of
     // that launch lands on an operand the launch still reads: a matmul's through the residual add or the GLU
-    // that alone reads the matmul's result; a RoPE's through a RoPE of the same table right after it (q and k),
-    // and through the attention right after them that alone reads the RoPE (which rotates q and k itself).
+    // that alone reads the matmul's result; a norm's through the residual add that alone reads its result, or
+    // through a norm right after it (q's and k's); a RoPE's through a RoPE of the same table right after it (q
+    // and k), and through the attention right after them that alone reads the RoPE (which rotates q and k
+    // itself).
     let fused_reach = |u: unicorn_ir::NodeId| match (&g.g[u].op, g.users(u).as_slice()) {
         (Op::MatMul { .. }, &[a]) if matches!(g.g[a].op, Op::Add | Op::Glu { .. }) => pos[&a],
+        (Op::RmsNorm { .. }, &[a]) if matches!(g.g[a].op, Op::Add) => pos[&a],
+        (Op::RmsNorm { .. }, _) if matches!(order.get(pos[&u] + 1).map(|&b| &g.g[b].op), Some(Op::RmsNorm { .. })) => {
+            pos[&u] + 1
+        }
         (Op::Rope { rope, head_dim }, users) => {
             let at = pos[&u];
             let paired = |i: usize| matches!(order.get(i).map(|&b| &g.g[b].op), Some(Op::Rope { rope: r, head_dim: h }) if r == rope && h == head_dim);

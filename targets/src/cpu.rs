@@ -80,6 +80,8 @@ pub fn lower_phase(module: &Module, g: &Graph, kernels: &mut KernelTable) -> Pla
         crate::Lowering {
             group: Some(usize::MAX),
             fuse_norm: false,
+            fuse_norm_add: false,
+            pair_norms: false,
             fuse_residual: false,
             pair_ropes: false,
             rope_attention: false,

@@ -41,8 +41,14 @@ pub(crate) struct Lowering {
     /// A residual add that alone reads a single matmul's result fuses into that matmul's launch as an
     /// epilogue (the matmul's own result is then never written).
     pub fuse_residual: bool,
+    /// A residual add that alone reads a whole-row RMSNorm's result fuses behind it (Gemma 3's norms after
+    /// attention and after the FFN): one launch, the norm's own result never written.
+    pub fuse_norm_add: bool,
     /// Two RoPEs of one table side by side (a layer's q and k) share a launch.
     pub pair_ropes: bool,
+    /// Two RMSNorms side by side that fuse into nothing else (Gemma 3's and Qwen3's q and k norms) share a
+    /// launch.
+    pub pair_norms: bool,
     /// Such a pair fuses into the launch of the attention right after it that alone reads them, as its q and
     /// k (with [`Lowering::pair_ropes`]).
     pub rope_attention: bool,
@@ -166,6 +172,26 @@ pub(crate) fn lower_steps(
             && (sum == res || !overlaps(&sum, &res))
             && how.group.is_some_and(|b| buffers <= b)
     };
+    // Whether the whole-row norm at order[i] and the add at order[i + 1], its only reader, share a launch:
+    // within the binding limit, and the sum's slot either one of the add's operands' or clear of both, and
+    // clear of the norm's operand unless it is that slot (a row's workgroup reads its whole row of x before it
+    // writes, and each element of the sum after reading that element of x and of the residual).
+    let fuses_norm_add = |i: usize| -> bool {
+        let (Some(&n), Some(&a)) = (order.get(i), order.get(i + 1)) else { return false };
+        let Op::RmsNorm { weight, .. } = &g.g[n].op else { return false };
+        if !how.fuse_norm_add || !matches!(g.g[a].op, Op::Add) {
+            return false;
+        }
+        let inputs = g.inputs(a);
+        let Some(other) = inputs.iter().copied().find(|&r| r != n) else { return false };
+        let (sum, res, x) = (slot(a), slot(other), slot(g.inputs(n)[0]));
+        module.weight(*weight).shape.iter().product::<usize>() == g.g[n].ty.row_width()
+            && inputs.contains(&n)
+            && g.users(n) == [a]
+            && (sum == res || !overlaps(&sum, &res))
+            && (sum == x || !overlaps(&sum, &x))
+            && how.group.is_some_and(|b| 6 <= b)
+    };
     // Whether the ropes at order[i] and order[i + 1] share a launch: one table and head size, neither reading
     // the other's result, and neither's result on the other's operand (their threads run side by side).
     let pairs_ropes = |i: usize| -> bool {
@@ -177,6 +203,23 @@ pub(crate) fn lower_steps(
             }
             _ => false,
         }
+    };
+    // Whether the norms at order[i] and order[i + 1] share a launch: neither fuses otherwise, neither reads
+    // the other's result, and neither's result lands on the other's operand (their workgroups run side by
+    // side).
+    let pairs_norms = |i: usize| -> bool {
+        let (Some(&a), Some(&b)) = (order.get(i), order.get(i + 1)) else { return false };
+        let (Op::RmsNorm { .. }, Op::RmsNorm { .. }) = (&g.g[a].op, &g.g[b].op) else { return false };
+        let (xa, xb) = (slot(g.inputs(a)[0]), slot(g.inputs(b)[0]));
+        how.pair_norms
+            && !fuses(i)
+            && !fuses(i + 1)
+            && !fuses_norm_add(i)
+            && !fuses_norm_add(i + 1)
+            && g.inputs(b)[0] != a
+            && !overlaps(&slot(a), &xb)
+            && !overlaps(&slot(b), &xa)
+            && how.group.is_some_and(|most| 6 <= most)
     };
     // Whether the paired ropes at order[i] and order[i + 1] fuse into the attention at order[i + 2]: its q and
     // k, in that order, read by it alone, within the binding limit (two ropes' four buffers, attention's five),
@@ -226,16 +269,19 @@ pub(crate) fn lower_steps(
     while i < order.len() {
         // The units of this launch: the op at i (with its matmul group), and a norm's matmuls if it fuses.
         let mut units: Vec<&[NodeId]> = Vec::new();
-        if fuses(i) {
+        let norm_add = fuses_norm_add(i);
+        if norm_add || fuses(i) {
             units.push(&order[i..i + 1]);
             i += 1;
         }
-        let group = if units.is_empty() && fuses_rope_attention(i) {
+        let group = if norm_add {
+            1
+        } else if units.is_empty() && fuses_rope_attention(i) {
             units.push(&order[i..i + 1]);
             units.push(&order[i + 1..i + 2]);
             i += 2;
             1
-        } else if units.is_empty() && pairs_ropes(i) {
+        } else if units.is_empty() && (pairs_ropes(i) || pairs_norms(i)) {
             units.push(&order[i..i + 1]);
             i += 1;
             1
@@ -259,9 +305,9 @@ pub(crate) fn lower_steps(
         let members: Vec<NodeId> = units.iter().flat_map(|u| u.iter().copied()).collect();
         let ops: Vec<Op> = members.iter().map(|&m| g.g[m].op.clone()).collect();
         let mut args: Vec<Arg> = units.iter().flat_map(|u| args_of(u)).collect();
-        if fused_add {
-            // The add's operands as [the matmul's result, the residual] whatever the graph's order (a sum is
-            // the same either way), so that the fused kernel knows which one it reads.
+        if fused_add || norm_add {
+            // The add's operands as [the matmul's or norm's result, the residual] whatever the graph's order
+            // (a sum is the same either way), so that the fused kernel knows which one it reads.
             let n = args.len();
             if args[n - 3] != Arg::Act(slot(members[0])) {
                 args.swap(n - 3, n - 2);

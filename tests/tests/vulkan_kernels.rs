@@ -531,6 +531,81 @@ fn embed_per_format_reads_the_rows_of_the_tokens() {
     }
 }
 
+/// The residual add fused behind a whole-row norm: `res + norm(x)` against the f64 reference, with and
+/// without the unit offset, the sum in its own buffer and in the residual's place (the memory plan may put it
+/// there), the norm's own result never written.
+#[test]
+fn rms_norm_with_the_residual_add_behind_it() {
+    let gpu = gpu();
+    let mut rng = Rng(12);
+    for (width, unit, in_place) in [(96usize, false, false), (200, true, false), (64, true, true)] {
+        let rows = 3;
+        let (x, w, res) = (rng.vec(rows * width, 1.0), rng.vec(width, 1.0), rng.vec(rows * width, 2.0));
+        let eps = 1e-6f32;
+        let want: Vec<f64> = x
+            .chunks(width)
+            .zip(res.chunks(width))
+            .flat_map(|(row, r)| {
+                let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / width as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                let g = |wi: f32| wi as f64 + if unit { 1.0 } else { 0.0 };
+                row.iter().zip(&w).zip(r).map(move |((&v, &wi), &ri)| ri as f64 + v as f64 * inv * g(wi))
+            })
+            .collect();
+        let xb = buffer_at(&gpu, 3, &words(&x));
+        let wb = buffer_at(&gpu, 0, &words(&w));
+        let yb = buffer_at(&gpu, 5, &words(&vec![f32::NAN; rows * width]));
+        let rb = buffer_at(&gpu, 7, &words(&res));
+        let sb = buffer_at(&gpu, 2, &words(&vec![f32::NAN; rows * width]));
+        let src = glsl::rms_norm_add(width as u64, eps, unit);
+        let sum = if in_place { &rb } else { &sb };
+        let pads = [3, 0, 5, 5, 7, if in_place { 7 } else { 2 }];
+        let groups = [1, rows as u32, 1];
+        dispatch(&gpu, "rms_norm_add", &src, &[&xb, &wb, &yb, &yb, &rb, sum], &pads, [rows as u32, 0, 0, 0, 0], groups);
+        let got = read_floats(sum, pads[5], rows * width);
+        assert_close(&format!("rms_norm+add {width} unit {unit} in place {in_place}"), &got, &want, 1e-5);
+        assert!(read_floats(&yb, 5, rows * width).iter().all(|v| v.is_nan()), "the norm's result is never written");
+    }
+}
+
+/// Two norms in one launch (a layer's q and k norms: groups of a head over rows of several heads, and other
+/// widths, weights and offsets each) against the f64 reference, each as the single norm computes it.
+#[test]
+fn two_norms_side_by_side() {
+    let gpu = gpu();
+    let mut rng = Rng(13);
+    let reference = |x: &[f32], w: &[f32], g: usize, eps: f32, unit: bool| -> Vec<f64> {
+        x.chunks(g)
+            .flat_map(|grp| {
+                let ms = grp.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / g as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                grp.iter().zip(w).map(move |(&v, &wi)| v as f64 * inv * (wi as f64 + if unit { 1.0 } else { 0.0 }))
+            })
+            .collect()
+    };
+    for ((wa, ga, ua), (wb, gb, ub)) in [((128, 32, true), (32, 32, true)), ((96, 16, false), (80, 40, true))] {
+        let rows = 3;
+        let (xa, xb) = (rng.vec(rows * wa, 1.0), rng.vec(rows * wb, 2.0));
+        let (na, nb) = (rng.vec(ga, 1.0), rng.vec(gb, 1.0));
+        let (ea, eb) = (1e-6f32, 1e-5f32);
+        let bufs = [
+            buffer_at(&gpu, 3, &words(&xa)),
+            buffer_at(&gpu, 0, &words(&na)),
+            buffer_at(&gpu, 9, &words(&vec![f32::NAN; rows * wa])),
+            buffer_at(&gpu, 5, &words(&xb)),
+            buffer_at(&gpu, 2, &words(&nb)),
+            buffer_at(&gpu, 1, &words(&vec![f32::NAN; rows * wb])),
+        ];
+        let src = glsl::rms_norm_pair((ga as u64, wa as u64, ea, ua), (gb as u64, wb as u64, eb, ub));
+        let groups = [(wa / ga + wb / gb) as u32, rows as u32, 1];
+        let refs: Vec<&Buffer> = bufs.iter().collect();
+        dispatch(&gpu, "rms_norm_pair", &src, &refs, &[3, 0, 9, 5, 2, 1], [rows as u32, 0, 0, 0, 0], groups);
+        let what = format!("rms_norm+rms_norm {wa}/{ga} {wb}/{gb}");
+        assert_close(&what, &read_floats(&bufs[2], 9, rows * wa), &reference(&xa, &na, ga, ea, ua), 1e-5);
+        assert_close(&what, &read_floats(&bufs[5], 1, rows * wb), &reference(&xb, &nb, gb, eb, ub), 1e-5);
+    }
+}
+
 #[test]
 fn rms_norm_over_rows_and_over_heads() {
     let gpu = gpu();

@@ -97,6 +97,8 @@ pub fn lower_phase(module: &Module, g: &Graph, chunk: u64, kernels: &mut KernelT
     let how = crate::Lowering {
         group: Some(usize::MAX),
         fuse_norm: false,
+        fuse_norm_add: false,
+        pair_norms: false,
         fuse_residual: false,
         pair_ropes: false,
         rope_attention: false,

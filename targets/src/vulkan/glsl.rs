@@ -1310,11 +1310,30 @@ pub fn matmul_glu(
 /// `rms_norm`: each `G`-element group of a row scaled by `1 / sqrt(mean(x^2) + EPS)` and the weight (or one
 /// plus it with `unit_offset`). Bindings [x, w, out]. Work: `[width / G, rows, 1]`, one workgroup per group.
 pub fn rms_norm(g: u64, eps: f32, unit_offset: bool) -> String {
+    norm_kernel(g, eps, unit_offset, false)
+}
+
+/// `rms_norm+add`: [`rms_norm`] of a whole row with the residual add behind it, `sum = res + norm(x)` (the
+/// norm's value computed as `rms_norm` computes it, so the sum has the bits of the two launches). Bindings
+/// [x, w, y, y, res, sum]: the norm's units then the add's, its result first; `y` is never written. Work as
+/// [`rms_norm`]'s.
+pub fn rms_norm_add(g: u64, eps: f32, unit_offset: bool) -> String {
+    norm_kernel(g, eps, unit_offset, true)
+}
+
+fn norm_kernel(g: u64, eps: f32, unit_offset: bool, add: bool) -> String {
     let mut s = String::new();
     header(&mut s, WIDE, 1);
     f32_buffer(&mut s, 0, "x", "readonly");
     f32_buffer(&mut s, 1, "w", "readonly");
-    f32_buffer(&mut s, 2, "y", "");
+    let store = if add {
+        f32_buffer(&mut s, 4, "res", "readonly");
+        f32_buffer(&mut s, 5, "sum", "");
+        "sum[pc.base[5] + at + i] = res[pc.base[4] + at + i] + x[pc.base[0] + at + i] * inv * g;"
+    } else {
+        f32_buffer(&mut s, 2, "y", "");
+        "y[pc.base[2] + at + i] = x[pc.base[0] + at + i] * inv * g;"
+    };
     def_uint(&mut s, "G", g);
     def_float(&mut s, "EPS", eps);
     def_uint(&mut s, "UNIT", unit_offset as u64);
@@ -1324,20 +1343,69 @@ pub fn rms_norm(g: u64, eps: f32, unit_offset: bool) -> String {
          void main() {{\n\
          \x20 uint lane = gl_LocalInvocationID.x;\n\
          \x20 uint at = (gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x) * G;\n\
-         \x20 float acc = 0.0;\n\
-         \x20 for (uint i = lane; i < G; i += gl_WorkGroupSize.x) {{ float v = x[pc.base[0] + at + i]; acc += v * v; }}\n\
+         {}\
+         }}\n",
+        norm_group("", 0, store)
+    );
+    s
+}
+
+/// One workgroup's norm of the group at `at` of `x{n}` (push-constant base `base`) with the weight `w{n}`
+/// (`base + 1`) and the constants `G{N}`, `EPS{N}`, `UNIT{N}` (`n` the norm's suffix, `N` in capitals), each
+/// element stored by `store` (which sees `i`, `inv` and `g`): the sum of squares over the workgroup's threads
+/// in `part`, halved down to one.
+fn norm_group(n: &str, base: usize, store: &str) -> String {
+    let (x, w, xb, wb) = (format!("x{n}"), format!("w{n}"), base, base + 1);
+    let up = n.to_uppercase();
+    let (g, eps, unit) = (format!("G{up}"), format!("EPS{up}"), format!("UNIT{up}"));
+    format!(
+        "\x20 float acc = 0.0;\n\
+         \x20 for (uint i = lane; i < {g}; i += gl_WorkGroupSize.x) {{ float v = {x}[pc.base[{xb}] + at + i]; acc += v * v; }}\n\
          \x20 part[lane] = acc;\n\
          \x20 barrier();\n\
          \x20 for (uint h = gl_WorkGroupSize.x / 2u; h > 0u; h /= 2u) {{\n\
          \x20   if (lane < h) part[lane] += part[lane + h];\n\
          \x20   barrier();\n\
          \x20 }}\n\
-         \x20 float inv = 1.0 / sqrt(part[0] / float(G) + EPS);\n\
-         \x20 for (uint i = lane; i < G; i += gl_WorkGroupSize.x) {{\n\
-         \x20   float g = w[pc.base[1] + i] + (UNIT == 1u ? 1.0 : 0.0);\n\
-         \x20   y[pc.base[2] + at + i] = x[pc.base[0] + at + i] * inv * g;\n\
+         \x20 float inv = 1.0 / sqrt(part[0] / float({g}) + {eps});\n\
+         \x20 for (uint i = lane; i < {g}; i += gl_WorkGroupSize.x) {{\n\
+         \x20   float g = {w}[pc.base[{wb}] + i] + ({unit} == 1u ? 1.0 : 0.0);\n\
+         \x20   {store}\n\
+         \x20 }}\n"
+    )
+}
+
+/// `rms_norm+rms_norm`: two [`rms_norm`]s side by side in one launch (a layer's q and k norms), each
+/// `(group, width, eps, unit_offset)`: the first `width_a / group_a` workgroups of a row take the first norm's
+/// groups, the rest the second's, each computed as [`rms_norm`] computes it. Bindings [x_a, w_a, y_a, x_b, w_b,
+/// y_b]. Work: `[width_a / group_a + width_b / group_b, rows, 1]`.
+pub fn rms_norm_pair(a: (u64, u64, f32, bool), b: (u64, u64, f32, bool)) -> String {
+    let mut s = String::new();
+    header(&mut s, WIDE, 1);
+    for (i, name) in ["xa", "wa", "ya", "xb", "wb", "yb"].into_iter().enumerate() {
+        f32_buffer(&mut s, i, name, if name.starts_with('y') { "" } else { "readonly" });
+    }
+    for (n, (g, width, eps, unit)) in [("A", a), ("B", b)] {
+        def_uint(&mut s, &format!("G{n}"), g);
+        def_uint(&mut s, &format!("N{n}"), width / g);
+        def_float(&mut s, &format!("EPS{n}"), eps);
+        def_uint(&mut s, &format!("UNIT{n}"), unit as u64);
+    }
+    let _ = write!(
+        s,
+        "shared float part[{WIDE}];\n\
+         void main() {{\n\
+         \x20 uint lane = gl_LocalInvocationID.x, grp = gl_WorkGroupID.x, row = gl_WorkGroupID.y;\n\
+         \x20 if (grp < NA) {{\n\
+         \x20 uint at = row * NA * GA + grp * GA;\n\
+         {}\
+         \x20 }} else {{\n\
+         \x20 uint at = row * NB * GB + (grp - NA) * GB;\n\
+         {}\
          \x20 }}\n\
-         }}\n"
+         }}\n",
+        norm_group("a", 0, "ya[pc.base[2] + at + i] = xa[pc.base[0] + at + i] * inv * g;"),
+        norm_group("b", 3, "yb[pc.base[5] + at + i] = xb[pc.base[3] + at + i] * inv * g;"),
     );
     s
 }

@@ -170,6 +170,33 @@ fn kernel_for(module: &Module, g: &Graph, how: Choices, ops: &[Op], units: &[u64
                 work: [ceil(cols, WIDE), rows, one],
             }
         }
+        Op::RmsNorm { weight, eps, unit_offset } if matches!(ops, [_, Op::Add]) => {
+            // The residual add behind a whole-row norm: the norm's [x, w, y], then the add's [y, residual, sum],
+            // of which the kernel reads x, w and the residual and writes the sum.
+            let group = module.weight(*weight).shape.iter().product::<usize>() as u64;
+            Kernel {
+                name: "rms_norm+add".into(),
+                source: glsl::rms_norm_add(group, *eps, *unit_offset),
+                buffers: 6,
+                writes: vec![5],
+                workgroup: wide,
+                work: [Expr::Const(cols / group), rows, one],
+            }
+        }
+        Op::RmsNorm { weight: wa, eps: ea, unit_offset: ua } if matches!(ops, [_, Op::RmsNorm { .. }]) => {
+            // Two norms side by side (q's and k's): their units [x, w, y] each.
+            let Op::RmsNorm { weight: wb, eps: eb, unit_offset: ub } = &ops[1] else { unreachable!("matched") };
+            let group = |w: &unicorn_ir::WeightId| module.weight(*w).shape.iter().product::<usize>() as u64;
+            let (a, b) = ((group(wa), units[0], *ea, *ua), (group(wb), units[1], *eb, *ub));
+            Kernel {
+                name: "rms_norm+rms_norm".into(),
+                source: glsl::rms_norm_pair(a, b),
+                buffers: 6,
+                writes: vec![2, 5],
+                workgroup: wide,
+                work: [Expr::Const(a.1 / a.0 + b.1 / b.0), rows, one],
+            }
+        }
         Op::RmsNorm { eps, unit_offset, .. } if ops.len() > 1 => {
             // A norm fused in front of the matmuls that read it: its operand, weight and result come first.
             let mut k = kernel_for(module, g, how, &ops[1..], &units[1..], rows);
@@ -382,7 +409,9 @@ pub fn lower_phase(
         group: Some(MAX_BUFFERS),
         fuse_norm: true,
         fuse_residual: true,
+        fuse_norm_add: true,
         pair_ropes: true,
+        pair_norms: true,
         // Decode's attention (the split pass) rotates q and k itself; prefill's takes them rotated.
         rope_attention: g.phase == Phase::Decode,
         // The fused GLU exists on the row-by-row path, whose steps take eight columns.
