@@ -96,12 +96,13 @@ fn operand_into(dst: &mut Vec<u8>, x: &[f32], s: &GemmBtShape) {
     }
 }
 
-/// The first `n` f32 of `b` into `out`, read through `bytes` (both allocations kept).
-fn read_f32(b: &xrt_sys::Buffer, n: usize, bytes: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<(), Error> {
-    bytes.resize(4 * n, 0);
+/// The first `out.len()` f32 of `b` into `out`, read through `bytes` (whose allocation is kept).
+fn read_f32(b: &xrt_sys::Buffer, bytes: &mut Vec<u8>, out: &mut [f32]) -> Result<(), Error> {
+    bytes.resize(4 * out.len(), 0);
     b.read(bytes).map_err(xrt)?;
-    out.clear();
-    out.extend(bytes.chunks_exact(4).map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes"))));
+    for (o, w) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *o = f32::from_le_bytes(w.try_into().expect("4 bytes"));
+    }
     Ok(())
 }
 
@@ -152,7 +153,8 @@ impl NpuDevice for Npu {
         args.push(&loaded.y);
         loaded.context.run(&built.insts, &args, Duration::from_secs(10)).map_err(xrt)?;
         loaded.y.sync_from_device().map_err(xrt)?;
-        read_f32(&loaded.y, pm * pn, &mut self.bytes, &mut self.floats)?;
+        self.floats.resize(pm * pn, 0.0);
+        read_f32(&loaded.y, &mut self.bytes, &mut self.floats)?;
         super::split_outputs(&self.floats, s, x.len() / s.k as usize, ys);
         counts.add(1, g.host_bytes, s.macs());
         Ok(())
@@ -190,8 +192,7 @@ impl NpuDevice for Npu {
             .run(&loaded.insts, &[&loaded.q, &loaded.kv, &loaded.out], Duration::from_secs(10))
             .map_err(xrt)?;
         loaded.out.sync_from_device().map_err(xrt)?;
-        read_f32(&loaded.out, out.len(), &mut self.bytes, &mut self.floats)?;
-        out.copy_from_slice(&self.floats);
+        read_f32(&loaded.out, &mut self.bytes, out)?;
         counts.add(1, a.host_bytes, s.macs_bound());
         Ok(())
     }
