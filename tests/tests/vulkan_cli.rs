@@ -195,16 +195,18 @@ fn a_forged_kernel_table_is_refused() {
 }
 
 /// The weights split into many small buffers (as on a device with a small `maxStorageBufferRange`) give the
-/// same logits as one buffer.
+/// same logits as one buffer, and so do weights, caches and activations in unmapped memory written through
+/// staging copies (as a discrete GPU holds them).
 #[test]
-fn weights_split_across_bindings_give_the_same_logits() {
+fn weights_split_across_bindings_or_staged_give_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
     let exp = expected("gemma3_text");
     for format in [WeightFormat::F32, WeightFormat::Q4_0] {
         let plan = vulkan_plan(dir.path(), "gemma3_text", format);
         let model = Model::load_with(&plan, Residency::Resident, DeviceKind::Vulkan(0)).unwrap();
-        let logits = |max: Option<u64>| {
-            let mut x = VulkanExecutor::new(&model, 0, VulkanOptions { max_weight_binding: max }).unwrap();
+        let logits = |max: Option<u64>, staged: bool| {
+            let options = VulkanOptions { max_weight_binding: max, stage_device_buffers: staged };
+            let mut x = VulkanExecutor::new(&model, 0, options).unwrap();
             let seq = x.add_sequence(exp.prompt_ids.len()).unwrap();
             let run = SeqRun { seq, tokens: &exp.prompt_ids, pos: 0, keep: exp.prompt_ids.len() };
             let mut l = Vec::new();
@@ -212,15 +214,20 @@ fn weights_split_across_bindings_give_the_same_logits() {
             l
         };
         let largest = model.header().weights.iter().map(|w| w.bytes).max().unwrap();
-        let whole = logits(None);
-        assert_eq!(whole, logits(Some(largest)), "{format}");
+        let whole = logits(None, false);
+        assert_eq!(whole, logits(Some(largest), false), "{format}");
+        assert_eq!(whole, logits(Some(largest), true), "{format}: staged");
         let a = compare(&whole, &exp.logits, exp.vocab);
         assert!(a.rel_err <= 1e-5, "{format}: {:.2e}", a.rel_err);
         // Smaller than the largest weight: refused, naming it.
-        let err = VulkanExecutor::new(&model, 0, VulkanOptions { max_weight_binding: Some(largest - 4) })
-            .err()
-            .expect("a weight larger than a binding is refused")
-            .to_string();
+        let err = VulkanExecutor::new(
+            &model,
+            0,
+            VulkanOptions { max_weight_binding: Some(largest - 4), ..Default::default() },
+        )
+        .err()
+        .expect("a weight larger than a binding is refused")
+        .to_string();
         assert!(err.contains("above the largest buffer the device binds"), "{err}");
     }
 }

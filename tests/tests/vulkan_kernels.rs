@@ -1221,5 +1221,31 @@ fn a_buffer_past_the_device_memory_names_its_size() {
     assert!(err.contains("out of device memory") && err.contains("4194304"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     let b = gpu.buffer_in(1 << 20, Place::Device).expect("a MiB still fits");
-    assert_eq!(read_floats(&b, 0, 4), [0.0; 4], "zeroed");
+    assert_eq!(floats(&b.fetch(0, 16).unwrap()), [0.0; 4], "zeroed");
+}
+
+/// A device buffer the host does not map (a discrete GPU's video memory) holds what is written to it through
+/// staging copies, across the staging buffer's 64 MiB chunks and at odd word offsets, and reads back the same.
+#[test]
+fn unmapped_device_buffers_hold_what_staging_copies_write() {
+    use unicorn_runtime::vulkan::hal::Place;
+    let gpu = gpu();
+    gpu.stage_device_buffers(true);
+    let len = (64u64 << 20) + 12;
+    let mut b = gpu.buffer_in(len + 8, Place::Device).unwrap();
+    assert!(!b.mapped());
+    assert_eq!(b.fetch(len, 8).unwrap(), [0; 8], "zeroed");
+    let mut rng = Rng(7);
+    let data: Vec<u8> = (0..len).map(|_| rng.next_u32() as u8).collect();
+    b.write(4, &data).unwrap();
+    let back = b.fetch(0, len + 8).unwrap();
+    assert_eq!(back[..4], [0; 4]);
+    assert!(back[4..4 + len as usize] == data[..], "the bytes written");
+    assert_eq!(back[4 + len as usize..], [0; 4]);
+    assert_eq!(b.fetch(4 + (64 << 20), 12).unwrap(), data[64 << 20..], "a read that starts past a chunk");
+    // Buffers made afterwards take the device's own placement again: mapped where the GPU shares the host's
+    // memory (lavapipe), not on a discrete GPU.
+    gpu.stage_device_buffers(false);
+    let shared = !matches!(gpu.info().kind, "discrete" | "virtual");
+    assert_eq!(gpu.buffer_in(64, Place::Device).unwrap().mapped(), shared, "{}", gpu.info().kind);
 }

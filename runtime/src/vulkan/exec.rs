@@ -75,6 +75,10 @@ pub struct VulkanOptions {
     /// Most bytes of weights bound as one storage buffer (default and ceiling: the device's
     /// `maxStorageBufferRange`); smaller values split the weights into more buffers.
     pub max_weight_binding: Option<u64>,
+    /// Keep the weights, the KV caches and the activations in memory the host does not map, written through
+    /// staging copies, whatever the device offers (a discrete GPU places them so by itself): to test that
+    /// path on devices whose memory is all mappable.
+    pub stage_device_buffers: bool,
 }
 
 fn mib(bytes: u64) -> String {
@@ -209,6 +213,7 @@ impl<'m> VulkanExecutor<'m> {
     /// Open Vulkan device `index` and make the plan resident there.
     pub fn new(model: &'m Model, index: u32, options: VulkanOptions) -> Result<Self, Error> {
         let gpu = Gpu::open(index as usize).map_err(Error::Input)?;
+        gpu.stage_device_buffers(options.stage_device_buffers);
         let name = format!("vulkan:{index}");
         let h = model.header();
         let info = gpu.info().clone();

@@ -33,6 +33,8 @@ struct Inner {
     pool: vk::CommandPool,
     memory: vk::PhysicalDeviceMemoryProperties,
     info: DeviceInfo,
+    /// [`Gpu::stage_device_buffers`].
+    stage_device: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -57,9 +59,11 @@ pub struct Gpu {
 /// Where a buffer lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
-    /// Device-local: what kernels read every step (weights, the KV cache, activations). Host-visible too where
-    /// the device offers that (integrated GPUs, resizable BAR), so the host writes it in place; otherwise
-    /// [`Buffer::write`] goes through a staging copy.
+    /// Device-local: what kernels read every step (weights, the KV cache, activations). On a GPU that shares
+    /// the host's memory (integrated), host-visible too, so the host writes it in place. On a discrete GPU,
+    /// memory the host cannot map, written through a staging copy by [`Buffer::write`]: a mappable
+    /// device-local type there is the PCIe BAR window, which the driver may back differently from the rest
+    /// of video memory.
     Device,
     /// Host-visible and coherent, mapped, preferably cached system memory: what the host writes or reads every
     /// step (token ids, logits).
@@ -150,6 +154,62 @@ fn open_on(
     Ok((device, queue, pool, memory, info))
 }
 
+/// The memory types a buffer in `place` may take, in the order to try them, each with whether the host maps it.
+/// `separate`: the device has memory of its own (a discrete or virtual GPU), not the host's.
+///
+/// - Device, separate memory: device-local types the host cannot map, then mappable device-local ones (the
+///   BAR window, as a fallback when video memory proper is exhausted).
+/// - Device, shared memory: mappable device-local types first (no staging copy), then any device-local type.
+/// - Host: cached host-visible memory first (the host reads logits back from it every step, and a read
+///   through a PCIe BAR is uncached and slow), then any host-visible coherent type; system memory before
+///   device-local within each.
+fn memory_candidates(types: &[vk::MemoryType], bits: u32, place: Place, separate: bool) -> Vec<(u32, bool)> {
+    use vk::MemoryPropertyFlags as F;
+    let host = F::HOST_VISIBLE | F::HOST_COHERENT;
+    let local = |i: usize| types[i].property_flags.contains(F::DEVICE_LOCAL);
+    // Types allowed by `bits` with all of `want`, device-local ones first (last with `local_last`).
+    let with = |want: F, local_last: bool| -> Vec<u32> {
+        let mut v: Vec<u32> = (0..types.len())
+            .filter(|&i| bits & (1 << i) != 0 && types[i].property_flags.contains(want))
+            .map(|i| i as u32)
+            .collect();
+        v.sort_by_key(|&i| local(i as usize) == local_last);
+        v
+    };
+    let mappable = |i: u32| types[i as usize].property_flags.contains(host);
+    let mut out: Vec<(u32, bool)> = Vec::new();
+    match place {
+        Place::Device if separate => {
+            let all = with(F::DEVICE_LOCAL, false);
+            out.extend(
+                all.iter()
+                    .filter(|&&i| !types[i as usize].property_flags.contains(F::HOST_VISIBLE))
+                    .map(|&i| (i, false)),
+            );
+            out.extend(
+                all.iter()
+                    .filter(|&&i| types[i as usize].property_flags.contains(F::HOST_VISIBLE))
+                    .map(|&i| (i, mappable(i))),
+            );
+        }
+        Place::Device => {
+            out.extend(with(F::DEVICE_LOCAL | host, false).into_iter().map(|i| (i, true)));
+            out.extend(with(F::DEVICE_LOCAL, false).into_iter().map(|i| (i, mappable(i))));
+        }
+        Place::Host => {
+            out.extend(with(host | F::HOST_CACHED, true).into_iter().map(|i| (i, true)));
+            out.extend(with(host, true).into_iter().map(|i| (i, true)));
+        }
+    }
+    let mut seen = 0u64;
+    out.retain(|&(i, _)| {
+        let new = seen & (1 << i) == 0;
+        seen |= 1 << i;
+        new
+    });
+    out
+}
+
 impl Gpu {
     /// Open device `index` (the loader's order) with a compute queue.
     pub fn open(index: usize) -> Result<Gpu> {
@@ -157,7 +217,9 @@ impl Gpu {
         let instance = create_instance(&entry)?;
         match open_on(&entry, &instance, index) {
             Ok((device, queue, pool, memory, info)) => {
-                Ok(Gpu { inner: Arc::new(Inner { _entry: entry, instance, device, queue, pool, memory, info }) })
+                let stage_device = Default::default();
+                let inner = Inner { _entry: entry, instance, device, queue, pool, memory, info, stage_device };
+                Ok(Gpu { inner: Arc::new(inner) })
             }
             Err(e) => {
                 // SAFETY: nothing created from the instance survived the failure.
@@ -171,15 +233,11 @@ impl Gpu {
         &self.inner.info
     }
 
-    /// Memory types for `bits` with all of `want`, device-local ones first.
-    fn memory_types(&self, bits: u32, want: vk::MemoryPropertyFlags) -> Vec<u32> {
-        let m = &self.inner.memory;
-        let types = &m.memory_types[..m.memory_type_count as usize];
-        let fits = |i: usize, t: &vk::MemoryType| bits & (1 << i) != 0 && t.property_flags.contains(want);
-        let local = |t: &vk::MemoryType| t.property_flags.contains(vk::MemoryPropertyFlags::DEVICE_LOCAL);
-        let mut v: Vec<u32> = (0..types.len()).filter(|&i| fits(i, &types[i])).map(|i| i as u32).collect();
-        v.sort_by_key(|&i| !local(&types[i as usize]));
-        v
+    /// Make later [`Place::Device`] buffers unmapped even where their memory could be mapped, so every write
+    /// to them and every read back goes through a staging copy, as on a discrete GPU. Tests use this to run
+    /// that path on a device whose memory is all mappable (lavapipe, integrated GPUs).
+    pub fn stage_device_buffers(&self, on: bool) {
+        self.inner.stage_device.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A host-visible, coherent, mapped storage buffer of `bytes` bytes, zeroed.
@@ -195,7 +253,6 @@ impl Gpu {
             | vk::BufferUsageFlags::TRANSFER_DST;
         let info = vk::BufferCreateInfo::default().size(size).usage(usage).sharing_mode(vk::SharingMode::EXCLUSIVE);
         let d = &self.inner.device;
-        let host = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
         // SAFETY: the device is valid; every object made here is destroyed on each error path or by Drop.
         unsafe {
             let buffer = d.create_buffer(&info, None).map_err(|e| match e {
@@ -206,25 +263,13 @@ impl Gpu {
                 e => vk_err("creating a buffer")(e),
             })?;
             let req = d.get_buffer_memory_requirements(buffer);
-            // Candidates in order: for the device, local and mappable, then local; for the host, mappable.
-            let mut candidates: Vec<(u32, bool)> = Vec::new();
-            if place == Place::Device {
-                let local = vk::MemoryPropertyFlags::DEVICE_LOCAL;
-                candidates.extend(self.memory_types(req.memory_type_bits, local | host).into_iter().map(|t| (t, true)));
-                candidates.extend(self.memory_types(req.memory_type_bits, local).into_iter().map(|t| (t, false)));
-            } else {
-                // The host reads logits back from here every step: cached system memory first (a read through
-                // a PCIe BAR is uncached and slow), then any host-visible memory.
-                let cached = host | vk::MemoryPropertyFlags::HOST_CACHED;
-                let mut host_first = |want| {
-                    let mut v = self.memory_types(req.memory_type_bits, want);
-                    v.reverse(); // device-local types last
-                    candidates.extend(v.into_iter().map(|t| (t, true)));
-                };
-                host_first(cached);
-                host_first(host);
+            let m = &self.inner.memory;
+            let types = &m.memory_types[..m.memory_type_count as usize];
+            let separate = matches!(self.inner.info.kind, "discrete" | "virtual");
+            let mut candidates = memory_candidates(types, req.memory_type_bits, place, separate);
+            if place == Place::Device && self.inner.stage_device.load(std::sync::atomic::Ordering::Relaxed) {
+                candidates.iter_mut().for_each(|c| c.1 = false);
             }
-            candidates.dedup_by_key(|c| c.0);
             if candidates.is_empty() {
                 d.destroy_buffer(buffer, None);
                 return Err("vulkan: the device has no memory type for storage buffers".into());
@@ -496,6 +541,25 @@ impl Buffer {
             gpu.one_time(|cb| unsafe { self.inner.device.cmd_copy_buffer(cb, staging.buffer, self.buffer, &region) })?;
         }
         Ok(())
+    }
+
+    /// `len` bytes from byte `offset`, mapped or not (then through a staging copy); panics past the end.
+    pub fn fetch(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if self.mapped() {
+            return Ok(self.read(offset, len));
+        }
+        assert!(offset + len <= self.size, "read past the end of a buffer");
+        let gpu = Gpu { inner: self.inner.clone() };
+        let mut out = Vec::with_capacity(len as usize);
+        let staging = gpu.buffer(len.min(STAGING))?;
+        while (out.len() as u64) < len {
+            let n = (len - out.len() as u64).min(STAGING);
+            let region = [vk::BufferCopy::default().src_offset(offset + out.len() as u64).dst_offset(0).size(n)];
+            // SAFETY: both buffers are valid and idle; the regions lie inside them.
+            gpu.one_time(|cb| unsafe { self.inner.device.cmd_copy_buffer(cb, self.buffer, staging.buffer, &region) })?;
+            out.extend(staging.read(0, n));
+        }
+        Ok(out)
     }
 
     /// `len` bytes from byte `offset` of a mapped buffer; panics past the end or on an unmapped buffer.
@@ -803,4 +867,50 @@ pub struct Launch<'a> {
     pub buffers: &'a [&'a Buffer],
     pub push: &'a [u32],
     pub groups: [u32; 3],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vk::MemoryPropertyFlags as F;
+
+    fn table(flags: &[F]) -> Vec<vk::MemoryType> {
+        flags.iter().map(|&f| vk::MemoryType { property_flags: f, heap_index: 0 }).collect()
+    }
+
+    /// A discrete GPU's types as NVIDIA's driver lists them: video memory, system memory (uncached and
+    /// cached), and the BAR window into video memory.
+    fn discrete() -> Vec<vk::MemoryType> {
+        let host = F::HOST_VISIBLE | F::HOST_COHERENT;
+        table(&[F::empty(), F::DEVICE_LOCAL, host, host | F::HOST_CACHED, F::DEVICE_LOCAL | host])
+    }
+
+    #[test]
+    fn discrete_gpus_keep_device_buffers_out_of_the_bar_window() {
+        let t = discrete();
+        assert_eq!(memory_candidates(&t, !0, Place::Device, true), vec![(1, false), (4, true)]);
+        // A type the buffer may not use is never offered.
+        assert_eq!(memory_candidates(&t, 1 << 4, Place::Device, true), vec![(4, true)]);
+        // Host buffers: cached system memory, then uncached, then the BAR window last.
+        assert_eq!(memory_candidates(&t, !0, Place::Host, true), vec![(3, true), (2, true), (4, true)]);
+    }
+
+    #[test]
+    fn shared_memory_devices_map_device_buffers() {
+        // An integrated GPU (RADV on a Ryzen APU): every device-local type is also mappable but one.
+        let host = F::HOST_VISIBLE | F::HOST_COHERENT;
+        let t = table(&[F::DEVICE_LOCAL, host, F::DEVICE_LOCAL | host, host | F::HOST_CACHED]);
+        assert_eq!(memory_candidates(&t, !0, Place::Device, false), vec![(2, true), (0, false)]);
+        assert_eq!(memory_candidates(&t, !0, Place::Host, false), vec![(3, true), (1, true), (2, true)]);
+        // lavapipe: one type that is everything.
+        let t = table(&[F::DEVICE_LOCAL | host | F::HOST_CACHED]);
+        assert_eq!(memory_candidates(&t, !0, Place::Device, false), vec![(0, true)]);
+        assert_eq!(memory_candidates(&t, !0, Place::Host, false), vec![(0, true)]);
+    }
+
+    #[test]
+    fn no_usable_type_gives_no_candidates() {
+        assert!(memory_candidates(&discrete(), 1, Place::Device, true).is_empty());
+        assert!(memory_candidates(&discrete(), 1 << 1, Place::Host, true).is_empty());
+    }
 }
