@@ -758,10 +758,19 @@ fn coop_geometry(outs: u64) -> (u64, u64, u64, u64) {
 /// loads and `outs / 32` B loads serve its products), staged through shared memory (`cs`, a part of the tile's
 /// rows at a time) for the same epilogue: `store`, with `row`, `n`, `inv` (the row's `1 / rms`, or 1), and
 /// `acc[i][j]` or `cs[rr * CSTR + oc]`.
-fn tiled_member(m: usize, norm: bool, coop: Option<u64>, store: &str) -> String {
+///
+/// With `glu` (member 0 is the gate matrix, member 1 the up matrix, of one shape), a tile's first half of
+/// outputs are gate's `n0..n0 + outs / 2` and its second half up's same outputs, so a thread of the epilogue
+/// finds both projections of an output in the tile: `store` then sees the gate's sum in `acc[i][j]` or
+/// `cs[rr * CSTR + oc]` and the up's in `acc[i][j + 2u]` or `cs[rr * CSTR + HALF + oc]`, for `n` below
+/// `n0 + outs / 2`.
+fn tiled_member(m: usize, norm: bool, coop: Option<u64>, store: &str, glu: bool) -> String {
     let rows: u32 = if coop.is_some() { COOP_TILE_ROWS as u32 } else { GEMM_TILE as u32 };
     let outs = coop.unwrap_or(GEMM_TILE);
     let wide = outs > 64;
+    assert!(!glu || m == 0, "a GLU tile is members 0 and 1 together");
+    // Outputs of the tile's epilogue: with the GLU, the half of the tile's columns it writes.
+    let cols = if glu { outs / 2 } else { outs };
     // Values of x each thread stages per block: thread t's e-th is row 8e + t / 32, column t % 32, so that a
     // subgroup's load reads 32 neighbouring columns of one row.
     let xe = rows / 8;
@@ -885,7 +894,7 @@ fn tiled_member(m: usize, norm: bool, coop: Option<u64>, store: &str) -> String 
             })
             .collect::<Vec<_>>()
             .join("\x20   ");
-        let per_thread = (part * outs).div_ceil(MATMUL_THREADS as u64);
+        let per_thread = (part * cols).div_ceil(MATMUL_THREADS as u64);
         (
             decl,
             "xs[(8u * e + sub) * 40u + col] = float16_t(v);".to_string(),
@@ -897,9 +906,9 @@ fn tiled_member(m: usize, norm: bool, coop: Option<u64>, store: &str) -> String 
                  \x20 for (uint hh = 0u; hh < (128u + PART - 1u) / PART; hh++) {{\n\
                  \x20   {stores}\
                  \x20   barrier();\n\
-                 \x20   uint oc = t % {outs}u, n = n0 + oc;\n\
+                 \x20   uint oc = t % {cols}u, n = n0 + oc;\n\
                  \x20   for (uint i = 0u; i < {per_thread}u; i++) {{\n\
-                 \x20     uint rr = t / {outs}u + {step}u * i, rq = hh * PART + rr, row = row0 + rq;\n\
+                 \x20     uint rr = t / {cols}u + {step}u * i, rq = hh * PART + rr, row = row0 + rq;\n\
                  \x20     if (rr >= PART || rq >= 128u || row >= pc.rows || n >= N{m}) continue;\n\
                  \x20     float inv = {inv};\n\
                  \x20     {store}\n\
@@ -907,7 +916,7 @@ fn tiled_member(m: usize, norm: bool, coop: Option<u64>, store: &str) -> String 
                  \x20   barrier();\n\
                  \x20 }}\n",
                 inv = inv("rq"),
-                step = MATMUL_THREADS as u64 / outs,
+                step = MATMUL_THREADS as u64 / cols,
             ),
         )
     } else {
@@ -929,32 +938,39 @@ fn tiled_member(m: usize, norm: bool, coop: Option<u64>, store: &str) -> String 
                  \x20   uint rr = tr + 16u * i, row = row0 + rr;\n\
                  \x20   if (row >= pc.rows) continue;\n\
                  \x20   float inv = {inv};\n\
-                 \x20   for (uint j = 0u; j < 4u; j++) {{\n\
+                 \x20   for (uint j = 0u; j < {js}u; j++) {{\n\
                  \x20     uint n = n0 + tc + 16u * j;\n\
                  \x20     if (n < N{m}) {store}\n\
                  \x20   }}\n\
                  \x20 }}\n",
                 inv = inv("rr"),
+                js = cols / 16,
             ),
         )
     };
-    // A tile of 128 outputs loads and stores its weights in two halves of 64.
-    let (raw_decl, store_w) = if wide {
-        ("uint raw[8], raw1[8];", format!("wstore{m}(n0, 0u, raw);\n\x20   wstore{m}(n0 + 64u, 64u, raw1);"))
-    } else {
-        ("uint raw[8];", format!("wstore{m}(n0, 0u, raw);"))
-    };
-    let load_w = |kb: &str| {
-        if wide {
-            format!("wload{m}(n0, {kb}, raw);\n\x20   wload{m}(n0 + 64u, {kb}, raw1);\n")
-        } else {
-            format!("wload{m}(n0, {kb}, raw);\n")
+    // A tile of 128 outputs loads and stores its weights in two halves of 64: with the GLU, gate's and up's.
+    // A tile of 64 with the GLU takes gate's 32 rows in threads 0-127 and up's in 128-255 (whole subgroups),
+    // up's loader offset so that its thread 128 finds row n0.
+    let (raw_decl, store_w) = match (wide, glu) {
+        (true, false) => {
+            ("uint raw[8], raw1[8];", format!("wstore{m}(n0, 0u, raw);\n\x20   wstore{m}(n0 + 64u, 64u, raw1);"))
         }
+        (true, true) => ("uint raw[8], raw1[8];", "wstore0(n0, 0u, raw);\n\x20   wstore1(n0, 64u, raw1);".to_string()),
+        (false, false) => ("uint raw[8];", format!("wstore{m}(n0, 0u, raw);")),
+        (false, true) => {
+            ("uint raw[8];", "if (t < 128u) wstore0(n0, 0u, raw); else wstore1(n0 - 32u, 0u, raw);".to_string())
+        }
+    };
+    let load_w = |kb: &str| match (wide, glu) {
+        (true, false) => format!("wload{m}(n0, {kb}, raw);\n\x20   wload{m}(n0 + 64u, {kb}, raw1);\n"),
+        (true, true) => format!("wload0(n0, {kb}, raw);\n\x20   wload1(n0, {kb}, raw1);\n"),
+        (false, false) => format!("wload{m}(n0, {kb}, raw);\n"),
+        (false, true) => format!("if (t < 128u) wload0(n0, {kb}, raw); else wload1(n0 - 32u, {kb}, raw);\n"),
     };
     format!(
         "void member{m}(uint tile_x) {{\n\
          \x20 uint t = gl_LocalInvocationID.x, tr = t / 16u, tc = t % 16u, col = t % 32u, sub = t / 32u;\n\
-         \x20 uint n0 = tile_x * {outs}u, row0 = gl_WorkGroupID.y * {rows}u;\n\
+         \x20 uint n0 = tile_x * {cols}u, row0 = gl_WorkGroupID.y * {rows}u;\n\
          \x20 float xv[{xe}];{gdecl}\n\
          \x20 {raw_decl}\n\
          \x20 {decl}\
@@ -1042,16 +1058,7 @@ pub fn matmul_group(
             def_uint(&mut s, "SHARED_BYTES", dot_shared_bytes(k, 9));
         }
     } else {
-        if coop {
-            let (bw, wstr, cstr, part) = coop_geometry(tile_n);
-            for (name, v) in [("BW", bw), ("WSTR", wstr), ("CSTR", cstr), ("PART", part)] {
-                def_uint(&mut s, name, v);
-            }
-            s.push_str(COOP_SHARED);
-        } else {
-            let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64];");
-            s.push_str("#define WS(c, v) ws[(c) * 65u + o] = (v)\n");
-        }
+        tiled_shared(&mut s, coop.then_some(tile_n));
     }
     let mut binding = norm_bindings(&mut s, norm);
     if dot {
@@ -1142,7 +1149,7 @@ pub fn matmul_group(
         } else {
             let sum = if coop { "cs[rr * CSTR + oc]" } else { "acc[i][j]" };
             let gemm_store = store(&format!("row * N{m} + n"), &format!("{sum} * inv{add_bias}"));
-            s.push_str(&tiled_member(m, norm.is_some(), coop.then_some(tile_n), &gemm_store));
+            s.push_str(&tiled_member(m, norm.is_some(), coop.then_some(tile_n), &gemm_store, false));
         }
         let tiles = mm.n.div_ceil(tile_n);
         let _ = writeln!(
@@ -1196,13 +1203,14 @@ fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, ge
     );
 }
 
-/// `[rms_norm+]matmul2_<format>+glu_<act>`, decode (row by row): `out = act(x G^T) * (x U^T)` for a gate matrix
-/// `G` and an up matrix `U` of one shape, the GLU fused behind the two projections so that neither result is
-/// written. A workgroup makes the same 1-8 interleaved groups of 8 outputs of both ([`gemv_groups`] of one
-/// matrix), each thread multiplying its eight columns of `x` into the 16 rows; with `norm`, the norm is folded
-/// in as in [`matmul_group`]. Bindings: [(x, norm weight, normed, normed | x), gate w, (bias), gate y, up w,
-/// (bias), up y, gate y, up y, out] — the units as the plan lists them, the GLU's operands gate first. Work:
-/// `[matmul_work(&[gate]).0, ceil(rows / 8), 1]`.
+/// `[rms_norm+]matmul2_<format>+glu_<act>`: `out = act(x G^T) * (x U^T)` for a gate matrix `G` and an up matrix
+/// `U` of one shape, the GLU fused behind the two projections so that neither result is written. Row by row
+/// (decode), a workgroup makes the same 1-8 interleaved groups of 8 outputs of both ([`gemv_groups`] of one
+/// matrix), each thread multiplying its eight columns of `x` into the 16 rows. Tiled (prefill), a tile holds
+/// half its outputs from each matrix, the same outputs of both ([`tiled_member`]), and its epilogue writes
+/// the GLU of each pair. With `norm`, the norm is folded in as in [`matmul_group`]. Bindings: [(x, norm
+/// weight, normed, normed | x), gate w, (bias), gate y, up w, (bias), up y, gate y, up y, out] — the units as
+/// the plan lists them, the GLU's operands gate first. Work: [`glu_work`].
 pub fn matmul_glu(
     members: [MatMember; 2],
     k: u64,
@@ -1210,10 +1218,10 @@ pub fn matmul_glu(
     act: Activation,
     path: MatPath,
 ) -> String {
-    assert!(
-        has_gemv(k) && members[0].n == members[1].n && path.rows_one_by_one(),
-        "a fused GLU takes two projections of one shape, row by row"
-    );
+    assert!(members[0].n == members[1].n, "a fused GLU takes two projections of one shape");
+    if !takes_rows(k, path) {
+        return tiled_glu(members, k, norm, act, path);
+    }
     let dot = takes_dot(&members, k, 17, path);
     let sg = matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot);
     let mut s = String::new();
@@ -1224,28 +1232,12 @@ pub fn matmul_glu(
     let _ = writeln!(s, "shared float gpart[{}];", 17 * MATMUL_THREADS);
     let (thread, reduce) = gemv_reduce(17, sg);
     s.push_str(gemv_sum(sg));
-    let mut binding = norm_bindings(&mut s, norm);
+    let binding = norm_bindings(&mut s, norm);
     if dot {
         def_uint(&mut s, "SHARED_BYTES", dot_shared_bytes(k, 17));
         s.push_str(&dot_stage(norm.is_some()));
     }
-    let mut bias = [String::new(), String::new()];
-    for (m, mm) in members.iter().enumerate() {
-        let (w, y) = (binding, binding + 1 + mm.bias as usize);
-        u32_buffer(&mut s, w, &format!("w{m}"), "readonly");
-        if mm.bias {
-            f32_buffer(&mut s, w + 1, &format!("b{m}"), "readonly");
-            bias[m] = format!(" + b{m}[pc.base[{}] + n]", w + 1);
-        }
-        f32_buffer(&mut s, y, &format!("y{m}"), "readonly");
-        binding = y + 1;
-        def_uint(&mut s, &format!("N{m}"), mm.n);
-        member_readers(&mut s, m, mm, w, k, true, dot);
-    }
-    f32_buffer(&mut s, binding, "ga", "readonly");
-    f32_buffer(&mut s, binding + 1, "ua", "readonly");
-    f32_buffer(&mut s, binding + 2, "glu_out", "");
-    let out = binding + 2;
+    let (bias, out) = glu_bindings(&mut s, &members, binding, k, true, dot);
     let inv = if dot && norm.is_some() {
         " * (1.0 / sqrt(xsum / float(K) + EPS))"
     } else if norm.is_some() {
@@ -1256,10 +1248,7 @@ pub fn matmul_glu(
     if !dot {
         gemv_x_aliases(&mut s, norm.is_some());
     }
-    let glu = match act {
-        Activation::Silu => "u / (1.0 + exp(-u)) * v",
-        Activation::GeluTanh => "0.5 * u * (1.0 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))) * v",
-    };
+    let glu = glu_of(act);
     let (b0, b1) = (&bias[0], &bias[1]);
     let (stage, step) = if dot {
         (
@@ -1304,6 +1293,102 @@ pub fn matmul_glu(
          }}\n",
         steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
     );
+    s
+}
+
+/// A fused GLU's bindings from `binding` on: per member its weights, (bias) and result (read by no one: the
+/// launch writes neither projection), then the GLU's gate, up and output. Returns each member's bias term of
+/// output `n` (or nothing) and the output's binding.
+fn glu_bindings(
+    s: &mut String,
+    members: &[MatMember; 2],
+    mut binding: usize,
+    k: u64,
+    gemv: bool,
+    dot: bool,
+) -> ([String; 2], usize) {
+    let mut bias = [String::new(), String::new()];
+    for (m, mm) in members.iter().enumerate() {
+        let (w, y) = (binding, binding + 1 + mm.bias as usize);
+        u32_buffer(s, w, &format!("w{m}"), "readonly");
+        if mm.bias {
+            f32_buffer(s, w + 1, &format!("b{m}"), "readonly");
+            bias[m] = format!(" + b{m}[pc.base[{}] + n]", w + 1);
+        }
+        f32_buffer(s, y, &format!("y{m}"), "readonly");
+        binding = y + 1;
+        def_uint(s, &format!("N{m}"), mm.n);
+        member_readers(s, m, mm, w, k, gemv, dot);
+    }
+    f32_buffer(s, binding, "ga", "readonly");
+    f32_buffer(s, binding + 1, "ua", "readonly");
+    f32_buffer(s, binding + 2, "glu_out", "");
+    (bias, binding + 2)
+}
+
+/// The GLU of gate `u` and up `v`, as the unfused `glu_<act>` kernel computes it.
+fn glu_of(act: Activation) -> &'static str {
+    match act {
+        Activation::Silu => "u / (1.0 + exp(-u)) * v",
+        Activation::GeluTanh => "0.5 * u * (1.0 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))) * v",
+    }
+}
+
+/// Workgroups of a fused GLU launch ([`matmul_glu`]): row by row, those of the gate matrix alone; tiled, one
+/// tile per half a tile's outputs of the gate matrix (the other half is up's), by the tiles of rows.
+pub fn glu_work(members: &[MatMember; 2], k: u64, path: MatPath) -> (u64, u64) {
+    if takes_rows(k, path) {
+        return matmul_work(&members[..1], k, path);
+    }
+    let (_, rows) = matmul_work(members, k, path);
+    (members[0].n.div_ceil(glu_tile_outs(members, k, path) / 2), rows)
+}
+
+/// Outputs of one tile of a tiled fused GLU, both matrices': as the two unfused would take.
+fn glu_tile_outs(members: &[MatMember; 2], k: u64, path: MatPath) -> u64 {
+    if takes_coop(members, k, path) {
+        coop_outs(members)
+    } else {
+        GEMM_TILE
+    }
+}
+
+/// The shared memory and its constants of a tiled launch: the cooperative-matrix GEMM's for tiles of `coop`
+/// outputs, else the portable GEMM's.
+fn tiled_shared(s: &mut String, coop: Option<u64>) {
+    if let Some(outs) = coop {
+        let (bw, wstr, cstr, part) = coop_geometry(outs);
+        for (name, v) in [("BW", bw), ("WSTR", wstr), ("CSTR", cstr), ("PART", part)] {
+            def_uint(s, name, v);
+        }
+        s.push_str(COOP_SHARED);
+    } else {
+        let _ = writeln!(s, "shared float xs[32 * 65];\nshared float ws[32 * 65];\nshared float rs[64];");
+        s.push_str("#define WS(c, v) ws[(c) * 65u + o] = (v)\n");
+    }
+}
+
+/// The tiled form of [`matmul_glu`].
+fn tiled_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, act: Activation, path: MatPath) -> String {
+    let coop = takes_coop(&members, k, path);
+    let outs = glu_tile_outs(&members, k, path);
+    let mut s = String::new();
+    matmul_prologue(&mut s, k, false, false, coop);
+    tiled_shared(&mut s, coop.then_some(outs));
+    def_uint(&mut s, "HALF", outs / 2);
+    let binding = norm_bindings(&mut s, norm);
+    let (bias, out) = glu_bindings(&mut s, &members, binding, k, false, false);
+    let (g, u) =
+        if coop { ("cs[rr * CSTR + oc]", "cs[rr * CSTR + HALF + oc]") } else { ("acc[i][j]", "acc[i][j + 2u]") };
+    let store = format!(
+        "{{ float u = {g} * inv{}, v = {u} * inv{}; glu_out[pc.base[{}] + row * N0 + n] = {}; }}",
+        bias[0],
+        bias[1],
+        out,
+        glu_of(act)
+    );
+    s.push_str(&tiled_member(0, norm.is_some(), coop.then_some(outs), &store, true));
+    s.push_str("void main() {\n  member0(gl_WorkGroupID.x);\n}\n");
     s
 }
 

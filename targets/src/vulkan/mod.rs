@@ -211,7 +211,7 @@ fn kernel_for(module: &Module, g: &Graph, how: Choices, ops: &[Op], units: &[u64
             k
         }
         Op::MatMul { .. } if matches!(ops.last(), Some(Op::Glu { .. })) => {
-            // The GLU fused behind gate and up (decode): their units, then the GLU's [gate, up, out], of which
+            // The GLU fused behind gate and up: their units, then the GLU's [gate, up, out], of which
             // the kernel writes only the result.
             let Some(Op::Glu { activation }) = ops.last() else { unreachable!("matched") };
             let mm = &ops[..ops.len() - 1];
@@ -222,8 +222,8 @@ fn kernel_for(module: &Module, g: &Graph, how: Choices, ops: &[Op], units: &[u64
             };
             k.name = format!("{}+{}", k.name, glu.name());
             k.source = glu_source(module, path, mm, None, *activation);
-            let members = matmul_members(module, mm);
-            k.work[0] = Expr::Const(glsl::matmul_work(&members[..1], cols_of(module, mm), path).0);
+            let m = matmul_members(module, mm);
+            k.work[0] = Expr::Const(glsl::glu_work(&[m[0], m[1]], cols_of(module, mm), path).0);
             k.writes = vec![k.buffers + 2];
             k.buffers += 3;
             k
@@ -414,8 +414,8 @@ pub fn lower_phase(
         pair_norms: true,
         // Decode's attention (the split pass) rotates q and k itself; prefill's takes them rotated.
         rope_attention: g.phase == Phase::Decode,
-        // The fused GLU exists on the row-by-row path, whose steps take eight columns.
-        glu_columns: if g.phase == Phase::Decode { Some(8) } else { None },
+        // The fused GLU's row-by-row path (decode) steps over eight columns; the tiled one takes any.
+        glu_columns: Some(if g.phase == Phase::Decode { 8 } else { 1 }),
     };
     let phase = crate::lower_steps(module, g, how, |ops, units, rows, _| {
         let k = kernel_for(module, g, choices, ops, units, rows);

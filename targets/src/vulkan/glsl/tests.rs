@@ -157,6 +157,7 @@ fn representative(hidden: u64, heads: u64, head_dim: u64, ffn: u64) -> Vec<(Stri
         "rms_norm+matmul2_q4_0+glu_silu_dot".into(),
         matmul_glu(gate_up, hidden, norm, silu, MatPath::RowByRowDot),
     ));
+    v.push(("rms_norm+matmul2_q4_0+glu_silu_coop".into(), matmul_glu(gate_up, hidden, norm, silu, MatPath::TiledCoop)));
     let down = [MatMember { format: WeightFormat::Q8_0, bias: false, n: hidden }];
     v.push(("matmul_q8_0+add_dot".into(), matmul_group(&down, ffn, None, true, MatPath::RowByRowDot)));
     v.push(("attention_f16".into(), attention(true, shape, 0)));
@@ -224,11 +225,30 @@ fn snapshots() {
     );
     insta::assert_snapshot!("matmul_q8_0+add_rows_sg", matmul_group(&down, 8192, None, true, MatPath::RowByRowSg));
     insta::assert_snapshot!("matmul_q8_0+add_coop", matmul_group(&down, 8192, None, true, MatPath::TiledCoop));
+    // Prefill's portable GEMM with the GLU behind it: each tile half gate's outputs, half up's.
+    let gate_up16 = [MatMember { format: WeightFormat::F16, bias: false, n: 8192 }; 2];
+    insta::assert_snapshot!("rms_norm_matmul2_f16_glu_silu", matmul_glu(gate_up16, 2048, norm, silu, MatPath::Tiled));
     // Decode's integer-dot path: the MLP's norm, gate/up and GLU (q8_0).
     let gate_up8 = [MatMember { format: WeightFormat::Q8_0, bias: false, n: 8192 }; 2];
     insta::assert_snapshot!(
         "rms_norm_matmul2_q8_0_glu_silu_dot",
         matmul_glu(gate_up8, 2048, norm, silu, MatPath::RowByRowDot)
+    );
+}
+
+#[test]
+fn a_fused_glu_tile_covers_half_its_outputs_of_each_matrix() {
+    let gate_up = |n| [MatMember { format: WeightFormat::Q4_0, bias: false, n }; 2];
+    // Tiled: 64 outputs a tile (32 of gate, 32 of up), ragged at the end; cooperative matrices: 128 (64 + 64)
+    // from 6144 outputs in all, else 64; row by row: as gate alone.
+    assert_eq!(glu_work(&gate_up(8192), 2048, MatPath::Tiled), (256, 64));
+    assert_eq!(glu_work(&gate_up(8200), 2048, MatPath::Tiled), (257, 64));
+    assert_eq!(glu_work(&gate_up(8192), 2048, MatPath::TiledCoop), (128, COOP_TILE_ROWS));
+    assert_eq!(glu_work(&gate_up(3071), 1024, MatPath::TiledCoop), (96, COOP_TILE_ROWS));
+    assert_eq!(glu_work(&gate_up(3072), 1024, MatPath::TiledCoop), (48, COOP_TILE_ROWS));
+    assert_eq!(
+        glu_work(&gate_up(8192), 2048, MatPath::RowByRow),
+        matmul_work(&gate_up(8192)[..1], 2048, MatPath::RowByRow)
     );
 }
 
