@@ -382,6 +382,18 @@ pub fn top_k_kernel(module: &Module, kernels: &mut KernelTable) -> Result<Kernel
     })
 }
 
+/// The operand columns a matmul path's fused GLU takes a multiple of, where it fuses at all: the row-by-row
+/// path (decode) steps over eight, the portable tiled path takes any. The cooperative-matrix path keeps the
+/// GLU in a launch of its own until its fused form ([`glsl::matmul_glu`], which the GPU kernel tests run
+/// wherever the device has cooperative matrices) has been checked on such a device.
+fn glu_columns(path: MatPath) -> Option<u64> {
+    match path {
+        MatPath::RowByRow | MatPath::RowByRowSg | MatPath::RowByRowDot => Some(8),
+        MatPath::Tiled => Some(1),
+        MatPath::TiledCoop => None,
+    }
+}
+
 /// Lower one planned graph to launches of generated kernels with a KV cache of `kv`: one op each, or one fused
 /// region each (see the module doc).
 pub fn lower_phase(
@@ -414,8 +426,7 @@ pub fn lower_phase(
         pair_norms: true,
         // Decode's attention (the split pass) rotates q and k itself; prefill's takes them rotated.
         rope_attention: g.phase == Phase::Decode,
-        // The fused GLU's row-by-row path (decode) steps over eight columns; the tiled one takes any.
-        glu_columns: Some(if g.phase == Phase::Decode { 8 } else { 1 }),
+        glu_columns: glu_columns(choices.path),
     };
     let phase = crate::lower_steps(module, g, how, |ops, units, rows, _| {
         let k = kernel_for(module, g, choices, ops, units, rows);
