@@ -31,6 +31,9 @@ struct xrt_shim_context {
   // Grown on demand and reused, so a decode loop does not allocate a bo per token.
   xrt::bo instr;
   size_t instr_capacity = 0;
+  // The kernel's run handle, made at the first dispatch and reused by every later one (XRT lets a run start
+  // again once it has completed); dropped after a run that did not complete, so the next starts afresh.
+  xrt::run run;
 };
 
 struct xrt_shim_bo {
@@ -126,7 +129,7 @@ int xrt_shim_context_new(xrt_shim_device *dev, const uint8_t *xclbin, size_t xcl
     dev->device.register_xclbin(loaded);
     xrt::hw_context hw_context(dev->device, loaded.get_uuid());
     xrt::kernel kernel(hw_context, name);
-    *out = new xrt_shim_context{dev->device, loaded, hw_context, kernel, xrt::bo(), 0};
+    *out = new xrt_shim_context{dev->device, loaded, hw_context, kernel, xrt::bo(), 0, xrt::run()};
   });
 }
 
@@ -169,7 +172,9 @@ int xrt_shim_run(xrt_shim_context *ctx, const uint32_t *instr, size_t n_words, x
     // 64-bit scalars: XRT copies min(argument size, value size) bytes, so this fits a 32- or 64-bit argument.
     uint64_t opcode = kRunInstructionsOpcode;
     uint64_t words = n_words;
-    xrt::run run(ctx->kernel);
+    if (!ctx->run)
+      ctx->run = xrt::run(ctx->kernel);
+    xrt::run &run = ctx->run;
     run.set_arg(0, opcode);
     run.set_arg(kInstrArg, ctx->instr);
     run.set_arg(2, words);
@@ -178,17 +183,21 @@ int xrt_shim_run(xrt_shim_context *ctx, const uint32_t *instr, size_t n_words, x
     run.start();
 
     ert_cmd_state state = run.wait(std::chrono::milliseconds(timeout_ms));
-    if (state == ERT_CMD_STATE_TIMEOUT) {
-      // XRT leaves aborting a timed-out run to the caller; a failed abort must not hide the timeout.
-      try {
-        run.abort();
-      } catch (...) {
+    if (state != ERT_CMD_STATE_COMPLETED) {
+      // Whatever happened to it, this run handle is not started again.
+      xrt::run failed = std::move(ctx->run);
+      ctx->run = xrt::run();
+      if (state == ERT_CMD_STATE_TIMEOUT) {
+        // XRT leaves aborting a timed-out run to the caller; a failed abort must not hide the timeout.
+        try {
+          failed.abort();
+        } catch (...) {
+        }
+        throw std::runtime_error("no completion within " + std::to_string(timeout_ms) + " ms (run aborted)");
       }
-      throw std::runtime_error("no completion within " + std::to_string(timeout_ms) + " ms (run aborted)");
-    }
-    if (state != ERT_CMD_STATE_COMPLETED)
       throw std::runtime_error(std::string("the run ended in state ") + state_name(state) + " (" +
                                std::to_string(static_cast<int>(state)) + ")");
+    }
   });
 }
 

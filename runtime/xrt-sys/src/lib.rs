@@ -35,9 +35,10 @@
 //! [`available`] is false and every constructor returns [`XrtError::NotFound`]. Unsigned xclbins load only with
 //! `XRT_HACK_UNSECURE_LOADING_XCLBIN=1` in the environment.
 //!
-//! Status: none of this has run on an NPU or a real XRT; no machine we have has either. The shim was checked to compile
-//! against the public headers of XRT 2.17 and of a 2026 XRT, and the whole Rust-to-C++ path was run once against a
-//! hand-made stand-in for the XRT calls it makes.
+//! Status: none of this has run on an NPU or a real XRT; no machine we have has either. The shim and this crate
+//! with `cfg(xrt)` compile against the public headers of XRT 2.17, 2.19 and the newest release
+//! (`scripts/check_xrt_shim.sh`), and the whole Rust-to-C++ path was run once against a hand-made stand-in for the
+//! XRT calls it makes.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
