@@ -3,7 +3,7 @@
 //! row, since every activation has one row per token.
 
 use unicorn_ir::memory::{MemoryPlan, Slot};
-use unicorn_ir::{Dim, Graph, Module, Op};
+use unicorn_ir::{Device, Dim, Graph, Module, Op};
 
 /// Free space of the arena as sorted, disjoint `(offset, width)` holes, with the arena growing at the end.
 #[derive(Default)]
@@ -59,8 +59,9 @@ fn plan_graph(g: &Graph) -> MemoryPlan {
     // that alone reads the matmul's result; a norm's through the residual add that alone reads its result, or
     // through a norm right after it (q's and k's); a RoPE's through a RoPE of the same table right after it (q
     // and k), and through the attention right after them that alone reads the RoPE (which rotates q and k
-    // itself).
+    // itself). Only the GPU's launches fuse so; a reader on another device frees its operands where it runs.
     let fused_reach = |u: unicorn_ir::NodeId| match (&g.g[u].op, g.users(u).as_slice()) {
+        _ if g.g[u].device != Device::Igpu => pos[&u],
         (Op::MatMul { .. }, &[a]) if matches!(g.g[a].op, Op::Add | Op::Glu { .. }) => pos[&a],
         (Op::RmsNorm { .. }, &[a]) if matches!(g.g[a].op, Op::Add) => pos[&a],
         (Op::RmsNorm { .. }, _) if matches!(order.get(pos[&u] + 1).map(|&b| &g.g[b].op), Some(Op::RmsNorm { .. })) => {
