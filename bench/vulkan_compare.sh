@@ -25,6 +25,8 @@
 # unicorn-rt --profile run per plan shows where the GPU time goes (timestamp queries).
 # Results: OUT_DIR/results.jsonl (one JSON object per measurement), OUT_DIR/summary.md (medians, min, max),
 # OUT_DIR/log.txt (every command and its output).
+# With FAST=1 a checkpoint not made yet is made with make_checkpoints.py --fast (random bf16 bits of the init's
+# scale, no transformers initialisation: seconds rather than five minutes for the 8B on a 16-core machine).
 # With PRUNE=1 each quantization's GGUF is deleted after its rounds (an 8B model's checkpoint, bf16 GGUF, one
 # quantized GGUF and one plan fit a 64 GB disk; two of each do not).
 # With DEVICE=cpu both engines run on the machine's CPU instead (the GPU machine's host CPU, say): plans for
@@ -81,7 +83,7 @@ for m in ${models//,/ }; do
         m="$(basename "$ckpt")"
     else
         ckpt="$work/ckpt/$m"
-        run "checkpoint $m" python3 "$here/make_checkpoints.py" "$work/ckpt" --models "$m" || continue
+        run "checkpoint $m" python3 "$here/make_checkpoints.py" "$work/ckpt" --models "$m" ${FAST:+--fast} || continue
     fi
     bf16="$work/$m-bf16.gguf"
     [ -f "$bf16" ] || run "gguf $m" python3 "$here/convert_gguf.py" "$work/conv" "${pre[$m]:-llama-bpe}" -- "$ckpt" \
