@@ -90,7 +90,7 @@ pub struct SpecConstant {
 /// One entry of the kernel table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelEntry {
-    /// Stable name (`matmul_q8_0`, `rms_norm+matmul3_f16`, `attention`), shown by `unicornc inspect` and used in
+    /// Stable name (`matmul_q8_0`, `rms_norm+gemm3_f16_coop`, `attention_f16`), shown by `unicornc inspect` and used in
     /// profiles.
     pub name: String,
     pub backend: Backend,

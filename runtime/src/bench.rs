@@ -151,10 +151,12 @@ impl BenchResult {
                 "launches",
                 calls as f64 / gen
             );
-            t += &format!("{:24} {:>14} {:>14}\n", "kernel", "prefill ms", "decode ms/tok");
+            // The name column as wide as the longest fused kernel's name.
+            let w = self.profile.iter().map(|p| p.0.len()).max().unwrap_or(0).max(24);
+            t += &format!("{:w$} {:>14} {:>14}\n", "kernel", "prefill ms", "decode ms/tok");
             for (k, p, d, _) in &self.profile {
                 t += &format!(
-                    "{k:24} {:>8.1} ({:>3.0}%) {:>8.3} ({:>3.0}%)\n",
+                    "{k:w$} {:>8.1} ({:>3.0}%) {:>8.3} ({:>3.0}%)\n",
                     p * 1e3,
                     100.0 * p / tp.max(1e-12),
                     d * 1e3 / gen,

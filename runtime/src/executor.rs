@@ -187,7 +187,8 @@ pub fn remove_sequence<T>(seqs: &mut [Option<T>], seq: SeqId) {
 /// Whether a kernel's name belongs to the op it is launched for (`matmul_q8_0` to a matmul, `rope` to a rope).
 pub fn kernel_runs_op(name: &str, op: &Op) -> bool {
     match op {
-        Op::MatMul { .. } => name.starts_with("matmul"),
+        // The CPU's (`matmul_q8_0`) and the GPU's (`gemm2_f16_coop`, `gemv3_q4_0_dot`).
+        Op::MatMul { .. } => ["matmul", "gemm", "gemv"].iter().any(|p| name.starts_with(p)),
         Op::Embed { .. } => name.starts_with("embed_"),
         Op::Glu { .. } => name.starts_with("glu_"),
         Op::Attention { .. } => name.starts_with("attention"),

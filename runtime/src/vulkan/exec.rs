@@ -61,7 +61,7 @@ impl Capabilities for VulkanCapabilities {
 }
 
 /// Whether a (possibly fused) kernel belongs to a launch's ops: a fused kernel's name joins its units' names
-/// with `+` (`rms_norm+matmul3_q4_0`), and each unit's ops must be those its part names.
+/// with `+` (`rms_norm+gemv3_q4_0_dot`), and each unit's ops must be those its part names.
 fn fused_kernel_runs(name: &str, ops: &[Op]) -> bool {
     let parts: Vec<&str> = name.split('+').collect();
     let units: Vec<_> = unicorn_ir::plan::units(ops).collect();

@@ -446,6 +446,25 @@ fn takes_dot(members: &[MatMember], k: u64, sums: u32, path: MatPath) -> bool {
         && dot_shared_bytes(k, sums) <= DOT_SHARED_BYTES as u64
 }
 
+/// The kernel family of a matmul launch of `members` over `K = k` on `path`, and its variant, for the kernel's
+/// name: `gemv` row by row (decode) — `_dot` on integer dot products, `_sg` with subgroup reductions — or
+/// `gemm` tiled (prefill) — `_coop` on cooperative matrices. `glu`: the launch has the GLU fused behind it
+/// (whose integer-dot staging needs more shared memory).
+pub fn matmul_family(members: &[MatMember], k: u64, path: MatPath, glu: bool) -> (&'static str, &'static str) {
+    if takes_rows(k, path) {
+        let variant = if takes_dot(members, k, if glu { 17 } else { 9 }, path) {
+            "_dot"
+        } else if matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot) {
+            "_sg"
+        } else {
+            ""
+        };
+        ("gemv", variant)
+    } else {
+        ("gemm", if takes_coop(members, k, path) { "_coop" } else { "" })
+    }
+}
+
 /// The extensions of the integer-dot path: subgroup shuffles (its reductions and the staging's block maxima)
 /// and the dot products.
 const DOT_EXTENSIONS: [&str; 3] =

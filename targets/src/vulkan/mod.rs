@@ -95,6 +95,17 @@ fn cols_of(module: &Module, ops: &[Op]) -> u64 {
     module.weight(*weight).cols() as u64
 }
 
+/// A matmul launch's kernel name: its family and variant ([`glsl::matmul_family`]), the number of matrices
+/// where more than one, `_bias`, the weights' format: `gemv3_q4_0_dot` (q, k and v in decode on integer dot
+/// products), `gemm2_f16_coop` (gate and up in prefill on cooperative matrices), `gemm_bias_q8_0`.
+fn matmul_name(module: &Module, path: MatPath, ops: &[Op], glu: bool) -> String {
+    let members = matmul_members(module, ops);
+    let (family, variant) = glsl::matmul_family(&members, cols_of(module, ops), path, glu);
+    let group = if members.len() > 1 { members.len().to_string() } else { String::new() };
+    let bias = if members.iter().any(|m| m.bias) { "_bias" } else { "" };
+    format!("{family}{group}{bias}_{}{variant}", members[0].format)
+}
+
 /// The shader of gate and up with the GLU behind them.
 fn glu_source(module: &Module, path: MatPath, ops: &[Op], norm: Option<NormPrologue>, act: Activation) -> String {
     let m = matmul_members(module, ops);
@@ -220,7 +231,7 @@ fn kernel_for(module: &Module, g: &Graph, how: Choices, ops: &[Op], units: &[u64
                 Activation::Silu => Elementwise::GluSilu,
                 Activation::GeluTanh => Elementwise::GluGeluTanh,
             };
-            k.name = format!("{}+{}", k.name, glu.name());
+            k.name = format!("{}+{}", matmul_name(module, path, mm, true), glu.name());
             k.source = glu_source(module, path, mm, None, *activation);
             let m = matmul_members(module, mm);
             k.work[0] = Expr::Const(glsl::glu_work(&[m[0], m[1]], cols_of(module, mm), path).0);
@@ -243,8 +254,6 @@ fn kernel_for(module: &Module, g: &Graph, how: Choices, ops: &[Op], units: &[u64
             let Op::MatMul { weight, .. } = &ops[0] else { unreachable!("matched above") };
             let w = module.weight(*weight);
             let (tiles, tile_rows) = glsl::matmul_work(&members, w.cols() as u64, path);
-            let bias = if members.iter().any(|m| m.bias) { "_bias" } else { "" };
-            let group = if members.len() > 1 { members.len().to_string() } else { String::new() };
             // The operand, then per matrix its weight, bias and result; each result is written.
             let mut writes = Vec::new();
             let mut at = 1;
@@ -253,7 +262,7 @@ fn kernel_for(module: &Module, g: &Graph, how: Choices, ops: &[Op], units: &[u64
                 writes.push(at - 1);
             }
             Kernel {
-                name: format!("matmul{group}{bias}_{}", w.format),
+                name: matmul_name(module, path, ops, false),
                 source: matmul_source(module, path, ops, None, false),
                 buffers: at,
                 writes,

@@ -237,6 +237,23 @@ fn snapshots() {
 }
 
 #[test]
+fn matmul_kernels_are_named_for_the_kernel_they_run() {
+    let q4 = |n| [MatMember { format: WeightFormat::Q4_0, bias: false, n }; 2];
+    let f16 = [MatMember { format: WeightFormat::F16, bias: false, n: 8192 }];
+    assert_eq!(matmul_family(&q4(2048), 2048, MatPath::RowByRowDot, false), ("gemv", "_dot"));
+    // f16 weights take no integer dot products: the subgroup reduction of the same path.
+    assert_eq!(matmul_family(&f16, 2048, MatPath::RowByRowDot, false), ("gemv", "_sg"));
+    assert_eq!(matmul_family(&q4(2048), 2048, MatPath::RowByRow, false), ("gemv", ""));
+    // Columns the row-by-row steps do not divide: the tiled kernel, whatever the phase.
+    assert_eq!(matmul_family(&q4(2048), 2052, MatPath::RowByRowSg, false), ("gemm", ""));
+    assert_eq!(matmul_family(&q4(8192), 2048, MatPath::TiledCoop, false), ("gemm", "_coop"));
+    assert_eq!(matmul_family(&q4(8192), 2048, MatPath::Tiled, true), ("gemm", ""));
+    // f32 weights keep f32 products: no cooperative matrices.
+    let f32w = [MatMember { format: WeightFormat::F32, bias: false, n: 64 }];
+    assert_eq!(matmul_family(&f32w, 64, MatPath::TiledCoop, false), ("gemm", ""));
+}
+
+#[test]
 fn a_fused_glu_tile_covers_half_its_outputs_of_each_matrix() {
     let gate_up = |n| [MatMember { format: WeightFormat::Q4_0, bias: false, n }; 2];
     // Tiled: 64 outputs a tile (32 of gate, 32 of up), ragged at the end; cooperative matrices: 128 (64 + 64)
