@@ -29,6 +29,10 @@ tensors' names and shapes, and each tensor is written straight to the safetensor
 the init's scale (|x| in [2^-7, 2^-5), random sign), norms 1 (Gemma's 0: it adds 1), biases 0. The 8B takes
 seconds to write where the initialisation took 318 s on a 16-core machine; transformers, llama.cpp's converter
 and unicornc read it as any checkpoint.
+
+With --layers N the published config is cut to its first N layers (num_hidden_layers, and the per-layer lists
+that follow it) and the checkpoint goes to OUT_DIR/NAME-Nl/: every kernel of a layer is the full model's, so a
+few layers serve per-kernel measurements (`unicorn-rt --profile`) at a fraction of the size and time.
 """
 
 import argparse
@@ -382,7 +386,7 @@ def write_random_bf16(model, cfg: dict, out: Path, seed: int) -> tuple[int, int]
     return params, total
 
 
-def make_one(name: str, out: Path, force: bool, seed: int, fast: bool = False) -> None:
+def make_one(name: str, out: Path, force: bool, seed: int, fast: bool = False, layers: int | None = None) -> None:
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -394,7 +398,14 @@ def make_one(name: str, out: Path, force: bool, seed: int, fast: bool = False) -
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cfg = PUBLISHED[name]
+    cfg = dict(PUBLISHED[name])
+    if layers is not None:
+        # The published shape cut to its first `layers` layers: every kernel the same, the model smaller.
+        cfg["num_hidden_layers"] = layers
+        if "max_window_layers" in cfg:
+            cfg["max_window_layers"] = min(cfg["max_window_layers"], layers)
+        if "layer_types" in cfg:
+            cfg["layer_types"] = cfg["layer_types"][:layers]
     t0 = time.time()
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     config = AutoConfig.from_pretrained(str(out))
@@ -444,8 +455,13 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true",
                     help="random bf16 bits of the init's scale for the model's own tensors, no transformers init "
                          "(seconds, not minutes, for the 8B; speed does not depend on the values)")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="only the first N layers of the published shape, into MODEL-Nl (per-kernel work on a "
+                         "smaller checkpoint: each layer's kernels are the full model's)")
     ap.add_argument("--tokenizer-only", action="store_true", help="(re)write only tokenizer files of existing checkpoints")
     a = ap.parse_args()
+    if a.layers is not None and a.layers < 1:
+        sys.exit(f"make_checkpoints.py: --layers must be at least 1, not {a.layers}")
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     for m in models:
         if m not in PUBLISHED:
@@ -455,7 +471,8 @@ def main() -> None:
             write_tokenizer(m, PUBLISHED[m], a.out_dir / m)
             print(f"{m}: tokenizer written", flush=True)
         else:
-            make_one(m, a.out_dir / m, a.force, a.seed, a.fast)
+            name = m if a.layers is None else f"{m}-{a.layers}l"
+            make_one(m, a.out_dir / name, a.force, a.seed, a.fast, a.layers)
 
 
 if __name__ == "__main__":
