@@ -446,22 +446,38 @@ fn takes_dot(members: &[MatMember], k: u64, sums: u32, path: MatPath) -> bool {
         && dot_shared_bytes(k, sums) <= DOT_SHARED_BYTES as u64
 }
 
+/// The kernel a matmul launch of `members` over `K = k` on `path` takes: the one decision that
+/// [`matmul_group`] and [`matmul_glu`] generate by and [`matmul_family`] names. `glu`: the launch has the GLU
+/// fused behind it (two matrices' sums a thread, so the integer-dot staging has less shared memory left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MatKernel {
+    /// Row by row (decode): on integer dot products against a staged row (`dot`), with subgroup reductions
+    /// (`sg`: on the integer-dot path too), or neither.
+    Gemv { dot: bool, sg: bool },
+    /// Tiled (prefill), on cooperative matrices where `coop`.
+    Gemm { coop: bool },
+}
+
+fn mat_kernel(members: &[MatMember], k: u64, path: MatPath, glu: bool) -> MatKernel {
+    if takes_rows(k, path) {
+        MatKernel::Gemv {
+            dot: takes_dot(members, k, if glu { 17 } else { 9 }, path),
+            sg: matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot),
+        }
+    } else {
+        MatKernel::Gemm { coop: takes_coop(members, k, path) }
+    }
+}
+
 /// The kernel family of a matmul launch of `members` over `K = k` on `path`, and its variant, for the kernel's
 /// name: `gemv` row by row (decode) — `_dot` on integer dot products, `_sg` with subgroup reductions — or
-/// `gemm` tiled (prefill) — `_coop` on cooperative matrices. `glu`: the launch has the GLU fused behind it
-/// (whose integer-dot staging needs more shared memory).
+/// `gemm` tiled (prefill) — `_coop` on cooperative matrices. `glu`: the launch has the GLU fused behind it.
 pub fn matmul_family(members: &[MatMember], k: u64, path: MatPath, glu: bool) -> (&'static str, &'static str) {
-    if takes_rows(k, path) {
-        let variant = if takes_dot(members, k, if glu { 17 } else { 9 }, path) {
-            "_dot"
-        } else if matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot) {
-            "_sg"
-        } else {
-            ""
-        };
-        ("gemv", variant)
-    } else {
-        ("gemm", if takes_coop(members, k, path) { "_coop" } else { "" })
+    match mat_kernel(members, k, path, glu) {
+        MatKernel::Gemv { dot: true, .. } => ("gemv", "_dot"),
+        MatKernel::Gemv { sg: true, .. } => ("gemv", "_sg"),
+        MatKernel::Gemv { .. } => ("gemv", ""),
+        MatKernel::Gemm { coop } => ("gemm", if coop { "_coop" } else { "" }),
     }
 }
 
@@ -1055,10 +1071,11 @@ pub fn matmul_group(
 ) -> String {
     assert!(!residual || (members.len() == 1 && norm.is_none()), "a residual epilogue follows one matmul alone");
     let mut s = String::new();
-    let gemv = takes_rows(k, path);
-    let dot = gemv && takes_dot(members, k, 9, path);
-    let sg = gemv && matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot);
-    let coop = takes_coop(members, k, path);
+    let kernel = mat_kernel(members, k, path, false);
+    let gemv = matches!(kernel, MatKernel::Gemv { .. });
+    let dot = matches!(kernel, MatKernel::Gemv { dot: true, .. });
+    let sg = matches!(kernel, MatKernel::Gemv { sg: true, .. });
+    let coop = kernel == MatKernel::Gemm { coop: true };
     matmul_prologue(&mut s, k, dot, sg, coop);
     let groups = gemv_groups(members);
     let tile_n = if gemv {
@@ -1238,11 +1255,9 @@ pub fn matmul_glu(
     path: MatPath,
 ) -> String {
     assert!(members[0].n == members[1].n, "a fused GLU takes two projections of one shape");
-    if !takes_rows(k, path) {
+    let MatKernel::Gemv { dot, sg } = mat_kernel(&members, k, path, true) else {
         return tiled_glu(members, k, norm, act, path);
-    }
-    let dot = takes_dot(&members, k, 17, path);
-    let sg = matches!(path, MatPath::RowByRowSg | MatPath::RowByRowDot);
+    };
     let mut s = String::new();
     matmul_prologue(&mut s, k, dot, sg, false);
     let groups = gemv_groups(&members[..1]);
