@@ -830,7 +830,10 @@ pub(crate) mod bodies {
     pub(crate) struct AttentionCase {
         pub(crate) q: Vec<f32>,
         pub(crate) tiles: Vec<(Vec<f32>, u64)>,
+        // Read by the JIT tests (feature `mlir`) alone.
+        #[cfg_attr(not(feature = "mlir"), allow(dead_code))]
         pub(crate) m: Vec<f32>,
+        #[cfg_attr(not(feature = "mlir"), allow(dead_code))]
         pub(crate) l: Vec<f32>,
         pub(crate) want: Vec<f32>,
         /// Tiles the block skips.
