@@ -203,7 +203,8 @@ fn matmul_per_format_with_and_without_bias() {
     // A partial tile of rows and of outputs; two tiles of rows with more blocks than block slots; and, for the
     // float formats, columns past the last whole block. Then single rows (a decode step): fewer steps of
     // eight columns than threads for the row-by-row path, more (2304 columns: 288 steps for 256 threads), and
-    // columns that are no multiple of eight (which take the tiled path whatever is asked).
+    // columns that are no multiple of eight (which take the tiled path whatever is asked), and rows of 4096 and
+    // 6144 columns.
     // And tiles of the tiled path: more rows and outputs than one 64 x 64 tile holds, neither a multiple of it.
     let shapes = [
         (3usize, 96usize, 20usize),
@@ -212,6 +213,10 @@ fn matmul_per_format_with_and_without_bias() {
         (1, 96, 20),
         (1, 32 * 72, 13),
         (1, 70, 17),
+        // Single rows whose steps the threads take in batches (`glsl::gemv_walk`): two whole steps a thread,
+        // and three, which the batches of two steps (q8_0) do not divide.
+        (1, 4096, 24),
+        (1, 6144, 9),
         (70, 64, 100),
         (65, 70, 129),
         // Launches of many outputs, whose row-by-row workgroups make 2 and 8 groups of 8.

@@ -178,30 +178,64 @@ pub fn has_gemv(k: u64) -> bool {
     k.is_multiple_of(GEMV_SPAN)
 }
 
-/// `void gemv_step(uint n0, uint i, float xv[8], inout float acc[8])`: step `i` of the single-row path of the
-/// matrix bound as `w` (binding `arg`) — the eight columns [`gemv_column`] names, times `xv`, added into the
-/// sums of rows `n0..n0 + 8`. A quantized step is one quant word of each of the group's eight rows (q4_0: a
-/// word holds columns `4c..4c + 4` and `16 + 4c..`; q8_0: two words, eight neighbouring columns), so the
-/// threads of a workgroup read the group's blocks front to back; a float step is eight neighbouring columns
-/// of each row (f16 / bf16: one 16-byte load a row).
-fn gemv_step(out: &mut String, format: WeightFormat, arg: usize) {
+/// 16-byte words of one matrix that a single-row step reads ([`gemv_load`]): a quantized group's scales and
+/// its quants for the step (q4_0: one pair, q8_0: two), or each of the eight rows' eight columns (f16 / bf16:
+/// one word a row, f32: two).
+fn gemv_words(format: WeightFormat) -> u32 {
+    match format {
+        WeightFormat::Q4_0 => 3,
+        WeightFormat::Q8_0 => 5,
+        WeightFormat::F16 | WeightFormat::Bf16 => 8,
+        WeightFormat::F32 => 16,
+    }
+}
+
+/// `void gemv_load(uint n0, uint i, out uvec4 wv[NW])`: the weight words of step `i` of the single-row path
+/// of the matrix bound as `w` (binding `arg`, through its 16-byte alias `w4`) for rows `n0..n0 + 8`
+/// ([`gemv_words`] of them), loaded apart from their use ([`gemv_mul`], [`gemv_dot_mul`]) so that a batch of
+/// steps' loads are all in flight before the first is used. A quantized step is one quant word of each of the
+/// group's eight rows (q4_0: a word holds columns `4c..4c + 4` and `16 + 4c..`; q8_0: two words, eight
+/// neighbouring columns) after the group's scales, so the threads of a workgroup read the group's blocks front
+/// to back; a float step is eight neighbouring columns of each row (zeros for rows past the matrix). Every
+/// weight starts on a 16-byte boundary, and so does every block of an interleaved group and, `K` being a
+/// multiple of eight, every float step.
+fn gemv_load(out: &mut String, format: WeightFormat, arg: usize) {
     let b = format!("pc.base[{arg}]");
-    // A group's scales are one 16-byte word; its quants for this step one (q4_0) or two (q8_0) pairs of them,
-    // read whole through `w4` (the same binding as 16-byte words: a weight starts on a 16-byte boundary, and
-    // every block of an interleaved group does too).
-    let scale = "uint at = BASE + ((n0 / 8u) * (K / 32u) + i / 4u) * BW;\n\
-                 \x20 uvec4 sc = w4[at / 4u];\n"
-        .replace("BASE", &b)
-        .replace("BW", &quant_words(format).to_string());
-    let row_scale = "vec2 d2 = unpackHalf2x16(sc[r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;";
+    let nw = gemv_words(format);
+    let body = match format {
+        WeightFormat::Q4_0 | WeightFormat::Q8_0 => {
+            let (stride, quads) = if format == WeightFormat::Q4_0 { (8, 2) } else { (16, 4) };
+            format!(
+                "uint at = {b} + ((n0 / 8u) * (K / 32u) + i / 4u) * {bw}u;\n\
+                 \x20 wv[0] = w4[at / 4u];\n\
+                 \x20 uint qw = (at + 4u + (i % 4u) * {stride}u) / 4u;\n\
+                 \x20 for (uint q = 0u; q < {quads}u; q++) wv[1u + q] = w4[qw + q];\n",
+                bw = quant_words(format)
+            )
+        }
+        WeightFormat::F16 | WeightFormat::Bf16 => format!(
+            "for (uint r = 0u; r < 8u; r++) wv[r] = n0 + r < N_ROWS ? w4[({b} + ((n0 + r) * K + i * 8u) / 2u) / 4u] : uvec4(0u);\n"
+        ),
+        WeightFormat::F32 => format!(
+            "for (uint r = 0u; r < 8u; r++) {{\n\
+             \x20   uint a = ({b} + (n0 + r) * K + i * 8u) / 4u;\n\
+             \x20   wv[2u * r] = n0 + r < N_ROWS ? w4[a] : uvec4(0u);\n\
+             \x20   wv[2u * r + 1u] = n0 + r < N_ROWS ? w4[a + 1u] : uvec4(0u);\n\
+             \x20 }}\n"
+        ),
+    };
+    let _ = write!(out, "void gemv_load(uint n0, uint i, out uvec4 wv[{nw}]) {{\n\x20 {body}}}\n");
+}
+
+/// `void gemv_mul(uvec4 wv[NW], float xv[8], inout float acc[8])`: step `i`'s weight words ([`gemv_load`])
+/// times the eight elements of `x` that [`gemv_column`] names, added into the sums of the eight rows.
+fn gemv_mul(out: &mut String, format: WeightFormat) {
+    let row_scale = "vec2 d2 = unpackHalf2x16(wv[0][r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;";
     let body = match format {
         WeightFormat::Q4_0 => format!(
-            "{scale}\
-             \x20 uint qw = (at + 4u + (i % 4u) * 8u) / 4u;\n\
-             \x20 uvec4 qa = w4[qw], qb = w4[qw + 1u];\n\
-             \x20 for (uint r = 0u; r < 8u; r++) {{\n\
+            "for (uint r = 0u; r < 8u; r++) {{\n\
              \x20   {row_scale}\n\
-             \x20   uint word = r < 4u ? qa[r] : qb[r - 4u];\n\
+             \x20   uint word = r < 4u ? wv[1][r] : wv[2][r - 4u];\n\
              \x20   float a = 0.0;\n\
              \x20   for (uint e = 0u; e < 4u; e++) {{\n\
              \x20     uint byte = (word >> (e * 8u)) & 0xffu;\n\
@@ -211,23 +245,18 @@ fn gemv_step(out: &mut String, format: WeightFormat, arg: usize) {
              \x20 }}\n"
         ),
         WeightFormat::Q8_0 => format!(
-            "{scale}\
-             \x20 uint qw = (at + 4u + (i % 4u) * 16u) / 4u;\n\
-             \x20 uvec4 qa0 = w4[qw], qa1 = w4[qw + 1u], qb0 = w4[qw + 2u], qb1 = w4[qw + 3u];\n\
-             \x20 for (uint r = 0u; r < 8u; r++) {{\n\
+            "for (uint r = 0u; r < 8u; r++) {{\n\
              \x20   {row_scale}\n\
-             \x20   int qa = int(r < 4u ? qa0[r] : qa1[r - 4u]), qb = int(r < 4u ? qb0[r] : qb1[r - 4u]);\n\
+             \x20   int qa = int(r < 4u ? wv[1][r] : wv[2][r - 4u]), qb = int(r < 4u ? wv[3][r] : wv[4][r - 4u]);\n\
              \x20   float a = 0.0;\n\
              \x20   for (uint e = 0u; e < 4u; e++)\n\
              \x20     a += float(bitfieldExtract(qa, int(e * 8u), 8)) * xv[e] + float(bitfieldExtract(qb, int(e * 8u), 8)) * xv[4u + e];\n\
              \x20   acc[r] += a * d;\n\
              \x20 }}\n"
         ),
-        WeightFormat::F32 => format!(
-            "for (uint r = 0u; r < 8u && n0 + r < N_ROWS; r++) {{\n\
-             \x20   uint a = {b} + (n0 + r) * K + i * 8u;\n\
-             \x20   for (uint e = 0u; e < 8u; e++) acc[r] += uintBitsToFloat(w[a + e]) * xv[e];\n\
-             \x20 }}\n"
+        WeightFormat::F32 => String::from(
+            "for (uint r = 0u; r < 8u; r++)\n\
+             \x20   for (uint e = 0u; e < 8u; e++) acc[r] += uintBitsToFloat(wv[2u * r + e / 4u][e % 4u]) * xv[e];\n",
         ),
         WeightFormat::F16 | WeightFormat::Bf16 => {
             let pair = if format == WeightFormat::F16 {
@@ -236,15 +265,78 @@ fn gemv_step(out: &mut String, format: WeightFormat, arg: usize) {
                 "vec2 h = vec2(uintBitsToFloat(word << 16), uintBitsToFloat(word & 0xffff0000u));"
             };
             format!(
-                "for (uint r = 0u; r < 8u && n0 + r < N_ROWS; r++) {{\n\
-                 \x20   // The row's eight columns, one 16-byte word (K is a multiple of 8, the weight 16-byte aligned).\n\
-                 \x20   uvec4 q = w4[({b} + ((n0 + r) * K + i * 8u) / 2u) / 4u];\n\
-                 \x20   for (uint e = 0u; e < 4u; e++) {{ uint word = q[e]; {pair} acc[r] += h.x * xv[2u * e] + h.y * xv[2u * e + 1u]; }}\n\
-                 \x20 }}\n"
+                "for (uint r = 0u; r < 8u; r++)\n\
+                 \x20   for (uint e = 0u; e < 4u; e++) {{ uint word = wv[r][e]; {pair} acc[r] += h.x * xv[2u * e] + h.y * xv[2u * e + 1u]; }}\n"
             )
         }
     };
-    let _ = write!(out, "void gemv_step(uint n0, uint i, float xv[8], inout float acc[8]) {{\n\x20 {body}}}\n");
+    let nw = gemv_words(format);
+    let _ = write!(out, "void gemv_mul(uvec4 wv[{nw}], float xv[8], inout float acc[8]) {{\n\x20 {body}}}\n");
+}
+
+/// Bytes of weights a thread of the single-row path loads per batch of steps ([`gemv_walk`]).
+const GEMV_BATCH_BYTES: u32 = 192;
+
+/// Steps of a batch of the single-row path for matrices of these formats, read together ([`gemv_walk`]): as
+/// many as keep [`GEMV_BATCH_BYTES`] in flight per thread, at least one, at most the row's `steps`.
+fn gemv_ahead(formats: &[WeightFormat], steps: u64) -> u64 {
+    let per_step: u32 = formats.iter().map(|&f| 16 * gemv_words(f)).sum();
+    ((GEMV_BATCH_BYTES / per_step).max(1) as u64).min(steps)
+}
+
+/// The single-row path's walk over one row of `x` (at `xr`), for one matrix or a fused GLU's two (`members`:
+/// index, format and the name of its `float[8]` sums), each thread taking the steps `l, l + lanes, ...`.
+/// The steps go in batches ([`gemv_ahead`]): a batch's weight words are all loaded ([`gemv_load`]) before
+/// any is used, so that a thread keeps a batch's bytes in flight rather than a step's; the multiplications
+/// follow ([`gemv_mul`], or [`gemv_dot_mul`] against the staged row with `dot`). The first batch's loads are
+/// issued before the row is staged (`dot`: quantized into shared memory by the whole workgroup, its sum of
+/// squares taken), so the staging hides their latency. A group past the matrix's outputs loads nothing but
+/// still stages (the staging has barriers). Every loop has a constant trip count, for the compiler to unroll.
+fn gemv_walk(members: &[(usize, WeightFormat, &str)], k: u64, lanes: u64, dot: bool, norm: bool) -> String {
+    let steps = (k / GEMV_SPAN).div_ceil(lanes);
+    let formats: Vec<WeightFormat> = members.iter().map(|m| m.1).collect();
+    let ahead = gemv_ahead(&formats, steps);
+    // A step is skipped only where the row's steps do not fill every thread's batches.
+    let ragged = !(k / GEMV_SPAN).is_multiple_of(lanes) || !steps.is_multiple_of(ahead);
+    let guard = if ragged { "live && i < K / 8u" } else { "live" };
+    let mut decls = String::new();
+    let mut loads = String::new();
+    let mut muls = String::new();
+    for &(m, format, acc) in members {
+        let nw = gemv_words(format);
+        let _ = writeln!(decls, "\x20 uvec4 wv{m}[{ahead}][{nw}];");
+        let _ = write!(loads, " gemv_load{m}(n0, i, wv{m}[u]);");
+        let mul = if dot {
+            format!("gemv_dot_mul{m}(i, wv{m}[u], {acc});")
+        } else {
+            format!("gemv_mul{m}(wv{m}[u], xv, {acc});")
+        };
+        let _ = writeln!(muls, "\x20     {mul}");
+    }
+    let (stage, xv) = if dot {
+        ("  float xsum = stage_x(xr, t);\n".to_string(), String::new())
+    } else {
+        (
+            gemv_x_aligned(norm).to_string(),
+            format!("\x20   {}", gemv_x(members[0].1, norm).replace("\n\x20   ", "\n\x20     ")),
+        )
+    };
+    format!(
+        "\x20 bool live = n0 < N{first};\n\
+         {decls}\
+         \x20 for (uint u = 0u; u < {ahead}u; u++) {{ uint i = l + u * LANES; if ({guard}) {{{loads} }} }}\n\
+         {stage}\
+         \x20 for (uint s0 = 0u; s0 < {steps}u; s0 += {ahead}u) {{\n\
+         \x20   if (s0 > 0u) for (uint u = 0u; u < {ahead}u; u++) {{ uint i = l + (s0 + u) * LANES; if ({guard}) {{{loads} }} }}\n\
+         \x20   for (uint u = 0u; u < {ahead}u; u++) {{\n\
+         \x20     uint i = l + (s0 + u) * LANES;\n\
+         \x20     if (!({guard})) continue;\n\
+         {xv}\
+         {muls}\
+         \x20   }}\n\
+         \x20 }}\n",
+        first = members[0].0
+    )
 }
 
 /// The column of element `e` (0..8) of single-row step `i` ([`gemv_step`]).
@@ -526,50 +618,41 @@ fn dot_stage(norm: bool) -> String {
     )
 }
 
-/// `void gemv_dot_step(uint n0, uint i, inout float acc[8])`: [`gemv_step`] of a quantized matrix against
+/// `void gemv_dot_mul(uint i, uvec4 wv[NW], inout float acc[8])`: [`gemv_mul`] of a quantized matrix against
 /// the staged row ([`dot_stage`]): the same weight words, each row's quants multiplied by the staged quants
 /// four at a time (`dotPacked4x8EXT`), the integer sum scaled by the row's and the block's scales. q4_0's
 /// nibbles enter unsigned and `8 * sum(x quants)` comes off the sum, exactly as on the CPU.
-fn gemv_dot_step(out: &mut String, format: WeightFormat, arg: usize) {
-    let b = format!("pc.base[{arg}]");
-    let scale = "uint at = BASE + ((n0 / 8u) * (K / 32u) + i / 4u) * BW;\n\
-                 \x20 uvec4 sc = w4[at / 4u];\n\
-                 \x20 float dx = xd[i / 4u];\n"
-        .replace("BASE", &b)
-        .replace("BW", &quant_words(format).to_string());
-    let row_scale = "vec2 d2 = unpackHalf2x16(sc[r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;";
+fn gemv_dot_mul(out: &mut String, format: WeightFormat) {
+    let row_scale = "vec2 d2 = unpackHalf2x16(wv[0][r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;";
     let body = match format {
         WeightFormat::Q4_0 => format!(
-            "{scale}\
-             \x20 uint qw = (at + 4u + (i % 4u) * 8u) / 4u;\n\
-             \x20 uvec4 qa = w4[qw], qb = w4[qw + 1u];\n\
+            "float dx = xd[i / 4u];\n\
              \x20 // Columns 4c..4c + 4 (the low nibbles) and 16 + 4c.. (the high ones) of block i / 4.\n\
              \x20 uint xb = (i / 4u) * 8u + i % 4u;\n\
              \x20 int xl = int(xq[xb]), xh = int(xq[xb + 4u]);\n\
              \x20 int xs = dotPacked4x8EXT(0x01010101, xl) + dotPacked4x8EXT(0x01010101, xh);\n\
              \x20 for (uint r = 0u; r < 8u; r++) {{\n\
              \x20   {row_scale}\n\
-             \x20   uint word = r < 4u ? qa[r] : qb[r - 4u];\n\
+             \x20   uint word = r < 4u ? wv[1][r] : wv[2][r - 4u];\n\
              \x20   int q = dotPacked4x8EXT(int(word & 0x0f0f0f0fu), xl) + dotPacked4x8EXT(int((word >> 4) & 0x0f0f0f0fu), xh) - 8 * xs;\n\
              \x20   acc[r] += float(q) * (d * dx);\n\
              \x20 }}\n"
         ),
         WeightFormat::Q8_0 => format!(
-            "{scale}\
-             \x20 uint qw = (at + 4u + (i % 4u) * 16u) / 4u;\n\
-             \x20 uvec4 qa0 = w4[qw], qa1 = w4[qw + 1u], qb0 = w4[qw + 2u], qb1 = w4[qw + 3u];\n\
+            "float dx = xd[i / 4u];\n\
              \x20 // Columns 8i..8i + 8.\n\
              \x20 int x0 = int(xq[2u * i]), x1 = int(xq[2u * i + 1u]);\n\
              \x20 for (uint r = 0u; r < 8u; r++) {{\n\
              \x20   {row_scale}\n\
-             \x20   int qa = int(r < 4u ? qa0[r] : qa1[r - 4u]), qb = int(r < 4u ? qb0[r] : qb1[r - 4u]);\n\
+             \x20   int qa = int(r < 4u ? wv[1][r] : wv[2][r - 4u]), qb = int(r < 4u ? wv[3][r] : wv[4][r - 4u]);\n\
              \x20   int q = dotPacked4x8EXT(qa, x0) + dotPacked4x8EXT(qb, x1);\n\
              \x20   acc[r] += float(q) * (d * dx);\n\
              \x20 }}\n"
         ),
         _ => unreachable!("the integer-dot path takes quantized weights"),
     };
-    let _ = write!(out, "void gemv_dot_step(uint n0, uint i, inout float acc[8]) {{\n\x20 {body}}}\n");
+    let nw = gemv_words(format);
+    let _ = write!(out, "void gemv_dot_mul(uint i, uvec4 wv[{nw}], inout float acc[8]) {{\n\x20 {body}}}\n");
 }
 
 impl MatPath {
@@ -1143,15 +1226,7 @@ pub fn matmul_group(
         def_uint(&mut s, &format!("N{m}"), mm.n);
         member_readers(&mut s, m, mm, w, k, gemv, dot);
         if gemv {
-            // The row staged (and its sum of squares taken) by the whole workgroup, or read step by step.
-            let (stage, step) = if dot {
-                ("  float xsum = stage_x(xr, t);\n", format!("gemv_dot_step{m}(n0, i, acc);"))
-            } else {
-                (
-                    gemv_x_aligned(norm.is_some()),
-                    format!("{}\x20   gemv_step{m}(n0, i, xv, acc);", gemv_x(mm.format, norm.is_some())),
-                )
-            };
+            let walk = gemv_walk(&[(m, mm.format, "acc")], k, MATMUL_THREADS as u64 / groups, dot, norm.is_some());
             let gemv_store = store(&format!("j * N{m} + n"), &format!("gsum(at, l){gemv_inv}{add_bias}"));
             let (thread, reduce) = gemv_reduce(sums, sg);
             let _ = write!(
@@ -1162,15 +1237,9 @@ pub fn matmul_group(
                  \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
                  \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
                  \x20 uint xr = pc.base[0] + j * K;\n\
-                 {stage}\
                  \x20 float acc[8], ss = 0.0;\n\
                  \x20 for (uint r = 0u; r < 8u; r++) acc[r] = 0.0;\n\
-                 \x20 // A constant trip count, so that the compiler can unroll it and put every step's loads in flight.\n\
-                 \x20 for (uint s = 0u; s < {steps}u && n0 < N{m}; s++) {{\n\
-                 \x20   uint i = l + s * LANES;\n\
-                 \x20   if (i >= K / 8u) break;\n\
-                 \x20   {step}\n\
-                 \x20 }}\n\
+                 {walk}\
                  \x20 float part[9];\n\
                  \x20 for (uint r = 0u; r < 8u; r++) part[r] = acc[r];\n\
                  \x20 part[8] = ss;\n\
@@ -1180,7 +1249,6 @@ pub fn matmul_group(
                  \x20 barrier();\n\
                  \x20 }}\n\
                  }}\n",
-                steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
             );
         } else {
             let sum = if coop { "cs[rr * CSTR + oc]" } else { "acc[i][j]" };
@@ -1214,16 +1282,19 @@ fn norm_bindings(s: &mut String, norm: Option<NormPrologue>) -> usize {
 /// The member readers [`matmul_group`] and [`matmul_glu`] generate for matrix `m` bound at `w`: the
 /// single-matrix templates' functions, renamed for it.
 fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, gemv: bool, dot: bool) {
-    if gemv && mm.format != WeightFormat::F32 {
-        // The same binding as 16-byte words, for the wide loads of `gemv_step`.
+    if gemv {
+        // The same binding as 16-byte words, for the wide loads of `gemv_load`.
         let _ = writeln!(s, "layout(std430, binding = {w}) readonly buffer B{w}x16 {{ uvec4 w{m}_4[]; }};");
     }
     let mut f = String::new();
     weight_element(&mut f, mm.format, w);
-    if dot {
-        gemv_dot_step(&mut f, mm.format, w);
-    } else if gemv {
-        gemv_step(&mut f, mm.format, w);
+    if gemv {
+        gemv_load(&mut f, mm.format, w);
+        if dot {
+            gemv_dot_mul(&mut f, mm.format);
+        } else {
+            gemv_mul(&mut f, mm.format);
+        }
     } else {
         gemm_w_loader(&mut f, mm.format, w, k);
     }
@@ -1231,8 +1302,9 @@ fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, ge
         &f.replace("w4[", &format!("w{m}_4["))
             .replace("w[", &format!("w{m}["))
             .replace("w_elem(", &format!("w{m}_elem("))
-            .replace("gemv_step(", &format!("gemv_step{m}("))
-            .replace("gemv_dot_step(", &format!("gemv_dot_step{m}("))
+            .replace("gemv_load(", &format!("gemv_load{m}("))
+            .replace("gemv_mul(", &format!("gemv_mul{m}("))
+            .replace("gemv_dot_mul(", &format!("gemv_dot_mul{m}("))
             .replace("wload(", &format!("wload{m}("))
             .replace("wstore(", &format!("wstore{m}("))
             .replace("N_ROWS", &format!("N{m}")),
@@ -1284,20 +1356,13 @@ pub fn matmul_glu(
     }
     let glu = glu_of(act);
     let (b0, b1) = (&bias[0], &bias[1]);
-    let (stage, step) = if dot {
-        (
-            "  float xsum = stage_x(xr, t);\n",
-            "gemv_dot_step0(n0, i, a0);\n\x20   gemv_dot_step1(n0, i, a1);".to_string(),
-        )
-    } else {
-        (
-            gemv_x_aligned(norm.is_some()),
-            format!(
-                "{}\x20   gemv_step0(n0, i, xv, a0);\n\x20   gemv_step1(n0, i, xv, a1);",
-                gemv_x(members[0].format, norm.is_some())
-            ),
-        )
-    };
+    let walk = gemv_walk(
+        &[(0, members[0].format, "a0"), (1, members[1].format, "a1")],
+        k,
+        MATMUL_THREADS as u64 / groups,
+        dot,
+        norm.is_some(),
+    );
     let _ = write!(
         s,
         "void main() {{\n\
@@ -1305,14 +1370,9 @@ pub fn matmul_glu(
          \x20 uint r0 = gl_WorkGroupID.y * TILE;\n\
          \x20 for (uint j = r0; j < min(r0 + TILE, pc.rows); j++) {{\n\
          \x20 uint xr = pc.base[0] + j * K;\n\
-         {stage}\
          \x20 float a0[8], a1[8], ss = 0.0;\n\
          \x20 for (uint r = 0u; r < 8u; r++) {{ a0[r] = 0.0; a1[r] = 0.0; }}\n\
-         \x20 for (uint s = 0u; s < {steps}u && n0 < N0; s++) {{\n\
-         \x20   uint i = l + s * LANES;\n\
-         \x20   if (i >= K / 8u) break;\n\
-         \x20   {step}\n\
-         \x20 }}\n\
+         {walk}\
          \x20 float part[17];\n\
          \x20 for (uint r = 0u; r < 8u; r++) {{ part[r] = a0[r]; part[8u + r] = a1[r]; }}\n\
          \x20 part[16] = ss;\n\
@@ -1325,7 +1385,6 @@ pub fn matmul_glu(
          \x20 barrier();\n\
          \x20 }}\n\
          }}\n",
-        steps = (k / GEMV_SPAN).div_ceil(MATMUL_THREADS as u64 / groups),
     );
     s
 }
@@ -1944,6 +2003,10 @@ fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>, sub
     f32_buffer(&mut s, at[2], "v", "readonly");
     // Coherent: the split partials that workgroups of one launch exchange live after the cache's keys and values.
     u32_buffer(&mut s, at[3], "kv", "coherent");
+    // The cache's keys and values are read through a plain alias of the binding: coherence (which the partials
+    // need) would keep those loads out of the first-level cache. No workgroup reads a slot that one of the same
+    // launch writes (see `append` and `attend_split`).
+    let _ = writeln!(s, "layout(std430, binding = {}) readonly buffer B{}r {{ uint kvr[]; }};", at[3], at[3]);
     f32_buffer(&mut s, at[4], "y", "");
     for (name, b) in ["QB", "KB", "VB", "KVB", "YB"].iter().zip(at) {
         def_uint(&mut s, name, b as u64);
@@ -1966,14 +2029,14 @@ fn attention_with(kv_f16: bool, shape: AttentionShape, rope: Option<&[f32]>, sub
     // Element `e` of the cache (keys from 0, values from KVH * cap * HD), and a pair store for the append.
     if kv_f16 {
         s.push_str(
-            "float kv_get(uint e) { vec2 h = unpackHalf2x16(kv[pc.base[KVB] + e / 2u]); return (e & 1u) == 0u ? h.x : h.y; }\n\
-             vec2 kv_get2(uint e) { return unpackHalf2x16(kv[pc.base[KVB] + e / 2u]); }\n\
+            "float kv_get(uint e) { vec2 h = unpackHalf2x16(kvr[pc.base[KVB] + e / 2u]); return (e & 1u) == 0u ? h.x : h.y; }\n\
+             vec2 kv_get2(uint e) { return unpackHalf2x16(kvr[pc.base[KVB] + e / 2u]); }\n\
              void kv_put2(uint e, float a, float b) { kv[pc.base[KVB] + e / 2u] = packHalf2x16(vec2(a, b)); }\n",
         );
     } else {
         s.push_str(
-            "float kv_get(uint e) { return uintBitsToFloat(kv[pc.base[KVB] + e]); }\n\
-             vec2 kv_get2(uint e) { return vec2(uintBitsToFloat(kv[pc.base[KVB] + e]), uintBitsToFloat(kv[pc.base[KVB] + e + 1u])); }\n\
+            "float kv_get(uint e) { return uintBitsToFloat(kvr[pc.base[KVB] + e]); }\n\
+             vec2 kv_get2(uint e) { return vec2(uintBitsToFloat(kvr[pc.base[KVB] + e]), uintBitsToFloat(kvr[pc.base[KVB] + e + 1u])); }\n\
              void kv_put2(uint e, float a, float b) { kv[pc.base[KVB] + e] = floatBitsToUint(a); kv[pc.base[KVB] + e + 1u] = floatBitsToUint(b); }\n",
         );
     }
