@@ -339,7 +339,7 @@ fn gemv_walk(members: &[(usize, WeightFormat, &str)], k: u64, lanes: u64, dot: b
     )
 }
 
-/// The column of element `e` (0..8) of single-row step `i` ([`gemv_step`]).
+/// The column of element `e` (0..8) of single-row step `i` ([`gemv_mul`], whose `xv` [`gemv_x`] fills).
 fn gemv_column(format: WeightFormat) -> &'static str {
     match format {
         WeightFormat::Q4_0 => "(i / 4u) * 32u + (e < 4u ? (i % 4u) * 4u + e : 16u + (i % 4u) * 4u + e - 4u)",
