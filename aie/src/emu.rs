@@ -492,19 +492,26 @@ pub fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
     match b {
         CoreBody::MatMul { m, k, n, bt, .. } => {
             let (m, k, n) = (m as usize, k as usize, n as usize);
+            // The mmul's steps: per 8-deep block of `k` in order, each output's eight products summed from 0 in
+            // order, then added to what it held (as the core's `vector.contract` of a 4 x 8 by an 8 x 4 block
+            // into its 4 x 4 accumulator computes it).
             for r in 0..m {
                 for col in 0..n {
                     let mut s = acc[r * n + col];
-                    for kk in 0..k {
-                        // A in 4 x 8 blocks, B in 8 x 4 blocks (B transposed in 4 x 8 blocks), each block
-                        // row-major, blocks row after row.
-                        let ai = ((r / 4) * (k / 8) + kk / 8) * 32 + (r % 4) * 8 + kk % 8;
-                        let bi = if bt {
-                            ((col / 4) * (k / 8) + kk / 8) * 32 + (col % 4) * 8 + kk % 8
-                        } else {
-                            ((kk / 8) * (n / 4) + col / 4) * 32 + (kk % 8) * 4 + col % 4
-                        };
-                        s += ta[ai] * tb[bi];
+                    for kq in 0..k / 8 {
+                        let mut p = 0.0f32;
+                        for kr in 0..8 {
+                            // A in 4 x 8 blocks, B in 8 x 4 blocks (B transposed in 4 x 8 blocks), each block
+                            // row-major, blocks row after row.
+                            let ai = ((r / 4) * (k / 8) + kq) * 32 + (r % 4) * 8 + kr;
+                            let bi = if bt {
+                                ((col / 4) * (k / 8) + kq) * 32 + (col % 4) * 8 + kr
+                            } else {
+                                (kq * (n / 4) + col / 4) * 32 + kr * 4 + col % 4
+                            };
+                            p += ta[ai] * tb[bi];
+                        }
+                        s += p;
                     }
                     acc[r * n + col] = s;
                 }

@@ -38,8 +38,8 @@ fn bf16(x: f32) -> f32 {
 }
 
 /// An NPU that multiplies without a design: each projection straight from the bf16-rounded operand and weight,
-/// summed in f32 in the order of k — the order the design's cores sum in (the k tiles in turn, each in order),
-/// so the emulator must give these bits exactly.
+/// summed in f32 as the design's cores sum (the mmul's blocks of 8 along k in order, each block's products
+/// summed from 0 and then added), so the emulator must give these bits exactly.
 struct Reference;
 
 impl NpuDevice for Reference {
@@ -67,7 +67,9 @@ impl NpuDevice for Reference {
                 .collect();
             for (xr, yr) in x.chunks(k).zip(y.chunks_mut(w.n)) {
                 for (yv, wr) in yr.iter_mut().zip(&weights) {
-                    *yv = xr.iter().zip(wr).fold(0.0f32, |acc, (a, b)| acc + bf16(*a) * b);
+                    *yv = xr.chunks(8).zip(wr.chunks(8)).fold(0.0f32, |acc, (xs, ws)| {
+                        acc + xs.iter().zip(ws).fold(0.0f32, |p, (a, b)| p + bf16(*a) * b)
+                    });
                 }
             }
         }

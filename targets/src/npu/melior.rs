@@ -187,7 +187,7 @@ fn signatures(module: &Module, what: &str) -> Result<BTreeMap<String, Vec<Param>
 
 /// Compile `text` (upstream-MLIR functions over 1-D static memrefs and indices) for this CPU: parsed,
 /// verified, lowered to the LLVM dialect by the pipeline `mlir-opt` is given in [`super::mlir`]'s tests
-/// (`convert-scf-to-cf`, `convert-math-to-llvm`, `convert-arith-to-llvm`, `finalize-memref-to-llvm`,
+/// (`convert-scf-to-cf`, `convert-vector-to-llvm`, `convert-math-to-llvm`, `convert-arith-to-llvm`, `finalize-memref-to-llvm`,
 /// `convert-func-to-llvm`, `convert-cf-to-llvm`, `reconcile-unrealized-casts`) and handed to MLIR's
 /// `ExecutionEngine` at LLVM's `-O2`. One line on error, naming `what`.
 pub fn jit_text(text: &str, what: &str) -> Result<Jit, String> {
@@ -204,6 +204,7 @@ pub fn jit_text(text: &str, what: &str) -> Result<Jit, String> {
     let passes = PassManager::new(&context);
     for pass in [
         conversion::create_scf_to_control_flow(),
+        conversion::create_vector_to_llvm(),
         conversion::create_math_to_llvm(),
         conversion::create_arith_to_llvm(),
         conversion::create_finalize_mem_ref_to_llvm(),
@@ -470,22 +471,22 @@ mod tests {
     /// its sum (the verifier's catch), a function defined twice.
     #[test]
     fn broken_bodies_are_refused_in_one_line() {
-        let good = core_body(CoreBody::MatVec { rows: 6, k: 40, k_tiles: 1 }).unwrap();
+        let good = core_body(CoreBody::MatVec { rows: 6, k: 64, k_tiles: 1 }).unwrap();
         for (broken, says) in [
             (good.replace("scf.yield %next : f32", "scf.yield %next f32"), "expected ':'"),
             (good.replace("arith.mulf", "aie.mulf"), "Dialect `aie' not found"),
             (good.replace("memref.store %sum, %c[%r]", "memref.store %r, %c[%r]"), "expects different type"),
             (good.replace("scf.yield %next : f32", "scf.yield"), "'scf.for' op"),
-            (format!("{good}{good}"), "redefinition of symbol named 'matvec_6x40'"),
+            (format!("{good}{good}"), "redefinition of symbol named 'matvec_6x64'"),
         ] {
             assert_ne!(broken, good);
-            let e = verify_text(&broken, "core body matvec_6x40").unwrap_err();
-            assert!(e.starts_with("core body matvec_6x40 "), "{e}");
+            let e = verify_text(&broken, "core body matvec_6x64").unwrap_err();
+            assert!(e.starts_with("core body matvec_6x64 "), "{e}");
             assert!(e.contains(says), "{e}");
             assert!(!e.contains('\n'), "{e}");
-            assert!(e.starts_with("core body matvec_6x40 does not parse and verify: at "), "{e}");
+            assert!(e.starts_with("core body matvec_6x64 does not parse and verify: at "), "{e}");
         }
-        assert!(verify_text(&good, "core body matvec_6x40").is_ok());
+        assert!(verify_text(&good, "core body matvec_6x64").is_ok());
     }
 
     /// Each body JIT-run in-process on random tiles gives the emulator's result bit for bit: bf16 operands

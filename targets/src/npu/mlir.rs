@@ -1,8 +1,10 @@
-//! Core bodies in upstream MLIR (`func`, `arith`, `scf`, `memref`, `math`), so that a design needs no external
-//! kernel object: each [`CoreBody`] step becomes one `func.func` over flat memrefs of the buffers it acquires,
-//! computing exactly what the emulator computes — the same loops, the same order of f32 sums, bf16 operands
-//! widened to f32. The functions verify as standalone MLIR (LLVM 19's), and the tests lower them to LLVM and
-//! run them on the CPU against the emulator's arithmetic.
+//! Core bodies in upstream MLIR (`func`, `arith`, `scf`, `memref`, `vector`, `math`), so that a design needs no
+//! external kernel object: each [`CoreBody`] step becomes one `func.func` over flat memrefs of the buffers it
+//! acquires, computing exactly what the emulator computes — the same loops, the same order of f32 sums, bf16
+//! operands widened to f32. The matrix bodies are written on vectors: the GEMM's 4 x 8 x 4 block products as
+//! `vector.contract`s (what mlir-aie lowers to the AIE2 mmul), the GEMVs' rows in chunks of 32 lanes; the
+//! row-wise and attention bodies are scalar loops. The functions verify as standalone MLIR (LLVM 19's), and the
+//! tests lower them to LLVM and run them on the CPU against the emulator's arithmetic.
 //!
 //! The aie / aiex structure around them (tiles, objectfifos, links, cores, the runtime sequence) is [`super::aie`].
 
@@ -90,72 +92,34 @@ pub fn core_body(body: CoreBody) -> Option<String> {
         }
     };
     match body {
-        CoreBody::MatMul { m, k, n, bt, .. } => {
-            // C[r][col] += sum over kk of A[r][kk] B[kk][col], A in 4 x 8 blocks and B in 8 x 4 blocks (each
-            // row-major, blocks row after row), the sum in the order of kk; with `bt`, B transposed in 4 x 8
-            // blocks like A.
-            for (v, x) in [("m", m), ("k", k), ("n", n), ("kb", k / 8), ("nb", n / 4)] {
-                idx(&mut s, v, x);
-            }
-            for (v, x) in [("i4", 4), ("i8", 8), ("i32", 32)] {
-                idx(&mut s, v, x);
-            }
-            s.push_str(
-                "    scf.for %r = %i0 to %m step %i1 {\n\
-                 \x20   scf.for %col = %i0 to %n step %i1 {\n\
-                 \x20     %ci0 = arith.muli %r, %n : index\n\
-                 \x20     %ci = arith.addi %ci0, %col : index\n",
-            );
-            let _ = writeln!(s, "      %init = memref.load %c[%ci] : memref<{nc}xf32>");
-            fold(&mut s, "      ", "sum", ("kk", "k"), "%init", |s| {
-                s.push_str(
-                    "        %rq = arith.divui %r, %i4 : index\n\
-                     \x20       %rr = arith.remui %r, %i4 : index\n\
-                     \x20       %kq = arith.divui %kk, %i8 : index\n\
-                     \x20       %kr = arith.remui %kk, %i8 : index\n\
-                     \x20       %cq = arith.divui %col, %i4 : index\n\
-                     \x20       %cr = arith.remui %col, %i4 : index\n\
-                     \x20       %ab0 = arith.muli %rq, %kb : index\n\
-                     \x20       %ab1 = arith.addi %ab0, %kq : index\n\
-                     \x20       %ab2 = arith.muli %ab1, %i32 : index\n\
-                     \x20       %ar0 = arith.muli %rr, %i8 : index\n\
-                     \x20       %ar1 = arith.addi %ab2, %ar0 : index\n\
-                     \x20       %ai = arith.addi %ar1, %kr : index\n",
-                );
-                // B's block and the element in it: (kk / 8, col / 4) and (kk % 8, col % 4), or with `bt`
-                // (col / 4, kk / 8) and (col % 4, kk % 8).
-                let (outer, inner, row, width, lane) =
-                    if bt { ("%cq", "%kq", "%cr", "%i8", "%kr") } else { ("%kq", "%cq", "%kr", "%i4", "%cr") };
-                let blocks = if bt { "%kb" } else { "%nb" };
-                let _ = write!(
-                    s,
-                    "        %bb0 = arith.muli {outer}, {blocks} : index\n\
-                     \x20       %bb1 = arith.addi %bb0, {inner} : index\n\
-                     \x20       %bb2 = arith.muli %bb1, %i32 : index\n\
-                     \x20       %br0 = arith.muli {row}, {width} : index\n\
-                     \x20       %br1 = arith.addi %bb2, %br0 : index\n\
-                     \x20       %bi = arith.addi %br1, {lane} : index\n"
-                );
-                load(s, "        %x", "a", "%ai", na, "bf16");
-                load(s, "        %y", "b", "%bi", nb, "bf16");
-                s.push_str("        %p = arith.mulf %x, %y : f32\n        %next = arith.addf %acc, %p : f32\n");
-            });
-            let _ = writeln!(s, "      memref.store %sum, %c[%ci] : memref<{nc}xf32>\n    }}\n  }}");
-        }
+        CoreBody::MatMul { m, k, n, bt, .. } => matmul_body(&mut s, (m, k, n, bt), (na, nb, nc)),
         CoreBody::MatVec { rows, k, .. } => {
-            // y[r] += sum over kk of W[r][kk] x[kk], in the order of kk.
+            // y[r] += W[r] x in chunks of 32 in order: each chunk's products folded into y in order
+            // (`vector.reduction` from y's running sum).
+            assert!(k.is_multiple_of(GEMV_LANES), "a bf16 GEMV buffer's k is whole chunks of {GEMV_LANES}: {k}");
             idx(&mut s, "rows", rows);
             idx(&mut s, "k", k);
-            matvec_rows(&mut s, nc, ("k", "kk", "k"), &|s| {
-                let _ = writeln!(s, "        %wi = arith.addi %row, %kk : index");
-                load(s, "        %w", "a", "%wi", na, "bf16");
-                load(s, "        %x", "b", "%kk", nb, "bf16");
-                s.push_str("        %p = arith.mulf %w, %x : f32\n        %next = arith.addf %acc, %p : f32\n");
+            idx(&mut s, "chunks", k / GEMV_LANES);
+            idx(&mut s, "lanes", GEMV_LANES);
+            let v = format!("vector<{GEMV_LANES}x");
+            matvec_rows(&mut s, nc, ("k", "kc", "chunks"), &|s| {
+                let _ = write!(
+                    s,
+                    "        %xo = arith.muli %kc, %lanes : index\n\
+                     \x20       %wi = arith.addi %row, %xo : index\n\
+                     \x20       %wh = vector.load %a[%wi] : memref<{na}xbf16>, {v}bf16>\n\
+                     \x20       %xh = vector.load %b[%xo] : memref<{nb}xbf16>, {v}bf16>\n\
+                     \x20       %w = arith.extf %wh : {v}bf16> to {v}f32>\n\
+                     \x20       %x = arith.extf %xh : {v}bf16> to {v}f32>\n\
+                     \x20       %p = arith.mulf %w, %x : {v}f32>\n\
+                     \x20       %next = vector.reduction <add>, %p, %acc : {v}f32> into f32\n"
+                );
             });
         }
         CoreBody::MatVecQ8 { rows, k, .. } => {
             // Per row, per block in order: the block's scale d from its two bytes (bf16, little-endian), p = the
-            // sum over its 32 quants of q x in order from 0, then y = y + d p.
+            // sum over its 32 quants of q x in order from 0 (a `vector.reduction` of the block's products from
+            // 0), then y = y + d p.
             idx(&mut s, "rows", rows);
             idx(&mut s, "blocks", k / q8::BLOCK);
             idx(&mut s, "rb", q8::row_bytes(k));
@@ -187,19 +151,16 @@ pub fn core_body(body: CoreBody) -> Option<String> {
                      \x20       %d = arith.extf %d_h : bf16 to f32\n\
                      \x20       %q0 = arith.addi %bo, %i2 : index\n\
                      \x20       %x0 = arith.muli %blk, %bk : index\n\
-                     \x20       %dot = scf.for %j = %i0 to %bk step %i1 iter_args(%part = %zero) -> (f32) {{\n\
-                     \x20         %qi = arith.addi %q0, %j : index\n\
-                     \x20         %q = memref.load %a[%qi] : memref<{na}xi8>\n\
-                     \x20         %qf = arith.sitofp %q : i8 to f32\n\
-                     \x20         %xi = arith.addi %x0, %j : index"
+                     \x20       %qv = vector.load %a[%q0] : memref<{na}xi8>, vector<32xi8>\n\
+                     \x20       %qf = arith.sitofp %qv : vector<32xi8> to vector<32xf32>\n\
+                     \x20       %xh = vector.load %b[%x0] : memref<{nb}xbf16>, vector<32xbf16>\n\
+                     \x20       %x = arith.extf %xh : vector<32xbf16> to vector<32xf32>\n\
+                     \x20       %pv = arith.mulf %qf, %x : vector<32xf32>\n\
+                     \x20       %dot = vector.reduction <add>, %pv, %zero : vector<32xf32> into f32"
                 );
-                load(s, "          %x", "b", "%xi", nb, "bf16");
+                const _: () = assert!(q8::BLOCK == 32, "the vectors of a q8 block");
                 s.push_str(
-                    "          %p = arith.mulf %qf, %x : f32\n\
-                     \x20         %pn = arith.addf %part, %p : f32\n\
-                     \x20         scf.yield %pn : f32\n\
-                     \x20       }\n\
-                     \x20       %scaled = arith.mulf %d, %dot : f32\n\
+                    "        %scaled = arith.mulf %d, %dot : f32\n\
                      \x20       %next = arith.addf %acc, %scaled : f32\n",
                 );
             });
@@ -217,6 +178,87 @@ pub fn core_body(body: CoreBody) -> Option<String> {
     }
     s.push_str("    return\n}\n");
     Some(s)
+}
+
+/// Lanes of the bf16 GEMV body's vectors: 32 bf16, one 512-bit AIE2 vector register.
+const GEMV_LANES: u64 = 32;
+
+/// The GEMM body, `C += A B` over the mmul's blocks: A in 4 x 8 blocks and B in 8 x 4 blocks (with `bt`, B
+/// transposed in 4 x 8 blocks like A), each block row-major, blocks row after row; C (`m x n` f32) row-major.
+/// Each 4 x 4 block of C is kept as a `vector<4x4xf32>` across the blocks of `k`: per block, A's and B's 32
+/// bf16 are loaded as one vector each, widened, B's transposed where it comes transposed, and folded in by a
+/// `vector.contract` — the form mlir-aie's `convert-vector-to-aievec` (aie2) maps onto the bf16 mmul
+/// (`aievec.matmul` of 4x8 by 8x4 into 4x4 f32, and `aievec.shuffle` for the transpose). Each output's eight
+/// products of a block are summed from 0 in order and then added to it (what LLVM's lowering of the
+/// contraction computes, and the emulator's order).
+fn matmul_body(s: &mut String, (m, k, n, bt): (u64, u64, u64, bool), (na, nb, nc): (u64, u64, u64)) {
+    assert!(
+        m.is_multiple_of(4) && k.is_multiple_of(8) && n.is_multiple_of(4),
+        "a GEMM body is whole 4 x 8 x 4 blocks: {m} x {k} x {n}"
+    );
+    for (v, x) in [("mq", m / 4), ("nq", n / 4), ("kb", k / 8), ("n", n), ("i2", 2), ("i3", 3), ("i4", 4), ("i32", 32)]
+    {
+        let _ = writeln!(s, "    %{v} = arith.constant {x} : index");
+    }
+    let (f4x4, f4, c) = ("vector<4x4xf32>", "vector<4xf32>", format!("memref<{nc}xf32>"));
+    let _ = write!(
+        s,
+        "    scf.for %rq = %i0 to %mq step %i1 {{\n\
+         \x20     scf.for %cq = %i0 to %nq step %i1 {{\n\
+         \x20       %r0 = arith.muli %rq, %i4 : index\n\
+         \x20       %col = arith.muli %cq, %i4 : index\n\
+         \x20       %acc_0 = arith.constant dense<0.0> : {f4x4}\n"
+    );
+    // C's block, as four rows of four.
+    for i in 0..4 {
+        let _ = write!(
+            s,
+            "        %cr{i} = arith.addi %r0, %i{i} : index\n\
+             \x20       %co{i}_ = arith.muli %cr{i}, %n : index\n\
+             \x20       %co{i} = arith.addi %co{i}_, %col : index\n\
+             \x20       %crow{i} = vector.load %c[%co{i}] : {c}, {f4}\n\
+             \x20       %acc_{} = vector.insert %crow{i}, %acc_{i} [{i}] : {f4} into {f4x4}\n",
+            i + 1
+        );
+    }
+    // B's block: (kq, cq) of n / 4 blocks a block row, or transposed, (cq, kq) of k / 8.
+    let (outer, inner, blocks) = if bt { ("%cq", "%kq", "%kb") } else { ("%kq", "%cq", "%nq") };
+    let b_block = if bt {
+        "          %bt = vector.shape_cast %bv : vector<32xbf16> to vector<4x8xbf16>\n\
+         \x20         %bm = vector.transpose %bt, [1, 0] : vector<4x8xbf16> to vector<8x4xbf16>\n"
+    } else {
+        "          %bm = vector.shape_cast %bv : vector<32xbf16> to vector<8x4xbf16>\n"
+    };
+    let _ = write!(
+        s,
+        "        %sum = scf.for %kq = %i0 to %kb step %i1 iter_args(%acc = %acc_4) -> ({f4x4}) {{\n\
+         \x20         %ab0 = arith.muli %rq, %kb : index\n\
+         \x20         %ab = arith.addi %ab0, %kq : index\n\
+         \x20         %ao = arith.muli %ab, %i32 : index\n\
+         \x20         %av = vector.load %a[%ao] : memref<{na}xbf16>, vector<32xbf16>\n\
+         \x20         %am = vector.shape_cast %av : vector<32xbf16> to vector<4x8xbf16>\n\
+         \x20         %af = arith.extf %am : vector<4x8xbf16> to vector<4x8xf32>\n\
+         \x20         %bb0 = arith.muli {outer}, {blocks} : index\n\
+         \x20         %bb = arith.addi %bb0, {inner} : index\n\
+         \x20         %bo = arith.muli %bb, %i32 : index\n\
+         \x20         %bv = vector.load %b[%bo] : memref<{nb}xbf16>, vector<32xbf16>\n\
+         {b_block}\
+         \x20         %bf = arith.extf %bm : vector<8x4xbf16> to vector<8x4xf32>\n\
+         \x20         %next = vector.contract {{indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d2)>, \
+         affine_map<(d0, d1, d2) -> (d2, d1)>, affine_map<(d0, d1, d2) -> (d0, d1)>], \
+         iterator_types = [\"parallel\", \"parallel\", \"reduction\"], kind = #vector.kind<add>}} \
+         %af, %bf, %acc : vector<4x8xf32>, vector<8x4xf32> into {f4x4}\n\
+         \x20         scf.yield %next : {f4x4}\n\
+         \x20       }}\n"
+    );
+    for i in 0..4 {
+        let _ = write!(
+            s,
+            "        %srow{i} = vector.extract %sum[{i}] : {f4} from {f4x4}\n\
+             \x20       vector.store %srow{i}, %c[%co{i}] : {c}, {f4}\n"
+        );
+    }
+    s.push_str("      }\n    }\n");
 }
 
 /// An attention core's two functions: `@NAME_tile(%q, %kv, %m, %l, %o, %rtp, %key0, %row0)` folds one K/V
@@ -734,7 +776,7 @@ pub(crate) mod bodies {
             CoreBody::MatMul { m: 8, k: 16, n: 8, k_tiles: 1, bt: false },
             CoreBody::MatMul { m: 64, k: 32, n: 64, k_tiles: 4, bt: false },
             CoreBody::MatMul { m: 8, k: 16, n: 12, k_tiles: 1, bt: true },
-            CoreBody::MatVec { rows: 6, k: 40, k_tiles: 1 },
+            CoreBody::MatVec { rows: 6, k: 64, k_tiles: 1 },
             CoreBody::MatVecQ8 { rows: 5, k: 96, k_tiles: 1 },
             CoreBody::Rows { op: RowOp::RmsNorm { eps: 1e-5 }, rows: 3, width: 40 },
             CoreBody::Rows { op: RowOp::SiluGlu, rows: 2, width: 24 },
@@ -1027,6 +1069,7 @@ mod tests {
             &tool("mlir-opt"),
             &[
                 "--convert-scf-to-cf",
+                "--convert-vector-to-llvm",
                 "--convert-math-to-llvm",
                 "--convert-arith-to-llvm",
                 "--finalize-memref-to-llvm",
