@@ -10,7 +10,10 @@ mod precision;
 
 pub use canonicalize::canonicalize;
 pub use memory::plan_memory;
-pub use placement::{npu_attention_covers, npu_attention_placed, place, Target, NPU_ATTENTION_MAX_KEYS};
+pub use placement::{
+    capable, npu_attention_covers, npu_attention_placed, place, Capability, Target, NPU_ATTENTION_MAX_KEYS,
+    PHOENIX_CAPABILITIES,
+};
 pub use precision::{default_kv_cache, precision, PrecisionRule, PRECISION_RULES};
 
 use thiserror::Error;

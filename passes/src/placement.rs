@@ -1,8 +1,8 @@
 //! Placement: assign every node a device. The CPU target puts everything on the CPU and the Vulkan target
 //! everything on the GPU (its kernels cover every op). The Phoenix target (Ryzen 7040/8040: the npu1 NPU, the
-//! Radeon 780M and Zen 4 cores) places by [`phoenix_device`], a plain rule over what the NPU designs cover
-//! (prefill's projections and attention); the
-//! cost-model partitioner over device profiles will replace that one function.
+//! Radeon 780M and Zen 4 cores) places by [`phoenix_device`], a plain rule over a capability table
+//! ([`PHOENIX_CAPABILITIES`]: what each device can run in a plan, and what it takes); the cost-model partitioner
+//! over device profiles will replace that one function and read the same table.
 
 use crate::PassError;
 use unicorn_ir::{Device, Dim, Graph, Module, NodeId, Op, Phase, WeightFormat};
@@ -36,37 +36,116 @@ impl Target {
     }
 }
 
-/// The Phoenix target's placement rule, in one place: a prefill projection (a matmul over the execution's rows,
-/// bf16 weights, no bias) runs on the NPU's whole-array GEMM design, when every matmul of its operand does too
-/// (a layer's q, k and v; its gate and up), so that they are one NPU dispatch of a multi-weight GEMM or none of
-/// them is; prefill attention runs on the NPU's attention design where [`npu_attention_placed`] says so (the
-/// design takes it, over at most [`NPU_ATTENTION_MAX_KEYS`] keys); everything else runs on the CPU.
+/// One row of a target's capability table: a device with a kernel or design that plans can hold for an op (the
+/// compiler lowers it and the runtime runs it), the phases it serves, and what it takes — in words
+/// (`conditions`) and as the check of a node (`takes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Capability {
+    pub device: Device,
+    /// The op, as [`Op::name`] gives it; `*` for every op.
+    pub op: &'static str,
+    pub phases: &'static [Phase],
+    /// What runs it.
+    pub kernel: &'static str,
+    pub conditions: &'static str,
+    pub takes: fn(&Module, &Graph, NodeId) -> bool,
+}
+
+/// What a Phoenix plan can place where: the NPU designs that plans carry, and the CPU's kernels for every op.
+///
+/// The NPU has more designs than plans carry: the GEMVs for decode (bf16, and int8 with bf16 scales), RMSNorm,
+/// RoPE, the SiLU GLU and the softmax pass the AIE2 rules and run on the emulator (docs/npu.md), but no plan
+/// lowers to them yet, so they are not rows here. The 780M runs every op through the Vulkan target's kernels,
+/// but the runtime has no executor that hands a phase's values between the NPU and a Vulkan device, so a Phoenix
+/// plan has no iGPU rows yet either.
+pub const PHOENIX_CAPABILITIES: &[Capability] = &[
+    Capability {
+        device: Device::Npu,
+        op: "matmul",
+        phases: &[Phase::Prefill],
+        kernel: "the whole-array bf16 GEMM, the weights of one operand in one dispatch (`gemm_bt_multi`)",
+        conditions: "bf16 weights, no bias, a row for each token of the execution",
+        takes: npu_gemm_takes,
+    },
+    Capability {
+        device: Device::Npu,
+        op: "attention",
+        phases: &[Phase::Prefill],
+        kernel: "the prefill attention design over the plan's context (`npu::attention`)",
+        conditions: "whole groups of heads, an even head_dim up to 1,022, the plan's keys within the shim's \
+                     transfers (`npu_attention_covers`)",
+        takes: npu_attention_takes,
+    },
+    Capability {
+        device: Device::Cpu,
+        op: "*",
+        phases: &[Phase::Prefill, Phase::Decode],
+        kernel: "the CPU kernels",
+        conditions: "every op",
+        takes: |_, _, _| true,
+    },
+];
+
+/// The prefill GEMM design's conditions: a matmul over the execution's rows with bf16 weights and no bias.
+fn npu_gemm_takes(module: &Module, g: &Graph, n: NodeId) -> bool {
+    let node = &g.g[n];
+    matches!(&node.op, Op::MatMul { weight, bias: None }
+        if node.ty.row_dim() == Dim::Seq && module.weight(*weight).format == WeightFormat::Bf16)
+}
+
+/// The prefill attention design's conditions ([`npu_attention_covers`]) over the keys a plan's design reaches,
+/// for attention over the execution's rows.
+fn npu_attention_takes(module: &Module, g: &Graph, n: NodeId) -> bool {
+    let Op::Attention { num_heads, num_kv_heads, head_dim, .. } = g.g[n].op else { return false };
+    g.g[n].ty.row_dim() == Dim::Seq && npu_attention_covers(num_heads, num_kv_heads, head_dim, plan_keys(module))
+}
+
+/// The keys a plan's prefill attention design reaches: its context and a chunk.
+fn plan_keys(module: &Module) -> u64 {
+    unicorn_ir::npu::attention_max_keys(module.spec.max_context as u64, module.spec.prefill_chunk())
+}
+
+/// The row of `table` that lets node `n` of `g` run on `device`, if any.
+pub fn capable<'t>(
+    table: &'t [Capability],
+    device: Device,
+    module: &Module,
+    g: &Graph,
+    n: NodeId,
+) -> Option<&'t Capability> {
+    table.iter().find(|c| {
+        c.device == device
+            && (c.op == "*" || c.op == g.g[n].op.name())
+            && c.phases.contains(&g.phase)
+            && (c.takes)(module, g, n)
+    })
+}
+
+/// The Phoenix target's placement rule, in one place: a node goes to the NPU where [`PHOENIX_CAPABILITIES`]
+/// admits it there, with two conditions of the rule's own — a projection only when every matmul of its operand
+/// is admitted too (a layer's q, k and v; its gate and up), so that they are one NPU dispatch of a multi-weight
+/// GEMM or none of them is, and attention only where its design reaches at most [`NPU_ATTENTION_MAX_KEYS`] keys
+/// ([`npu_attention_placed`]); everything else runs on the CPU.
 ///
 /// Why this split: prefill's projections are compute-bound GEMMs, the work the array's 16 bf16 cores are for,
 /// and its attention is the other matrix work of a chunk (QK^T and PV), one dispatch a layer whatever the
 /// chunk's position (the position and the keys' count are runtime parameters of the design). Decode's
 /// projections are GEMVs, bound by host transfers on the NPU: the design estimates put a Llama-3.2-1B step
 /// at >= 84 ms there with bf16 weights and >= 53 ms with the int8 GEMV (docs/npu.md), several times what the
-/// 780M's memory bandwidth allows, so decode stays off the NPU. The prefill designs take bf16 weights and add
-/// no bias, and the LM head over the kept rows (usually one) is a GEMV too. The norms, RoPE and GLU have NPU
-/// designs, but each would be a dispatch of its own between the CPU's steps; they move to the NPU once a design
-/// covers a whole layer per dispatch.
+/// 780M's memory bandwidth allows, so decode stays off the NPU (the table has no decode rows for it). The
+/// prefill designs take bf16 weights and add no bias, and the LM head over the kept rows (usually one) is a
+/// GEMV too. The norms, RoPE and GLU have NPU designs, but each would be a dispatch of its own between the
+/// CPU's steps; they move to the NPU once a design covers a whole layer per dispatch.
 pub fn phoenix_device(module: &Module, g: &Graph, n: NodeId) -> Device {
-    if let Op::Attention { num_heads, num_kv_heads, head_dim, .. } = g.g[n].op {
-        let prefill = g.phase == Phase::Prefill && g.g[n].ty.row_dim() == Dim::Seq;
-        let keys = unicorn_ir::npu::attention_max_keys(module.spec.max_context as u64, module.spec.prefill_chunk());
-        let placed = npu_attention_placed(num_heads, num_kv_heads, head_dim, keys);
-        return if prefill && placed { Device::Npu } else { Device::Cpu };
-    }
-    let on_npu = |m: NodeId| {
-        let node = &g.g[m];
-        matches!(&node.op, Op::MatMul { weight, bias: None }
-            if g.phase == Phase::Prefill
-                && node.ty.row_dim() == Dim::Seq
-                && module.weight(*weight).format == WeightFormat::Bf16)
+    let npu = |m: NodeId| capable(PHOENIX_CAPABILITIES, Device::Npu, module, g, m).is_some();
+    let rule = match g.g[n].op {
+        Op::MatMul { .. } => {
+            g.users(g.inputs(n)[0]).into_iter().filter(|&m| matches!(g.g[m].op, Op::MatMul { .. })).all(npu)
+        }
+        Op::Attention { .. } => plan_keys(module) <= NPU_ATTENTION_MAX_KEYS,
+        _ => true,
     };
-    let siblings = || g.users(g.inputs(n)[0]).into_iter().filter(|&m| matches!(g.g[m].op, Op::MatMul { .. }));
-    if on_npu(n) && siblings().all(on_npu) {
+    if npu(n) && rule {
         Device::Npu
     } else {
         Device::Cpu
@@ -140,8 +219,20 @@ pub fn place(module: &mut Module, target: Target) -> Result<String, PassError> {
 
 #[cfg(test)]
 mod tests {
-    use super::npu_attention_covers;
+    use super::{npu_attention_covers, PHOENIX_CAPABILITIES};
     use unicorn_ir::npu::attention_max_keys;
+
+    /// docs/npu.md shows the Phoenix capability table as the code has it, row for row.
+    #[test]
+    fn the_docs_show_the_capability_table() {
+        let docs = include_str!("../../docs/npu.md");
+        for c in PHOENIX_CAPABILITIES {
+            let phases: Vec<String> = c.phases.iter().map(|p| p.to_string()).collect();
+            let row =
+                format!("| {} | `{}` | {} | {} | {} |", c.device, c.op, phases.join(", "), c.kernel, c.conditions);
+            assert!(docs.contains(&row), "docs/npu.md lacks the row\n{row}");
+        }
+    }
 
     /// Llama-3.2-1B's and Llama-3.1-8B's attention (32 heads of 64 and of 128 over 8) is covered over their
     /// whole context of 131,072 in chunks of 512, and on to the last key count whose rounds' transfers keep

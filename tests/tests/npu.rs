@@ -204,16 +204,22 @@ fn phoenix_plans_put_prefill_projections_on_the_npu() {
     }
 }
 
+/// Fixture `name`'s module after the Phoenix target's passes (placed, not lowered).
+fn phoenix_module(name: &str) -> unicorn_ir::Module {
+    let ck = unicorn_compiler::frontend::Checkpoint::open(&fixtures_dir().join(name), None).unwrap();
+    let mut module = unicorn_compiler::build::build_module(&ck).unwrap();
+    let options = unicorn_passes::Options { target: Target::Phoenix, weights: WeightFormat::Bf16 };
+    unicorn_passes::pipeline(&mut module, &options).unwrap();
+    module
+}
+
 /// The placement rule puts a layer's projections of one operand on the NPU together or not at all: with one
 /// layer's k_proj in a format the NPU designs do not take, that layer's q, k and v all stay on the CPU, while
 /// its o, gate, up and down and every other layer's projections are on the NPU.
 #[test]
 fn projections_of_one_operand_are_placed_on_the_npu_together_or_not_at_all() {
     use unicorn_ir::{Device, Module, Op};
-    let ck = unicorn_compiler::frontend::Checkpoint::open(&fixtures_dir().join("llama_gqa"), None).unwrap();
-    let mut module = unicorn_compiler::build::build_module(&ck).unwrap();
-    let options = unicorn_passes::Options { target: Target::Phoenix, weights: WeightFormat::Bf16 };
-    unicorn_passes::pipeline(&mut module, &options).unwrap();
+    let mut module = phoenix_module("llama_gqa");
     // Each prefill projection of a layer by its weight's name, and its device.
     let placed = |module: &Module| -> Vec<(String, Device)> {
         let g = module.graph(Phase::Prefill).unwrap();
@@ -492,5 +498,50 @@ fn forged_npu_attention_kernels_and_launches_are_refused_in_one_line() {
         let out = run("unicorn-rt", &[bad.to_str().unwrap(), "--device", "npu-emu", "--tokens", "1,2,3"]);
         let err = assert_one_line_error(&out, want);
         assert!(err.contains("forged_attention"), "names the plan: {err}");
+    }
+}
+
+/// The capability table against real graphs (Qwen2's: biases on q, k and v): in prefill the NPU takes the
+/// bias-free projections and attention, not the biased q / k / v nor the LM head (its kept rows are not a row
+/// per token), nor any norm, RoPE or GLU; in decode nothing; every node has the CPU. With its context past what
+/// the attention design's transfers take, attention loses its NPU row.
+#[test]
+fn the_capability_table_admits_what_the_npu_designs_take() {
+    use unicorn_ir::{Device, Op};
+    use unicorn_passes::{capable, PHOENIX_CAPABILITIES};
+    let mut module = phoenix_module("qwen2_bias");
+    let layers = module.spec.num_layers;
+    for g in &module.graphs {
+        let mut admitted = std::collections::BTreeMap::<String, usize>::new();
+        for n in g.g.node_indices() {
+            assert!(capable(PHOENIX_CAPABILITIES, Device::Cpu, &module, g, n).is_some(), "{}", g.g[n].op.name());
+            if capable(PHOENIX_CAPABILITIES, Device::Npu, &module, g, n).is_some() {
+                let what = match &g.g[n].op {
+                    Op::MatMul { weight, bias } => {
+                        assert!(bias.is_none(), "{}", module.weight(*weight).name);
+                        let name = &module.weight(*weight).name;
+                        name.rsplit('.').nth(1).unwrap().to_string()
+                    }
+                    op => op.name().to_string(),
+                };
+                *admitted.entry(what).or_default() += 1;
+                // The rule places what the table admits here (no operand shares a matmul with a biased one).
+                assert_eq!(g.g[n].device, Device::Npu);
+            }
+        }
+        let want: Vec<(String, usize)> = match g.phase {
+            Phase::Prefill => ["attention", "down_proj", "gate_proj", "o_proj", "up_proj"]
+                .iter()
+                .map(|w| (w.to_string(), layers))
+                .collect(),
+            Phase::Decode => Vec::new(),
+        };
+        assert_eq!(admitted.into_iter().collect::<Vec<_>>(), want, "{}", g.phase);
+    }
+    // A context whose keys the attention design's transfers cannot take: no NPU row for attention.
+    module.spec.max_context = 1 << 31;
+    let g = module.graph(Phase::Prefill).unwrap();
+    for n in g.g.node_indices().filter(|&n| matches!(g.g[n].op, Op::Attention { .. })) {
+        assert!(capable(PHOENIX_CAPABILITIES, Device::Npu, &module, g, n).is_none());
     }
 }
