@@ -2,9 +2,10 @@
 //! external kernel object: each [`CoreBody`] step becomes one `func.func` over flat memrefs of the buffers it
 //! acquires, computing exactly what the emulator computes — the same loops, the same order of f32 sums, bf16
 //! operands widened to f32. The matrix bodies are written on vectors: the GEMM's 4 x 8 x 4 block products as
-//! `vector.contract`s (what mlir-aie lowers to the AIE2 mmul), the GEMVs' rows in chunks of 32 lanes; the
-//! row-wise and attention bodies are scalar loops. The functions verify as standalone MLIR (LLVM 19's), and the
-//! tests lower them to LLVM and run them on the CPU against the emulator's arithmetic.
+//! `vector.contract`s (what mlir-aie lowers to the AIE2 mmul), the GEMVs' rows in chunks of 32 lanes, attention's
+//! scores and PV over a head's dimensions in vectors of up to 16; the softmax and the row-wise bodies are scalar
+//! loops. The functions verify as standalone MLIR (LLVM 19's), and the tests lower them to LLVM and run them on
+//! the CPU against the emulator's arithmetic.
 //!
 //! The aie / aiex structure around them (tiles, objectfifos, links, cores, the runtime sequence) is [`super::aie`].
 
@@ -273,6 +274,10 @@ fn matmul_body(s: &mut String, (m, k, n, bt): (u64, u64, u64, bool), (na, nb, nc
 /// saw no key).
 fn attention_body(name: &str, q_rows: u64, keys: u64, hd: u64, window: u64, scale: f32) -> String {
     let (nq, nkv, no) = (q_rows * hd, 2 * keys * hd, q_rows * hd);
+    // A head's dimensions in vectors of `lanes`: the largest power of two that divides it, at most 16 (one
+    // 512-bit register of f32).
+    let lanes = 1u64 << hd.trailing_zeros().min(4);
+    let (vb, vf) = (format!("vector<{lanes}xbf16>"), format!("vector<{lanes}xf32>"));
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -283,9 +288,12 @@ fn attention_body(name: &str, q_rows: u64, keys: u64, hd: u64, window: u64, scal
          \x20   %qn = arith.constant {q_rows} : index\n\
          \x20   %kn = arith.constant {keys} : index\n\
          \x20   %hd = arith.constant {hd} : index\n\
+         \x20   %lanes = arith.constant {lanes} : index\n\
+         \x20   %hdc = arith.constant {} : index\n\
          \x20   %vals = arith.constant {} : index\n\
          \x20   %win = arith.constant {window} : index\n\
          \x20   %zero = arith.constant 0x00000000 : f32\n\
+         \x20   %zerov = arith.constant dense<0.0> : {vf}\n\
          \x20   %ninf = arith.constant 0xFF800000 : f32\n\
          \x20   %scale = arith.constant 0x{:08X} : f32\n\
          \x20   %s = memref.alloca() : memref<{keys}xf32>\n\
@@ -327,15 +335,16 @@ fn attention_body(name: &str, q_rows: u64, keys: u64, hd: u64, window: u64, scal
          \x20         %seen2 = arith.andi %seen0, %seen1 : i1\n\
          \x20         %seen = arith.andi %seen2, %real : i1\n\
          \x20         %krow = arith.muli %j, %hd : index\n\
-         \x20         %dot = scf.for %d = %i0 to %hd step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
+         \x20         %dot = scf.for %dc = %i0 to %hdc step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
+         \x20           %d = arith.muli %dc, %lanes : index\n\
          \x20           %qi = arith.addi %qrow, %d : index\n\
          \x20           %ki = arith.addi %krow, %d : index\n\
-         \x20           %qh = memref.load %q[%qi] : memref<{nq}xbf16>\n\
-         \x20           %kh = memref.load %kv[%ki] : memref<{nkv}xbf16>\n\
-         \x20           %qf = arith.extf %qh : bf16 to f32\n\
-         \x20           %kf = arith.extf %kh : bf16 to f32\n\
-         \x20           %prod = arith.mulf %qf, %kf : f32\n\
-         \x20           %next = arith.addf %acc, %prod : f32\n\
+         \x20           %qh = vector.load %q[%qi] : memref<{nq}xbf16>, {vb}\n\
+         \x20           %kh = vector.load %kv[%ki] : memref<{nkv}xbf16>, {vb}\n\
+         \x20           %qf = arith.extf %qh : {vb} to {vf}\n\
+         \x20           %kf = arith.extf %kh : {vb} to {vf}\n\
+         \x20           %prod = arith.mulf %qf, %kf : {vf}\n\
+         \x20           %next = vector.reduction <add>, %prod, %acc : {vf} into f32\n\
          \x20           scf.yield %next : f32\n\
          \x20         }}\n\
          \x20         %scaled = arith.mulf %dot, %scale : f32\n\
@@ -360,25 +369,28 @@ fn attention_body(name: &str, q_rows: u64, keys: u64, hd: u64, window: u64, scal
          \x20         %lc = arith.mulf %l0, %corr : f32\n\
          \x20         %ln = arith.addf %lc, %psum : f32\n\
          \x20         memref.store %ln, %l[%r] : memref<{q_rows}xf32>\n\
-         \x20         scf.for %d = %i0 to %hd step %i1 {{\n\
-         \x20           %pv = scf.for %j = %i0 to %kn step %i1 iter_args(%acc = %zero) -> (f32) {{\n\
+         \x20         %corrv = vector.broadcast %corr : f32 to {vf}\n\
+         \x20         scf.for %dc = %i0 to %hdc step %i1 {{\n\
+         \x20           %d = arith.muli %dc, %lanes : index\n\
+         \x20           %pv = scf.for %j = %i0 to %kn step %i1 iter_args(%acc = %zerov) -> ({vf}) {{\n\
          \x20             %e = memref.load %s[%j] : memref<{keys}xf32>\n\
          \x20             %eh = arith.truncf %e : f32 to bf16\n\
          \x20             %eb = arith.extf %eh : bf16 to f32\n\
+         \x20             %ev = vector.broadcast %eb : f32 to {vf}\n\
          \x20             %vrow = arith.muli %j, %hd : index\n\
          \x20             %vat0 = arith.addi %vals, %vrow : index\n\
          \x20             %vat = arith.addi %vat0, %d : index\n\
-         \x20             %vh = memref.load %kv[%vat] : memref<{nkv}xbf16>\n\
-         \x20             %vf = arith.extf %vh : bf16 to f32\n\
-         \x20             %prod = arith.mulf %eb, %vf : f32\n\
-         \x20             %next = arith.addf %acc, %prod : f32\n\
-         \x20             scf.yield %next : f32\n\
+         \x20             %vh = vector.load %kv[%vat] : memref<{nkv}xbf16>, {vb}\n\
+         \x20             %vf = arith.extf %vh : {vb} to {vf}\n\
+         \x20             %prod = arith.mulf %ev, %vf : {vf}\n\
+         \x20             %next = arith.addf %acc, %prod : {vf}\n\
+         \x20             scf.yield %next : {vf}\n\
          \x20           }}\n\
          \x20           %oi = arith.addi %qrow, %d : index\n\
-         \x20           %o0 = memref.load %o[%oi] : memref<{no}xf32>\n\
-         \x20           %oc = arith.mulf %o0, %corr : f32\n\
-         \x20           %on = arith.addf %oc, %pv : f32\n\
-         \x20           memref.store %on, %o[%oi] : memref<{no}xf32>\n\
+         \x20           %o0 = vector.load %o[%oi] : memref<{no}xf32>, {vf}\n\
+         \x20           %oc = arith.mulf %o0, %corrv : {vf}\n\
+         \x20           %on = arith.addf %oc, %pv : {vf}\n\
+         \x20           vector.store %on, %o[%oi] : memref<{no}xf32>, {vf}\n\
          \x20         }}\n\
          \x20         memref.store %mx, %m[%r] : memref<{q_rows}xf32>\n\
          \x20       }}\n\
@@ -403,6 +415,7 @@ fn attention_body(name: &str, q_rows: u64, keys: u64, hd: u64, window: u64, scal
          \x20   }}\n\
          \x20   return\n\
          }}",
+        hd / lanes,
         keys * hd,
         scale.to_bits()
     );
@@ -844,7 +857,8 @@ pub(crate) mod bodies {
         (a, bv, c)
     }
 
-    /// The attention body of the JIT tests: blocks of 4 rows, tiles of 8 keys, heads of 16, with `window`.
+    /// The attention body of the JIT tests: blocks of 4 rows, tiles of 8 keys, with `window`; heads of 16
+    /// without a window (one vector of 16 lanes a row of a tile), of 12 with one (three of 4 lanes).
     pub(crate) fn attention(window: u64) -> CoreBody {
         let rounds = AttentionRounds {
             rows: 4,
@@ -857,7 +871,8 @@ pub(crate) mod bodies {
             scale: 0.3,
             column: 0,
         };
-        CoreBody::Attention { q_rows: 4, keys: 8, head_dim: 16, rounds, slot: 0 }
+        let head_dim = if window == 0 { 16 } else { 12 };
+        CoreBody::Attention { q_rows: 4, keys: 8, head_dim, rounds, slot: 0 }
     }
 
     /// The runtime values and first row of the JIT tests' attention blocks, `(q0, kv_len, row0)`: rows at 9..13
