@@ -227,8 +227,9 @@ fn gemv_load(out: &mut String, format: WeightFormat, arg: usize) {
     let _ = write!(out, "void gemv_load(uint n0, uint i, out uvec4 wv[{nw}]) {{\n\x20 {body}}}\n");
 }
 
-/// `void gemv_mul(uvec4 wv[NW], float xv[8], inout float acc[8])`: step `i`'s weight words ([`gemv_load`])
-/// times the eight elements of `x` that [`gemv_column`] names, added into the sums of the eight rows.
+/// `void gemv_mul_<format>(uvec4 wv[NW], float xv[8], inout float acc[8])`: step `i`'s weight words
+/// ([`gemv_load`]) times the eight elements of `x` that [`gemv_column`] names, added into the sums of the eight
+/// rows. It reads no binding, so one serves every matrix of its format in a launch ([`gemv_muls`]).
 fn gemv_mul(out: &mut String, format: WeightFormat) {
     let row_scale = "vec2 d2 = unpackHalf2x16(wv[0][r / 2u]); float d = (r & 1u) == 0u ? d2.x : d2.y;";
     let body = match format {
@@ -270,8 +271,8 @@ fn gemv_mul(out: &mut String, format: WeightFormat) {
             )
         }
     };
-    let nw = gemv_words(format);
-    let _ = write!(out, "void gemv_mul(uvec4 wv[{nw}], float xv[8], inout float acc[8]) {{\n\x20 {body}}}\n");
+    let (nw, f) = (gemv_words(format), format.name());
+    let _ = write!(out, "void gemv_mul_{f}(uvec4 wv[{nw}], float xv[8], inout float acc[8]) {{\n\x20 {body}}}\n");
 }
 
 /// Bytes of weights a thread of the single-row path loads per batch of steps ([`gemv_walk`]).
@@ -306,20 +307,18 @@ fn gemv_walk(members: &[(usize, WeightFormat, &str)], k: u64, lanes: u64, dot: b
         let nw = gemv_words(format);
         let _ = writeln!(decls, "\x20 uvec4 wv{m}[{ahead}][{nw}];");
         let _ = write!(loads, " gemv_load{m}(n0, i, wv{m}[u]);");
+        let f = format.name();
         let mul = if dot {
-            format!("gemv_dot_mul{m}(i, wv{m}[u], {acc});")
+            format!("gemv_dot_mul_{f}(i, wv{m}[u], {acc});")
         } else {
-            format!("gemv_mul{m}(wv{m}[u], xv, {acc});")
+            format!("gemv_mul_{f}(wv{m}[u], xv, {acc});")
         };
         let _ = writeln!(muls, "\x20     {mul}");
     }
     let (stage, xv) = if dot {
         ("  float xsum = stage_x(xr, t);\n".to_string(), String::new())
     } else {
-        (
-            gemv_x_aligned(norm).to_string(),
-            format!("\x20   {}", gemv_x(members[0].1, norm).replace("\n\x20   ", "\n\x20     ")),
-        )
+        (gemv_x_aligned(norm).to_string(), gemv_x(members[0].1, norm))
     };
     format!(
         "\x20 bool live = n0 < N{first};\n\
@@ -365,8 +364,9 @@ fn gemv_x_aliases(out: &mut String, norm: bool) {
     }
 }
 
-/// The statements of a single-row step that fill `float xv[8]` with step `i`'s eight elements of the row of `x`
-/// at `xr` (scaled by the fused norm's weight, their squares summed into `ss`, where `norm`). Where the row
+/// The statements (at the indentation of [`gemv_walk`]'s steps) of a single-row step that fill `float xv[8]`
+/// with step `i`'s eight elements of the row of `x` at `xr` (scaled by the fused norm's weight, their squares
+/// summed into `ss`, where `norm`). Where the row
 /// and the norm weight start on 16-byte boundaries (`xw`, set once per row by [`gemv_x_aligned`]), as two
 /// 16-byte loads each: eight scalar loads whose threads sit 32 bytes apart cost the load unit four times the
 /// transactions of the weight loads they feed. Otherwise element by element. The same sums either way but
@@ -376,23 +376,23 @@ fn gemv_x(format: WeightFormat, norm: bool) -> String {
     let col = gemv_column(format);
     let (wide, narrow) = if norm {
         (
-            "\x20     ss += dot(xa, xa) + dot(xb, xb);\n\
-             \x20     xa *= g4[(pc.base[1] + c0) / 4u] + UNIT; xb *= g4[(pc.base[1] + c1) / 4u] + UNIT;\n",
+            "\x20       ss += dot(xa, xa) + dot(xb, xb);\n\
+             \x20       xa *= g4[(pc.base[1] + c0) / 4u] + UNIT; xb *= g4[(pc.base[1] + c1) / 4u] + UNIT;\n",
             "float xe = x[xr + c]; ss += xe * xe; xv[e] = xe * (g[pc.base[1] + c] + UNIT);",
         )
     } else {
         ("", "xv[e] = x[xr + c];")
     };
     format!(
-        "float xv[8];\n\
-         \x20   if (xw) {{\n\
-         \x20     uint c0 = {c0}, c1 = {c1};\n\
-         \x20     vec4 xa = x4[(xr + c0) / 4u], xb = x4[(xr + c1) / 4u];\n\
+        "\x20     float xv[8];\n\
+         \x20     if (xw) {{\n\
+         \x20       uint c0 = {c0}, c1 = {c1};\n\
+         \x20       vec4 xa = x4[(xr + c0) / 4u], xb = x4[(xr + c1) / 4u];\n\
          {wide}\
-         \x20     for (uint e = 0u; e < 4u; e++) {{ xv[e] = xa[e]; xv[4u + e] = xb[e]; }}\n\
-         \x20   }} else {{\n\
-         \x20     for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {narrow} }}\n\
-         \x20   }}\n"
+         \x20       for (uint e = 0u; e < 4u; e++) {{ xv[e] = xa[e]; xv[4u + e] = xb[e]; }}\n\
+         \x20     }} else {{\n\
+         \x20       for (uint e = 0u; e < 8u; e++) {{ uint c = {col}; {narrow} }}\n\
+         \x20     }}\n"
     )
 }
 
@@ -651,8 +651,8 @@ fn gemv_dot_mul(out: &mut String, format: WeightFormat) {
         ),
         _ => unreachable!("the integer-dot path takes quantized weights"),
     };
-    let nw = gemv_words(format);
-    let _ = write!(out, "void gemv_dot_mul(uint i, uvec4 wv[{nw}], inout float acc[8]) {{\n\x20 {body}}}\n");
+    let (nw, f) = (gemv_words(format), format.name());
+    let _ = write!(out, "void gemv_dot_mul_{f}(uint i, uvec4 wv[{nw}], inout float acc[8]) {{\n\x20 {body}}}\n");
 }
 
 impl MatPath {
@@ -1154,11 +1154,10 @@ pub fn matmul_group(
 ) -> String {
     assert!(!residual || (members.len() == 1 && norm.is_none()), "a residual epilogue follows one matmul alone");
     let mut s = String::new();
-    let kernel = mat_kernel(members, k, path, false);
-    let gemv = matches!(kernel, MatKernel::Gemv { .. });
-    let dot = matches!(kernel, MatKernel::Gemv { dot: true, .. });
-    let sg = matches!(kernel, MatKernel::Gemv { sg: true, .. });
-    let coop = kernel == MatKernel::Gemm { coop: true };
+    let (gemv, dot, sg, coop) = match mat_kernel(members, k, path, false) {
+        MatKernel::Gemv { dot, sg } => (true, dot, sg, false),
+        MatKernel::Gemm { coop } => (false, false, false, coop),
+    };
     matmul_prologue(&mut s, k, dot, sg, coop);
     let groups = gemv_groups(members);
     let tile_n = if gemv {
@@ -1196,6 +1195,9 @@ pub fn matmul_group(
     if gemv && !dot {
         gemv_x_aliases(&mut s, norm.is_some());
     }
+    if gemv {
+        gemv_muls(&mut s, members, dot);
+    }
     let sums = if norm.is_some() { 9 } else { 8 };
     let mut first_tile = 0;
     let mut dispatch = String::new();
@@ -1224,7 +1226,7 @@ pub fn matmul_group(
             f32_buffer(&mut s, y + 3, "sum", "");
         }
         def_uint(&mut s, &format!("N{m}"), mm.n);
-        member_readers(&mut s, m, mm, w, k, gemv, dot);
+        member_readers(&mut s, m, mm, w, k, gemv);
         if gemv {
             let walk = gemv_walk(&[(m, mm.format, "acc")], k, MATMUL_THREADS as u64 / groups, dot, norm.is_some());
             let gemv_store = store(&format!("j * N{m} + n"), &format!("gsum(at, l){gemv_inv}{add_bias}"));
@@ -1279,9 +1281,25 @@ fn norm_bindings(s: &mut String, norm: Option<NormPrologue>) -> usize {
     4
 }
 
+/// The single-row path's step functions of a launch over `members`: [`gemv_mul`] (or [`gemv_dot_mul`] with
+/// `dot`) once for each format among them.
+fn gemv_muls(s: &mut String, members: &[MatMember], dot: bool) {
+    let mut done: Vec<WeightFormat> = Vec::new();
+    for mm in members {
+        if !done.contains(&mm.format) {
+            done.push(mm.format);
+            if dot {
+                gemv_dot_mul(s, mm.format);
+            } else {
+                gemv_mul(s, mm.format);
+            }
+        }
+    }
+}
+
 /// The member readers [`matmul_group`] and [`matmul_glu`] generate for matrix `m` bound at `w`: the
-/// single-matrix templates' functions, renamed for it.
-fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, gemv: bool, dot: bool) {
+/// single-matrix templates' functions that read its binding, renamed for it.
+fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, gemv: bool) {
     if gemv {
         // The same binding as 16-byte words, for the wide loads of `gemv_load`.
         let _ = writeln!(s, "layout(std430, binding = {w}) readonly buffer B{w}x16 {{ uvec4 w{m}_4[]; }};");
@@ -1290,11 +1308,6 @@ fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, ge
     weight_element(&mut f, mm.format, w);
     if gemv {
         gemv_load(&mut f, mm.format, w);
-        if dot {
-            gemv_dot_mul(&mut f, mm.format);
-        } else {
-            gemv_mul(&mut f, mm.format);
-        }
     } else {
         gemm_w_loader(&mut f, mm.format, w, k);
     }
@@ -1303,8 +1316,6 @@ fn member_readers(s: &mut String, m: usize, mm: &MatMember, w: usize, k: u64, ge
             .replace("w[", &format!("w{m}["))
             .replace("w_elem(", &format!("w{m}_elem("))
             .replace("gemv_load(", &format!("gemv_load{m}("))
-            .replace("gemv_mul(", &format!("gemv_mul{m}("))
-            .replace("gemv_dot_mul(", &format!("gemv_dot_mul{m}("))
             .replace("wload(", &format!("wload{m}("))
             .replace("wstore(", &format!("wstore{m}("))
             .replace("N_ROWS", &format!("N{m}")),
@@ -1343,7 +1354,7 @@ pub fn matmul_glu(
         def_uint(&mut s, "SHARED_BYTES", dot_shared_bytes(k, 17));
         s.push_str(&dot_stage(norm.is_some()));
     }
-    let (bias, out) = glu_bindings(&mut s, &members, binding, k, true, dot);
+    let (bias, out) = glu_bindings(&mut s, &members, binding, k, true);
     let inv = if dot && norm.is_some() {
         " * (1.0 / sqrt(xsum / float(K) + EPS))"
     } else if norm.is_some() {
@@ -1354,6 +1365,7 @@ pub fn matmul_glu(
     if !dot {
         gemv_x_aliases(&mut s, norm.is_some());
     }
+    gemv_muls(&mut s, &members, dot);
     let glu = glu_of(act);
     let (b0, b1) = (&bias[0], &bias[1]);
     let walk = gemv_walk(
@@ -1398,7 +1410,6 @@ fn glu_bindings(
     mut binding: usize,
     k: u64,
     gemv: bool,
-    dot: bool,
 ) -> ([String; 2], usize) {
     let mut bias = [String::new(), String::new()];
     for (m, mm) in members.iter().enumerate() {
@@ -1411,7 +1422,7 @@ fn glu_bindings(
         f32_buffer(s, y, &format!("y{m}"), "readonly");
         binding = y + 1;
         def_uint(s, &format!("N{m}"), mm.n);
-        member_readers(s, m, mm, w, k, gemv, dot);
+        member_readers(s, m, mm, w, k, gemv);
     }
     f32_buffer(s, binding, "ga", "readonly");
     f32_buffer(s, binding + 1, "ua", "readonly");
@@ -1470,7 +1481,7 @@ fn tiled_glu(members: [MatMember; 2], k: u64, norm: Option<NormPrologue>, act: A
     tiled_shared(&mut s, coop.then_some(outs));
     def_uint(&mut s, "HALF", outs / 2);
     let binding = norm_bindings(&mut s, norm);
-    let (bias, out) = glu_bindings(&mut s, &members, binding, k, false, false);
+    let (bias, out) = glu_bindings(&mut s, &members, binding, k, false);
     let (g, u) =
         if coop { ("cs[rr * CSTR + oc]", "cs[rr * CSTR + HALF + oc]") } else { ("acc[i][j]", "acc[i][j + 2u]") };
     let store = format!(
