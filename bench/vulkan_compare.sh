@@ -48,13 +48,8 @@ results="$out/results.jsonl"
 mkdir -p "$work/peer" "$work/conv" "$work/ckpt"
 : >"$results"
 
-say() { echo "== $*" | tee -a "$log" >&2; }
-# run LABEL CMD...: run a command, its output to the log; fails the step, not the script.
-run() {
-    local label="$1"; shift
-    say "$label: $*"
-    "$@" >>"$log" 2>&1 || { say "$label FAILED (exit $?)"; return 1; }
-}
+# shellcheck source=bench/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 device="${DEVICE:-vulkan}"
 case "$device" in
