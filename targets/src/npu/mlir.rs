@@ -186,78 +186,120 @@ const GEMV_LANES: u64 = 32;
 
 /// The GEMM body, `C += A B` over the mmul's blocks: A in 4 x 8 blocks and B in 8 x 4 blocks (with `bt`, B
 /// transposed in 4 x 8 blocks like A), each block row-major, blocks row after row; C (`m x n` f32) row-major.
-/// Each 4 x 4 block of C is kept as a `vector<4x4xf32>` across the blocks of `k`: per block, A's and B's 32
-/// bf16 are loaded as one vector each, widened, B's transposed where it comes transposed, and folded in by a
-/// `vector.contract` — the form mlir-aie's `convert-vector-to-aievec` (aie2) maps onto the bf16 mmul
-/// (`aievec.matmul` of 4x8 by 8x4 into 4x4 f32, and `aievec.shuffle` for the transpose). Each output's eight
-/// products of a block are summed from 0 in order and then added to it (what LLVM's lowering of the
-/// contraction computes, and the emulator's order).
+/// C is taken in groups of up to 2 x 2 of its 4 x 4 blocks (two where the blocks along a side are even in
+/// number, else one), each block kept as a `vector<4x4xf32>` across the blocks of `k`: per block of `k`, the
+/// group's blocks of A and of B are loaded once each (32 bf16 as one vector), widened, B's transposed where it
+/// comes transposed, and every pair folded into its accumulator by a `vector.contract` — the form mlir-aie's
+/// `convert-vector-to-aievec` (aie2) maps onto the bf16 mmul (`aievec.matmul` of 4x8 by 8x4 into 4x4 f32, and
+/// `aievec.shuffle` for the transpose), with four mmuls for four block loads where one block alone would take
+/// eight. Each output's eight products of a block are summed from 0 in order and then added to it (what LLVM's
+/// lowering of the contraction computes, and the emulator's order), whatever the grouping.
 fn matmul_body(s: &mut String, (m, k, n, bt): (u64, u64, u64, bool), (na, nb, nc): (u64, u64, u64)) {
     assert!(
         m.is_multiple_of(4) && k.is_multiple_of(8) && n.is_multiple_of(4),
         "a GEMM body is whole 4 x 8 x 4 blocks: {m} x {k} x {n}"
     );
-    for (v, x) in [("mq", m / 4), ("nq", n / 4), ("kb", k / 8), ("n", n), ("i2", 2), ("i3", 3), ("i4", 4), ("i32", 32)]
-    {
+    let (mq, nq) = (m / 4, n / 4);
+    // The group: `gr` blocks of rows by `gc` blocks of columns.
+    let (gr, gc) = (if mq.is_multiple_of(2) { 2 } else { 1 }, if nq.is_multiple_of(2) { 2 } else { 1 });
+    for (v, x) in [("mq", mq), ("nq", nq), ("kb", k / 8), ("n", n), ("gr", gr), ("gc", gc), ("i4", 4), ("i32", 32)] {
         let _ = writeln!(s, "    %{v} = arith.constant {x} : index");
     }
+    for i in 2..4 {
+        let _ = writeln!(s, "    %i{i} = arith.constant {i} : index");
+    }
     let (f4x4, f4, c) = ("vector<4x4xf32>", "vector<4xf32>", format!("memref<{nc}xf32>"));
+    let blocks: Vec<(u64, u64)> = (0..gr).flat_map(|a| (0..gc).map(move |b| (a, b))).collect();
     let _ = write!(
         s,
-        "    scf.for %rq = %i0 to %mq step %i1 {{\n\
-         \x20     scf.for %cq = %i0 to %nq step %i1 {{\n\
-         \x20       %r0 = arith.muli %rq, %i4 : index\n\
-         \x20       %col = arith.muli %cq, %i4 : index\n\
-         \x20       %acc_0 = arith.constant dense<0.0> : {f4x4}\n"
+        "    scf.for %rq = %i0 to %mq step %gr {{\n\
+         \x20     scf.for %cq = %i0 to %nq step %gc {{\n\
+         \x20       %zero = arith.constant dense<0.0> : {f4x4}\n"
     );
-    // C's block, as four rows of four.
-    for i in 0..4 {
+    // Each block of the group's C, as four rows of four: block (a, b) is `%acc{a}{b}_4`.
+    for &(a, b) in &blocks {
         let _ = write!(
             s,
-            "        %cr{i} = arith.addi %r0, %i{i} : index\n\
-             \x20       %co{i}_ = arith.muli %cr{i}, %n : index\n\
-             \x20       %co{i} = arith.addi %co{i}_, %col : index\n\
-             \x20       %crow{i} = vector.load %c[%co{i}] : {c}, {f4}\n\
-             \x20       %acc_{} = vector.insert %crow{i}, %acc_{i} [{i}] : {f4} into {f4x4}\n",
-            i + 1
+            "        %rb{a}{b} = arith.addi %rq, %i{a} : index\n\
+             \x20       %r{a}{b} = arith.muli %rb{a}{b}, %i4 : index\n\
+             \x20       %cb{a}{b} = arith.addi %cq, %i{b} : index\n\
+             \x20       %col{a}{b} = arith.muli %cb{a}{b}, %i4 : index\n"
+        );
+        for i in 0..4 {
+            let prev = if i == 0 { "%zero".to_string() } else { format!("%acc{a}{b}_{i}") };
+            let _ = write!(
+                s,
+                "        %cr{a}{b}{i} = arith.addi %r{a}{b}, %i{i} : index\n\
+                 \x20       %co{a}{b}{i}_ = arith.muli %cr{a}{b}{i}, %n : index\n\
+                 \x20       %co{a}{b}{i} = arith.addi %co{a}{b}{i}_, %col{a}{b} : index\n\
+                 \x20       %crow{a}{b}{i} = vector.load %c[%co{a}{b}{i}] : {c}, {f4}\n\
+                 \x20       %acc{a}{b}_{} = vector.insert %crow{a}{b}{i}, {prev} [{i}] : {f4} into {f4x4}\n",
+                i + 1
+            );
+        }
+    }
+    let iters: Vec<String> = blocks.iter().map(|(a, b)| format!("%s{a}{b} = %acc{a}{b}_4")).collect();
+    let types = vec![f4x4; blocks.len()].join(", ");
+    let sums: Vec<String> = blocks.iter().map(|(a, b)| format!("%sum{a}{b}")).collect();
+    let _ = writeln!(
+        s,
+        "        {} = scf.for %kq = %i0 to %kb step %i1 iter_args({}) -> ({types}) {{",
+        if blocks.len() == 1 { sums[0].clone() } else { format!("%sum:{}", blocks.len()) },
+        iters.join(", ")
+    );
+    // A's blocks (row block rq + a, kq) and B's (kq, column block cq + b), or transposed (cq + b, kq).
+    for a in 0..gr {
+        let _ = write!(
+            s,
+            "          %ab{a}_ = arith.muli %rb{a}0, %kb : index\n\
+             \x20         %ab{a} = arith.addi %ab{a}_, %kq : index\n\
+             \x20         %ao{a} = arith.muli %ab{a}, %i32 : index\n\
+             \x20         %av{a} = vector.load %a[%ao{a}] : memref<{na}xbf16>, vector<32xbf16>\n\
+             \x20         %am{a} = vector.shape_cast %av{a} : vector<32xbf16> to vector<4x8xbf16>\n\
+             \x20         %af{a} = arith.extf %am{a} : vector<4x8xbf16> to vector<4x8xf32>\n"
         );
     }
-    // B's block: (kq, cq) of n / 4 blocks a block row, or transposed, (cq, kq) of k / 8.
-    let (outer, inner, blocks) = if bt { ("%cq", "%kq", "%kb") } else { ("%kq", "%cq", "%nq") };
-    let b_block = if bt {
-        "          %bt = vector.shape_cast %bv : vector<32xbf16> to vector<4x8xbf16>\n\
-         \x20         %bm = vector.transpose %bt, [1, 0] : vector<4x8xbf16> to vector<8x4xbf16>\n"
-    } else {
-        "          %bm = vector.shape_cast %bv : vector<32xbf16> to vector<8x4xbf16>\n"
-    };
-    let _ = write!(
-        s,
-        "        %sum = scf.for %kq = %i0 to %kb step %i1 iter_args(%acc = %acc_4) -> ({f4x4}) {{\n\
-         \x20         %ab0 = arith.muli %rq, %kb : index\n\
-         \x20         %ab = arith.addi %ab0, %kq : index\n\
-         \x20         %ao = arith.muli %ab, %i32 : index\n\
-         \x20         %av = vector.load %a[%ao] : memref<{na}xbf16>, vector<32xbf16>\n\
-         \x20         %am = vector.shape_cast %av : vector<32xbf16> to vector<4x8xbf16>\n\
-         \x20         %af = arith.extf %am : vector<4x8xbf16> to vector<4x8xf32>\n\
-         \x20         %bb0 = arith.muli {outer}, {blocks} : index\n\
-         \x20         %bb = arith.addi %bb0, {inner} : index\n\
-         \x20         %bo = arith.muli %bb, %i32 : index\n\
-         \x20         %bv = vector.load %b[%bo] : memref<{nb}xbf16>, vector<32xbf16>\n\
-         {b_block}\
-         \x20         %bf = arith.extf %bm : vector<8x4xbf16> to vector<8x4xf32>\n\
-         \x20         %next = vector.contract {{indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d2)>, \
-         affine_map<(d0, d1, d2) -> (d2, d1)>, affine_map<(d0, d1, d2) -> (d0, d1)>], \
-         iterator_types = [\"parallel\", \"parallel\", \"reduction\"], kind = #vector.kind<add>}} \
-         %af, %bf, %acc : vector<4x8xf32>, vector<8x4xf32> into {f4x4}\n\
-         \x20         scf.yield %next : {f4x4}\n\
-         \x20       }}\n"
-    );
-    for i in 0..4 {
+    for b in 0..gc {
+        let (outer, inner, per) = if bt { (format!("%cb0{b}"), "%kq", "%kb") } else { ("%kq".to_string(), "", "%nq") };
+        let inner = if bt { inner.to_string() } else { format!("%cb0{b}") };
         let _ = write!(
             s,
-            "        %srow{i} = vector.extract %sum[{i}] : {f4} from {f4x4}\n\
-             \x20       vector.store %srow{i}, %c[%co{i}] : {c}, {f4}\n"
+            "          %bb{b}_ = arith.muli {outer}, {per} : index\n\
+             \x20         %bb{b} = arith.addi %bb{b}_, {inner} : index\n\
+             \x20         %bo{b} = arith.muli %bb{b}, %i32 : index\n\
+             \x20         %bv{b} = vector.load %b[%bo{b}] : memref<{nb}xbf16>, vector<32xbf16>\n"
         );
+        if bt {
+            let _ = write!(
+                s,
+                "          %bt{b} = vector.shape_cast %bv{b} : vector<32xbf16> to vector<4x8xbf16>\n\
+                 \x20         %bm{b} = vector.transpose %bt{b}, [1, 0] : vector<4x8xbf16> to vector<8x4xbf16>\n"
+            );
+        } else {
+            let _ = writeln!(s, "          %bm{b} = vector.shape_cast %bv{b} : vector<32xbf16> to vector<8x4xbf16>");
+        }
+        let _ = writeln!(s, "          %bf{b} = arith.extf %bm{b} : vector<8x4xbf16> to vector<8x4xf32>");
+    }
+    for &(a, b) in &blocks {
+        let _ = writeln!(
+            s,
+            "          %next{a}{b} = vector.contract {{indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d2)>, \
+             affine_map<(d0, d1, d2) -> (d2, d1)>, affine_map<(d0, d1, d2) -> (d0, d1)>], \
+             iterator_types = [\"parallel\", \"parallel\", \"reduction\"], kind = #vector.kind<add>}} \
+             %af{a}, %bf{b}, %s{a}{b} : vector<4x8xf32>, vector<8x4xf32> into {f4x4}"
+        );
+    }
+    let nexts: Vec<String> = blocks.iter().map(|(a, b)| format!("%next{a}{b}")).collect();
+    let _ = writeln!(s, "          scf.yield {} : {types}\n        }}", nexts.join(", "));
+    for (g, &(a, b)) in blocks.iter().enumerate() {
+        let sum = if blocks.len() == 1 { sums[0].clone() } else { format!("%sum#{g}") };
+        for i in 0..4 {
+            let _ = write!(
+                s,
+                "        %srow{a}{b}{i} = vector.extract {sum}[{i}] : {f4} from {f4x4}\n\
+                 \x20       vector.store %srow{a}{b}{i}, %c[%co{a}{b}{i}] : {c}, {f4}\n"
+            );
+        }
     }
     s.push_str("      }\n    }\n");
 }
