@@ -54,7 +54,11 @@ fn describe_npu(plan: &PlanFile, o: &mut String) {
             seconds += array.estimate_seconds(b, m);
         }
         if dispatches == 0 {
-            let _ = writeln!(o, "  {:8} no NPU steps (on the {})", p.phase.to_string(), h.target);
+            let mut devices: Vec<String> = p.steps.iter().map(|st| st.device.to_string()).collect();
+            devices.sort();
+            devices.dedup();
+            let _ =
+                writeln!(o, "  {:8} no NPU steps (every step on the {})", p.phase.to_string(), devices.join(" or "));
             continue;
         }
         let rows = if p.phase == unicorn_ir::Phase::Prefill { h.prefill_chunk } else { 1 };

@@ -150,6 +150,8 @@ fn build_npu_builds_with_aiecc_and_refuses_without_it() {
     assert!(text.contains("designs, by aiecc"), "{text}");
     // Its 3 layers' q / k / v, attention, o, gate / up and down: one dispatch each.
     assert!(text.contains(" 15 dispatches per execution") && text.contains("(5 a layer)"), "{text}");
+    // Decode runs on the CPU alone, and says so.
+    assert!(text.contains("decode   no NPU steps (every step on the cpu)"), "{text}");
     // Each design on a line of its own, its dispatches and one dispatch's estimate, which add up to the
     // phase's.
     let ms = |l: &str| -> f64 { l.split("ESTIMATE >= ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap() };
