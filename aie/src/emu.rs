@@ -494,18 +494,20 @@ pub fn body(b: CoreBody, ta: &[f32], tb: &[f32], acc: &mut [f32]) -> u64 {
             let (m, k, n) = (m as usize, k as usize, n as usize);
             // The mmul's steps: per 8-deep block of `k` in order, each output's eight products summed from 0 in
             // order, then added to what it held (as the core's `vector.contract` of a 4 x 8 by an 8 x 4 block
-            // into its 4 x 4 accumulator computes it).
+            // into its 4 x 4 accumulator computes it). The designs' bodies are whole blocks (the AIE2 rules
+            // hold them to it); a last partial block is summed the same way.
+            let kb = k.div_ceil(8);
             for r in 0..m {
                 for col in 0..n {
                     let mut s = acc[r * n + col];
-                    for kq in 0..k / 8 {
+                    for kq in 0..kb {
                         let mut p = 0.0f32;
-                        for kr in 0..8 {
+                        for kr in 0..(k - kq * 8).min(8) {
                             // A in 4 x 8 blocks, B in 8 x 4 blocks (B transposed in 4 x 8 blocks), each block
                             // row-major, blocks row after row.
-                            let ai = ((r / 4) * (k / 8) + kq) * 32 + (r % 4) * 8 + kr;
+                            let ai = ((r / 4) * kb + kq) * 32 + (r % 4) * 8 + kr;
                             let bi = if bt {
-                                ((col / 4) * (k / 8) + kq) * 32 + (col % 4) * 8 + kr
+                                ((col / 4) * kb + kq) * 32 + (col % 4) * 8 + kr
                             } else {
                                 (kq * (n / 4) + col / 4) * 32 + kr * 4 + col % 4
                             };

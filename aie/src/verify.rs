@@ -12,7 +12,7 @@
 //! the tile's memory) with one lock of the tile as its barrier; the host writes it through the instruction
 //! stream, so it takes no DMA channel and no buffer descriptor.
 
-use crate::design::{Coord, Design, Dim, Elem, ObjectFifo, Port, RtpBuffer, SeqOp};
+use crate::design::{Coord, CoreBody, Design, Dim, Elem, ObjectFifo, Port, RtpBuffer, SeqOp};
 use crate::model::{ArrayModel, TileKind};
 use std::collections::{BTreeMap, HashMap};
 
@@ -46,6 +46,10 @@ pub enum Rule {
     /// Runtime parameter buffers: on a core's own tile (one a tile), each word one of the design's
     /// parameters, and every core whose body reads parameters given a buffer of the words it reads.
     RuntimeParams,
+    /// A matrix body in the vector unit's shapes: a GEMM of whole 4 x 8 x 4 mmul blocks, a bf16 GEMV of whole
+    /// 32-lane chunks of `k`, an int8 GEMV of whole pairs of 32-element blocks (`k` a multiple of 64: its
+    /// rows whole words); none of their sizes zero.
+    CoreBody,
 }
 
 impl std::fmt::Display for Rule {
@@ -64,6 +68,7 @@ impl std::fmt::Display for Rule {
             Rule::DmaWrap => "DMA wrap",
             Rule::DmaSequence => "DMA sequence",
             Rule::RuntimeParams => "runtime parameters",
+            Rule::CoreBody => "core body",
         })
     }
 }
@@ -158,6 +163,7 @@ impl Checker<'_> {
             if cores.insert(c.tile, ()).is_some() {
                 self.fail(Rule::Placement, format!("{what}: two cores on one tile"));
             }
+            self.core_body(&what, c.body);
             let t = usage.tiles.entry(c.tile).or_default();
             t.memory_bytes += c.locals_bytes + c.stack_bytes.unwrap_or(self.array.default_stack_bytes);
             for u in &c.uses {
@@ -191,6 +197,22 @@ impl Checker<'_> {
         self.limits(&usage);
         usage.host_bytes = self.sequence(d, &names);
         usage
+    }
+
+    /// A matrix body's sizes against the vector unit's shapes ([`Rule::CoreBody`]).
+    fn core_body(&mut self, what: &str, body: CoreBody) {
+        let fault = match body {
+            CoreBody::MatMul { m, k, n, .. } => (m == 0 || k == 0 || n == 0 || m % 4 != 0 || k % 8 != 0 || n % 4 != 0)
+                .then(|| format!("a GEMM body of {m} x {k} x {n} is not whole 4 x 8 x 4 mmul blocks")),
+            CoreBody::MatVec { rows, k, .. } => (rows == 0 || k == 0 || k % 32 != 0)
+                .then(|| format!("a bf16 GEMV body of {rows} rows by {k} is not whole 32-lane chunks of k")),
+            CoreBody::MatVecQ8 { rows, k, .. } => (rows == 0 || k == 0 || k % 64 != 0)
+                .then(|| format!("an int8 GEMV body of {rows} rows by {k} is not whole pairs of 32-element blocks")),
+            _ => None,
+        };
+        if let Some(f) = fault {
+            self.fail(Rule::CoreBody, format!("{what}: {f}"));
+        }
     }
 
     /// The cores' runtime parameter buffers: their words and barrier lock counted on their tiles, and each
@@ -619,6 +641,26 @@ mod tests {
         breaks(Rule::LockUse, "acquires 3 of fifo a_mem's 2", |d| d.cores[0].uses[0].acquire = 3);
         breaks(Rule::LockUse, "acquires 0", |d| d.cores[0].uses[0].acquire = 0);
         breaks(Rule::LockUse, "produces fifo a_mem", |d| d.cores[0].uses[0].port = Port::Produce);
+    }
+
+    /// Matrix bodies outside the vector unit's shapes are refused, each naming the core and its sizes.
+    #[test]
+    fn core_bodies_in_the_vector_units_shapes() {
+        let mm = |m, k, n| CoreBody::MatMul { m, k, n, k_tiles: 1, bt: false };
+        for (body, says) in [
+            (mm(62, 64, 64), "a GEMM body of 62 x 64 x 64 is not whole"),
+            (mm(64, 60, 64), "a GEMM body of 64 x 60 x 64"),
+            (mm(64, 64, 6), "a GEMM body of 64 x 64 x 6"),
+            (mm(0, 64, 64), "a GEMM body of 0 x 64 x 64"),
+            (CoreBody::MatVec { rows: 4, k: 48, k_tiles: 1 }, "a bf16 GEMV body of 4 rows by 48"),
+            (CoreBody::MatVecQ8 { rows: 4, k: 96, k_tiles: 1 }, "an int8 GEMV body of 4 rows by 96"),
+        ] {
+            breaks(Rule::CoreBody, says, |d| d.cores[0].body = body);
+        }
+        let mut d = valid();
+        d.cores[0].body = CoreBody::MatVec { rows: 4, k: 64, k_tiles: 1 };
+        let refused = verify(&d, &NPU1).err().unwrap_or_default();
+        assert!(refused.iter().all(|v| v.rule != Rule::CoreBody), "{refused:?}");
     }
 
     fn edit_transfer(d: &mut Design, f: impl FnOnce(&mut u64, &mut Vec<Dim>, &mut Elem)) {
