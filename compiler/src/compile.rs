@@ -127,6 +127,9 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     }
     let designs = header.kernels.iter().filter(|k| k.backend == unicorn_ir::plan::Backend::Npu).count();
     if options.passes.target == Target::Phoenix {
+        if let (Some(note), true) = (unicorn_passes::attention_budget_note(&module), options.progress) {
+            eprintln!("note: {note}");
+        }
         if designs == 0 && options.progress {
             eprintln!(
                 "note: no NPU designs: the NPU takes prefill's bf16 projections, and these weights are {}",

@@ -11,8 +11,8 @@ mod precision;
 pub use canonicalize::canonicalize;
 pub use memory::plan_memory;
 pub use placement::{
-    capable, npu_attention_covers, npu_attention_placed, place, Capability, Target, NPU_ATTENTION_MAX_KEYS,
-    PHOENIX_CAPABILITIES,
+    attention_budget_note, capable, npu_attention_covers, npu_attention_placed, place, Capability, Target,
+    NPU_ATTENTION_MAX_KEYS, PHOENIX_CAPABILITIES,
 };
 pub use precision::{default_kv_cache, precision, PrecisionRule, PRECISION_RULES};
 

@@ -160,6 +160,29 @@ pub fn phoenix_device(module: &Module, g: &Graph, n: NodeId) -> Device {
 /// docs/npu.md); at the models' whole context (131,072) it would be 4.3 and 17 GB. With chunks of 512 that
 /// places attention on the NPU in plans of contexts up to 3,585.
 pub const NPU_ATTENTION_MAX_KEYS: u64 = 4096;
+const _: () = assert!(unicorn_ir::spec::DEFAULT_PREFILL_CHUNK as u64 <= NPU_ATTENTION_MAX_KEYS);
+
+/// Why a Phoenix plan's prefill attention stays on the CPU though the NPU's design takes it, in one line: the
+/// plan's design would reach more keys than [`NPU_ATTENTION_MAX_KEYS`], and the longest context that would
+/// place it. `None` where attention is on the NPU, or the design does not take it at any context.
+pub fn attention_budget_note(module: &Module) -> Option<String> {
+    let g = module.graph(Phase::Prefill)?;
+    let n = g.g.node_indices().find(|&n| matches!(g.g[n].op, Op::Attention { .. }))?;
+    if g.g[n].device != Device::Cpu || capable(PHOENIX_CAPABILITIES, Device::Npu, module, g, n).is_none() {
+        return None;
+    }
+    let chunk = module.spec.prefill_chunk();
+    // A context of c takes chunks of min(c, the default) and its design c + chunk - 1 keys.
+    let default_chunk = unicorn_ir::spec::DEFAULT_PREFILL_CHUNK as u64;
+    let fits = NPU_ATTENTION_MAX_KEYS + 1 - default_chunk;
+    let hint = format!("; a --max-context of at most {fits} places it there");
+    Some(format!(
+        "prefill attention stays on the CPU: its NPU design would stream {} keys a dispatch (the context of {} and a \
+         chunk of {chunk}), over the placement budget of {NPU_ATTENTION_MAX_KEYS}{hint}",
+        plan_keys(module),
+        module.spec.max_context
+    ))
+}
 
 /// The placement rule for prefill attention: on the NPU where the design covers it ([`npu_attention_covers`])
 /// over at most [`NPU_ATTENTION_MAX_KEYS`] keys.

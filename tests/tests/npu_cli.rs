@@ -76,6 +76,35 @@ fn compile_for_phoenix_says_where_the_designs_stand_and_emits_their_mlir() {
     let note: Vec<&str> = err.lines().filter(|l| l.contains("aiecc not found")).collect();
     assert_eq!(note.len(), 1, "one line says the designs stay MLIR: {err}");
     assert!(note[0].contains("build-npu"), "{}", note[0]);
+    assert!(!err.contains("attention stays on the CPU"), "{err}");
+    // A context past the attention design's key budget keeps attention on the CPU, and compile says why and
+    // what context would place it: the note's context does.
+    let long = dir.path().join("long.ucp");
+    let mut past = vec!["compile", model.to_str().unwrap(), "-o", long.to_str().unwrap(), "--target", "phoenix"];
+    past.extend(["--max-context", "8192"]);
+    let out = run_with_path("unicornc", &past, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let note: Vec<&str> = err.lines().filter(|l| l.contains("attention stays on the CPU")).collect();
+    assert_eq!(note.len(), 1, "{err}");
+    assert!(note[0].contains("8703 keys") && note[0].contains("budget of 4096"), "{}", note[0]);
+    let fits = note[0].rsplit("at most ").next().unwrap().split(' ').next().unwrap();
+    let npu_attention = |plan: &std::path::Path| {
+        let model = unicorn_runtime::Model::load(plan).unwrap();
+        let h = model.header();
+        let prefill = h.phase(unicorn_ir::Phase::Prefill).unwrap();
+        prefill.steps.iter().any(|s| {
+            h.kernels[s.kernel.0 as usize].backend == unicorn_ir::plan::Backend::Npu
+                && matches!(s.ops[..], [unicorn_ir::Op::Attention { .. }])
+        })
+    };
+    assert!(!npu_attention(&long));
+    let at = dir.path().join("at.ucp");
+    let mut within = vec!["compile", model.to_str().unwrap(), "-o", at.to_str().unwrap(), "--target", "phoenix"];
+    within.extend(["--max-context", fits]);
+    let out = run_with_path("unicornc", &within, &[]);
+    assert!(out.status.success() && !stderr(&out).contains("attention stays"), "{}", stderr(&out));
+    assert!(npu_attention(&at), "attention on the NPU at a context of {fits}");
     // One file per distinct design, each a whole module (the designs' own tests re-parse them with mlir-opt).
     let files: Vec<_> = std::fs::read_dir(&mlir).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(!files.is_empty());
