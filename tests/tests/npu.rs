@@ -335,6 +335,18 @@ fn forged_npu_kernels_and_launches_are_refused_in_one_line() {
         ),
         ("breaks the AIE2 rules", Box::new(move |s, h| edit_kernel(s, h, i, |k| k.design.fifos[0].depth = 64))),
         (
+            "is not whole 4 x 8 x 4 mmul blocks (core body)",
+            Box::new(move |s, h| {
+                // A core's GEMM body two columns short of a block: it would index past its tiles.
+                edit_kernel(s, h, qkv, |k| {
+                    let unicorn_aie::design::CoreBody::MatMul { n, .. } = &mut k.design.cores[0].body else {
+                        unreachable!("a GEMM kernel's cores multiply")
+                    };
+                    *n -= 2;
+                })
+            }),
+        ),
+        (
             "reaches past argument",
             Box::new(move |s, h| {
                 edit_kernel(s, h, i, |k| {
