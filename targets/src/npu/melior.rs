@@ -187,9 +187,9 @@ fn signatures(module: &Module, what: &str) -> Result<BTreeMap<String, Vec<Param>
 
 /// Compile `text` (upstream-MLIR functions over 1-D static memrefs and indices) for this CPU: parsed,
 /// verified, lowered to the LLVM dialect by the pipeline `mlir-opt` is given in [`super::mlir`]'s tests
-/// (`convert-scf-to-cf`, `convert-vector-to-llvm`, `convert-math-to-llvm`, `convert-arith-to-llvm`, `finalize-memref-to-llvm`,
-/// `convert-func-to-llvm`, `convert-cf-to-llvm`, `reconcile-unrealized-casts`) and handed to MLIR's
-/// `ExecutionEngine` at LLVM's `-O2`. One line on error, naming `what`.
+/// (`convert-scf-to-cf`, `convert-vector-to-llvm`, `convert-math-to-llvm`, `convert-arith-to-llvm`,
+/// `finalize-memref-to-llvm`, `convert-func-to-llvm`, `convert-cf-to-llvm`, `reconcile-unrealized-casts`) and
+/// handed to MLIR's `ExecutionEngine` at LLVM's `-O2`. One line on error, naming `what`.
 pub fn jit_text(text: &str, what: &str) -> Result<Jit, String> {
     let (context, diagnostics) = context();
     register_all_llvm_translations(&context);

@@ -294,6 +294,11 @@ fn gemv_ahead(formats: &[WeightFormat], steps: u64) -> u64 {
 /// squares taken), so the staging hides their latency. A group past the matrix's outputs loads nothing but
 /// still stages (the staging has barriers). Every loop has a constant trip count, for the compiler to unroll.
 fn gemv_walk(members: &[(usize, WeightFormat, &str)], k: u64, lanes: u64, dot: bool, norm: bool) -> String {
+    // One row of `x` is read for every member: their steps must name the same columns.
+    assert!(
+        members.iter().all(|m| gemv_column(m.1) == gemv_column(members[0].1)),
+        "a walk's matrices read x in one column order"
+    );
     let steps = (k / GEMV_SPAN).div_ceil(lanes);
     let formats: Vec<WeightFormat> = members.iter().map(|m| m.1).collect();
     let ahead = gemv_ahead(&formats, steps);
