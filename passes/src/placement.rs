@@ -142,7 +142,7 @@ pub fn phoenix_device(module: &Module, g: &Graph, n: NodeId) -> Device {
         Op::MatMul { .. } => {
             g.users(g.inputs(n)[0]).into_iter().filter(|&m| matches!(g.g[m].op, Op::MatMul { .. })).all(npu)
         }
-        Op::Attention { .. } => plan_keys(module) <= NPU_ATTENTION_MAX_KEYS,
+        Op::Attention { .. } => within_key_budget(plan_keys(module)),
         _ => true,
     };
     if npu(n) && rule {
@@ -168,7 +168,11 @@ const _: () = assert!(unicorn_ir::spec::DEFAULT_PREFILL_CHUNK as u64 <= NPU_ATTE
 pub fn attention_budget_note(module: &Module) -> Option<String> {
     let g = module.graph(Phase::Prefill)?;
     let n = g.g.node_indices().find(|&n| matches!(g.g[n].op, Op::Attention { .. }))?;
-    if g.g[n].device != Device::Cpu || capable(PHOENIX_CAPABILITIES, Device::Npu, module, g, n).is_none() {
+    let keys = plan_keys(module);
+    if g.g[n].device != Device::Cpu
+        || within_key_budget(keys)
+        || capable(PHOENIX_CAPABILITIES, Device::Npu, module, g, n).is_none()
+    {
         return None;
     }
     let chunk = module.spec.prefill_chunk();
@@ -179,15 +183,20 @@ pub fn attention_budget_note(module: &Module) -> Option<String> {
     Some(format!(
         "prefill attention stays on the CPU: its NPU design would stream {} keys a dispatch (the context of {} and a \
          chunk of {chunk}), over the placement budget of {NPU_ATTENTION_MAX_KEYS}{hint}",
-        plan_keys(module),
-        module.spec.max_context
+        keys, module.spec.max_context
     ))
 }
 
 /// The placement rule for prefill attention: on the NPU where the design covers it ([`npu_attention_covers`])
 /// over at most [`NPU_ATTENTION_MAX_KEYS`] keys.
 pub fn npu_attention_placed(heads: usize, kv_heads: usize, head_dim: usize, keys: u64) -> bool {
-    keys <= NPU_ATTENTION_MAX_KEYS && npu_attention_covers(heads, kv_heads, head_dim, keys)
+    within_key_budget(keys) && npu_attention_covers(heads, kv_heads, head_dim, keys)
+}
+
+/// The rule's own condition on attention (the capability table's is [`npu_attention_covers`]): a design that
+/// reaches `keys` keys is within [`NPU_ATTENTION_MAX_KEYS`].
+fn within_key_budget(keys: u64) -> bool {
+    keys <= NPU_ATTENTION_MAX_KEYS
 }
 
 /// Whether the NPU's prefill attention design (`unicorn_targets::npu::attention`) takes heads of `head_dim`,

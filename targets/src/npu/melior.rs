@@ -19,14 +19,16 @@
 //! `mlir` feature, out of the runtime; the compiler turns it on by its default feature `npu-mlir`.
 
 use super::design::{CoreBody, Design};
-use super::mlir::{body_name, core_body};
+use super::mlir::{body_name, core_body, LLVM_LOWERING};
 use melior::dialect::DialectRegistry;
 use melior::ir::attribute::{StringAttribute, TypeAttribute};
 use melior::ir::operation::{OperationRef, OperationRefMut};
 use melior::ir::r#type::{FunctionType, IntegerType, MemRefType};
 use melior::ir::{Attribute, BlockLike, Module, ShapedTypeLike, Type, TypeLike};
-use melior::pass::{conversion, PassManager};
-use melior::utility::{register_all_dialects, register_all_llvm_translations};
+use melior::pass::PassManager;
+use melior::utility::{
+    parse_pass_pipeline, register_all_dialects, register_all_llvm_translations, register_all_passes,
+};
 use melior::{Context, ExecutionEngine};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -186,10 +188,8 @@ fn signatures(module: &Module, what: &str) -> Result<BTreeMap<String, Vec<Param>
 }
 
 /// Compile `text` (upstream-MLIR functions over 1-D static memrefs and indices) for this CPU: parsed,
-/// verified, lowered to the LLVM dialect by the pipeline `mlir-opt` is given in [`super::mlir`]'s tests
-/// (`convert-scf-to-cf`, `convert-vector-to-llvm`, `convert-math-to-llvm`, `convert-arith-to-llvm`,
-/// `finalize-memref-to-llvm`, `convert-func-to-llvm`, `convert-cf-to-llvm`, `reconcile-unrealized-casts`) and
-/// handed to MLIR's `ExecutionEngine` at LLVM's `-O2`. One line on error, naming `what`.
+/// verified, lowered to the LLVM dialect by [`super::mlir::LLVM_LOWERING`] (the passes `mlir-opt` is given in
+/// [`super::mlir`]'s tests) and handed to MLIR's `ExecutionEngine` at LLVM's `-O2`. One line on error, naming `what`.
 pub fn jit_text(text: &str, what: &str) -> Result<Jit, String> {
     let (context, diagnostics) = context();
     register_all_llvm_translations(&context);
@@ -201,19 +201,11 @@ pub fn jit_text(text: &str, what: &str) -> Result<Jit, String> {
         // SAFETY: `raw` is a live operation of `module`, and no other reference to it is in use.
         unsafe { OperationRefMut::from_raw(raw) }.set_attribute("llvm.emit_c_interface", Attribute::unit(&context));
     }
+    register_all_passes();
     let passes = PassManager::new(&context);
-    for pass in [
-        conversion::create_scf_to_control_flow(),
-        conversion::create_vector_to_llvm(),
-        conversion::create_math_to_llvm(),
-        conversion::create_arith_to_llvm(),
-        conversion::create_finalize_mem_ref_to_llvm(),
-        conversion::create_func_to_llvm(),
-        conversion::create_control_flow_to_llvm(),
-        conversion::create_reconcile_unrealized_casts(),
-    ] {
-        passes.add_pass(pass);
-    }
+    let pipeline = format!("builtin.module({})", LLVM_LOWERING.join(","));
+    parse_pass_pipeline(passes.as_operation_pass_manager(), &pipeline)
+        .map_err(|e| format!("{what}: the LLVM lowering pipeline does not parse: {e}"))?;
     diagnostics.borrow_mut().clear();
     passes.run(&mut module).map_err(|e| {
         let first = diagnostics.borrow().first().cloned().unwrap_or_else(|| e.to_string());

@@ -12,6 +12,19 @@
 use super::design::{q8, CoreBody, RowOp, RowPieces};
 use std::fmt::Write;
 
+/// The passes that lower a core body to the LLVM dialect for a run on the CPU, in order: the one list both the
+/// in-process JIT ([`super::melior::jit_text`], as a pipeline) and the `mlir-opt` tests (as flags) run.
+pub const LLVM_LOWERING: [&str; 8] = [
+    "convert-scf-to-cf",
+    "convert-vector-to-llvm",
+    "convert-math-to-llvm",
+    "convert-arith-to-llvm",
+    "finalize-memref-to-llvm",
+    "convert-func-to-llvm",
+    "convert-cf-to-llvm",
+    "reconcile-unrealized-casts",
+];
+
 /// The MLIR name of a row-wise op.
 fn row_op_name(op: RowOp) -> &'static str {
     match op {
@@ -1122,21 +1135,9 @@ mod tests {
              \x20 return\n\
              }}\n}}\n"
         );
-        let lowered = pipe(
-            &tool("mlir-opt"),
-            &[
-                "--convert-scf-to-cf",
-                "--convert-vector-to-llvm",
-                "--convert-math-to-llvm",
-                "--convert-arith-to-llvm",
-                "--finalize-memref-to-llvm",
-                "--convert-func-to-llvm",
-                "--convert-cf-to-llvm",
-                "--reconcile-unrealized-casts",
-            ],
-            &m,
-            print,
-        );
+        let flags: Vec<String> = LLVM_LOWERING.iter().map(|p| format!("--{p}")).collect();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let lowered = pipe(&tool("mlir-opt"), &flags, &m, print);
         let out = pipe(&tool("mlir-cpu-runner"), &["-e", "main", "-entry-point-result=void"], &lowered, print);
         out.lines().map(|l| f32::from_bits(u32::from_str_radix(l.trim(), 16).unwrap())).collect()
     }
