@@ -1,12 +1,31 @@
 //! GLSL -> SPIR-V through shaderc, built from the glslang and SPIRV-Tools sources that shaderc-sys vendors
 //! (Debian's glslang 12 compiles neither cooperative-matrix nor integer-dot shaders).
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 /// The SPIRV-Tools release shaderc-sys 0.10.1 vendors; `scripts/spirv-val.sh` builds its `spirv-val` for the
 /// modules Debian's cannot check.
 pub const VENDORED_SPIRV_TOOLS: &str = "v2025.3";
 
-/// Compile a GLSL compute shader to SPIR-V words.
+/// Compile a GLSL compute shader to SPIR-V words. A process that compiles several plans (of one model in
+/// several formats, or several models) compiles each distinct shader once: the words are kept by name and
+/// source for the process's life (some tens of KiB a shader).
 pub fn compile(name: &str, source: &str) -> Result<Vec<u32>, String> {
+    type Compiled = HashMap<(String, String), Vec<u32>>;
+    static COMPILED: OnceLock<Mutex<Compiled>> = OnceLock::new();
+    let compiled = COMPILED.get_or_init(Default::default);
+    let key = (name.to_string(), source.to_string());
+    // A poisoned lock only means another compile panicked; the map itself is whole.
+    if let Some(words) = compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(words.clone());
+    }
+    let words = compile_uncached(name, source)?;
+    compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(key, words.clone());
+    Ok(words)
+}
+
+fn compile_uncached(name: &str, source: &str) -> Result<Vec<u32>, String> {
     let compiler = shaderc::Compiler::new().map_err(|e| format!("shaderc: {e}"))?;
     let mut options = shaderc::CompileOptions::new().map_err(|e| format!("shaderc: {e}"))?;
     options.set_target_env(shaderc::TargetEnv::Vulkan, shaderc::EnvVersion::Vulkan1_2 as u32);
