@@ -112,7 +112,7 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
     let reports = pipeline(&mut module, &options.passes)?;
     let kv_cache = options.kv_cache.unwrap_or_else(|| unicorn_passes::default_kv_cache(options.passes.weights));
     let (profile, from) = match options.passes.target {
-        Target::Vulkan => {
+        Target::Vulkan | Target::Hybrid => {
             let (profile, from) = options.device_profile.resolve().map_err(|e| anyhow::anyhow!(e))?;
             (profile, Some(from))
         }
@@ -126,7 +126,7 @@ pub fn compile(model: &Path, plan_path: &Path, options: &CompileOptions) -> Resu
         eprintln!("kernels for {from}");
     }
     let designs = header.kernels.iter().filter(|k| k.backend == unicorn_ir::plan::Backend::Npu).count();
-    if options.passes.target == Target::Phoenix {
+    if matches!(options.passes.target, Target::Phoenix | Target::Hybrid) {
         if let (Some(note), true) = (unicorn_passes::attention_budget_note(&module), options.progress) {
             eprintln!("note: {note}");
         }

@@ -2,7 +2,9 @@
 //! phase to launches; this file adds the KV caches, the prefill chunk and the memory estimate.
 
 use unicorn_ir::device::DeviceProfile;
-use unicorn_ir::plan::{KvCacheDecl, KvCapacity, KvLayout, PlanHeader, PlanWeight};
+use unicorn_ir::plan::{
+    ArtifactRange, KernelEntry, KernelId, KvCacheDecl, KvCapacity, KvLayout, PlanHeader, PlanWeight,
+};
 use unicorn_ir::quant::WeightLayout;
 use unicorn_ir::{DType, Device, Module, Phase};
 use unicorn_passes::Target;
@@ -78,25 +80,49 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
                 .iter()
                 .map(|g| npu::lower::lower_phase(module, g, chunk, &mut kernels))
                 .collect::<Result<Vec<_>, _>>()?;
-            // Each NPU kernel's core bodies verified by LLVM 19's MLIR, in-process (feature `npu-mlir`), from
-            // the artifact as the plan will hold it.
-            #[cfg(feature = "npu-mlir")]
-            for e in kernels.cpu.entries.iter().filter(|e| e.backend == unicorn_ir::plan::Backend::Npu) {
-                let Some(r) = e.artifact else { continue };
-                let end = r.offset.checked_add(r.len);
-                let bytes = end
-                    .and_then(|end| kernels.section.get(r.offset as usize..end as usize))
-                    .ok_or_else(|| format!("NPU kernel {}: its artifact runs past the kernels section", e.name))?;
-                let kernel = unicorn_ir::npu::NpuKernel::decode(bytes, &unicorn_aie::model::NPU1)
-                    .map_err(|err| format!("NPU kernel {}: {err}", e.name))?;
-                npu::melior::verify_design_bodies(&kernel.design)?;
-            }
+            verify_npu_bodies(&kernels.cpu.entries, &kernels.section)?;
             (kernels.cpu.entries, kernels.section, phases, None)
         }
+        Target::Hybrid => {
+            // Prefill as the Phoenix target lowers it (NPU designs and the CPU's kernels), decode as the Vulkan
+            // target does; one kernel table, the SPIR-V after the NPU artifacts.
+            let mut npu_kernels = npu::lower::KernelTable::default();
+            let mut gpu_kernels = vulkan::KernelTable::default();
+            let chunk = prefill_chunk(&module.spec);
+            let mut phases = Vec::with_capacity(module.graphs.len());
+            for g in &module.graphs {
+                phases.push(match g.phase {
+                    Phase::Prefill => npu::lower::lower_phase(module, g, chunk, &mut npu_kernels)?,
+                    Phase::Decode => {
+                        vulkan::lower_phase(module, g, options.kv_cache, &options.profile, &mut gpu_kernels)?
+                    }
+                });
+            }
+            let argmax = vulkan::argmax_kernel(module, &mut gpu_kernels)?;
+            let top_k = vulkan::top_k_kernel(module, &mut gpu_kernels)?;
+            verify_npu_bodies(&npu_kernels.cpu.entries, &npu_kernels.section)?;
+            let first = npu_kernels.cpu.entries.len() as u32;
+            let shift = |id: KernelId| KernelId(id.0 + first);
+            for p in phases.iter_mut().filter(|p| p.phase == Phase::Decode) {
+                p.steps.iter_mut().for_each(|s| s.kernel = shift(s.kernel));
+            }
+            let mut section = npu_kernels.section;
+            section.resize(section.len().next_multiple_of(8), 0);
+            let base = section.len() as u64;
+            section.extend_from_slice(&gpu_kernels.section);
+            let mut entries = npu_kernels.cpu.entries;
+            entries.extend(gpu_kernels.entries.into_iter().map(|mut e| {
+                e.artifact = e.artifact.map(|a| ArtifactRange { offset: a.offset + base, len: a.len });
+                e
+            }));
+            (entries, section, phases, Some((shift(argmax), shift(top_k))))
+        }
     };
+    // Where the caches live: a hybrid plan's on the iGPU, which decodes, and the runtime hands prefill's
+    // positions to it.
     let device = match options.target {
         Target::Cpu | Target::Phoenix => Device::Cpu,
-        Target::Vulkan => Device::Igpu,
+        Target::Vulkan | Target::Hybrid => Device::Igpu,
     };
     let spec = module.spec.clone();
     let kv_caches = spec
@@ -138,4 +164,22 @@ pub fn lower(module: &Module, options: LowerOptions) -> Result<(PlanHeader, Vec<
         top_k: pickers.map(|p| p.1),
     };
     Ok((header, section))
+}
+
+/// Each NPU kernel's core bodies verified by LLVM 19's MLIR, in-process (feature `npu-mlir`), from the artifact
+/// as the plan will hold it; without the feature, nothing to do.
+#[cfg_attr(not(feature = "npu-mlir"), allow(unused_variables))]
+fn verify_npu_bodies(entries: &[KernelEntry], section: &[u8]) -> Result<(), String> {
+    #[cfg(feature = "npu-mlir")]
+    for e in entries.iter().filter(|e| e.backend == unicorn_ir::plan::Backend::Npu) {
+        let Some(r) = e.artifact else { continue };
+        let end = r.offset.checked_add(r.len);
+        let bytes = end
+            .and_then(|end| section.get(r.offset as usize..end as usize))
+            .ok_or_else(|| format!("NPU kernel {}: its artifact runs past the kernels section", e.name))?;
+        let kernel = unicorn_ir::npu::NpuKernel::decode(bytes, &unicorn_aie::model::NPU1)
+            .map_err(|err| format!("NPU kernel {}: {err}", e.name))?;
+        npu::melior::verify_design_bodies(&kernel.design)?;
+    }
+    Ok(())
 }

@@ -26,12 +26,13 @@ enum Command {
         /// Where to write the plan.
         #[arg(short = 'o', long = "output", value_name = "PLAN")]
         output: PathBuf,
-        /// The device the plan runs on: cpu, vulkan (any Vulkan GPU) or phoenix (a Ryzen 7040/8040: prefill's
-        /// projections on the NPU, the rest on the CPU).
+        /// The device the plan runs on: cpu, vulkan (any Vulkan GPU), phoenix (a Ryzen 7040/8040: prefill's
+        /// projections and attention on the NPU, the rest on the CPU) or hybrid (its NPU and iGPU together:
+        /// prefill as phoenix places it, decode on the iGPU through Vulkan).
         #[arg(long, default_value = "cpu", value_parser = Target::parse)]
         target: Target,
         /// Storage format of the projection and embedding weights (norms and biases stay f32): f32, f16, bf16,
-        /// q8_0 or q4_0; default q8_0, bf16 with --target phoenix (the NPU designs' format).
+        /// q8_0 or q4_0; default q8_0, bf16 with --target phoenix or hybrid (the NPU designs' format).
         #[arg(long, value_name = "FORMAT", value_parser = WeightFormat::parse)]
         weights: Option<WeightFormat>,
         /// Element type of the KV cache: f32, or f16 (half the memory); default f16, f32 with --weights f32.
@@ -40,11 +41,11 @@ enum Command {
         /// Longest sequence (prompt + generated tokens) the plan accepts; defaults to the model's.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_CONTEXT))]
         max_context: Option<u64>,
-        /// The GPU a --target vulkan plan's kernels are generated for: auto (the GPU found here, or generic
+        /// The GPU a --target vulkan (or hybrid) plan's kernels are generated for: auto (the GPU found here, or generic
         /// when there is none), generic (any Vulkan 1.2 device), vulkan:N, or a .json device profile.
         #[arg(long, value_name = "PROFILE", value_parser = ProfileChoice::parse)]
         device_profile: Option<ProfileChoice>,
-        /// Also write each NPU design's MLIR (aie / aiex dialects) into DIR (with --target phoenix).
+        /// Also write each NPU design's MLIR (aie / aiex dialects) into DIR (with --target phoenix or hybrid).
         #[arg(long, value_name = "DIR")]
         emit_mlir: Option<PathBuf>,
         /// Print what each pass did.
@@ -54,7 +55,7 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Build a --target phoenix plan's NPU designs to xclbins with mlir-aie's aiecc (on PATH or in
+    /// Build a --target phoenix (or hybrid) plan's NPU designs to xclbins with mlir-aie's aiecc (on PATH or in
     /// $MLIR_AIE_INSTALL_DIR/bin; Peano from $PEANO_INSTALL_DIR), storing them in the plan.
     BuildNpu {
         plan: PathBuf,
@@ -96,14 +97,14 @@ fn run(cli: Cli) -> Result<()> {
             verbose,
             quiet,
         } => {
-            if device_profile.is_some() && target != Target::Vulkan {
-                anyhow::bail!("--device-profile: applies to --target vulkan only");
+            if device_profile.is_some() && !matches!(target, Target::Vulkan | Target::Hybrid) {
+                anyhow::bail!("--device-profile: applies to --target vulkan and hybrid only");
             }
-            if emit_mlir.is_some() && target != Target::Phoenix {
-                anyhow::bail!("--emit-mlir: applies to --target phoenix only (the NPU designs' MLIR)");
+            if emit_mlir.is_some() && !matches!(target, Target::Phoenix | Target::Hybrid) {
+                anyhow::bail!("--emit-mlir: applies to --target phoenix and hybrid only (the NPU designs' MLIR)");
             }
             let weights = weights.unwrap_or(match target {
-                Target::Phoenix => WeightFormat::Bf16,
+                Target::Phoenix | Target::Hybrid => WeightFormat::Bf16,
                 Target::Cpu | Target::Vulkan => WeightFormat::Q8_0,
             });
             let options = CompileOptions {

@@ -2,7 +2,8 @@
 //! everything on the GPU (its kernels cover every op). The Phoenix target (Ryzen 7040/8040: the npu1 NPU, the
 //! Radeon 780M and Zen 4 cores) places by [`phoenix_device`], a plain rule over a capability table
 //! ([`PHOENIX_CAPABILITIES`]: what each device can run in a plan, and what it takes); the cost-model partitioner
-//! over device profiles will replace that one function and read the same table.
+//! over device profiles will replace that one function and read the same table. The hybrid target places
+//! prefill by the same rule and decode on the iGPU.
 
 use crate::PassError;
 use unicorn_ir::{Device, Dim, Graph, Module, NodeId, Op, Phase, WeightFormat};
@@ -14,16 +15,21 @@ pub enum Target {
     Vulkan,
     /// A Ryzen 7040/8040 laptop: prefill's matrix work on the NPU (AIE2 designs), the rest on the CPU.
     Phoenix,
+    /// A Ryzen 7040/8040 laptop's NPU and iGPU together: prefill placed as [`Target::Phoenix`] places it, decode
+    /// on the iGPU as [`Target::Vulkan`] lowers it. The phases meet only in the KV cache, which the runtime
+    /// hands from one to the other.
+    Hybrid,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::Cpu, Target::Vulkan, Target::Phoenix];
+    pub const ALL: [Target; 4] = [Target::Cpu, Target::Vulkan, Target::Phoenix, Target::Hybrid];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Cpu => "cpu",
             Target::Vulkan => "vulkan",
             Target::Phoenix => "phoenix",
+            Target::Hybrid => "hybrid",
         }
     }
 
@@ -56,8 +62,8 @@ pub struct Capability {
 /// The NPU has more designs than plans carry: the GEMVs for decode (bf16, and int8 with bf16 scales), RMSNorm,
 /// RoPE, the SiLU GLU and the softmax pass the AIE2 rules and run on the emulator (docs/npu.md), but no plan
 /// lowers to them yet, so they are not rows here. The 780M runs every op through the Vulkan target's kernels,
-/// but the runtime has no executor that hands a phase's values between the NPU and a Vulkan device, so a Phoenix
-/// plan has no iGPU rows yet either.
+/// but the runtime hands values between the NPU and a Vulkan device only between phases (the KV cache of a
+/// [`Target::Hybrid`] plan, whose decode is the iGPU's), never within one, so prefill has no iGPU rows.
 pub const PHOENIX_CAPABILITIES: &[Capability] = &[
     Capability {
         device: Device::Npu,
@@ -232,6 +238,8 @@ pub fn place(module: &mut Module, target: Target) -> Result<String, PassError> {
                 Target::Cpu => Device::Cpu,
                 Target::Vulkan => Device::Igpu,
                 Target::Phoenix => phoenix_device(module, &module.graphs[gi], n),
+                Target::Hybrid if module.graphs[gi].phase == Phase::Decode => Device::Igpu,
+                Target::Hybrid => phoenix_device(module, &module.graphs[gi], n),
             };
             module.graphs[gi].g[n].device = device;
             counts[match device {
@@ -246,6 +254,7 @@ pub fn place(module: &mut Module, target: Target) -> Result<String, PassError> {
         Target::Cpu => format!("{cpu} nodes on cpu"),
         Target::Vulkan => format!("{igpu} nodes on igpu"),
         Target::Phoenix => format!("{npu} nodes on npu, {cpu} on cpu"),
+        Target::Hybrid => format!("{npu} nodes on npu, {cpu} on cpu (prefill), {igpu} on igpu (decode)"),
     })
 }
 
