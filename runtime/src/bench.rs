@@ -193,7 +193,7 @@ fn session<'m>(model: &'m Model, ctx: usize, o: &BenchOptions) -> Result<Session
 
 /// One prefill of `prompt` then `gen` greedy decode steps (end tokens ignored, so every run does the same work).
 /// Returns (prefill seconds, time to first token in seconds, decode seconds, the session's recordings, its NPU
-/// counts).
+/// counts, the executor's device name).
 fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Result<Run, Error> {
     let mut s = session(model, prompt.len() + gen, o)?;
     let t0 = Instant::now();
@@ -206,10 +206,10 @@ fn one_run(model: &Model, prompt: &[u32], gen: usize, o: &BenchOptions) -> Resul
     for _ in 0..gen {
         next = s.forward_greedy(&[next])?;
     }
-    Ok((prefill, ttft, t1.elapsed().as_secs_f64(), s.recordings(), s.npu_counts()))
+    Ok((prefill, ttft, t1.elapsed().as_secs_f64(), s.recordings(), s.npu_counts(), s.device_name()))
 }
 
-type Run = (f64, f64, f64, Option<(u64, u64)>, Option<[NpuCounts; 2]>);
+type Run = (f64, f64, f64, Option<(u64, u64)>, Option<[NpuCounts; 2]>, String);
 
 pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     let spec = &model.header().spec;
@@ -226,10 +226,10 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     let prompt: Vec<u32> = (0..o.prompt_len as u64)
         .map(|i| ((i.wrapping_mul(2_654_435_761) + 12345) % spec.vocab_size as u64) as u32)
         .collect();
-    one_run(model, &prompt, o.gen.min(4), &o)?;
+    let device = one_run(model, &prompt, o.gen.min(4), &o)?.5;
     let (mut pre, mut ttft, mut dec, mut recordings, mut npu) = (Vec::new(), Vec::new(), Vec::new(), None, None);
     for _ in 0..o.repeat {
-        let (p, t, d, r, n) = one_run(model, &prompt, o.gen, &o)?;
+        let (p, t, d, r, n, _) = one_run(model, &prompt, o.gen, &o)?;
         (recordings, npu) = (r, n);
         pre.push(o.prompt_len as f64 / p);
         ttft.push(t * 1e3);
@@ -250,7 +250,7 @@ pub fn run(model: &Model, o: BenchOptions) -> Result<BenchResult, Error> {
     };
     Ok(BenchResult {
         options: o,
-        device: model.device().name(),
+        device,
         threads: crate::cpu::pool::threads(),
         prefill_tok_s: Spread::of(pre),
         decode_tok_s: Spread::of(dec),

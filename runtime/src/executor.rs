@@ -253,6 +253,19 @@ impl DeviceKind {
     }
 }
 
+impl DeviceKind {
+    /// What the device's executor runs for the plan `h` (not yet validated): a hybrid plan
+    /// ([`crate::hybrid::is_hybrid`]) takes both sides' kernels on every device but the CPU, which runs every
+    /// plan.
+    pub fn capabilities_for(self, h: &unicorn_ir::plan::PlanHeader) -> &'static dyn Capabilities {
+        if self != DeviceKind::Cpu && crate::hybrid::is_hybrid(h) {
+            &crate::hybrid::HybridCapabilities
+        } else {
+            self.capabilities()
+        }
+    }
+}
+
 /// One line per device this machine offers, for `unicorn-rt --list-devices`.
 pub fn list_devices() -> Vec<String> {
     let isa = crate::cpu::isa::Isa::detect();
@@ -294,6 +307,9 @@ pub fn list_devices() -> Vec<String> {
 pub fn executor_for<'m>(device: DeviceKind, model: &'m crate::Model) -> Result<Box<dyn Executor + 'm>, Error> {
     use crate::cpu::exec::CpuExecutor;
     let phoenix = model.header().kernels.iter().any(|k| k.backend == unicorn_ir::plan::Backend::Npu);
+    if device != DeviceKind::Cpu && crate::hybrid::is_hybrid(model.header()) {
+        return hybrid_executor(device, model);
+    }
     Ok(match device {
         DeviceKind::Auto if phoenix => {
             let kernels = crate::npu::plan_kernels(model)?;
@@ -325,5 +341,44 @@ pub fn executor_for<'m>(device: DeviceKind, model: &'m crate::Model) -> Result<B
         DeviceKind::Vulkan(i) => {
             Box::new(crate::vulkan::exec::VulkanExecutor::new(model, i, crate::vulkan::exec::VulkanOptions::default())?)
         }
+    })
+}
+
+/// A hybrid plan's executor on `device`: prefill on the CPU with the NPU (`npu`: through XRT, or an error;
+/// `npu-emu`: the emulator; `auto` and `vulkan[:N]`: the NPU where there is one, else the emulator with a
+/// one-line note), decode on Vulkan device N (0 unless `vulkan:N` names one). Without that Vulkan device,
+/// `vulkan:N` fails in one line, and the others say so in one line on stderr and decode on the CPU.
+fn hybrid_executor<'m>(device: DeviceKind, model: &'m crate::Model) -> Result<Box<dyn Executor + 'm>, Error> {
+    use crate::cpu::exec::CpuExecutor;
+    use crate::vulkan::exec::{VulkanExecutor, VulkanOptions};
+    // The GPU first: a device asked for by number that is not there fails before anything else is said.
+    let index = match device {
+        DeviceKind::Vulkan(i) => i,
+        _ => 0,
+    };
+    let gpu = match VulkanExecutor::new(model, index, VulkanOptions { decode_only: true, ..Default::default() }) {
+        Ok(gpu) => Some(gpu),
+        Err(e) if matches!(device, DeviceKind::Vulkan(_)) => return Err(e),
+        Err(e) => {
+            eprintln!("note: {e}; decoding on the CPU");
+            None
+        }
+    };
+    let kernels = crate::npu::plan_kernels(model)?;
+    let npu: Box<dyn crate::npu::NpuDevice> = match device {
+        DeviceKind::Npu => Box::new(crate::npu::xrt::Npu::open(model, &kernels)?),
+        DeviceKind::NpuEmu => Box::new(crate::npu::emu::Emulator),
+        _ => match crate::npu::xrt::Npu::open(model, &kernels) {
+            Ok(npu) => Box::new(npu),
+            Err(e) => {
+                eprintln!("note: {e}; running the NPU steps on the emulator (--device npu-emu)");
+                Box::new(crate::npu::emu::Emulator)
+            }
+        },
+    };
+    let cpu = CpuExecutor::with_npu(model, npu, kernels);
+    Ok(match gpu {
+        Some(gpu) => Box::new(crate::hybrid::HybridExecutor::new(cpu, gpu)),
+        None => Box::new(cpu),
     })
 }

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod detokenize;
 pub mod executor;
 pub mod generate;
+pub mod hybrid;
 pub mod model;
 pub mod npu;
 pub mod npy;

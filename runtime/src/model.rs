@@ -53,7 +53,7 @@ impl Model {
         let len = |kind| file.section(kind).map_or(0, |s| s.len() as u64);
         let sizes = SectionSizes { weights: len(SectionKind::Weights), kernels: len(SectionKind::Kernels) };
         let target = file.header.target.clone();
-        let plan = file.header.clone().validate(sizes, device.capabilities()).map_err(|e| {
+        let plan = file.header.clone().validate(sizes, device.capabilities_for(&file.header)).map_err(|e| {
             // A plan of another target is not broken: say which device runs it.
             let hint = match device {
                 DeviceKind::Vulkan(_) if target != "vulkan" => {

@@ -75,6 +75,12 @@ impl<'m> Session<'m> {
         self.exec.profile()
     }
 
+    /// The device(s) the session's executor runs on, as it names them (`vulkan:0`; a hybrid plan's `npu-emu
+    /// (prefill) + vulkan:0 (decode)`).
+    pub fn device_name(&self) -> String {
+        self.exec.name()
+    }
+
     /// Executions run and command buffers recorded for them ([`crate::executor::Executor::recordings`]).
     pub fn recordings(&self) -> Option<(u64, u64)> {
         self.exec.recordings()

@@ -8,6 +8,7 @@ mod cli;
 mod decode;
 mod forged;
 mod generation;
+mod hybrid;
 mod npu;
 mod npu_cli;
 mod outputs;

@@ -1,7 +1,8 @@
 //! The NPU's command line, through the real binaries: `unicornc compile --target phoenix` (and `--emit-mlir`),
 //! `unicornc build-npu` with and without mlir-aie's `aiecc` (a stand-in script here: no machine we test on has
 //! mlir-aie), and `unicorn-rt` on a machine with no NPU: the automatic fallback to the emulator, and one-line
-//! refusals where a device was asked for by name.
+//! refusals where a device was asked for by name; and hybrid plans (`--target hybrid`), whose decode runs on a
+//! Vulkan device.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -200,6 +201,23 @@ fn build_npu_builds_with_aiecc_and_refuses_without_it() {
     assert_one_line_error(&out, "no NPU designs");
 }
 
+/// `unicorn-rt PLAN` on the fixture's prompt, greedy, on the default device of a machine without an NPU: one
+/// note (XRT not found, the emulator taken) and transformers' greedy tokens. Returns the prompt, the count and
+/// the tokens as the command line takes them.
+fn greedy_on_the_emulator(p: &str, exp: &Expected) -> (String, String, String) {
+    let tokens = exp.prompt_ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    let n = exp.greedy_ids.len().to_string();
+    let want = exp.greedy_ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    let out = run("unicorn-rt", &[p, "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), 1, "{err}");
+    assert!(notes[0].contains("XRT not found") && notes[0].contains("npu-emu"), "{}", notes[0]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    (tokens, n, want)
+}
+
 #[test]
 fn the_runtime_falls_back_to_the_emulator_and_refuses_missing_npus_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,17 +231,8 @@ fn the_runtime_falls_back_to_the_emulator_and_refuses_missing_npus_in_one_line()
         None,
     );
     let p = plan.to_str().unwrap();
-    let tokens = exp.prompt_ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
-    let n = exp.greedy_ids.len().to_string();
-    let want = exp.greedy_ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
     // No NPU here: the default device says so in one line and runs the NPU steps on the emulator.
-    let out = run("unicorn-rt", &[p, "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let err = stderr(&out);
-    let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
-    assert_eq!(notes.len(), 1, "{err}");
-    assert!(notes[0].contains("XRT not found") && notes[0].contains("npu-emu"), "{}", notes[0]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    let (tokens, n, want) = greedy_on_the_emulator(p, &exp);
     // Asked for by name, a missing NPU is an error, never a quiet fallback.
     let out = run("unicorn-rt", &[p, "--device", "npu", "--tokens", &tokens, "-n", "1"]);
     assert_one_line_error(&out, "XRT not found");
@@ -328,4 +337,47 @@ fn compile_builds_the_designs_with_the_installed_aiecc_and_peano() {
     assert!(out.status.success(), "{}", stderr(&out));
     let calls = std::fs::read_to_string(&log).unwrap();
     assert_eq!(calls.lines().filter(|l| !l.contains("--peano")).count(), designs.len(), "{calls}");
+}
+
+/// A hybrid plan through the binaries: compile reports each phase's devices, and `unicorn-rt` with no NPU notes
+/// the emulator once, decodes on the GPU (lavapipe here) and gives transformers' greedy tokens; a Vulkan
+/// device asked for by a number that is not there is a one-line error.
+#[test]
+fn a_hybrid_plan_runs_prefill_on_the_npu_and_decode_on_the_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "llama_gqa";
+    let exp = expected(name);
+    let plan = dir.path().join("hybrid.ucp");
+    let p = plan.to_str().unwrap();
+    let model = fixtures_dir().join(name);
+    let out = run("unicornc", &["compile", model.to_str().unwrap(), "--target", "hybrid", "-o", p, "-v"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("on npu") && err.contains("on igpu (decode)"), "{err}");
+    let out = run("unicornc", &["inspect", p]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("target:") && l.ends_with("hybrid")), "{text}");
+    assert!(text.contains("on npu") && text.contains("on igpu"), "{text}");
+
+    let (tokens, n, want) = greedy_on_the_emulator(p, &exp);
+    // The bench names both devices it ran on.
+    let out = run("unicorn-rt", &[p, "--device", "npu-emu", "--bench", "--prompt-len", "8", "--gen", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(all.contains("npu-emu (prefill) + vulkan:0 (decode)"), "{all}");
+    let out = run("unicorn-rt", &[p, "--device", "vulkan:9", "--tokens", &tokens, "-n", "1"]);
+    assert_one_line_error(&out, "vulkan");
+    // With no Vulkan driver at all, decode falls back to the CPU with a line that says so.
+    let missing = dir.path().join("no_such_icd.json");
+    let out = std::process::Command::new(bin("unicorn-rt"))
+        .args([p, "--device", "npu-emu", "--tokens", &tokens, "-n", &n, "--temperature", "0", "--print-ids"])
+        .env("VK_ICD_FILENAMES", &missing)
+        .env("VK_DRIVER_FILES", &missing)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.lines().any(|l| l.starts_with("note:") && l.ends_with("decoding on the CPU")), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
 }

@@ -215,7 +215,7 @@ fn weights_split_across_bindings_or_staged_give_the_same_logits() {
         let plan = vulkan_plan(dir.path(), "gemma3_text", format);
         let model = Model::load_with(&plan, Residency::Resident, DeviceKind::Vulkan(0)).unwrap();
         let logits = |max: Option<u64>, staged: bool| {
-            let options = VulkanOptions { max_weight_binding: max, stage_device_buffers: staged };
+            let options = VulkanOptions { max_weight_binding: max, stage_device_buffers: staged, ..Default::default() };
             let mut x = VulkanExecutor::new(&model, 0, options).unwrap();
             let seq = x.add_sequence(exp.prompt_ids.len()).unwrap();
             let run = SeqRun { seq, tokens: &exp.prompt_ids, pos: 0, keep: exp.prompt_ids.len() };

@@ -95,6 +95,19 @@ impl<'m> CpuExecutor<'m> {
     }
 }
 
+impl CpuExecutor<'_> {
+    /// The plan's layers (one KV cache each).
+    pub fn layers(&self) -> usize {
+        self.model.header().kv_caches.len()
+    }
+
+    /// Layer `layer`'s cache of sequence `seq`, if both exist (the hybrid executor hands positions between
+    /// this cache and a GPU's).
+    pub fn cache_mut(&mut self, seq: SeqId, layer: usize) -> Option<&mut KvCache> {
+        self.seqs.get_mut(seq.0)?.as_mut()?.caches.get_mut(layer)
+    }
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }

@@ -50,6 +50,40 @@ impl KvStore {
         }
     }
 
+    /// `n` stored elements from `at` as little-endian bytes of their storage type (f32 or f16): as a GPU's
+    /// cache of the same dtype holds them.
+    pub fn bytes(&self, at: usize, n: usize) -> Vec<u8> {
+        match self {
+            KvStore::F32(v) => v[at..at + n].iter().flat_map(|x| x.to_le_bytes()).collect(),
+            KvStore::F16(v) => v[at..at + n].iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        }
+    }
+
+    /// Overwrite stored elements from `at` with little-endian bytes of the storage type ([`KvStore::bytes`]);
+    /// `bytes` holds whole elements.
+    pub fn set_bytes(&mut self, at: usize, bytes: &[u8]) {
+        match self {
+            KvStore::F32(v) => {
+                for (d, b) in v[at..].iter_mut().zip(bytes.chunks_exact(4)) {
+                    *d = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+            }
+            KvStore::F16(v) => {
+                for (d, b) in v[at..].iter_mut().zip(bytes.chunks_exact(2)) {
+                    *d = half::f16::from_bits(u16::from_le_bytes(b.try_into().expect("2 bytes")));
+                }
+            }
+        }
+    }
+
+    /// Bytes of one stored element.
+    pub fn elem_bytes(&self) -> usize {
+        match self {
+            KvStore::F32(_) => 4,
+            KvStore::F16(_) => 2,
+        }
+    }
+
     /// Every stored value as f32 (tests).
     pub fn to_f32(&self) -> Vec<f32> {
         match self {

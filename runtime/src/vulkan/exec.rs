@@ -79,6 +79,9 @@ pub struct VulkanOptions {
     /// staging copies, whatever the device offers (a discrete GPU places them so by itself): to test that
     /// path on devices whose memory is all mappable.
     pub stage_device_buffers: bool,
+    /// Run the plan's decode only (a hybrid plan, whose prefill runs elsewhere): no pipeline for the other
+    /// kernels, no descriptor sets or arena rows for prefill's launches.
+    pub decode_only: bool,
 }
 
 fn mib(bytes: u64) -> String {
@@ -151,7 +154,10 @@ pub struct VulkanExecutor<'m> {
     model: &'m Model,
     gpu: Gpu,
     name: String,
-    kernels: Vec<Kernel>,
+    /// By kernel-table index; `None` for a kernel of a phase this executor does not run.
+    kernels: Vec<Option<Kernel>>,
+    /// Which phases it runs, prefill then decode.
+    runs: [bool; 2],
     /// The weights, split into bindable chunks.
     weights: Vec<Buffer>,
     /// Per weight: its chunk and its first word there.
@@ -204,9 +210,13 @@ fn per_run(op: &Op) -> bool {
     matches!(op, Op::Rope { .. } | Op::Attention { .. } | Op::SelectRows)
 }
 
-/// The executions' largest row counts: a full prefill chunk, or a full decode batch.
-fn most_rows(model: &Model) -> u64 {
-    model.header().prefill_chunk.max(MAX_BATCH as u64)
+/// The executions' largest row counts: a full prefill chunk, or a full decode batch (decode only: the batch).
+fn most_rows(model: &Model, runs: [bool; 2]) -> u64 {
+    if runs[0] {
+        model.header().prefill_chunk.max(MAX_BATCH as u64)
+    } else {
+        MAX_BATCH as u64
+    }
 }
 
 impl<'m> VulkanExecutor<'m> {
@@ -220,10 +230,25 @@ impl<'m> VulkanExecutor<'m> {
         let limit = info.max_storage_buffer_range as u64 & !3;
         let weight_limit = limit.min(options.max_weight_binding.unwrap_or(u64::MAX)) & !3;
         let dev_err = |what: &str, e: String| Error::Input(format!("{name} ({}): {what}: {e}", info.name));
+        let runs = [!options.decode_only, true];
+        let phases_run = || [Phase::Prefill, Phase::Decode].into_iter().filter(move |&p| runs[phase_index(p)]);
+        // The kernels of the phases it runs, and the plan's token pickers.
+        let mut used = vec![false; h.kernels.len()];
+        for p in phases_run() {
+            for st in &model.plan().phase(p).steps {
+                used[st.kernel.0 as usize] = true;
+            }
+        }
+        for id in h.argmax.iter().chain(&h.top_k) {
+            used[id.0 as usize] = true;
+        }
 
         // Kernels: first what each needs of the device, checked before anything is made.
         let profile = info.profile();
-        for (i, k) in h.kernels.iter().enumerate() {
+        for (i, k) in h.kernels.iter().enumerate().filter(|&(i, _)| used[i]) {
+            if k.backend != Backend::Vulkan {
+                return Err(plan_err(model, format!("kernels[{i}] ({}) is not a Vulkan kernel", k.name)));
+            }
             if let Some(f) = profile.missing(&k.requires) {
                 return Err(plan_err(
                     model,
@@ -239,6 +264,10 @@ impl<'m> VulkanExecutor<'m> {
         let section = model.section(SectionKind::Kernels).unwrap_or(&[]);
         let mut kernels = Vec::with_capacity(h.kernels.len());
         for (i, k) in h.kernels.iter().enumerate() {
+            if !used[i] {
+                kernels.push(None);
+                continue;
+            }
             let a = k.artifact.expect("validated: a Vulkan kernel has an artifact");
             let bytes = &section[a.offset as usize..(a.offset + a.len) as usize];
             let field = format!("kernels[{i}] ({})", k.name);
@@ -251,7 +280,7 @@ impl<'m> VulkanExecutor<'m> {
             let kernel = gpu
                 .kernel(&words, &entry, k.bindings.len() as u32, (PUSH_WORDS * 4) as u32)
                 .map_err(|e| plan_err(model, format!("{field}: {e}")))?;
-            kernels.push(kernel);
+            kernels.push(Some(kernel));
         }
 
         // Weights: chunks of at most `weight_limit` bytes, each weight inside one.
@@ -300,8 +329,9 @@ impl<'m> VulkanExecutor<'m> {
         }
 
         // Arenas for the largest execution, within one binding each.
-        let rows = most_rows(model);
-        let row_bytes = |a: usize| h.phases.iter().map(|p| p.arenas[a].row_bytes).max().unwrap_or(0).max(4);
+        let rows = most_rows(model, runs);
+        let row_bytes =
+            |a: usize| phases_run().map(|p| model.plan().phase(p).arenas[a].row_bytes).max().unwrap_or(0).max(4);
         let mut arena_rows = [0u64; 2];
         for (a, r) in arena_rows.iter_mut().enumerate() {
             *r = rows.min(limit / row_bytes(a));
@@ -319,9 +349,8 @@ impl<'m> VulkanExecutor<'m> {
         let tokens = gpu.buffer_in(4 * rows, Place::Host).map_err(|e| dev_err("the token ids", e))?;
         // A launch values word per launch of the largest execution (a decode batch runs the per-sequence steps
         // once per sequence, attention up to twice), and one for the argmax launch.
-        let launches: usize = [Phase::Prefill, Phase::Decode]
-            .iter()
-            .map(|&ph| {
+        let launches: usize = phases_run()
+            .map(|ph| {
                 let p = model.plan().phase(ph);
                 p.steps.iter().map(|s| if per_run(&s.ops[0]) { 2 * MAX_BATCH } else { 1 }).sum::<usize>()
             })
@@ -334,6 +363,11 @@ impl<'m> VulkanExecutor<'m> {
 
         let mut phases = Vec::with_capacity(2);
         for phase in [Phase::Prefill, Phase::Decode] {
+            if !runs[phase_index(phase)] {
+                let none = gpu.sets(&[], &values).map_err(|e| dev_err("descriptor sets", e))?;
+                phases.push(PhaseSets { shared: none, at: Vec::new(), kv_steps: Vec::new() });
+                continue;
+            }
             let p = model.plan().phase(phase);
             let mut at = Vec::with_capacity(p.steps.len());
             let mut kv_steps = Vec::new();
@@ -347,7 +381,8 @@ impl<'m> VulkanExecutor<'m> {
                 at.push(SetAt::Shared(entries.len()));
                 entries.push((st.kernel.0 as usize, bound(&st.args, &arenas, &weights, &weight_at, &tokens, None)));
             }
-            let list: Vec<(&Kernel, &[&Buffer])> = entries.iter().map(|(k, b)| (&kernels[*k], b.as_slice())).collect();
+            let list: Vec<(&Kernel, &[&Buffer])> =
+                entries.iter().map(|(k, b)| (used_kernel(&kernels, *k), b.as_slice())).collect();
             let shared = gpu.sets(&list, &values).map_err(|e| dev_err("descriptor sets", e))?;
             phases.push(PhaseSets { shared, at, kv_steps });
         }
@@ -361,7 +396,7 @@ impl<'m> VulkanExecutor<'m> {
         ids.write(0, &vec![0u8; 4 * id_words as usize]).map_err(|e| dev_err("the greedy tokens", e))?;
         let argmax = match h.argmax {
             Some(id) => {
-                let k = &kernels[id.0 as usize];
+                let k = used_kernel(&kernels, id.0 as usize);
                 let per_phase: Vec<[&Buffer; 2]> = [Phase::Prefill, Phase::Decode]
                     .iter()
                     .map(|&ph| [&arenas[model.plan().phase(ph).result.arena.0 as usize], &ids])
@@ -380,7 +415,7 @@ impl<'m> VulkanExecutor<'m> {
                 let scratch_bytes = 4 * arena_rows[1] * top_k_scratch_words(h.spec.vocab_size as u64);
                 let scratch =
                     gpu.buffer_in(scratch_bytes, Place::Device).map_err(|e| dev_err("the top-k scratch", e))?;
-                let k = &kernels[id.0 as usize];
+                let k = used_kernel(&kernels, id.0 as usize);
                 let per_phase: Vec<[&Buffer; 3]> = [Phase::Prefill, Phase::Decode]
                     .iter()
                     .map(|&ph| [&arenas[model.plan().phase(ph).result.arena.0 as usize], &cands, &scratch])
@@ -410,6 +445,7 @@ impl<'m> VulkanExecutor<'m> {
             max_groups: info.max_workgroup_count,
             gpu,
             kernels,
+            runs,
             weights,
             weight_at,
             arenas,
@@ -438,6 +474,43 @@ impl<'m> VulkanExecutor<'m> {
     fn step_buffers<'a>(&'a self, args: &[Arg], seq: Option<&'a GpuSeq>) -> Vec<&'a Buffer> {
         bound(args, &self.arenas, &self.weights, &self.weight_at, &self.tokens, seq.map(|s| s.kv.as_slice()))
     }
+}
+
+impl VulkanExecutor<'_> {
+    /// Write `bytes` into layer `layer`'s cache buffer of sequence `seq` at byte `offset` (the keys from 0, the
+    /// values after `KVH x cap x HD` elements; [`KvCacheDecl`](unicorn_ir::plan::KvCacheDecl)'s layout).
+    pub fn write_cache(&mut self, seq: SeqId, layer: usize, offset: u64, bytes: &[u8]) -> Result<(), Error> {
+        let name = self.name.clone();
+        let b = self.cache_buffer(seq, layer)?;
+        if offset + bytes.len() as u64 > b.len() {
+            return Err(Error::Input(format!("{name}: a write past layer {layer}'s cache")));
+        }
+        b.write(offset, bytes).map_err(|e| Error::Input(format!("{name}: writing the KV cache: {e}")))
+    }
+
+    /// `len` bytes of layer `layer`'s cache buffer of sequence `seq` from byte `offset` ([`Self::write_cache`]).
+    pub fn read_cache(&mut self, seq: SeqId, layer: usize, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let name = self.name.clone();
+        let b = self.cache_buffer(seq, layer)?;
+        if offset + len > b.len() {
+            return Err(Error::Input(format!("{name}: a read past layer {layer}'s cache")));
+        }
+        b.fetch(offset, len).map_err(|e| Error::Input(format!("{name}: reading the KV cache: {e}")))
+    }
+
+    fn cache_buffer(&mut self, seq: SeqId, layer: usize) -> Result<&mut Buffer, Error> {
+        let name = &self.name;
+        self.seqs
+            .get_mut(seq.0)
+            .and_then(Option::as_mut)
+            .and_then(|s| s.kv.get_mut(layer))
+            .ok_or_else(|| Error::Input(format!("{name}: no layer {layer} cache for sequence {}", seq.0)))
+    }
+}
+
+/// The pipeline of kernel `i`, which a launch of a phase the executor runs uses (so it was made).
+fn used_kernel(kernels: &[Option<Kernel>], i: usize) -> &Kernel {
+    kernels[i].as_ref().expect("a kernel of a phase the executor runs has a pipeline")
 }
 
 /// The buffers a step's arguments bind, in order: the arena of each activation, the chunk of each weight,
@@ -496,7 +569,7 @@ impl Executor for VulkanExecutor<'_> {
                 .kv_steps
                 .iter()
                 .zip(&bufs)
-                .map(|(&i, b)| (&self.kernels[p.steps[i].kernel.0 as usize], b.as_slice()))
+                .map(|(&i, b)| (used_kernel(&self.kernels, p.steps[i].kernel.0 as usize), b.as_slice()))
                 .collect();
             let sets = self.gpu.sets(&list, &self.values).map_err(|e| Error::Input(format!("{}: {e}", self.name)))?;
             drop(list);
@@ -600,6 +673,9 @@ impl VulkanExecutor<'_> {
     /// The launches of `phase` over `runs` into `rec` and their positions into `positions` (the token ids are
     /// written to their buffer here); the kept rows and the first word of the result slot in its arena.
     fn plan_launches(&mut self, phase: Phase, runs: &[SeqRun]) -> Result<(u64, u64), Error> {
+        if !self.runs[phase_index(phase)] {
+            return Err(Error::Input(format!("{}: this executor runs the plan's decode only", self.name)));
+        }
         let model = self.model;
         let h = model.header();
         let plan = model.plan().phase(phase);
@@ -813,7 +889,7 @@ impl VulkanExecutor<'_> {
     fn record(&mut self, timed: bool) -> Result<(), String> {
         self.stream.begin_timed(timed)?;
         for l in &self.rec.launches {
-            self.stream.dispatch(&self.kernels[l.kernel as usize], l.set, &l.push, l.groups);
+            self.stream.dispatch(used_kernel(&self.kernels, l.kernel as usize), l.set, &l.push, l.groups);
         }
         match self.rec.tail {
             // A prefill chunk before the last keeps no rows: nothing to copy (a copy of 0 bytes is invalid usage).
@@ -822,7 +898,9 @@ impl VulkanExecutor<'_> {
                 self.stream.copy(&self.arenas[arena], offset, &self.readback, 0, len)
             }
             Tail::Pick(l) if l.groups.contains(&0) => {}
-            Tail::Pick(l) => self.stream.dispatch(&self.kernels[l.kernel as usize], l.set, &l.push, l.groups),
+            Tail::Pick(l) => {
+                self.stream.dispatch(used_kernel(&self.kernels, l.kernel as usize), l.set, &l.push, l.groups)
+            }
         }
         Ok(())
     }
