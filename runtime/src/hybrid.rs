@@ -7,7 +7,6 @@
 //! cache is host-visible memory and the copies are plain memory copies.
 
 use crate::cpu::exec::CpuExecutor;
-use crate::cpu::kv::KvStore;
 use crate::executor::{Executor, SeqId, SeqRun};
 use crate::npu::NpuCounts;
 use crate::vulkan::exec::VulkanExecutor;
@@ -137,8 +136,7 @@ impl<'m> HybridExecutor<'m> {
             let s = self.seq(id)?;
             (s.cpu, s.gpu)
         };
-        let layers = self.cpu.layers();
-        for layer in 0..layers {
+        for layer in 0..self.cpu.layers() {
             let cache = self.cpu.cache_mut(cpu_id, layer).ok_or_else(|| Error::Input("no CPU cache".into()))?;
             let (cap, heads, hd) = (cache.cap, cache.kv_heads, cache.head_dim);
             let elem = cache.k.elem_bytes();
@@ -152,25 +150,32 @@ impl<'m> HybridExecutor<'m> {
             } else {
                 vec![(a, cap - a), (0, b)]
             };
+            // Each kv head's keys and values of those slots: element offsets within a store, and the
+            // regions' byte offsets in the GPU's buffer (the values after the keys).
             let values_at = heads * cap * hd;
-            for g in 0..heads {
-                for &(slot, n) in &spans {
-                    let at = (g * cap + slot) * hd;
-                    for (store_values, base) in [(false, 0), (true, values_at)] {
-                        let offset = ((base + at) * elem) as u64;
-                        let len = n * hd;
-                        let cache = self.cpu.cache_mut(cpu_id, layer).expect("present above");
-                        let store: &mut KvStore = if store_values { &mut cache.v } else { &mut cache.k };
-                        if to_gpu {
-                            let bytes = store.bytes(at, len);
-                            self.gpu.write_cache(gpu_id, layer, offset, &bytes)?;
-                        } else {
-                            let bytes = self.gpu.read_cache(gpu_id, layer, offset, (len * elem) as u64)?;
-                            let cache = self.cpu.cache_mut(cpu_id, layer).expect("present above");
-                            let store = if store_values { &mut cache.v } else { &mut cache.k };
-                            store.set_bytes(at, &bytes);
-                        }
+            let mut runs = Vec::new();
+            for values in [false, true] {
+                for g in 0..heads {
+                    for &(slot, n) in &spans {
+                        let at = (g * cap + slot) * hd;
+                        let offset = ((at + if values { values_at } else { 0 }) * elem) as u64;
+                        runs.push((values, at, n * hd, offset));
                     }
+                }
+            }
+            if to_gpu {
+                let bytes: Vec<Vec<u8>> = runs
+                    .iter()
+                    .map(|&(values, at, len, _)| if values { cache.v.bytes(at, len) } else { cache.k.bytes(at, len) })
+                    .collect();
+                let regions: Vec<(u64, &[u8])> = runs.iter().zip(&bytes).map(|(r, b)| (r.3, b.as_slice())).collect();
+                self.gpu.write_cache(gpu_id, layer, &regions)?;
+            } else {
+                let regions: Vec<(u64, u64)> = runs.iter().map(|r| (r.3, (r.2 * elem) as u64)).collect();
+                let got = self.gpu.read_cache(gpu_id, layer, &regions)?;
+                let cache = self.cpu.cache_mut(cpu_id, layer).expect("present above");
+                for (&(values, at, _, _), bytes) in runs.iter().zip(&got) {
+                    if values { &mut cache.v } else { &mut cache.k }.set_bytes(at, bytes);
                 }
             }
         }

@@ -477,25 +477,26 @@ impl<'m> VulkanExecutor<'m> {
 }
 
 impl VulkanExecutor<'_> {
-    /// Write `bytes` into layer `layer`'s cache buffer of sequence `seq` at byte `offset` (the keys from 0, the
-    /// values after `KVH x cap x HD` elements; [`KvCacheDecl`](unicorn_ir::plan::KvCacheDecl)'s layout).
-    pub fn write_cache(&mut self, seq: SeqId, layer: usize, offset: u64, bytes: &[u8]) -> Result<(), Error> {
+    /// Write each `(offset, bytes)` region into layer `layer`'s cache buffer of sequence `seq` (the keys from
+    /// byte 0, the values after `KVH x cap x HD` elements: [`KvCacheDecl`](unicorn_ir::plan::KvCacheDecl)'s
+    /// layout), in one transfer where the buffer is not mapped.
+    pub fn write_cache(&mut self, seq: SeqId, layer: usize, regions: &[(u64, &[u8])]) -> Result<(), Error> {
         let name = self.name.clone();
         let b = self.cache_buffer(seq, layer)?;
-        if offset + bytes.len() as u64 > b.len() {
+        if regions.iter().any(|&(offset, bytes)| offset.saturating_add(bytes.len() as u64) > b.len()) {
             return Err(Error::Input(format!("{name}: a write past layer {layer}'s cache")));
         }
-        b.write(offset, bytes).map_err(|e| Error::Input(format!("{name}: writing the KV cache: {e}")))
+        b.write_regions(regions).map_err(|e| Error::Input(format!("{name}: writing the KV cache: {e}")))
     }
 
-    /// `len` bytes of layer `layer`'s cache buffer of sequence `seq` from byte `offset` ([`Self::write_cache`]).
-    pub fn read_cache(&mut self, seq: SeqId, layer: usize, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+    /// Each `(offset, len)` region of layer `layer`'s cache buffer of sequence `seq` ([`Self::write_cache`]).
+    pub fn read_cache(&mut self, seq: SeqId, layer: usize, regions: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, Error> {
         let name = self.name.clone();
         let b = self.cache_buffer(seq, layer)?;
-        if offset + len > b.len() {
+        if regions.iter().any(|&(offset, len)| offset.saturating_add(len) > b.len()) {
             return Err(Error::Input(format!("{name}: a read past layer {layer}'s cache")));
         }
-        b.fetch(offset, len).map_err(|e| Error::Input(format!("{name}: reading the KV cache: {e}")))
+        b.fetch_regions(regions).map_err(|e| Error::Input(format!("{name}: reading the KV cache: {e}")))
     }
 
     fn cache_buffer(&mut self, seq: SeqId, layer: usize) -> Result<&mut Buffer, Error> {

@@ -543,6 +543,57 @@ impl Buffer {
         Ok(())
     }
 
+    /// [`Buffer::write`] of several `(offset, bytes)` regions: in place, or through one staging buffer and one
+    /// submission for all of them where they fit one staging copy (region by region where not); panics past
+    /// the end.
+    pub fn write_regions(&mut self, regions: &[(u64, &[u8])]) -> Result<()> {
+        let total: u64 = regions.iter().map(|r| r.1.len() as u64).sum();
+        if self.mapped() || total > STAGING || regions.len() < 2 {
+            return regions.iter().try_for_each(|&(offset, bytes)| self.write(offset, bytes));
+        }
+        let gpu = Gpu { inner: self.inner.clone() };
+        let mut staging = gpu.buffer(total)?;
+        let mut copies = Vec::with_capacity(regions.len());
+        let mut at = 0;
+        for &(offset, bytes) in regions {
+            assert!(offset + bytes.len() as u64 <= self.size, "write past the end of a buffer");
+            staging.write(at, bytes)?;
+            copies.push(vk::BufferCopy::default().src_offset(at).dst_offset(offset).size(bytes.len() as u64));
+            at += bytes.len() as u64;
+        }
+        // SAFETY: both buffers are valid and idle; every region lies inside them (checked above).
+        gpu.one_time(|cb| unsafe { self.inner.device.cmd_copy_buffer(cb, staging.buffer, self.buffer, &copies) })
+    }
+
+    /// [`Buffer::fetch`] of several `(offset, len)` regions, one submission for all of them where they fit one
+    /// staging copy; panics past the end.
+    pub fn fetch_regions(&self, regions: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        let total: u64 = regions.iter().map(|r| r.1).sum();
+        if self.mapped() || total > STAGING || regions.len() < 2 {
+            return regions.iter().map(|&(offset, len)| self.fetch(offset, len)).collect();
+        }
+        let gpu = Gpu { inner: self.inner.clone() };
+        let staging = gpu.buffer(total)?;
+        let mut copies = Vec::with_capacity(regions.len());
+        let mut at = 0;
+        for &(offset, len) in regions {
+            assert!(offset + len <= self.size, "read past the end of a buffer");
+            copies.push(vk::BufferCopy::default().src_offset(offset).dst_offset(at).size(len));
+            at += len;
+        }
+        // SAFETY: both buffers are valid and idle; every region lies inside them (checked above).
+        gpu.one_time(|cb| unsafe { self.inner.device.cmd_copy_buffer(cb, self.buffer, staging.buffer, &copies) })?;
+        let mut at = 0;
+        Ok(regions
+            .iter()
+            .map(|&(_, len)| {
+                let v = staging.read(at, len);
+                at += len;
+                v
+            })
+            .collect())
+    }
+
     /// `len` bytes from byte `offset`, mapped or not (then through a staging copy); panics past the end.
     pub fn fetch(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         if self.mapped() {
