@@ -7,6 +7,7 @@
 //! at its own position. A batch of one is the single-stream path.
 
 use crate::Error;
+use std::sync::atomic::{AtomicBool, Ordering};
 use unicorn_ir::validate::Capabilities;
 use unicorn_ir::{Op, Phase};
 
@@ -301,6 +302,18 @@ pub fn list_devices() -> Vec<String> {
     v
 }
 
+/// Whether the process has said that a plan's NPU steps run on the emulator, and that a hybrid plan decodes on
+/// the CPU: once is enough where it opens several executors (a benchmark's runs, a chat that starts over).
+static EMULATOR_NOTE: AtomicBool = AtomicBool::new(false);
+static CPU_DECODE_NOTE: AtomicBool = AtomicBool::new(false);
+
+/// `note: MSG` on stderr, unless `said` says it was printed already.
+fn note_once(said: &AtomicBool, msg: std::fmt::Arguments) {
+    if !said.swap(true, Ordering::Relaxed) {
+        eprintln!("note: {msg}");
+    }
+}
+
 /// A validated plan's executor on `device`; fails with a one-line error when the device cannot be opened or
 /// cannot hold the plan. `auto` on a Phoenix plan takes the NPU, or says in one line on stderr why not and takes
 /// the emulator.
@@ -316,7 +329,10 @@ pub fn executor_for<'m>(device: DeviceKind, model: &'m crate::Model) -> Result<B
             match crate::npu::xrt::Npu::open(model, &kernels) {
                 Ok(npu) => Box::new(CpuExecutor::with_npu(model, Box::new(npu), kernels)),
                 Err(e) => {
-                    eprintln!("note: {e}; running the NPU steps on the emulator (--device npu-emu)");
+                    note_once(
+                        &EMULATOR_NOTE,
+                        format_args!("{e}; running the NPU steps on the emulator (--device npu-emu)"),
+                    );
                     Box::new(CpuExecutor::with_npu(model, Box::new(crate::npu::emu::Emulator), kernels))
                 }
             }
@@ -360,10 +376,25 @@ fn hybrid_executor<'m>(device: DeviceKind, model: &'m crate::Model) -> Result<Bo
         Ok(gpu) => Some(gpu),
         Err(e) if matches!(device, DeviceKind::Vulkan(_)) => return Err(e),
         Err(e) => {
-            eprintln!("note: {e}; decoding on the CPU");
+            note_once(&CPU_DECODE_NOTE, format_args!("{e}; decoding on the CPU"));
             None
         }
     };
+    let has_npu = model.header().kernels.iter().any(|k| k.backend == unicorn_ir::plan::Backend::Npu);
+    if !has_npu {
+        // Prefill took no NPU design (its weights are not the NPU's bf16): the CPU's alone.
+        if matches!(device, DeviceKind::Npu | DeviceKind::NpuEmu) {
+            return Err(Error::Input(format!(
+                "--device {}: the plan has no NPU steps (its prefill weights are not bf16)",
+                device.name()
+            )));
+        }
+        let cpu = CpuExecutor::new(model);
+        return Ok(match gpu {
+            Some(gpu) => Box::new(crate::hybrid::HybridExecutor::new(cpu, gpu)),
+            None => Box::new(cpu),
+        });
+    }
     let kernels = crate::npu::plan_kernels(model)?;
     let npu: Box<dyn crate::npu::NpuDevice> = match device {
         DeviceKind::Npu => Box::new(crate::npu::xrt::Npu::open(model, &kernels)?),
@@ -371,7 +402,10 @@ fn hybrid_executor<'m>(device: DeviceKind, model: &'m crate::Model) -> Result<Bo
         _ => match crate::npu::xrt::Npu::open(model, &kernels) {
             Ok(npu) => Box::new(npu),
             Err(e) => {
-                eprintln!("note: {e}; running the NPU steps on the emulator (--device npu-emu)");
+                note_once(
+                    &EMULATOR_NOTE,
+                    format_args!("{e}; running the NPU steps on the emulator (--device npu-emu)"),
+                );
                 Box::new(crate::npu::emu::Emulator)
             }
         },

@@ -380,4 +380,15 @@ fn a_hybrid_plan_runs_prefill_on_the_npu_and_decode_on_the_gpu() {
     let err = stderr(&out);
     assert!(err.lines().any(|l| l.starts_with("note:") && l.ends_with("decoding on the CPU")), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    // A hybrid plan whose prefill took no NPU design (q4_0 weights, attention past the key budget): the CPU and
+    // the GPU without a word about the NPU, and the NPU devices by name refused in one line.
+    let q4 = dir.path().join("hybrid_q4.ucp");
+    let q = q4.to_str().unwrap();
+    let args = ["compile", model.to_str().unwrap(), "--target", "hybrid", "--weights", "q4_0", "-q", "-o", q];
+    let out = run("unicornc", &[&args[..], &["--max-context", "8192"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run("unicorn-rt", &[q, "--tokens", &tokens, "-n", "2", "--print-ids"]);
+    assert!(out.status.success() && !stderr(&out).contains("note:"), "{}", stderr(&out));
+    let out = run("unicorn-rt", &[q, "--device", "npu-emu", "--tokens", &tokens, "-n", "2"]);
+    assert_one_line_error(&out, "no NPU steps");
 }
