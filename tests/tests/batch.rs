@@ -40,21 +40,30 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
     assert!(err <= tol * scale, "{what}: max |diff| {err} against max |logit| {scale}");
 }
 
+const FORMATS: [WeightFormat; 3] = [WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_0];
+
 #[test]
 fn a_batch_of_sequences_gets_each_sequence_its_own_logits() {
-    batch_matches_alone(Target::Cpu, DeviceKind::Cpu);
+    batch_matches_alone(Target::Cpu, DeviceKind::Cpu, &FORMATS);
 }
 
 #[test]
 fn a_batch_on_the_gpu_gets_each_sequence_its_own_logits() {
-    batch_matches_alone(Target::Vulkan, DeviceKind::Vulkan(0));
+    batch_matches_alone(Target::Vulkan, DeviceKind::Vulkan(0), &FORMATS);
+}
+
+/// A hybrid plan: the batch's prefill on the CPU and the NPU's emulator (bf16: its projections and attention;
+/// q8_0: its attention), its decode on the GPU, each sequence's cache handed over on its own.
+#[test]
+fn a_batch_on_the_hybrid_gets_each_sequence_its_own_logits() {
+    batch_matches_alone(Target::Hybrid, DeviceKind::NpuEmu, &[WeightFormat::Bf16, WeightFormat::Q8_0]);
 }
 
 /// Three sequences prefilled in one execution and decoded together, each against itself alone on `device`.
-fn batch_matches_alone(target: Target, device: DeviceKind) {
+fn batch_matches_alone(target: Target, device: DeviceKind, formats: &[WeightFormat]) {
     let dir = tempfile::tempdir().unwrap();
     for name in ["mistral_sliding", "gemma3_text", "qwen2_bias"] {
-        for format in [WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        for &format in formats {
             let plan = compile_for(target, &fixtures_dir().join(name), dir.path(), format, None);
             let model = Model::load_with(&plan, Residency::Resident, device).unwrap();
             let vocab = model.header().spec.vocab_size;
