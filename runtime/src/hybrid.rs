@@ -73,13 +73,15 @@ pub struct HybridExecutor<'m> {
     cpu: CpuExecutor<'m>,
     gpu: VulkanExecutor<'m>,
     seqs: Vec<Option<Seq>>,
+    /// With profiling on: seconds and count of the cache hand-overs.
+    hand_overs: Option<(f64, usize)>,
 }
 
 impl<'m> HybridExecutor<'m> {
     /// Prefill on `cpu` (a CPU executor with the plan's NPU device), decode on `gpu` (a Vulkan executor of the
     /// plan's decode only).
     pub fn new(cpu: CpuExecutor<'m>, gpu: VulkanExecutor<'m>) -> Self {
-        Self { cpu, gpu, seqs: Vec::new() }
+        Self { cpu, gpu, seqs: Vec::new(), hand_overs: None }
     }
 
     fn seq(&self, id: SeqId) -> Result<&Seq, Error> {
@@ -101,7 +103,12 @@ impl<'m> HybridExecutor<'m> {
                 )));
             }
             let to_gpu = phase == Phase::Decode;
+            let t = std::time::Instant::now();
             self.hand_over(r.seq, has, r.pos, to_gpu)?;
+            if let Some((secs, n)) = &mut self.hand_overs {
+                *secs += t.elapsed().as_secs_f64();
+                *n += 1;
+            }
             let s = self.seqs[r.seq.0].as_mut().expect("checked");
             if to_gpu {
                 s.gpu_has = r.pos;
@@ -259,12 +266,15 @@ impl Executor for HybridExecutor<'_> {
     fn enable_profile(&mut self) {
         self.cpu.enable_profile();
         self.gpu.enable_profile();
+        self.hand_overs = Some((0.0, 0));
     }
 
-    /// Both sides' kernels, the CPU's (prefill) named `cpu:` and the GPU's (decode) `gpu:`, most expensive first.
+    /// Both sides' kernels, the CPU's (prefill) named `cpu:` and the GPU's (decode) `gpu:`, and the KV cache
+    /// hand-overs between them (`kv hand-over`, host time), most expensive first.
     fn profile(&self) -> Vec<(String, f64, usize)> {
         let mut all: Vec<_> = (self.cpu.profile().into_iter().map(|(n, t, c)| (format!("cpu:{n}"), t, c)))
             .chain(self.gpu.profile().into_iter().map(|(n, t, c)| (format!("gpu:{n}"), t, c)))
+            .chain(self.hand_overs.map(|(t, c)| ("kv hand-over".to_string(), t, c)))
             .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1));
         all
