@@ -4,8 +4,10 @@
 //! which the plan's chat template renders; the model is fed only the tokens that are new since the last turn,
 //! one [`Session`] keeping the KV cache for the whole chat. Where the template renders the earlier turns
 //! differently from what the session holds (a reasoning model's template dropping its thinking, an answer whose
-//! text tokenizes otherwise than it was generated), the conversation is prefilled again in a new session, so
-//! every answer is what one generation over the whole rendered conversation gives. The answer streams until a
+//! text tokenizes otherwise than it was generated), the session goes back to the tokens both share
+//! ([`Session::rewind`]: on the same device and cache, so a GPU's weights are not loaded again; from the start
+//! where a sliding window's ring has wrapped) and prefills the rest, so every answer is what one generation
+//! over the whole rendered conversation gives. The answer streams until a
 //! stop id of the template, `-n` tokens, the context's end (a note, and the chat ends) or Ctrl-C (the answer
 //! stops, the prompt returns; pressed twice before the answer stops, as during a long prefill, it ends the
 //! chat). Ctrl-C at the prompt or the end of stdin ends the chat.
@@ -129,14 +131,10 @@ pub fn run(model: &Model, o: ChatOptions) -> Result<()> {
         anyhow!("{plan}: plan has no chat template, which --chat needs (the checkpoint had none: use --prompt)")
     })?;
     let ctx = model.header().spec.max_context;
-    let new_session = || -> Result<Session> {
-        let mut s = Session::new(model, ctx)?;
-        if let Some(c) = o.prefill_chunk {
-            s.set_prefill_chunk(c)?;
-        }
-        Ok(s)
-    };
-    let mut session = new_session()?;
+    let mut session = Session::new(model, ctx)?;
+    if let Some(c) = o.prefill_chunk {
+        session.set_prefill_chunk(c)?;
+    }
     // The tokens the session has run, position by position.
     let mut held: Vec<u32> = Vec::new();
     let mut sampler = Sampler::new(o.sampler);
@@ -174,18 +172,18 @@ pub fn run(model: &Model, o: ChatOptions) -> Result<()> {
             eprintln!("note: the conversation has {} tokens, more than the context of {ctx}: the chat ends", ids.len());
             return Ok(());
         }
-        // Feed only what is new, where the rendered conversation extends what the session holds.
+        // Feed only what is new, where the rendered conversation extends what the session holds; where it does
+        // not, go back to what both share (at least one token is fed, for its logits), on the same session.
         let same = held.iter().zip(&ids).take_while(|(a, b)| a == b).count();
         if same < held.len() || same == ids.len() {
+            let kept = session.rewind(same.min(ids.len().saturating_sub(1)));
             if o.verbose {
                 eprintln!(
-                    "note: the conversation renders differently from token {same} of the {} held: prefilling it again",
+                    "note: the conversation renders differently from token {same} of the {} held: prefilling it from token {kept}",
                     held.len()
                 );
             }
-            drop(session);
-            session = new_session()?;
-            held.clear();
+            held.truncate(kept);
         }
         let new = &ids[held.len()..];
         let reused = held.len();

@@ -95,6 +95,19 @@ impl<'m> Session<'m> {
         self.pos
     }
 
+    /// Go back to position `to` (or stay, if the session is not past it), keeping the cache of the positions
+    /// before it, so that the next forward pass continues from there over the same device and cache. Where a
+    /// sliding window's ring has wrapped (the session went past its capacity), a position from `to` on has
+    /// overwritten slots of positions before `to` that the next ones attend to: then nothing is kept. Returns
+    /// the position the session is at.
+    pub fn rewind(&mut self, to: usize) -> usize {
+        let wrapped = self.model.header().kv_caches.iter().any(|c| (c.positions(self.ctx as u64) as usize) < self.pos);
+        if to < self.pos {
+            self.pos = if wrapped { 0 } else { to };
+        }
+        self.pos
+    }
+
     pub fn context(&self) -> usize {
         self.ctx
     }

@@ -116,3 +116,31 @@ fn prompts_run_as_prefill_chunks_and_later_single_tokens_as_decode_steps() {
     drop(t);
     assert_eq!(take(&log2), [Call::Remove { seq: 0 }]);
 }
+
+/// `Session::rewind` keeps the cache before the position it goes back to, so what follows gives the logits a
+/// fresh session gives over the same tokens; where a sliding window's ring has wrapped, it keeps nothing (the
+/// ring's slots before that position were overwritten), and from the start the logits are a fresh session's too.
+#[test]
+fn rewinding_keeps_the_cache_before_the_position_or_nothing_once_a_ring_wrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<u32> = (0..14).map(|i| (i * 7 + 3) % 50).collect();
+    let other: Vec<u32> = (0..6).map(|i| (i * 5 + 1) % 50).collect();
+    for (name, wraps) in [("llama_gqa", false), ("mistral_sliding", true)] {
+        let plan = compile_to(&fixtures_dir().join(name), dir.path(), WeightFormat::F32, None);
+        let model = Model::load(&plan).unwrap();
+        let mut s = Session::new(&model, 64).unwrap();
+        s.forward(&ids, false).unwrap();
+        // Back to token 8, then other tokens from there.
+        let kept = s.rewind(8);
+        assert_eq!(kept, if wraps { 0 } else { 8 }, "{name}");
+        let mut tokens = ids[..8].to_vec();
+        tokens.extend(&other);
+        let got = s.forward(&tokens[kept..], true).unwrap().to_vec();
+        let mut fresh = Session::new(&model, 64).unwrap();
+        let want = fresh.forward(&tokens, true).unwrap().to_vec();
+        let want = &want[kept * (want.len() / tokens.len())..];
+        assert!(max_abs_diff(&got, want) <= 1e-5 * want.iter().fold(0.0f32, |m, v| m.max(v.abs())), "{name}");
+        // Going forward is no rewind.
+        assert_eq!(s.rewind(100), tokens.len(), "{name}");
+    }
+}
